@@ -24,6 +24,7 @@ pub mod error;
 pub mod frames;
 pub mod ids;
 pub mod records;
+pub mod store;
 pub mod time;
 
 pub use error::ErrorCode;

@@ -1,1 +1,30 @@
-//! placeholder
+//! # chatpipe-kafka
+//!
+//! The one place chatpipe talks to Kafka (through `rdkafka`).
+//!
+//! - [`producer`]: [`ChatProducer`], an idempotent producer with
+//!   `acks=all`. A send resolves only once Kafka accepted the record, which
+//!   is what "acked means durable" rests on.
+//! - [`consumer`]: [`run_batches`], the at-least-once consumer loop every
+//!   consumer group uses: poll a bounded batch, hand it to a
+//!   [`BatchHandler`], retry retriable failures with backoff, and only then
+//!   *store* the batch's offsets (auto-commit then commits stored offsets
+//!   only). A restart therefore re-delivers at most the unconfirmed tail;
+//!   handlers are idempotent by message id.
+//! - [`dead_letter`]: records that cannot be decoded are published to
+//!   `chat.deadletter` with their coordinates, counted, and skipped.
+//! - [`topology`]: the topics as data (`topology/kafka/topics.json`) and an
+//!   idempotent apply.
+
+pub mod config;
+pub mod consumer;
+pub mod dead_letter;
+pub mod error;
+pub mod producer;
+pub mod topology;
+
+pub use config::KafkaConfig;
+pub use consumer::{BatchHandler, ConsumerMetrics, ConsumerSettings, run_batches};
+pub use dead_letter::DeadLetterSink;
+pub use error::KafkaAdapterError;
+pub use producer::ChatProducer;
