@@ -26,6 +26,36 @@ pub mod topics {
     pub const DEAD_LETTER: &str = "chat.deadletter";
 }
 
+/// The topic names one deployment uses. Deployments (and tests that share a
+/// cluster) may prefix them; the default is the documented names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicNames {
+    pub messages: String,
+    pub events: String,
+    pub membership: String,
+    pub sessions: String,
+    pub dead_letter: String,
+}
+
+impl Default for TopicNames {
+    fn default() -> Self {
+        Self::with_prefix("")
+    }
+}
+
+impl TopicNames {
+    /// `prefix` is prepended verbatim (`"t1."` gives `t1.chat.messages`).
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            messages: format!("{prefix}{}", topics::MESSAGES),
+            events: format!("{prefix}{}", topics::EVENTS),
+            membership: format!("{prefix}{}", topics::MEMBERSHIP),
+            sessions: format!("{prefix}{}", topics::SESSIONS),
+            dead_letter: format!("{prefix}{}", topics::DEAD_LETTER),
+        }
+    }
+}
+
 /// The schema version written by this code for every record type.
 pub const SCHEMA_VERSION: u32 = 1;
 

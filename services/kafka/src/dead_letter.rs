@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use chatpipe_core::records::{DeadLetterRecord, SCHEMA_VERSION, topics};
+use chatpipe_core::records::{DeadLetterRecord, SCHEMA_VERSION};
 use chatpipe_core::time::now_unix_ms;
 use rdkafka::message::{Message, OwnedMessage};
 
@@ -20,14 +20,22 @@ use crate::producer::ChatProducer;
 pub struct DeadLetterSink {
     producer: ChatProducer,
     consumer_group: String,
+    topic: String,
     metrics: ConsumerMetrics,
 }
 
 impl DeadLetterSink {
-    pub fn new(producer: ChatProducer, consumer_group: impl Into<String>, metrics: ConsumerMetrics) -> Self {
+    /// `topic` is the deployment's dead-letter topic (`TopicNames::dead_letter`).
+    pub fn new(
+        producer: ChatProducer,
+        topic: impl Into<String>,
+        consumer_group: impl Into<String>,
+        metrics: ConsumerMetrics,
+    ) -> Self {
         Self {
             producer,
             consumer_group: consumer_group.into(),
+            topic: topic.into(),
             metrics,
         }
     }
@@ -56,7 +64,7 @@ impl DeadLetterSink {
             .and_then(|key| std::str::from_utf8(key).ok())
             .unwrap_or("");
         self.producer
-            .send_json(topics::DEAD_LETTER, key, &record, Duration::from_secs(10))
+            .send_json(&self.topic, key, &record, Duration::from_secs(10))
             .await?;
         self.metrics.dead_lettered.inc();
         tracing::warn!(

@@ -48,6 +48,14 @@ impl TopicsFile {
         serde_json::from_str(json).map_err(|error| KafkaAdapterError::Topology(error.to_string()))
     }
 
+    /// The same topics under `prefix` (for isolated test deployments).
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        for topic in &mut self.topics {
+            topic.name = format!("{prefix}{}", topic.name);
+        }
+        self
+    }
+
     pub fn topic_mut(&mut self, name: &str) -> Option<&mut TopicSpec> {
         self.topics.iter_mut().find(|topic| topic.name == name)
     }
