@@ -1,0 +1,96 @@
+//! The search document of a message: a pure mapping, no I/O.
+//!
+//! | field | type | why |
+//! |---|---|---|
+//! | `_id` | the message id (decimal) | idempotent writes: a re-delivered record overwrites its document |
+//! | `_routing` | the conversation id (required by the mapping) | a conversation's messages share a shard; a search in one conversation asks one shard |
+//! | `message_id` | `long` | the unique tie-breaker of every sort, and the time order (Snowflake ids sort by time) |
+//! | `conversation_id`, `sender_id` | `keyword` | exact filters (authorization, `sender_id`) |
+//! | `client_msg_id` | `keyword` | lookups when debugging a client's retries |
+//! | `ts` | `date` (`epoch_millis`) | `since`/`until` ranges |
+//! | `body` | `text`, `standard` analyzer | words of Latin, Cyrillic, Greek… scripts; CJK as single characters |
+//! | `body.cjk` | `text`, `standard` tokenizer + `cjk_width` + `lowercase` + `cjk_bigram` | Chinese/Japanese/Korean as overlapping bigrams, which match words far better than single characters; built in on both engines (ICU is a plugin that OpenSearch does not ship) |
+//! | `edge_id` | stored only | tracing |
+
+use chatpipe_core::frames::MessageView;
+use chatpipe_core::records::MessageRecord;
+use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
+use serde::{Deserialize, Serialize};
+
+/// The `_source` of a message document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDocument {
+    /// A JSON number here (the engine's `long`); clients see it as a string.
+    pub message_id: u64,
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub client_msg_id: ClientMsgId,
+    pub body: String,
+    /// Unix milliseconds.
+    pub ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_id: Option<EdgeId>,
+}
+
+impl MessageDocument {
+    pub fn from_record(record: &MessageRecord) -> Self {
+        Self {
+            message_id: record.message_id.as_u64(),
+            conversation_id: record.conversation_id.clone(),
+            sender_id: record.sender_id.clone(),
+            client_msg_id: record.client_msg_id.clone(),
+            body: record.body.clone(),
+            ts: record.ts,
+            edge_id: Some(record.edge_id.clone()),
+        }
+    }
+
+    /// The document id: the message id in decimal.
+    pub fn document_id(&self) -> String {
+        self.message_id.to_string()
+    }
+
+    /// The message as clients see it. `None` for a document whose id is not
+    /// a valid message id (never written by chatpipe).
+    pub fn into_view(self) -> Option<MessageView> {
+        let message_id = MessageId::parse(&self.message_id.to_string()).ok()?;
+        Some(MessageView {
+            message_id,
+            conversation_id: self.conversation_id,
+            sender_id: self.sender_id,
+            client_msg_id: self.client_msg_id,
+            body: self.body,
+            ts: self.ts,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatpipe_core::records::SCHEMA_VERSION;
+
+    #[test]
+    fn documents_round_trip_to_views() {
+        let record = MessageRecord {
+            schema_version: SCHEMA_VERSION,
+            message_id: MessageId::from_u64(9_007_199_254_740_993),
+            conversation_id: ConversationId::parse("c1").unwrap(),
+            sender_id: UserId::parse("alice").unwrap(),
+            client_msg_id: ClientMsgId::parse("m1").unwrap(),
+            body: "hello".to_owned(),
+            ts: 1_700_000_000_000,
+            edge_id: EdgeId::parse("edge-1").unwrap(),
+        };
+        let document = MessageDocument::from_record(&record);
+        let json = serde_json::to_value(&document).unwrap();
+        // Above 2^53: must stay an exact integer, not a float.
+        assert_eq!(json["message_id"].as_u64(), Some(9_007_199_254_740_993));
+        assert_eq!(document.document_id(), "9007199254740993");
+        let view = serde_json::from_value::<MessageDocument>(json)
+            .unwrap()
+            .into_view()
+            .unwrap();
+        assert_eq!(view, MessageView::from(&record));
+    }
+}
