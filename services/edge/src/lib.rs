@@ -1,1 +1,35 @@
-//! placeholder
+//! # chatpipe-edge
+//!
+//! The gateway tier. An edge holds clients' WebSocket connections and:
+//!
+//! - verifies each client's token on connect, rate-limits connections (per
+//!   IP and globally, to shed reconnect storms) and frames (per connection);
+//! - turns `send` frames into `chat.messages` records (keyed by
+//!   conversation) and answers `ack` only after Kafka confirmed them with
+//!   `acks=all` — *acked means durable*; retried sends are de-duplicated by
+//!   `(user, client_msg_id)` across edges ([`send`]);
+//! - publishes which users it holds to the compacted session-route topic, so
+//!   fan-out workers know where to push ([`routes`]);
+//! - receives batched pushes from fan-out over gRPC and queues each frame to
+//!   the sessions of its recipients ([`push`]);
+//! - keeps a per-session outbound stream with `seq` numbers, bounded and
+//!   replayable on resume ([`stream`], [`sessions`]);
+//! - drains on shutdown: `reconnect` to every client, in-flight sends
+//!   finished, routes removed ([`server`]).
+//!
+//! Delivery to clients is at-least-once per session across resumes; clients
+//! de-duplicate by `message_id`.
+
+pub mod config;
+pub mod metrics;
+pub mod push;
+pub mod routes;
+pub mod send;
+pub mod server;
+pub mod sessions;
+pub mod stream;
+pub mod ws;
+
+pub use config::EdgeConfig;
+pub use metrics::EdgeMetrics;
+pub use server::{EdgeError, EdgeHandle, spawn_edge};

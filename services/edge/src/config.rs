@@ -1,0 +1,102 @@
+//! The edge's configuration: one typed struct, every field documented, units
+//! in the names. The binary layers CLI flags and `CHATPIPE_EDGE_*`
+//! environment variables over [`EdgeConfig::default`].
+
+use std::net::SocketAddr;
+
+use chatpipe_core::EdgeId;
+use chatpipe_core::frames::FrameLimits;
+use chatpipe_core::records::TopicNames;
+
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// This edge's id in the session-route topic; unique per edge process.
+    pub edge_id: EdgeId,
+    /// Snowflake worker id for message ids; unique per edge (10 bits).
+    pub worker_id: u16,
+    /// WebSocket and ops HTTP listener (`/ws`, `/metrics`, `/healthz`, `/readyz`).
+    pub http_addr: SocketAddr,
+    /// gRPC push listener that fan-out workers call.
+    pub push_addr: SocketAddr,
+    /// The push address announced to fan-out workers (defaults to `push_addr`).
+    pub advertised_push_addr: Option<String>,
+    /// Kafka topics.
+    pub topics: TopicNames,
+    /// Interval of server pings, also sent to clients as `heartbeat_ms`.
+    pub heartbeat_interval_ms: u64,
+    /// A client silent (no frame, no pong) for this long is dropped.
+    pub heartbeat_timeout_ms: u64,
+    /// How long a disconnected session stays resumable.
+    pub resume_window_ms: u64,
+    /// Server frames kept per session for replay (acked frames are trimmed).
+    pub session_buffer_frames: usize,
+    /// Frames written-but-not-yet-flushed allowed per connection before the
+    /// client is closed as a slow consumer (4008).
+    pub max_unwritten_frames: usize,
+    /// Limits of decoded client frames.
+    pub frame_limits: FrameLimits,
+    /// How long a `send` may wait for Kafka before `unavailable`.
+    pub send_deadline_ms: u64,
+    /// `send`/`typing`/`read` frames per second per connection, and burst.
+    pub frames_per_second_per_connection: u32,
+    pub frames_burst_per_connection: u32,
+    /// New connections per second per client IP, and burst.
+    pub connects_per_second_per_ip: u32,
+    pub connects_burst_per_ip: u32,
+    /// New connections per second for the whole edge, and burst: the
+    /// reconnect-storm shed valve.
+    pub connects_per_second_global: u32,
+    pub connects_burst_global: u32,
+    /// Most concurrent WebSocket connections this edge holds.
+    pub max_connections: usize,
+    /// WebSocket read buffer per connection (tungstenite's default is 128 KiB;
+    /// small buffers are what keep idle connections cheap).
+    pub ws_read_buffer_bytes: usize,
+    /// WebSocket write buffer per connection.
+    pub ws_write_buffer_bytes: usize,
+    /// Lease of this edge's route record; renewed every third of it.
+    pub lease_ms: u64,
+    /// Token lifetime accepted is set by the token; this bounds membership
+    /// cache staleness when no membership event arrives.
+    pub membership_cache_ttl_ms: u64,
+    /// How long the local de-duplication cache remembers acked sends.
+    pub dedup_cache_ttl_ms: u64,
+    /// Kafka producer linger.
+    pub producer_linger_ms: u32,
+    /// Total time the drain may take on SIGTERM.
+    pub drain_deadline_ms: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            edge_id: EdgeId::parse("edge-1").expect("valid literal"),
+            worker_id: 1,
+            http_addr: "127.0.0.1:8080".parse().expect("valid literal"),
+            push_addr: "127.0.0.1:8180".parse().expect("valid literal"),
+            advertised_push_addr: None,
+            topics: TopicNames::default(),
+            heartbeat_interval_ms: 15_000,
+            heartbeat_timeout_ms: 45_000,
+            resume_window_ms: 120_000,
+            session_buffer_frames: 512,
+            max_unwritten_frames: 256,
+            frame_limits: FrameLimits::default(),
+            send_deadline_ms: 5_000,
+            frames_per_second_per_connection: 50,
+            frames_burst_per_connection: 100,
+            connects_per_second_per_ip: 2_000,
+            connects_burst_per_ip: 4_000,
+            connects_per_second_global: 2_000,
+            connects_burst_global: 4_000,
+            max_connections: 20_000,
+            ws_read_buffer_bytes: 4 * 1024,
+            ws_write_buffer_bytes: 0,
+            lease_ms: 10_000,
+            membership_cache_ttl_ms: 30_000,
+            dedup_cache_ttl_ms: 600_000,
+            producer_linger_ms: 1,
+            drain_deadline_ms: 10_000,
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The edge's counters, gauges and histograms (prefix `chatpipe_edge`).
+//! Tests read them directly; `/metrics` renders them.
+
+use chatpipe_runtime::metrics::{Counter, CounterByReason, Gauge, Histogram, latency_histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug)]
+pub struct EdgeMetrics {
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Sessions held (attached or waiting for resume).
+    pub sessions: Gauge,
+    pub connections_accepted: Counter,
+    /// Connection attempts refused, by reason (`rate_limited_global`,
+    /// `rate_limited_ip`, `capacity`, `draining`).
+    pub connections_rejected: CounterByReason,
+    /// Token refusals, by reason (`missing`, `malformed`, `expired`, …).
+    pub auth_failures: CounterByReason,
+    pub sessions_resumed: Counter,
+    pub resumes_refused: Counter,
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    /// Client frames refused, by error code.
+    pub frames_rejected: CounterByReason,
+    pub sends_acked: Counter,
+    /// Sends answered from the de-duplication window.
+    pub sends_deduplicated: Counter,
+    /// send → ack latency (membership, de-duplication, Kafka `acks=all`).
+    pub send_latency_seconds: Histogram,
+    pub slow_consumer_closes: Counter,
+    pub heartbeat_timeouts: Counter,
+    pub push_batches: Counter,
+    /// Frames queued to sessions by pushes.
+    pub push_deliveries: Counter,
+    /// Push recipients that hold no session here.
+    pub push_absent_recipients: Counter,
+    pub route_publish_failures: Counter,
+}
+
+impl EdgeMetrics {
+    pub fn new() -> Self {
+        Self {
+            connections: Gauge::default(),
+            sessions: Gauge::default(),
+            connections_accepted: Counter::default(),
+            connections_rejected: CounterByReason::default(),
+            auth_failures: CounterByReason::default(),
+            sessions_resumed: Counter::default(),
+            resumes_refused: Counter::default(),
+            frames_in: Counter::default(),
+            frames_out: Counter::default(),
+            frames_rejected: CounterByReason::default(),
+            sends_acked: Counter::default(),
+            sends_deduplicated: Counter::default(),
+            send_latency_seconds: latency_histogram(),
+            slow_consumer_closes: Counter::default(),
+            heartbeat_timeouts: Counter::default(),
+            push_batches: Counter::default(),
+            push_deliveries: Counter::default(),
+            push_absent_recipients: Counter::default(),
+            route_publish_failures: Counter::default(),
+        }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("chatpipe_edge");
+        registry.register("connections", "Open WebSocket connections", self.connections.clone());
+        registry.register("sessions", "Sessions held, attached or resumable", self.sessions.clone());
+        registry.register("connections_accepted", "WebSocket connections accepted", self.connections_accepted.clone());
+        registry.register("connections_rejected", "Connection attempts refused, by reason", self.connections_rejected.clone());
+        registry.register("auth_failures", "Token refusals, by reason", self.auth_failures.clone());
+        registry.register("sessions_resumed", "Sessions resumed", self.sessions_resumed.clone());
+        registry.register("resumes_refused", "Resume requests answered resumed:false", self.resumes_refused.clone());
+        registry.register("frames_in", "Client frames received", self.frames_in.clone());
+        registry.register("frames_out", "Server frames written", self.frames_out.clone());
+        registry.register("frames_rejected", "Client frames refused, by code", self.frames_rejected.clone());
+        registry.register("sends_acked", "Sends acknowledged after Kafka confirmed", self.sends_acked.clone());
+        registry.register("sends_deduplicated", "Retried sends answered with the original ack", self.sends_deduplicated.clone());
+        registry.register("send_latency_seconds", "send to ack latency", self.send_latency_seconds.clone());
+        registry.register("slow_consumer_closes", "Connections closed because the client did not read", self.slow_consumer_closes.clone());
+        registry.register("heartbeat_timeouts", "Connections dropped as silent", self.heartbeat_timeouts.clone());
+        registry.register("push_batches", "Push batches received from fan-out", self.push_batches.clone());
+        registry.register("push_deliveries", "Frames queued to sessions by pushes", self.push_deliveries.clone());
+        registry.register("push_absent_recipients", "Pushed recipients with no session here", self.push_absent_recipients.clone());
+        registry.register("route_publish_failures", "Session-route records Kafka did not confirm", self.route_publish_failures.clone());
+    }
+}
+
+impl Default for EdgeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

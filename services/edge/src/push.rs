@@ -1,0 +1,57 @@
+//! The gRPC service fan-out workers call: each item of a batch is queued, in
+//! the order received, to every local session of each of its recipients.
+
+use std::sync::Arc;
+
+use chatpipe_core::UserId;
+use chatpipe_core::frames::{encode_sequenced, is_json_object};
+use chatpipe_proto::push::edge_push_server::EdgePush;
+use chatpipe_proto::push::{PushBatch, PushReply};
+use tonic::{Request, Response, Status};
+
+use crate::metrics::EdgeMetrics;
+use crate::sessions::SessionRegistry;
+
+const DELIVERABLE_OPS: [&str; 4] = ["message", "typing", "read", "presence"];
+
+#[derive(Debug, Clone)]
+pub struct PushService {
+    pub(crate) sessions: Arc<SessionRegistry>,
+    pub(crate) metrics: EdgeMetrics,
+}
+
+#[tonic::async_trait]
+impl EdgePush for PushService {
+    async fn push(&self, request: Request<PushBatch>) -> Result<Response<PushReply>, Status> {
+        let batch = request.into_inner();
+        self.metrics.push_batches.inc();
+        let mut delivered: u32 = 0;
+        let mut absent: u32 = 0;
+        for item in &batch.items {
+            let Some(op) = DELIVERABLE_OPS.iter().find(|known| **known == item.op) else {
+                return Err(Status::invalid_argument(format!("unknown op {:?}", item.op)));
+            };
+            if !is_json_object(&item.fields_json) {
+                return Err(Status::invalid_argument("fields_json must be a JSON object"));
+            }
+            let fields = item.fields_json.trim();
+            let encode = |seq: u64| encode_sequenced(op, seq, fields);
+            for recipient in &item.recipients {
+                let Ok(user) = UserId::parse(recipient.as_str()) else {
+                    absent += 1;
+                    continue;
+                };
+                match self.sessions.deliver(&user, &encode) {
+                    0 => absent += 1,
+                    sessions => delivered += sessions as u32,
+                }
+            }
+        }
+        self.metrics.push_deliveries.inc_by(u64::from(delivered));
+        self.metrics.push_absent_recipients.inc_by(u64::from(absent));
+        Ok(Response::new(PushReply {
+            delivered_sessions: delivered,
+            absent_recipients: absent,
+        }))
+    }
+}

@@ -1,0 +1,405 @@
+//! Starting an edge, and its drain.
+//!
+//! Tasks of one edge, all under the edge's [`Shutdown`] child:
+//! - the HTTP listener (`/ws` and the ops endpoints),
+//! - the gRPC push listener,
+//! - the route task: publishes route and presence changes in order, renews
+//!   the edge's lease, expires detached sessions,
+//! - the membership tail: evicts cached membership on membership events.
+//!
+//! Drain (SIGTERM, or the shutdown tree): readiness turns `draining`, the
+//! lease says `draining`, the listener stops accepting, every connection
+//! finishes its in-flight sends, gets `reconnect` and is closed; then the
+//! edge removes its routes and lease, flushes the producer and stops the
+//! push listener — all within `drain_deadline_ms`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use chatpipe_core::auth::TokenKeys;
+use chatpipe_core::records::{EdgeState, Event, EventRecord, MembershipChange, MembershipRecord, PresenceStatus, SCHEMA_VERSION};
+use chatpipe_core::store::{MembershipStore, SendDedupStore};
+use chatpipe_core::time::now_unix_ms;
+use chatpipe_kafka::{ChatProducer, KafkaConfig};
+use chatpipe_proto::push::edge_push_server::EdgePushServer;
+use chatpipe_runtime::health::{ComponentHandle, ComponentState, Health};
+use chatpipe_runtime::metrics::MetricsRegistry;
+use chatpipe_runtime::{Shutdown, ops};
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use prometheus_client::registry::Registry;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::EdgeConfig;
+use crate::metrics::EdgeMetrics;
+use crate::push::PushService;
+use crate::routes::RouteAnnouncer;
+use crate::send::{SendPath, SendPathSettings};
+use crate::sessions::{RouteChange, SessionRegistry};
+use crate::ws::ws_handler;
+
+/// Typed start-up failures of an edge.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Kafka(#[from] chatpipe_kafka::KafkaAdapterError),
+    #[error("kafka consumer: {0}")]
+    Consumer(#[from] rdkafka::error::KafkaError),
+}
+
+type RouteJob = (RouteChange, Option<oneshot::Sender<()>>);
+
+/// State shared by every connection and task of one edge.
+pub struct EdgeShared<S> {
+    pub(crate) config: EdgeConfig,
+    pub(crate) keys: TokenKeys,
+    pub(crate) sessions: Arc<SessionRegistry>,
+    pub(crate) send_path: SendPath<S>,
+    pub(crate) metrics: EdgeMetrics,
+    pub(crate) connect_global: DefaultDirectRateLimiter,
+    pub(crate) connect_per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    pub(crate) open_connections: AtomicUsize,
+    pub(crate) next_connection: AtomicU64,
+    /// Cancelled when the drain starts.
+    pub(crate) draining: CancellationToken,
+    route_jobs: mpsc::Sender<RouteJob>,
+}
+
+impl<S> EdgeShared<S> {
+    /// Publishes a route change and waits (bounded) until it is in Kafka, so
+    /// that a client's `hello` means fan-out can find it.
+    pub(crate) async fn route_change(&self, change: Option<RouteChange>) {
+        let Some(change) = change else { return };
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.route_jobs.send((change, Some(done_tx))).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), done_rx).await;
+        }
+    }
+}
+
+/// A running edge.
+pub struct EdgeHandle {
+    pub metrics: EdgeMetrics,
+    pub sessions: Arc<SessionRegistry>,
+    /// Where `/ws` listens (the real port when configured with port 0).
+    pub http_addr: SocketAddr,
+    pub push_addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for EdgeHandle {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("EdgeHandle")
+            .field("http_addr", &self.http_addr)
+            .field("push_addr", &self.push_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn quota(per_second: u32, burst: u32) -> Quota {
+    let rate = std::num::NonZeroU32::new(per_second.max(1)).expect("at least one");
+    let burst = std::num::NonZeroU32::new(burst.max(1)).expect("at least one");
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+/// Starts an edge; it runs until `shutdown` is cancelled, then drains.
+pub async fn spawn_edge<S: MembershipStore + SendDedupStore>(
+    config: EdgeConfig,
+    keys: TokenKeys,
+    store: S,
+    kafka: &KafkaConfig,
+    mut registry: Registry,
+    health: Health,
+    shutdown: Shutdown,
+) -> Result<EdgeHandle, EdgeError> {
+    let metrics = EdgeMetrics::new();
+    metrics.register(&mut registry);
+    let metrics_registry = MetricsRegistry::new(registry);
+    let listener_component = health.component("edge_listener");
+    let routes_component = health.component("edge_routes");
+
+    let http_listener = TcpListener::bind(config.http_addr).await.map_err(|source| EdgeError::Bind {
+        what: "websocket listener",
+        addr: config.http_addr,
+        source,
+    })?;
+    let push_listener = TcpListener::bind(config.push_addr).await.map_err(|source| EdgeError::Bind {
+        what: "push listener",
+        addr: config.push_addr,
+        source,
+    })?;
+    let http_addr = http_listener.local_addr().map_err(|source| EdgeError::Bind {
+        what: "websocket listener",
+        addr: config.http_addr,
+        source,
+    })?;
+    let push_addr = push_listener.local_addr().map_err(|source| EdgeError::Bind {
+        what: "push listener",
+        addr: config.push_addr,
+        source,
+    })?;
+
+    let producer = ChatProducer::new(kafka, config.producer_linger_ms)?;
+    let announcer = RouteAnnouncer::new(
+        producer.clone(),
+        config.topics.sessions.clone(),
+        config.edge_id.clone(),
+        config
+            .advertised_push_addr
+            .clone()
+            .unwrap_or_else(|| push_addr.to_string()),
+        Duration::from_millis(config.lease_ms),
+    );
+    announcer.announce_edge(EdgeState::Serving).await?;
+
+    let sessions = Arc::new(SessionRegistry::new(config.session_buffer_frames, config.max_unwritten_frames));
+    let send_path = SendPath::new(
+        store,
+        producer.clone(),
+        SendPathSettings {
+            edge_id: config.edge_id.clone(),
+            worker_id: config.worker_id,
+            topics: config.topics.clone(),
+            deadline: Duration::from_millis(config.send_deadline_ms),
+            membership_ttl: Duration::from_millis(config.membership_cache_ttl_ms),
+            dedup_ttl: Duration::from_millis(config.dedup_cache_ttl_ms),
+        },
+        metrics.clone(),
+    );
+    let (route_jobs_tx, route_jobs_rx) = mpsc::channel::<RouteJob>(4096);
+    let edge = Arc::new(EdgeShared {
+        connect_global: RateLimiter::direct(quota(config.connects_per_second_global, config.connects_burst_global)),
+        connect_per_ip: RateLimiter::keyed(quota(config.connects_per_second_per_ip, config.connects_burst_per_ip)),
+        config,
+        keys,
+        sessions: sessions.clone(),
+        send_path,
+        metrics: metrics.clone(),
+        open_connections: AtomicUsize::new(0),
+        next_connection: AtomicU64::new(1),
+        draining: CancellationToken::new(),
+        route_jobs: route_jobs_tx,
+    });
+
+    let membership_tail = membership_tail_consumer(kafka, &edge.config)?;
+    let tail_stop = CancellationToken::new();
+    let tail_task = tokio::spawn(run_membership_tail(edge.clone(), membership_tail, tail_stop.clone()));
+    let routes_stop = CancellationToken::new();
+    let route_task = tokio::spawn(run_route_task(
+        edge.clone(),
+        announcer.clone(),
+        route_jobs_rx,
+        routes_component,
+        routes_stop.clone(),
+    ));
+
+    let push_stop = CancellationToken::new();
+    let push_service = PushService {
+        sessions: sessions.clone(),
+        metrics: metrics.clone(),
+    };
+    let push_task = {
+        let push_stop = push_stop.clone();
+        tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(push_listener).with_nodelay(Some(true));
+            let served = tonic::transport::Server::builder()
+                .add_service(EdgePushServer::new(push_service).max_decoding_message_size(64 * 1024 * 1024))
+                .serve_with_incoming_shutdown(incoming, push_stop.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "push listener failed");
+            }
+        })
+    };
+
+    let app = Router::new()
+        .route("/ws", get(ws_handler::<S>))
+        .with_state(edge.clone())
+        .merge(ops::router(health.clone(), metrics_registry));
+    let listener_stop = CancellationToken::new();
+    let http_task = {
+        let listener_stop = listener_stop.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(listener_stop.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "websocket listener failed");
+            }
+        })
+    };
+    listener_component.set(ComponentState::Ready);
+    tracing::info!(edge = %edge.config.edge_id, %http_addr, %push_addr, "edge serving");
+
+    let stop_signal = shutdown.clone();
+    let task = shutdown.spawn(async move {
+        stop_signal.cancelled().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(edge.config.drain_deadline_ms);
+        tracing::info!(edge = %edge.config.edge_id, "edge draining");
+        listener_component.set(ComponentState::Draining);
+        if let Err(error) = announcer.announce_edge(EdgeState::Draining).await {
+            tracing::warn!(%error, "could not announce draining");
+        }
+        listener_stop.cancel();
+        edge.draining.cancel();
+        while edge.open_connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = tokio::time::timeout_at(deadline, http_task).await;
+        routes_stop.cancel();
+        let _ = tokio::time::timeout_at(deadline, route_task).await;
+        for user in edge.sessions.users() {
+            if let Err(error) = announcer.route_down(&user).await {
+                tracing::warn!(%error, %user, "could not remove route");
+            }
+        }
+        if let Err(error) = announcer.retire_edge().await {
+            tracing::warn!(%error, "could not retire edge lease");
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Err(error) = producer.flush(remaining.max(Duration::from_millis(100))) {
+            tracing::warn!(%error, "producer flush incomplete");
+        }
+        push_stop.cancel();
+        tail_stop.cancel();
+        let _ = push_task.await;
+        let _ = tail_task.await;
+        listener_component.set(ComponentState::Stopped);
+        tracing::info!(edge = %edge.config.edge_id, "edge stopped");
+    });
+
+    Ok(EdgeHandle {
+        metrics,
+        sessions,
+        http_addr,
+        push_addr,
+        task,
+    })
+}
+
+/// Publishes route and presence changes in order; renews the lease;
+/// expires detached sessions.
+async fn run_route_task<S: MembershipStore + SendDedupStore>(
+    edge: Arc<EdgeShared<S>>,
+    announcer: RouteAnnouncer,
+    mut jobs: mpsc::Receiver<RouteJob>,
+    component: ComponentHandle,
+    stop: CancellationToken,
+) {
+    let mut renew = tokio::time::interval(announcer.lease() / 3);
+    let mut sweep = tokio::time::interval(Duration::from_millis(500));
+    let resume_window = Duration::from_millis(edge.config.resume_window_ms);
+    component.set(ComponentState::Ready);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            Some((change, done)) = jobs.recv() => {
+                apply_route_change(&edge, &announcer, &change).await;
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+            _ = renew.tick() => {
+                let state = if edge.draining.is_cancelled() { EdgeState::Draining } else { EdgeState::Serving };
+                match announcer.announce_edge(state).await {
+                    Ok(()) => component.set(ComponentState::Ready),
+                    Err(error) => {
+                        edge.metrics.route_publish_failures.inc();
+                        component.set(ComponentState::Degraded(format!("lease renewal failed: {error}")));
+                    }
+                }
+            }
+            _ = sweep.tick() => {
+                for change in edge.sessions.expire_detached(resume_window) {
+                    apply_route_change(&edge, &announcer, &change).await;
+                }
+                edge.metrics.sessions.set(edge.sessions.session_count() as i64);
+            }
+        }
+    }
+}
+
+async fn apply_route_change<S: MembershipStore + SendDedupStore>(
+    edge: &EdgeShared<S>,
+    announcer: &RouteAnnouncer,
+    change: &RouteChange,
+) {
+    let (user, routed, status) = match change {
+        RouteChange::UserArrived(user) => (user, announcer.route_up(user).await, PresenceStatus::Online),
+        RouteChange::UserLeft(user) => (user, announcer.route_down(user).await, PresenceStatus::Offline),
+    };
+    if let Err(error) = routed {
+        edge.metrics.route_publish_failures.inc();
+        tracing::warn!(%error, %user, "route change not published");
+    }
+    let presence = EventRecord {
+        schema_version: SCHEMA_VERSION,
+        event: Event::Presence {
+            user_id: user.clone(),
+            status,
+        },
+        ts: now_unix_ms(),
+    };
+    if let Err(error) = edge.send_path.publish_presence(&presence, user).await {
+        tracing::debug!(%error, %user, "presence not published");
+    }
+}
+
+fn membership_tail_consumer(kafka: &KafkaConfig, config: &EdgeConfig) -> Result<StreamConsumer, EdgeError> {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", format!("{}-membership-tail", kafka.client_id))
+        .set("group.id", format!("chatpipe-edge-tail-{}", uuid::Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
+    consumer.subscribe(&[config.topics.membership.as_str()])?;
+    Ok(consumer)
+}
+
+/// Evicts cached membership when a membership record arrives, so a removed
+/// member cannot keep sending on a cached answer.
+async fn run_membership_tail<S: MembershipStore + SendDedupStore>(
+    edge: Arc<EdgeShared<S>>,
+    consumer: StreamConsumer,
+    stop: CancellationToken,
+) {
+    let mut stream = consumer.stream();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            next = stream.next() => next,
+        };
+        let Some(Ok(message)) = next else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let Some(Ok(record)) = message.payload().map(serde_json::from_slice::<MembershipRecord>) else {
+            continue;
+        };
+        match &record.change {
+            MembershipChange::Removed { user_id } | MembershipChange::Added { user_id } => {
+                edge.send_path.forget_membership(&record.conversation_id, user_id).await;
+            }
+            MembershipChange::Created { .. } => {}
+        }
+    }
+}

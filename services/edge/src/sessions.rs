@@ -1,0 +1,377 @@
+//! The sessions this edge holds, by id and by user.
+//!
+//! A session outlives its connection: when the socket goes, the session is
+//! *detached* and keeps collecting frames (bounded) for `resume_window_ms`,
+//! so that a client that comes back (after a blip, or to this edge after a
+//! reconnect) is replayed what it missed. The registry tells its caller when
+//! a user's first session appears and when the last one goes, which is when
+//! the edge publishes or removes the user's route and presence.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chatpipe_core::{SessionId, UserId};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::stream::{OutboundStream, Replay};
+
+/// Why a connection was told to go away by someone other than its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// Its outbound backlog passed `max_unwritten_frames`.
+    SlowConsumer,
+    /// Another connection resumed the session.
+    TakenOver,
+}
+
+#[derive(Debug)]
+enum Attachment {
+    Attached {
+        connection: u64,
+        kick: CancellationToken,
+        kick_reason: Arc<Mutex<Option<KickReason>>>,
+    },
+    Detached {
+        since: Instant,
+    },
+}
+
+/// One session.
+#[derive(Debug)]
+pub struct Session {
+    pub id: SessionId,
+    pub user: UserId,
+    stream: Mutex<OutboundStream>,
+    /// Wakes the connection's writer when frames arrive.
+    pub wake: Notify,
+    attachment: Mutex<Attachment>,
+}
+
+/// What a connection holds while it is attached to a session.
+#[derive(Debug, Clone)]
+pub struct AttachTicket {
+    pub connection: u64,
+    pub kick: CancellationToken,
+    kick_reason: Arc<Mutex<Option<KickReason>>>,
+}
+
+impl AttachTicket {
+    pub fn kick_reason(&self) -> Option<KickReason> {
+        *self.kick_reason.lock().expect("kick lock")
+    }
+}
+
+impl Session {
+    fn new(id: SessionId, user: UserId, capacity: usize) -> Self {
+        Self {
+            id,
+            user,
+            stream: Mutex::new(OutboundStream::new(capacity)),
+            wake: Notify::new(),
+            attachment: Mutex::new(Attachment::Detached {
+                since: Instant::now(),
+            }),
+        }
+    }
+
+    /// Attaches a connection, kicking any previous one.
+    fn attach(&self, connection: u64) -> AttachTicket {
+        let ticket = AttachTicket {
+            connection,
+            kick: CancellationToken::new(),
+            kick_reason: Arc::new(Mutex::new(None)),
+        };
+        let mut attachment = self.attachment.lock().expect("attachment lock");
+        if let Attachment::Attached {
+            kick, kick_reason, ..
+        } = &*attachment
+        {
+            *kick_reason.lock().expect("kick lock") = Some(KickReason::TakenOver);
+            kick.cancel();
+        }
+        *attachment = Attachment::Attached {
+            connection,
+            kick: ticket.kick.clone(),
+            kick_reason: ticket.kick_reason.clone(),
+        };
+        ticket
+    }
+
+    /// Detaches `connection` if it is still the attached one.
+    fn detach(&self, connection: u64) {
+        let mut attachment = self.attachment.lock().expect("attachment lock");
+        if matches!(&*attachment, Attachment::Attached { connection: current, .. } if *current == connection)
+        {
+            *attachment = Attachment::Detached {
+                since: Instant::now(),
+            };
+        }
+    }
+
+    fn detached_since(&self) -> Option<Instant> {
+        match &*self.attachment.lock().expect("attachment lock") {
+            Attachment::Detached { since } => Some(*since),
+            Attachment::Attached { .. } => None,
+        }
+    }
+
+    /// Queues one frame; kicks the attached connection if it lags too far.
+    pub fn enqueue(&self, encode: impl FnOnce(u64) -> String, max_unwritten: usize) -> u64 {
+        let (seq, lagging) = {
+            let mut stream = self.stream.lock().expect("stream lock");
+            let seq = stream.push(encode);
+            (seq, stream.unwritten() > max_unwritten)
+        };
+        if lagging {
+            let attachment = self.attachment.lock().expect("attachment lock");
+            if let Attachment::Attached {
+                kick, kick_reason, ..
+            } = &*attachment
+            {
+                kick_reason
+                    .lock()
+                    .expect("kick lock")
+                    .get_or_insert(KickReason::SlowConsumer);
+                kick.cancel();
+            }
+        }
+        self.wake.notify_one();
+        seq
+    }
+
+    pub fn take_unwritten(&self) -> Vec<Arc<str>> {
+        self.stream.lock().expect("stream lock").take_unwritten()
+    }
+
+    pub fn ack(&self, seq: u64) {
+        self.stream.lock().expect("stream lock").ack(seq);
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.stream.lock().expect("stream lock").buffered()
+    }
+
+    pub fn unwritten(&self) -> usize {
+        self.stream.lock().expect("stream lock").unwritten()
+    }
+}
+
+/// A change in the set of users this edge holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteChange {
+    /// The user's first session here: publish the route, presence online.
+    UserArrived(UserId),
+    /// The user's last session here ended: remove the route, presence offline.
+    UserLeft(UserId),
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    sessions: HashMap<SessionId, Arc<Session>>,
+    by_user: HashMap<UserId, HashSet<SessionId>>,
+}
+
+/// Every session of this edge.
+#[derive(Debug)]
+pub struct SessionRegistry {
+    tables: Mutex<Tables>,
+    buffer_frames: usize,
+    max_unwritten: usize,
+}
+
+/// The result of a resume request.
+#[derive(Debug)]
+pub enum ResumeOutcome {
+    Resumed {
+        session: Arc<Session>,
+        ticket: AttachTicket,
+        replay: Vec<Arc<str>>,
+    },
+    /// Unknown or expired session, another user's, or a gap in its buffer.
+    Refused,
+}
+
+impl SessionRegistry {
+    pub fn new(buffer_frames: usize, max_unwritten: usize) -> Self {
+        Self {
+            tables: Mutex::new(Tables::default()),
+            buffer_frames,
+            max_unwritten,
+        }
+    }
+
+    /// Creates and attaches a fresh session for `user`.
+    pub fn open(&self, user: &UserId, connection: u64) -> (Arc<Session>, AttachTicket, Option<RouteChange>) {
+        let id = SessionId::parse(uuid::Uuid::new_v4().simple().to_string()).expect("uuid is a valid id");
+        let session = Arc::new(Session::new(id.clone(), user.clone(), self.buffer_frames));
+        let ticket = session.attach(connection);
+        let mut tables = self.tables.lock().expect("sessions lock");
+        tables.sessions.insert(id.clone(), session.clone());
+        let user_sessions = tables.by_user.entry(user.clone()).or_default();
+        let arrived = user_sessions.is_empty();
+        user_sessions.insert(id);
+        (session, ticket, arrived.then(|| RouteChange::UserArrived(user.clone())))
+    }
+
+    /// Re-attaches `session_id` for `user` and prepares the replay after `last_seq`.
+    pub fn resume(&self, session_id: &SessionId, user: &UserId, last_seq: u64, connection: u64) -> ResumeOutcome {
+        let session = {
+            let tables = self.tables.lock().expect("sessions lock");
+            match tables.sessions.get(session_id) {
+                Some(session) if session.user == *user => session.clone(),
+                _ => return ResumeOutcome::Refused,
+            }
+        };
+        let replay = session.stream.lock().expect("stream lock").resume_after(last_seq);
+        match replay {
+            Replay::Gap => ResumeOutcome::Refused,
+            Replay::Frames(replay) => {
+                let ticket = session.attach(connection);
+                ResumeOutcome::Resumed {
+                    session,
+                    ticket,
+                    replay,
+                }
+            }
+        }
+    }
+
+    /// The connection ended; the session waits for a resume.
+    pub fn detach(&self, session: &Session, connection: u64) {
+        session.detach(connection);
+    }
+
+    /// Ends a session for good (resume window over, or a resume was refused
+    /// and the client started anew).
+    pub fn close(&self, session_id: &SessionId) -> Option<RouteChange> {
+        let mut tables = self.tables.lock().expect("sessions lock");
+        let session = tables.sessions.remove(session_id)?;
+        let user_sessions = tables.by_user.get_mut(&session.user)?;
+        user_sessions.remove(session_id);
+        if user_sessions.is_empty() {
+            tables.by_user.remove(&session.user);
+            return Some(RouteChange::UserLeft(session.user.clone()));
+        }
+        None
+    }
+
+    /// Removes sessions detached for longer than `window`.
+    pub fn expire_detached(&self, window: Duration) -> Vec<RouteChange> {
+        let expired: Vec<SessionId> = {
+            let tables = self.tables.lock().expect("sessions lock");
+            tables
+                .sessions
+                .values()
+                .filter(|session| session.detached_since().is_some_and(|since| since.elapsed() >= window))
+                .map(|session| session.id.clone())
+                .collect()
+        };
+        expired.iter().filter_map(|id| self.close(id)).collect()
+    }
+
+    /// Queues a frame to every session of `user`; returns how many.
+    pub fn deliver(&self, user: &UserId, encode: &dyn Fn(u64) -> String) -> usize {
+        let sessions: Vec<Arc<Session>> = {
+            let tables = self.tables.lock().expect("sessions lock");
+            match tables.by_user.get(user) {
+                Some(ids) => ids.iter().filter_map(|id| tables.sessions.get(id).cloned()).collect(),
+                None => return 0,
+            }
+        };
+        for session in &sessions {
+            session.enqueue(encode, self.max_unwritten);
+        }
+        sessions.len()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.tables.lock().expect("sessions lock").sessions.len()
+    }
+
+    /// Users with at least one session here (for route re-announcement).
+    pub fn users(&self) -> Vec<UserId> {
+        self.tables.lock().expect("sessions lock").by_user.keys().cloned().collect()
+    }
+
+    /// Sessions of one user (tests and diagnostics).
+    pub fn sessions_of(&self, user: &UserId) -> Vec<Arc<Session>> {
+        let tables = self.tables.lock().expect("sessions lock");
+        tables
+            .by_user
+            .get(user)
+            .map(|ids| ids.iter().filter_map(|id| tables.sessions.get(id).cloned()).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    #[test]
+    fn first_and_last_session_change_routes() {
+        let registry = SessionRegistry::new(16, 8);
+        let (first, _, change) = registry.open(&user("alice"), 1);
+        assert_eq!(change, Some(RouteChange::UserArrived(user("alice"))));
+        let (second, _, change) = registry.open(&user("alice"), 2);
+        assert_eq!(change, None);
+        assert_eq!(registry.close(&first.id), None);
+        assert_eq!(registry.close(&second.id), Some(RouteChange::UserLeft(user("alice"))));
+    }
+
+    #[test]
+    fn delivery_reaches_every_device_and_resume_replays() {
+        let registry = SessionRegistry::new(16, 8);
+        let (phone, _, _) = registry.open(&user("bob"), 1);
+        let (laptop, _, _) = registry.open(&user("bob"), 2);
+        assert_eq!(registry.deliver(&user("bob"), &|seq| format!("m{seq}")), 2);
+        assert_eq!(registry.deliver(&user("nobody"), &|seq| format!("m{seq}")), 0);
+        assert_eq!(phone.take_unwritten().len(), 1);
+        registry.detach(&phone, 1);
+        registry.deliver(&user("bob"), &|seq| format!("m{seq}"));
+        match registry.resume(&phone.id, &user("bob"), 1, 3) {
+            ResumeOutcome::Resumed { replay, .. } => assert_eq!(&*replay[0], "m2"),
+            ResumeOutcome::Refused => panic!("resume refused"),
+        }
+        assert!(matches!(registry.resume(&laptop.id, &user("mallory"), 0, 4), ResumeOutcome::Refused));
+    }
+
+    #[test]
+    fn a_lagging_reader_is_kicked_as_slow() {
+        let registry = SessionRegistry::new(64, 4);
+        let (session, ticket, _) = registry.open(&user("carol"), 1);
+        for _ in 0..5 {
+            registry.deliver(&user("carol"), &|seq| format!("m{seq}"));
+        }
+        assert!(ticket.kick.is_cancelled());
+        assert_eq!(ticket.kick_reason(), Some(KickReason::SlowConsumer));
+        assert_eq!(session.unwritten(), 5);
+    }
+
+    #[test]
+    fn resume_takes_over_a_half_open_connection() {
+        let registry = SessionRegistry::new(16, 8);
+        let (session, old_ticket, _) = registry.open(&user("dave"), 1);
+        assert!(matches!(registry.resume(&session.id, &user("dave"), 0, 2), ResumeOutcome::Resumed { .. }));
+        assert_eq!(old_ticket.kick_reason(), Some(KickReason::TakenOver));
+    }
+
+    #[test]
+    fn detached_sessions_expire() {
+        let registry = SessionRegistry::new(16, 8);
+        let (session, _, _) = registry.open(&user("erin"), 1);
+        registry.detach(&session, 1);
+        assert_eq!(registry.expire_detached(Duration::from_secs(60)), vec![]);
+        assert_eq!(
+            registry.expire_detached(Duration::ZERO),
+            vec![RouteChange::UserLeft(user("erin"))]
+        );
+        assert_eq!(registry.session_count(), 0);
+    }
+}

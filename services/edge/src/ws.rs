@@ -1,0 +1,500 @@
+//! The WebSocket endpoint: admission (capacity, rate limits, token), then
+//! one task per connection that reads client frames, writes the session's
+//! stream, and keeps the heartbeat.
+//!
+//! Close codes (also in the README and `schemas/ws/`):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 1001 | the edge is draining; a `reconnect` frame came first — resume elsewhere |
+//! | 1013 | try again later: connection rate limit or capacity; the reason says `retry_after_ms=N` |
+//! | 4001 | unauthorized: the token is missing, malformed, expired or wrongly signed |
+//! | 4008 | slow consumer: the client did not read its frames; resume to continue |
+//! | 4009 | session taken over by a newer connection that resumed it |
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chatpipe_core::auth::bearer_token;
+use chatpipe_core::frames::{ClientFrame, ControlFrame, decode_client_frame};
+use chatpipe_core::records::Event;
+use chatpipe_core::store::{MembershipStore, SendDedupStore};
+use chatpipe_core::{ClientMsgId, ConversationId, SessionId, UserId};
+use governor::clock::{Clock, DefaultClock};
+use governor::{Quota, RateLimiter};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::server::EdgeShared;
+use crate::sessions::{KickReason, ResumeOutcome, Session};
+
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+pub const CLOSE_UNAUTHORIZED: u16 = 4001;
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+pub const CLOSE_TAKEN_OVER: u16 = 4009;
+
+/// Sends and events a connection may have queued before it is told to slow down.
+const JOBS_PER_CONNECTION: usize = 64;
+
+#[derive(Debug, Deserialize)]
+pub struct ConnectParams {
+    token: Option<String>,
+    resume: Option<String>,
+    last_seq: Option<String>,
+}
+
+/// Why a connection attempt is refused after the upgrade.
+struct Refusal {
+    code: u16,
+    reason: String,
+}
+
+pub async fn ws_handler<S: MembershipStore + SendDedupStore>(
+    State(edge): State<Arc<EdgeShared<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<ConnectParams>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let upgrade = upgrade
+        .read_buffer_size(edge.config.ws_read_buffer_bytes)
+        .write_buffer_size(edge.config.ws_write_buffer_bytes)
+        .max_message_size(edge.config.frame_limits.max_frame_bytes * 4)
+        .max_frame_size(edge.config.frame_limits.max_frame_bytes * 4);
+    match admit(&edge, peer.ip(), &params, &headers) {
+        Err(refusal) => upgrade.on_upgrade(move |mut socket| async move {
+            let close = CloseFrame {
+                code: refusal.code,
+                reason: Utf8Bytes::from(refusal.reason),
+            };
+            let _ = socket.send(Message::Close(Some(close))).await;
+        }),
+        Ok(user) => {
+            let resume = parse_resume(&params);
+            upgrade.on_upgrade(move |socket| connection(edge, socket, user, resume))
+        }
+    }
+}
+
+fn parse_resume(params: &ConnectParams) -> Option<(SessionId, u64)> {
+    let session = SessionId::parse(params.resume.clone()?).ok()?;
+    let last_seq = params.last_seq.as_deref().unwrap_or("0").parse().ok()?;
+    Some((session, last_seq))
+}
+
+fn retry_hint(wait: Duration) -> String {
+    // Jitter spreads a storm's retries instead of synchronising them.
+    let jitter = rand::random_range(0..=wait.as_millis() as u64 / 2 + 250);
+    format!("rate_limited; retry_after_ms={}", wait.as_millis() as u64 + jitter)
+}
+
+fn admit<S>(edge: &EdgeShared<S>, ip: IpAddr, params: &ConnectParams, headers: &HeaderMap) -> Result<UserId, Refusal> {
+    let rejected = |reason: &str| edge.metrics.connections_rejected.get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(reason)).inc();
+    if edge.draining.is_cancelled() {
+        rejected("draining");
+        return Err(Refusal {
+            code: CLOSE_TRY_AGAIN_LATER,
+            reason: "draining; retry_after_ms=1000".into(),
+        });
+    }
+    if edge.open_connections.load(Ordering::Relaxed) >= edge.config.max_connections {
+        rejected("capacity");
+        return Err(Refusal {
+            code: CLOSE_TRY_AGAIN_LATER,
+            reason: "capacity; retry_after_ms=5000".into(),
+        });
+    }
+    if let Err(not_until) = edge.connect_global.check() {
+        rejected("rate_limited_global");
+        return Err(Refusal {
+            code: CLOSE_TRY_AGAIN_LATER,
+            reason: retry_hint(not_until.wait_time_from(DefaultClock::default().now())),
+        });
+    }
+    if let Err(not_until) = edge.connect_per_ip.check_key(&ip) {
+        rejected("rate_limited_ip");
+        return Err(Refusal {
+            code: CLOSE_TRY_AGAIN_LATER,
+            reason: retry_hint(not_until.wait_time_from(DefaultClock::default().now())),
+        });
+    }
+    let header_token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer_token);
+    let token = header_token.or(params.token.as_deref()).unwrap_or("");
+    edge.keys.verify(token).map_err(|error| {
+        edge.metrics
+            .auth_failures
+            .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(error.label()))
+            .inc();
+        Refusal {
+            code: CLOSE_UNAUTHORIZED,
+            reason: format!("unauthorized: {error}"),
+        }
+    })
+}
+
+/// Work a connection hands to its (lazily started) job worker, in order.
+enum Job {
+    Send {
+        conversation_id: ConversationId,
+        client_msg_id: ClientMsgId,
+        body: String,
+    },
+    Event(Event),
+}
+
+/// Why a connection loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    ClientGone,
+    HeartbeatTimeout,
+    Kicked(KickReason),
+    Drained,
+}
+
+struct OpenConnectionGuard<'a, S> {
+    edge: &'a EdgeShared<S>,
+}
+
+impl<S> Drop for OpenConnectionGuard<'_, S> {
+    fn drop(&mut self) {
+        self.edge.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.edge.metrics.connections.dec();
+    }
+}
+
+async fn connection<S: MembershipStore + SendDedupStore>(
+    edge: Arc<EdgeShared<S>>,
+    mut socket: WebSocket,
+    user: UserId,
+    resume: Option<(SessionId, u64)>,
+) {
+    edge.open_connections.fetch_add(1, Ordering::Relaxed);
+    edge.metrics.connections.inc();
+    edge.metrics.connections_accepted.inc();
+    let _guard = OpenConnectionGuard { edge: &edge };
+    let connection_id = edge.next_connection.fetch_add(1, Ordering::Relaxed);
+
+    let mut replay = Vec::new();
+    let mut resumed = false;
+    let mut attached = None;
+    if let Some((session_id, last_seq)) = resume {
+        match edge.sessions.resume(&session_id, &user, last_seq, connection_id) {
+            ResumeOutcome::Resumed {
+                session,
+                ticket,
+                replay: frames,
+            } => {
+                edge.metrics.sessions_resumed.inc();
+                resumed = true;
+                replay = frames;
+                attached = Some((session, ticket));
+            }
+            ResumeOutcome::Refused => {
+                edge.metrics.resumes_refused.inc();
+                // A session we still hold for this user but cannot replay is useless now.
+                if edge.sessions.sessions_of(&user).iter().any(|session| session.id == session_id) {
+                    edge.route_change(edge.sessions.close(&session_id)).await;
+                }
+            }
+        }
+    }
+    let (session, ticket) = match attached {
+        Some(found) => found,
+        None => {
+            let (session, ticket, change) = edge.sessions.open(&user, connection_id);
+            edge.metrics.sessions.set(edge.sessions.session_count() as i64);
+            edge.route_change(change).await;
+            (session, ticket)
+        }
+    };
+
+    let hello = ControlFrame::Hello {
+        session_id: session.id.clone(),
+        heartbeat_ms: edge.config.heartbeat_interval_ms,
+        resumed,
+    };
+    let mut ending = Ending::ClientGone;
+    if socket.send(Message::Text(hello.encode().into())).await.is_ok() {
+        let mut writable = true;
+        for frame in replay {
+            if socket.send(Message::Text(Utf8Bytes::from(&*frame))).await.is_err() {
+                writable = false;
+                break;
+            }
+            edge.metrics.frames_out.inc();
+        }
+        if writable {
+            ending = serve(&edge, &mut socket, &session, &ticket).await;
+        }
+    }
+
+    match ending {
+        Ending::Kicked(KickReason::SlowConsumer) => {
+            edge.metrics.slow_consumer_closes.inc();
+            close_with(&mut socket, CLOSE_SLOW_CONSUMER, "slow consumer: resume to continue").await;
+        }
+        Ending::Kicked(KickReason::TakenOver) => {
+            close_with(&mut socket, CLOSE_TAKEN_OVER, "session resumed by another connection").await;
+        }
+        Ending::HeartbeatTimeout => {
+            edge.metrics.heartbeat_timeouts.inc();
+        }
+        Ending::Drained | Ending::ClientGone => {}
+    }
+    edge.sessions.detach(&session, connection_id);
+    tracing::debug!(session = %session.id, user = %user, ?ending, "connection ended");
+}
+
+async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    }));
+    let _ = tokio::time::timeout(Duration::from_millis(500), socket.send(frame)).await;
+}
+
+/// Writes one message unless the connection is kicked meanwhile.
+async fn write(
+    socket: &mut WebSocket,
+    message: Message,
+    kick: &tokio_util::sync::CancellationToken,
+) -> Result<(), ()> {
+    tokio::select! {
+        biased;
+        _ = kick.cancelled() => Err(()),
+        written = socket.send(message) => written.map_err(|_| ()),
+    }
+}
+
+async fn serve<S: MembershipStore + SendDedupStore>(
+    edge: &Arc<EdgeShared<S>>,
+    socket: &mut WebSocket,
+    session: &Arc<Session>,
+    ticket: &crate::sessions::AttachTicket,
+) -> Ending {
+    let heartbeat_interval = Duration::from_millis(edge.config.heartbeat_interval_ms);
+    let heartbeat_timeout = Duration::from_millis(edge.config.heartbeat_timeout_ms);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_interval, heartbeat_interval);
+    let mut last_heard = Instant::now();
+    let limiter = RateLimiter::direct(
+        Quota::per_second(nonzero(edge.config.frames_per_second_per_connection))
+            .allow_burst(nonzero(edge.config.frames_burst_per_connection)),
+    );
+    let mut jobs: Option<mpsc::Sender<Job>> = None;
+    let (control_tx, mut control_rx) = mpsc::channel::<ControlFrame>(JOBS_PER_CONNECTION);
+    let mut control_tx = Some(control_tx);
+    // Frames queued before this connection attached are written first.
+    session.wake.notify_one();
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = ticket.kick.cancelled() => {
+                return Ending::Kicked(ticket.kick_reason().unwrap_or(KickReason::SlowConsumer));
+            }
+            _ = edge.draining.cancelled() => {
+                return drain_connection(edge, socket, session, ticket, jobs.take(), control_tx.take(), &mut control_rx).await;
+            }
+            Some(frame) = control_rx.recv() => {
+                if write(socket, Message::Text(frame.encode().into()), &ticket.kick).await.is_err() {
+                    return Ending::ClientGone;
+                }
+                edge.metrics.frames_out.inc();
+            }
+            _ = session.wake.notified() => {
+                for frame in session.take_unwritten() {
+                    if write(socket, Message::Text(Utf8Bytes::from(&*frame)), &ticket.kick).await.is_err() {
+                        return if ticket.kick.is_cancelled() {
+                            Ending::Kicked(ticket.kick_reason().unwrap_or(KickReason::SlowConsumer))
+                        } else {
+                            Ending::ClientGone
+                        };
+                    }
+                    edge.metrics.frames_out.inc();
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > heartbeat_timeout {
+                    return Ending::HeartbeatTimeout;
+                }
+                if write(socket, Message::Ping(Default::default()), &ticket.kick).await.is_err() {
+                    return Ending::ClientGone;
+                }
+            }
+            incoming = socket.recv() => {
+                let Some(Ok(message)) = incoming else { return Ending::ClientGone };
+                last_heard = Instant::now();
+                let text = match message {
+                    Message::Text(text) => text,
+                    Message::Binary(_) => {
+                        reject(edge, socket, None, chatpipe_core::ErrorCode::Invalid, "binary frames are not supported; send JSON text frames").await;
+                        continue;
+                    }
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                    Message::Close(_) => return Ending::ClientGone,
+                };
+                edge.metrics.frames_in.inc();
+                let frame = match decode_client_frame(text.as_str(), &edge.config.frame_limits) {
+                    Ok(frame) => frame,
+                    Err(error) => {
+                        reject(edge, socket, error.reference.clone(), error.code, &error.message).await;
+                        continue;
+                    }
+                };
+                let job = match frame {
+                    ClientFrame::Ping => {
+                        if write(socket, Message::Text(ControlFrame::Pong.encode().into()), &ticket.kick).await.is_err() {
+                            return Ending::ClientGone;
+                        }
+                        continue;
+                    }
+                    ClientFrame::AckSeq { seq } => {
+                        session.ack(seq);
+                        continue;
+                    }
+                    ClientFrame::Send { conversation_id, client_msg_id, body } => Job::Send { conversation_id, client_msg_id, body },
+                    ClientFrame::Typing { conversation_id } => Job::Event(Event::Typing { conversation_id, user_id: session.user.clone() }),
+                    ClientFrame::Read { conversation_id, message_id } => Job::Event(Event::Read { conversation_id, user_id: session.user.clone(), message_id }),
+                };
+                let reference = match &job {
+                    Job::Send { client_msg_id, .. } => Some(client_msg_id.to_string()),
+                    Job::Event(_) => None,
+                };
+                if limiter.check().is_err() {
+                    reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down").await;
+                    continue;
+                }
+                let Some(control) = control_tx.as_ref() else { continue };
+                let queue = jobs.get_or_insert_with(|| spawn_job_worker(edge.clone(), session.user.clone(), control.clone()));
+                if queue.try_send(job).is_err() {
+                    reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many sends in flight; wait for acks").await;
+                }
+            }
+        }
+    }
+}
+
+fn nonzero(value: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(value.max(1)).expect("at least one")
+}
+
+async fn reject<S>(
+    edge: &EdgeShared<S>,
+    socket: &mut WebSocket,
+    reference: Option<String>,
+    code: chatpipe_core::ErrorCode,
+    message: &str,
+) {
+    edge.metrics
+        .frames_rejected
+        .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(code.as_str()))
+        .inc();
+    let frame = ControlFrame::Error {
+        reference,
+        code,
+        message: message.to_owned(),
+    };
+    let _ = socket.send(Message::Text(frame.encode().into())).await;
+}
+
+/// Runs a connection's sends and events one at a time, in arrival order, so
+/// that a client's messages keep their order into Kafka.
+fn spawn_job_worker<S: MembershipStore + SendDedupStore>(
+    edge: Arc<EdgeShared<S>>,
+    user: UserId,
+    control: mpsc::Sender<ControlFrame>,
+) -> mpsc::Sender<Job> {
+    let (jobs_tx, mut jobs_rx) = mpsc::channel::<Job>(JOBS_PER_CONNECTION);
+    tokio::spawn(async move {
+        while let Some(job) = jobs_rx.recv().await {
+            let reply = match job {
+                Job::Send {
+                    conversation_id,
+                    client_msg_id,
+                    body,
+                } => {
+                    let reference = client_msg_id.to_string();
+                    match edge.send_path.send(&user, conversation_id, client_msg_id.clone(), body).await {
+                        Ok(accepted) => Some(ControlFrame::Ack {
+                            client_msg_id,
+                            message_id: accepted.message_id,
+                            ts: accepted.ts,
+                        }),
+                        Err(refusal) => {
+                            edge.metrics
+                                .frames_rejected
+                                .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(refusal.code.as_str()))
+                                .inc();
+                            Some(ControlFrame::Error {
+                                reference: Some(reference),
+                                code: refusal.code,
+                                message: refusal.message,
+                            })
+                        }
+                    }
+                }
+                Job::Event(event) => match edge.send_path.publish_event(&user, event).await {
+                    Ok(()) => None,
+                    Err(refusal) => Some(ControlFrame::Error {
+                        reference: None,
+                        code: refusal.code,
+                        message: refusal.message,
+                    }),
+                },
+            };
+            if let Some(frame) = reply
+                && control.send(frame).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    jobs_tx
+}
+
+/// Drain of one connection: finish what the client already sent (its acks
+/// go out), write the session's pending frames, then `reconnect` and close.
+async fn drain_connection<S>(
+    edge: &Arc<EdgeShared<S>>,
+    socket: &mut WebSocket,
+    session: &Arc<Session>,
+    ticket: &crate::sessions::AttachTicket,
+    jobs: Option<mpsc::Sender<Job>>,
+    control_tx: Option<mpsc::Sender<ControlFrame>>,
+    control_rx: &mut mpsc::Receiver<ControlFrame>,
+) -> Ending {
+    drop(jobs);
+    drop(control_tx);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(edge.config.drain_deadline_ms / 2);
+    loop {
+        match tokio::time::timeout_at(deadline, control_rx.recv()).await {
+            Ok(Some(frame)) => {
+                if write(socket, Message::Text(frame.encode().into()), &ticket.kick).await.is_err() {
+                    return Ending::ClientGone;
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    for frame in session.take_unwritten() {
+        if write(socket, Message::Text(Utf8Bytes::from(&*frame)), &ticket.kick).await.is_err() {
+            return Ending::ClientGone;
+        }
+    }
+    let reconnect = ControlFrame::Reconnect {
+        reason: "edge draining; reconnect and resume".into(),
+    };
+    let _ = write(socket, Message::Text(reconnect.encode().into()), &ticket.kick).await;
+    close_with(socket, CLOSE_GOING_AWAY, "draining").await;
+    Ending::Drained
+}
