@@ -1,0 +1,127 @@
+//! The fan-out role's configuration: one typed struct, defaults from the
+//! contract, units in the field names.
+
+use std::time::Duration;
+
+use chatpipe_core::records::TopicNames;
+
+/// How a fan-out worker consumes, resolves and pushes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutConfig {
+    /// Kafka consumer group of the fan-out workers on `chat.messages` and
+    /// `chat.events`. Workers in one group share the partitions.
+    pub group_id: String,
+    /// This worker's name: the `source` of its pushes, and a suffix of its
+    /// Kafka `client.id`s. Should be unique per process.
+    pub worker_id: String,
+    /// The topic names of this deployment.
+    pub topics: TopicNames,
+    /// Most records handled as one batch (one push per edge per batch).
+    pub max_batch_records: usize,
+    /// Longest wait for a batch to fill once its first record arrived, in ms.
+    pub max_batch_wait_ms: u64,
+    /// Deadline of one push RPC to one edge (connecting included), in ms.
+    pub push_timeout_ms: u64,
+    /// Largest push RPC, in bytes (estimated). Items beyond it go in further
+    /// RPCs to the same edge, sent one after another so order holds; keep it
+    /// below the edge's gRPC decoding limit (tonic's default is 4 MiB).
+    pub max_push_bytes: usize,
+    /// How long an edge whose push failed or timed out is skipped, in ms.
+    pub suspect_backoff_ms: u64,
+    /// Tolerance for clock skew between edges and workers when checking an
+    /// edge's lease, in ms: an edge counts as live until
+    /// `lease_expires_ms + lease_grace_ms`.
+    pub lease_grace_ms: u64,
+    /// An edge whose lease expired this long ago is forgotten from memory,
+    /// with its routes (they are ignored from the moment the lease expires;
+    /// this only bounds memory), in ms.
+    pub forget_dead_edge_after_ms: u64,
+    /// Capacity of the members-per-conversation cache, counted in members
+    /// (a 10,000-member conversation weighs 10,000).
+    pub membership_cache_max_members: u64,
+    /// Capacity of the conversations-per-user cache (used for presence),
+    /// counted in conversation ids.
+    pub user_conversations_cache_max_entries: u64,
+    /// Time-to-live of cached membership, in ms: a safety net behind the
+    /// invalidation by the membership topic.
+    pub membership_cache_ttl_ms: u64,
+    /// Most concurrent membership-store reads while resolving one batch.
+    pub resolve_concurrency: usize,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "chatpipe-fanout".to_owned(),
+            worker_id: format!("fanout-{}", std::process::id()),
+            topics: TopicNames::default(),
+            max_batch_records: 500,
+            max_batch_wait_ms: 5,
+            push_timeout_ms: 2_000,
+            max_push_bytes: 3 << 20,
+            suspect_backoff_ms: 5_000,
+            lease_grace_ms: 1_000,
+            forget_dead_edge_after_ms: 10 * 60 * 1_000,
+            membership_cache_max_members: 1_000_000,
+            user_conversations_cache_max_entries: 1_000_000,
+            membership_cache_ttl_ms: 60_000,
+            resolve_concurrency: 32,
+        }
+    }
+}
+
+impl FanoutConfig {
+    pub fn push_timeout(&self) -> Duration {
+        Duration::from_millis(self.push_timeout_ms)
+    }
+
+    pub fn suspect_backoff(&self) -> Duration {
+        Duration::from_millis(self.suspect_backoff_ms)
+    }
+
+    pub fn membership_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.membership_cache_ttl_ms)
+    }
+
+    /// Refuses values that would make the worker misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.group_id.trim().is_empty() {
+            return Err("group_id must not be empty".into());
+        }
+        if self.worker_id.trim().is_empty() {
+            return Err("worker_id must not be empty".into());
+        }
+        if self.max_batch_records == 0 {
+            return Err("max_batch_records must be at least 1".into());
+        }
+        if self.push_timeout_ms == 0 {
+            return Err("push_timeout_ms must be at least 1".into());
+        }
+        if self.max_push_bytes < 1024 {
+            return Err("max_push_bytes must be at least 1024".into());
+        }
+        if self.resolve_concurrency == 0 {
+            return Err("resolve_concurrency must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = FanoutConfig::default();
+        assert_eq!(config.group_id, "chatpipe-fanout");
+        assert_eq!(config.topics.messages, "chat.messages");
+        assert_eq!(config.push_timeout(), Duration::from_secs(2));
+        assert!(config.validate().is_ok());
+        let broken = FanoutConfig {
+            max_batch_records: 0,
+            ..FanoutConfig::default()
+        };
+        assert!(broken.validate().is_err());
+    }
+}

@@ -1,0 +1,281 @@
+//! The batch handler of the fan-out consumer group: decode → resolve
+//! recipients → route to edges → one push per edge → confirm.
+//!
+//! `Ok` is returned once every push of the batch has been *attempted*
+//! (answered, failed, or timed out), so offsets move past a batch only after
+//! its pushes were tried. Nothing here is retried per edge: a failed edge is
+//! marked suspect and its clients recover by resuming or from history. Only
+//! a membership-store failure (nothing pushed yet) or a failure to publish a
+//! dead letter fails the batch, and the consumer loop retries it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chatpipe_core::frames::{Deliverable, MessageView};
+use chatpipe_core::records::{Event, EventRecord, MessageRecord, TopicNames};
+use chatpipe_core::store::{MembershipStore, StoreError};
+use chatpipe_core::time::now_unix_ms;
+use chatpipe_core::{ConversationId, UserId};
+use chatpipe_kafka::DeadLetterSink;
+use chatpipe_kafka::consumer::{BatchHandler, HandlerError};
+use futures::{StreamExt, TryStreamExt};
+use rdkafka::message::{Message, OwnedMessage};
+
+use crate::membership::{Members, MembershipCache};
+use crate::metrics::{FanoutMetrics, PushOutcome};
+use crate::plan::{Delivery, plan_pushes};
+use crate::push::EdgePushers;
+use crate::routes::SharedRouteTable;
+
+/// Logical topic names used as metric labels.
+pub(crate) const MESSAGES: &str = "messages";
+pub(crate) const EVENTS: &str = "events";
+
+/// A record of the batch, decoded.
+#[derive(Debug)]
+enum Decoded {
+    Message(MessageRecord),
+    Event(EventRecord),
+}
+
+/// Decodes one record of `topics.messages` or `topics.events`.
+fn decode(message: &OwnedMessage, topics: &TopicNames) -> Result<Decoded, String> {
+    let Some(payload) = message.payload() else {
+        return Err("record has no value".to_owned());
+    };
+    if message.topic() == topics.messages {
+        serde_json::from_slice::<MessageRecord>(payload)
+            .map(Decoded::Message)
+            .map_err(|error| format!("not a MessageRecord: {error}"))
+    } else if message.topic() == topics.events {
+        serde_json::from_slice::<EventRecord>(payload)
+            .map(Decoded::Event)
+            .map_err(|error| format!("not an EventRecord: {error}"))
+    } else {
+        Err(format!("unexpected topic `{}`", message.topic()))
+    }
+}
+
+/// Items resolved to recipients, and how many were dropped on the way.
+struct Resolution {
+    deliveries: Vec<Delivery>,
+    unknown_conversations: u64,
+}
+
+pub(crate) struct FanoutHandler<M> {
+    pub(crate) topics: TopicNames,
+    pub(crate) routes: SharedRouteTable,
+    pub(crate) membership: MembershipCache<M>,
+    pub(crate) pushers: Arc<EdgePushers>,
+    pub(crate) dead_letters: DeadLetterSink,
+    pub(crate) metrics: FanoutMetrics,
+    pub(crate) resolve_concurrency: usize,
+    /// Records of the current batch already dead-lettered, so that a retry
+    /// of the batch does not publish them again.
+    pub(crate) dead_lettered: HashSet<(String, i32, i64)>,
+}
+
+impl<M: MembershipStore> FanoutHandler<M> {
+    async fn resolve(&self, decoded: &[Decoded]) -> Result<Resolution, StoreError> {
+        let mut conversations: HashSet<&ConversationId> = HashSet::new();
+        let mut presence_users: HashSet<&UserId> = HashSet::new();
+        for record in decoded {
+            match record {
+                Decoded::Message(message) => {
+                    conversations.insert(&message.conversation_id);
+                }
+                Decoded::Event(event) => match &event.event {
+                    Event::Typing {
+                        conversation_id, ..
+                    }
+                    | Event::Read {
+                        conversation_id, ..
+                    } => {
+                        conversations.insert(conversation_id);
+                    }
+                    Event::Presence { user_id, .. } => {
+                        presence_users.insert(user_id);
+                    }
+                },
+            }
+        }
+        let membership = &self.membership;
+        let presence_users: Vec<UserId> = presence_users.into_iter().cloned().collect();
+        let conversations_of: HashMap<UserId, Arc<[ConversationId]>> =
+            futures::stream::iter(presence_users)
+                .map(|user: UserId| async move {
+                    let found = membership.conversations_of(&user).await?;
+                    Ok::<_, StoreError>((user, found))
+                })
+                .buffer_unordered(self.resolve_concurrency)
+                .try_collect()
+                .await?;
+        let mut all_conversations: HashSet<ConversationId> =
+            conversations.into_iter().cloned().collect();
+        all_conversations.extend(
+            conversations_of
+                .values()
+                .flat_map(|found| found.iter().cloned()),
+        );
+        let members: HashMap<ConversationId, Option<Members>> =
+            futures::stream::iter(all_conversations)
+                .map(|conversation: ConversationId| async move {
+                    let found = membership.members(&conversation).await?;
+                    Ok::<_, StoreError>((conversation, found))
+                })
+                .buffer_unordered(self.resolve_concurrency)
+                .try_collect()
+                .await?;
+
+        let mut resolution = Resolution {
+            deliveries: Vec::with_capacity(decoded.len()),
+            unknown_conversations: 0,
+        };
+        let members_of =
+            |conversation: &ConversationId| members.get(conversation).cloned().flatten();
+        for record in decoded {
+            let delivery = match record {
+                Decoded::Message(message) => {
+                    members_of(&message.conversation_id).map(|recipients| Delivery {
+                        deliverable: Deliverable::message(&MessageView::from(message)),
+                        conversation_id: Some(message.conversation_id.clone()),
+                        message_id: Some(message.message_id),
+                        // Every member, the sender included: the sender's other
+                        // devices show what was sent.
+                        recipients,
+                        except: None,
+                    })
+                }
+                Decoded::Event(event) => match &event.event {
+                    Event::Typing {
+                        conversation_id,
+                        user_id,
+                    } => members_of(conversation_id).map(|recipients| Delivery {
+                        deliverable: Deliverable::typing(conversation_id, user_id),
+                        conversation_id: Some(conversation_id.clone()),
+                        message_id: None,
+                        recipients,
+                        except: Some(user_id.clone()),
+                    }),
+                    Event::Read {
+                        conversation_id,
+                        user_id,
+                        message_id,
+                    } => members_of(conversation_id).map(|recipients| Delivery {
+                        deliverable: Deliverable::read(conversation_id, user_id, *message_id),
+                        conversation_id: Some(conversation_id.clone()),
+                        message_id: None,
+                        recipients,
+                        except: Some(user_id.clone()),
+                    }),
+                    Event::Presence { user_id, status } => {
+                        let mut seen: HashSet<&UserId> = HashSet::new();
+                        let mut recipients: Vec<UserId> = Vec::new();
+                        let member_lists = conversations_of
+                            .get(user_id)
+                            .into_iter()
+                            .flat_map(|found| found.iter())
+                            .filter_map(|conversation| {
+                                members.get(conversation).and_then(Option::as_ref)
+                            });
+                        for list in member_lists {
+                            for member in list.iter() {
+                                if member != user_id && seen.insert(member) {
+                                    recipients.push(member.clone());
+                                }
+                            }
+                        }
+                        Some(Delivery {
+                            deliverable: Deliverable::presence(user_id, *status),
+                            conversation_id: None,
+                            message_id: None,
+                            recipients: Arc::from(recipients),
+                            except: Some(user_id.clone()),
+                        })
+                    }
+                },
+            };
+            match delivery {
+                Some(delivery) => resolution.deliveries.push(delivery),
+                None => resolution.unknown_conversations += 1,
+            }
+        }
+        Ok(resolution)
+    }
+}
+
+impl<M: MembershipStore> BatchHandler for FanoutHandler<M> {
+    async fn handle(&mut self, batch: &[OwnedMessage]) -> Result<(), HandlerError> {
+        let mut decoded = Vec::with_capacity(batch.len());
+        let (mut messages_in, mut events_in) = (0u64, 0u64);
+        for message in batch {
+            if message.topic() == self.topics.messages {
+                messages_in += 1;
+            } else {
+                events_in += 1;
+            }
+            match decode(message, &self.topics) {
+                Ok(record) => decoded.push(record),
+                Err(reason) => {
+                    let coordinates = (
+                        message.topic().to_owned(),
+                        message.partition(),
+                        message.offset(),
+                    );
+                    if self.dead_lettered.contains(&coordinates) {
+                        continue;
+                    }
+                    self.dead_letters
+                        .publish(message, &reason)
+                        .await
+                        .map_err(|error| {
+                            HandlerError::retriable(format!("dead-letter publish failed: {error}"))
+                        })?;
+                    self.dead_lettered.insert(coordinates);
+                }
+            }
+        }
+
+        // Nothing has been pushed yet, so retrying the whole batch is safe.
+        // Even a non-retriable store error is retried (the consumer shows as
+        // degraded): giving up would stop fan-out for every conversation.
+        let resolution = self
+            .resolve(&decoded)
+            .await
+            .map_err(|error| HandlerError::retriable(format!("membership store: {error}")))?;
+
+        let suspects = self.pushers.suspects();
+        let now = now_unix_ms();
+        let plan = self
+            .routes
+            .read(|table| plan_pushes(&resolution.deliveries, table, now, &suspects));
+        let pushed_items: usize = plan.batches.iter().map(|batch| batch.items.len()).sum();
+        let pushers = &self.pushers;
+        let results = futures::future::join_all(plan.batches.into_iter().map(|batch| async move {
+            pushers
+                .push(&batch.edge_id, &batch.push_addr, batch.items)
+                .await
+        }))
+        .await;
+
+        let delivered: u64 = results.iter().map(|result| result.delivered_sessions).sum();
+        self.metrics.deliveries.inc_by(delivered);
+        self.metrics.pushed_items.inc_by(pushed_items as u64);
+        self.metrics
+            .recipients_offline
+            .inc_by(plan.recipients_offline);
+        self.metrics
+            .recipients_skipped_suspect
+            .inc_by(plan.recipients_skipped_suspect);
+        for _ in &plan.suspect_edges_skipped {
+            self.metrics.count_push(PushOutcome::SkippedSuspect);
+        }
+        for _ in 0..resolution.unknown_conversations {
+            self.metrics.count_item_skipped("unknown_conversation");
+        }
+        self.metrics.count_records_in(MESSAGES, messages_in);
+        self.metrics.count_records_in(EVENTS, events_in);
+        self.dead_lettered.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,397 @@
+//! Who receives what: a bounded, self-invalidating cache in front of the
+//! [`MembershipStore`].
+//!
+//! Two caches: members per conversation (messages, typing, read receipts)
+//! and conversations per user (presence). Both are bounded by weight (a
+//! 10,000-member conversation weighs 10,000) and expire after a TTL as a
+//! safety net. The real invalidation is the membership topic: the API writes
+//! the store first and then publishes a `MembershipRecord`; every worker
+//! tails that topic and evicts the conversation (and the users it names) as
+//! soon as the record arrives, so a removed member stops receiving within
+//! the tail's latency (milliseconds), not the TTL.
+//!
+//! A read that started before an eviction must not put the stale answer back
+//! into the cache after it. Each key hashes to one of a fixed number of
+//! generation counters; an eviction bumps the counter *before* evicting, a
+//! loader reads it before reading the store, inserts only if it did not
+//! change, and re-checks after inserting (evicting again if it changed in
+//! between). Unrelated keys that share a counter only lose a cache fill.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chatpipe_core::records::{MembershipChange, MembershipRecord};
+use chatpipe_core::store::{MembershipStore, StoreError};
+use chatpipe_core::{ConversationId, UserId};
+use moka::future::Cache;
+
+use crate::config::FanoutConfig;
+use crate::metrics::FanoutMetrics;
+
+const GENERATION_SLOTS: usize = 1024;
+
+/// Members of a conversation, shared without copying.
+pub type Members = Arc<[UserId]>;
+
+/// Fixed-size table of generation counters, indexed by a key's hash.
+#[derive(Debug)]
+struct Generations {
+    slots: Box<[AtomicU64]>,
+    hasher: RandomState,
+}
+
+impl Generations {
+    fn new() -> Self {
+        Self {
+            slots: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn slot<K: Hash>(&self, key: &K) -> &AtomicU64 {
+        let index = (self.hasher.hash_one(key) as usize) % self.slots.len();
+        &self.slots[index]
+    }
+
+    fn current<K: Hash>(&self, key: &K) -> u64 {
+        self.slot(key).load(Ordering::Acquire)
+    }
+
+    fn bump<K: Hash>(&self, key: &K) {
+        self.slot(key).fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The membership cache of one worker. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct MembershipCache<M> {
+    store: M,
+    members: Cache<ConversationId, Members>,
+    conversations: Cache<UserId, Arc<[ConversationId]>>,
+    member_generations: Arc<Generations>,
+    user_generations: Arc<Generations>,
+    metrics: FanoutMetrics,
+}
+
+impl<M> std::fmt::Debug for MembershipCache<M> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("MembershipCache")
+            .field("conversations_cached", &self.members.entry_count())
+            .field("users_cached", &self.conversations.entry_count())
+            .finish()
+    }
+}
+
+fn weight_of(length: usize) -> u32 {
+    u32::try_from(length).unwrap_or(u32::MAX).max(1)
+}
+
+impl<M: MembershipStore> MembershipCache<M> {
+    pub fn new(store: M, config: &FanoutConfig, metrics: FanoutMetrics) -> Self {
+        let members = Cache::builder()
+            .max_capacity(config.membership_cache_max_members)
+            .weigher(|_conversation: &ConversationId, members: &Members| weight_of(members.len()))
+            .time_to_live(config.membership_cache_ttl())
+            .build();
+        let conversations = Cache::builder()
+            .max_capacity(config.user_conversations_cache_max_entries)
+            .weigher(|_user: &UserId, conversations: &Arc<[ConversationId]>| {
+                weight_of(conversations.len())
+            })
+            .time_to_live(config.membership_cache_ttl())
+            .build();
+        Self {
+            store,
+            members,
+            conversations,
+            member_generations: Arc::new(Generations::new()),
+            user_generations: Arc::new(Generations::new()),
+            metrics,
+        }
+    }
+
+    /// Every member of `conversation`, or `None` if it does not exist
+    /// (unknown conversations are not cached: they may be created next).
+    pub async fn members(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Option<Members>, StoreError> {
+        if let Some(found) = self.members.get(conversation).await {
+            self.metrics.membership_cache_hits.inc();
+            return Ok(Some(found));
+        }
+        self.metrics.membership_cache_misses.inc();
+        let generation = self.member_generations.current(conversation);
+        let loaded = self.store.members(conversation).await.inspect_err(|_| {
+            self.metrics.membership_store_errors.inc();
+        })?;
+        let Some(list) = loaded else { return Ok(None) };
+        let members: Members = Arc::from(list);
+        if self.member_generations.current(conversation) == generation {
+            self.members
+                .insert(conversation.clone(), members.clone())
+                .await;
+            if self.member_generations.current(conversation) != generation {
+                self.members.invalidate(conversation).await;
+            }
+        }
+        Ok(Some(members))
+    }
+
+    /// Every conversation `user` is a member of.
+    pub async fn conversations_of(
+        &self,
+        user: &UserId,
+    ) -> Result<Arc<[ConversationId]>, StoreError> {
+        if let Some(found) = self.conversations.get(user).await {
+            self.metrics.membership_cache_hits.inc();
+            return Ok(found);
+        }
+        self.metrics.membership_cache_misses.inc();
+        let generation = self.user_generations.current(user);
+        let list = self.store.conversations_of(user).await.inspect_err(|_| {
+            self.metrics.membership_store_errors.inc();
+        })?;
+        let conversations: Arc<[ConversationId]> = Arc::from(list);
+        if self.user_generations.current(user) == generation {
+            self.conversations
+                .insert(user.clone(), conversations.clone())
+                .await;
+            if self.user_generations.current(user) != generation {
+                self.conversations.invalidate(user).await;
+            }
+        }
+        Ok(conversations)
+    }
+
+    /// Evicts `conversation`'s members.
+    pub async fn invalidate_conversation(&self, conversation: &ConversationId) {
+        self.member_generations.bump(conversation);
+        self.members.invalidate(conversation).await;
+    }
+
+    /// Evicts `user`'s conversation list.
+    pub async fn invalidate_user(&self, user: &UserId) {
+        self.user_generations.bump(user);
+        self.conversations.invalidate(user).await;
+    }
+
+    /// Applies one membership record: evicts the conversation and every
+    /// user the change names.
+    pub async fn apply_record(&self, record: &MembershipRecord) {
+        self.invalidate_conversation(&record.conversation_id).await;
+        match &record.change {
+            MembershipChange::Created { members, .. } => {
+                for member in members {
+                    self.invalidate_user(member).await;
+                }
+            }
+            MembershipChange::Added { user_id } | MembershipChange::Removed { user_id } => {
+                self.invalidate_user(user_id).await;
+            }
+        }
+        self.metrics.membership_invalidations.inc();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use chatpipe_core::records::SCHEMA_VERSION;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// In-memory membership, with an optional gate that holds `members`
+    /// reads until released (to interleave a read with an eviction).
+    #[derive(Clone, Default)]
+    pub(crate) struct FakeMembership {
+        pub(crate) conversations: Arc<Mutex<HashMap<ConversationId, Vec<UserId>>>>,
+        pub(crate) reads: Arc<AtomicU64>,
+        pub(crate) gate: Option<Arc<(Notify, Notify)>>,
+        pub(crate) failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl FakeMembership {
+        pub(crate) fn set(&self, conversation: &str, members: &[&str]) {
+            self.conversations.lock().unwrap().insert(
+                ConversationId::parse(conversation).unwrap(),
+                members
+                    .iter()
+                    .map(|name| UserId::parse(*name).unwrap())
+                    .collect(),
+            );
+        }
+    }
+
+    impl MembershipStore for FakeMembership {
+        async fn is_member(
+            &self,
+            conversation: &ConversationId,
+            user: &UserId,
+        ) -> Result<bool, StoreError> {
+            Ok(self
+                .conversations
+                .lock()
+                .unwrap()
+                .get(conversation)
+                .is_some_and(|members| members.contains(user)))
+        }
+
+        async fn members(
+            &self,
+            conversation: &ConversationId,
+        ) -> Result<Option<Vec<UserId>>, StoreError> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::unavailable("store down"));
+            }
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let snapshot = self
+                .conversations
+                .lock()
+                .unwrap()
+                .get(conversation)
+                .cloned();
+            if let Some(gate) = &self.gate {
+                gate.0.notify_one();
+                gate.1.notified().await;
+            }
+            Ok(snapshot)
+        }
+
+        async fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let mut found: Vec<ConversationId> = self
+                .conversations
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, members)| members.contains(user))
+                .map(|(conversation, _)| conversation.clone())
+                .collect();
+            found.sort();
+            Ok(found)
+        }
+    }
+
+    fn names(members: &[UserId]) -> Vec<&str> {
+        members.iter().map(UserId::as_str).collect()
+    }
+
+    fn removed(conversation: &str, user: &str) -> MembershipRecord {
+        MembershipRecord {
+            schema_version: SCHEMA_VERSION,
+            conversation_id: ConversationId::parse(conversation).unwrap(),
+            change: MembershipChange::Removed {
+                user_id: UserId::parse(user).unwrap(),
+            },
+            actor_id: UserId::parse("admin").unwrap(),
+            ts: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn caches_until_a_membership_record_evicts() {
+        let store = FakeMembership::default();
+        store.set("c1", &["a", "b"]);
+        let metrics = FanoutMetrics::new();
+        let cache = MembershipCache::new(store.clone(), &FanoutConfig::default(), metrics.clone());
+        let conversation = ConversationId::parse("c1").unwrap();
+        let first = cache.members(&conversation).await.unwrap().unwrap();
+        let second = cache.members(&conversation).await.unwrap().unwrap();
+        assert_eq!(
+            (names(&first), names(&second)),
+            (vec!["a", "b"], vec!["a", "b"])
+        );
+        assert_eq!(
+            (
+                metrics.membership_cache_misses.get(),
+                metrics.membership_cache_hits.get()
+            ),
+            (1, 1)
+        );
+
+        store.set("c1", &["a"]);
+        assert_eq!(
+            cache
+                .conversations_of(&UserId::parse("b").unwrap())
+                .await
+                .unwrap()
+                .len(),
+            0
+        );
+        cache.apply_record(&removed("c1", "b")).await;
+        assert_eq!(
+            names(&cache.members(&conversation).await.unwrap().unwrap()),
+            vec!["a"]
+        );
+        assert_eq!(store.reads.load(Ordering::SeqCst), 3);
+        assert!(
+            cache
+                .members(&ConversationId::parse("nope").unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_racing_an_eviction_does_not_cache_the_stale_answer() {
+        let gate = Arc::new((Notify::new(), Notify::new()));
+        let store = FakeMembership {
+            gate: Some(gate.clone()),
+            ..FakeMembership::default()
+        };
+        store.set("c1", &["a", "b"]);
+        let cache = MembershipCache::new(
+            store.clone(),
+            &FanoutConfig::default(),
+            FanoutMetrics::new(),
+        );
+        let conversation = ConversationId::parse("c1").unwrap();
+        let reader = {
+            let cache = cache.clone();
+            let conversation = conversation.clone();
+            tokio::spawn(async move { cache.members(&conversation).await })
+        };
+        // The read took its snapshot {a, b}; now b is removed and evicted.
+        gate.0.notified().await;
+        store.set("c1", &["a"]);
+        cache.apply_record(&removed("c1", "b")).await;
+        gate.1.notify_one();
+        let stale = reader.await.unwrap().unwrap().unwrap();
+        assert_eq!(
+            names(&stale),
+            vec!["a", "b"],
+            "the racing read itself answers what it read"
+        );
+        let fresh_reader = {
+            let cache = cache.clone();
+            let conversation = conversation.clone();
+            tokio::spawn(async move { cache.members(&conversation).await })
+        };
+        gate.0.notified().await;
+        gate.1.notify_one();
+        let fresh = fresh_reader.await.unwrap().unwrap().unwrap();
+        assert_eq!(names(&fresh), vec!["a"], "the stale answer was not cached");
+    }
+
+    #[tokio::test]
+    async fn store_failures_are_counted_and_returned() {
+        let store = FakeMembership::default();
+        store.failing.store(true, Ordering::SeqCst);
+        let metrics = FanoutMetrics::new();
+        let cache = MembershipCache::new(store, &FanoutConfig::default(), metrics.clone());
+        let error = cache
+            .members(&ConversationId::parse("c").unwrap())
+            .await
+            .unwrap_err();
+        assert!(error.retriable);
+        assert_eq!(metrics.membership_store_errors.get(), 1);
+    }
+}

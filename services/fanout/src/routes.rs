@@ -1,0 +1,462 @@
+//! The route table: which edges hold sessions of which user, built from the
+//! compacted `chat.sessions` topic. Pure data (no I/O, explicit clock); the
+//! tail that feeds it lives in [`crate::tails`].
+//!
+//! Two kinds of keys (see `SessionKey`): `edge/<edge>` carries the edge's
+//! push address and lease, `route/<user>/<edge>` says the edge holds
+//! sessions of the user; a tombstone (null value) deletes either. A route
+//! counts only while its edge's lease is valid, so an edge that crashed
+//! without cleaning up stops attracting pushes within one lease period. Its
+//! routes stay in the topic (fan-out workers never write it: each key has a
+//! single writer, the edge that owns it) and are dropped from memory once
+//! the lease has been expired for `forget_dead_edge_after_ms`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use chatpipe_core::records::{EdgeRecord, RouteRecord, SessionKey};
+use chatpipe_core::{EdgeId, UserId};
+
+/// A live edge: where to push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveEdge {
+    pub edge_id: EdgeId,
+    pub push_addr: Arc<str>,
+}
+
+/// Why a sessions-topic record was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteRecordError {
+    #[error("missing or non-UTF-8 key")]
+    BadKey,
+    #[error("unrecognised key `{0}`")]
+    UnknownKey(String),
+    #[error("undecodable value for `{key}`: {error}")]
+    BadValue { key: String, error: String },
+}
+
+/// What applying one record changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteChange {
+    EdgeUpserted(EdgeId),
+    EdgeRemoved(EdgeId),
+    RouteUpserted(UserId, EdgeId),
+    RouteRemoved(UserId, EdgeId),
+}
+
+#[derive(Debug, Clone)]
+struct EdgeEntry {
+    push_addr: Arc<str>,
+    lease_expires_ms: u64,
+}
+
+/// User → edges, edge → lease. Lookups filter by lease at the given time.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    edges: HashMap<EdgeId, EdgeEntry>,
+    routes: HashMap<UserId, Vec<EdgeId>>,
+    route_count: usize,
+    lease_grace_ms: u64,
+}
+
+impl RouteTable {
+    /// `lease_grace_ms` tolerates clock skew between edges and workers.
+    pub fn new(lease_grace_ms: u64) -> Self {
+        Self {
+            lease_grace_ms,
+            ..Self::default()
+        }
+    }
+
+    /// Applies one sessions-topic record (`payload` `None` = tombstone).
+    pub fn apply(
+        &mut self,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<RouteChange, RouteRecordError> {
+        let raw_key = key
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .ok_or(RouteRecordError::BadKey)?;
+        let session_key = SessionKey::decode(raw_key)
+            .ok_or_else(|| RouteRecordError::UnknownKey(raw_key.chars().take(200).collect()))?;
+        let bad_value = |error: String| RouteRecordError::BadValue {
+            key: raw_key.to_owned(),
+            error,
+        };
+        match (session_key, payload) {
+            (SessionKey::Edge(edge_id), None) => {
+                self.edges.remove(&edge_id);
+                Ok(RouteChange::EdgeRemoved(edge_id))
+            }
+            (SessionKey::Edge(edge_id), Some(bytes)) => {
+                let record: EdgeRecord =
+                    serde_json::from_slice(bytes).map_err(|error| bad_value(error.to_string()))?;
+                // The key names the edge; a payload that disagrees is refused
+                // rather than guessed at.
+                if record.edge_id != edge_id {
+                    return Err(bad_value(format!(
+                        "payload names edge `{}`",
+                        record.edge_id
+                    )));
+                }
+                self.edges.insert(
+                    edge_id.clone(),
+                    EdgeEntry {
+                        push_addr: Arc::from(record.push_addr.as_str()),
+                        lease_expires_ms: record.lease_expires_ms,
+                    },
+                );
+                Ok(RouteChange::EdgeUpserted(edge_id))
+            }
+            (SessionKey::Route(user_id, edge_id), None) => {
+                self.remove_route(&user_id, &edge_id);
+                Ok(RouteChange::RouteRemoved(user_id, edge_id))
+            }
+            (SessionKey::Route(user_id, edge_id), Some(bytes)) => {
+                let record: RouteRecord =
+                    serde_json::from_slice(bytes).map_err(|error| bad_value(error.to_string()))?;
+                if record.sessions == 0 {
+                    self.remove_route(&user_id, &edge_id);
+                    return Ok(RouteChange::RouteRemoved(user_id, edge_id));
+                }
+                self.insert_route(user_id.clone(), edge_id.clone());
+                Ok(RouteChange::RouteUpserted(user_id, edge_id))
+            }
+        }
+    }
+
+    fn insert_route(&mut self, user_id: UserId, edge_id: EdgeId) {
+        let edges = self.routes.entry(user_id).or_default();
+        if !edges.contains(&edge_id) {
+            edges.push(edge_id);
+            self.route_count += 1;
+        }
+    }
+
+    fn remove_route(&mut self, user_id: &UserId, edge_id: &EdgeId) {
+        let Some(edges) = self.routes.get_mut(user_id) else {
+            return;
+        };
+        let before = edges.len();
+        edges.retain(|held_by| held_by != edge_id);
+        self.route_count -= before - edges.len();
+        if edges.is_empty() {
+            self.routes.remove(user_id);
+        }
+    }
+
+    fn is_live(&self, entry: &EdgeEntry, now_unix_ms: u64) -> bool {
+        now_unix_ms <= entry.lease_expires_ms.saturating_add(self.lease_grace_ms)
+    }
+
+    /// Calls `visit` for each live edge holding sessions of `user_id`;
+    /// returns how many there were.
+    pub fn for_each_live_edge(
+        &self,
+        user_id: &UserId,
+        now_unix_ms: u64,
+        mut visit: impl FnMut(&EdgeId, &Arc<str>),
+    ) -> usize {
+        let Some(edge_ids) = self.routes.get(user_id) else {
+            return 0;
+        };
+        let mut live = 0;
+        for edge_id in edge_ids {
+            if let Some(entry) = self.edges.get(edge_id)
+                && self.is_live(entry, now_unix_ms)
+            {
+                live += 1;
+                visit(edge_id, &entry.push_addr);
+            }
+        }
+        live
+    }
+
+    /// The live edges holding sessions of `user_id`.
+    pub fn live_edges(&self, user_id: &UserId, now_unix_ms: u64) -> Vec<LiveEdge> {
+        let mut found = Vec::new();
+        self.for_each_live_edge(user_id, now_unix_ms, |edge_id, push_addr| {
+            found.push(LiveEdge {
+                edge_id: edge_id.clone(),
+                push_addr: push_addr.clone(),
+            })
+        });
+        found
+    }
+
+    /// Drops edges whose lease expired more than `after_ms` ago, and every
+    /// route to them. Returns the edges forgotten.
+    pub fn forget_dead_edges(&mut self, now_unix_ms: u64, after_ms: u64) -> Vec<EdgeId> {
+        let dead: Vec<EdgeId> = self
+            .edges
+            .iter()
+            .filter(|(_, entry)| {
+                now_unix_ms
+                    > entry
+                        .lease_expires_ms
+                        .saturating_add(self.lease_grace_ms)
+                        .saturating_add(after_ms)
+            })
+            .map(|(edge_id, _)| edge_id.clone())
+            .collect();
+        if dead.is_empty() {
+            return dead;
+        }
+        for edge_id in &dead {
+            self.edges.remove(edge_id);
+        }
+        let mut removed = 0;
+        self.routes.retain(|_, edge_ids| {
+            let before = edge_ids.len();
+            edge_ids.retain(|edge_id| !dead.contains(edge_id));
+            removed += before - edge_ids.len();
+            !edge_ids.is_empty()
+        });
+        self.route_count -= removed;
+        dead
+    }
+
+    /// The push addresses of every known edge (for pruning channels).
+    pub fn push_addresses(&self) -> Vec<Arc<str>> {
+        self.edges
+            .values()
+            .map(|entry| entry.push_addr.clone())
+            .collect()
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.route_count
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn edge_count(&self) -> usize {
+        self.edges.len()
+    }
+}
+
+/// The route table shared between its tail (the only writer) and the batch
+/// handler (readers). Locks are held only for in-memory work, never across
+/// an await.
+#[derive(Debug, Clone, Default)]
+pub struct SharedRouteTable {
+    inner: Arc<RwLock<RouteTable>>,
+}
+
+impl SharedRouteTable {
+    pub fn new(table: RouteTable) -> Self {
+        Self {
+            inner: Arc::new(RwLock::new(table)),
+        }
+    }
+
+    pub fn read<T>(&self, reader: impl FnOnce(&RouteTable) -> T) -> T {
+        reader(&self.inner.read().expect("route table lock poisoned"))
+    }
+
+    pub fn write<T>(&self, writer: impl FnOnce(&mut RouteTable) -> T) -> T {
+        writer(&mut self.inner.write().expect("route table lock poisoned"))
+    }
+
+    /// The live edges of `user_id` now (wall clock).
+    pub fn live_edges(&self, user_id: &UserId) -> Vec<LiveEdge> {
+        let now = chatpipe_core::time::now_unix_ms();
+        self.read(|table| table.live_edges(user_id, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chatpipe_core::records::{EdgeState, SCHEMA_VERSION};
+
+    use super::*;
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    fn edge(name: &str) -> EdgeId {
+        EdgeId::parse(name).unwrap()
+    }
+
+    fn edge_record(name: &str, lease_expires_ms: u64) -> Vec<u8> {
+        serde_json::to_vec(&EdgeRecord {
+            schema_version: SCHEMA_VERSION,
+            edge_id: edge(name),
+            push_addr: format!("127.0.0.1:{}", 7000 + name.len()),
+            state: EdgeState::Serving,
+            lease_expires_ms,
+            ts: 0,
+        })
+        .unwrap()
+    }
+
+    fn route_record(user_name: &str, edge_name: &str, sessions: u32) -> Vec<u8> {
+        serde_json::to_vec(&RouteRecord {
+            schema_version: SCHEMA_VERSION,
+            user_id: user(user_name),
+            edge_id: edge(edge_name),
+            sessions,
+            ts: 0,
+        })
+        .unwrap()
+    }
+
+    fn apply(table: &mut RouteTable, key: &SessionKey, value: Option<Vec<u8>>) {
+        table
+            .apply(Some(key.encode().as_bytes()), value.as_deref())
+            .unwrap();
+    }
+
+    #[test]
+    fn routes_count_only_while_the_edge_lease_holds() {
+        let mut table = RouteTable::new(0);
+        apply(
+            &mut table,
+            &SessionKey::Edge(edge("e1")),
+            Some(edge_record("e1", 1_000)),
+        );
+        apply(
+            &mut table,
+            &SessionKey::Route(user("alice"), edge("e1")),
+            Some(route_record("alice", "e1", 1)),
+        );
+        apply(
+            &mut table,
+            &SessionKey::Route(user("alice"), edge("e2")),
+            Some(route_record("alice", "e2", 2)),
+        );
+        // e2 never announced a lease: its route is not live.
+        let live = table.live_edges(&user("alice"), 500);
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].edge_id, edge("e1"));
+        assert!(
+            table.live_edges(&user("alice"), 1_001).is_empty(),
+            "lease expired"
+        );
+        assert_eq!(
+            (table.route_count(), table.user_count(), table.edge_count()),
+            (2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn lease_grace_tolerates_skew() {
+        let mut table = RouteTable::new(100);
+        apply(
+            &mut table,
+            &SessionKey::Edge(edge("e1")),
+            Some(edge_record("e1", 1_000)),
+        );
+        apply(
+            &mut table,
+            &SessionKey::Route(user("bob"), edge("e1")),
+            Some(route_record("bob", "e1", 1)),
+        );
+        assert_eq!(table.live_edges(&user("bob"), 1_100).len(), 1);
+        assert!(table.live_edges(&user("bob"), 1_101).is_empty());
+    }
+
+    #[test]
+    fn tombstones_and_zero_sessions_remove_routes() {
+        let mut table = RouteTable::new(0);
+        apply(
+            &mut table,
+            &SessionKey::Edge(edge("e1")),
+            Some(edge_record("e1", u64::MAX / 2)),
+        );
+        apply(
+            &mut table,
+            &SessionKey::Route(user("a"), edge("e1")),
+            Some(route_record("a", "e1", 1)),
+        );
+        apply(
+            &mut table,
+            &SessionKey::Route(user("a"), edge("e1")),
+            Some(route_record("a", "e1", 3)),
+        );
+        assert_eq!(
+            table.route_count(),
+            1,
+            "re-announcing a route does not duplicate it"
+        );
+        apply(
+            &mut table,
+            &SessionKey::Route(user("b"), edge("e1")),
+            Some(route_record("b", "e1", 1)),
+        );
+        apply(&mut table, &SessionKey::Route(user("a"), edge("e1")), None);
+        apply(
+            &mut table,
+            &SessionKey::Route(user("b"), edge("e1")),
+            Some(route_record("b", "e1", 0)),
+        );
+        assert_eq!((table.route_count(), table.user_count()), (0, 0));
+        apply(&mut table, &SessionKey::Edge(edge("e1")), None);
+        assert_eq!(table.edge_count(), 0);
+    }
+
+    #[test]
+    fn invalid_records_are_refused_without_changing_the_table() {
+        let mut table = RouteTable::new(0);
+        assert_eq!(
+            table.apply(None, Some(b"{}")),
+            Err(RouteRecordError::BadKey)
+        );
+        assert!(matches!(
+            table.apply(Some(b"nope/x"), None),
+            Err(RouteRecordError::UnknownKey(_))
+        ));
+        assert!(matches!(
+            table.apply(Some(b"edge/e1"), Some(b"not json")),
+            Err(RouteRecordError::BadValue { .. })
+        ));
+        assert!(matches!(
+            table.apply(Some(b"edge/e9"), Some(&edge_record("e1", 5))),
+            Err(RouteRecordError::BadValue { .. })
+        ));
+        assert_eq!((table.edge_count(), table.route_count()), (0, 0));
+    }
+
+    #[test]
+    fn long_dead_edges_are_forgotten_with_their_routes() {
+        let mut table = RouteTable::new(0);
+        apply(
+            &mut table,
+            &SessionKey::Edge(edge("dead")),
+            Some(edge_record("dead", 1_000)),
+        );
+        apply(
+            &mut table,
+            &SessionKey::Edge(edge("live")),
+            Some(edge_record("live", 100_000)),
+        );
+        apply(
+            &mut table,
+            &SessionKey::Route(user("a"), edge("dead")),
+            Some(route_record("a", "dead", 1)),
+        );
+        apply(
+            &mut table,
+            &SessionKey::Route(user("a"), edge("live")),
+            Some(route_record("a", "live", 1)),
+        );
+        apply(
+            &mut table,
+            &SessionKey::Route(user("b"), edge("dead")),
+            Some(route_record("b", "dead", 1)),
+        );
+        assert!(
+            table.forget_dead_edges(5_000, 10_000).is_empty(),
+            "not dead long enough"
+        );
+        assert_eq!(table.forget_dead_edges(11_001, 10_000), vec![edge("dead")]);
+        assert_eq!(
+            (table.edge_count(), table.route_count(), table.user_count()),
+            (1, 1, 1)
+        );
+        assert_eq!(table.live_edges(&user("a"), 11_001).len(), 1);
+    }
+}
