@@ -7,7 +7,7 @@
 #   topology/engines.sh down [--wipe]                         stop all; --wipe also deletes their data
 #   topology/engines.sh status                                one line per engine (exit 0 iff all healthy)
 #   topology/engines.sh restart NAME                          stop NAME, then up NAME
-#   topology/engines.sh logs NAME [-f]                        last lines of NAME's log (-f: follow)
+#   topology/engines.sh logs NAME [-f]                        last 200 lines of NAME's log (-f: follow)
 #
 # How it works (details in comments below):
 #   * Jars come from Maven Central: one fetch-only pom.xml per engine under
@@ -20,6 +20,19 @@
 #   * Health checks need nothing but bash and coreutils: they speak the wire
 #     protocols over bash's /dev/tcp (Kafka Metadata request, CQL query,
 #     HTTP GET), so polling does not start a JVM per probe on a 2-core box.
+#
+# State under $CHATPIPE_HOME (default ~/.cache/chatpipe):
+#   lib/<engine>-<version>/  jars (kept by `down --wipe`)   data/<engine>/  data
+#   conf/<engine>/           configs rendered on each start  run/<engine>.pid
+#   logs/<engine>.log        current run (previous run in <engine>.log.1)
+#
+# Poking at the engines by hand (from $CHATPIPE_HOME):
+#   java -cp 'lib/kafka-<version>/*' org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 --list
+#     (also org.apache.kafka.tools.ConsoleProducer, org.apache.kafka.tools.consumer.ConsoleConsumer;
+#      add -Dlog4j2.configurationFile=conf/kafka/log4j2.properties to quiet the logging)
+#   java $(grep -E '^(--add|-Djdk)' <repo>/topology/engines/cassandra/jvm17.options) \
+#     -cp 'lib/cassandra-<version>/*' org.apache.cassandra.tools.NodeTool -h 127.0.0.1 -p 7199 status
+#   curl -s 127.0.0.1:9200/_cluster/health
 #
 # Environment (all optional):
 #   CHATPIPE_HOME                   state root (default ~/.cache/chatpipe)
@@ -34,7 +47,7 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ENGINES_DIR=$SCRIPT_DIR/engines
-# shellcheck source=engines/versions.env
+# shellcheck source-path=SCRIPTDIR source=engines/versions.env
 source "$ENGINES_DIR/versions.env"
 
 ALL_ENGINES=(kafka cassandra opensearch)
@@ -71,18 +84,25 @@ die() { printf '[engines] ERROR: %s\n' "$*" >&2; exit 1; }
 now() { echo "${EPOCHREALTIME:-$(date +%s)}"; }               # seconds, with decimals on bash >= 5
 elapsed_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
+engine_alts() { local IFS='|'; echo "${ALL_ENGINES[*]}"; }   # "kafka|cassandra|opensearch"
 is_engine() { local e; for e in "${ALL_ENGINES[@]}"; do [[ $e == "$1" ]] && return 0; done; return 1; }
 
-# Java 17 is required: Kafka 4.x needs >= 17, Cassandra 5.0 runs on 11 or 17
-# only, and OpenSearch 2.19 has no Java 21+ security-manager workarounds here.
-# Picks CHATPIPE_JAVA, else $JAVA_HOME/bin/java, else `java` on PATH, else any
-# /usr/lib/jvm/java-17-*; the first that is Java 17 wins.
+# Java 17 is required by the combination: Kafka 4.x needs >= 17 and
+# Cassandra 5.0 supports only 11 and 17 (the jvm17 flags below are for 17).
+# Uses CHATPIPE_JAVA if set (must be 17); else the first Java 17 among
+# $JAVA_HOME/bin/java, `java` on PATH, /usr/lib/jvm/java-17-*/bin/java.
 JAVA=""
 java_major() { "$1" -version 2>&1 | awk -F'"' '/version/ { split($2, v, "."); print (v[1] == "1" ? v[2] : v[1]); exit }'; }
 require_java() {
   [[ -n $JAVA ]] && return 0
   local cand found=""
-  for cand in "${CHATPIPE_JAVA:-}" "${JAVA_HOME:+$JAVA_HOME/bin/java}" "$(command -v java || true)" /usr/lib/jvm/java-17-*/bin/java; do
+  if [[ -n ${CHATPIPE_JAVA:-} ]]; then   # explicit choice: use it or fail, no fallback
+    [[ -x $CHATPIPE_JAVA ]] || die "CHATPIPE_JAVA=$CHATPIPE_JAVA is not an executable; $INSTALL_HINT"
+    [[ $(java_major "$CHATPIPE_JAVA") == 17 ]] \
+      || die "CHATPIPE_JAVA=$CHATPIPE_JAVA is Java $(java_major "$CHATPIPE_JAVA"), but Java 17 is required; $INSTALL_HINT"
+    JAVA=$CHATPIPE_JAVA; return 0
+  fi
+  for cand in "${JAVA_HOME:+$JAVA_HOME/bin/java}" "$(command -v java || true)" /usr/lib/jvm/java-17-*/bin/java; do
     [[ -n $cand && -x $cand ]] || continue
     found=$cand
     if [[ $(java_major "$cand") == 17 ]]; then JAVA=$cand; return 0; fi
@@ -201,7 +221,7 @@ kafka_prepare() {
   if [[ ! -f $data/meta.properties ]]; then
     local id
     id=$("$JAVA" -cp "$lib/*" -Dlog4j2.configurationFile="$conf/log4j2.properties" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
-    [[ -n $id ]] || die "kafka: StorageTool random-uuid failed"
+    [[ $id =~ ^[A-Za-z0-9_-]{22}$ ]] || die "kafka: StorageTool random-uuid failed (got '$id')"
     log "kafka: formatting KRaft storage (cluster id $id)"
     # Static quorum (controller.quorum.voters) => no --standalone flag.
     "$JAVA" -cp "$lib/*" -Dlog4j2.configurationFile="$conf/log4j2.properties" kafka.tools.StorageTool format \
@@ -235,10 +255,12 @@ kafka_health() {
     body=$(read_hex $((16#$size)))
     # body: correlation_id(4) throttle_time_ms(4) brokers.count(4) ...
     [[ ${body:0:8} == 00000001 ]] || exit 1
-    (( 16#${body:16:8} >= 1 ))
+    (( 16#${body:16:8} >= 1 )) || exit 1
+    echo "brokers $((16#${body:16:8}))"
   ) 2>/dev/null
 }
 kafka_fatal() { :; }
+kafka_post_start() { :; }
 
 # --------------------------------------------------- cassandra specifics ---
 
@@ -289,10 +311,12 @@ cassandra_health() {
     # QUERY (opcode 7), length 47: long string (40 bytes) + consistency ONE + flags 0
     printf '\x04\x00\x00\x02\x07\x00\x00\x00\x2f\x00\x00\x00\x28SELECT release_version FROM system.local\x00\x01\x00' >&3
     hdr=$(read_hex 9); [[ ${hdr:8:2} == 08 ]] || exit 1            # opcode RESULT
-    timeout 3 head -c $((16#${hdr:10:8})) <&3 | tr -c '[:print:]' '\n' | grep -Em1 '^[0-9]+\.[0-9]+'
+    v=$(timeout 3 head -c $((16#${hdr:10:8})) <&3 | tr -c '[:print:]' '\n' | grep -Em1 '^[0-9]+\.[0-9]+')
+    echo "release_version $v"
   ) 2>/dev/null
 }
 cassandra_fatal() { :; }
+cassandra_post_start() { :; }
 
 # -------------------------------------------------- opensearch specifics ---
 
@@ -309,6 +333,7 @@ opensearch_prepare() {
 }
 
 opensearch_cmd() {
+  # shellcheck disable=SC2054  # the comma in SPI,COMPAT is part of one flag
   CMD=("$JAVA" -Dchatpipe.engine=opensearch -Dchatpipe.home="$CHATPIPE_HOME"
     -Xms512m -Xmx"$OPENSEARCH_HEAP"
     # From OpenSearch's config/jvm.options.
@@ -325,11 +350,14 @@ opensearch_cmd() {
   mkdir -p "$DATA_ROOT/opensearch/tmp"
 }
 
-# Raw HTTP/1.0 GET over /dev/tcp (the server closes the connection after the reply).
-http_get() {
+# Raw HTTP/1.0 request over /dev/tcp (the server closes the connection after
+# the reply): http_req METHOD PORT PATH [JSON_BODY]. Prints the raw response.
+http_req() {
+  local method=$1 port=$2 path=$3 body=${4:-}
   (
-    exec 3<>"/dev/tcp/127.0.0.1/$1"
-    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
+    exec 3<>"/dev/tcp/127.0.0.1/$port"
+    printf '%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
+      "$method" "$path" "${#body}" "$body" >&3
     timeout 5 cat <&3
   ) 2>/dev/null
 }
@@ -338,10 +366,19 @@ http_get() {
 # ("chatpipe") and status green or yellow.
 opensearch_health() {
   local out
-  out=$(http_get "$OPENSEARCH_PORT" '/_cluster/health?wait_for_status=yellow&timeout=2s') || return 1
+  out=$(http_req GET "$OPENSEARCH_PORT" '/_cluster/health?wait_for_status=yellow&timeout=2s') || return 1
   [[ $out == *'"cluster_name":"chatpipe"'* ]] || return 1
   [[ $out =~ \"status\":\"(green|yellow)\" ]] || return 1
-  echo "${BASH_REMATCH[1]}"
+  echo "cluster status ${BASH_REMATCH[1]}"
+}
+
+# Once healthy: make new indices default to 0 replicas, so that a one-node
+# cluster is green rather than yellow (tests may wait for green). Persistent
+# cluster setting, idempotent; an index's explicit number_of_replicas wins.
+opensearch_post_start() {
+  http_req PUT "$OPENSEARCH_PORT" /_cluster/settings \
+    '{"persistent":{"cluster.default_number_of_replicas":0}}' | grep -q '"acknowledged":true' \
+    || log "opensearch: warning: could not set cluster.default_number_of_replicas=0"
 }
 
 # If 9200 got taken between our free-port check and the bind, the runner
@@ -361,10 +398,15 @@ health() { "${1}_health" >/dev/null; }
 # True if PID is alive and is *our* engine NAME for *this* CHATPIPE_HOME
 # (guards against pid reuse and never touches unrelated processes).
 is_our_pid() {
-  local pid=$1 e=$2 args
-  [[ $pid =~ ^[0-9]+$ ]] && [[ -r /proc/$pid/cmdline ]] || return 1
-  args=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-  grep -qxF -- "-Dchatpipe.engine=$e" <<<"$args" && grep -qxF -- "-Dchatpipe.home=$CHATPIPE_HOME" <<<"$args"
+  local pid=$1 e=$2 a has_e=0 has_h=0 args=()
+  [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]] || return 1
+  # Builtins only (no fork per process): engine_pid may scan all of /proc.
+  { mapfile -d '' -t args <"/proc/$pid/cmdline"; } 2>/dev/null || return 1
+  for a in "${args[@]}"; do
+    [[ $a == "-Dchatpipe.engine=$e" ]] && has_e=1
+    [[ $a == "-Dchatpipe.home=$CHATPIPE_HOME" ]] && has_h=1
+  done
+  ((has_e && has_h))
 }
 
 # PID of the running engine, or nothing. Uses the pid file; if that is missing
@@ -378,7 +420,10 @@ engine_pid() {
   rm -f "$pf"
   for p in /proc/[0-9]*; do
     p=${p#/proc/}
-    if is_our_pid "$p" "$e"; then echo "$p" >"$pf"; echo "$p"; return 0; fi
+    if is_our_pid "$p" "$e"; then
+      { mkdir -p "$RUN_DIR" && echo "$p" >"$pf"; } 2>/dev/null || true
+      echo "$p"; return 0
+    fi
   done
   return 0
 }
@@ -390,7 +435,8 @@ rss_mib() { awk '/^VmRSS:/ { printf "%d", $2 / 1024 }' "/proc/$1/status" 2>/dev/
 # at once so that `down` stops all engines in parallel.
 stop_pids() {
   local pid deadline=$((SECONDS + STOP_TIMEOUT)) alive
-  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # SIGCONT too: a SIGSTOPped (wedged) process would never act on SIGTERM.
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; kill -CONT "$pid" 2>/dev/null || true; done
   while :; do
     alive=()
     for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
@@ -415,26 +461,40 @@ stop_engine() {
   rm -f "$(pid_file "$e")"
 }
 
+# Keep the previous run's log (e.g. of a crash) as <name>.log.1; called
+# before prepare so that Kafka's storage-format output lands in the new log.
+rotate_log() {
+  local lf
+  lf=$(log_file "$1")
+  if [[ -s $lf ]]; then mv -f "$lf" "$lf.1"; fi
+  : >"$lf"
+}
+
 # Start engine E in the background, detached from this shell: setsid gives it
 # its own session (no controlling terminal, no SIGHUP when the caller's
-# terminal goes away), nohup for good measure, stdin from /dev/null, fd 9
-# (our lock) closed. The inner bash writes its own pid and then execs java, so
-# the pid file holds the JVM's pid whether or not setsid had to fork.
+# terminal or CI step goes away), nohup for good measure, stdin from
+# /dev/null, stdout/stderr to its log, and fd 9 (our lock) closed. Every
+# process in between exec()s, so nothing lingers holding our stdout (a
+# caller's `| tail` would hang) or the lock. The inner bash writes its own pid
+# and then execs java, so the pid file holds the JVM's pid whether or not
+# setsid had to fork.
 spawn() {
-  local e=$1 lf
-  lf=$(log_file "$e")
-  # Keep the previous run's log (e.g. of a crash) as <name>.log.1.
-  [[ -s $lf ]] && mv -f "$lf" "$lf.1"
+  local e=$1 lf pf
+  lf=$(log_file "$e"); pf=$(pid_file "$e")
   local CMD=()
   "${e}_cmd"
   {
     printf '=== %s: starting %s %s at %s\n' "$e" "$e" "$(version_of "$e")" "$(date -Is)"
     printf '=== cmd:'; printf ' %q' "${CMD[@]}"; printf '\n'
-  } >"$lf"
-  (cd "$DATA_ROOT/$e" && setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$(pid_file "$e")" "${CMD[@]}" \
-      >>"$lf" 2>&1 </dev/null 9>&- &)
-  local i
-  for i in $(seq 1 50); do [[ -s $(pid_file "$e") ]] && return 0; sleep 0.1; done
+  } >>"$lf"
+  rm -f "$pf"
+  (
+    exec 9>&- </dev/null >>"$lf" 2>&1
+    cd "$DATA_ROOT/$e"
+    # shellcheck disable=SC2016  # $$/$0/$@ are for the inner bash
+    exec setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$pf" "${CMD[@]}"
+  ) &
+  for _ in $(seq 1 50); do [[ -s $pf ]] && return 0; sleep 0.1; done
   die "$e: failed to launch (no pid file); see $lf"
 }
 
@@ -447,9 +507,12 @@ lock() {
 }
 
 cmd_up() {
-  local engines=("$@") e pid age
+  local engines=() e pid age
+  for e in "$@"; do
+    is_engine "$e" || die "unknown engine '$e' (expected: ${ALL_ENGINES[*]})"
+    [[ " ${engines[*]} " == *" $e "* ]] || engines+=("$e")    # drop duplicates
+  done
   ((${#engines[@]})) || engines=("${ALL_ENGINES[@]}")
-  for e in "${engines[@]}"; do is_engine "$e" || die "unknown engine '$e' (expected: ${ALL_ENGINES[*]})"; done
   require_java
   mkdir -p "$LIB_ROOT" "$DATA_ROOT" "$RUN_DIR" "$LOG_DIR" "$CONF_ROOT"
   lock
@@ -470,7 +533,7 @@ cmd_up() {
         # Probably being started by an earlier `up` that was interrupted: give
         # it the rest of its time budget instead of killing it.
         log "$e: pid $pid is up but not healthy yet (${age}s old); waiting for it"
-        to_wait+=("$e"); t0[$e]=$(awk -v n="$(now)" -v a="$age" 'BEGIN { print n - a }')
+        to_wait+=("$e"); t0[$e]=$(awk -v n="$(now)" -v a="$age" 'BEGIN { printf "%.3f", n - a }')
         continue
       fi
       log "$e: pid $pid is unhealthy after ${age}s (half-started or wedged); killing it and restarting"
@@ -488,6 +551,7 @@ cmd_up() {
       fi
     done
     fetch_jars "$e"
+    rotate_log "$e"
     "${e}_prepare"
   done
 
@@ -516,6 +580,7 @@ cmd_up() {
         stop_engine "$e"; failed+=("$e"); continue
       fi
       if info=$("${e}_health"); then
+        "${e}_post_start"
         log "$e: healthy after $(elapsed_since "${t0[$e]}")s on $(port_desc "$e")${info:+ ($info)}"
         continue
       fi
@@ -577,19 +642,19 @@ cmd_status() {
 
 cmd_restart() {
   local e=${1:-}
-  is_engine "$e" || die "usage: $0 restart {${ALL_ENGINES[*]// /|}}"
+  is_engine "$e" || die "usage: $0 restart {$(engine_alts)}"
   ( lock; stop_engine "$e" )
   cmd_up "$e"
 }
 
 cmd_logs() {
   local e=${1:-}
-  is_engine "$e" || die "usage: $0 logs {${ALL_ENGINES[*]// /|}} [-f]"
+  is_engine "$e" || die "usage: $0 logs {$(engine_alts)} [-f]"
   [[ -f $(log_file "$e") ]] || die "$e: no log yet ($(log_file "$e"))"
   if [[ ${2:-} == -f ]]; then
     exec tail -n 100 -F "$(log_file "$e")"
   fi
-  tail -n "${LINES_TO_SHOW:-200}" "$(log_file "$e")"
+  tail -n "${CHATPIPE_LOG_LINES:-200}" "$(log_file "$e")"
 }
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
