@@ -1,1 +1,46 @@
-//! placeholder
+//! # chatpipe-cassandra
+//!
+//! The one place chatpipe talks to Cassandra / ScyllaDB (through the
+//! `scylla` driver): the history store written by the persist role and read
+//! by the API, membership (read by edges, fan-out and the API), and the
+//! cross-edge send de-duplication of edges.
+//!
+//! Layout:
+//! - [`config`]: [`CassandraConfig`] (contact points, keyspace, timeouts,
+//!   de-duplication window).
+//! - [`schema`]: `schemas/cql/chatpipe.cql`, embedded, and an idempotent
+//!   [`apply_schema`](schema::apply_schema) that reports what it created.
+//! - [`store`]: [`CassandraStore`], a session plus prepared statements.
+//! - [`conversations`]: conversations and membership both ways; implements
+//!   [`MembershipStore`](chatpipe_core::store::MembershipStore).
+//! - [`messages`]: history, partitioned by `(conversation_id, bucket)` with
+//!   [`bucket`] a 10-day window derived from the message id (Discord's
+//!   layout); idempotent batch writes and cursor pages across buckets.
+//! - [`dedup`]: `send_dedup` with lightweight transactions; implements
+//!   [`SendDedupStore`](chatpipe_core::store::SendDedupStore).
+//! - [`conformance`]: the behaviour suites of the store traits, generic
+//!   over any implementation.
+//!
+//! Delivery semantics: every write is idempotent (primary keys end in the
+//! message id, user id or conversation id it stands for; message writes use
+//! the message's own time as write timestamp), so the at-least-once
+//! consumers above may replay freely. Every error is a
+//! [`CassandraError`] that says whether retrying may help; at the trait
+//! seam it becomes a `StoreError` with the same classification.
+
+pub mod bucket;
+pub mod config;
+pub mod conformance;
+pub mod conversations;
+pub mod dedup;
+pub mod error;
+pub mod messages;
+pub mod schema;
+pub mod store;
+
+pub use config::CassandraConfig;
+pub use conversations::{Conversation, ConversationSummary, CreateOutcome, NewConversation};
+pub use error::CassandraError;
+pub use messages::{HistoryPage, HistoryQuery, StoredMessage, WriteReport};
+pub use schema::{SchemaReport, apply_schema};
+pub use store::CassandraStore;

@@ -1,0 +1,38 @@
+//! Where Cassandra is and how chatpipe uses it.
+
+use serde::Deserialize;
+
+/// Connection and behaviour settings of the Cassandra adapter.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CassandraConfig {
+    /// Contact points, `host:port` each; the driver discovers the rest of
+    /// the cluster from them.
+    pub contact_points: Vec<String>,
+    /// Keyspace holding chatpipe's tables (letters, digits, `_`; at most 48).
+    pub keyspace: String,
+    /// Create the keyspace and tables if missing when connecting
+    /// (idempotent; see [`crate::schema::apply_schema`]).
+    pub apply_schema_on_connect: bool,
+    /// Client-side deadline of one request, retries included.
+    pub request_timeout_ms: u64,
+    /// Deadline for opening a connection to a node.
+    pub connect_timeout_ms: u64,
+    /// How long a `(user_id, client_msg_id)` send stays de-duplicated
+    /// (the `send_dedup` rows' TTL). A client retry later than this is a new
+    /// message.
+    pub send_dedup_ttl_secs: u32,
+}
+
+impl Default for CassandraConfig {
+    fn default() -> Self {
+        Self {
+            contact_points: vec!["127.0.0.1:9042".to_owned()],
+            keyspace: "chatpipe".to_owned(),
+            apply_schema_on_connect: true,
+            request_timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+            send_dedup_ttl_secs: 24 * 60 * 60,
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Conversations and their membership: `conversations`,
+//! `members_by_conversation` and `conversations_by_user`.
+//!
+//! Membership is written both ways in one *logged* batch per member, so the
+//! two directions are applied together or not at all. A new conversation's
+//! member rows are written before its `conversations` row, which is the
+//! commit point: a creation that fails half-way leaves membership rows of a
+//! conversation that does not exist (ignored by every reader, since
+//! [`CassandraStore::members`] and listings require the row), never a
+//! conversation with half its members.
+
+use std::collections::BTreeSet;
+
+use futures::{StreamExt, TryStreamExt};
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::value::CqlValue;
+
+use chatpipe_core::ids::{ConversationId, UserId};
+use chatpipe_core::store::{MembershipStore, StoreError};
+
+use crate::bucket::{Bucket, first_bucket_for_creation};
+use crate::error::CassandraError;
+use crate::store::CassandraStore;
+
+/// Members written per logged batch when creating a conversation (keeps each
+/// batch well under Cassandra's batch size limits).
+const MEMBERS_PER_BATCH: usize = 25;
+
+/// Conversations whose details are fetched at once when listing a user's.
+const LISTING_CONCURRENCY: usize = 16;
+
+/// A conversation's own row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub conversation_id: ConversationId,
+    pub title: Option<String>,
+    pub created_at_ms: u64,
+    pub created_by: UserId,
+    /// The oldest history bucket that can hold its messages.
+    pub first_bucket: Bucket,
+}
+
+/// A conversation to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewConversation {
+    pub conversation_id: ConversationId,
+    pub title: Option<String>,
+    pub created_by: UserId,
+    /// Every member; the creator is added if missing, duplicates are ignored.
+    pub members: Vec<UserId>,
+    pub created_at_ms: u64,
+}
+
+/// What [`CassandraStore::create_conversation`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The conversation is new, with exactly these members.
+    Created {
+        conversation: Conversation,
+        members: Vec<UserId>,
+    },
+    /// A conversation with that id existed already (unchanged).
+    AlreadyExists(Conversation),
+}
+
+/// One entry of a user's conversation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    pub conversation: Conversation,
+    pub member_count: u64,
+    /// When the user joined (unix ms).
+    pub joined_at_ms: u64,
+}
+
+type ConversationRow = (
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i32>,
+);
+
+fn decode_conversation(row: ConversationRow) -> Result<Conversation, CassandraError> {
+    let (id, title, created_at, created_by, first_bucket) = row;
+    let conversation_id = ConversationId::parse(id)
+        .map_err(|error| CassandraError::InvalidData(error.to_string()))?;
+    let created_by = created_by
+        .ok_or_else(|| {
+            CassandraError::InvalidData(format!("conversation {conversation_id} has no creator"))
+        })
+        .and_then(|raw| {
+            UserId::parse(raw).map_err(|error| CassandraError::InvalidData(error.to_string()))
+        })?;
+    let created_at_ms = created_at.unwrap_or(0).max(0) as u64;
+    Ok(Conversation {
+        first_bucket: first_bucket.unwrap_or_else(|| first_bucket_for_creation(created_at_ms)),
+        conversation_id,
+        title,
+        created_at_ms,
+        created_by,
+    })
+}
+
+fn parse_user(raw: String) -> Result<UserId, CassandraError> {
+    UserId::parse(raw).map_err(|error| CassandraError::InvalidData(error.to_string()))
+}
+
+impl CassandraStore {
+    /// Creates a conversation with its members, or reports that its id is
+    /// taken. Idempotent for a given `NewConversation`.
+    pub async fn create_conversation(
+        &self,
+        new: &NewConversation,
+    ) -> Result<CreateOutcome, CassandraError> {
+        let statements = &self.inner.statements;
+        let mut members: Vec<UserId> = Vec::with_capacity(new.members.len() + 1);
+        let mut seen = BTreeSet::new();
+        for member in std::iter::once(&new.created_by).chain(new.members.iter()) {
+            if seen.insert(member.clone()) {
+                members.push(member.clone());
+            }
+        }
+        let created_at = new.created_at_ms as i64;
+        for chunk in members.chunks(MEMBERS_PER_BATCH) {
+            let mut batch = Batch::new(BatchType::Logged);
+            batch.set_is_idempotent(true);
+            let mut values: Vec<Vec<CqlValue>> = Vec::with_capacity(chunk.len() * 2);
+            for member in chunk {
+                batch.append_statement(statements.insert_member.clone());
+                values.push(vec![
+                    CqlValue::Text(new.conversation_id.as_str().to_owned()),
+                    CqlValue::Text(member.as_str().to_owned()),
+                    CqlValue::BigInt(created_at),
+                    CqlValue::Text(new.created_by.as_str().to_owned()),
+                ]);
+                batch.append_statement(statements.insert_user_conversation.clone());
+                values.push(vec![
+                    CqlValue::Text(member.as_str().to_owned()),
+                    CqlValue::Text(new.conversation_id.as_str().to_owned()),
+                    CqlValue::BigInt(created_at),
+                ]);
+            }
+            self.inner.session.batch(&batch, values).await?;
+        }
+        let first_bucket = first_bucket_for_creation(new.created_at_ms);
+        let result = self
+            .inner
+            .session
+            .execute_unpaged(
+                &statements.insert_conversation_if_absent,
+                (
+                    new.conversation_id.as_str(),
+                    new.title.as_deref(),
+                    created_at,
+                    new.created_by.as_str(),
+                    first_bucket,
+                ),
+            )
+            .await?;
+        if lwt_applied(result)? {
+            return Ok(CreateOutcome::Created {
+                conversation: Conversation {
+                    conversation_id: new.conversation_id.clone(),
+                    title: new.title.clone(),
+                    created_at_ms: new.created_at_ms,
+                    created_by: new.created_by.clone(),
+                    first_bucket,
+                },
+                members,
+            });
+        }
+        match self.conversation(&new.conversation_id).await? {
+            Some(existing) => Ok(CreateOutcome::AlreadyExists(existing)),
+            None => Err(CassandraError::Decode(format!(
+                "conversation {} reported as existing but not found",
+                new.conversation_id
+            ))),
+        }
+    }
+
+    /// The conversation's row, or `None` if it does not exist.
+    pub async fn conversation(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Option<Conversation>, CassandraError> {
+        let rows = self
+            .inner
+            .session
+            .execute_unpaged(
+                &self.inner.statements.select_conversation,
+                (conversation.as_str(),),
+            )
+            .await?
+            .into_rows_result()?;
+        match rows.maybe_first_row::<ConversationRow>() {
+            Ok(Some(row)) => decode_conversation(row).map(Some),
+            Ok(None) => Ok(None),
+            Err(error) => Err(CassandraError::Decode(error.to_string())),
+        }
+    }
+
+    /// Adds `user` (idempotent: adding a member again changes nothing but
+    /// the recorded join time).
+    pub async fn add_member(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        added_by: &UserId,
+        now_ms: u64,
+    ) -> Result<(), CassandraError> {
+        let statements = &self.inner.statements;
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_is_idempotent(true);
+        batch.append_statement(statements.insert_member.clone());
+        batch.append_statement(statements.insert_user_conversation.clone());
+        let now = now_ms as i64;
+        self.inner
+            .session
+            .batch(
+                &batch,
+                (
+                    (conversation.as_str(), user.as_str(), now, added_by.as_str()),
+                    (user.as_str(), conversation.as_str(), now),
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes `user` (idempotent).
+    pub async fn remove_member(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+    ) -> Result<(), CassandraError> {
+        let statements = &self.inner.statements;
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_is_idempotent(true);
+        batch.append_statement(statements.delete_member.clone());
+        batch.append_statement(statements.delete_user_conversation.clone());
+        self.inner
+            .session
+            .batch(
+                &batch,
+                (
+                    (conversation.as_str(), user.as_str()),
+                    (user.as_str(), conversation.as_str()),
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// How many members `conversation` has.
+    pub async fn member_count(&self, conversation: &ConversationId) -> Result<u64, CassandraError> {
+        let rows = self
+            .inner
+            .session
+            .execute_unpaged(
+                &self.inner.statements.count_members,
+                (conversation.as_str(),),
+            )
+            .await?
+            .into_rows_result()?;
+        let (count,) = rows
+            .single_row::<(i64,)>()
+            .map_err(|error| CassandraError::Decode(error.to_string()))?;
+        Ok(count.max(0) as u64)
+    }
+
+    /// The `(conversation, joined_at)` entries of `user`, in id order,
+    /// including any left over from a failed creation.
+    async fn user_conversation_entries(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<(ConversationId, u64)>, CassandraError> {
+        let mut rows = self
+            .inner
+            .session
+            .execute_iter(
+                self.inner.statements.select_user_conversations.clone(),
+                (user.as_str(),),
+            )
+            .await?
+            .rows_stream::<(String, Option<i64>)>()
+            .map_err(|error| CassandraError::Decode(error.to_string()))?;
+        let mut entries = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            let (raw, joined_at) = row;
+            let conversation = ConversationId::parse(raw)
+                .map_err(|error| CassandraError::InvalidData(error.to_string()))?;
+            entries.push((conversation, joined_at.unwrap_or(0).max(0) as u64));
+        }
+        Ok(entries)
+    }
+
+    /// The conversations `user` is a member of, with titles and member
+    /// counts, in conversation id order.
+    pub async fn list_conversations(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<ConversationSummary>, CassandraError> {
+        let entries = self.user_conversation_entries(user).await?;
+        let lookups: Vec<_> = entries
+            .into_iter()
+            .map(|(conversation_id, joined_at_ms)| self.summary(conversation_id, joined_at_ms))
+            .collect();
+        let summaries: Vec<Option<ConversationSummary>> = futures::stream::iter(lookups)
+            .buffered(LISTING_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(summaries.into_iter().flatten().collect())
+    }
+
+    async fn summary(
+        &self,
+        conversation_id: ConversationId,
+        joined_at_ms: u64,
+    ) -> Result<Option<ConversationSummary>, CassandraError> {
+        let (conversation, member_count) = futures::try_join!(
+            self.conversation(&conversation_id),
+            self.member_count(&conversation_id)
+        )?;
+        Ok(conversation.map(|conversation| ConversationSummary {
+            conversation,
+            member_count,
+            joined_at_ms,
+        }))
+    }
+
+    async fn member_ids(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<UserId>, CassandraError> {
+        let mut rows = self
+            .inner
+            .session
+            .execute_iter(
+                self.inner.statements.select_members.clone(),
+                (conversation.as_str(),),
+            )
+            .await?
+            .rows_stream::<(String,)>()
+            .map_err(|error| CassandraError::Decode(error.to_string()))?;
+        let mut members = Vec::new();
+        while let Some((raw,)) = rows.try_next().await? {
+            members.push(parse_user(raw)?);
+        }
+        Ok(members)
+    }
+
+    async fn is_member_now(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+    ) -> Result<bool, CassandraError> {
+        let rows = self
+            .inner
+            .session
+            .execute_unpaged(
+                &self.inner.statements.select_member,
+                (conversation.as_str(), user.as_str()),
+            )
+            .await?
+            .into_rows_result()?;
+        Ok(rows.rows_num() > 0)
+    }
+}
+
+/// Whether a lightweight transaction applied (its first column,
+/// `[applied]`).
+pub(crate) fn lwt_applied(
+    result: scylla::response::query_result::QueryResult,
+) -> Result<bool, CassandraError> {
+    let rows = result.into_rows_result()?;
+    let row = rows
+        .first_row::<scylla::value::Row>()
+        .map_err(|error| CassandraError::Decode(error.to_string()))?;
+    match row.columns.first() {
+        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+        other => Err(CassandraError::Decode(format!(
+            "LWT result without [applied]: {other:?}"
+        ))),
+    }
+}
+
+impl MembershipStore for CassandraStore {
+    async fn is_member(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        Ok(self.is_member_now(conversation, user).await?)
+    }
+
+    async fn members(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Option<Vec<UserId>>, StoreError> {
+        let (row, members) = futures::try_join!(
+            self.conversation(conversation),
+            self.member_ids(conversation)
+        )?;
+        Ok(row.map(|_| members))
+    }
+
+    async fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, StoreError> {
+        let entries = self.user_conversation_entries(user).await?;
+        Ok(entries
+            .into_iter()
+            .map(|(conversation, _)| conversation)
+            .collect())
+    }
+}

@@ -1,0 +1,273 @@
+//! [`CassandraStore`]: one driver session and chatpipe's prepared statements.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::unprepared::Statement;
+use scylla::statement::{Consistency, SerialConsistency};
+
+use crate::config::CassandraConfig;
+use crate::error::CassandraError;
+use crate::schema::{SchemaReport, apply_schema, validate_keyspace_name};
+
+/// Rows per page of the paged reads (members, a user's conversations).
+const PAGE_ROWS: i32 = 1000;
+
+/// A cheaply clonable handle on the cluster. Every method is safe to call
+/// concurrently; the driver multiplexes requests over its connections and
+/// reconnects by itself after a node comes back.
+#[derive(Clone)]
+pub struct CassandraStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CassandraStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CassandraStore")
+            .field("keyspace", &self.inner.config.keyspace)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) session: Session,
+    pub(crate) config: CassandraConfig,
+    pub(crate) statements: Statements,
+}
+
+/// Every statement chatpipe runs, prepared once per session. Tables are
+/// qualified with the configured keyspace, so the session never needs a
+/// current keyspace.
+pub(crate) struct Statements {
+    pub(crate) insert_conversation_if_absent: PreparedStatement,
+    pub(crate) select_conversation: PreparedStatement,
+    pub(crate) insert_member: PreparedStatement,
+    pub(crate) insert_user_conversation: PreparedStatement,
+    pub(crate) delete_member: PreparedStatement,
+    pub(crate) delete_user_conversation: PreparedStatement,
+    pub(crate) select_member: PreparedStatement,
+    pub(crate) select_members: PreparedStatement,
+    pub(crate) count_members: PreparedStatement,
+    pub(crate) select_user_conversations: PreparedStatement,
+    pub(crate) insert_message: PreparedStatement,
+    pub(crate) select_messages_descending: PreparedStatement,
+    pub(crate) select_messages_ascending: PreparedStatement,
+    pub(crate) claim_send: PreparedStatement,
+    pub(crate) reclaim_orphan_send: PreparedStatement,
+    pub(crate) mark_send_acked: PreparedStatement,
+}
+
+const MESSAGE_COLUMNS: &str = "message_id, sender_id, client_msg_id, body, ts, edited_at, deleted";
+
+impl Statements {
+    async fn prepare(session: &Session, keyspace: &str) -> Result<Self, CassandraError> {
+        let prepare = |cql: String, idempotent: bool, page_rows: Option<i32>| async move {
+            let mut statement = Statement::new(cql);
+            statement.set_is_idempotent(idempotent);
+            if let Some(rows) = page_rows {
+                statement.set_page_size(rows);
+            }
+            session.prepare(statement).await
+        };
+        let ks = keyspace;
+        Ok(Self {
+            insert_conversation_if_absent: prepare(
+                format!(
+                    "INSERT INTO {ks}.conversations (conversation_id, title, created_at, created_by, first_bucket) \
+                     VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
+                ),
+                false,
+                None,
+            )
+            .await?,
+            select_conversation: prepare(
+                format!(
+                    "SELECT conversation_id, title, created_at, created_by, first_bucket \
+                     FROM {ks}.conversations WHERE conversation_id = ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            insert_member: prepare(
+                format!(
+                    "INSERT INTO {ks}.members_by_conversation (conversation_id, user_id, added_at, added_by) \
+                     VALUES (?, ?, ?, ?)"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            insert_user_conversation: prepare(
+                format!(
+                    "INSERT INTO {ks}.conversations_by_user (user_id, conversation_id, joined_at) VALUES (?, ?, ?)"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            delete_member: prepare(
+                format!("DELETE FROM {ks}.members_by_conversation WHERE conversation_id = ? AND user_id = ?"),
+                true,
+                None,
+            )
+            .await?,
+            delete_user_conversation: prepare(
+                format!("DELETE FROM {ks}.conversations_by_user WHERE user_id = ? AND conversation_id = ?"),
+                true,
+                None,
+            )
+            .await?,
+            select_member: prepare(
+                format!(
+                    "SELECT user_id FROM {ks}.members_by_conversation WHERE conversation_id = ? AND user_id = ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            select_members: prepare(
+                format!("SELECT user_id FROM {ks}.members_by_conversation WHERE conversation_id = ?"),
+                true,
+                Some(PAGE_ROWS),
+            )
+            .await?,
+            count_members: prepare(
+                format!("SELECT COUNT(*) FROM {ks}.members_by_conversation WHERE conversation_id = ?"),
+                true,
+                None,
+            )
+            .await?,
+            select_user_conversations: prepare(
+                format!("SELECT conversation_id, joined_at FROM {ks}.conversations_by_user WHERE user_id = ?"),
+                true,
+                Some(PAGE_ROWS),
+            )
+            .await?,
+            // The write timestamp is the message's own time, so a redelivered
+            // record rewrites identical cells with an identical timestamp (a
+            // no-op) and can never undo a later edit or deletion.
+            insert_message: prepare(
+                format!(
+                    "INSERT INTO {ks}.messages \
+                     (conversation_id, bucket, message_id, sender_id, client_msg_id, body, ts, edge_id) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            select_messages_descending: prepare(
+                format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages \
+                     WHERE conversation_id = ? AND bucket = ? AND message_id > ? AND message_id < ? \
+                     ORDER BY message_id DESC LIMIT ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            select_messages_ascending: prepare(
+                format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages \
+                     WHERE conversation_id = ? AND bucket = ? AND message_id > ? AND message_id < ? \
+                     ORDER BY message_id ASC LIMIT ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            claim_send: prepare(
+                format!(
+                    "INSERT INTO {ks}.send_dedup (user_id, client_msg_id, message_id, conversation_id, ts, acked) \
+                     VALUES (?, ?, ?, ?, ?, false) IF NOT EXISTS USING TTL ?"
+                ),
+                false,
+                None,
+            )
+            .await?,
+            reclaim_orphan_send: prepare(
+                format!(
+                    "UPDATE {ks}.send_dedup USING TTL ? \
+                     SET message_id = ?, conversation_id = ?, ts = ?, acked = false \
+                     WHERE user_id = ? AND client_msg_id = ? IF message_id = null"
+                ),
+                false,
+                None,
+            )
+            .await?,
+            mark_send_acked: prepare(
+                format!(
+                    "UPDATE {ks}.send_dedup USING TTL ? SET acked = true WHERE user_id = ? AND client_msg_id = ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+        })
+    }
+}
+
+impl CassandraStore {
+    /// Opens a session on `config.contact_points`, applies the schema when
+    /// `config.apply_schema_on_connect`, and prepares every statement.
+    /// Fails (retriable) when no contact point answers.
+    pub async fn connect(config: &CassandraConfig) -> Result<Self, CassandraError> {
+        validate_keyspace_name(&config.keyspace)?;
+        if config.contact_points.is_empty() {
+            return Err(CassandraError::Config("no contact points".into()));
+        }
+        let profile = ExecutionProfile::builder()
+            .request_timeout(Some(Duration::from_millis(config.request_timeout_ms)))
+            .consistency(Consistency::LocalQuorum)
+            .serial_consistency(Some(SerialConsistency::LocalSerial))
+            .build();
+        let session = SessionBuilder::new()
+            .known_nodes(&config.contact_points)
+            .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .default_execution_profile_handle(profile.into_handle())
+            .build()
+            .await?;
+        if config.apply_schema_on_connect {
+            apply_schema(&session, &config.keyspace).await?;
+        }
+        let statements = Statements::prepare(&session, &config.keyspace).await?;
+        tracing::info!(keyspace = %config.keyspace, contact_points = ?config.contact_points, "cassandra connected");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                session,
+                config: config.clone(),
+                statements,
+            }),
+        })
+    }
+
+    /// Applies the embedded schema to this store's keyspace (idempotent).
+    pub async fn apply_schema(&self) -> Result<SchemaReport, CassandraError> {
+        apply_schema(&self.inner.session, &self.inner.config.keyspace).await
+    }
+
+    /// The driver session, for operations this adapter does not wrap
+    /// (tests, administration).
+    pub fn session(&self) -> &Session {
+        &self.inner.session
+    }
+
+    pub fn config(&self) -> &CassandraConfig {
+        &self.inner.config
+    }
+
+    /// Whether a trivial request succeeds now (for readiness checks).
+    pub async fn ping(&self) -> Result<(), CassandraError> {
+        self.inner
+            .session
+            .query_unpaged("SELECT release_version FROM system.local", ())
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,289 @@
+//! The store behaviour suites and the history/conversation operations,
+//! against the real Cassandra at `CHATPIPE_CASSANDRA` (default
+//! 127.0.0.1:9042). Fails, never skips, when Cassandra is unreachable.
+
+use chatpipe_cassandra::bucket::{
+    BUCKET_WINDOW_MS, bucket_of, bucket_of_unix_ms, bucket_start_unix_ms,
+};
+use chatpipe_cassandra::conformance::{membership_suite, send_dedup_suite};
+use chatpipe_cassandra::{
+    CassandraConfig, CassandraStore, CreateOutcome, HistoryQuery, NewConversation, apply_schema,
+};
+use chatpipe_core::ids::{
+    ClientMsgId, ConversationId, EdgeId, MessageId, MessageIdGenerator, UserId,
+};
+use chatpipe_core::records::{MessageRecord, SCHEMA_VERSION};
+use chatpipe_core::time::now_unix_ms;
+
+fn config() -> CassandraConfig {
+    let mut config = CassandraConfig::default();
+    if let Ok(address) = std::env::var("CHATPIPE_CASSANDRA") {
+        config.contact_points = vec![address];
+    }
+    config
+}
+
+async fn store() -> CassandraStore {
+    CassandraStore::connect(&config())
+        .await
+        .expect("Cassandra must be reachable (topology/engines.sh up cassandra)")
+}
+
+fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn record(
+    conversation: &ConversationId,
+    sender: &UserId,
+    message_id: MessageId,
+    body: &str,
+) -> MessageRecord {
+    MessageRecord {
+        schema_version: SCHEMA_VERSION,
+        message_id,
+        conversation_id: conversation.clone(),
+        sender_id: sender.clone(),
+        client_msg_id: ClientMsgId::parse(format!("c{message_id}")).unwrap(),
+        body: body.to_owned(),
+        ts: message_id.unix_ms(),
+        edge_id: EdgeId::parse("edge-test").unwrap(),
+    }
+}
+
+async fn create(
+    store: &CassandraStore,
+    conversation: &ConversationId,
+    creator: &UserId,
+    created_at_ms: u64,
+) {
+    let outcome = store
+        .create_conversation(&NewConversation {
+            conversation_id: conversation.clone(),
+            title: Some("history".into()),
+            created_by: creator.clone(),
+            members: vec![],
+            created_at_ms,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, CreateOutcome::Created { .. }));
+}
+
+#[tokio::test]
+async fn membership_behaves() {
+    membership_suite(&store().await, &unique()).await;
+}
+
+#[tokio::test]
+async fn send_dedup_behaves() {
+    send_dedup_suite(&store().await, &unique()).await;
+}
+
+#[tokio::test]
+async fn schema_apply_is_idempotent() {
+    let store = store().await;
+    let keyspace = format!("chatpipe_t{}", &unique()[..16]);
+    let first = apply_schema(store.session(), &keyspace).await.unwrap();
+    assert!(first.created_keyspace);
+    assert_eq!(first.created_tables.len(), 5, "{first:?}");
+    let second = apply_schema(store.session(), &keyspace).await.unwrap();
+    assert!(
+        !second.changed_anything(),
+        "second apply changed something: {second:?}"
+    );
+    // The default keyspace exists already (connect applied it).
+    assert!(!store.apply_schema().await.unwrap().changed_anything());
+    store
+        .session()
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn conversations_are_created_listed_and_counted() {
+    let store = store().await;
+    let unique = unique();
+    let alice = UserId::parse(format!("alice-{unique}")).unwrap();
+    let bob = UserId::parse(format!("bob-{unique}")).unwrap();
+    let carol = UserId::parse(format!("carol-{unique}")).unwrap();
+    let group = ConversationId::parse(format!("g-{unique}")).unwrap();
+    let now = now_unix_ms();
+    let new = NewConversation {
+        conversation_id: group.clone(),
+        title: Some("Weekend plans".into()),
+        created_by: alice.clone(),
+        members: vec![bob.clone(), carol.clone(), bob.clone(), alice.clone()],
+        created_at_ms: now,
+    };
+    let CreateOutcome::Created {
+        conversation,
+        members,
+    } = store.create_conversation(&new).await.unwrap()
+    else {
+        panic!("new conversation");
+    };
+    assert_eq!(
+        members,
+        vec![alice.clone(), bob.clone(), carol.clone()],
+        "creator first, no duplicates"
+    );
+    assert_eq!(conversation.title.as_deref(), Some("Weekend plans"));
+    assert_eq!(
+        store.conversation(&group).await.unwrap(),
+        Some(conversation.clone())
+    );
+    assert_eq!(
+        store.create_conversation(&new).await.unwrap(),
+        CreateOutcome::AlreadyExists(conversation.clone())
+    );
+
+    let listed = store.list_conversations(&bob).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].conversation, conversation);
+    assert_eq!(listed[0].member_count, 3);
+    store.remove_member(&group, &carol).await.unwrap();
+    assert_eq!(store.member_count(&group).await.unwrap(), 2);
+    assert!(store.list_conversations(&carol).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .conversation(&ConversationId::parse(format!("none-{unique}")).unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn history_is_written_once_and_read_in_order_across_buckets() {
+    let store = store().await;
+    let unique = unique();
+    let alice = UserId::parse(format!("alice-{unique}")).unwrap();
+    let room = ConversationId::parse(format!("h-{unique}")).unwrap();
+    // Three buckets ago, so the messages straddle two bucket boundaries.
+    let boundary = bucket_start_unix_ms(bucket_of_unix_ms(now_unix_ms()) - 1);
+    create(&store, &room, &alice, boundary - BUCKET_WINDOW_MS).await;
+    let conversation = store.conversation(&room).await.unwrap().unwrap();
+
+    let mut generator = MessageIdGenerator::new(9);
+    let mut ids = Vec::new();
+    for offset in [-3_000i64, -2_000, -1_000] {
+        ids.push(generator.next_id((boundary as i64 + offset) as u64));
+    }
+    for offset in [1_000u64, 2_000, 3_000, 4_000] {
+        ids.push(generator.next_id(boundary + offset));
+    }
+    // and one in the current bucket
+    ids.push(generator.next_id(now_unix_ms()));
+    assert_eq!(bucket_of(ids[0]) + 1, bucket_of(ids[3]));
+    let records: Vec<MessageRecord> = ids
+        .iter()
+        .enumerate()
+        .map(|(index, id)| record(&room, &alice, *id, &format!("m{index}")))
+        .collect();
+    // Written twice, in two differently shaped batches: still once each.
+    store.write_messages(&records, 4).await.unwrap();
+    let mut shuffled = records.clone();
+    shuffled.reverse();
+    shuffled.extend(records.iter().take(3).cloned());
+    store.write_messages(&shuffled, 64).await.unwrap();
+
+    let newest_first: Vec<MessageId> = ids.iter().rev().copied().collect();
+    let all = store
+        .read_history(
+            &conversation,
+            &HistoryQuery {
+                before: None,
+                after: None,
+                limit: 50,
+            },
+            now_unix_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        all.messages
+            .iter()
+            .map(|m| m.message_id)
+            .collect::<Vec<_>>(),
+        newest_first
+    );
+    assert!(!all.has_more);
+    assert_eq!(all.messages[0].body, "m7");
+    assert_eq!(all.messages[0].sender_id, alice);
+
+    // Scroll back in pages of 3 across both boundaries.
+    let mut collected = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .read_history(
+                &conversation,
+                &HistoryQuery {
+                    before,
+                    after: None,
+                    limit: 3,
+                },
+                now_unix_ms(),
+            )
+            .await
+            .unwrap();
+        assert!(page.messages.len() <= 3);
+        collected.extend(page.messages.iter().map(|m| m.message_id));
+        if !page.has_more {
+            break;
+        }
+        before = page.messages.last().map(|m| m.message_id);
+    }
+    assert_eq!(collected, newest_first);
+
+    // Catch up forwards from the oldest one in pages of 2.
+    let mut caught_up = Vec::new();
+    let mut after = Some(ids[0]);
+    loop {
+        let page = store
+            .read_history(
+                &conversation,
+                &HistoryQuery {
+                    before: None,
+                    after,
+                    limit: 2,
+                },
+                now_unix_ms(),
+            )
+            .await
+            .unwrap();
+        if page.messages.is_empty() {
+            break;
+        }
+        // Each page is newest first; its first message is the next cursor.
+        let mut ascending: Vec<MessageId> = page.messages.iter().map(|m| m.message_id).collect();
+        ascending.reverse();
+        caught_up.extend(ascending);
+        after = page.messages.first().map(|m| m.message_id);
+    }
+    assert_eq!(caught_up, ids[1..].to_vec());
+
+    // A window between two cursors.
+    let window = store
+        .read_history(
+            &conversation,
+            &HistoryQuery {
+                before: Some(ids[5]),
+                after: Some(ids[1]),
+                limit: 10,
+            },
+            now_unix_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        window
+            .messages
+            .iter()
+            .map(|m| m.message_id)
+            .collect::<Vec<_>>(),
+        vec![ids[4], ids[3], ids[2]]
+    );
+}
