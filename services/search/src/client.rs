@@ -56,6 +56,19 @@ impl EngineResponse {
     }
 }
 
+/// An error and its sources on one line (reqwest's own message omits the
+/// cause, e.g. "connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// `error.type` and `error.reason` of an error answer (either shape: the
 /// object form, or a bare string as some 404s have).
 pub fn error_type_and_reason(body: &Value) -> (String, String) {
@@ -141,7 +154,7 @@ impl EsClient {
                 Some(self.timeout),
             )
             .await
-            .map_err(|error| EngineError::Unreachable(error.to_string()))?;
+            .map_err(|error| EngineError::Unreachable(error_chain(&error)))?;
         let status = response.status_code().as_u16();
         let bytes = response
             .bytes()

@@ -9,7 +9,7 @@
 //! | `client_msg_id` | `keyword` | lookups when debugging a client's retries |
 //! | `ts` | `date` (`epoch_millis`) | `since`/`until` ranges |
 //! | `body` | `text`, `standard` analyzer | words of Latin, Cyrillic, Greek… scripts; CJK as single characters |
-//! | `body.cjk` | `text`, `standard` tokenizer + `cjk_width` + `lowercase` + `cjk_bigram` | Chinese/Japanese/Korean as overlapping bigrams, which match words far better than single characters; built in on both engines (ICU is a plugin that OpenSearch does not ship) |
+//! | `body.cjk` | `text`, `standard` tokenizer + `cjk_width` + `lowercase` + `cjk_bigram` (indexed with unigrams too; searched with bigrams only) | Chinese/Japanese/Korean as overlapping bigrams, which match words far better than single characters (`東京` must not match `京都と東北`), while a one-character query still finds its unigram; built in on both engines (ICU is a plugin that OpenSearch does not ship). Queries holding CJK characters go to this field, others to `body` |
 //! | `edge_id` | stored only | tracing |
 
 use chatpipe_core::frames::MessageView;

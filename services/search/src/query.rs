@@ -21,7 +21,8 @@
 //!   chunks (default 10, i.e. 100,000 conversations) the caller must pass
 //!   `conversation_id` (400).
 //! - **User text** goes into `simple_query_string` as a JSON string value,
-//!   never into a DSL string: fields `body` and `body.cjk`,
+//!   never into a DSL string: field `body` (or `body.cjk` when the text
+//!   holds CJK characters, see `document`),
 //!   `default_operator: and`, `lenient: true`, and only the operators
 //!   `AND|OR|NOT|PHRASE|PRECEDENCE|WHITESPACE|ESCAPE` (`+ | - "…" ( ) \`).
 //!   Prefix (`*`), fuzzy (`~N`), slop and near operators are off, so no
@@ -362,6 +363,26 @@ pub fn plan_search(
     })
 }
 
+/// Whether `character` is written without spaces between words (Han,
+/// Hiragana, Katakana, Hangul), so that the standard analyzer's single
+/// characters would match far too much.
+fn is_cjk(character: char) -> bool {
+    matches!(character as u32,
+        0x1100..=0x11FF | 0x3040..=0x30FF | 0x3100..=0x312F | 0x3130..=0x318F | 0x31F0..=0x31FF
+        | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xA960..=0xA97F | 0xAC00..=0xD7AF | 0xF900..=0xFAFF
+        | 0xFF66..=0xFF9F | 0x20000..=0x2FA1F)
+}
+
+/// The field a query text is matched against: `body.cjk` (bigrams) when
+/// the text holds CJK characters, `body` otherwise. Pure.
+pub fn text_field(text: &str) -> &'static str {
+    if text.chars().any(is_cjk) {
+        "body.cjk"
+    } else {
+        "body"
+    }
+}
+
 fn search_body(
     text: &str,
     filters: Vec<Value>,
@@ -380,7 +401,7 @@ fn search_body(
                 "must": [{
                     "simple_query_string": {
                         "query": text,
-                        "fields": ["body", "body.cjk"],
+                        "fields": [text_field(text)],
                         "default_operator": "and",
                         "flags": QUERY_FLAGS,
                         "lenient": true,
@@ -683,6 +704,20 @@ mod tests {
         }
         // Huge input is refused before it reaches the engine.
         assert!(plan(&params(&"(".repeat(100_000))).is_err());
+    }
+
+    #[test]
+    fn cjk_text_goes_to_the_bigram_field() {
+        assert_eq!(text_field("hello world"), "body");
+        assert_eq!(text_field("Привет"), "body");
+        assert_eq!(text_field("東京 tower"), "body.cjk");
+        assert_eq!(text_field("カタカナ"), "body.cjk");
+        assert_eq!(text_field("안녕하세요"), "body.cjk");
+        let planned = plan(&params("東京")).unwrap();
+        assert_eq!(
+            only_body(&planned)["query"]["bool"]["must"][0]["simple_query_string"]["fields"],
+            json!(["body.cjk"])
+        );
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! The consumer group's batch handler: decode, bulk-index, dead-letter.
+
+use std::time::Instant;
+
+use chatpipe_core::records::MessageRecord;
+use chatpipe_kafka::DeadLetterSink;
+use chatpipe_kafka::consumer::{BatchHandler, HandlerError};
+use chatpipe_search::template::apply_template;
+use chatpipe_search::{BulkDoc, EsBulkSink, EsClient, MessageDocument, SearchEngineConfig};
+use rdkafka::message::{Message, OwnedMessage};
+
+use crate::metrics::IndexMetrics;
+
+/// A batch split into documents to index and records to dead-letter. Pure.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct DecodedBatch {
+    pub docs: Vec<BulkDoc>,
+    /// For each document, the index of its record in the batch.
+    pub origins: Vec<usize>,
+    /// Records that are not a message record: (index in the batch, why).
+    pub undecodable: Vec<(usize, String)>,
+}
+
+/// Decodes the payloads of a batch (`None`: a tombstone). Pure.
+pub(crate) fn decode_batch<'a>(
+    payloads: impl IntoIterator<Item = Option<&'a [u8]>>,
+) -> DecodedBatch {
+    let mut decoded = DecodedBatch::default();
+    for (position, payload) in payloads.into_iter().enumerate() {
+        let Some(bytes) = payload else {
+            decoded.undecodable.push((
+                position,
+                "empty payload (tombstone) on the messages topic".to_owned(),
+            ));
+            continue;
+        };
+        match serde_json::from_slice::<MessageRecord>(bytes) {
+            Ok(record) => {
+                decoded
+                    .docs
+                    .push(BulkDoc::from_document(&MessageDocument::from_record(
+                        &record,
+                    )));
+                decoded.origins.push(position);
+            }
+            Err(error) => decoded
+                .undecodable
+                .push((position, format!("not a message record: {error}"))),
+        }
+    }
+    decoded
+}
+
+pub(crate) struct IndexHandler {
+    pub client: EsClient,
+    pub engine: SearchEngineConfig,
+    pub template_ready: bool,
+    pub sink: EsBulkSink,
+    pub dead_letters: DeadLetterSink,
+    pub metrics: IndexMetrics,
+}
+
+impl IndexHandler {
+    async fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> Result<(), HandlerError> {
+        self.dead_letters
+            .publish(message, reason)
+            .await
+            .map_err(|error| HandlerError::retriable(format!("dead-letter publish: {error}")))
+    }
+}
+
+impl BatchHandler for IndexHandler {
+    async fn handle(&mut self, batch: &[OwnedMessage]) -> Result<(), HandlerError> {
+        let started = Instant::now();
+        if !self.template_ready {
+            // The write alias must exist before the first write
+            // (`require_alias`); the engine may still be starting.
+            apply_template(&self.client, &self.engine)
+                .await
+                .map_err(|error| {
+                    HandlerError::retriable(format!("applying the index template: {error}"))
+                })?;
+            self.template_ready = true;
+        }
+        let decoded = decode_batch(batch.iter().map(|message| message.payload()));
+        // Every engine failure is retried: a wrong request would fail the
+        // same way forever, but so would a stopped role, and retrying keeps
+        // the worker visible as degraded and self-heals the transient ones.
+        let report = self
+            .sink
+            .write(&decoded.docs)
+            .await
+            .map_err(|error| HandlerError::retriable(format!("bulk indexing: {error}")))?;
+        for (position, reason) in &decoded.undecodable {
+            self.dead_letter(&batch[*position], reason).await?;
+            self.metrics.undecodable.inc();
+        }
+        for failure in &report.rejected {
+            let origin = decoded.origins[failure.position];
+            self.dead_letter(
+                &batch[origin],
+                &format!("rejected by the search engine: {failure}"),
+            )
+            .await?;
+            self.metrics.rejected_documents.inc();
+        }
+        self.metrics
+            .batch_latency
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatpipe_core::records::SCHEMA_VERSION;
+    use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
+
+    #[test]
+    fn batches_split_into_documents_and_poison() {
+        let record = MessageRecord {
+            schema_version: SCHEMA_VERSION,
+            message_id: MessageId::from_u64(5),
+            conversation_id: ConversationId::parse("c1").unwrap(),
+            sender_id: UserId::parse("alice").unwrap(),
+            client_msg_id: ClientMsgId::parse("m5").unwrap(),
+            body: "hello".to_owned(),
+            ts: 1,
+            edge_id: EdgeId::parse("e").unwrap(),
+        };
+        let good = serde_json::to_vec(&record).unwrap();
+        let bad_id = br#"{"schema_version":1,"message_id":"0","conversation_id":"c1","sender_id":"a","client_msg_id":"m","body":"x","ts":1,"edge_id":"e"}"#;
+        let payloads: Vec<Option<&[u8]>> = vec![
+            Some(b"not json"),
+            Some(&good),
+            None,
+            Some(bad_id),
+            Some(&good),
+        ];
+        let decoded = decode_batch(payloads);
+        assert_eq!(decoded.origins, vec![1, 4]);
+        assert_eq!(decoded.docs.len(), 2);
+        assert_eq!(decoded.docs[0].id, "5");
+        assert_eq!(decoded.docs[0].routing, "c1");
+        let poisoned: Vec<usize> = decoded
+            .undecodable
+            .iter()
+            .map(|(position, _)| *position)
+            .collect();
+        assert_eq!(poisoned, vec![0, 2, 3]);
+    }
+}

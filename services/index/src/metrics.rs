@@ -1,0 +1,61 @@
+//! What the index role counts, under `chatpipe_index_…`.
+
+use chatpipe_kafka::ConsumerMetrics;
+use chatpipe_runtime::metrics::{Counter, Histogram, latency_histogram};
+use chatpipe_search::BulkMetrics;
+use prometheus_client::registry::Registry;
+
+/// Shared handles: clones keep counting into the same series.
+#[derive(Clone, Debug)]
+pub struct IndexMetrics {
+    /// Records, batches, retries, dead letters and lag of the consumer group.
+    pub consumer: ConsumerMetrics,
+    /// Documents indexed, bulk requests and their latency, item failures by
+    /// reason, rejected documents.
+    pub bulk: BulkMetrics,
+    /// Records that were not a `MessageRecord` (dead-lettered).
+    pub undecodable: Counter,
+    /// Documents the engine refused for good (dead-lettered).
+    pub rejected_documents: Counter,
+    /// Time to handle one batch end to end (decode, bulk, dead letters), seconds.
+    pub batch_latency: Histogram,
+}
+
+impl Default for IndexMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IndexMetrics {
+    pub fn new() -> Self {
+        Self {
+            consumer: ConsumerMetrics::new(),
+            bulk: BulkMetrics::default(),
+            undecodable: Counter::default(),
+            rejected_documents: Counter::default(),
+            batch_latency: latency_histogram(),
+        }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let index = registry.sub_registry_with_prefix("chatpipe_index");
+        self.consumer.register(index);
+        self.bulk.register(index);
+        index.register(
+            "undecodable",
+            "Records that were not a message record",
+            self.undecodable.clone(),
+        );
+        index.register(
+            "rejected_documents",
+            "Documents the engine refused for good",
+            self.rejected_documents.clone(),
+        );
+        index.register(
+            "batch_latency_seconds",
+            "Time to handle one batch",
+            self.batch_latency.clone(),
+        );
+    }
+}
