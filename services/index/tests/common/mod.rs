@@ -1,0 +1,174 @@
+//! Shared set-up of the index integration tests: an isolated topic prefix on
+//! the real Kafka, an isolated index prefix on the real engine, and an
+//! in-process index worker.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chatpipe_core::records::{MessageRecord, SCHEMA_VERSION, TopicNames};
+use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
+use chatpipe_index::{IndexConfig, IndexWorker};
+use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
+use chatpipe_kafka::{ChatProducer, KafkaConfig};
+use chatpipe_runtime::{Health, Shutdown};
+use chatpipe_search::template::delete_deployment;
+use chatpipe_search::{EsClient, MessageSearcher, SearchEngineConfig, SearchLimits, SearchMetrics};
+use prometheus_client::registry::Registry;
+
+pub struct TestEnv {
+    pub unique: String,
+    pub kafka: KafkaConfig,
+    pub topics: TopicNames,
+    pub engine: SearchEngineConfig,
+    pub client: EsClient,
+    pub producer: ChatProducer,
+}
+
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl TestEnv {
+    /// Topics under a fresh prefix (`partitions` each) and a fresh index prefix.
+    pub async fn new(partitions: i32) -> Self {
+        let unique = unique();
+        let prefix = format!("t{unique}.");
+        let brokers = std::env::var("CHATPIPE_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let kafka = KafkaConfig::new(brokers, format!("index-test-{unique}"));
+        let mut file = TopicsFile::parse(DEFAULT_TOPICS_JSON)
+            .unwrap()
+            .with_prefix(&prefix);
+        for topic in &mut file.topics {
+            topic.partitions = topic.partitions.min(partitions);
+        }
+        apply(&kafka, &file)
+            .await
+            .expect("Kafka must be reachable (topology/engines.sh up kafka)");
+        let engine = SearchEngineConfig {
+            url: std::env::var("CHATPIPE_ES_URL")
+                .unwrap_or_else(|_| "http://127.0.0.1:9200".to_owned()),
+            index_prefix: format!("t{unique}-chat-messages"),
+            number_of_shards: 2,
+            ..SearchEngineConfig::default()
+        };
+        let client = EsClient::new(&engine).unwrap();
+        client
+            .ping()
+            .await
+            .expect("the search engine must be reachable (topology/engines.sh up opensearch)");
+        let producer = ChatProducer::new(&kafka, 5).unwrap();
+        Self {
+            topics: TopicNames::with_prefix(&prefix),
+            unique,
+            kafka,
+            engine,
+            client,
+            producer,
+        }
+    }
+
+    pub fn config(&self) -> IndexConfig {
+        IndexConfig {
+            group_id: format!("index-{}", self.unique),
+            topics: self.topics.clone(),
+            engine: self.engine.clone(),
+            batch_initial_backoff_ms: 100,
+            batch_max_backoff_ms: 1_000,
+            bulk_initial_backoff_ms: 50,
+            bulk_max_backoff_ms: 500,
+            ..IndexConfig::default()
+        }
+    }
+
+    pub fn spawn(&self, config: IndexConfig, shutdown: &Shutdown) -> (IndexWorker, Health) {
+        let health = Health::new();
+        let mut registry = Registry::default();
+        let worker = IndexWorker::spawn(
+            config,
+            self.kafka.clone(),
+            &mut registry,
+            health.clone(),
+            shutdown.clone(),
+        )
+        .expect("the index worker starts");
+        (worker, health)
+    }
+
+    pub fn searcher(&self) -> MessageSearcher {
+        MessageSearcher::new(
+            self.client.clone(),
+            &self.engine.layout(),
+            SearchLimits::default(),
+            SearchMetrics::default(),
+        )
+    }
+
+    pub fn conversation(&self, name: &str) -> ConversationId {
+        ConversationId::parse(format!("{name}-{}", self.unique)).unwrap()
+    }
+
+    pub fn record(&self, id: u64, conversation: &ConversationId, body: &str) -> MessageRecord {
+        MessageRecord {
+            schema_version: SCHEMA_VERSION,
+            message_id: MessageId::from_u64(id),
+            conversation_id: conversation.clone(),
+            sender_id: UserId::parse("alice").unwrap(),
+            client_msg_id: ClientMsgId::parse(format!("m{id}")).unwrap(),
+            body: body.to_owned(),
+            ts: 1_700_000_000_000 + id,
+            edge_id: EdgeId::parse("edge-1").unwrap(),
+        }
+    }
+
+    pub async fn produce(&self, record: &MessageRecord) {
+        self.producer
+            .send_json(
+                &self.topics.messages,
+                record.conversation_id.as_str(),
+                record,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn produce_raw(&self, key: &str, payload: &[u8]) {
+        self.producer
+            .send_bytes(
+                &self.topics.messages,
+                key,
+                Some(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn refresh(&self) {
+        self.client
+            .refresh(&self.engine.layout().search_alias)
+            .await
+            .unwrap();
+    }
+
+    pub async fn teardown(&self) {
+        let _ = delete_deployment(&self.client, &self.engine.layout()).await;
+    }
+}
+
+/// Polls `check` until it holds or `deadline` passes.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
