@@ -1,1 +1,134 @@
-//! placeholder
+//! # chatpipe-persist
+//!
+//! The persist role: a Kafka consumer group (default id
+//! `chatpipe-persist`) on `chat.messages` that writes every message to the
+//! Cassandra history (`chatpipe-cassandra`), which the API's history
+//! endpoint reads.
+//!
+//! ```text
+//! chat.messages ─▶ run_batches (at-least-once) ─▶ CassandraHistoryWriter ─▶ Cassandra messages
+//!                                                   └─ undecodable ─▶ chat.deadletter
+//! ```
+//!
+//! Delivery semantics: at-least-once consumption, exactly-once effect.
+//! Offsets are stored only after a batch is written (or dead-lettered), so a
+//! crash or rebalance re-delivers at most unconfirmed batches; the rows'
+//! primary key ends in the message id and the write timestamp is the
+//! message's own time, so writing a record twice leaves one identical row.
+//! While Cassandra is unavailable the batch is retried with backoff, the
+//! consumer stays in its group (`max_poll_interval_ms`), the component
+//! reports `Degraded`, and nothing is committed past the unwritten batch.
+//!
+//! Order: history is ordered by message id (the clustering key), which is
+//! the order of the conversation's Kafka partition; writes within a batch
+//! may therefore run concurrently.
+
+pub mod config;
+pub mod metrics;
+pub mod writer;
+
+use chatpipe_cassandra::CassandraStore;
+use chatpipe_core::records::TopicNames;
+use chatpipe_kafka::consumer::{HandlerError, group_consumer};
+use chatpipe_kafka::{ChatProducer, DeadLetterSink, KafkaAdapterError, KafkaConfig, run_batches};
+use chatpipe_runtime::{Health, Shutdown};
+use prometheus_client::registry::Registry;
+
+pub use config::PersistConfig;
+pub use metrics::PersistMetrics;
+pub use writer::CassandraHistoryWriter;
+
+/// Why the persist role stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// The Kafka consumer could not be created or subscribed.
+    #[error("kafka consumer: {0}")]
+    Consumer(#[from] KafkaAdapterError),
+    /// A batch failed permanently; nothing past it was committed.
+    #[error("batch failed permanently: {0}")]
+    Handler(#[from] HandlerError),
+}
+
+impl PersistError {
+    /// Whether restarting the role may help.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            PersistError::Consumer(error) => error.is_retriable(),
+            PersistError::Handler(error) => error.retriable,
+        }
+    }
+}
+
+/// The persist role, built with its metrics registered; [`PersistRole::run`]
+/// consumes until shutdown.
+#[derive(Debug)]
+pub struct PersistRole {
+    config: PersistConfig,
+    kafka: KafkaConfig,
+    topics: TopicNames,
+    store: CassandraStore,
+    dead_letter_producer: ChatProducer,
+    metrics: PersistMetrics,
+}
+
+impl PersistRole {
+    /// Registers the role's metrics under `chatpipe_persist_*` in
+    /// `registry`. `dead_letter_producer` publishes undecodable records to
+    /// `topics.dead_letter`.
+    pub fn new(
+        config: PersistConfig,
+        kafka: KafkaConfig,
+        topics: TopicNames,
+        store: CassandraStore,
+        dead_letter_producer: ChatProducer,
+        registry: &mut Registry,
+    ) -> Self {
+        let metrics = PersistMetrics::new();
+        metrics.register(registry.sub_registry_with_prefix("chatpipe_persist"));
+        Self {
+            config,
+            kafka,
+            topics,
+            store,
+            dead_letter_producer,
+            metrics,
+        }
+    }
+
+    /// The role's counters (shared with the registry).
+    pub fn metrics(&self) -> PersistMetrics {
+        self.metrics.clone()
+    }
+
+    /// Joins the consumer group and writes until `shutdown` is cancelled,
+    /// then commits what was confirmed. Registers the `persist` component in
+    /// `health`.
+    pub async fn run(self, health: Health, shutdown: Shutdown) -> Result<(), PersistError> {
+        let settings = self.config.consumer_settings(&self.topics.messages);
+        let component = health.component("persist");
+        let consumer = group_consumer(&self.kafka, &settings, &self.metrics.consumer)?;
+        let dead_letters = DeadLetterSink::new(
+            self.dead_letter_producer,
+            self.topics.dead_letter.clone(),
+            settings.group_id.clone(),
+            self.metrics.consumer.clone(),
+        );
+        let writer = CassandraHistoryWriter::new(
+            self.store,
+            dead_letters,
+            self.metrics.clone(),
+            self.config.max_in_flight_writes,
+        );
+        tracing::info!(group = %settings.group_id, topic = %self.topics.messages, "persist consuming");
+        run_batches(
+            consumer,
+            settings,
+            writer,
+            self.metrics.consumer,
+            component,
+            shutdown,
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,229 @@
+//! Shared set-up of the persist integration tests: an isolated topic prefix
+//! on the real Kafka, the real Cassandra, and an in-process persist role.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use chatpipe_cassandra::{
+    CassandraConfig, CassandraStore, Conversation, CreateOutcome, HistoryQuery, NewConversation,
+};
+use chatpipe_core::ids::{
+    ClientMsgId, ConversationId, EdgeId, MessageId, MessageIdGenerator, UserId,
+};
+use chatpipe_core::records::{MessageRecord, SCHEMA_VERSION, TopicNames};
+use chatpipe_core::time::now_unix_ms;
+use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
+use chatpipe_kafka::{ChatProducer, KafkaConfig};
+use chatpipe_persist::{PersistConfig, PersistError, PersistMetrics, PersistRole};
+use chatpipe_runtime::{Health, Shutdown};
+use prometheus_client::registry::Registry;
+
+pub struct TestEnv {
+    pub unique: String,
+    pub kafka: KafkaConfig,
+    pub topics: TopicNames,
+    pub store: CassandraStore,
+    pub producer: ChatProducer,
+}
+
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl TestEnv {
+    /// Topics under a fresh prefix (`partitions` each), and a store.
+    pub async fn new(partitions: i32) -> Self {
+        let unique = unique();
+        let prefix = format!("t{unique}.");
+        let brokers = std::env::var("CHATPIPE_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let kafka = KafkaConfig::new(brokers, format!("persist-test-{unique}"));
+        let mut file = TopicsFile::parse(DEFAULT_TOPICS_JSON)
+            .unwrap()
+            .with_prefix(&prefix);
+        for topic in &mut file.topics {
+            topic.partitions = topic.partitions.min(partitions);
+        }
+        apply(&kafka, &file)
+            .await
+            .expect("Kafka must be reachable (topology/engines.sh up kafka)");
+        let mut cassandra = CassandraConfig::default();
+        if let Ok(address) = std::env::var("CHATPIPE_CASSANDRA") {
+            cassandra.contact_points = vec![address];
+        }
+        let store = CassandraStore::connect(&cassandra)
+            .await
+            .expect("Cassandra must be reachable (topology/engines.sh up cassandra)");
+        let producer = ChatProducer::new(&kafka, 1).unwrap();
+        Self {
+            topics: TopicNames::with_prefix(&prefix),
+            unique,
+            kafka,
+            store,
+            producer,
+        }
+    }
+
+    pub fn user(&self, name: &str) -> UserId {
+        UserId::parse(format!("{name}-{}", self.unique)).unwrap()
+    }
+
+    pub fn conversation_id(&self, name: &str) -> ConversationId {
+        ConversationId::parse(format!("{name}-{}", self.unique)).unwrap()
+    }
+
+    /// Creates a conversation (created an hour ago) and returns its row.
+    pub async fn conversation(&self, name: &str, creator: &UserId) -> Conversation {
+        let outcome = self
+            .store
+            .create_conversation(&NewConversation {
+                conversation_id: self.conversation_id(name),
+                title: None,
+                created_by: creator.clone(),
+                members: vec![],
+                created_at_ms: now_unix_ms() - 3_600_000,
+            })
+            .await
+            .unwrap();
+        match outcome {
+            CreateOutcome::Created { conversation, .. }
+            | CreateOutcome::AlreadyExists(conversation) => conversation,
+        }
+    }
+
+    pub async fn produce(
+        &self,
+        record: &MessageRecord,
+    ) -> chatpipe_kafka::producer::RecordPosition {
+        self.producer
+            .send_json(
+                &self.topics.messages,
+                record.conversation_id.as_str(),
+                record,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Starts a persist role in-process with its own consumer group.
+    pub fn start_persist(&self, group_id: &str, config: PersistConfig) -> RunningPersist {
+        let mut registry = Registry::default();
+        let role = PersistRole::new(
+            PersistConfig {
+                group_id: group_id.to_owned(),
+                ..config
+            },
+            self.kafka.clone(),
+            self.topics.clone(),
+            self.store.clone(),
+            self.producer.clone(),
+            &mut registry,
+        );
+        let metrics = role.metrics();
+        let shutdown = Shutdown::new();
+        let health = Health::new();
+        let task = tokio::spawn(role.run(health.clone(), shutdown.clone()));
+        RunningPersist {
+            metrics,
+            shutdown,
+            health,
+            task,
+            registry,
+        }
+    }
+
+    /// The whole history of `conversation`, newest first, read page by page.
+    pub async fn history(&self, conversation: &Conversation) -> Vec<MessageRecordView> {
+        let mut all = Vec::new();
+        let mut before = None;
+        loop {
+            let page = self
+                .store
+                .read_history(
+                    conversation,
+                    &HistoryQuery {
+                        before,
+                        after: None,
+                        limit: 200,
+                    },
+                    now_unix_ms(),
+                )
+                .await
+                .unwrap();
+            all.extend(page.messages.iter().map(|message| MessageRecordView {
+                message_id: message.message_id,
+                body: message.body.clone(),
+            }));
+            if !page.has_more {
+                return all;
+            }
+            before = page.messages.last().map(|message| message.message_id);
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecordView {
+    pub message_id: MessageId,
+    pub body: String,
+}
+
+pub struct RunningPersist {
+    pub metrics: PersistMetrics,
+    pub shutdown: Shutdown,
+    pub health: Health,
+    pub task: tokio::task::JoinHandle<Result<(), PersistError>>,
+    pub registry: Registry,
+}
+
+impl RunningPersist {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("persist stops within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Records for `conversation`, ids from `generator`, bodies `"{tag}-{i}"`.
+pub fn records(
+    conversation: &ConversationId,
+    sender: &UserId,
+    generator: &mut MessageIdGenerator,
+    count: usize,
+    tag: &str,
+) -> Vec<MessageRecord> {
+    (0..count)
+        .map(|index| {
+            let message_id = generator.next_id(now_unix_ms());
+            MessageRecord {
+                schema_version: SCHEMA_VERSION,
+                message_id,
+                conversation_id: conversation.clone(),
+                sender_id: sender.clone(),
+                client_msg_id: ClientMsgId::parse(format!("{tag}-{index}")).unwrap(),
+                body: format!("{tag}-{index}"),
+                ts: message_id.unix_ms(),
+                edge_id: EdgeId::parse("edge-test").unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// Polls `condition` until it holds or `deadline` passes.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
