@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use elasticsearch::Elasticsearch;
-use elasticsearch::http::Method;
+pub use elasticsearch::http::Method;
 use elasticsearch::http::Url;
 use elasticsearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
@@ -192,5 +192,17 @@ impl EsClient {
             .await?
             .into_result()
             .map(drop)
+    }
+
+    /// Documents visible through `target` (an index or alias).
+    pub async fn count(&self, target: &str) -> Result<u64, EngineError> {
+        let answer = self
+            .request(Method::Get, &format!("/{target}/_count"), &[], None)
+            .await?
+            .into_result()?;
+        answer
+            .get("count")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| EngineError::Protocol("count answer without count".to_owned()))
     }
 }
