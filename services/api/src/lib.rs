@@ -1,1 +1,359 @@
-//! placeholder
+//! # chatpipe-api
+//!
+//! The HTTP API role (axum): conversations, membership and history over
+//! Cassandra, membership events to Kafka, and (mounted by
+//! [`ApiServer::mount_v1`]) search. Stateless: run as many replicas as
+//! needed behind a load balancer.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/conversations` | create (1:1 or group) → `{"conversation_id"}` |
+//! | `GET /v1/conversations` | the caller's conversations |
+//! | `POST /v1/conversations/{id}/members` | add a member (members only) |
+//! | `DELETE /v1/conversations/{id}/members/{user_id}` | remove a member or leave |
+//! | `GET /v1/conversations/{id}/messages` | history pages, newest first |
+//! | `GET /openapi.json` | the OpenAPI document (`schemas/openapi.json`) |
+//! | `GET /metrics`, `/healthz`, `/readyz` | operations |
+//!
+//! Every `/v1` call needs `Authorization: Bearer <token>` and is charged to
+//! the caller's rate limit. Errors are `{"error":{"code","message"}}`,
+//! mapped in one place ([`ApiError`]).
+//!
+//! Delivery semantics: membership changes are written to Cassandra first,
+//! then published as `MembershipRecord`s keyed by conversation id; a call
+//! succeeds only when both are confirmed, and every call is idempotent, so
+//! clients retry 503s. History reads what the persist role wrote: a message
+//! is in history shortly after it was acked, not at the same instant.
+
+pub mod auth;
+pub mod config;
+pub mod conversations;
+pub mod error;
+pub mod extract;
+pub mod history;
+pub mod metrics;
+pub mod openapi;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{MethodRouter, delete, get, post};
+use chatpipe_runtime::health::ComponentState;
+use chatpipe_runtime::metrics::MetricsRegistry;
+use chatpipe_runtime::{Health, Shutdown};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+pub use auth::Caller;
+pub use config::ApiConfig;
+pub use error::ApiError;
+pub use metrics::ApiMetrics;
+pub use state::{ApiDeps, ApiState};
+
+/// One route of the API: the table both the router and the OpenAPI test
+/// are built from.
+pub struct RouteSpec {
+    pub method: Method,
+    /// axum 0.8 / OpenAPI path template (`{id}`).
+    pub path: &'static str,
+    handler: MethodRouter<ApiState>,
+}
+
+impl std::fmt::Debug for RouteSpec {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{} {}", self.method, self.path)
+    }
+}
+
+fn spec(method: Method, path: &'static str, handler: MethodRouter<ApiState>) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        handler,
+    }
+}
+
+/// The authenticated `/v1` routes.
+pub fn v1_routes() -> Vec<RouteSpec> {
+    vec![
+        spec(
+            Method::POST,
+            "/v1/conversations",
+            post(conversations::create_conversation),
+        ),
+        spec(
+            Method::GET,
+            "/v1/conversations",
+            get(conversations::list_conversations),
+        ),
+        spec(
+            Method::POST,
+            "/v1/conversations/{id}/members",
+            post(conversations::add_member),
+        ),
+        spec(
+            Method::DELETE,
+            "/v1/conversations/{id}/members/{user_id}",
+            delete(conversations::remove_member),
+        ),
+        spec(
+            Method::GET,
+            "/v1/conversations/{id}/messages",
+            get(history::list_messages),
+        ),
+    ]
+}
+
+/// Every route the API serves without a token.
+pub fn public_routes() -> Vec<(Method, &'static str)> {
+    vec![
+        (Method::GET, "/openapi.json"),
+        (Method::GET, "/metrics"),
+        (Method::GET, "/healthz"),
+        (Method::GET, "/readyz"),
+    ]
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::NotFound("no such route".to_owned())
+}
+
+/// The whole router: `/v1` routes behind authentication and the rate limit
+/// (including `extra_v1`, already stated routers such as search), the
+/// OpenAPI document, a JSON 404 for unknown routes, request metrics, the
+/// body limit, and the operational endpoints from `ops`.
+pub fn router(state: ApiState, extra_v1: Vec<Router>, ops: Router) -> Router {
+    let mut v1: Router<ApiState> = Router::new();
+    for route in v1_routes() {
+        v1 = v1.route(route.path, route.handler);
+    }
+    // SEARCH: `GET /v1/search` (services/api/src/search.rs) is mounted here,
+    // through `ApiServer::mount_v1(search::router(...))`, so it gets the same
+    // authentication, rate limit, metrics and body limit as every /v1 route.
+    for extra in extra_v1 {
+        v1 = v1.merge(extra.with_state::<ApiState>(()));
+    }
+    let v1 = v1.route_layer(from_fn_with_state(state.clone(), auth::authenticate));
+    Router::new()
+        .merge(v1)
+        .route("/openapi.json", get(openapi::serve_openapi))
+        .fallback(unknown_route)
+        .layer(from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track_requests,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+        .merge(ops)
+}
+
+/// Why the API could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiRunError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("http server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The API role: built with its metrics registered, then bound and served.
+///
+/// ```text
+/// let mut registry = Registry::default();
+/// let api = ApiServer::new(config, deps, &mut registry);
+/// let bound = api.bind().await?;            // bound.local_addr()
+/// bound.serve(MetricsRegistry::new(registry), health, shutdown).await?;
+/// ```
+#[derive(Debug)]
+pub struct ApiServer {
+    state: ApiState,
+    extra_v1: Vec<Router>,
+}
+
+impl ApiServer {
+    /// Registers the API's metrics under `chatpipe_api_*` in `registry`.
+    pub fn new(config: ApiConfig, deps: ApiDeps, registry: &mut Registry) -> Self {
+        let metrics = ApiMetrics::new();
+        metrics.register(registry.sub_registry_with_prefix("chatpipe_api"));
+        Self {
+            state: ApiState::new(config, deps, metrics),
+            extra_v1: Vec::new(),
+        }
+    }
+
+    /// Adds routes (with their state applied) under the `/v1` guard:
+    /// authentication ([`Caller`] extractor), rate limit, metrics.
+    pub fn mount_v1(mut self, routes: Router) -> Self {
+        self.extra_v1.push(routes);
+        self
+    }
+
+    pub fn state(&self) -> &ApiState {
+        &self.state
+    }
+
+    pub fn metrics(&self) -> ApiMetrics {
+        self.state.metrics.clone()
+    }
+
+    /// Binds `config.listen_addr`.
+    pub async fn bind(self) -> Result<BoundApi, ApiRunError> {
+        let address = self.state.config.listen_addr.clone();
+        let listener = TcpListener::bind(&address)
+            .await
+            .map_err(|source| ApiRunError::Bind { address, source })?;
+        Ok(BoundApi {
+            server: self,
+            listener,
+        })
+    }
+}
+
+/// An [`ApiServer`] holding its listening socket.
+#[derive(Debug)]
+pub struct BoundApi {
+    server: ApiServer,
+    listener: TcpListener,
+}
+
+impl BoundApi {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// Serves until `shutdown`, then finishes in-flight requests. `metrics`
+    /// is the finished registry `/metrics` renders; `health` gets the
+    /// `api-http` component.
+    pub async fn serve(
+        self,
+        metrics: MetricsRegistry,
+        health: Health,
+        shutdown: Shutdown,
+    ) -> Result<(), ApiRunError> {
+        let component = health.component("api-http");
+        let state = self.server.state.clone();
+        let app = router(
+            self.server.state,
+            self.server.extra_v1,
+            chatpipe_runtime::ops::router(health, metrics),
+        );
+        let limiter = state.rate_limiter.clone();
+        let housekeeping_shutdown = shutdown.clone();
+        shutdown.spawn(async move {
+            // Forget idle users' buckets so the limiter's memory follows the
+            // active users, not every user ever seen.
+            let mut interval = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = housekeeping_shutdown.cancelled() => break,
+                    _ = interval.tick() => {
+                        limiter.retain_recent();
+                        limiter.shrink_to_fit();
+                    }
+                }
+            }
+        });
+        tracing::info!(address = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "api listening");
+        component.set(ComponentState::Ready);
+        let signal_shutdown = shutdown.clone();
+        let outcome = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                signal_shutdown.cancelled().await;
+            })
+            .await;
+        component.set(ComponentState::Stopped);
+        outcome.map_err(ApiRunError::Serve)
+    }
+}
+
+/// Binds and serves until `shutdown` (the one-call form).
+pub async fn run(
+    config: ApiConfig,
+    deps: ApiDeps,
+    mut registry: Registry,
+    health: Health,
+    shutdown: Shutdown,
+) -> Result<(), ApiRunError> {
+    let server = ApiServer::new(config, deps, &mut registry);
+    server
+        .bind()
+        .await?
+        .serve(MetricsRegistry::new(registry), health, shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn documented() -> serde_json::Value {
+        serde_json::from_str(openapi::OPENAPI_JSON).expect("schemas/openapi.json is JSON")
+    }
+
+    #[test]
+    fn every_route_of_the_router_is_in_the_openapi_document() {
+        let document = documented();
+        assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+        let routes = v1_routes()
+            .into_iter()
+            .map(|route| (route.method, route.path))
+            .chain(public_routes());
+        for (method, path) in routes {
+            let operation = &document["paths"][path][method.as_str().to_ascii_lowercase()];
+            assert!(
+                operation.is_object(),
+                "{method} {path} is missing from schemas/openapi.json"
+            );
+            assert!(
+                operation["responses"].is_object(),
+                "{method} {path} has no responses"
+            );
+        }
+        // Mounted by the search engineer, documented here already.
+        assert!(document["paths"]["/v1/search"]["get"].is_object());
+    }
+
+    #[test]
+    fn every_authenticated_operation_documents_every_error_it_can_return() {
+        let document = documented();
+        for route in v1_routes() {
+            let responses = &document["paths"][route.path]
+                [route.method.as_str().to_ascii_lowercase()]["responses"];
+            for status in ["400", "401", "429", "500", "503"] {
+                assert!(
+                    responses[status].is_object(),
+                    "{route:?} does not document {status}"
+                );
+            }
+            if route.path.contains("{id}") {
+                for status in ["403", "404"] {
+                    assert!(
+                        responses[status].is_object(),
+                        "{route:?} does not document {status}"
+                    );
+                }
+            }
+        }
+        // Every `$ref` resolves.
+        let text = openapi::OPENAPI_JSON;
+        for piece in text.split("\"$ref\": \"#/").skip(1) {
+            let pointer = format!("/{}", &piece[..piece.find('"').unwrap()]);
+            assert!(
+                document.pointer(&pointer).is_some(),
+                "dangling $ref {pointer}"
+            );
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The API role's configuration.
+
+use serde::Deserialize;
+
+/// How the HTTP API listens and what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// `host:port` to listen on (`:0` picks a free port).
+    pub listen_addr: String,
+    /// Largest accepted request body; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Most members in one `POST /v1/conversations`; more gets 413.
+    pub max_members_per_request: usize,
+    /// Longest conversation title, in characters; longer gets 400.
+    pub max_title_chars: usize,
+    /// History page size when `limit` is not given.
+    pub history_default_limit: usize,
+    /// Largest history page; a larger `limit` is lowered to it.
+    pub history_max_limit: usize,
+    /// Sustained requests per second allowed per user (token bucket refill).
+    pub rate_limit_per_second: u32,
+    /// Requests a user may make in a burst above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Deadline for Kafka to confirm a membership record.
+    pub kafka_send_timeout_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: "127.0.0.1:8090".to_owned(),
+            max_body_bytes: 64 * 1024,
+            max_members_per_request: 500,
+            max_title_chars: 200,
+            history_default_limit: 50,
+            history_max_limit: 200,
+            rate_limit_per_second: 50,
+            rate_limit_burst: 100,
+            kafka_send_timeout_ms: 10_000,
+        }
+    }
+}

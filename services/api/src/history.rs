@@ -1,0 +1,174 @@
+//! `GET /v1/conversations/{id}/messages?before=&after=&limit=`.
+//!
+//! Newest first; cursors are message ids (decimal strings). Without
+//! `after` the page is the newest `limit` messages older than `before` (or
+//! the newest of all): scrolling back, the next page is
+//! `before=<last message id>`. With `after` it is the `limit` messages right
+//! after `after` (and older than `before` when given), still newest first:
+//! catching up, the next page is `after=<first message id>`. Pages cross
+//! the store's time buckets transparently.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::{Deserialize, Serialize};
+
+use chatpipe_cassandra::{HistoryQuery, StoredMessage};
+use chatpipe_core::ids::{ConversationId, MessageId};
+use chatpipe_core::time::now_unix_ms;
+
+use crate::auth::Caller;
+use crate::conversations::{parse_conversation_id, require_member};
+use crate::error::ApiError;
+use crate::state::ApiState;
+
+/// The raw query string; every field is checked by hand for useful 400s.
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryParams {
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub limit: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HistoryResponse {
+    pub conversation_id: ConversationId,
+    /// Newest first.
+    pub messages: Vec<serde_json::Value>,
+    /// More messages exist in the direction read.
+    pub has_more: bool,
+    /// Cursor of the next (older) page, when scrolling back and there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<MessageId>,
+    /// Cursor of the next (newer) page, when catching up and there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<MessageId>,
+}
+
+fn parse_cursor(name: &str, raw: Option<&str>) -> Result<Option<MessageId>, ApiError> {
+    match raw.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => MessageId::parse(text).map(Some).map_err(|_| {
+            ApiError::Invalid(format!(
+                "{name} must be a message id (a positive decimal number), got {text:?}"
+            ))
+        }),
+    }
+}
+
+/// Validates the query: bad cursors and limits are 400; a limit above the
+/// maximum is lowered to it.
+pub fn parse_history_query(
+    params: &HistoryParams,
+    default_limit: usize,
+    max_limit: usize,
+) -> Result<HistoryQuery, ApiError> {
+    let before = parse_cursor("before", params.before.as_deref())?;
+    let after = parse_cursor("after", params.after.as_deref())?;
+    let limit = match params.limit.as_deref().map(str::trim) {
+        None | Some("") => default_limit,
+        Some(text) => match text.parse::<usize>() {
+            Ok(0) | Err(_) => {
+                return Err(ApiError::Invalid(format!(
+                    "limit must be a whole number from 1 to {max_limit}, got {text:?}"
+                )));
+            }
+            Ok(limit) => limit,
+        },
+    };
+    if let (Some(before), Some(after)) = (before, after)
+        && after >= before
+    {
+        return Err(ApiError::Invalid(
+            "after must be older than before".to_owned(),
+        ));
+    }
+    Ok(HistoryQuery {
+        before,
+        after,
+        limit: limit.min(max_limit),
+    })
+}
+
+fn message_json(message: &StoredMessage) -> serde_json::Value {
+    serde_json::to_value(message).unwrap_or(serde_json::Value::Null)
+}
+
+/// `GET /v1/conversations/{id}/messages`: members only (403), unknown
+/// conversation 404, bad cursor or limit 400.
+pub async fn list_messages(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    Path(raw_id): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Result<Json<HistoryResponse>, ApiError> {
+    let conversation_id = parse_conversation_id(raw_id)?;
+    let query = parse_history_query(
+        &params,
+        state.config.history_default_limit,
+        state.config.history_max_limit,
+    )?;
+    let conversation = require_member(&state, &conversation_id, &caller).await?;
+    let page = state
+        .store
+        .read_history(&conversation, &query, now_unix_ms())
+        .await?;
+    let catching_up = query.after.is_some();
+    let next_before = (!catching_up && page.has_more)
+        .then(|| page.messages.last().map(|message| message.message_id))
+        .flatten();
+    let next_after = (catching_up && page.has_more)
+        .then(|| page.messages.first().map(|message| message.message_id))
+        .flatten();
+    Ok(Json(HistoryResponse {
+        conversation_id,
+        messages: page.messages.iter().map(message_json).collect(),
+        has_more: page.has_more,
+        next_before,
+        next_after,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(before: Option<&str>, after: Option<&str>, limit: Option<&str>) -> HistoryParams {
+        HistoryParams {
+            before: before.map(str::to_owned),
+            after: after.map(str::to_owned),
+            limit: limit.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn queries_are_validated_and_limits_clamped() {
+        let query = parse_history_query(&params(None, None, None), 50, 200).unwrap();
+        assert_eq!((query.before, query.after, query.limit), (None, None, 50));
+        assert_eq!(
+            parse_history_query(&params(None, None, Some("1000")), 50, 200)
+                .unwrap()
+                .limit,
+            200
+        );
+        let query =
+            parse_history_query(&params(Some("900"), Some("100"), Some("7")), 50, 200).unwrap();
+        assert_eq!(query.before, Some(MessageId::from_u64(900)));
+        assert_eq!(query.after, Some(MessageId::from_u64(100)));
+        for bad in [
+            params(Some("abc"), None, None),
+            params(None, Some("-5"), None),
+            params(Some("0"), None, None),
+            params(None, None, Some("0")),
+            params(None, None, Some("ten")),
+            params(Some("100"), Some("900"), None),
+        ] {
+            assert!(
+                matches!(
+                    parse_history_query(&bad, 50, 200),
+                    Err(ApiError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+}

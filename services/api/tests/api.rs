@@ -1,0 +1,682 @@
+//! The HTTP API in-process on 127.0.0.1:0, against the real Cassandra and
+//! Kafka. Fails, never skips, when an engine is unreachable.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chatpipe_api::{ApiConfig, ApiDeps, ApiMetrics, ApiServer};
+use chatpipe_cassandra::bucket::{bucket_of_unix_ms, bucket_start_unix_ms};
+use chatpipe_cassandra::{CassandraConfig, CassandraStore, CreateOutcome, NewConversation};
+use chatpipe_core::auth::TokenKeys;
+use chatpipe_core::ids::{
+    ClientMsgId, ConversationId, EdgeId, MessageId, MessageIdGenerator, UserId,
+};
+use chatpipe_core::records::{
+    MembershipChange, MembershipRecord, MessageRecord, SCHEMA_VERSION, TopicNames,
+};
+use chatpipe_core::store::MembershipStore;
+use chatpipe_core::time::now_unix_ms;
+use chatpipe_kafka::consumer::{ConsumerSettings, group_consumer};
+use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
+use chatpipe_kafka::{ChatProducer, ConsumerMetrics, KafkaConfig};
+use chatpipe_runtime::metrics::MetricsRegistry;
+use chatpipe_runtime::{Health, Shutdown};
+use prometheus_client::registry::Registry;
+use rdkafka::Message as _;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+struct Api {
+    unique: String,
+    base: String,
+    http: reqwest::Client,
+    keys: TokenKeys,
+    store: CassandraStore,
+    kafka: KafkaConfig,
+    topics: TopicNames,
+    metrics: ApiMetrics,
+    _shutdown: ShutdownOnDrop,
+}
+
+struct ShutdownOnDrop(Shutdown);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+async fn start(config: ApiConfig) -> Api {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("t{unique}.");
+    let brokers = std::env::var("CHATPIPE_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let kafka = KafkaConfig::new(brokers, format!("api-test-{unique}"));
+    let mut topics_file = TopicsFile::parse(DEFAULT_TOPICS_JSON)
+        .unwrap()
+        .with_prefix(&prefix);
+    for topic in &mut topics_file.topics {
+        topic.partitions = 1;
+    }
+    apply(&kafka, &topics_file)
+        .await
+        .expect("Kafka must be reachable (topology/engines.sh up kafka)");
+    let topics = TopicNames::with_prefix(&prefix);
+    let mut cassandra = CassandraConfig::default();
+    if let Ok(address) = std::env::var("CHATPIPE_CASSANDRA") {
+        cassandra.contact_points = vec![address];
+    }
+    let store = CassandraStore::connect(&cassandra)
+        .await
+        .expect("Cassandra must be reachable (topology/engines.sh up cassandra)");
+    let keys = TokenKeys::from_secret(format!("secret-{unique}").as_bytes());
+    let deps = ApiDeps {
+        store: store.clone(),
+        producer: ChatProducer::new(&kafka, 1).unwrap(),
+        topics: topics.clone(),
+        token_keys: keys.clone(),
+    };
+    let mut registry = Registry::default();
+    let server = ApiServer::new(
+        ApiConfig {
+            listen_addr: "127.0.0.1:0".into(),
+            ..config
+        },
+        deps,
+        &mut registry,
+    );
+    let metrics = server.metrics();
+    let bound = server.bind().await.unwrap();
+    let address: SocketAddr = bound.local_addr();
+    let shutdown = Shutdown::new();
+    tokio::spawn(bound.serve(
+        MetricsRegistry::new(registry),
+        Health::new(),
+        shutdown.clone(),
+    ));
+    Api {
+        unique,
+        base: format!("http://{address}"),
+        http: reqwest::Client::new(),
+        keys,
+        store,
+        kafka,
+        topics,
+        metrics,
+        _shutdown: ShutdownOnDrop(shutdown),
+    }
+}
+
+impl Api {
+    fn user(&self, name: &str) -> UserId {
+        UserId::parse(format!("{name}-{}", self.unique)).unwrap()
+    }
+
+    fn token(&self, user: &UserId) -> String {
+        self.keys.sign(user, now_unix_ms() / 1000, 3600)
+    }
+
+    async fn call(
+        &self,
+        user: &UserId,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token(user));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        };
+        (status, value)
+    }
+
+    async fn get(&self, user: &UserId, path: &str) -> (StatusCode, Value) {
+        self.call(user, reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, user: &UserId, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(user, reqwest::Method::POST, path, Some(body))
+            .await
+    }
+
+    async fn delete(&self, user: &UserId, path: &str) -> (StatusCode, Value) {
+        self.call(user, reqwest::Method::DELETE, path, None).await
+    }
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected_status: u16, code: &str) {
+    assert_eq!(status.as_u16(), expected_status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| !message.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn conversations_and_membership_both_ways_with_events() {
+    let api = start(ApiConfig::default()).await;
+    let (alice, bob, carol, dave) = (
+        api.user("alice"),
+        api.user("bob"),
+        api.user("carol"),
+        api.user("dave"),
+    );
+
+    let (status, created) = api
+        .post(
+            &alice,
+            "/v1/conversations",
+            json!({"members": [bob.as_str()], "title": "Trip"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = ConversationId::parse(created["conversation_id"].as_str().unwrap()).unwrap();
+
+    let (status, listed) = api.get(&bob, "/v1/conversations").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["conversations"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["conversations"][0]["conversation_id"], id.as_str());
+    assert_eq!(listed["conversations"][0]["title"], "Trip");
+    assert_eq!(listed["conversations"][0]["member_count"], 2);
+    assert_eq!(listed["conversations"][0]["created_by"], alice.as_str());
+
+    let members_path = format!("/v1/conversations/{id}/members");
+    let (status, body) = api
+        .post(&dave, &members_path, json!({"user_id": dave.as_str()}))
+        .await;
+    assert_error(status, &body, 403, "forbidden");
+    let (status, body) = api
+        .post(&bob, &members_path, json!({"user_id": carol.as_str()}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"conversation_id": id.as_str(), "user_id": carol.as_str()})
+    );
+    assert!(api.store.is_member(&id, &carol).await.unwrap());
+    assert_eq!(
+        api.store.conversations_of(&carol).await.unwrap(),
+        vec![id.clone()]
+    );
+
+    let (status, body) = api.delete(&dave, &format!("{members_path}/{bob}")).await;
+    assert_error(status, &body, 403, "forbidden");
+    let (status, _) = api.delete(&carol, &format!("{members_path}/{bob}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!api.store.is_member(&id, &bob).await.unwrap());
+    assert!(api.store.conversations_of(&bob).await.unwrap().is_empty());
+    let (_, listed) = api.get(&bob, "/v1/conversations").await;
+    assert_eq!(listed, json!({"conversations": []}));
+    // Leaving.
+    let (status, _) = api.delete(&alice, &format!("{members_path}/{alice}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.store
+            .members(&id)
+            .await
+            .unwrap()
+            .map(|members| members.into_iter().collect::<BTreeSet<_>>()),
+        Some(BTreeSet::from([carol.clone()]))
+    );
+    let (status, body) = api
+        .post(
+            &alice,
+            "/v1/conversations/no-such-conversation/members",
+            json!({"user_id": dave.as_str()}),
+        )
+        .await;
+    assert_error(status, &body, 404, "not_found");
+
+    // The membership topic holds every change, in order, keyed by id.
+    let consumer = group_consumer(
+        &api.kafka,
+        &ConsumerSettings::new(
+            format!("reader-{}", api.unique),
+            &[api.topics.membership.as_str()],
+        ),
+        &ConsumerMetrics::new(),
+    )
+    .unwrap();
+    let mut changes = Vec::new();
+    while changes.len() < 4 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("membership records arrive")
+            .unwrap();
+        assert_eq!(message.key(), Some(id.as_str().as_bytes()));
+        let record: MembershipRecord = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        assert_eq!(record.schema_version, SCHEMA_VERSION);
+        changes.push((record.change, record.actor_id));
+    }
+    assert_eq!(
+        changes,
+        vec![
+            (
+                MembershipChange::Created {
+                    members: vec![alice.clone(), bob.clone()],
+                    title: Some("Trip".into())
+                },
+                alice.clone()
+            ),
+            (
+                MembershipChange::Added {
+                    user_id: carol.clone()
+                },
+                bob.clone()
+            ),
+            (
+                MembershipChange::Removed {
+                    user_id: bob.clone()
+                },
+                carol.clone()
+            ),
+            (
+                MembershipChange::Removed {
+                    user_id: alice.clone()
+                },
+                alice.clone()
+            ),
+        ]
+    );
+    assert_eq!(api.metrics.membership_records.get(), 4);
+}
+
+#[tokio::test]
+async fn a_one_to_one_conversation_is_unique_per_pair() {
+    let api = start(ApiConfig::default()).await;
+    let (alice, bob) = (api.user("alice"), api.user("bob"));
+    let (status, first) = api
+        .post(
+            &alice,
+            "/v1/conversations",
+            json!({"members": [bob.as_str()]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["created"], true);
+    let (status, second) = api
+        .post(
+            &bob,
+            "/v1/conversations",
+            json!({"members": [alice.as_str(), bob.as_str()]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(second["conversation_id"], first["conversation_id"]);
+    assert_eq!(second["created"], false);
+    // A titled conversation of the same two is a new group.
+    let (status, group) = api
+        .post(
+            &alice,
+            "/v1/conversations",
+            json!({"members": [bob.as_str()], "title": "Project"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_ne!(group["conversation_id"], first["conversation_id"]);
+    let (_, listed) = api.get(&alice, "/v1/conversations").await;
+    assert_eq!(listed["conversations"].as_array().unwrap().len(), 2);
+}
+
+fn message(
+    conversation: &ConversationId,
+    sender: &UserId,
+    message_id: MessageId,
+    index: usize,
+) -> MessageRecord {
+    MessageRecord {
+        schema_version: SCHEMA_VERSION,
+        message_id,
+        conversation_id: conversation.clone(),
+        sender_id: sender.clone(),
+        client_msg_id: ClientMsgId::parse(format!("c{index}")).unwrap(),
+        body: format!("message {index}"),
+        ts: message_id.unix_ms(),
+        edge_id: EdgeId::parse("edge-test").unwrap(),
+    }
+}
+
+fn ids_of(page: &Value) -> Vec<MessageId> {
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| MessageId::parse(message["message_id"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn history_pages_across_buckets_with_limits_and_errors() {
+    let api = start(ApiConfig::default()).await;
+    let (alice, mallory) = (api.user("alice"), api.user("mallory"));
+    let room = ConversationId::parse(format!("room-{}", api.unique)).unwrap();
+    // Created two buckets ago; 130 messages just before the last bucket
+    // boundary and 130 after it.
+    let boundary = bucket_start_unix_ms(bucket_of_unix_ms(now_unix_ms()));
+    let outcome = api
+        .store
+        .create_conversation(&NewConversation {
+            conversation_id: room.clone(),
+            title: None,
+            created_by: alice.clone(),
+            members: vec![],
+            created_at_ms: boundary - 15 * 24 * 3600 * 1000,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, CreateOutcome::Created { .. }));
+    let mut generator = MessageIdGenerator::new(5);
+    let mut ids = Vec::new();
+    for index in 0..130u64 {
+        ids.push(generator.next_id(boundary - 200_000 + index * 1000));
+    }
+    for index in 0..130u64 {
+        ids.push(generator.next_id(boundary + 1000 + index * 10));
+    }
+    let records: Vec<MessageRecord> = ids
+        .iter()
+        .enumerate()
+        .map(|(index, id)| message(&room, &alice, *id, index))
+        .collect();
+    api.store.write_messages(&records, 16).await.unwrap();
+    let newest_first: Vec<MessageId> = ids.iter().rev().copied().collect();
+    let path = format!("/v1/conversations/{room}/messages");
+
+    // Default page: 50 newest.
+    let (status, page) = api.get(&alice, &path).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(ids_of(&page), newest_first[..50].to_vec());
+    assert_eq!(page["has_more"], true);
+    assert_eq!(page["messages"][0]["body"], "message 259");
+    assert_eq!(page["messages"][0]["sender_id"], alice.as_str());
+    assert_eq!(page["messages"][0]["conversation_id"], room.as_str());
+    assert!(page["messages"][0]["ts"].is_u64());
+    // The limit is capped at 200.
+    let (_, page) = api.get(&alice, &format!("{path}?limit=1000")).await;
+    assert_eq!(ids_of(&page).len(), 200);
+    // Empty parameters are absent parameters.
+    let (status, page) = api
+        .get(&alice, &format!("{path}?before=&after=&limit="))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids_of(&page).len(), 50);
+
+    // Scroll back in pages of 45 across the bucket boundary.
+    let mut collected = Vec::new();
+    let mut query = "limit=45".to_owned();
+    loop {
+        let (status, page) = api.get(&alice, &format!("{path}?{query}")).await;
+        assert_eq!(status, StatusCode::OK);
+        let page_ids = ids_of(&page);
+        assert!(page_ids.len() <= 45);
+        collected.extend(page_ids);
+        let Some(next) = page["next_before"].as_str() else {
+            assert_eq!(page["has_more"], false);
+            break;
+        };
+        query = format!("limit=45&before={next}");
+    }
+    assert_eq!(collected, newest_first);
+
+    // Catch up from message 100 (in the older bucket) in pages of 40.
+    let mut caught_up: Vec<MessageId> = Vec::new();
+    let mut after = ids[100];
+    loop {
+        let (_, page) = api
+            .get(&alice, &format!("{path}?limit=40&after={after}"))
+            .await;
+        let page_ids = ids_of(&page);
+        if page_ids.is_empty() {
+            break;
+        }
+        assert!(
+            page_ids.windows(2).all(|pair| pair[0] > pair[1]),
+            "newest first"
+        );
+        caught_up.extend(page_ids.iter().rev());
+        after = page_ids[0];
+    }
+    assert_eq!(caught_up, ids[101..].to_vec());
+
+    // Errors.
+    for bad in [
+        "before=abc",
+        "after=-1",
+        "limit=0",
+        "limit=many",
+        "before=0",
+    ] {
+        let (status, body) = api.get(&alice, &format!("{path}?{bad}")).await;
+        assert_error(status, &body, 400, "invalid");
+    }
+    let (status, body) = api.get(&mallory, &path).await;
+    assert_error(status, &body, 403, "forbidden");
+    let (status, body) = api
+        .get(
+            &alice,
+            &format!("/v1/conversations/unknown-{}/messages", api.unique),
+        )
+        .await;
+    assert_error(status, &body, 404, "not_found");
+    let (status, body) = api.get(&alice, "/v1/conversations/bad%20id/messages").await;
+    assert_error(status, &body, 400, "invalid");
+}
+
+#[tokio::test]
+async fn bad_or_expired_tokens_get_401() {
+    let api = start(ApiConfig::default()).await;
+    let alice = api.user("alice");
+    let url = format!("{}/v1/conversations", api.base);
+    let expired = api.keys.sign(&alice, now_unix_ms() / 1000 - 7200, 60);
+    let foreign = TokenKeys::from_secret(b"another secret").sign(&alice, now_unix_ms() / 1000, 60);
+    let cases: Vec<(Option<String>, &str)> = vec![
+        (None, "missing"),
+        (Some("Bearer not-a-token".into()), "malformed"),
+        (Some(format!("Bearer {expired}")), "expired"),
+        (Some(format!("Bearer {foreign}")), "bad_signature"),
+        (Some(format!("Basic {}", api.token(&alice))), "missing"),
+    ];
+    for (header, reason) in cases {
+        let mut request = api.http.get(&url);
+        if let Some(header) = &header {
+            request = request.header("authorization", header);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{reason}");
+        assert_eq!(
+            response.headers().get("www-authenticate").unwrap(),
+            "Bearer"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized", "{reason}");
+    }
+    let (status, _) = api.get(&alice, "/v1/conversations").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        api.metrics.request_count("GET", "/v1/conversations", 401),
+        5
+    );
+    assert_eq!(
+        chatpipe_runtime::metrics::reason_count(&api.metrics.auth_failures, "expired"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn input_limits_are_enforced() {
+    let api = start(ApiConfig {
+        max_body_bytes: 4096,
+        max_members_per_request: 5,
+        ..ApiConfig::default()
+    })
+    .await;
+    let alice = api.user("alice");
+    let too_many: Vec<String> = (0..6).map(|index| format!("u{index}")).collect();
+    let (status, body) = api
+        .post(&alice, "/v1/conversations", json!({"members": too_many}))
+        .await;
+    assert_error(status, &body, 413, "too_large");
+    let (status, body) = api
+        .post(
+            &alice,
+            "/v1/conversations",
+            json!({"members": [], "title": "x".repeat(5000)}),
+        )
+        .await;
+    assert_error(status, &body, 413, "too_large");
+    let (status, body) = api
+        .post(
+            &alice,
+            "/v1/conversations",
+            json!({"members": [], "title": "x".repeat(201)}),
+        )
+        .await;
+    assert_error(status, &body, 400, "invalid");
+    let (status, body) = api
+        .post(
+            &alice,
+            "/v1/conversations",
+            json!({"members": ["not valid!"]}),
+        )
+        .await;
+    assert_error(status, &body, 400, "invalid");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("user_id"),
+        "{body}"
+    );
+    let (status, body) = api
+        .post(&alice, "/v1/conversations", json!({"title": "no members"}))
+        .await;
+    assert_error(status, &body, 400, "invalid");
+    let response = api
+        .http
+        .post(format!("{}/v1/conversations", api.base))
+        .bearer_auth(api.token(&alice))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (status, body) = api.get(&alice, "/v1/no-such-route").await;
+    assert_error(status, &body, 404, "not_found");
+}
+
+#[tokio::test]
+async fn each_user_is_rate_limited() {
+    let api = start(ApiConfig {
+        rate_limit_per_second: 1,
+        rate_limit_burst: 3,
+        ..ApiConfig::default()
+    })
+    .await;
+    let (alice, bob) = (api.user("alice"), api.user("bob"));
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(api.get(&alice, "/v1/conversations").await.0);
+    }
+    assert_eq!(&statuses[..3], &[StatusCode::OK; 3]);
+    assert!(
+        statuses[3..].contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let response = api
+        .http
+        .get(format!("{}/v1/conversations", api.base))
+        .bearer_auth(api.token(&alice))
+        .send()
+        .await
+        .unwrap();
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        assert!(response.headers().get("retry-after").is_some());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "rate_limited");
+    }
+    // Another user has their own budget.
+    assert_eq!(api.get(&bob, "/v1/conversations").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn openapi_and_operational_endpoints_are_served() {
+    let api = start(ApiConfig::default()).await;
+    let alice = api.user("alice");
+    let document: Value = api
+        .http
+        .get(format!("{}/openapi.json", api.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        document,
+        serde_json::from_str::<Value>(chatpipe_api::openapi::OPENAPI_JSON).unwrap()
+    );
+    // Every documented operation exists in the router (the reverse of the
+    // unit test): none of them falls through to the unknown-route 404.
+    for (path, item) in document["paths"].as_object().unwrap() {
+        if path == "/v1/search" {
+            continue; // mounted with the search engine (ApiServer::mount_v1)
+        }
+        for method in item.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{id}", "some-id")
+                .replace("{user_id}", "someone");
+            let request = api
+                .http
+                .request(
+                    method.to_uppercase().parse().unwrap(),
+                    format!("{}{concrete}", api.base),
+                )
+                .bearer_auth(api.token(&alice))
+                .json(&json!({}));
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            assert!(
+                status != StatusCode::METHOD_NOT_ALLOWED && !body.contains("no such route"),
+                "{method} {path} is documented but not routed ({status})"
+            );
+        }
+    }
+    for path in ["/healthz", "/readyz"] {
+        let response = api
+            .http
+            .get(format!("{}{path}", api.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("chatpipe_api_requests_total"), "{metrics}");
+    assert!(
+        metrics.contains("chatpipe_api_request_latency_seconds"),
+        "{metrics}"
+    );
+}
