@@ -134,6 +134,14 @@ impl TestEnv {
 
     /// The whole history of `conversation`, newest first, read page by page.
     pub async fn history(&self, conversation: &Conversation) -> Vec<MessageRecordView> {
+        self.try_history(conversation).await.unwrap()
+    }
+
+    /// [`Self::history`], or the store's error (Cassandra restarting).
+    pub async fn try_history(
+        &self,
+        conversation: &Conversation,
+    ) -> Result<Vec<MessageRecordView>, chatpipe_cassandra::CassandraError> {
         let mut all = Vec::new();
         let mut before = None;
         loop {
@@ -148,14 +156,13 @@ impl TestEnv {
                     },
                     now_unix_ms(),
                 )
-                .await
-                .unwrap();
+                .await?;
             all.extend(page.messages.iter().map(|message| MessageRecordView {
                 message_id: message.message_id,
                 body: message.body.clone(),
             }));
             if !page.has_more {
-                return all;
+                return Ok(all);
             }
             before = page.messages.last().map(|message| message.message_id);
         }
