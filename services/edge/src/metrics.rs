@@ -64,25 +64,101 @@ impl EdgeMetrics {
 
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("chatpipe_edge");
-        registry.register("connections", "Open WebSocket connections", self.connections.clone());
-        registry.register("sessions", "Sessions held, attached or resumable", self.sessions.clone());
-        registry.register("connections_accepted", "WebSocket connections accepted", self.connections_accepted.clone());
-        registry.register("connections_rejected", "Connection attempts refused, by reason", self.connections_rejected.clone());
-        registry.register("auth_failures", "Token refusals, by reason", self.auth_failures.clone());
-        registry.register("sessions_resumed", "Sessions resumed", self.sessions_resumed.clone());
-        registry.register("resumes_refused", "Resume requests answered resumed:false", self.resumes_refused.clone());
-        registry.register("frames_in", "Client frames received", self.frames_in.clone());
-        registry.register("frames_out", "Server frames written", self.frames_out.clone());
-        registry.register("frames_rejected", "Client frames refused, by code", self.frames_rejected.clone());
-        registry.register("sends_acked", "Sends acknowledged after Kafka confirmed", self.sends_acked.clone());
-        registry.register("sends_deduplicated", "Retried sends answered with the original ack", self.sends_deduplicated.clone());
-        registry.register("send_latency_seconds", "send to ack latency", self.send_latency_seconds.clone());
-        registry.register("slow_consumer_closes", "Connections closed because the client did not read", self.slow_consumer_closes.clone());
-        registry.register("heartbeat_timeouts", "Connections dropped as silent", self.heartbeat_timeouts.clone());
-        registry.register("push_batches", "Push batches received from fan-out", self.push_batches.clone());
-        registry.register("push_deliveries", "Frames queued to sessions by pushes", self.push_deliveries.clone());
-        registry.register("push_absent_recipients", "Pushed recipients with no session here", self.push_absent_recipients.clone());
-        registry.register("route_publish_failures", "Session-route records Kafka did not confirm", self.route_publish_failures.clone());
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            self.connections.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Sessions held, attached or resumable",
+            self.sessions.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "WebSocket connections accepted",
+            self.connections_accepted.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Connection attempts refused, by reason",
+            self.connections_rejected.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Token refusals, by reason",
+            self.auth_failures.clone(),
+        );
+        registry.register(
+            "sessions_resumed",
+            "Sessions resumed",
+            self.sessions_resumed.clone(),
+        );
+        registry.register(
+            "resumes_refused",
+            "Resume requests answered resumed:false",
+            self.resumes_refused.clone(),
+        );
+        registry.register(
+            "frames_in",
+            "Client frames received",
+            self.frames_in.clone(),
+        );
+        registry.register(
+            "frames_out",
+            "Server frames written",
+            self.frames_out.clone(),
+        );
+        registry.register(
+            "frames_rejected",
+            "Client frames refused, by code",
+            self.frames_rejected.clone(),
+        );
+        registry.register(
+            "sends_acked",
+            "Sends acknowledged after Kafka confirmed",
+            self.sends_acked.clone(),
+        );
+        registry.register(
+            "sends_deduplicated",
+            "Retried sends answered with the original ack",
+            self.sends_deduplicated.clone(),
+        );
+        registry.register(
+            "send_latency_seconds",
+            "send to ack latency",
+            self.send_latency_seconds.clone(),
+        );
+        registry.register(
+            "slow_consumer_closes",
+            "Connections closed because the client did not read",
+            self.slow_consumer_closes.clone(),
+        );
+        registry.register(
+            "heartbeat_timeouts",
+            "Connections dropped as silent",
+            self.heartbeat_timeouts.clone(),
+        );
+        registry.register(
+            "push_batches",
+            "Push batches received from fan-out",
+            self.push_batches.clone(),
+        );
+        registry.register(
+            "push_deliveries",
+            "Frames queued to sessions by pushes",
+            self.push_deliveries.clone(),
+        );
+        registry.register(
+            "push_absent_recipients",
+            "Pushed recipients with no session here",
+            self.push_absent_recipients.clone(),
+        );
+        registry.register(
+            "route_publish_failures",
+            "Session-route records Kafka did not confirm",
+            self.route_publish_failures.clone(),
+        );
     }
 }
 

@@ -29,10 +29,15 @@ impl EdgePush for PushService {
         let mut absent: u32 = 0;
         for item in &batch.items {
             let Some(op) = DELIVERABLE_OPS.iter().find(|known| **known == item.op) else {
-                return Err(Status::invalid_argument(format!("unknown op {:?}", item.op)));
+                return Err(Status::invalid_argument(format!(
+                    "unknown op {:?}",
+                    item.op
+                )));
             };
             if !is_json_object(&item.fields_json) {
-                return Err(Status::invalid_argument("fields_json must be a JSON object"));
+                return Err(Status::invalid_argument(
+                    "fields_json must be a JSON object",
+                ));
             }
             let fields = item.fields_json.trim();
             let encode = |seq: u64| encode_sequenced(op, seq, fields);
@@ -48,7 +53,9 @@ impl EdgePush for PushService {
             }
         }
         self.metrics.push_deliveries.inc_by(u64::from(delivered));
-        self.metrics.push_absent_recipients.inc_by(u64::from(absent));
+        self.metrics
+            .push_absent_recipients
+            .inc_by(u64::from(absent));
         Ok(Response::new(PushReply {
             delivered_sessions: delivered,
             absent_recipients: absent,

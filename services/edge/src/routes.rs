@@ -29,7 +29,13 @@ pub struct RouteAnnouncer {
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(5);
 
 impl RouteAnnouncer {
-    pub fn new(producer: ChatProducer, topic: String, edge_id: EdgeId, push_addr: String, lease: Duration) -> Self {
+    pub fn new(
+        producer: ChatProducer,
+        topic: String,
+        edge_id: EdgeId,
+        push_addr: String,
+        lease: Duration,
+    ) -> Self {
         Self {
             producer,
             topic,
@@ -55,14 +61,18 @@ impl RouteAnnouncer {
             ts: now,
         };
         let key = SessionKey::Edge(self.edge_id.clone()).encode();
-        self.producer.send_json(&self.topic, &key, &record, PUBLISH_DEADLINE).await?;
+        self.producer
+            .send_json(&self.topic, &key, &record, PUBLISH_DEADLINE)
+            .await?;
         Ok(())
     }
 
     /// Removes this edge's lease (graceful exit).
     pub async fn retire_edge(&self) -> Result<(), KafkaAdapterError> {
         let key = SessionKey::Edge(self.edge_id.clone()).encode();
-        self.producer.send_bytes(&self.topic, &key, None, PUBLISH_DEADLINE).await?;
+        self.producer
+            .send_bytes(&self.topic, &key, None, PUBLISH_DEADLINE)
+            .await?;
         Ok(())
     }
 
@@ -75,13 +85,17 @@ impl RouteAnnouncer {
             ts: now_unix_ms(),
         };
         let key = SessionKey::Route(user.clone(), self.edge_id.clone()).encode();
-        self.producer.send_json(&self.topic, &key, &record, PUBLISH_DEADLINE).await?;
+        self.producer
+            .send_json(&self.topic, &key, &record, PUBLISH_DEADLINE)
+            .await?;
         Ok(())
     }
 
     pub async fn route_down(&self, user: &UserId) -> Result<(), KafkaAdapterError> {
         let key = SessionKey::Route(user.clone(), self.edge_id.clone()).encode();
-        self.producer.send_bytes(&self.topic, &key, None, PUBLISH_DEADLINE).await?;
+        self.producer
+            .send_bytes(&self.topic, &key, None, PUBLISH_DEADLINE)
+            .await?;
         Ok(())
     }
 }

@@ -38,7 +38,10 @@ impl SendRefusal {
     }
 
     fn unavailable(what: &str) -> Self {
-        Self::new(ErrorCode::Unavailable, format!("{what} is unavailable, retry later"))
+        Self::new(
+            ErrorCode::Unavailable,
+            format!("{what} is unavailable, retry later"),
+        )
     }
 }
 
@@ -64,7 +67,10 @@ pub struct SendPath<S> {
 
 impl<S> std::fmt::Debug for SendPath<S> {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("SendPath").field("edge_id", &self.edge_id).finish_non_exhaustive()
+        formatter
+            .debug_struct("SendPath")
+            .field("edge_id", &self.edge_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,7 +86,12 @@ pub struct SendPathSettings {
 }
 
 impl<S: MembershipStore + SendDedupStore> SendPath<S> {
-    pub fn new(store: S, producer: ChatProducer, settings: SendPathSettings, metrics: EdgeMetrics) -> Self {
+    pub fn new(
+        store: S,
+        producer: ChatProducer,
+        settings: SendPathSettings,
+        metrics: EdgeMetrics,
+    ) -> Self {
         Self {
             store,
             producer,
@@ -102,7 +113,11 @@ impl<S: MembershipStore + SendDedupStore> SendPath<S> {
 
     /// Membership, cached. Only positive answers are cached; a membership
     /// event for the pair evicts it (see [`SendPath::forget_membership`]).
-    async fn require_member(&self, conversation: &ConversationId, user: &UserId) -> Result<(), SendRefusal> {
+    async fn require_member(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+    ) -> Result<(), SendRefusal> {
         let key = (conversation.clone(), user.clone());
         if self.membership.get(&key).await == Some(true) {
             return Ok(());
@@ -127,7 +142,9 @@ impl<S: MembershipStore + SendDedupStore> SendPath<S> {
 
     /// Drops cached membership of `user` in `conversation`.
     pub async fn forget_membership(&self, conversation: &ConversationId, user: &UserId) {
-        self.membership.invalidate(&(conversation.clone(), user.clone())).await;
+        self.membership
+            .invalidate(&(conversation.clone(), user.clone()))
+            .await;
     }
 
     /// Handles a `send`; resolves when Kafka confirmed (or refused) it.
@@ -196,7 +213,9 @@ impl<S: MembershipStore + SendDedupStore> SendPath<S> {
             })?;
         self.recent_sends.insert(dedup_key, accepted).await;
         self.metrics.sends_acked.inc();
-        self.metrics.send_latency_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .send_latency_seconds
+            .observe(started.elapsed().as_secs_f64());
 
         // Recording the ack lets a cross-edge retry answer without
         // re-producing; failing to record it only costs a duplicate record
@@ -214,9 +233,17 @@ impl<S: MembershipStore + SendDedupStore> SendPath<S> {
     /// Publishes a `typing` or `read` event after checking membership.
     pub async fn publish_event(&self, user: &UserId, event: Event) -> Result<(), SendRefusal> {
         let conversation = match &event {
-            Event::Typing { conversation_id, .. } | Event::Read { conversation_id, .. } => conversation_id.clone(),
+            Event::Typing {
+                conversation_id, ..
+            }
+            | Event::Read {
+                conversation_id, ..
+            } => conversation_id.clone(),
             Event::Presence { .. } => {
-                return Err(SendRefusal::new(ErrorCode::Invalid, "presence is not sent by clients"));
+                return Err(SendRefusal::new(
+                    ErrorCode::Invalid,
+                    "presence is not sent by clients",
+                ));
             }
         };
         self.require_member(&conversation, user).await?;
@@ -226,14 +253,23 @@ impl<S: MembershipStore + SendDedupStore> SendPath<S> {
             ts: now_unix_ms(),
         };
         self.producer
-            .send_json(&self.topics.events, conversation.as_str(), &record, self.deadline)
+            .send_json(
+                &self.topics.events,
+                conversation.as_str(),
+                &record,
+                self.deadline,
+            )
             .await
             .map_err(|_| SendRefusal::unavailable("kafka"))?;
         Ok(())
     }
 
     /// Publishes presence of `user` (keyed by user id).
-    pub async fn publish_presence(&self, record: &EventRecord, user: &UserId) -> Result<(), SendRefusal> {
+    pub async fn publish_presence(
+        &self,
+        record: &EventRecord,
+        user: &UserId,
+    ) -> Result<(), SendRefusal> {
         self.producer
             .send_json(&self.topics.events, user.as_str(), record, self.deadline)
             .await

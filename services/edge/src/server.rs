@@ -21,7 +21,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use chatpipe_core::auth::TokenKeys;
-use chatpipe_core::records::{EdgeState, Event, EventRecord, MembershipChange, MembershipRecord, PresenceStatus, SCHEMA_VERSION};
+use chatpipe_core::records::{
+    EdgeState, Event, EventRecord, MembershipChange, MembershipRecord, PresenceStatus,
+    SCHEMA_VERSION,
+};
 use chatpipe_core::store::{MembershipStore, SendDedupStore};
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_kafka::{ChatProducer, KafkaConfig};
@@ -133,26 +136,34 @@ pub async fn spawn_edge<S: MembershipStore + SendDedupStore>(
     let listener_component = health.component("edge_listener");
     let routes_component = health.component("edge_routes");
 
-    let http_listener = TcpListener::bind(config.http_addr).await.map_err(|source| EdgeError::Bind {
-        what: "websocket listener",
-        addr: config.http_addr,
-        source,
-    })?;
-    let push_listener = TcpListener::bind(config.push_addr).await.map_err(|source| EdgeError::Bind {
-        what: "push listener",
-        addr: config.push_addr,
-        source,
-    })?;
-    let http_addr = http_listener.local_addr().map_err(|source| EdgeError::Bind {
-        what: "websocket listener",
-        addr: config.http_addr,
-        source,
-    })?;
-    let push_addr = push_listener.local_addr().map_err(|source| EdgeError::Bind {
-        what: "push listener",
-        addr: config.push_addr,
-        source,
-    })?;
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| EdgeError::Bind {
+            what: "websocket listener",
+            addr: config.http_addr,
+            source,
+        })?;
+    let push_listener = TcpListener::bind(config.push_addr)
+        .await
+        .map_err(|source| EdgeError::Bind {
+            what: "push listener",
+            addr: config.push_addr,
+            source,
+        })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| EdgeError::Bind {
+            what: "websocket listener",
+            addr: config.http_addr,
+            source,
+        })?;
+    let push_addr = push_listener
+        .local_addr()
+        .map_err(|source| EdgeError::Bind {
+            what: "push listener",
+            addr: config.push_addr,
+            source,
+        })?;
 
     let producer = ChatProducer::new(kafka, config.producer_linger_ms)?;
     let announcer = RouteAnnouncer::new(
@@ -167,7 +178,10 @@ pub async fn spawn_edge<S: MembershipStore + SendDedupStore>(
     );
     announcer.announce_edge(EdgeState::Serving).await?;
 
-    let sessions = Arc::new(SessionRegistry::new(config.session_buffer_frames, config.max_unwritten_frames));
+    let sessions = Arc::new(SessionRegistry::new(
+        config.session_buffer_frames,
+        config.max_unwritten_frames,
+    ));
     let send_path = SendPath::new(
         store,
         producer.clone(),
@@ -183,8 +197,14 @@ pub async fn spawn_edge<S: MembershipStore + SendDedupStore>(
     );
     let (route_jobs_tx, route_jobs_rx) = mpsc::channel::<RouteJob>(4096);
     let edge = Arc::new(EdgeShared {
-        connect_global: RateLimiter::direct(quota(config.connects_per_second_global, config.connects_burst_global)),
-        connect_per_ip: RateLimiter::keyed(quota(config.connects_per_second_per_ip, config.connects_burst_per_ip)),
+        connect_global: RateLimiter::direct(quota(
+            config.connects_per_second_global,
+            config.connects_burst_global,
+        )),
+        connect_per_ip: RateLimiter::keyed(quota(
+            config.connects_per_second_per_ip,
+            config.connects_burst_per_ip,
+        )),
         config,
         keys,
         sessions: sessions.clone(),
@@ -198,7 +218,11 @@ pub async fn spawn_edge<S: MembershipStore + SendDedupStore>(
 
     let membership_tail = membership_tail_consumer(kafka, &edge.config)?;
     let tail_stop = CancellationToken::new();
-    let tail_task = tokio::spawn(run_membership_tail(edge.clone(), membership_tail, tail_stop.clone()));
+    let tail_task = tokio::spawn(run_membership_tail(
+        edge.clone(),
+        membership_tail,
+        tail_stop.clone(),
+    ));
     let routes_stop = CancellationToken::new();
     let route_task = tokio::spawn(run_route_task(
         edge.clone(),
@@ -216,9 +240,12 @@ pub async fn spawn_edge<S: MembershipStore + SendDedupStore>(
     let push_task = {
         let push_stop = push_stop.clone();
         tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(push_listener).with_nodelay(Some(true));
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(push_listener).with_nodelay(Some(true));
             let served = tonic::transport::Server::builder()
-                .add_service(EdgePushServer::new(push_service).max_decoding_message_size(64 * 1024 * 1024))
+                .add_service(
+                    EdgePushServer::new(push_service).max_decoding_message_size(64 * 1024 * 1024),
+                )
                 .serve_with_incoming_shutdown(incoming, push_stop.cancelled_owned())
                 .await;
             if let Err(error) = served {
@@ -235,9 +262,12 @@ pub async fn spawn_edge<S: MembershipStore + SendDedupStore>(
     let http_task = {
         let listener_stop = listener_stop.clone();
         tokio::spawn(async move {
-            let served = axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(listener_stop.cancelled_owned())
-                .await;
+            let served = axum::serve(
+                http_listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(listener_stop.cancelled_owned())
+            .await;
             if let Err(error) = served {
                 tracing::error!(%error, "websocket listener failed");
             }
@@ -249,7 +279,8 @@ pub async fn spawn_edge<S: MembershipStore + SendDedupStore>(
     let stop_signal = shutdown.clone();
     let task = shutdown.spawn(async move {
         stop_signal.cancelled().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(edge.config.drain_deadline_ms);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(edge.config.drain_deadline_ms);
         tracing::info!(edge = %edge.config.edge_id, "edge draining");
         listener_component.set(ComponentState::Draining);
         if let Err(error) = announcer.announce_edge(EdgeState::Draining).await {
@@ -257,7 +288,9 @@ pub async fn spawn_edge<S: MembershipStore + SendDedupStore>(
         }
         listener_stop.cancel();
         edge.draining.cancel();
-        while edge.open_connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        while edge.open_connections.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = tokio::time::timeout_at(deadline, http_task).await;
@@ -341,8 +374,14 @@ async fn apply_route_change<S: MembershipStore + SendDedupStore>(
     change: &RouteChange,
 ) {
     let (user, routed, status) = match change {
-        RouteChange::UserArrived(user) => (user, announcer.route_up(user).await, PresenceStatus::Online),
-        RouteChange::UserLeft(user) => (user, announcer.route_down(user).await, PresenceStatus::Offline),
+        RouteChange::UserArrived(user) => {
+            (user, announcer.route_up(user).await, PresenceStatus::Online)
+        }
+        RouteChange::UserLeft(user) => (
+            user,
+            announcer.route_down(user).await,
+            PresenceStatus::Offline,
+        ),
     };
     if let Err(error) = routed {
         edge.metrics.route_publish_failures.inc();
@@ -361,11 +400,17 @@ async fn apply_route_change<S: MembershipStore + SendDedupStore>(
     }
 }
 
-fn membership_tail_consumer(kafka: &KafkaConfig, config: &EdgeConfig) -> Result<StreamConsumer, EdgeError> {
+fn membership_tail_consumer(
+    kafka: &KafkaConfig,
+    config: &EdgeConfig,
+) -> Result<StreamConsumer, EdgeError> {
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set("client.id", format!("{}-membership-tail", kafka.client_id))
-        .set("group.id", format!("chatpipe-edge-tail-{}", uuid::Uuid::new_v4().simple()))
+        .set(
+            "group.id",
+            format!("chatpipe-edge-tail-{}", uuid::Uuid::new_v4().simple()),
+        )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "latest")
         .set("fetch.wait.max.ms", "50")
@@ -392,12 +437,17 @@ async fn run_membership_tail<S: MembershipStore + SendDedupStore>(
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let Some(Ok(record)) = message.payload().map(serde_json::from_slice::<MembershipRecord>) else {
+        let Some(Ok(record)) = message
+            .payload()
+            .map(serde_json::from_slice::<MembershipRecord>)
+        else {
             continue;
         };
         match &record.change {
             MembershipChange::Removed { user_id } | MembershipChange::Added { user_id } => {
-                edge.send_path.forget_membership(&record.conversation_id, user_id).await;
+                edge.send_path
+                    .forget_membership(&record.conversation_id, user_id)
+                    .await;
             }
             MembershipChange::Created { .. } => {}
         }

@@ -203,8 +203,13 @@ impl SessionRegistry {
     }
 
     /// Creates and attaches a fresh session for `user`.
-    pub fn open(&self, user: &UserId, connection: u64) -> (Arc<Session>, AttachTicket, Option<RouteChange>) {
-        let id = SessionId::parse(uuid::Uuid::new_v4().simple().to_string()).expect("uuid is a valid id");
+    pub fn open(
+        &self,
+        user: &UserId,
+        connection: u64,
+    ) -> (Arc<Session>, AttachTicket, Option<RouteChange>) {
+        let id = SessionId::parse(uuid::Uuid::new_v4().simple().to_string())
+            .expect("uuid is a valid id");
         let session = Arc::new(Session::new(id.clone(), user.clone(), self.buffer_frames));
         let ticket = session.attach(connection);
         let mut tables = self.tables.lock().expect("sessions lock");
@@ -212,11 +217,21 @@ impl SessionRegistry {
         let user_sessions = tables.by_user.entry(user.clone()).or_default();
         let arrived = user_sessions.is_empty();
         user_sessions.insert(id);
-        (session, ticket, arrived.then(|| RouteChange::UserArrived(user.clone())))
+        (
+            session,
+            ticket,
+            arrived.then(|| RouteChange::UserArrived(user.clone())),
+        )
     }
 
     /// Re-attaches `session_id` for `user` and prepares the replay after `last_seq`.
-    pub fn resume(&self, session_id: &SessionId, user: &UserId, last_seq: u64, connection: u64) -> ResumeOutcome {
+    pub fn resume(
+        &self,
+        session_id: &SessionId,
+        user: &UserId,
+        last_seq: u64,
+        connection: u64,
+    ) -> ResumeOutcome {
         let session = {
             let tables = self.tables.lock().expect("sessions lock");
             match tables.sessions.get(session_id) {
@@ -224,7 +239,11 @@ impl SessionRegistry {
                 _ => return ResumeOutcome::Refused,
             }
         };
-        let replay = session.stream.lock().expect("stream lock").resume_after(last_seq);
+        let replay = session
+            .stream
+            .lock()
+            .expect("stream lock")
+            .resume_after(last_seq);
         match replay {
             Replay::Gap => ResumeOutcome::Refused,
             Replay::Frames(replay) => {
@@ -264,7 +283,11 @@ impl SessionRegistry {
             tables
                 .sessions
                 .values()
-                .filter(|session| session.detached_since().is_some_and(|since| since.elapsed() >= window))
+                .filter(|session| {
+                    session
+                        .detached_since()
+                        .is_some_and(|since| since.elapsed() >= window)
+                })
                 .map(|session| session.id.clone())
                 .collect()
         };
@@ -276,7 +299,10 @@ impl SessionRegistry {
         let sessions: Vec<Arc<Session>> = {
             let tables = self.tables.lock().expect("sessions lock");
             match tables.by_user.get(user) {
-                Some(ids) => ids.iter().filter_map(|id| tables.sessions.get(id).cloned()).collect(),
+                Some(ids) => ids
+                    .iter()
+                    .filter_map(|id| tables.sessions.get(id).cloned())
+                    .collect(),
                 None => return 0,
             }
         };
@@ -292,7 +318,13 @@ impl SessionRegistry {
 
     /// Users with at least one session here (for route re-announcement).
     pub fn users(&self) -> Vec<UserId> {
-        self.tables.lock().expect("sessions lock").by_user.keys().cloned().collect()
+        self.tables
+            .lock()
+            .expect("sessions lock")
+            .by_user
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Sessions of one user (tests and diagnostics).
@@ -301,7 +333,11 @@ impl SessionRegistry {
         tables
             .by_user
             .get(user)
-            .map(|ids| ids.iter().filter_map(|id| tables.sessions.get(id).cloned()).collect())
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| tables.sessions.get(id).cloned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -322,7 +358,10 @@ mod tests {
         let (second, _, change) = registry.open(&user("alice"), 2);
         assert_eq!(change, None);
         assert_eq!(registry.close(&first.id), None);
-        assert_eq!(registry.close(&second.id), Some(RouteChange::UserLeft(user("alice"))));
+        assert_eq!(
+            registry.close(&second.id),
+            Some(RouteChange::UserLeft(user("alice")))
+        );
     }
 
     #[test]
@@ -331,7 +370,10 @@ mod tests {
         let (phone, _, _) = registry.open(&user("bob"), 1);
         let (laptop, _, _) = registry.open(&user("bob"), 2);
         assert_eq!(registry.deliver(&user("bob"), &|seq| format!("m{seq}")), 2);
-        assert_eq!(registry.deliver(&user("nobody"), &|seq| format!("m{seq}")), 0);
+        assert_eq!(
+            registry.deliver(&user("nobody"), &|seq| format!("m{seq}")),
+            0
+        );
         assert_eq!(phone.take_unwritten().len(), 1);
         registry.detach(&phone, 1);
         registry.deliver(&user("bob"), &|seq| format!("m{seq}"));
@@ -339,7 +381,10 @@ mod tests {
             ResumeOutcome::Resumed { replay, .. } => assert_eq!(&*replay[0], "m2"),
             ResumeOutcome::Refused => panic!("resume refused"),
         }
-        assert!(matches!(registry.resume(&laptop.id, &user("mallory"), 0, 4), ResumeOutcome::Refused));
+        assert!(matches!(
+            registry.resume(&laptop.id, &user("mallory"), 0, 4),
+            ResumeOutcome::Refused
+        ));
     }
 
     #[test]
@@ -358,7 +403,10 @@ mod tests {
     fn resume_takes_over_a_half_open_connection() {
         let registry = SessionRegistry::new(16, 8);
         let (session, old_ticket, _) = registry.open(&user("dave"), 1);
-        assert!(matches!(registry.resume(&session.id, &user("dave"), 0, 2), ResumeOutcome::Resumed { .. }));
+        assert!(matches!(
+            registry.resume(&session.id, &user("dave"), 0, 2),
+            ResumeOutcome::Resumed { .. }
+        ));
         assert_eq!(old_ticket.kick_reason(), Some(KickReason::TakenOver));
     }
 

@@ -92,11 +92,24 @@ fn parse_resume(params: &ConnectParams) -> Option<(SessionId, u64)> {
 fn retry_hint(wait: Duration) -> String {
     // Jitter spreads a storm's retries instead of synchronising them.
     let jitter = rand::random_range(0..=wait.as_millis() as u64 / 2 + 250);
-    format!("rate_limited; retry_after_ms={}", wait.as_millis() as u64 + jitter)
+    format!(
+        "rate_limited; retry_after_ms={}",
+        wait.as_millis() as u64 + jitter
+    )
 }
 
-fn admit<S>(edge: &EdgeShared<S>, ip: IpAddr, params: &ConnectParams, headers: &HeaderMap) -> Result<UserId, Refusal> {
-    let rejected = |reason: &str| edge.metrics.connections_rejected.get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(reason)).inc();
+fn admit<S>(
+    edge: &EdgeShared<S>,
+    ip: IpAddr,
+    params: &ConnectParams,
+    headers: &HeaderMap,
+) -> Result<UserId, Refusal> {
+    let rejected = |reason: &str| {
+        edge.metrics
+            .connections_rejected
+            .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(reason))
+            .inc()
+    };
     if edge.draining.is_cancelled() {
         rejected("draining");
         return Err(Refusal {
@@ -188,7 +201,10 @@ async fn connection<S: MembershipStore + SendDedupStore>(
     let mut resumed = false;
     let mut attached = None;
     if let Some((session_id, last_seq)) = resume {
-        match edge.sessions.resume(&session_id, &user, last_seq, connection_id) {
+        match edge
+            .sessions
+            .resume(&session_id, &user, last_seq, connection_id)
+        {
             ResumeOutcome::Resumed {
                 session,
                 ticket,
@@ -202,7 +218,12 @@ async fn connection<S: MembershipStore + SendDedupStore>(
             ResumeOutcome::Refused => {
                 edge.metrics.resumes_refused.inc();
                 // A session we still hold for this user but cannot replay is useless now.
-                if edge.sessions.sessions_of(&user).iter().any(|session| session.id == session_id) {
+                if edge
+                    .sessions
+                    .sessions_of(&user)
+                    .iter()
+                    .any(|session| session.id == session_id)
+                {
                     edge.route_change(edge.sessions.close(&session_id)).await;
                 }
             }
@@ -212,7 +233,9 @@ async fn connection<S: MembershipStore + SendDedupStore>(
         Some(found) => found,
         None => {
             let (session, ticket, change) = edge.sessions.open(&user, connection_id);
-            edge.metrics.sessions.set(edge.sessions.session_count() as i64);
+            edge.metrics
+                .sessions
+                .set(edge.sessions.session_count() as i64);
             edge.route_change(change).await;
             (session, ticket)
         }
@@ -224,10 +247,18 @@ async fn connection<S: MembershipStore + SendDedupStore>(
         resumed,
     };
     let mut ending = Ending::ClientGone;
-    if socket.send(Message::Text(hello.encode().into())).await.is_ok() {
+    if socket
+        .send(Message::Text(hello.encode().into()))
+        .await
+        .is_ok()
+    {
         let mut writable = true;
         for frame in replay {
-            if socket.send(Message::Text(Utf8Bytes::from(&*frame))).await.is_err() {
+            if socket
+                .send(Message::Text(Utf8Bytes::from(&*frame)))
+                .await
+                .is_err()
+            {
                 writable = false;
                 break;
             }
@@ -241,10 +272,20 @@ async fn connection<S: MembershipStore + SendDedupStore>(
     match ending {
         Ending::Kicked(KickReason::SlowConsumer) => {
             edge.metrics.slow_consumer_closes.inc();
-            close_with(&mut socket, CLOSE_SLOW_CONSUMER, "slow consumer: resume to continue").await;
+            close_with(
+                &mut socket,
+                CLOSE_SLOW_CONSUMER,
+                "slow consumer: resume to continue",
+            )
+            .await;
         }
         Ending::Kicked(KickReason::TakenOver) => {
-            close_with(&mut socket, CLOSE_TAKEN_OVER, "session resumed by another connection").await;
+            close_with(
+                &mut socket,
+                CLOSE_TAKEN_OVER,
+                "session resumed by another connection",
+            )
+            .await;
         }
         Ending::HeartbeatTimeout => {
             edge.metrics.heartbeat_timeouts.inc();
@@ -284,7 +325,10 @@ async fn serve<S: MembershipStore + SendDedupStore>(
 ) -> Ending {
     let heartbeat_interval = Duration::from_millis(edge.config.heartbeat_interval_ms);
     let heartbeat_timeout = Duration::from_millis(edge.config.heartbeat_timeout_ms);
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_interval, heartbeat_interval);
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + heartbeat_interval,
+        heartbeat_interval,
+    );
     let mut last_heard = Instant::now();
     let limiter = RateLimiter::direct(
         Quota::per_second(nonzero(edge.config.frames_per_second_per_connection))
@@ -424,7 +468,11 @@ fn spawn_job_worker<S: MembershipStore + SendDedupStore>(
                     body,
                 } => {
                     let reference = client_msg_id.to_string();
-                    match edge.send_path.send(&user, conversation_id, client_msg_id.clone(), body).await {
+                    match edge
+                        .send_path
+                        .send(&user, conversation_id, client_msg_id.clone(), body)
+                        .await
+                    {
                         Ok(accepted) => Some(ControlFrame::Ack {
                             client_msg_id,
                             message_id: accepted.message_id,
@@ -433,7 +481,9 @@ fn spawn_job_worker<S: MembershipStore + SendDedupStore>(
                         Err(refusal) => {
                             edge.metrics
                                 .frames_rejected
-                                .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(refusal.code.as_str()))
+                                .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(
+                                    refusal.code.as_str(),
+                                ))
                                 .inc();
                             Some(ControlFrame::Error {
                                 reference: Some(reference),
@@ -475,11 +525,15 @@ async fn drain_connection<S>(
 ) -> Ending {
     drop(jobs);
     drop(control_tx);
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(edge.config.drain_deadline_ms / 2);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(edge.config.drain_deadline_ms / 2);
     loop {
         match tokio::time::timeout_at(deadline, control_rx.recv()).await {
             Ok(Some(frame)) => {
-                if write(socket, Message::Text(frame.encode().into()), &ticket.kick).await.is_err() {
+                if write(socket, Message::Text(frame.encode().into()), &ticket.kick)
+                    .await
+                    .is_err()
+                {
                     return Ending::ClientGone;
                 }
             }
@@ -487,14 +541,26 @@ async fn drain_connection<S>(
         }
     }
     for frame in session.take_unwritten() {
-        if write(socket, Message::Text(Utf8Bytes::from(&*frame)), &ticket.kick).await.is_err() {
+        if write(
+            socket,
+            Message::Text(Utf8Bytes::from(&*frame)),
+            &ticket.kick,
+        )
+        .await
+        .is_err()
+        {
             return Ending::ClientGone;
         }
     }
     let reconnect = ControlFrame::Reconnect {
         reason: "edge draining; reconnect and resume".into(),
     };
-    let _ = write(socket, Message::Text(reconnect.encode().into()), &ticket.kick).await;
+    let _ = write(
+        socket,
+        Message::Text(reconnect.encode().into()),
+        &ticket.kick,
+    )
+    .await;
     close_with(socket, CLOSE_GOING_AWAY, "draining").await;
     Ending::Drained
 }

@@ -1,0 +1,15 @@
+//! `chatpipe token --user <id>`: prints a bearer token.
+
+use chatpipe_core::UserId;
+use chatpipe_core::time::now_unix_ms;
+
+use crate::cli::{CommonArgs, TokenArgs};
+use crate::commands::engines::token_keys;
+
+pub fn run(common: &CommonArgs, args: &TokenArgs) -> anyhow::Result<()> {
+    let user =
+        UserId::parse(args.user.as_str()).map_err(|error| anyhow::anyhow!("--user: {error}"))?;
+    let token = token_keys(common).sign(&user, now_unix_ms() / 1000, args.ttl_secs);
+    println!("{token}");
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! The end-to-end harness: real Kafka and Cassandra (and OpenSearch where a
+//! test needs it), chatpipe's roles started in-process on port 0, and a
+//! WebSocket test client that speaks the contract's frames.
+//!
+//! Each test gets its own Kafka topic prefix and unique ids, so tests run in
+//! parallel on the shared engines without seeing each other's records.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use chatpipe_cassandra::{CassandraConfig, CassandraStore, NewConversation};
+use chatpipe_core::auth::TokenKeys;
+use chatpipe_core::records::TopicNames;
+use chatpipe_core::time::now_unix_ms;
+use chatpipe_core::{ConversationId, EdgeId, UserId};
+use chatpipe_edge::{EdgeConfig, EdgeHandle, spawn_edge};
+use chatpipe_kafka::KafkaConfig;
+use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile};
+use chatpipe_runtime::{Health, Shutdown};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::OnceCell;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &[u8] = b"end-to-end-test-secret";
+
+static SCHEMA: OnceCell<()> = OnceCell::const_new();
+
+/// One isolated deployment on the shared engines.
+pub struct Stack {
+    pub kafka: KafkaConfig,
+    pub topics: TopicNames,
+    pub prefix: String,
+    pub store: CassandraStore,
+    pub keys: TokenKeys,
+    pub root: Shutdown,
+}
+
+pub fn unique(label: &str) -> String {
+    format!(
+        "{label}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+impl Stack {
+    pub async fn new() -> Stack {
+        chatpipe_runtime::telemetry::init();
+        let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let kafka = KafkaConfig::new("127.0.0.1:9092", format!("e2e-{prefix}"));
+        let mut file = TopicsFile::parse(DEFAULT_TOPICS_JSON)
+            .expect("topology parses")
+            .with_prefix(&prefix);
+        for topic in &mut file.topics {
+            topic.partitions = topic.partitions.min(4);
+        }
+        chatpipe_kafka::topology::apply(&kafka, &file)
+            .await
+            .expect("kafka reachable at 127.0.0.1:9092 (topology/engines.sh up)");
+        let config = CassandraConfig::default();
+        let store = CassandraStore::connect(&config)
+            .await
+            .expect("cassandra reachable at 127.0.0.1:9042 (topology/engines.sh up)");
+        SCHEMA
+            .get_or_init(|| async {
+                store.apply_schema().await.expect("schema applies");
+            })
+            .await;
+        Stack {
+            kafka,
+            topics: TopicNames::with_prefix(&prefix),
+            prefix,
+            store,
+            keys: TokenKeys::from_secret(SECRET),
+            root: Shutdown::new(),
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        let user = UserId::parse(user).expect("valid user id");
+        self.keys.sign(&user, now_unix_ms() / 1000, 3600)
+    }
+
+    /// Creates a conversation directly in the store.
+    pub async fn conversation(&self, members: &[&str]) -> ConversationId {
+        let conversation_id = ConversationId::parse(unique("c")).expect("valid id");
+        let members: Vec<UserId> = members
+            .iter()
+            .map(|member| UserId::parse(*member).unwrap())
+            .collect();
+        self.store
+            .create_conversation(&NewConversation {
+                conversation_id: conversation_id.clone(),
+                title: None,
+                created_by: members[0].clone(),
+                members,
+                created_at_ms: now_unix_ms(),
+            })
+            .await
+            .expect("conversation created");
+        conversation_id
+    }
+
+    pub fn edge_config(&self, name: &str) -> EdgeConfig {
+        let mut config = EdgeConfig::default();
+        config.edge_id =
+            EdgeId::parse(format!("{}{name}", self.prefix.trim_end_matches('.'))).unwrap();
+        config.worker_id = chatpipe_core::ids::worker_id_from_name(config.edge_id.as_str());
+        config.http_addr = "127.0.0.1:0".parse().unwrap();
+        config.push_addr = "127.0.0.1:0".parse().unwrap();
+        config.topics = self.topics.clone();
+        config.drain_deadline_ms = 5_000;
+        config
+    }
+
+    /// Starts an edge; cancelling the returned shutdown drains it.
+    pub async fn edge(&self, config: EdgeConfig) -> (EdgeHandle, Shutdown) {
+        let shutdown = self.root.child();
+        let handle = spawn_edge(
+            config,
+            self.keys.clone(),
+            self.store.clone(),
+            &self.kafka,
+            prometheus_client::registry::Registry::default(),
+            Health::new(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("edge starts");
+        (handle, shutdown)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.root.cancel();
+    }
+}
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client of the contract.
+#[derive(Debug)]
+pub struct Client {
+    pub socket: Socket,
+    pub session_id: String,
+    pub resumed: bool,
+    /// Highest `seq` seen.
+    pub last_seq: u64,
+    /// Frames read but not yet consumed by a `wait_for`.
+    pub pending: Vec<Value>,
+}
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn ws_url(edge: &EdgeHandle) -> String {
+    format!("ws://{}/ws", edge.http_addr)
+}
+
+/// Outcome of a connection attempt that the edge may refuse.
+#[derive(Debug)]
+pub enum Connect {
+    Accepted(Client),
+    Closed { code: u16, reason: String },
+}
+
+impl Client {
+    pub async fn connect(edge: &EdgeHandle, token: &str) -> Client {
+        match Client::try_connect(&format!("{}?token={token}", ws_url(edge))).await {
+            Connect::Accepted(client) => client,
+            Connect::Closed { code, reason } => panic!("connection refused: {code} {reason}"),
+        }
+    }
+
+    pub async fn resume(edge: &EdgeHandle, token: &str, session_id: &str, last_seq: u64) -> Client {
+        let url = format!(
+            "{}?token={token}&resume={session_id}&last_seq={last_seq}",
+            ws_url(edge)
+        );
+        match Client::try_connect(&url).await {
+            Connect::Accepted(client) => client,
+            Connect::Closed { code, reason } => panic!("resume refused: {code} {reason}"),
+        }
+    }
+
+    pub async fn try_connect(url: &str) -> Connect {
+        let (mut socket, _response) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("handshake");
+        let first = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("first frame in time");
+        match first {
+            Some(Ok(Message::Text(text))) => {
+                let hello: Value = serde_json::from_str(&text).expect("json hello");
+                assert_eq!(hello["op"], "hello", "first frame is hello: {hello}");
+                assert!(hello["heartbeat_ms"].as_u64().is_some());
+                Connect::Accepted(Client {
+                    socket,
+                    session_id: hello["session_id"].as_str().unwrap().to_owned(),
+                    resumed: hello["resumed"].as_bool().unwrap(),
+                    last_seq: 0,
+                    pending: Vec::new(),
+                })
+            }
+            Some(Ok(Message::Close(Some(frame)))) => Connect::Closed {
+                code: u16::from(frame.code),
+                reason: frame.reason.to_string(),
+            },
+            other => panic!("unexpected first frame: {other:?}"),
+        }
+    }
+
+    pub async fn send_json(&mut self, frame: Value) {
+        self.send_text(frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.socket
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send frame");
+    }
+
+    /// Reads one frame (skipping pings), or `None` on close or timeout.
+    pub async fn read_frame(&mut self, timeout: Duration) -> Option<Value> {
+        loop {
+            let next = tokio::time::timeout(timeout, self.socket.next())
+                .await
+                .ok()??;
+            match next {
+                Ok(Message::Text(text)) => {
+                    let frame: Value = serde_json::from_str(&text).expect("server frames are JSON");
+                    if let Some(seq) = frame["seq"].as_u64() {
+                        assert!(
+                            seq > self.last_seq,
+                            "seq must increase: {seq} after {}",
+                            self.last_seq
+                        );
+                        self.last_seq = seq;
+                    }
+                    return Some(frame);
+                }
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+                Ok(Message::Close(frame)) => {
+                    self.pending.push(json!({"op": "__close", "code": frame.as_ref().map(|f| u16::from(f.code)), "reason": frame.map(|f| f.reason.to_string())}));
+                    return None;
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits for the first frame matching `matches`; keeps the others.
+    pub async fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        if let Some(position) = self.pending.iter().position(&matches) {
+            return self.pending.remove(position);
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_frame(left).await {
+                Some(frame) if matches(&frame) => return frame,
+                Some(frame) => self.pending.push(frame),
+                None => panic!(
+                    "no {what} before the deadline or close; pending: {:?}",
+                    self.pending
+                ),
+            }
+        }
+    }
+
+    /// Sends any frame and returns the answer that refers to `reference`.
+    pub async fn send_message_raw(&mut self, frame: Value, reference: &str) -> Value {
+        self.send_json(frame).await;
+        let reference = reference.to_owned();
+        self.wait_for("answer", move |frame| {
+            frame["client_msg_id"] == reference.as_str() || frame["ref"] == reference.as_str()
+        })
+        .await
+    }
+
+    pub async fn socket_send_binary(&mut self) {
+        self.socket
+            .send(Message::Binary(vec![1, 2, 3].into()))
+            .await
+            .expect("send binary");
+    }
+
+    /// Sends a message and returns the edge's answer for it (`ack` or `error`).
+    pub async fn send_message(
+        &mut self,
+        conversation: &str,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Value {
+        self.send_json(json!({"op":"send","conversation_id":conversation,"client_msg_id":client_msg_id,"body":body}))
+            .await;
+        let reference = client_msg_id.to_owned();
+        self.wait_for("ack or error", move |frame| {
+            (frame["op"] == "ack" && frame["client_msg_id"] == reference.as_str())
+                || (frame["op"] == "error" && frame["ref"] == reference.as_str())
+        })
+        .await
+    }
+
+    /// Collects `message` frames of `conversation` until `count` distinct
+    /// message ids arrived (duplicates are dropped, as clients must).
+    pub async fn messages(&mut self, conversation: &str, count: usize) -> Vec<Value> {
+        let mut seen = std::collections::HashSet::new();
+        let mut messages = Vec::new();
+        let mut kept = Vec::new();
+        for frame in std::mem::take(&mut self.pending) {
+            if frame["op"] == "message" && frame["message"]["conversation_id"] == conversation {
+                if seen.insert(frame["message"]["message_id"].as_str().unwrap().to_owned()) {
+                    messages.push(frame["message"].clone());
+                }
+            } else {
+                kept.push(frame);
+            }
+        }
+        self.pending = kept;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while messages.len() < count {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_frame(left).await {
+                Some(frame)
+                    if frame["op"] == "message"
+                        && frame["message"]["conversation_id"] == conversation =>
+                {
+                    if seen.insert(frame["message"]["message_id"].as_str().unwrap().to_owned()) {
+                        messages.push(frame["message"].clone());
+                    }
+                }
+                Some(frame) => self.pending.push(frame),
+                None => panic!("only {} of {count} messages arrived", messages.len()),
+            }
+        }
+        messages
+    }
+
+    pub async fn ack_seq(&mut self) {
+        let seq = self.last_seq;
+        self.send_json(json!({"op":"ack_seq","seq":seq})).await;
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

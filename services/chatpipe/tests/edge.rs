@@ -1,0 +1,451 @@
+//! The edge against real Kafka and Cassandra: admission, frames, the send
+//! path, heartbeats, resume, slow readers, rate limits and drain. Pushes are
+//! sent to the edge's real gRPC listener, as a fan-out worker would.
+
+mod common;
+
+use std::time::Duration;
+
+use chatpipe_core::UserId;
+use chatpipe_core::time::now_unix_ms;
+use chatpipe_proto::push::edge_push_client::EdgePushClient;
+use chatpipe_proto::push::{PushBatch, PushItem};
+use chatpipe_runtime::metrics::reason_count;
+use common::*;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use serde_json::{Value, json};
+
+async fn push(edge: &chatpipe_edge::EdgeHandle, recipients: &[&str], bodies: &[String]) {
+    let mut client = EdgePushClient::connect(format!("http://{}", edge.push_addr))
+        .await
+        .expect("push connects");
+    let items = bodies
+        .iter()
+        .map(|body| PushItem {
+            op: "presence".into(),
+            fields_json: json!({"user_id": "system", "status": body}).to_string(),
+            recipients: recipients
+                .iter()
+                .map(|recipient| (*recipient).to_owned())
+                .collect(),
+            conversation_id: String::new(),
+            message_id: String::new(),
+        })
+        .collect();
+    client
+        .push(PushBatch {
+            source: "test".into(),
+            items,
+        })
+        .await
+        .expect("push accepted");
+}
+
+/// Every record of `topic`, read from the beginning until `count` arrived.
+async fn read_topic(stack: &Stack, topic: &str, count: usize) -> Vec<(i32, String, Value)> {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka.brokers)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut records = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while records.len() < count {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} records in {topic}", records.len()))
+            .unwrap();
+        let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+        let value: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        records.push((message.partition(), key, value));
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_with_4001_and_counted() {
+    let stack = Stack::new().await;
+    let (edge, _drain) = stack.edge(stack.edge_config("a")).await;
+    let other = chatpipe_core::auth::TokenKeys::from_secret(b"another-secret");
+    let alice = UserId::parse("alice").unwrap();
+    let now = now_unix_ms() / 1000;
+    let cases = [
+        ("".to_owned(), "missing"),
+        ("garbage".to_owned(), "malformed"),
+        (other.sign(&alice, now, 60), "bad_signature"),
+        (stack.keys.sign(&alice, now - 7200, 60), "expired"),
+    ];
+    for (token, label) in &cases {
+        match Client::try_connect(&format!("{}?token={token}", ws_url(&edge))).await {
+            Connect::Closed { code, reason } => {
+                assert_eq!(code, 4001, "{label}");
+                assert!(reason.starts_with("unauthorized"), "{label}: {reason}");
+            }
+            Connect::Accepted(_) => panic!("{label} token accepted"),
+        }
+        assert_eq!(
+            reason_count(&edge.metrics.auth_failures, label),
+            1,
+            "{label} counted"
+        );
+    }
+    // A good token in the Authorization header is accepted.
+    let request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        ws_url(&edge),
+    )
+    .unwrap();
+    let mut request = request;
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", stack.token("alice")).parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    use futures::StreamExt;
+    let hello = socket.next().await.unwrap().unwrap();
+    assert!(hello.to_text().unwrap().contains("\"op\":\"hello\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_errors_and_the_connection_stays_usable() {
+    let stack = Stack::new().await;
+    let (edge, _drain) = stack.edge(stack.edge_config("a")).await;
+    let user = unique("u");
+    let conversation = stack.conversation(&[&user]).await;
+    let mut client = Client::connect(&edge, &stack.token(&user)).await;
+
+    client.send_text("{not json".into()).await;
+    let error = client
+        .wait_for("error", |frame| frame["op"] == "error")
+        .await;
+    assert_eq!(error["code"], "invalid");
+
+    client.send_json(json!({"op":"dance"})).await;
+    let error = client
+        .wait_for("error", |frame| frame["op"] == "error")
+        .await;
+    assert_eq!(error["code"], "invalid");
+    assert!(error["message"].as_str().unwrap().contains("unknown op"));
+
+    let missing = client
+        .send_message_raw(
+            json!({"op":"send","client_msg_id":"m-missing","body":"x"}),
+            "m-missing",
+        )
+        .await;
+    assert_eq!(
+        (missing["code"].as_str(), missing["ref"].as_str()),
+        (Some("invalid"), Some("m-missing"))
+    );
+
+    let big = "x".repeat(5_000);
+    let too_large = client
+        .send_message(conversation.as_str(), "m-big", &big)
+        .await;
+    assert_eq!(too_large["code"], "too_large");
+
+    client.socket_send_binary().await;
+    let error = client
+        .wait_for("error", |frame| frame["op"] == "error")
+        .await;
+    assert_eq!(error["code"], "invalid");
+
+    // Still usable: ping and a real send.
+    client.send_json(json!({"op":"ping"})).await;
+    client.wait_for("pong", |frame| frame["op"] == "pong").await;
+    let ack = client
+        .send_message(conversation.as_str(), "m-ok", "hello")
+        .await;
+    assert_eq!(ack["op"], "ack", "{ack}");
+    assert_eq!(reason_count(&edge.metrics.frames_rejected, "invalid"), 4);
+    assert_eq!(reason_count(&edge.metrics.frames_rejected, "too_large"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_members_and_unknown_conversations_are_forbidden() {
+    let stack = Stack::new().await;
+    let (edge, _drain) = stack.edge(stack.edge_config("a")).await;
+    let (member, outsider) = (unique("u"), unique("u"));
+    let conversation = stack.conversation(&[&member]).await;
+    let mut client = Client::connect(&edge, &stack.token(&outsider)).await;
+    let refused = client
+        .send_message(conversation.as_str(), "m1", "let me in")
+        .await;
+    assert_eq!(
+        (refused["op"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("forbidden"))
+    );
+    let unknown = client
+        .send_message("no-such-conversation", "m2", "anyone?")
+        .await;
+    assert_eq!(unknown["code"], "forbidden");
+    client
+        .send_json(json!({"op":"typing","conversation_id": conversation.as_str()}))
+        .await;
+    let typing_refused = client
+        .wait_for("error", |frame| frame["op"] == "error")
+        .await;
+    assert_eq!(typing_refused["code"], "forbidden");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_follow_kafka_and_retries_are_deduplicated_across_edges() {
+    let stack = Stack::new().await;
+    let (edge_a, _drain_a) = stack.edge(stack.edge_config("a")).await;
+    let (edge_b, _drain_b) = stack.edge(stack.edge_config("b")).await;
+    let user = unique("u");
+    let conversation = stack.conversation(&[&user]).await;
+    let mut on_a = Client::connect(&edge_a, &stack.token(&user)).await;
+    let first = on_a
+        .send_message(conversation.as_str(), "retry-me", "once")
+        .await;
+    assert_eq!(first["op"], "ack", "{first}");
+    let again_same_edge = on_a
+        .send_message(conversation.as_str(), "retry-me", "once")
+        .await;
+    assert_eq!(again_same_edge["message_id"], first["message_id"]);
+    let mut on_b = Client::connect(&edge_b, &stack.token(&user)).await;
+    let again_other_edge = on_b
+        .send_message(conversation.as_str(), "retry-me", "once")
+        .await;
+    assert_eq!(again_other_edge["message_id"], first["message_id"]);
+    assert_eq!(again_other_edge["ts"], first["ts"]);
+    let second = on_b
+        .send_message(conversation.as_str(), "another", "twice")
+        .await;
+    assert_ne!(second["message_id"], first["message_id"]);
+
+    let records = read_topic(&stack, &stack.topics.messages, 2).await;
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|(_, _, value)| value["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            first["message_id"].as_str().unwrap(),
+            second["message_id"].as_str().unwrap()
+        ]
+    );
+    for (partition, key, value) in &records {
+        assert_eq!(key, conversation.as_str());
+        assert_eq!(value["schema_version"], 1);
+        assert_eq!(*partition, records[0].0, "one conversation, one partition");
+    }
+    assert_eq!(
+        edge_a.metrics.sends_deduplicated.get() + edge_b.metrics.sends_deduplicated.get(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_dropped_by_the_heartbeat() {
+    let stack = Stack::new().await;
+    let mut config = stack.edge_config("a");
+    config.heartbeat_interval_ms = 100;
+    config.heartbeat_timeout_ms = 400;
+    let (edge, _drain) = stack.edge(config).await;
+    let user = unique("u");
+    // Never reads again after hello: it answers no ping.
+    let silent = Client::connect(&edge, &stack.token(&user)).await;
+    eventually("heartbeat timeout", WAIT, || async {
+        (edge.metrics.heartbeat_timeouts.get() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(edge.metrics.connections.get(), 0);
+    // Its session stays resumable.
+    let resumed = Client::resume(&edge, &stack.token(&user), &silent.session_id, 0).await;
+    assert!(resumed.resumed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_the_same_edge_replays_exactly_what_came_after_last_seq() {
+    let stack = Stack::new().await;
+    let (edge, _drain) = stack.edge(stack.edge_config("a")).await;
+    let user = unique("u");
+    let token = stack.token(&user);
+    let mut client = Client::connect(&edge, &token).await;
+    push(&edge, &[&user], &["s1".into(), "s2".into(), "s3".into()]).await;
+    for expected in ["s1", "s2", "s3"] {
+        let frame = client
+            .wait_for("presence", |frame| frame["op"] == "presence")
+            .await;
+        assert_eq!(frame["status"], expected);
+    }
+    assert_eq!(client.last_seq, 3);
+    client.send_json(json!({"op":"ack_seq","seq":1})).await;
+    let session = client.session_id.clone();
+    drop(client);
+    eventually("detach", WAIT, || async {
+        (edge.metrics.connections.get() == 0).then_some(())
+    })
+    .await;
+    push(&edge, &[&user], &["s4".into(), "s5".into()]).await;
+
+    let mut resumed = Client::resume(&edge, &token, &session, 2).await;
+    assert!(resumed.resumed);
+    assert_eq!(resumed.session_id, session);
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        let frame = resumed
+            .wait_for("replay", |frame| frame["op"] == "presence")
+            .await;
+        replayed.push((
+            frame["seq"].as_u64().unwrap(),
+            frame["status"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(
+        replayed,
+        [
+            (3, "s3".to_owned()),
+            (4, "s4".to_owned()),
+            (5, "s5".to_owned())
+        ]
+    );
+
+    let unknown = Client::resume(&edge, &token, "no-such-session", 2).await;
+    assert!(!unknown.resumed);
+    assert_ne!(unknown.session_id, session);
+    assert_eq!(edge.metrics.sessions_resumed.get(), 1);
+    assert_eq!(edge.metrics.resumes_refused.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_closed_and_its_buffer_stays_bounded() {
+    let stack = Stack::new().await;
+    let mut config = stack.edge_config("a");
+    config.session_buffer_frames = 64;
+    config.max_unwritten_frames = 32;
+    let (edge, _drain) = stack.edge(config).await;
+    let user = unique("u");
+    let _never_reads = Client::connect(&edge, &stack.token(&user)).await;
+    let big = "y".repeat(3_000);
+    for _ in 0..40 {
+        push(&edge, &[&user], &vec![big.clone(); 50]).await;
+    }
+    eventually("slow-consumer close", WAIT, || async {
+        (edge.metrics.slow_consumer_closes.get() == 1).then_some(())
+    })
+    .await;
+    let sessions = edge
+        .sessions
+        .sessions_of(&UserId::parse(user.as_str()).unwrap());
+    assert_eq!(sessions.len(), 1);
+    assert!(
+        sessions[0].buffered() <= 64,
+        "buffer bounded, holds {}",
+        sessions[0].buffered()
+    );
+    assert_eq!(edge.metrics.connections.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_limited_without_hurting_another_connection() {
+    let stack = Stack::new().await;
+    let mut config = stack.edge_config("a");
+    config.frames_per_second_per_connection = 10;
+    config.frames_burst_per_connection = 10;
+    let (edge, _drain) = stack.edge(config).await;
+    let (flooder, calm) = (unique("u"), unique("u"));
+    let conversation = stack.conversation(&[&flooder, &calm]).await;
+    let mut noisy = Client::connect(&edge, &stack.token(&flooder)).await;
+    let mut quiet = Client::connect(&edge, &stack.token(&calm)).await;
+    for index in 0..100 {
+        noisy
+            .send_json(json!({"op":"send","conversation_id":conversation.as_str(),"client_msg_id":format!("f{index}"),"body":"spam"}))
+            .await;
+    }
+    let limited = noisy
+        .wait_for("rate_limited", |frame| frame["code"] == "rate_limited")
+        .await;
+    assert!(limited["ref"].as_str().unwrap().starts_with('f'));
+    for index in 0..5 {
+        let ack = quiet
+            .send_message(conversation.as_str(), &format!("q{index}"), "hi")
+            .await;
+        assert_eq!(ack["op"], "ack", "{ack}");
+    }
+    assert!(reason_count(&edge.metrics.frames_rejected, "rate_limited") >= 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_storm_is_shed_with_1013_and_a_retry_hint() {
+    let stack = Stack::new().await;
+    let mut config = stack.edge_config("a");
+    config.connects_per_second_global = 5;
+    config.connects_burst_global = 5;
+    let (edge, _drain) = stack.edge(config).await;
+    let mut accepted = Vec::new();
+    let mut shed = 0;
+    for _ in 0..30 {
+        let user = unique("u");
+        match Client::try_connect(&format!("{}?token={}", ws_url(&edge), stack.token(&user))).await
+        {
+            Connect::Accepted(client) => accepted.push(client),
+            Connect::Closed { code, reason } => {
+                assert_eq!(code, 1013);
+                assert!(reason.contains("retry_after_ms="), "{reason}");
+                shed += 1;
+            }
+        }
+    }
+    assert!(shed >= 20, "shed {shed}");
+    assert!(accepted.len() >= 5);
+    assert_eq!(
+        reason_count(&edge.metrics.connections_rejected, "rate_limited_global"),
+        shed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_acks_in_flight_sends_then_sends_reconnect() {
+    let stack = Stack::new().await;
+    let (edge, drain) = stack.edge(stack.edge_config("a")).await;
+    let user = unique("u");
+    let conversation = stack.conversation(&[&user]).await;
+    let mut client = Client::connect(&edge, &stack.token(&user)).await;
+    for index in 0..20 {
+        client
+            .send_json(json!({"op":"send","conversation_id":conversation.as_str(),"client_msg_id":format!("d{index}"),"body":"in flight"}))
+            .await;
+    }
+    // Let the edge read the frames, then drain.
+    eventually("frames read", WAIT, || async {
+        (edge.metrics.frames_in.get() >= 20).then_some(())
+    })
+    .await;
+    drain.cancel();
+    let mut acked = Vec::new();
+    loop {
+        let frame = client
+            .read_frame(WAIT)
+            .await
+            .expect("reconnect before close");
+        match frame["op"].as_str() {
+            Some("ack") => acked.push(frame["message_id"].as_str().unwrap().to_owned()),
+            Some("reconnect") => break,
+            other => panic!("unexpected frame during drain: {other:?} {frame}"),
+        }
+    }
+    assert_eq!(
+        acked.len(),
+        20,
+        "every in-flight send was acked before reconnect"
+    );
+    assert!(client.read_frame(WAIT).await.is_none());
+    assert_eq!(client.pending.last().unwrap()["code"], 1001);
+    let records = read_topic(&stack, &stack.topics.messages, 20).await;
+    let in_kafka: Vec<String> = records
+        .iter()
+        .map(|(_, _, value)| value["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(in_kafka, acked, "acked means durable, in order");
+    tokio::time::timeout(Duration::from_secs(10), edge.task)
+        .await
+        .expect("edge stops in time")
+        .unwrap();
+}
