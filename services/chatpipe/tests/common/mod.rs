@@ -134,6 +134,44 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Starts a fan-out worker in `group`; returns it once it is ready
+    /// (routes caught up, consumer running).
+    pub async fn fanout(&self, group: &str) -> (chatpipe_fanout::FanoutWorker, Shutdown) {
+        let shutdown = self.root.child();
+        let health = Health::new();
+        let mut config = chatpipe_fanout::FanoutConfig::default();
+        config.group_id = group.to_owned();
+        config.worker_id = unique("fanout");
+        config.topics = self.topics.clone();
+        let worker = chatpipe_fanout::FanoutWorker::spawn(
+            config,
+            self.kafka.clone(),
+            self.store.clone(),
+            &mut prometheus_client::registry::Registry::default(),
+            health.clone(),
+            shutdown.clone(),
+        )
+        .expect("fanout starts");
+        eventually("fanout ready", WAIT, || {
+            let ready = health.is_ready();
+            async move { ready.then_some(()) }
+        })
+        .await;
+        (worker, shutdown)
+    }
+
+    /// Waits until `worker` routes `user` to `edges` live edges.
+    pub async fn routed(&self, worker: &chatpipe_fanout::FanoutWorker, user: &str, edges: usize) {
+        let user = UserId::parse(user).unwrap();
+        eventually("route known to fan-out", WAIT, || {
+            let found = worker.routes().live_edges(&user).len();
+            async move { (found == edges).then_some(()) }
+        })
+        .await;
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         self.root.cancel();
