@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Layout:
-//! - [`config`]: [`FanoutConfig`].
+//! - [`config`]: the [`FanoutConfig`].
 //! - [`routes`]: the pure [`RouteTable`] built from the sessions topic.
 //! - [`membership`]: the bounded, self-invalidating [`MembershipCache`].
 //! - [`plan`]: pure grouping of a batch's items into one push per edge.

@@ -24,12 +24,12 @@ use chatpipe_core::store::MembershipStore;
 use chatpipe_kafka::KafkaConfig;
 use chatpipe_runtime::Shutdown;
 use chatpipe_runtime::health::{ComponentHandle, ComponentState};
-use rdkafka::ClientConfig;
-use rdkafka::Offset;
-use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::membership::MembershipCache;
@@ -41,15 +41,48 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const START_RETRY_DELAY: Duration = Duration::from_secs(1);
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// librdkafka context of the tails: partition-EOF notices (expected, they
+/// mark catching up) are not errors; librdkafka's own logs go to `tracing`.
+pub(crate) struct TailContext;
+
+impl ClientContext for TailContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::warn!(facility, message, "librdkafka"),
+            _ => tracing::debug!(facility, message, "librdkafka"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if end_of_partition {
+            tracing::trace!(reason, "end of partition");
+        } else {
+            tracing::warn!(%error, reason, "kafka tail client error");
+        }
+    }
+}
+
+impl ConsumerContext for TailContext {}
+
+type TailConsumer = StreamConsumer<TailContext>;
+
 /// A consumer that reads every partition of a topic by assignment.
 fn assigned_consumer(
     kafka: &KafkaConfig,
     client_suffix: &str,
     partition_eof: bool,
-) -> Result<StreamConsumer, KafkaError> {
+) -> Result<TailConsumer, KafkaError> {
     ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set("client.id", format!("{}-{client_suffix}", kafka.client_id))
+        // librdkafka wants a group id even for `assign`; this one never
+        // joins a group nor commits (auto-commit off, no `subscribe`).
+        .set("group.id", format!("{}-{client_suffix}", kafka.client_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set(
@@ -61,7 +94,7 @@ fn assigned_consumer(
         .set("socket.connection.setup.timeout.ms", "10000")
         .set("reconnect.backoff.max.ms", "2000")
         .set("log_level", "4")
-        .create()
+        .create_with_context(TailContext)
 }
 
 /// One partition's offsets when the tail started.
@@ -75,7 +108,7 @@ struct PartitionMarks {
 /// Reads the topic's partitions and their watermarks (blocking calls, run
 /// off the async threads).
 async fn fetch_marks(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<TailConsumer>,
     topic: String,
 ) -> Result<Vec<PartitionMarks>, KafkaError> {
     tokio::task::spawn_blocking(move || {
@@ -93,7 +126,7 @@ async fn fetch_marks(
             .collect();
         if partitions.is_empty() {
             return Err(KafkaError::MetadataFetch(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+                RDKafkaErrorCode::UnknownTopicOrPartition,
             ));
         }
         partitions
@@ -118,7 +151,7 @@ async fn fetch_marks(
 /// Retries `fetch_marks` until it works or shutdown (then `None`), showing
 /// the component as degraded meanwhile.
 async fn marks_with_retry(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<TailConsumer>,
     topic: &str,
     component: &ComponentHandle,
     shutdown: &Shutdown,
@@ -140,7 +173,7 @@ async fn marks_with_retry(
 }
 
 fn assign(
-    consumer: &StreamConsumer,
+    consumer: &TailConsumer,
     topic: &str,
     marks: &[PartitionMarks],
     from_high: bool,
@@ -159,7 +192,7 @@ fn assign(
 
 /// Feeds the route table from the sessions topic.
 pub(crate) struct SessionsTail {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<TailConsumer>,
     topic: String,
     table: SharedRouteTable,
     pushers: Arc<EdgePushers>,
@@ -308,7 +341,7 @@ impl SessionsTail {
 
 /// Evicts the membership cache from the membership topic.
 pub(crate) struct MembershipTail<M> {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<TailConsumer>,
     topic: String,
     cache: MembershipCache<M>,
     component: ComponentHandle,

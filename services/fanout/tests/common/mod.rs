@@ -1,0 +1,487 @@
+//! Shared fixtures of the fan-out integration tests: an isolated Kafka
+//! deployment (unique topic prefix), the real Cassandra membership store,
+//! and fake edges — real tonic `EdgePush` servers on `127.0.0.1:0` that
+//! record every push they receive.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chatpipe_cassandra::{CassandraConfig, CassandraStore, CreateOutcome, NewConversation};
+use chatpipe_core::ids::MessageIdGenerator;
+use chatpipe_core::records::{
+    EdgeRecord, EdgeState, Event, EventRecord, MembershipChange, MembershipRecord, MessageRecord,
+    RouteRecord, SCHEMA_VERSION, SessionKey, TopicNames,
+};
+use chatpipe_core::time::now_unix_ms;
+use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
+use chatpipe_fanout::{FanoutConfig, FanoutWorker};
+use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
+use chatpipe_kafka::{ChatProducer, KafkaConfig};
+use chatpipe_proto::push::edge_push_server::{EdgePush, EdgePushServer};
+use chatpipe_proto::push::{PushBatch, PushItem, PushReply};
+use chatpipe_runtime::{Health, Shutdown};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+pub const SEND_DEADLINE: Duration = Duration::from_secs(15);
+pub const WAIT: Duration = Duration::from_secs(90);
+
+pub fn brokers() -> String {
+    std::env::var("CHATPIPE_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Polls `check` until it holds, failing the test after `deadline`.
+pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if check() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One isolated deployment for one test.
+pub struct Deployment {
+    pub id: String,
+    pub kafka: KafkaConfig,
+    pub topics: TopicNames,
+    pub producer: ChatProducer,
+    pub store: CassandraStore,
+    ids: Mutex<MessageIdGenerator>,
+}
+
+impl Deployment {
+    pub async fn new() -> Self {
+        chatpipe_runtime::telemetry::init();
+        let id = unique();
+        let prefix = format!("t{id}.");
+        let kafka = KafkaConfig::new(brokers(), format!("fanout-test-{id}"));
+        let topics = TopicNames::with_prefix(&prefix);
+        let mut file = TopicsFile::parse(DEFAULT_TOPICS_JSON)
+            .unwrap()
+            .with_prefix(&prefix);
+        for (name, partitions) in [
+            (&topics.messages, 4),
+            (&topics.events, 2),
+            (&topics.membership, 2),
+            (&topics.sessions, 2),
+            (&topics.dead_letter, 1),
+        ] {
+            file.topic_mut(name).expect("topic in topology").partitions = partitions;
+        }
+        apply(&kafka, &file)
+            .await
+            .expect("Kafka must be reachable (topology/engines.sh up kafka)");
+        let producer = ChatProducer::new(&kafka, 1).unwrap();
+        let mut cassandra = CassandraConfig::default();
+        if let Ok(address) = std::env::var("CHATPIPE_CASSANDRA") {
+            cassandra.contact_points = vec![address];
+        }
+        let store = CassandraStore::connect(&cassandra)
+            .await
+            .expect("Cassandra must be reachable (topology/engines.sh up cassandra)");
+        let worker_bits = u16::from_str_radix(&id[..3], 16).unwrap() % 1024;
+        Self {
+            id,
+            kafka,
+            topics,
+            producer,
+            store,
+            ids: Mutex::new(MessageIdGenerator::new(worker_bits)),
+        }
+    }
+
+    pub fn user(&self, name: &str) -> UserId {
+        UserId::parse(format!("{name}-{}", self.id)).unwrap()
+    }
+
+    pub fn conversation(&self, name: &str) -> ConversationId {
+        ConversationId::parse(format!("{name}-{}", self.id)).unwrap()
+    }
+
+    pub fn edge(&self, name: &str) -> EdgeId {
+        EdgeId::parse(format!("{name}-{}", self.id)).unwrap()
+    }
+
+    /// A config for this deployment's topics, in a fresh consumer group.
+    pub fn config(&self) -> FanoutConfig {
+        FanoutConfig {
+            group_id: format!("fanout-{}-{}", self.id, unique()),
+            worker_id: format!("worker-{}", unique()),
+            topics: self.topics.clone(),
+            push_timeout_ms: 1_000,
+            ..FanoutConfig::default()
+        }
+    }
+
+    pub fn start(&self, config: FanoutConfig) -> Worker {
+        let health = Health::new();
+        let shutdown = Shutdown::new();
+        let mut registry = Registry::default();
+        let worker = FanoutWorker::spawn(
+            config,
+            self.kafka.clone(),
+            self.store.clone(),
+            &mut registry,
+            health.clone(),
+            shutdown.clone(),
+        )
+        .expect("worker starts");
+        Worker {
+            worker,
+            health,
+            shutdown,
+            registry,
+        }
+    }
+
+    async fn publish_session(&self, key: &SessionKey, value: Option<Vec<u8>>) {
+        self.producer
+            .send_bytes(
+                &self.topics.sessions,
+                &key.encode(),
+                value.as_deref(),
+                SEND_DEADLINE,
+            )
+            .await
+            .expect("sessions record published");
+    }
+
+    pub async fn publish_edge(&self, edge: &EdgeId, push_addr: &str, lease_expires_ms: u64) {
+        let record = EdgeRecord {
+            schema_version: SCHEMA_VERSION,
+            edge_id: edge.clone(),
+            push_addr: push_addr.to_owned(),
+            state: EdgeState::Serving,
+            lease_expires_ms,
+            ts: now_unix_ms(),
+        };
+        self.publish_session(
+            &SessionKey::Edge(edge.clone()),
+            Some(serde_json::to_vec(&record).unwrap()),
+        )
+        .await;
+    }
+
+    /// An edge whose lease holds for the whole test.
+    pub async fn publish_live_edge(&self, edge: &EdgeId, push_addr: &str) {
+        self.publish_edge(edge, push_addr, now_unix_ms() + 3_600_000)
+            .await;
+    }
+
+    pub async fn publish_route(&self, user: &UserId, edge: &EdgeId) {
+        let record = RouteRecord {
+            schema_version: SCHEMA_VERSION,
+            user_id: user.clone(),
+            edge_id: edge.clone(),
+            sessions: 1,
+            ts: now_unix_ms(),
+        };
+        self.publish_session(
+            &SessionKey::Route(user.clone(), edge.clone()),
+            Some(serde_json::to_vec(&record).unwrap()),
+        )
+        .await;
+    }
+
+    pub async fn tombstone_route(&self, user: &UserId, edge: &EdgeId) {
+        self.publish_session(&SessionKey::Route(user.clone(), edge.clone()), None)
+            .await;
+    }
+
+    /// Creates the conversation in Cassandra (the first member creates it).
+    pub async fn create_conversation(&self, conversation: &ConversationId, members: &[UserId]) {
+        let outcome = self
+            .store
+            .create_conversation(&NewConversation {
+                conversation_id: conversation.clone(),
+                title: None,
+                created_by: members[0].clone(),
+                members: members.to_vec(),
+                created_at_ms: now_unix_ms(),
+            })
+            .await
+            .expect("conversation created");
+        assert!(matches!(outcome, CreateOutcome::Created { .. }));
+    }
+
+    /// Removes `user` from the store, then publishes the membership record,
+    /// as the API does.
+    pub async fn remove_member(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        actor: &UserId,
+    ) {
+        self.store
+            .remove_member(conversation, user)
+            .await
+            .expect("member removed");
+        let record = MembershipRecord {
+            schema_version: SCHEMA_VERSION,
+            conversation_id: conversation.clone(),
+            change: MembershipChange::Removed {
+                user_id: user.clone(),
+            },
+            actor_id: actor.clone(),
+            ts: now_unix_ms(),
+        };
+        self.producer
+            .send_json(
+                &self.topics.membership,
+                conversation.as_str(),
+                &record,
+                SEND_DEADLINE,
+            )
+            .await
+            .expect("membership record published");
+    }
+
+    pub fn message(
+        &self,
+        conversation: &ConversationId,
+        sender: &UserId,
+        body: &str,
+    ) -> MessageRecord {
+        let message_id = self.ids.lock().unwrap().next_id(now_unix_ms());
+        MessageRecord {
+            schema_version: SCHEMA_VERSION,
+            message_id,
+            conversation_id: conversation.clone(),
+            sender_id: sender.clone(),
+            client_msg_id: ClientMsgId::parse(format!("c{message_id}")).unwrap(),
+            body: body.to_owned(),
+            ts: now_unix_ms(),
+            edge_id: EdgeId::parse("edge-producer").unwrap(),
+        }
+    }
+
+    pub async fn send(&self, record: &MessageRecord) {
+        self.producer
+            .send_json(
+                &self.topics.messages,
+                record.conversation_id.as_str(),
+                record,
+                SEND_DEADLINE,
+            )
+            .await
+            .expect("message published");
+    }
+
+    /// Sends one message and returns its id.
+    pub async fn send_message(
+        &self,
+        conversation: &ConversationId,
+        sender: &UserId,
+        body: &str,
+    ) -> MessageId {
+        let record = self.message(conversation, sender, body);
+        self.send(&record).await;
+        record.message_id
+    }
+
+    pub async fn send_event(&self, key: &str, event: Event) {
+        let record = EventRecord {
+            schema_version: SCHEMA_VERSION,
+            event,
+            ts: now_unix_ms(),
+        };
+        self.producer
+            .send_json(&self.topics.events, key, &record, SEND_DEADLINE)
+            .await
+            .expect("event published");
+    }
+
+    pub async fn send_raw(&self, topic: &str, key: &str, payload: &[u8]) {
+        self.producer
+            .send_bytes(topic, key, Some(payload), SEND_DEADLINE)
+            .await
+            .expect("raw record published");
+    }
+}
+
+/// A running worker with its own health, shutdown and registry.
+pub struct Worker {
+    pub worker: FanoutWorker,
+    pub health: Health,
+    pub shutdown: Shutdown,
+    pub registry: Registry,
+}
+
+impl Worker {
+    pub async fn ready(&self) {
+        let health = self.health.clone();
+        eventually("the worker is ready", WAIT, || {
+            assert!(health.is_live(), "the worker failed: {health:?}");
+            health.is_ready()
+        })
+        .await;
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.worker.join().await.expect("worker stops cleanly");
+    }
+}
+
+/// A real gRPC `EdgePush` server that records what it receives.
+#[derive(Clone)]
+pub struct FakeEdge {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<PushBatch>>>,
+    stop: Shutdown,
+}
+
+#[derive(Clone)]
+struct Recorder {
+    received: Arc<Mutex<Vec<PushBatch>>>,
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl EdgePush for Recorder {
+    async fn push(
+        &self,
+        request: tonic::Request<PushBatch>,
+    ) -> Result<tonic::Response<PushReply>, tonic::Status> {
+        let batch = request.into_inner();
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let delivered: usize = batch.items.iter().map(|item| item.recipients.len()).sum();
+        self.received.lock().unwrap().push(batch);
+        Ok(tonic::Response::new(PushReply {
+            delivered_sessions: delivered as u32,
+            absent_recipients: 0,
+        }))
+    }
+}
+
+impl FakeEdge {
+    pub async fn start() -> Self {
+        Self::start_with_delay(Duration::ZERO).await
+    }
+
+    /// An edge that takes `delay` to answer each push.
+    pub async fn start_with_delay(delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Shutdown::new();
+        let service = EdgePushServer::new(Recorder {
+            received: received.clone(),
+            delay,
+        });
+        let until = stop.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async move { until.cancelled().await },
+                )
+                .await
+                .expect("fake edge serves");
+        });
+        Self {
+            addr,
+            received,
+            stop,
+        }
+    }
+
+    pub fn push_addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn batches(&self) -> Vec<PushBatch> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn push_count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    /// Every item received, in arrival order.
+    pub fn items(&self) -> Vec<PushItem> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|batch| batch.items.iter().cloned())
+            .collect()
+    }
+
+    /// Message ids received (with duplicates), in arrival order.
+    pub fn message_ids(&self) -> Vec<String> {
+        self.items()
+            .into_iter()
+            .filter(|item| item.op == "message")
+            .map(|item| item.message_id)
+            .collect()
+    }
+
+    pub fn distinct_message_ids(&self) -> HashSet<String> {
+        self.message_ids().into_iter().collect()
+    }
+
+    /// Items of `message_id`.
+    pub fn items_of(&self, message_id: &MessageId) -> Vec<PushItem> {
+        let wanted = message_id.to_string();
+        self.items()
+            .into_iter()
+            .filter(|item| item.message_id == wanted)
+            .collect()
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// An address where nothing listens (connection refused).
+pub async fn closed_port() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr.to_string()
+}
+
+/// An address that accepts TCP connections and never answers (a wedged
+/// edge): pushes to it can only time out.
+pub async fn black_hole() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr.to_string()
+}
+
+pub fn sorted_recipients(item: &PushItem) -> Vec<String> {
+    let mut recipients = item.recipients.clone();
+    recipients.sort();
+    recipients
+}
+
+pub fn names(users: &[&UserId]) -> Vec<String> {
+    let mut list: Vec<String> = users.iter().map(|user| user.to_string()).collect();
+    list.sort();
+    list
+}
