@@ -527,17 +527,12 @@ async fn drain_connection<S>(
     drop(control_tx);
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(edge.config.drain_deadline_ms / 2);
-    loop {
-        match tokio::time::timeout_at(deadline, control_rx.recv()).await {
-            Ok(Some(frame)) => {
-                if write(socket, Message::Text(frame.encode().into()), &ticket.kick)
-                    .await
-                    .is_err()
-                {
-                    return Ending::ClientGone;
-                }
-            }
-            Ok(None) | Err(_) => break,
+    while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, control_rx.recv()).await {
+        if write(socket, Message::Text(frame.encode().into()), &ticket.kick)
+            .await
+            .is_err()
+        {
+            return Ending::ClientGone;
         }
     }
     for frame in session.take_unwritten() {

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
+use chatpipe_runtime::Shutdown;
 use chatpipe_runtime::health::{ComponentHandle, ComponentState};
 use chatpipe_runtime::metrics::{Counter, Gauge, Histogram, size_histogram};
 use prometheus_client::registry::Registry;
@@ -25,7 +26,6 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
-use chatpipe_runtime::Shutdown;
 
 use crate::config::KafkaConfig;
 use crate::error::KafkaAdapterError;
@@ -65,7 +65,10 @@ impl ConsumerSettings {
 pub trait BatchHandler: Send {
     /// Processes `batch` (in partition order). `Ok` means every record is
     /// durably handled: written, dead-lettered, or deliberately skipped.
-    fn handle(&mut self, batch: &[OwnedMessage]) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn handle(
+        &mut self,
+        batch: &[OwnedMessage],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 /// A batch failure. Retriable failures are retried with backoff forever
@@ -106,6 +109,12 @@ pub struct ConsumerMetrics {
     pub batch_size: Histogram,
 }
 
+impl Default for ConsumerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ConsumerMetrics {
     pub fn new() -> Self {
         Self {
@@ -121,10 +130,26 @@ impl ConsumerMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register("consumer_records", "Records consumed", self.records.clone());
         registry.register("consumer_batches", "Batches handled", self.batches.clone());
-        registry.register("consumer_retries", "Batch retries after a retriable failure", self.retries.clone());
-        registry.register("consumer_dead_lettered", "Records sent to the dead-letter topic", self.dead_lettered.clone());
-        registry.register("consumer_lag_records", "Records behind the partitions' high watermarks", self.lag.clone());
-        registry.register("consumer_batch_size", "Records per handled batch", self.batch_size.clone());
+        registry.register(
+            "consumer_retries",
+            "Batch retries after a retriable failure",
+            self.retries.clone(),
+        );
+        registry.register(
+            "consumer_dead_lettered",
+            "Records sent to the dead-letter topic",
+            self.dead_lettered.clone(),
+        );
+        registry.register(
+            "consumer_lag_records",
+            "Records behind the partitions' high watermarks",
+            self.lag.clone(),
+        );
+        registry.register(
+            "consumer_batch_size",
+            "Records per handled batch",
+            self.batch_size.clone(),
+        );
     }
 }
 
@@ -147,7 +172,10 @@ impl ClientContext for LagContext {
 
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
                 tracing::warn!(facility, message, "librdkafka")
             }
             _ => tracing::debug!(facility, message, "librdkafka"),
@@ -175,7 +203,10 @@ pub fn group_consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("max.poll.interval.ms", settings.max_poll_interval.as_millis().to_string())
+        .set(
+            "max.poll.interval.ms",
+            settings.max_poll_interval.as_millis().to_string(),
+        )
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("statistics.interval.ms", "2000")
         .set("fetch.wait.max.ms", "10")

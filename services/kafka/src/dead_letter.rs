@@ -42,7 +42,11 @@ impl DeadLetterSink {
 
     /// Publishes `message` with `error` and waits for Kafka to confirm, so
     /// the caller may then commit past it. Retriable on failure.
-    pub async fn publish(&self, message: &OwnedMessage, error: &str) -> Result<(), KafkaAdapterError> {
+    pub async fn publish(
+        &self,
+        message: &OwnedMessage,
+        error: &str,
+    ) -> Result<(), KafkaAdapterError> {
         let payload = message.payload().unwrap_or_default();
         let (payload_utf8, payload_base64) = match std::str::from_utf8(payload) {
             Ok(text) => (Some(text.to_owned()), None),

@@ -72,15 +72,22 @@ pub struct ApplyReport {
 
 impl ApplyReport {
     pub fn changed_anything(&self) -> bool {
-        !(self.created.is_empty() && self.partitions_grown.is_empty() && self.configs_changed.is_empty())
+        !(self.created.is_empty()
+            && self.partitions_grown.is_empty()
+            && self.configs_changed.is_empty())
     }
 }
 
 /// Applies `file` to the cluster.
-pub async fn apply(kafka: &KafkaConfig, file: &TopicsFile) -> Result<ApplyReport, KafkaAdapterError> {
+pub async fn apply(
+    kafka: &KafkaConfig,
+    file: &TopicsFile,
+) -> Result<ApplyReport, KafkaAdapterError> {
     let admin: AdminClient<DefaultClientContext> = AdminClient::from_config(&kafka.base())?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(15))?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(15))?;
     let existing: BTreeMap<String, i32> = metadata
         .topics()
         .iter()
@@ -99,7 +106,11 @@ pub async fn apply(kafka: &KafkaConfig, file: &TopicsFile) -> Result<ApplyReport
             .iter()
             .map(|spec| {
                 spec.configs.iter().fold(
-                    NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication_factor)),
+                    NewTopic::new(
+                        &spec.name,
+                        spec.partitions,
+                        TopicReplication::Fixed(spec.replication_factor),
+                    ),
                     |topic, (key, value)| topic.set(key, value),
                 )
             })
@@ -107,18 +118,22 @@ pub async fn apply(kafka: &KafkaConfig, file: &TopicsFile) -> Result<ApplyReport
         for result in admin.create_topics(new_topics.iter(), &options).await? {
             match result {
                 Ok(name) => report.created.push(name),
-                Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
-                    report.warnings.push(format!("{name} was created concurrently"))
-                }
+                Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => report
+                    .warnings
+                    .push(format!("{name} was created concurrently")),
                 Err((name, code)) => {
-                    return Err(KafkaAdapterError::Topology(format!("creating {name}: {code}")));
+                    return Err(KafkaAdapterError::Topology(format!(
+                        "creating {name}: {code}"
+                    )));
                 }
             }
         }
     }
 
     for spec in &file.topics {
-        let Some(current) = existing.get(&spec.name) else { continue };
+        let Some(current) = existing.get(&spec.name) else {
+            continue;
+        };
         if spec.partitions > *current {
             let grow = NewPartitions::new(&spec.name, spec.partitions as usize);
             for result in admin.create_partitions([&grow], &options).await? {
@@ -179,12 +194,32 @@ mod tests {
     #[test]
     fn the_embedded_topology_parses_and_names_every_topic() {
         let file = TopicsFile::parse(DEFAULT_TOPICS_JSON).unwrap();
-        let names: Vec<&str> = file.topics.iter().map(|topic| topic.name.as_str()).collect();
+        let names: Vec<&str> = file
+            .topics
+            .iter()
+            .map(|topic| topic.name.as_str())
+            .collect();
         use chatpipe_core::records::topics;
-        for expected in [topics::MESSAGES, topics::EVENTS, topics::MEMBERSHIP, topics::SESSIONS, topics::DEAD_LETTER] {
-            assert!(names.contains(&expected), "{expected} missing from topics.json");
+        for expected in [
+            topics::MESSAGES,
+            topics::EVENTS,
+            topics::MEMBERSHIP,
+            topics::SESSIONS,
+            topics::DEAD_LETTER,
+        ] {
+            assert!(
+                names.contains(&expected),
+                "{expected} missing from topics.json"
+            );
         }
-        let sessions = file.topics.iter().find(|topic| topic.name == topics::SESSIONS).unwrap();
-        assert_eq!(sessions.configs.get("cleanup.policy").map(String::as_str), Some("compact"));
+        let sessions = file
+            .topics
+            .iter()
+            .find(|topic| topic.name == topics::SESSIONS)
+            .unwrap();
+        assert_eq!(
+            sessions.configs.get("cleanup.policy").map(String::as_str),
+            Some("compact")
+        );
     }
 }

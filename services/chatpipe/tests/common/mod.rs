@@ -140,10 +140,12 @@ impl Stack {
     pub async fn fanout(&self, group: &str) -> (chatpipe_fanout::FanoutWorker, Shutdown) {
         let shutdown = self.root.child();
         let health = Health::new();
-        let mut config = chatpipe_fanout::FanoutConfig::default();
-        config.group_id = group.to_owned();
-        config.worker_id = unique("fanout");
-        config.topics = self.topics.clone();
+        let config = chatpipe_fanout::FanoutConfig {
+            group_id: group.to_owned(),
+            worker_id: unique("fanout"),
+            topics: self.topics.clone(),
+            ..Default::default()
+        };
         let worker = chatpipe_fanout::FanoutWorker::spawn(
             config,
             self.kafka.clone(),
@@ -201,14 +203,14 @@ pub fn ws_url(edge: &EdgeHandle) -> String {
 /// Outcome of a connection attempt that the edge may refuse.
 #[derive(Debug)]
 pub enum Connect {
-    Accepted(Client),
+    Accepted(Box<Client>),
     Closed { code: u16, reason: String },
 }
 
 impl Client {
     pub async fn connect(edge: &EdgeHandle, token: &str) -> Client {
         match Client::try_connect(&format!("{}?token={token}", ws_url(edge))).await {
-            Connect::Accepted(client) => client,
+            Connect::Accepted(client) => *client,
             Connect::Closed { code, reason } => panic!("connection refused: {code} {reason}"),
         }
     }
@@ -219,7 +221,7 @@ impl Client {
             ws_url(edge)
         );
         match Client::try_connect(&url).await {
-            Connect::Accepted(client) => client,
+            Connect::Accepted(client) => *client,
             Connect::Closed { code, reason } => panic!("resume refused: {code} {reason}"),
         }
     }
@@ -236,13 +238,13 @@ impl Client {
                 let hello: Value = serde_json::from_str(&text).expect("json hello");
                 assert_eq!(hello["op"], "hello", "first frame is hello: {hello}");
                 assert!(hello["heartbeat_ms"].as_u64().is_some());
-                Connect::Accepted(Client {
+                Connect::Accepted(Box::new(Client {
                     socket,
                     session_id: hello["session_id"].as_str().unwrap().to_owned(),
                     resumed: hello["resumed"].as_bool().unwrap(),
                     last_seq: 0,
                     pending: Vec::new(),
-                })
+                }))
             }
             Some(Ok(Message::Close(Some(frame)))) => Connect::Closed {
                 code: u16::from(frame.code),
