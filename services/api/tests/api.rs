@@ -48,6 +48,12 @@ impl Drop for ShutdownOnDrop {
 }
 
 async fn start(config: ApiConfig) -> Api {
+    start_with_producer_brokers(config, None).await
+}
+
+/// `producer_brokers` points the membership producer elsewhere (a dead
+/// address, to see 503s) without touching the shared engines.
+async fn start_with_producer_brokers(config: ApiConfig, producer_brokers: Option<&str>) -> Api {
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("t{unique}.");
     let brokers = std::env::var("CHATPIPE_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
@@ -72,7 +78,14 @@ async fn start(config: ApiConfig) -> Api {
     let keys = TokenKeys::from_secret(format!("secret-{unique}").as_bytes());
     let deps = ApiDeps {
         store: store.clone(),
-        producer: ChatProducer::new(&kafka, 1).unwrap(),
+        producer: ChatProducer::new(
+            &producer_brokers.map_or_else(
+                || kafka.clone(),
+                |brokers| KafkaConfig::new(brokers, "api-test-dead"),
+            ),
+            1,
+        )
+        .unwrap(),
         topics: topics.clone(),
         token_keys: keys.clone(),
     };
@@ -678,5 +691,36 @@ async fn openapi_and_operational_endpoints_are_served() {
     assert!(
         metrics.contains("chatpipe_api_request_latency_seconds"),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_engine_is_a_503_that_leaks_nothing() {
+    // Nothing listens on port 1: Kafka never confirms the membership record.
+    let api = start_with_producer_brokers(
+        ApiConfig {
+            kafka_send_timeout_ms: 1_000,
+            ..ApiConfig::default()
+        },
+        Some("127.0.0.1:1"),
+    )
+    .await;
+    let (alice, bob) = (api.user("alice"), api.user("bob"));
+    let (status, body) = api
+        .post(
+            &alice,
+            "/v1/conversations",
+            json!({"members": [bob.as_str()], "title": "t"}),
+        )
+        .await;
+    assert_error(status, &body, 503, "unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        !message.contains("127.0.0.1") && !message.to_lowercase().contains("kafka"),
+        "{message}"
+    );
+    assert_eq!(
+        api.metrics.request_count("POST", "/v1/conversations", 503),
+        1
     );
 }
