@@ -33,6 +33,7 @@ pub mod extract;
 pub mod history;
 pub mod metrics;
 pub mod openapi;
+pub mod search;
 pub mod state;
 
 use std::net::SocketAddr;

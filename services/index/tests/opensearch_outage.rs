@@ -34,12 +34,22 @@ async fn the_engine_going_down_under_traffic_loses_nothing() {
     config.max_batch_records = 50;
     let (worker, health) = env.spawn(config, &shutdown);
     let metrics = worker.metrics().clone();
-    let conversations = [env.conversation("a"), env.conversation("b"), env.conversation("c")];
+    let conversations = [
+        env.conversation("a"),
+        env.conversation("b"),
+        env.conversation("c"),
+    ];
 
     const TOTAL: u64 = 600;
     let producer = {
         let records: Vec<_> = (1..=TOTAL)
-            .map(|id| env.record(id, &conversations[(id % 3) as usize], &format!("outage message {id}")))
+            .map(|id| {
+                env.record(
+                    id,
+                    &conversations[(id % 3) as usize],
+                    &format!("outage message {id}"),
+                )
+            })
             .collect();
         let producer = env.producer.clone();
         let topic = env.topics.messages.clone();
@@ -47,7 +57,12 @@ async fn the_engine_going_down_under_traffic_loses_nothing() {
             for chunk in records.chunks(10) {
                 for record in chunk {
                     producer
-                        .send_json(&topic, record.conversation_id.as_str(), record, Duration::from_secs(30))
+                        .send_json(
+                            &topic,
+                            record.conversation_id.as_str(),
+                            record,
+                            Duration::from_secs(30),
+                        )
                         .await
                         .unwrap();
                 }
@@ -64,17 +79,27 @@ async fn the_engine_going_down_under_traffic_loses_nothing() {
 
     let pid_file = chatpipe_home().join("run/opensearch.pid");
     let pid = std::fs::read_to_string(&pid_file).expect("OpenSearch runs from topology/engines.sh");
-    let killed = std::process::Command::new("kill").args(["-KILL", pid.trim()]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
     assert!(killed.success());
 
-    eventually(Duration::from_secs(60), "the worker notices and retries", || {
-        let metrics = metrics.clone();
-        let health = health.clone();
-        async move { metrics.consumer.retries.get() > 0 && !health.is_ready() }
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the worker notices and retries",
+        || {
+            let metrics = metrics.clone();
+            let health = health.clone();
+            async move { metrics.consumer.retries.get() > 0 && !health.is_ready() }
+        },
+    )
     .await;
     let retries_while_down = metrics.consumer.retries.get();
-    assert!(health.is_live(), "a retrying worker is degraded, not failed: {health:?}");
+    assert!(
+        health.is_live(),
+        "a retrying worker is degraded, not failed: {health:?}"
+    );
 
     let restart = tokio::task::spawn_blocking(|| {
         std::process::Command::new(engines_script())
@@ -84,19 +109,26 @@ async fn the_engine_going_down_under_traffic_loses_nothing() {
     })
     .await
     .unwrap();
-    assert!(restart.success(), "topology/engines.sh up opensearch failed");
+    assert!(
+        restart.success(),
+        "topology/engines.sh up opensearch failed"
+    );
     producer.await.unwrap();
 
     let client = env.client.clone();
     let alias = env.engine.layout().search_alias;
-    eventually(Duration::from_secs(180), "every message indexed once", || {
-        let client = client.clone();
-        let alias = alias.clone();
-        async move {
-            let _ = client.refresh(&alias).await;
-            client.count(&alias).await.ok() == Some(TOTAL)
-        }
-    })
+    eventually(
+        Duration::from_secs(180),
+        "every message indexed once",
+        || {
+            let client = client.clone();
+            let alias = alias.clone();
+            async move {
+                let _ = client.refresh(&alias).await;
+                client.count(&alias).await.ok() == Some(TOTAL)
+            }
+        },
+    )
     .await;
     eventually(Duration::from_secs(30), "the worker is ready again", || {
         let health = health.clone();
@@ -104,7 +136,11 @@ async fn the_engine_going_down_under_traffic_loses_nothing() {
     })
     .await;
     assert!(retries_while_down > 0);
-    assert_eq!(metrics.consumer.dead_lettered.get(), 0, "an outage is never a poison");
+    assert_eq!(
+        metrics.consumer.dead_lettered.get(),
+        0,
+        "an outage is never a poison"
+    );
     assert_eq!(metrics.bulk.rejected.get(), 0);
     assert!(metrics.consumer.records.get() >= TOTAL);
 

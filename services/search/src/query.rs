@@ -20,6 +20,8 @@
 //!   after the same cursor. Beyond [`SearchLimits::max_split_queries`]
 //!   chunks (default 10, i.e. 100,000 conversations) the caller must pass
 //!   `conversation_id` (400).
+//! - **`limit`**: default 20; above 100 it is lowered to 100 (as history
+//!   pages do); 0 is a 400.
 //! - **User text** goes into `simple_query_string` as a JSON string value,
 //!   never into a DSL string: field `body` (or `body.cjk` when the text
 //!   holds CJK characters, see `document`),
@@ -276,8 +278,12 @@ pub fn plan_search(
             limits.max_query_bytes
         )));
     }
-    let limit = params.limit.unwrap_or(limits.default_limit);
-    if limit == 0 || limit > limits.max_limit {
+    // Like history pages: a larger limit is lowered to the maximum.
+    let limit = params
+        .limit
+        .unwrap_or(limits.default_limit)
+        .min(limits.max_limit);
+    if limit == 0 {
         return Err(SearchError::Invalid(format!(
             "limit must be between 1 and {}",
             limits.max_limit
@@ -658,9 +664,15 @@ mod tests {
             Err(SearchError::Invalid(_))
         ));
         let mut asked = params("x");
-        for (limit, ok) in [(0, false), (1, true), (100, true), (101, false)] {
+        asked.limit = Some(0);
+        assert!(matches!(plan(&asked), Err(SearchError::Invalid(_))));
+        for (limit, size) in [(1, 2), (100, 101), (101, 101), (usize::MAX, 101)] {
             asked.limit = Some(limit);
-            assert_eq!(plan(&asked).is_ok(), ok, "limit {limit}");
+            assert_eq!(
+                only_body(&plan(&asked).unwrap())["size"],
+                size,
+                "limit {limit}"
+            );
         }
     }
 
