@@ -41,6 +41,9 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const START_RETRY_DELAY: Duration = Duration::from_secs(1);
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Numbers the tails of this process (see `group.id` below).
+static TAIL_INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// librdkafka context of the tails: partition-EOF notices (expected, they
 /// mark catching up) are not errors; librdkafka's own logs go to `tracing`.
 pub(crate) struct TailContext;
@@ -81,8 +84,17 @@ fn assigned_consumer(
         .set("bootstrap.servers", &kafka.brokers)
         .set("client.id", format!("{}-{client_suffix}", kafka.client_id))
         // librdkafka wants a group id even for `assign`; this one never
-        // joins a group nor commits (auto-commit off, no `subscribe`).
-        .set("group.id", format!("{}-{client_suffix}", kafka.client_id))
+        // joins a group nor commits (auto-commit off, no `subscribe`), and
+        // is unique per tail so that workers sharing a process never meet.
+        .set(
+            "group.id",
+            format!(
+                "{}-{client_suffix}-tail-{}-{}",
+                kafka.client_id,
+                std::process::id(),
+                TAIL_INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set(

@@ -465,7 +465,10 @@ async fn typing_read_and_presence_reach_the_right_members() {
     let read: serde_json::Value = serde_json::from_str(&of("read").fields_json).unwrap();
     assert_eq!(read["message_id"], message_id.to_string());
     let metrics = worker.worker.metrics().clone();
-    eventually("the events were counted", WAIT, || metrics.records_in_for("events") == 3).await;
+    eventually("the events were counted", WAIT, || {
+        metrics.records_in_for("events") == 3
+    })
+    .await;
     worker.stop().await;
 }
 
