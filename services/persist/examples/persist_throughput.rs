@@ -1,10 +1,12 @@
 //! Sustained write rate of the persist role, next to a plain
 //! concurrent-insert baseline, in the same run on the same engines.
 //!
-//! Ignored by default (it is a measurement, not a check, and loads the
-//! shared engines). Run:
-//! `cargo test -p chatpipe-persist --test throughput -- --ignored --nocapture`
-//! (`CHATPIPE_BENCH_RECORDS` overrides the 50,000 records).
+//! A measurement, not a test (it loads the shared engines for a while), so
+//! an example rather than part of the test suite. Run (the figures are only
+//! meaningful with `--release`):
+//! `cargo run --release -p chatpipe-persist --example persist_throughput`
+//! (`CHATPIPE_BENCH_RECORDS` overrides the 50,000 records,
+//! `CHATPIPE_BENCH_BATCH` the writer's `max_batch_records`).
 //!
 //! Method: pre-produce N records (200 conversations interleaved, 3
 //! partitions), start
@@ -15,6 +17,7 @@
 //! (`write_messages`, single-partition unlogged batches, 64 in flight) on
 //! rounds of 1000 records interleaved across conversations, without Kafka.
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -31,9 +34,8 @@ fn record_count() -> usize {
         .unwrap_or(50_000)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement that loads the shared engines; run with --ignored --nocapture"]
-async fn persist_drain_rate_against_plain_inserts() {
+#[tokio::main]
+async fn main() {
     let env = TestEnv::new(3).await;
     let total = record_count();
     let conversations = 200;
