@@ -9,7 +9,7 @@ use std::time::Duration;
 use chatpipe_kafka::consumer::{ConsumerSettings, group_consumer};
 use chatpipe_kafka::{ChatProducer, DeadLetterSink, KafkaConfig, run_batches};
 use chatpipe_runtime::{Health, Shutdown};
-use chatpipe_search::template::rollover;
+use chatpipe_search::template::{apply_template, rollover};
 use chatpipe_search::{EsBulkSink, EsClient};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
@@ -66,7 +66,7 @@ impl IndexWorker {
         settings.initial_backoff = Duration::from_millis(config.batch_initial_backoff_ms);
         settings.max_backoff = Duration::from_millis(config.batch_max_backoff_ms);
         let consumer = group_consumer(&kafka, &settings, &metrics.consumer)?;
-        let handler = IndexHandler {
+        let mut handler = IndexHandler {
             client: client.clone(),
             engine: config.engine.clone(),
             template_ready: false,
@@ -100,6 +100,13 @@ impl IndexWorker {
         let task = shutdown.spawn({
             let shutdown = shutdown.clone();
             async move {
+                // Create the aliases now, so searches find an (empty) index
+                // before the first message arrives; if the engine is not up
+                // yet, the first batch retries it.
+                match apply_template(&handler.client, &handler.engine).await {
+                    Ok(_) => handler.template_ready = true,
+                    Err(error) => tracing::warn!(%error, "index template not applied yet; retrying with the first batch"),
+                }
                 let outcome = run_batches(
                     consumer,
                     settings,
