@@ -1,0 +1,1008 @@
+//! The load generator's coordinator: sets up the population through the
+//! HTTP API, re-executes itself as worker processes, paces the phases,
+//! prints a progress line every second, collects the workers' reports,
+//! verifies, and writes `benches/results/<scenario>.json`. Baselines named
+//! by the scenario run right after chatpipe, in the same command, with the
+//! same connections and rates.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use crate::api::ApiClient;
+use crate::client::{AckRecord, ClientReport};
+use crate::plan::{self, ConversationKind, PlannedConversation, WorkerTarget, user_name};
+use crate::scenario::Scenario;
+use crate::stats::{self, LatencySummary};
+use crate::sys;
+use crate::verify::{self, DeliveryCheck, HistoryCheck};
+use crate::worker::{Snapshot, WorkerCommand, WorkerEvent, WorkerOutput};
+
+/// Command-line choices of one run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub scenario: PathBuf,
+    /// Where results go (`benches/results`).
+    pub out_dir: PathBuf,
+    /// The edge process (default: whoever listens on the edge's port).
+    pub edge_pid: Option<u32>,
+    pub skip_chatpipe: bool,
+    pub skip_baselines: bool,
+    pub users: Option<usize>,
+    /// Multiplies every phase's rate.
+    pub rate_scale: Option<f64>,
+    pub centrifugo_script: PathBuf,
+    pub worker_threads: usize,
+}
+
+/// One phase's figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PhaseResult {
+    pub rate_per_s: f64,
+    pub duration_s: u64,
+    pub sends_per_s: f64,
+    pub acks_per_s: f64,
+    pub deliveries_per_s: f64,
+    /// Median over the phase's seconds of the per-second p99 (worst worker).
+    pub deliver_p99_ms_median: f64,
+    pub ack_p99_ms_median: f64,
+}
+
+/// Verification outcome (chatpipe only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Verification {
+    pub passed: bool,
+    pub deliveries: DeliveryCheck,
+    pub unacked_sends: u64,
+    pub history_conversations: u64,
+    pub history_failures: Vec<(String, HistoryCheck)>,
+    pub search_checked: u64,
+    pub search_missing: Vec<u64>,
+    pub notes: Vec<String>,
+}
+
+/// The figures of one target (chatpipe or a baseline) in one scenario.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetResult {
+    pub target: String,
+    pub users: usize,
+    pub workers: usize,
+    pub connections: u64,
+    pub connect_failures: u64,
+    pub connect_seconds: f64,
+    pub connect_rate_per_s: f64,
+    pub server_pid: Option<u32>,
+    pub server_rss_before_kib: u64,
+    pub server_rss_after_kib: u64,
+    pub kib_per_connection: f64,
+    pub server_open_files: Option<usize>,
+    pub phases: Vec<PhaseResult>,
+    pub ack_latency: LatencySummary,
+    pub deliver_latency: LatencySummary,
+    pub totals: Snapshot,
+    pub lag_max_during: BTreeMap<String, f64>,
+    pub lag_after: BTreeMap<String, f64>,
+    pub storm: Option<StormResult>,
+    pub verification: Option<Verification>,
+}
+
+/// How a mass reconnect went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StormResult {
+    pub dropped: u64,
+    /// Seconds from the storm until as many connections were open again.
+    pub recovered_s: Option<f64>,
+    pub refused_try_later: u64,
+    pub resumed: u64,
+    pub resume_refused: u64,
+}
+
+/// All targets of one scenario run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScenarioResult {
+    pub scenario: String,
+    pub description: String,
+    pub machine: String,
+    pub started_unix_s: u64,
+    pub targets: Vec<TargetResult>,
+}
+
+struct WorkerProcess {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+/// Runs a scenario file; true when every verification passed.
+pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
+    let mut scenario = Scenario::load(&options.scenario)?;
+    if let Some(users) = options.users {
+        scenario.load.users = users;
+    }
+    if let Some(scale) = options.rate_scale {
+        for phase in &mut scenario.phases {
+            phase.rate_per_s *= scale;
+        }
+    }
+    if let Ok(secret) = std::env::var("CHATPIPE_TOKEN_SECRET") {
+        scenario.target.token_secret = secret;
+    }
+    std::fs::create_dir_all(&options.out_dir)?;
+    let mut result = ScenarioResult {
+        scenario: scenario.name.clone(),
+        description: scenario.description.clone(),
+        machine: sys::machine_summary(),
+        started_unix_s: crate::now_unix_us() / 1_000_000,
+        targets: Vec::new(),
+    };
+    println!("== scenario {} — {}", scenario.name, scenario.description);
+    println!("machine: {}", result.machine);
+    let mut passed = true;
+    if !options.skip_chatpipe {
+        let target = WorkerTarget::Chatpipe {
+            ws_url: scenario.target.ws_url.clone(),
+            api_url: scenario.target.api_url.clone(),
+            token_secret: scenario.target.token_secret.clone(),
+        };
+        let pid = options.edge_pid.or_else(|| port_of(&scenario.target.ws_url).and_then(sys::pid_listening_on));
+        let outcome = run_target(&scenario, &options, "chatpipe", target, pid).await?;
+        if let Some(verification) = &outcome.verification {
+            passed &= verification.passed;
+        }
+        result.targets.push(outcome);
+        write_result(&options.out_dir, &result)?;
+    }
+    if !options.skip_baselines {
+        for &buffer in &scenario.baselines.bare_read_buffers {
+            let label = match buffer {
+                0 => "bare-ws (default buffers)".to_owned(),
+                bytes => format!("bare-ws ({} KiB read buffer)", bytes / 1024),
+            };
+            let port = scenario.baselines.bare_port;
+            let binary = sibling_binary("bare-ws")?;
+            let mut server = Command::new(binary)
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--read-buffer-bytes", &buffer.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            wait_for_port(port, Duration::from_secs(20)).await?;
+            let target = WorkerTarget::Bare {
+                ws_url: format!("ws://127.0.0.1:{port}/"),
+            };
+            let outcome = run_target(&scenario, &options, &label, target, server.id()).await;
+            let _ = server.kill().await;
+            result.targets.push(outcome?);
+            write_result(&options.out_dir, &result)?;
+        }
+        if scenario.baselines.centrifugo {
+            let port = scenario.baselines.centrifugo_port;
+            let key = "bench-api-key";
+            let mut server = Command::new("bash")
+                .arg(&options.centrifugo_script)
+                .args(["run", &port.to_string(), key])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()?;
+            match wait_for_port(port, Duration::from_secs(600)).await {
+                Ok(()) => {
+                    let target = WorkerTarget::Centrifugo {
+                        ws_url: format!("ws://127.0.0.1:{port}/connection/websocket"),
+                        api_url: format!("http://127.0.0.1:{port}"),
+                        api_key: key.to_owned(),
+                        channel: crate::client::CENTRIFUGO_CHANNEL.to_owned(),
+                    };
+                    let outcome = run_target(&scenario, &options, "centrifugo", target, server.id()).await;
+                    let _ = server.kill().await;
+                    result.targets.push(outcome?);
+                    write_result(&options.out_dir, &result)?;
+                }
+                Err(error) => {
+                    let _ = server.kill().await;
+                    println!("centrifugo baseline skipped: {error}");
+                }
+            }
+        }
+    }
+    print_summary(&result);
+    let path = write_result(&options.out_dir, &result)?;
+    println!("results: {}", path.display());
+    println!("verification: {}", if passed { "PASSED" } else { "FAILED" });
+    Ok(passed)
+}
+
+fn write_result(dir: &Path, result: &ScenarioResult) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{}.json", result.scenario));
+    std::fs::write(&path, serde_json::to_vec_pretty(result)?)?;
+    Ok(path)
+}
+
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let path = me.with_file_name(name);
+    anyhow::ensure!(path.exists(), "{} not built (cargo build --release -p chatpipe-benches)", path.display());
+    Ok(path)
+}
+
+fn port_of(url: &str) -> Option<u16> {
+    let rest = url.split("://").nth(1)?;
+    let authority = rest.split('/').next()?;
+    authority.rsplit(':').next()?.parse().ok()
+}
+
+async fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}")
+}
+
+/// The consumer lag of every group, from the services' `/metrics`.
+async fn consumer_lags(http: &reqwest::Client, scenario: &Scenario) -> BTreeMap<String, f64> {
+    let mut urls = vec![
+        scenario.target.fanout_metrics_url.clone(),
+        scenario.target.persist_metrics_url.clone(),
+        scenario.target.index_metrics_url.clone(),
+        scenario.target.edge_metrics_url.clone(),
+    ];
+    urls.dedup();
+    let mut lags = BTreeMap::new();
+    for url in urls {
+        if let Some(text) = crate::prom::scrape(http, &url).await {
+            for (name, value) in crate::prom::matching(&text, "chatpipe_", "_consumer_lag_records") {
+                let group = name
+                    .trim_start_matches("chatpipe_")
+                    .trim_end_matches("_consumer_lag_records")
+                    .to_owned();
+                lags.insert(group, value);
+            }
+        }
+    }
+    lags
+}
+
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = crate::prom::scrape(http, url).await?;
+    crate::prom::sum_of(&text, name)
+}
+
+/// Creates the planned conversations through the API; ids by index.
+async fn create_conversations(
+    api: &ApiClient,
+    run_id: &str,
+    planned: &[PlannedConversation],
+) -> anyhow::Result<Vec<String>> {
+    const PER_REQUEST: usize = 400;
+    let started = Instant::now();
+    let created: Vec<anyhow::Result<(usize, String)>> = futures::stream::iter(planned.iter().enumerate())
+        .map(|(index, conversation)| async move {
+            let names: Vec<String> = conversation.members.iter().map(|member| user_name(run_id, *member)).collect();
+            let first = names.iter().skip(1).take(PER_REQUEST).cloned().collect::<Vec<_>>();
+            let title = match conversation.kind {
+                ConversationKind::Direct => None,
+                ConversationKind::Group => Some(format!("loadgen group {index}")),
+                ConversationKind::Large => Some(format!("loadgen large group {index}")),
+            };
+            let id = api.create_conversation(&names[0], &first, title.as_deref()).await?;
+            Ok((index, id))
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut ids = vec![String::new(); planned.len()];
+    for outcome in created {
+        let (index, id) = outcome?;
+        ids[index] = id;
+    }
+    // Members beyond the first request are added by members already in.
+    let mut additions = Vec::new();
+    for (index, conversation) in planned.iter().enumerate() {
+        let initial = PER_REQUEST + 1;
+        for (position, member) in conversation.members.iter().enumerate().skip(initial) {
+            let actor = conversation.members[position % initial];
+            additions.push((index, actor, *member));
+        }
+    }
+    let added = additions.len();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(additions)
+        .map(|(index, actor, member)| {
+            let conversation_id = ids[index].clone();
+            async move {
+                api.add_member(&user_name(run_id, actor), &conversation_id, &user_name(run_id, member))
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for outcome in results {
+        outcome?;
+    }
+    println!(
+        "created {} conversations (+{added} member additions) in {:.1}s",
+        planned.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ids)
+}
+
+/// Latest snapshot per worker, and their sum.
+#[derive(Default)]
+struct Progress {
+    latest: HashMap<usize, Snapshot>,
+}
+
+impl Progress {
+    fn total(&self) -> Snapshot {
+        let mut total = Snapshot::default();
+        for snapshot in self.latest.values() {
+            add_snapshot(&mut total, snapshot);
+        }
+        total
+    }
+}
+
+fn add_snapshot(total: &mut Snapshot, other: &Snapshot) {
+    total.open += other.open;
+    total.connects += other.connects;
+    total.first_connects += other.first_connects;
+    total.connect_errors += other.connect_errors;
+    total.refused_try_later += other.refused_try_later;
+    total.refused_other += other.refused_other;
+    total.closes_slow_consumer += other.closes_slow_consumer;
+    total.closes_draining += other.closes_draining;
+    total.closes_other += other.closes_other;
+    total.resumed += other.resumed;
+    total.resume_refused += other.resume_refused;
+    total.catchup_requests += other.catchup_requests;
+    total.catchup_messages += other.catchup_messages;
+    total.catchup_errors += other.catchup_errors;
+    total.sends += other.sends;
+    total.resends += other.resends;
+    total.acks += other.acks;
+    total.send_skipped_backlog += other.send_skipped_backlog;
+    total.deliveries += other.deliveries;
+    total.duplicates += other.duplicates;
+    total.other_frames += other.other_frames;
+    for (code, count) in &other.errors {
+        *total.errors.entry(code.clone()).or_default() += count;
+    }
+    let worse = |mine: &mut LatencySummary, theirs: &LatencySummary| {
+        if theirs.p99_ms > mine.p99_ms {
+            *mine = theirs.clone();
+        }
+    };
+    worse(&mut total.ack_interval, &other.ack_interval);
+    worse(&mut total.deliver_interval, &other.deliver_interval);
+}
+
+struct Session {
+    workers: Vec<WorkerProcess>,
+    events: mpsc::Receiver<WorkerEvent>,
+    progress: Progress,
+}
+
+impl Session {
+    async fn send_all(&mut self, command: &WorkerCommand) -> anyhow::Result<()> {
+        let line = format!("{}\n", serde_json::to_string(command)?);
+        for worker in &mut self.workers {
+            worker.stdin.write_all(line.as_bytes()).await?;
+            worker.stdin.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Next non-progress event, folding progress in; None on timeout.
+    async fn next_event(&mut self, deadline: tokio::time::Instant) -> Option<WorkerEvent> {
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(WorkerEvent::Progress(snapshot))) => {
+                    self.progress.latest.insert(snapshot.worker, snapshot);
+                }
+                Ok(Some(event)) => return Some(event),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Folds progress until `deadline`.
+    async fn absorb_until(&mut self, deadline: tokio::time::Instant) {
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            if let WorkerEvent::Progress(snapshot) = event {
+                self.progress.latest.insert(snapshot.worker, snapshot);
+            }
+        }
+    }
+}
+
+struct Ticker<'a> {
+    label: String,
+    http: reqwest::Client,
+    scenario: &'a Scenario,
+    pid: Option<u32>,
+    started: Instant,
+    previous: Snapshot,
+    lag_max: BTreeMap<String, f64>,
+    chatpipe: bool,
+    /// Per-second (deliveries/s, deliver p99, ack p99) of the current phase.
+    samples: Vec<(f64, f64, f64)>,
+}
+
+impl Ticker<'_> {
+    /// Waits `duration`, printing a progress line every second.
+    async fn run_for(&mut self, session: &mut Session, duration: Duration) {
+        let end = tokio::time::Instant::now() + duration;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= end {
+                return;
+            }
+            let step = (end - now).min(Duration::from_secs(1));
+            session.absorb_until(now + step).await;
+            self.line(session).await;
+        }
+    }
+
+    async fn line(&mut self, session: &Session) {
+        let total = session.progress.total();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let rate = |now: u64, before: u64| now.saturating_sub(before) as f64;
+        let deliveries_per_s = rate(total.deliveries, self.previous.deliveries);
+        self.samples
+            .push((deliveries_per_s, total.deliver_interval.p99_ms, total.ack_interval.p99_ms));
+        let rss = self
+            .pid
+            .and_then(sys::rss_kib)
+            .map(|kib| format!("{:.0}MiB", kib as f64 / 1024.0))
+            .unwrap_or_else(|| "?".into());
+        let lags = if self.chatpipe {
+            let lags = consumer_lags(&self.http, self.scenario).await;
+            for (group, lag) in &lags {
+                let max = self.lag_max.entry(group.clone()).or_default();
+                *max = max.max(*lag);
+            }
+            lags.iter().map(|(group, lag)| format!(" {group}={lag:.0}")).collect::<String>()
+        } else {
+            String::new()
+        };
+        let errors: u64 = total.errors.values().sum();
+        println!(
+            "[{}] t={elapsed:>4.0}s open={} conn/s={:.0} sends/s={:.0} acks/s={:.0} deliv/s={:.0} dup={} err={errors} refused={} ack_p99={:.1}ms deliv_p99={:.1}ms rss={rss} lag:{lags}",
+            self.label,
+            total.open,
+            rate(total.connects, self.previous.connects),
+            rate(total.sends, self.previous.sends),
+            rate(total.acks, self.previous.acks),
+            deliveries_per_s,
+            total.duplicates,
+            total.refused_try_later + total.refused_other,
+            total.ack_interval.p99_ms,
+            total.deliver_interval.p99_ms,
+        );
+        self.previous = total;
+    }
+}
+
+async fn spawn_workers(
+    plans: &[plan::WorkerPlan],
+    dir: &Path,
+    threads: usize,
+) -> anyhow::Result<Session> {
+    let me = std::env::current_exe()?;
+    let (events_tx, events_rx) = mpsc::channel::<WorkerEvent>(1024);
+    let mut workers = Vec::new();
+    for plan in plans {
+        let plan_path = dir.join(format!("worker-{}.json", plan.index));
+        std::fs::write(&plan_path, serde_json::to_vec(plan)?)?;
+        let mut child = Command::new(&me)
+            .arg("worker")
+            .arg("--plan")
+            .arg(&plan_path)
+            .arg("--threads")
+            .arg(threads.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let stdin = child.stdin.take().expect("piped");
+        let events = events_tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<WorkerEvent>(&line) {
+                    Ok(event) => {
+                        if events.send(event).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => eprintln!("worker: {line}"),
+                }
+            }
+        });
+        workers.push(WorkerProcess { child, stdin });
+    }
+    Ok(Session {
+        workers,
+        events: events_rx,
+        progress: Progress::default(),
+    })
+}
+
+async fn run_target(
+    scenario: &Scenario,
+    options: &RunOptions,
+    label: &str,
+    target: WorkerTarget,
+    server_pid: Option<u32>,
+) -> anyhow::Result<TargetResult> {
+    let chatpipe = matches!(target, WorkerTarget::Chatpipe { .. });
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let users = scenario.load.users;
+    let workers = plan::worker_count(users, scenario.load.max_sockets_per_worker);
+    println!("--- {label}: {users} users over {workers} worker processes (run {run_id})");
+    let planned = if chatpipe {
+        plan::conversations(users, &scenario.conversations, 42)
+    } else {
+        Vec::new()
+    };
+    let mut plans = plan::worker_plans(scenario, &run_id, &target, users, &planned, workers)?;
+    if !chatpipe && !scenario.phases.is_empty() {
+        // Baselines: one sender (client 0 of worker 0, or the HTTP API).
+        plans[0].send_pairs = vec![(0, 0, 1.0)];
+        plans[0].rate_share = 1.0;
+        for plan in &mut plans {
+            plan.body_bytes = scenario.baselines.body_bytes;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("chatpipe-loadgen-{run_id}"));
+    std::fs::create_dir_all(&dir)?;
+    let http = reqwest::Client::new();
+    let api = ApiClient::new(&scenario.target.api_url, &scenario.target.token_secret);
+    let mut result = TargetResult {
+        target: label.to_owned(),
+        users,
+        workers,
+        server_pid,
+        ..TargetResult::default()
+    };
+    if let Some(pid) = server_pid {
+        println!(
+            "server pid {pid}: rss {} KiB, open files {:?}, limit {:?}",
+            sys::rss_kib(pid).unwrap_or(0),
+            sys::open_files(pid),
+            sys::open_file_limits(Some(pid))
+        );
+    }
+    let mut conversation_ids = Vec::new();
+    if chatpipe && !planned.is_empty() && !scenario.conversations.create_after_connect {
+        conversation_ids = create_conversations(&api, &run_id, &planned).await?;
+    }
+    let routes_before = if chatpipe {
+        metric(&http, &scenario.target.fanout_metrics_url, "chatpipe_fanout_route_table_users").await
+    } else {
+        None
+    };
+    result.server_rss_before_kib = server_pid.and_then(sys::rss_kib).unwrap_or(0);
+    let mut session = spawn_workers(&plans, &dir, options.worker_threads).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut ready = 0;
+    while ready < workers {
+        match session.next_event(deadline).await {
+            Some(WorkerEvent::Ready { .. }) => ready += 1,
+            Some(_) => {}
+            None => anyhow::bail!("workers did not start"),
+        }
+    }
+    let mut ticker = Ticker {
+        label: format!("{} {label}", scenario.name),
+        http: http.clone(),
+        scenario,
+        pid: server_pid,
+        started: Instant::now(),
+        previous: Snapshot::default(),
+        lag_max: BTreeMap::new(),
+        chatpipe,
+        samples: Vec::new(),
+    };
+    // Connect.
+    session.send_all(&WorkerCommand::Connect).await?;
+    let connect_budget = Duration::from_secs_f64(users as f64 / scenario.load.connect_rate_per_s.max(1.0) + 180.0);
+    let deadline = tokio::time::Instant::now() + connect_budget;
+    let mut connected = 0;
+    while connected < workers {
+        let step = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+        match session.next_event(step).await {
+            Some(WorkerEvent::Connected { online, failed, seconds, .. }) => {
+                connected += 1;
+                result.connections += online as u64;
+                result.connect_failures += failed as u64;
+                result.connect_seconds = result.connect_seconds.max(seconds);
+            }
+            Some(_) => {}
+            None => {
+                ticker.line(&session).await;
+                anyhow::ensure!(tokio::time::Instant::now() < deadline, "connecting took too long");
+            }
+        }
+    }
+    result.connect_rate_per_s = result.connections as f64 / result.connect_seconds.max(0.001);
+    println!(
+        "connected {} of {users} in {:.1}s ({:.0}/s), {} failed",
+        result.connections, result.connect_seconds, result.connect_rate_per_s, result.connect_failures
+    );
+    // Idle: hold, then read the server's memory.
+    ticker.run_for(&mut session, Duration::from_secs(scenario.load.settle_s)).await;
+    result.server_rss_after_kib = server_pid.and_then(sys::rss_kib).unwrap_or(0);
+    result.server_open_files = server_pid.and_then(sys::open_files);
+    if result.connections > 0 && result.server_rss_after_kib > 0 {
+        result.kib_per_connection = (result.server_rss_after_kib as f64 - result.server_rss_before_kib as f64)
+            / result.connections as f64;
+    }
+    println!(
+        "server memory: {} KiB before, {} KiB after {} connections = {:.2} KiB per connection (open files {:?})",
+        result.server_rss_before_kib,
+        result.server_rss_after_kib,
+        result.connections,
+        result.kib_per_connection,
+        result.server_open_files
+    );
+    if chatpipe && !planned.is_empty() {
+        if conversation_ids.is_empty() {
+            conversation_ids = create_conversations(&api, &run_id, &planned).await?;
+        }
+        let ids_path = dir.join("conversations.json");
+        std::fs::write(&ids_path, serde_json::to_vec(&conversation_ids)?)?;
+        session.send_all(&WorkerCommand::Conversations { path: ids_path }).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut ready = 0;
+        while ready < workers {
+            match session.next_event(deadline).await {
+                Some(WorkerEvent::Ready { .. }) => ready += 1,
+                Some(_) => {}
+                None => anyhow::bail!("workers did not load the conversations"),
+            }
+        }
+        // Fan-out must know where everyone is before "online" means anything.
+        let expected = routes_before.unwrap_or(0.0) + result.connections as f64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let known = metric(&http, &scenario.target.fanout_metrics_url, "chatpipe_fanout_route_table_users").await;
+            match known {
+                Some(known) if known >= expected * 0.999 => break,
+                None => {
+                    println!("fan-out metrics unavailable; waiting 5s for routes instead");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    break;
+                }
+                Some(known) if Instant::now() > deadline => {
+                    println!("fan-out knows {known} users, expected {expected}: going on");
+                    break;
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+    // Phases, with the storm at its time.
+    let mut storm_pending = scenario.storm.clone();
+    let phases_started = Instant::now();
+    let mut storm_result = None;
+    for phase in &scenario.phases {
+        session.send_all(&WorkerCommand::Rate { per_s: phase.rate_per_s }).await?;
+        let before = session.progress.total();
+        let phase_started = Instant::now();
+        ticker.samples.clear();
+        let phase_end = phase_started + Duration::from_secs(phase.duration_s);
+        while Instant::now() < phase_end {
+            if let Some(storm) = &storm_pending
+                && phases_started.elapsed() >= Duration::from_secs(storm.at_s)
+            {
+                let open_before = session.progress.total().open;
+                println!("storm: dropping {:.0}% of {open_before} connections", storm.share * 100.0);
+                session
+                    .send_all(&WorkerCommand::Storm { jitter_ms: storm.jitter_ms, share: storm.share })
+                    .await?;
+                let baseline = session.progress.total();
+                storm_result = Some((Instant::now(), open_before, baseline));
+                storm_pending = None;
+            }
+            let left = phase_end.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+            ticker.run_for(&mut session, left).await;
+            if let Some((at, open_before, _)) = &storm_result
+                && result.storm.is_none()
+                && at.elapsed() > Duration::from_secs(1)
+                && session.progress.total().open >= *open_before
+            {
+                result.storm = Some(StormResult {
+                    recovered_s: Some(at.elapsed().as_secs_f64()),
+                    ..StormResult::default()
+                });
+            }
+        }
+        let after = session.progress.total();
+        let seconds = phase_started.elapsed().as_secs_f64().max(0.001);
+        let median_of = |pick: fn(&(f64, f64, f64)) -> f64, samples: &[(f64, f64, f64)]| {
+            stats::median(&samples.iter().map(pick).filter(|value| *value > 0.0).collect::<Vec<_>>())
+        };
+        let phase_result = PhaseResult {
+            rate_per_s: phase.rate_per_s,
+            duration_s: phase.duration_s,
+            sends_per_s: (after.sends - before.sends) as f64 / seconds,
+            acks_per_s: (after.acks - before.acks) as f64 / seconds,
+            deliveries_per_s: (after.deliveries - before.deliveries) as f64 / seconds,
+            deliver_p99_ms_median: median_of(|sample| sample.1, &ticker.samples),
+            ack_p99_ms_median: median_of(|sample| sample.2, &ticker.samples),
+        };
+        println!(
+            "phase {:.0} msg/s for {}s: sends {:.0}/s, acks {:.0}/s, deliveries {:.0}/s, p99 deliver {:.1}ms (median of seconds)",
+            phase.rate_per_s,
+            phase.duration_s,
+            phase_result.sends_per_s,
+            phase_result.acks_per_s,
+            phase_result.deliveries_per_s,
+            phase_result.deliver_p99_ms_median
+        );
+        result.phases.push(phase_result);
+    }
+    // Drain: until deliveries stop moving.
+    session.send_all(&WorkerCommand::Rate { per_s: 0.0 }).await?;
+    if !scenario.phases.is_empty() {
+        let drain_end = Instant::now() + Duration::from_secs(scenario.load.drain_s);
+        let mut quiet = 0;
+        while Instant::now() < drain_end && quiet < 3 {
+            let before = session.progress.total();
+            ticker.run_for(&mut session, Duration::from_secs(1)).await;
+            let after = session.progress.total();
+            let settled = after.deliveries == before.deliveries && after.acks >= after.sends.saturating_sub(after.errors.values().sum());
+            quiet = if settled { quiet + 1 } else { 0 };
+        }
+    }
+    if let Some((at, open_before, baseline)) = storm_result {
+        let total = session.progress.total();
+        let storm = result.storm.get_or_insert_with(StormResult::default);
+        storm.dropped = open_before;
+        storm.refused_try_later = total.refused_try_later - baseline.refused_try_later;
+        storm.resumed = total.resumed - baseline.resumed;
+        storm.resume_refused = total.resume_refused - baseline.resume_refused;
+        if storm.recovered_s.is_none() && total.open >= open_before {
+            storm.recovered_s = Some(at.elapsed().as_secs_f64());
+        }
+    }
+    result.lag_max_during = ticker.lag_max.clone();
+    // Finish: collect reports.
+    let mut outputs = Vec::new();
+    for worker in &session.workers {
+        let _ = worker;
+    }
+    for index in 0..workers {
+        let out = dir.join(format!("report-{index}.json"));
+        let line = format!("{}\n", serde_json::to_string(&WorkerCommand::Finish { out })?);
+        session.workers[index].stdin.write_all(line.as_bytes()).await?;
+        session.workers[index].stdin.flush().await?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while outputs.len() < workers {
+        match session.next_event(deadline).await {
+            Some(WorkerEvent::Finished { out, .. }) => {
+                let output: WorkerOutput = serde_json::from_slice(&std::fs::read(&out)?)?;
+                outputs.push(output);
+            }
+            Some(_) => {}
+            None => anyhow::bail!("workers did not finish in time"),
+        }
+    }
+    for worker in &mut session.workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), worker.child.wait()).await;
+        let _ = worker.child.start_kill();
+    }
+    let mut ack_histogram = stats::latency_histogram();
+    let mut deliver_histogram = stats::latency_histogram();
+    let mut totals = Snapshot::default();
+    let mut clients: Vec<ClientReport> = Vec::new();
+    for output in outputs {
+        ack_histogram.add(stats::decode(&output.ack_histogram)?)?;
+        deliver_histogram.add(stats::decode(&output.deliver_histogram)?)?;
+        add_snapshot(&mut totals, &output.final_counters);
+        clients.extend(output.clients);
+    }
+    result.ack_latency = LatencySummary::of(&ack_histogram);
+    result.deliver_latency = LatencySummary::of(&deliver_histogram);
+    totals.ack_interval = LatencySummary::default();
+    totals.deliver_interval = LatencySummary::default();
+    result.totals = totals;
+    println!("send→ack     {}", result.ack_latency.line());
+    println!("send→deliver {}", result.deliver_latency.line());
+    if !result.totals.errors.is_empty() {
+        println!("errors by code: {:?}", result.totals.errors);
+    }
+    if chatpipe && !scenario.phases.is_empty() {
+        let verification =
+            verify_run(scenario, &api, &http, &planned, &conversation_ids, &run_id, &clients).await;
+        result.verification = Some(verification);
+    }
+    result.lag_after = if chatpipe { consumer_lags(&http, scenario).await } else { BTreeMap::new() };
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(result)
+}
+
+async fn verify_run(
+    scenario: &Scenario,
+    api: &ApiClient,
+    http: &reqwest::Client,
+    planned: &[PlannedConversation],
+    conversation_ids: &[String],
+    run_id: &str,
+    clients: &[ClientReport],
+) -> Verification {
+    let mut verification = Verification::default();
+    let acks: Vec<AckRecord> = clients.iter().flat_map(|client| client.acks.iter().cloned()).collect();
+    verification.unacked_sends = clients.iter().map(|client| client.unacked.len() as u64).sum();
+    let members: Vec<Vec<u32>> = planned.iter().map(|conversation| conversation.members.clone()).collect();
+    if scenario.verify.deliveries {
+        verification.deliveries = verify::check_deliveries(&members, &acks, clients);
+        let check = &verification.deliveries;
+        println!(
+            "deliveries: {} acked messages, {} member deliveries expected, {} live, {} by catch-up, {} missing, {} order violations",
+            check.acked_messages,
+            check.expected,
+            check.delivered_live,
+            check.delivered_by_catch_up,
+            check.missing.len(),
+            check.order_violations.len()
+        );
+        for missing in check.missing.iter().take(20) {
+            println!(
+                "  MISSING message {} of conversation {} for user {}",
+                missing.message_id,
+                conversation_ids.get(missing.conversation as usize).map(String::as_str).unwrap_or("?"),
+                user_name(run_id, missing.user)
+            );
+        }
+    }
+    let timeout = Duration::from_secs(scenario.verify.timeout_s);
+    let deadline = Instant::now() + timeout;
+    // Let persist and index catch up before reading.
+    loop {
+        let lags = consumer_lags(http, scenario).await;
+        let behind: f64 = lags.values().sum();
+        if behind <= 0.0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if scenario.verify.history {
+        let mut by_conversation: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for ack in &acks {
+            by_conversation.entry(ack.conversation).or_default().push(ack.message_id);
+        }
+        verification.history_conversations = by_conversation.len() as u64;
+        let checks: Vec<(String, HistoryCheck)> = futures::stream::iter(by_conversation)
+            .map(|(conversation, acked)| {
+                let id = conversation_ids[conversation as usize].clone();
+                let reader = user_name(run_id, planned[conversation as usize].members[0]);
+                async move {
+                    loop {
+                        let check = match api.full_history(&reader, &id).await {
+                            Ok(history) => {
+                                let ids: Vec<u64> = history.iter().map(|item| item.message_id).collect();
+                                verify::check_history(&acked, &ids)
+                            }
+                            Err(error) => {
+                                eprintln!("history of {id}: {error}");
+                                HistoryCheck { missing: acked.clone(), ..HistoryCheck::default() }
+                            }
+                        };
+                        // Missing may still be on its way; duplicates and order are final.
+                        if check.passed() || !check.duplicated.is_empty() || check.out_of_order || Instant::now() > deadline {
+                            return (id, check);
+                        }
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        verification.history_failures = checks.into_iter().filter(|(_, check)| !check.passed()).collect();
+        let missing: usize = verification.history_failures.iter().map(|(_, check)| check.missing.len()).sum();
+        println!(
+            "history: {} conversations read, {} failed ({missing} messages missing)",
+            verification.history_conversations,
+            verification.history_failures.len()
+        );
+        for (id, check) in verification.history_failures.iter().take(10) {
+            println!(
+                "  HISTORY {id}: missing {:?}, duplicated {:?}, out of order {}",
+                check.missing.iter().take(10).collect::<Vec<_>>(),
+                check.duplicated.iter().take(10).collect::<Vec<_>>(),
+                check.out_of_order
+            );
+        }
+    }
+    let sample: Vec<&AckRecord> = if scenario.verify.search_all {
+        acks.iter().collect()
+    } else if scenario.verify.search_sample > 0 && !acks.is_empty() {
+        let step = (acks.len() / scenario.verify.search_sample).max(1);
+        acks.iter().step_by(step).take(scenario.verify.search_sample).collect()
+    } else {
+        Vec::new()
+    };
+    if !sample.is_empty() {
+        let sender_names: Arc<Vec<String>> = Arc::new(sample.iter().map(|ack| user_name(run_id, ack.sender)).collect());
+        let results: Vec<Option<u64>> = futures::stream::iter(sample.iter().enumerate())
+            .map(|(index, ack)| {
+                let conversation_id = conversation_ids[ack.conversation as usize].clone();
+                let sender = sender_names[index].clone();
+                async move {
+                    loop {
+                        match api.search(&sender, &ack.search_word, &conversation_id).await {
+                            Ok(found) if found.contains(&ack.message_id) => return None,
+                            Ok(_) | Err(_) if Instant::now() > deadline => return Some(ack.message_id),
+                            _ => tokio::time::sleep(Duration::from_secs(2)).await,
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        verification.search_checked = sample.len() as u64;
+        verification.search_missing = results.into_iter().flatten().collect();
+        println!(
+            "search: {} of {} sampled messages found",
+            verification.search_checked - verification.search_missing.len() as u64,
+            verification.search_checked
+        );
+        if !verification.search_missing.is_empty() {
+            println!("  NOT FOUND: {:?}", verification.search_missing.iter().take(20).collect::<Vec<_>>());
+        }
+    }
+    verification.passed = verification.deliveries.passed()
+        && verification.history_failures.is_empty()
+        && verification.search_missing.is_empty();
+    if verification.deliveries.missing.len() > 1000 {
+        verification.notes.push(format!(
+            "{} missing deliveries; the first 1000 are listed",
+            verification.deliveries.missing.len()
+        ));
+        verification.deliveries.missing.truncate(1000);
+    }
+    verification
+}
+
+/// The side-by-side table printed at the end.
+pub fn print_summary(result: &ScenarioResult) {
+    println!();
+    println!("== {} results", result.scenario);
+    println!(
+        "{:<32} {:>8} {:>9} {:>10} {:>12} {:>12} {:>11} {:>11}",
+        "target", "conns", "conn/s", "KiB/conn", "best deliv/s", "ack p99 ms", "deliv p50", "deliv p99"
+    );
+    for target in &result.targets {
+        let best = target.phases.iter().map(|phase| phase.deliveries_per_s).fold(0.0, f64::max);
+        println!(
+            "{:<32} {:>8} {:>9.0} {:>10.2} {:>12.0} {:>12.2} {:>11.2} {:>11.2}",
+            target.target,
+            target.connections,
+            target.connect_rate_per_s,
+            target.kib_per_connection,
+            best,
+            target.ack_latency.p99_ms,
+            target.deliver_latency.p50_ms,
+            target.deliver_latency.p99_ms
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! Scenario files (`benches/scenarios/*.toml`): what load to put on which
+//! target, for how long, and which baselines to run next to it.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// One scenario file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, used in result file names (`idle`, `chat`, …).
+    pub name: String,
+    /// One line saying what it measures.
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub target: TargetConfig,
+    pub load: LoadConfig,
+    #[serde(default)]
+    pub conversations: ConversationMix,
+    /// Send-rate phases, run in order after every connection is open.
+    /// None for an idle scenario.
+    #[serde(default)]
+    pub phases: Vec<Phase>,
+    /// A mass reconnect during the phases.
+    #[serde(default)]
+    pub storm: Option<StormConfig>,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+    #[serde(default)]
+    pub baselines: BaselineConfig,
+}
+
+/// Where chatpipe runs (defaults: `chatpipe all` on this machine).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetConfig {
+    /// WebSocket URL of the edge.
+    pub ws_url: String,
+    /// Base URL of the HTTP API.
+    pub api_url: String,
+    /// Prometheus endpoints (`/metrics`) of the edge, fan-out, persist and
+    /// index roles (`chatpipe all` serves them on these ports).
+    pub edge_metrics_url: String,
+    pub fanout_metrics_url: String,
+    pub persist_metrics_url: String,
+    pub index_metrics_url: String,
+    /// Secret of bearer tokens (`CHATPIPE_TOKEN_SECRET`); the development
+    /// secret when empty. The environment variable wins.
+    pub token_secret: String,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        Self {
+            ws_url: "ws://127.0.0.1:8080/ws".into(),
+            api_url: "http://127.0.0.1:8090".into(),
+            edge_metrics_url: "http://127.0.0.1:8080/metrics".into(),
+            fanout_metrics_url: "http://127.0.0.1:8091/metrics".into(),
+            persist_metrics_url: "http://127.0.0.1:8092/metrics".into(),
+            index_metrics_url: "http://127.0.0.1:8093/metrics".into(),
+            token_secret: String::new(),
+        }
+    }
+}
+
+/// Connections and client behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadConfig {
+    /// Simulated users, one WebSocket connection each.
+    pub users: usize,
+    /// Most sockets per worker process (a process here may hold at most
+    /// 20,000 open files).
+    #[serde(default = "default_sockets_per_worker")]
+    pub max_sockets_per_worker: usize,
+    /// New connections per second over all workers (the edge sheds above
+    /// its own limit with 1013 and a retry hint, which clients honour).
+    #[serde(default = "default_connect_rate")]
+    pub connect_rate_per_s: f64,
+    /// Bytes of each message body.
+    #[serde(default = "default_body_bytes")]
+    pub body_bytes: usize,
+    /// The client sends `ack_seq` after this many sequenced frames (and at
+    /// least every 250 ms while some are unacknowledged).
+    #[serde(default = "default_ack_every")]
+    pub ack_every_frames: u64,
+    /// How long connections stay open (idle) after all are connected,
+    /// before memory is read; also the pause before sending starts.
+    #[serde(default = "default_settle_s")]
+    pub settle_s: u64,
+    /// After the last phase: how long to wait for in-flight deliveries.
+    #[serde(default = "default_drain_s")]
+    pub drain_s: u64,
+    /// First loopback source address of the workers' sockets; worker `k`
+    /// binds `base + k * addresses_per_worker + j`.
+    #[serde(default = "default_source_base")]
+    pub source_ip_base: String,
+    /// Loopback source addresses per worker (each has ~28,000 ephemeral ports).
+    #[serde(default = "default_addresses_per_worker")]
+    pub addresses_per_worker: usize,
+}
+
+fn default_sockets_per_worker() -> usize {
+    15_000
+}
+fn default_connect_rate() -> f64 {
+    1_500.0
+}
+fn default_body_bytes() -> usize {
+    100
+}
+fn default_ack_every() -> u64 {
+    16
+}
+fn default_settle_s() -> u64 {
+    5
+}
+fn default_drain_s() -> u64 {
+    15
+}
+fn default_source_base() -> String {
+    "127.0.1.1".into()
+}
+fn default_addresses_per_worker() -> usize {
+    2
+}
+
+/// The conversations created through the HTTP API, and where sends go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConversationMix {
+    /// One-to-one conversations (random pairs of users).
+    pub direct: usize,
+    /// Groups of `group_min..=group_max` members.
+    pub groups: usize,
+    pub group_min: usize,
+    pub group_max: usize,
+    /// Large groups of `large_min..=large_max` members (capped at `users`).
+    pub large: usize,
+    pub large_min: usize,
+    pub large_max: usize,
+    /// Share of sends that go to 1:1, group and large conversations
+    /// (normalised; a kind with no conversation gets none).
+    pub direct_send_share: f64,
+    pub group_send_share: f64,
+    pub large_send_share: f64,
+    /// Create conversations after every user is connected. chatpipe sends
+    /// presence to every member of every conversation of a user on
+    /// connect, so connecting the members of a 1,000+ group is an O(n²)
+    /// presence storm; creating the groups afterwards isolates message
+    /// delivery from it.
+    pub create_after_connect: bool,
+}
+
+impl Default for ConversationMix {
+    fn default() -> Self {
+        Self {
+            direct: 0,
+            groups: 0,
+            group_min: 5,
+            group_max: 50,
+            large: 0,
+            large_min: 1_000,
+            large_max: 2_000,
+            direct_send_share: 0.8,
+            group_send_share: 0.18,
+            large_send_share: 0.02,
+            create_after_connect: true,
+        }
+    }
+}
+
+/// A period at one send rate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    /// Messages per second over all senders (Poisson arrivals: exponential
+    /// gaps give the jitter).
+    pub rate_per_s: f64,
+    pub duration_s: u64,
+}
+
+/// A mass reconnect: at `at_s` into the phases every client drops its TCP
+/// connection without a close handshake (as a network blip does) and
+/// reconnects after a random delay up to `jitter_ms`, resuming its session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StormConfig {
+    pub at_s: u64,
+    pub jitter_ms: u64,
+    /// Share of the connections that drop (1.0 = all).
+    #[serde(default = "default_storm_share")]
+    pub share: f64,
+}
+
+fn default_storm_share() -> f64 {
+    1.0
+}
+
+/// What the end-of-run verification checks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// Every acked message delivered to every member online for it.
+    pub deliveries: bool,
+    /// Every acked message in history exactly once and in order.
+    pub history: bool,
+    /// Acked messages searched for: 0 = none, or a sample of this many;
+    /// `search_all` checks every one.
+    pub search_sample: usize,
+    pub search_all: bool,
+    /// How long history and search may take to catch up.
+    pub timeout_s: u64,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            deliveries: true,
+            history: true,
+            search_sample: 500,
+            search_all: false,
+            timeout_s: 180,
+        }
+    }
+}
+
+/// Baselines run in the same command, on the same connections and rates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineConfig {
+    /// Read buffer sizes of `bare-ws` runs, bytes (0 = tungstenite's default).
+    pub bare_read_buffers: Vec<usize>,
+    /// Run the same load against Centrifugo (`benches/centrifugo.sh`).
+    pub centrifugo: bool,
+    /// Port of the baselines' servers.
+    pub bare_port: u16,
+    pub centrifugo_port: u16,
+    /// Body size of the baselines' broadcast messages.
+    pub body_bytes: usize,
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        Self {
+            bare_read_buffers: Vec::new(),
+            centrifugo: false,
+            bare_port: 8380,
+            centrifugo_port: 8390,
+            body_bytes: 100,
+        }
+    }
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))?;
+        let scenario: Scenario = toml::from_str(&text)
+            .map_err(|error| anyhow::anyhow!("parsing {}: {error}", path.display()))?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.load.users >= 1, "load.users must be at least 1");
+        anyhow::ensure!(
+            (1..=18_000).contains(&self.load.max_sockets_per_worker),
+            "load.max_sockets_per_worker must be 1..=18000 (20,000 open files per process)"
+        );
+        let mix = &self.conversations;
+        anyhow::ensure!(mix.group_min >= 3 && mix.group_min <= mix.group_max, "groups need 3 <= group_min <= group_max");
+        anyhow::ensure!(mix.large_min >= 2 && mix.large_min <= mix.large_max, "large_min <= large_max");
+        if mix.direct > 0 {
+            anyhow::ensure!(self.load.users >= 2, "1:1 conversations need two users");
+        }
+        for phase in &self.phases {
+            anyhow::ensure!(phase.rate_per_s >= 0.0, "phase rate must be >= 0");
+        }
+        if let Some(storm) = &self.storm {
+            anyhow::ensure!((0.0..=1.0).contains(&storm.share), "storm.share is 0..=1");
+        }
+        Ok(())
+    }
+
+    /// Total length of the send phases, seconds.
+    pub fn phases_s(&self) -> u64 {
+        self.phases.iter().map(|phase| phase.duration_s).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "toml") {
+                Scenario::load(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+                count += 1;
+            }
+        }
+        assert!(count >= 4, "idle, chat, broadcast, storm");
+    }
+}
