@@ -1,10 +1,20 @@
-//! Measurements, not assertions on timings: the indexer's sustained rate
-//! next to a direct `_bulk` baseline (same documents, same batch size, no
-//! Kafka), and the search latency. Ignored in the normal run; prints its
-//! figures:
-//! `cargo test -p chatpipe-index --test throughput -- --ignored --nocapture`
-//! (`CHATPIPE_BENCH_RECORDS` overrides the 50,000 records).
+//! The indexer's sustained rate next to a direct `_bulk` baseline (same
+//! documents, same batch size, no Kafka), and the median search latency,
+//! in one run on the same engines. A measurement, not a test (it loads the
+//! shared engines), so an example:
+//! `cargo run -p chatpipe-index --example index_throughput`
+//! (`--release` for figures of the optimized code;
+//! `CHATPIPE_BENCH_RECORDS` overrides the 50,000 records).
+//!
+//! Method: pre-produce N records (4 conversations, 3 partitions); write the
+//! same N documents straight to the engine with `EsBulkSink`, 1,000 per
+//! `_bulk` (the indexer's `max_batch_records`), one request at a time;
+//! then start the index worker and time until `docs_indexed` reaches N
+//! (start-up, i.e. joining the group and the first batch, reported apart);
+//! then 200 two-word searches over the 4 conversations, timed end to end
+//! through `MessageSearcher`.
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -48,9 +58,8 @@ fn median(samples: &mut [Duration]) -> Duration {
     samples[samples.len() / 2]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement; run with --ignored --nocapture"]
-async fn indexer_rate_next_to_a_direct_bulk_baseline() {
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
     let total: u64 = std::env::var("CHATPIPE_BENCH_RECORDS")
         .ok()
         .and_then(|raw| raw.parse().ok())
