@@ -218,8 +218,12 @@ pub struct WorkerArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
     /// HTTP listener of the API and its ops endpoints.
-    #[arg(long, env = "CHATPIPE_API_LISTEN", default_value = "127.0.0.1:8090")]
-    pub listen: SocketAddr,
+    #[arg(
+        long = "api-listen",
+        env = "CHATPIPE_API_LISTEN",
+        default_value = "127.0.0.1:8090"
+    )]
+    pub api_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -234,4 +238,45 @@ pub struct AllArgs {
     pub topology: TopologyArgs,
     #[command(flatten)]
     pub api: ApiArgs,
+    /// Settings of the first edge (the others take the next ports).
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn all_takes_edge_and_api_flags_together() {
+        let cli = Cli::try_parse_from([
+            "chatpipe",
+            "all",
+            "--edges",
+            "2",
+            "--listen",
+            "127.0.0.1:18080",
+            "--api-listen",
+            "127.0.0.1:18090",
+        ])
+        .unwrap();
+        let Command::All(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        assert_eq!(
+            (
+                args.edges,
+                args.edge.listen.port(),
+                args.api.api_listen.port()
+            ),
+            (2, 18080, 18090)
+        );
+    }
 }

@@ -14,12 +14,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             action: TopologyAction::Apply(args),
         } => topology::run(&cli.common, &args).await,
         Command::Edge(args) => roles::run_edge(&cli.common, &args).await,
-        Command::Fanout(_)
-        | Command::Persist(_)
-        | Command::Index(_)
-        | Command::Api(_)
-        | Command::All(_) => {
-            anyhow::bail!("this role is not wired into the binary yet")
-        }
+        Command::Fanout(args) => roles::run_worker("fanout", &cli.common, &args).await,
+        Command::Persist(args) => roles::run_worker("persist", &cli.common, &args).await,
+        Command::Index(args) => roles::run_worker("index", &cli.common, &args).await,
+        Command::Api(args) => roles::run_api(&cli.common, &args).await,
+        Command::All(args) => roles::run_all(&cli.common, &args).await,
     }
 }
