@@ -208,7 +208,6 @@ summarize_cargo() {
     /^error: [0-9]+ targets? failed:/ { in_targets = 1; next }
     in_targets && /^ +`/ { t = $0; sub(/^ +/, "", t); targets = targets "      " t "\n"; next }
     in_targets { in_targets = 0 }
-    /^error: test failed, to rerun pass/ { targets = targets "      " $0 "\n"; next }
     END {
       printf "  %s: %d test binaries, %d passed, %d failed, %d ignored, %d filtered out\n", step, binaries, tp, tf, ti, tfo
       if (rows != "") printf "%s", rows
