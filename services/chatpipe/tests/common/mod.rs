@@ -174,6 +174,144 @@ impl Stack {
     }
 }
 
+/// The HTTP API, with search, and the history and search consumers.
+pub struct FullStack {
+    pub api: String,
+    pub http: reqwest::Client,
+    pub index_prefix: String,
+}
+
+impl Stack {
+    /// Starts the API (with `/v1/search`), the persist and index roles.
+    pub async fn full(&self) -> FullStack {
+        use chatpipe_search::{
+            EsClient, MessageSearcher, SearchEngineConfig, SearchLimits, SearchMetrics,
+        };
+        let shutdown = self.root.child();
+        let index_prefix = format!("{}-chat-messages", self.prefix.trim_end_matches('.'));
+        let engine = SearchEngineConfig {
+            index_prefix: index_prefix.clone(),
+            number_of_shards: 1,
+            ..SearchEngineConfig::default()
+        };
+        let client = EsClient::new(&engine).expect("search client");
+        chatpipe_search::template::apply_template(&client, &engine)
+            .await
+            .expect("opensearch reachable at 127.0.0.1:9200 (topology/engines.sh up)");
+
+        let mut registry = prometheus_client::registry::Registry::default();
+        let deps = chatpipe_api::ApiDeps {
+            store: self.store.clone(),
+            producer: chatpipe_kafka::ChatProducer::new(&self.kafka, 1).unwrap(),
+            topics: self.topics.clone(),
+            token_keys: self.keys.clone(),
+        };
+        let config = chatpipe_api::ApiConfig {
+            listen_addr: "127.0.0.1:0".into(),
+            ..Default::default()
+        };
+        let searcher = MessageSearcher::new(
+            client,
+            &engine.layout(),
+            SearchLimits::default(),
+            SearchMetrics::default(),
+        );
+        let search = chatpipe_api::search::router(
+            searcher,
+            self.store.clone(),
+            chatpipe_api::search::SearchRouteConfig::default(),
+        );
+        let bound = chatpipe_api::ApiServer::new(config, deps, &mut registry)
+            .mount_v1(search)
+            .bind()
+            .await
+            .unwrap();
+        let api = format!("http://{}", bound.local_addr());
+        let api_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            bound
+                .serve(
+                    chatpipe_runtime::metrics::MetricsRegistry::new(registry),
+                    Health::new(),
+                    api_shutdown,
+                )
+                .await
+        });
+
+        let persist = chatpipe_persist::PersistRole::new(
+            chatpipe_persist::PersistConfig {
+                group_id: unique("persist"),
+                ..Default::default()
+            },
+            self.kafka.clone(),
+            self.topics.clone(),
+            self.store.clone(),
+            chatpipe_kafka::ChatProducer::new(&self.kafka, 5).unwrap(),
+            &mut prometheus_client::registry::Registry::default(),
+        );
+        let persist_shutdown = shutdown.clone();
+        tokio::spawn(async move { persist.run(Health::new(), persist_shutdown).await });
+        let index = chatpipe_index::IndexWorker::spawn(
+            chatpipe_index::IndexConfig {
+                group_id: unique("index"),
+                topics: self.topics.clone(),
+                engine,
+                ..Default::default()
+            },
+            self.kafka.clone(),
+            &mut prometheus_client::registry::Registry::default(),
+            Health::new(),
+            shutdown.clone(),
+        )
+        .expect("index starts");
+        std::mem::forget(index);
+        FullStack {
+            api,
+            http: reqwest::Client::new(),
+            index_prefix,
+        }
+    }
+}
+
+impl FullStack {
+    /// `GET path` as `token`: (status, JSON body).
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("api answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("api answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, token: &str, path: &str) -> u16 {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.api))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("api answers");
+        response.status().as_u16()
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         self.root.cancel();
