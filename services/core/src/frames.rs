@@ -110,7 +110,8 @@ fn parse_field<T, E: std::fmt::Display>(
     parse: impl FnOnce(String) -> Result<T, E>,
     reference: &Option<String>,
 ) -> Result<T, FrameError> {
-    parse(raw).map_err(|error| FrameError::invalid(format!("`{field}`: {error}"), reference.clone()))
+    parse(raw)
+        .map_err(|error| FrameError::invalid(format!("`{field}`: {error}"), reference.clone()))
 }
 
 /// Decodes one client text frame.
@@ -196,7 +197,10 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
         },
         "ping" => Ok(ClientFrame::Ping),
         other => Err(FrameError::invalid(
-            format!("unknown op `{}`", other.chars().take(32).collect::<String>()),
+            format!(
+                "unknown op `{}`",
+                other.chars().take(32).collect::<String>()
+            ),
             reference,
         )),
     }
@@ -415,14 +419,20 @@ mod tests {
             Ok(ClientFrame::Typing { .. })
         ));
         assert!(matches!(
-            decode_client_frame(r#"{"op":"read","conversation_id":"c1","message_id":"42"}"#, &limits()),
+            decode_client_frame(
+                r#"{"op":"read","conversation_id":"c1","message_id":"42"}"#,
+                &limits()
+            ),
             Ok(ClientFrame::Read { .. })
         ));
         assert_eq!(
             decode_client_frame(r#"{"op":"ack_seq","seq":7}"#, &limits()),
             Ok(ClientFrame::AckSeq { seq: 7 })
         );
-        assert_eq!(decode_client_frame(r#"{"op":"ping"}"#, &limits()), Ok(ClientFrame::Ping));
+        assert_eq!(
+            decode_client_frame(r#"{"op":"ping"}"#, &limits()),
+            Ok(ClientFrame::Ping)
+        );
     }
 
     #[test]
@@ -443,9 +453,15 @@ mod tests {
             "x".repeat(5000)
         );
         let too_large = decode_client_frame(&big_body, &limits()).unwrap_err();
-        assert_eq!((too_large.code, too_large.reference.as_deref()), (ErrorCode::TooLarge, Some("m2")));
+        assert_eq!(
+            (too_large.code, too_large.reference.as_deref()),
+            (ErrorCode::TooLarge, Some("m2"))
+        );
         let huge = "x".repeat(20_000);
-        assert_eq!(decode_client_frame(&huge, &limits()).unwrap_err().code, ErrorCode::TooLarge);
+        assert_eq!(
+            decode_client_frame(&huge, &limits()).unwrap_err().code,
+            ErrorCode::TooLarge
+        );
         let wrong_type = decode_client_frame(
             r#"{"op":"send","conversation_id":5,"client_msg_id":"m3","body":"x"}"#,
             &limits(),
@@ -471,7 +487,10 @@ mod tests {
         assert_eq!(value["op"], "message");
         assert_eq!(value["seq"], 3);
         assert_eq!(value["message"]["body"], "hello \"world\"");
-        assert_eq!(encode_sequenced("presence", 1, "{}"), r#"{"op":"presence","seq":1}"#);
+        assert_eq!(
+            encode_sequenced("presence", 1, "{}"),
+            r#"{"op":"presence","seq":1}"#
+        );
     }
 
     #[test]

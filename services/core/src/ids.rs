@@ -212,7 +212,9 @@ impl<'de> Deserialize<'de> for MessageId {
         }
         match Raw::deserialize(deserializer)? {
             Raw::Text(text) => Self::parse(&text).map_err(serde::de::Error::custom),
-            Raw::Number(number) => Self::parse(&number.to_string()).map_err(serde::de::Error::custom),
+            Raw::Number(number) => {
+                Self::parse(&number.to_string()).map_err(serde::de::Error::custom)
+            }
         }
     }
 }
@@ -279,8 +281,14 @@ mod tests {
         assert!(UserId::parse("alice").is_ok());
         assert!(UserId::parse("user:42@example.org").is_ok());
         assert_eq!(UserId::parse(""), Err(IdError::Empty { kind: "user_id" }));
-        assert!(matches!(UserId::parse("a b"), Err(IdError::BadCharacter { .. })));
-        assert!(matches!(UserId::parse("x".repeat(65)), Err(IdError::TooLong { .. })));
+        assert!(matches!(
+            UserId::parse("a b"),
+            Err(IdError::BadCharacter { .. })
+        ));
+        assert!(matches!(
+            UserId::parse("x".repeat(65)),
+            Err(IdError::TooLong { .. })
+        ));
         assert!(serde_json::from_str::<UserId>("\"bad\\nid\"").is_err());
     }
 
@@ -310,7 +318,10 @@ mod tests {
     fn message_id_json_is_a_string_and_accepts_numbers() {
         let id = MessageId::from_u64(123_456_789_012_345);
         assert_eq!(serde_json::to_string(&id).unwrap(), "\"123456789012345\"");
-        assert_eq!(serde_json::from_str::<MessageId>("123456789012345").unwrap(), id);
+        assert_eq!(
+            serde_json::from_str::<MessageId>("123456789012345").unwrap(),
+            id
+        );
         assert!(serde_json::from_str::<MessageId>("\"-1\"").is_err());
         assert!(serde_json::from_str::<MessageId>("\"0\"").is_err());
     }

@@ -231,7 +231,10 @@ mod tests {
     fn session_keys_round_trip() {
         let edge = EdgeId::parse("edge-1").unwrap();
         let user = UserId::parse("alice").unwrap();
-        for key in [SessionKey::Edge(edge.clone()), SessionKey::Route(user, edge)] {
+        for key in [
+            SessionKey::Edge(edge.clone()),
+            SessionKey::Route(user, edge),
+        ] {
             assert_eq!(SessionKey::decode(&key.encode()), Some(key));
         }
         assert_eq!(SessionKey::decode("route/a"), None);

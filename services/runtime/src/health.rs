@@ -52,7 +52,10 @@ impl ComponentHandle {
 
     pub fn state(&self) -> ComponentState {
         let components = self.health.components.lock().expect("health lock poisoned");
-        components.get(&self.name).cloned().unwrap_or(ComponentState::Stopped)
+        components
+            .get(&self.name)
+            .cloned()
+            .unwrap_or(ComponentState::Stopped)
     }
 }
 
@@ -72,13 +75,19 @@ impl Health {
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, ComponentState> {
-        self.components.lock().expect("health lock poisoned").clone()
+        self.components
+            .lock()
+            .expect("health lock poisoned")
+            .clone()
     }
 
     /// Every component is `Ready` (degraded counts as not ready).
     pub fn is_ready(&self) -> bool {
         let components = self.snapshot();
-        !components.is_empty() && components.values().all(|state| *state == ComponentState::Ready)
+        !components.is_empty()
+            && components
+                .values()
+                .all(|state| *state == ComponentState::Ready)
     }
 
     /// No component has failed.

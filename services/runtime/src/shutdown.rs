@@ -60,7 +60,9 @@ impl Shutdown {
     /// whether they all did.
     pub async fn wait(&self, deadline: Duration) -> bool {
         self.tracker.close();
-        tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_ok()
     }
 
     /// Cancels the tree on SIGINT or SIGTERM.
