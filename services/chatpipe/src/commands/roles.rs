@@ -266,7 +266,7 @@ async fn supervise(
     let mut failure = None;
     tokio::select! {
         _ = root.cancelled() => {}
-        (finished, index, _) = futures_select_all(&mut tasks) => {
+        (finished, index) = first_finished(&mut tasks) => {
             if let Ok(Err(error)) | Err(error) = finished.map_err(anyhow::Error::from) {
                 tracing::error!(%error, "a role stopped; shutting down");
                 failure = Some(error);
@@ -288,18 +288,15 @@ async fn supervise(
     }
 }
 
-async fn futures_select_all(
-    tasks: &mut Vec<RoleTask>,
-) -> (
-    Result<anyhow::Result<()>, tokio::task::JoinError>,
-    usize,
-    (),
-) {
+/// The first role task to finish (never, when there are none).
+async fn first_finished(
+    tasks: &mut [RoleTask],
+) -> (Result<anyhow::Result<()>, tokio::task::JoinError>, usize) {
     if tasks.is_empty() {
         std::future::pending::<()>().await;
     }
     let (result, index, _rest) = futures::future::select_all(tasks.iter_mut()).await;
-    (result, index, ())
+    (result, index)
 }
 
 pub async fn run_edge(common: &CommonArgs, args: &EdgeArgs) -> anyhow::Result<()> {
