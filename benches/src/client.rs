@@ -110,10 +110,45 @@ impl ClientShared {
         stats::record(&mut latencies.ack_interval, micros);
     }
 
-    fn record_delivery(&self, micros: u64) {
-        let mut latencies = self.latencies.lock().expect("not poisoned");
-        stats::record(&mut latencies.deliver, micros);
-        stats::record(&mut latencies.deliver_interval, micros);
+}
+
+/// Deliveries counted and latencies collected by one client, flushed to
+/// the shared counters in batches: one lock and one atomic add per 64
+/// deliveries instead of per delivery, so that the load generator is not
+/// what bounds a broadcast.
+#[derive(Debug, Default)]
+struct LocalStats {
+    deliveries: u64,
+    latencies: Vec<u64>,
+}
+
+impl LocalStats {
+    const BATCH: usize = 64;
+
+    fn delivered(&mut self, shared: &ClientShared, latency_us: Option<u64>) {
+        self.deliveries += 1;
+        if let Some(latency) = latency_us {
+            self.latencies.push(latency);
+        }
+        if self.latencies.len() >= Self::BATCH || self.deliveries >= Self::BATCH as u64 {
+            self.flush(shared);
+        }
+    }
+
+    fn flush(&mut self, shared: &ClientShared) {
+        if self.deliveries > 0 {
+            shared.counters.deliveries.fetch_add(self.deliveries, Ordering::Relaxed);
+            self.deliveries = 0;
+        }
+        if !self.latencies.is_empty() {
+            let mut latencies = shared.latencies.lock().expect("not poisoned");
+            for &micros in &self.latencies {
+                stats::record(&mut latencies.deliver, micros);
+                stats::record(&mut latencies.deliver_interval, micros);
+            }
+            drop(latencies);
+            self.latencies.clear();
+        }
     }
 }
 
@@ -233,6 +268,7 @@ struct State {
     /// Highest message id received per conversation (history cursor).
     newest: HashMap<u32, u64>,
     order: HashMap<u32, Vec<u64>>,
+    local: LocalStats,
 }
 
 /// Runs a chatpipe client until `Finish`. `online` fires at the first hello.
@@ -259,6 +295,7 @@ pub async fn run_chatpipe_client(
         seen: HashSet::new(),
         newest: HashMap::new(),
         order: HashMap::new(),
+        local: LocalStats::default(),
     };
     let mut online = Some(online);
     let mut backoff = Duration::from_millis(100);
@@ -399,6 +436,7 @@ pub async fn run_chatpipe_client(
     for (client_msg_id, _pending) in state.pending.drain() {
         state.report.unacked.push((client_msg_id, "no_ack".into()));
     }
+    state.local.flush(&shared);
     state.report.order = state.order.into_iter().collect();
     state.report
 }
@@ -526,6 +564,7 @@ async fn serve(
                 }
             }
             _ = ack_tick.tick() => {
+                state.local.flush(shared);
                 if state.last_seq > state.acked_seq {
                     state.acked_seq = state.last_seq;
                     if socket.send(Message::Text(wire::ack_seq_frame(state.last_seq).into())).await.is_err() {
@@ -549,13 +588,17 @@ fn handle_frame(shared: &Arc<ClientShared>, state: &mut State, text: &str) {
     }
     match frame.op.as_ref() {
         "message" => {
-            shared.counters.deliveries.fetch_add(1, Ordering::Relaxed);
             let Some(message) = frame.message.and_then(wire::parse_message) else {
                 shared.error("undecodable_message");
                 return;
             };
             let Ok(message_id) = message.message_id.parse::<u64>() else { return };
+            let latency = (message.sender_id != state.spec.user_name)
+                .then(|| wire::sent_time_us(&message.body))
+                .flatten()
+                .map(|sent| crate::now_unix_us().saturating_sub(sent));
             if !state.seen.insert(message_id) {
+                state.local.delivered(shared, None);
                 shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -570,11 +613,7 @@ fn handle_frame(shared: &Arc<ClientShared>, state: &mut State, text: &str) {
                 *newest = (*newest).max(message_id);
                 state.order.entry(conversation).or_default().push(message_id);
             }
-            if message.sender_id != state.spec.user_name
-                && let Some(sent) = wire::sent_time_us(&message.body)
-            {
-                shared.record_delivery(crate::now_unix_us().saturating_sub(sent));
-            }
+            state.local.delivered(shared, latency);
         }
         "ack" => {
             let Some(client_msg_id) = frame.client_msg_id else { return };
@@ -662,6 +701,9 @@ pub async fn run_baseline_client(
     let mut online = Some(online);
     let mut backoff = Duration::from_millis(100);
     let mut counter = 0u64;
+    let mut local = LocalStats::default();
+    let mut flush_tick = tokio::time::interval(Duration::from_millis(250));
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let connected = async {
             let mut socket = open_socket(&url, spec.source).await?;
@@ -711,19 +753,18 @@ pub async fn run_baseline_client(
                 incoming = socket.next() => match incoming {
                     Some(Ok(Message::Text(text))) => {
                         if centrifugo {
-                            if handle_centrifugo_frame(&shared, &mut socket, text.as_str()).await.is_err() {
+                            if handle_centrifugo_frame(&shared, &mut local, &mut socket, text.as_str()).await.is_err() {
                                 break false;
                             }
                         } else {
-                            shared.counters.deliveries.fetch_add(1, Ordering::Relaxed);
-                            if let Some(sent) = wire::sent_time_us(text.as_str()) {
-                                shared.record_delivery(crate::now_unix_us().saturating_sub(sent));
-                            }
+                            let latency = wire::sent_time_us(text.as_str()).map(|sent| crate::now_unix_us().saturating_sub(sent));
+                            local.delivered(&shared, latency);
                         }
                     }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break false,
                     Some(Ok(_)) => {}
                 },
+                _ = flush_tick.tick() => local.flush(&shared),
             }
         };
         shared.counters.open.fetch_sub(1, Ordering::Relaxed);
@@ -733,6 +774,7 @@ pub async fn run_baseline_client(
         }
         shared.counters.closes_other.fetch_add(1, Ordering::Relaxed);
     }
+    local.flush(&shared);
     if let Some(online) = online.take() {
         let _ = online.send(false);
     }
@@ -776,19 +818,23 @@ async fn centrifugo_handshake(socket: &mut Socket) -> Result<(), String> {
 pub const CENTRIFUGO_CHANNEL: &str = "bench";
 
 /// A Centrifugo frame: newline-separated replies; `{}` is a ping to answer.
-async fn handle_centrifugo_frame(shared: &Arc<ClientShared>, socket: &mut Socket, text: &str) -> Result<(), ()> {
+async fn handle_centrifugo_frame(
+    shared: &Arc<ClientShared>,
+    local: &mut LocalStats,
+    socket: &mut Socket,
+    text: &str,
+) -> Result<(), ()> {
     for line in text.split('\n') {
         if line == "{}" {
             socket.send(Message::Text("{}".into())).await.map_err(|_| ())?;
             continue;
         }
         if line.contains("\"pub\"") {
-            shared.counters.deliveries.fetch_add(1, Ordering::Relaxed);
-            if let Some(start) = line.find("\"b\":\"") {
-                if let Some(sent) = wire::sent_time_us(&line[start + 5..]) {
-                    shared.record_delivery(crate::now_unix_us().saturating_sub(sent));
-                }
-            }
+            let latency = line
+                .find("\"b\":\"")
+                .and_then(|start| wire::sent_time_us(&line[start + 5..]))
+                .map(|sent| crate::now_unix_us().saturating_sub(sent));
+            local.delivered(shared, latency);
         } else {
             shared.counters.other_frames.fetch_add(1, Ordering::Relaxed);
         }

@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub rate_scale: Option<f64>,
     pub centrifugo_script: PathBuf,
     pub worker_threads: usize,
+    /// Run only the baselines whose kind is named (`bare`, `centrifugo`).
+    pub only_baseline: Option<String>,
 }
 
 /// One phase's figures.
@@ -159,8 +161,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
         result.targets.push(outcome);
         write_result(&options.out_dir, &result)?;
     }
+    let wanted = |kind: &str| options.only_baseline.as_deref().is_none_or(|only| only == kind);
     if !options.skip_baselines {
-        for &buffer in &scenario.baselines.bare_read_buffers {
+        for &buffer in scenario.baselines.bare_read_buffers.iter().filter(|_| wanted("bare")) {
             let label = match buffer {
                 0 => "bare-ws (default buffers)".to_owned(),
                 bytes => format!("bare-ws ({} KiB read buffer)", bytes / 1024),
@@ -182,7 +185,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
             result.targets.push(outcome?);
             write_result(&options.out_dir, &result)?;
         }
-        if scenario.baselines.centrifugo {
+        if scenario.baselines.centrifugo && wanted("centrifugo") {
             let port = scenario.baselines.centrifugo_port;
             let key = "bench-api-key";
             let mut server = Command::new("bash")

@@ -1,1 +1,625 @@
-//! Placeholder: filled in below.
+//! `bench-report`: turns the JSON results of one `benches/run.sh` into
+//! `benches/RESULTS.md` (every figure next to its baseline and the ratio)
+//! and PNG plots in `benches/results/`. The analysis (what bounds each
+//! figure, how it extrapolates) is hand-written in `benches/NOTES.md` and
+//! appended verbatim.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::Deserialize;
+
+use crate::coordinator::{ScenarioResult, TargetResult};
+
+/// The Kafka produce comparison (`kafka-produce-bench`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct KafkaProduce {
+    pub record_bytes: usize,
+    pub records: usize,
+    pub settings: String,
+    pub chatpipe_median_records_per_s: f64,
+    pub perf_tool_median_records_per_s: f64,
+    pub ratio: f64,
+}
+
+/// Everything one report is made of.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub scenarios: Vec<ScenarioResult>,
+    pub kafka: Option<KafkaProduce>,
+    /// `(role's rate, baseline rate, raw text)` of the persist example.
+    pub persist: Option<(f64, f64, String)>,
+    pub index: Option<(f64, f64, String)>,
+    /// `(benchmark, median ns)` from criterion.
+    pub criterion: Vec<(String, f64)>,
+    pub notes: String,
+}
+
+fn number_after(text: &str, marker: &str, before: &str) -> Option<f64> {
+    let start = text.find(marker)? + marker.len();
+    let rest = &text[start..];
+    let end = rest.find(before)?;
+    rest[..end].trim().rsplit(' ').next()?.parse().ok()
+}
+
+/// Persist example output: steady rate after the first write vs plain inserts.
+pub fn parse_persist(text: &str) -> Option<(f64, f64)> {
+    let role = number_after(text, "after the first write", "messages/s")?;
+    let plain = number_after(text, "baseline, one INSERT per row", "rows/s")?;
+    Some((role, plain))
+}
+
+/// Index example output: steady rate after start-up vs direct `_bulk`.
+pub fn parse_index(text: &str) -> Option<(f64, f64)> {
+    let role = number_after(text, "afterwards", "docs/s")?;
+    let bulk = number_after(text, "direct _bulk baseline:", "docs/s")?.max(0.0);
+    Some((role, bulk))
+}
+
+/// Reads `results_dir` (and criterion's estimates under `criterion_dir`).
+pub fn load(results_dir: &Path, criterion_dir: Option<&Path>, notes: Option<&Path>) -> Inputs {
+    let mut inputs = Inputs::default();
+    for name in ["idle", "chat", "broadcast", "storm"] {
+        if let Ok(bytes) = std::fs::read(results_dir.join(format!("{name}.json")))
+            && let Ok(result) = serde_json::from_slice::<ScenarioResult>(&bytes)
+        {
+            inputs.scenarios.push(result);
+        }
+    }
+    inputs.kafka = std::fs::read(results_dir.join("kafka-produce.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    if let Ok(text) = std::fs::read_to_string(results_dir.join("persist.txt")) {
+        inputs.persist = parse_persist(&text).map(|(role, base)| (role, base, text));
+    }
+    if let Ok(text) = std::fs::read_to_string(results_dir.join("index.txt")) {
+        inputs.index = parse_index(&text).map(|(role, base)| (role, base, text));
+    }
+    if let Some(dir) = criterion_dir {
+        inputs.criterion = criterion_estimates(dir);
+    }
+    if let Some(path) = notes {
+        inputs.notes = std::fs::read_to_string(path).unwrap_or_default();
+    }
+    inputs
+}
+
+fn criterion_estimates(dir: &Path) -> Vec<(String, f64)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else { continue };
+        for entry in entries.flatten() {
+            let child = entry.path();
+            if child.is_dir() {
+                stack.push(child);
+            } else if child.ends_with("new/estimates.json") {
+                let name = child
+                    .parent()
+                    .and_then(Path::parent)
+                    .and_then(|bench| bench.strip_prefix(dir).ok())
+                    .map(|relative| relative.display().to_string())
+                    .unwrap_or_default();
+                let Some(benchmark) = std::fs::read(child.parent().unwrap().join("benchmark.json"))
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                else {
+                    continue;
+                };
+                let full = benchmark["full_id"].as_str().map(str::to_owned).unwrap_or(name);
+                if let Ok(bytes) = std::fs::read(&child)
+                    && let Ok(estimates) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    && let Some(median) = estimates["median"]["point_estimate"].as_f64()
+                {
+                    found.push((full, median));
+                }
+            }
+        }
+    }
+    found.sort_by(|left, right| left.0.cmp(&right.0));
+    found
+}
+
+fn scenario<'a>(inputs: &'a Inputs, name: &str) -> Option<&'a ScenarioResult> {
+    inputs.scenarios.iter().find(|result| result.scenario == name)
+}
+
+fn target<'a>(result: Option<&'a ScenarioResult>, prefix: &str) -> Option<&'a TargetResult> {
+    result?.targets.iter().find(|target| target.target.starts_with(prefix))
+}
+
+fn best_deliveries(target: &TargetResult) -> f64 {
+    target.phases.iter().map(|phase| phase.deliveries_per_s).fold(0.0, f64::max)
+}
+
+fn ratio(ours: f64, theirs: f64) -> String {
+    if theirs > 0.0 { format!("{:.2}", ours / theirs) } else { "—".into() }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+/// Writes RESULTS.md and the plots; returns the Markdown.
+pub fn write(inputs: &Inputs, results_dir: &Path, markdown_path: &Path) -> anyhow::Result<String> {
+    register_font();
+    let mut plots = Vec::new();
+    if let Some(path) = plot_memory(inputs, results_dir)? {
+        plots.push(path);
+    }
+    if let Some(path) = plot_broadcast(inputs, results_dir)? {
+        plots.push(path);
+    }
+    if let Some(path) = plot_latency(inputs, results_dir)? {
+        plots.push(path);
+    }
+    let markdown = markdown(inputs, &plots, markdown_path.parent().unwrap_or(Path::new(".")));
+    std::fs::write(markdown_path, &markdown)?;
+    Ok(markdown)
+}
+
+fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
+    let mut out = String::new();
+    let machine = inputs.scenarios.first().map(|result| result.machine.clone()).unwrap_or_default();
+    let _ = writeln!(out, "# chatpipe benchmark results\n");
+    let _ = writeln!(
+        out,
+        "Written by `benches/run.sh` (`bench-report`) from the JSON in `benches/results/`. Every figure was measured next to its baseline **in the same run**, on the same machine, with the same client (`chatpipe-loadgen`). Machine: {machine}. The engines (Kafka, Cassandra, OpenSearch) share those two cores.\n"
+    );
+    let _ = writeln!(out, "## Summary\n");
+    let _ = writeln!(out, "| figure | chatpipe | baseline(s) | ratio | target | |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let idle = scenario(inputs, "idle");
+    if let Some(ours) = target(idle, "chatpipe") {
+        let bare4 = target(idle, "bare-ws (4 KiB");
+        let bare1 = target(idle, "bare-ws (1 KiB");
+        let bare_default = target(idle, "bare-ws (default");
+        let centrifugo = target(idle, "centrifugo");
+        let mut baselines = Vec::new();
+        for (name, base) in [("bare 1 KiB", bare1), ("bare 4 KiB", bare4), ("bare default", bare_default), ("Centrifugo", centrifugo)] {
+            if let Some(base) = base {
+                baselines.push(format!("{name} {:.2} KiB", base.kib_per_connection));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "| idle memory per connection, {} connections on one edge | {:.2} KiB | {} | {} vs bare 4 KiB; {} vs Centrifugo | < 6 KiB | {} |",
+            ours.connections,
+            ours.kib_per_connection,
+            baselines.join("; "),
+            ratio(ours.kib_per_connection, bare4.map(|t| t.kib_per_connection).unwrap_or(0.0)),
+            ratio(ours.kib_per_connection, centrifugo.map(|t| t.kib_per_connection).unwrap_or(0.0)),
+            verdict(ours.kib_per_connection < 6.0 && ours.connections >= 15_000)
+        );
+        let _ = writeln!(
+            out,
+            "| connect rate (idle, edge limit 2,000/s) | {:.0}/s | bare 4 KiB {:.0}/s | {} | — | |",
+            ours.connect_rate_per_s,
+            bare4.map(|t| t.connect_rate_per_s).unwrap_or(0.0),
+            ratio(ours.connect_rate_per_s, bare4.map(|t| t.connect_rate_per_s).unwrap_or(0.0)),
+        );
+    }
+    let broadcast = scenario(inputs, "broadcast");
+    if let Some(ours) = target(broadcast, "chatpipe") {
+        let bare = target(broadcast, "bare-ws");
+        let centrifugo = target(broadcast, "centrifugo");
+        let ours_best = best_deliveries(ours);
+        let bare_best = bare.map(best_deliveries).unwrap_or(0.0);
+        let centrifugo_best = centrifugo.map(best_deliveries).unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "| broadcast deliveries/s to a {}-member group (best phase) | {:.0}/s | bare {:.0}/s; Centrifugo {:.0}/s | {} of bare; {} of Centrifugo | ≥ 0.75 of bare, > Centrifugo | {} |",
+            ours.connections,
+            ours_best,
+            bare_best,
+            centrifugo_best,
+            ratio(ours_best, bare_best),
+            ratio(ours_best, centrifugo_best),
+            verdict(bare_best > 0.0 && ours_best >= 0.75 * bare_best && ours_best > centrifugo_best)
+        );
+    }
+    let chat = scenario(inputs, "chat");
+    if let Some(ours) = target(chat, "chatpipe") {
+        if let Some(top) = ours.phases.iter().max_by(|a, b| a.rate_per_s.total_cmp(&b.rate_per_s)) {
+            let lag_after: f64 = ours.lag_after.values().sum();
+            let _ = writeln!(
+                out,
+                "| steady messages/s through Kafka (chat, offered {:.0}/s) | {:.0} acked/s, {:.0} deliveries/s | offered rate | {} | 10,000/s, groups keeping up | {} |",
+                top.rate_per_s,
+                top.acks_per_s,
+                top.deliveries_per_s,
+                ratio(top.acks_per_s, top.rate_per_s),
+                verdict(top.acks_per_s >= 0.97 * 10_000.0 && lag_after <= 0.0)
+            );
+            let _ = writeln!(
+                out,
+                "| send→deliver p99 at that rate (median of 1 s windows) | {:.1} ms | — | — | < 50 ms | {} |",
+                top.deliver_p99_ms_median,
+                verdict(top.deliver_p99_ms_median > 0.0 && top.deliver_p99_ms_median < 50.0)
+            );
+            let lag_max: Vec<String> = ours.lag_max_during.iter().map(|(g, l)| format!("{g} {l:.0}")).collect();
+            let lag_end: Vec<String> = ours.lag_after.iter().map(|(g, l)| format!("{g} {l:.0}")).collect();
+            let _ = writeln!(
+                out,
+                "| consumer lag (records), max during / after the run | {} / {} | — | — | keeping up | |",
+                lag_max.join(", "),
+                lag_end.join(", ")
+            );
+        }
+    }
+    if let Some(kafka) = &inputs.kafka {
+        let _ = writeln!(
+            out,
+            "| Kafka produce path, {}-byte records | {:.0} records/s | ProducerPerformance {:.0} records/s | {:.2} | — | |",
+            kafka.record_bytes, kafka.chatpipe_median_records_per_s, kafka.perf_tool_median_records_per_s, kafka.ratio
+        );
+    }
+    if let Some((role, base, _)) = &inputs.persist {
+        let _ = writeln!(
+            out,
+            "| Cassandra writer (persist role, Kafka → Cassandra) | {role:.0} rows/s | plain concurrent INSERTs {base:.0} rows/s | {} | ≥ 0.80 | {} |",
+            ratio(*role, *base),
+            verdict(*base > 0.0 && role / base >= 0.8)
+        );
+    }
+    if let Some((role, base, _)) = &inputs.index {
+        let _ = writeln!(
+            out,
+            "| indexer (index role, Kafka → `_bulk`) | {role:.0} docs/s | raw `_bulk` {base:.0} docs/s | {} | ≥ 0.80 | {} |",
+            ratio(*role, *base),
+            verdict(*base > 0.0 && role / base >= 0.8)
+        );
+    }
+    let storm = scenario(inputs, "storm");
+    if let Some(ours) = target(storm, "chatpipe")
+        && let Some(result) = &ours.storm
+    {
+        let _ = writeln!(
+            out,
+            "| mass reconnect of {} connections within 2 s | back in {} s; {} resumed, {} resume refused, {} refusals (1013) | — | — | nothing lost | {} |",
+            result.dropped,
+            result.recovered_s.map(|s| format!("{s:.1}")).unwrap_or_else(|| "—".into()),
+            result.resumed,
+            result.resume_refused,
+            result.refused_try_later,
+            verdict(ours.verification.as_ref().is_some_and(|v| v.passed))
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Verification (every acknowledged message delivered to every member online for it, in history exactly once and in order, found by search):\n");
+    for result in &inputs.scenarios {
+        for target in &result.targets {
+            if let Some(verification) = &target.verification {
+                let deliveries = &verification.deliveries;
+                let _ = writeln!(
+                    out,
+                    "- **{}**: {} — {} acked messages, {} member deliveries expected ({} live, {} by history catch-up, {} missing), {} order violations; history of {} conversations ({} failed); search {}/{} found.",
+                    result.scenario,
+                    if verification.passed { "PASSED" } else { "FAILED" },
+                    deliveries.acked_messages,
+                    deliveries.expected,
+                    deliveries.delivered_live,
+                    deliveries.delivered_by_catch_up,
+                    deliveries.missing.len(),
+                    deliveries.order_violations.len(),
+                    verification.history_conversations,
+                    verification.history_failures.len(),
+                    verification.search_checked - verification.search_missing.len() as u64,
+                    verification.search_checked
+                );
+            }
+        }
+    }
+    let _ = writeln!(out);
+    if !plots.is_empty() {
+        let _ = writeln!(out, "## Plots\n");
+        for plot in plots {
+            let relative = plot.strip_prefix(base).unwrap_or(plot);
+            let _ = writeln!(out, "![{}]({})\n", relative.display(), relative.display());
+        }
+    }
+    for result in &inputs.scenarios {
+        let _ = writeln!(out, "## Scenario `{}`\n\n{}\n", result.scenario, result.description);
+        let _ = writeln!(out, "| target | connections | connect/s | KiB/conn | send→ack p50 / p99 / p99.9 / max (ms) | send→deliver p50 / p99 / p99.9 / max (ms) | errors |");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        for target in &result.targets {
+            let errors: Vec<String> = target.totals.errors.iter().map(|(code, count)| format!("{code}: {count}")).collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.2} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} / {:.1} | {} |",
+                target.target,
+                target.connections,
+                target.connect_rate_per_s,
+                target.kib_per_connection,
+                target.ack_latency.p50_ms,
+                target.ack_latency.p99_ms,
+                target.ack_latency.p999_ms,
+                target.ack_latency.max_ms,
+                target.deliver_latency.p50_ms,
+                target.deliver_latency.p99_ms,
+                target.deliver_latency.p999_ms,
+                target.deliver_latency.max_ms,
+                if errors.is_empty() { "none".to_owned() } else { errors.join(", ") }
+            );
+        }
+        let with_phases: Vec<&TargetResult> = result.targets.iter().filter(|t| !t.phases.is_empty()).collect();
+        if !with_phases.is_empty() {
+            let _ = writeln!(out, "\n| target | offered msg/s | sends/s | acks/s | deliveries/s | p99 ack (ms) | p99 deliver (ms) |");
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+            for target in with_phases {
+                for phase in &target.phases {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} |",
+                        target.target,
+                        phase.rate_per_s,
+                        phase.sends_per_s,
+                        phase.acks_per_s,
+                        phase.deliveries_per_s,
+                        phase.ack_p99_ms_median,
+                        phase.deliver_p99_ms_median
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out);
+    }
+    if let Some(kafka) = &inputs.kafka {
+        let _ = writeln!(out, "## Kafka produce path\n\n{} records of {} bytes per round; {}.\n", kafka.records, kafka.record_bytes, kafka.settings);
+    }
+    for (title, figures) in [("Cassandra writer (persist example)", &inputs.persist), ("Indexer (index example)", &inputs.index)] {
+        if let Some((_, _, text)) = figures {
+            let _ = writeln!(out, "## {title}\n\n```\n{}\n```\n", text.trim());
+        }
+    }
+    if !inputs.criterion.is_empty() {
+        let _ = writeln!(out, "## Micro-benchmarks (criterion, median)\n\n| benchmark | median |\n|---|---|");
+        for (name, nanos) in &inputs.criterion {
+            let shown = if *nanos >= 1e6 { format!("{:.2} ms", nanos / 1e6) } else if *nanos >= 1e3 { format!("{:.2} µs", nanos / 1e3) } else { format!("{nanos:.0} ns") };
+            let _ = writeln!(out, "| {name} | {shown} |");
+        }
+        let _ = writeln!(out);
+    }
+    if !inputs.notes.is_empty() {
+        let _ = writeln!(out, "{}", inputs.notes.trim());
+    }
+    out
+}
+
+fn register_font() {
+    for path in [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/TTF/DejaVuSans.ttf",
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    ] {
+        if let Ok(bytes) = std::fs::read(path) {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return;
+            }
+        }
+    }
+    eprintln!("bench-report: no TrueType font found (install fonts-dejavu-core); plots will lack text");
+}
+
+type PlotResult = anyhow::Result<Option<PathBuf>>;
+
+fn plot_err<E: std::fmt::Debug>(error: E) -> anyhow::Error {
+    anyhow::anyhow!("plotting: {error:?}")
+}
+
+const PALETTE: [RGBColor; 5] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+];
+
+fn plot_memory(inputs: &Inputs, dir: &Path) -> PlotResult {
+    let Some(idle) = scenario(inputs, "idle") else { return Ok(None) };
+    let bars: Vec<(String, f64)> = idle
+        .targets
+        .iter()
+        .filter(|target| target.kib_per_connection > 0.0)
+        .map(|target| (target.target.replace("bare-ws ", "bare ").replace(" read buffer", ""), target.kib_per_connection))
+        .collect();
+    if bars.is_empty() {
+        return Ok(None);
+    }
+    let path = dir.join("memory-per-connection.png");
+    let connections = idle.targets.first().map(|t| t.connections).unwrap_or(0);
+    let root = BitMapBackend::new(&path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let max = bars.iter().map(|(_, value)| *value).fold(1.0, f64::max) * 2.0;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("Resident memory per idle WebSocket connection ({connections} connections)"), ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0..bars.len()).into_segmented(), (0.5f64..max).log_scale())
+        .map_err(plot_err)?;
+    let labels: Vec<String> = bars.iter().map(|(name, _)| name.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(bars.len())
+        .x_label_formatter(&|value| match value {
+            SegmentValue::CenterOf(index) => labels.get(*index).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .y_desc("KiB per connection (log scale)")
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(plot_err)?;
+    chart
+        .draw_series(bars.iter().enumerate().map(|(index, (_, value))| {
+            let mut bar = Rectangle::new(
+                [(SegmentValue::Exact(index), 0.5), (SegmentValue::Exact(index + 1), *value)],
+                PALETTE[index % PALETTE.len()].filled(),
+            );
+            bar.set_margin(0, 0, 25, 25);
+            bar
+        }))
+        .map_err(plot_err)?;
+    chart
+        .draw_series(bars.iter().enumerate().map(|(index, (_, value))| {
+            Text::new(format!("{value:.1} KiB"), (SegmentValue::CenterOf(index), value * 1.15), ("sans-serif", 16))
+        }))
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    drop(chart);
+    drop(root);
+    Ok(Some(path))
+}
+
+fn plot_broadcast(inputs: &Inputs, dir: &Path) -> PlotResult {
+    let Some(broadcast) = scenario(inputs, "broadcast") else { return Ok(None) };
+    let series: Vec<(&TargetResult, Vec<(f64, f64)>)> = broadcast
+        .targets
+        .iter()
+        .filter(|target| !target.phases.is_empty())
+        .map(|target| {
+            let members = target.connections.max(1) as f64;
+            (target, target.phases.iter().map(|phase| (phase.rate_per_s * members, phase.deliveries_per_s)).collect())
+        })
+        .collect();
+    if series.is_empty() {
+        return Ok(None);
+    }
+    let path = dir.join("broadcast-deliveries.png");
+    let max_x = series.iter().flat_map(|(_, points)| points.iter().map(|p| p.0)).fold(1.0, f64::max) * 1.05;
+    let max_y = series.iter().flat_map(|(_, points)| points.iter().map(|p| p.1)).fold(1.0, f64::max).max(max_x * 0.3) * 1.1;
+    let root = BitMapBackend::new(&path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Broadcast to one 15,000-member group: deliveries/s achieved vs offered", ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(90)
+        .build_cartesian_2d(0f64..max_x, 0f64..max_y)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered deliveries/s (messages/s × members)")
+        .y_desc("deliveries/s received")
+        .x_label_formatter(&|value| format!("{:.0}k", value / 1000.0))
+        .y_label_formatter(&|value| format!("{:.0}k", value / 1000.0))
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(plot_err)?;
+    chart
+        .draw_series(LineSeries::new(vec![(0.0, 0.0), (max_x.min(max_y), max_x.min(max_y))], BLACK.mix(0.3)))
+        .map_err(plot_err)?
+        .label("offered")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.3)));
+    for (index, (target, points)) in series.iter().enumerate() {
+        let color = PALETTE[index % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
+            .map_err(plot_err)?
+            .label(target.target.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        chart
+            .draw_series(points.iter().map(|point| Circle::new(*point, 4, color.filled())))
+            .map_err(plot_err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 16))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    drop(chart);
+    drop(root);
+    Ok(Some(path))
+}
+
+fn plot_latency(inputs: &Inputs, dir: &Path) -> PlotResult {
+    let mut rows: Vec<(String, [f64; 4])> = Vec::new();
+    for name in ["chat", "broadcast", "storm"] {
+        for target in scenario(inputs, name).map(|result| result.targets.as_slice()).unwrap_or(&[]) {
+            if !target.target.starts_with("chatpipe") {
+                continue;
+            }
+            let summary = &target.ack_latency;
+            if summary.count > 0 {
+                rows.push((format!("{name}: send→ack"), [summary.p50_ms, summary.p99_ms, summary.p999_ms, summary.max_ms]));
+            }
+            let summary = &target.deliver_latency;
+            if summary.count > 0 {
+                rows.push((format!("{name}: send→deliver"), [summary.p50_ms, summary.p99_ms, summary.p999_ms, summary.max_ms]));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let path = dir.join("latency-percentiles.png");
+    let root = BitMapBackend::new(&path, (1100, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let max = rows.iter().flat_map(|(_, values)| values.iter().copied()).fold(1.0, f64::max) * 3.0;
+    let groups = rows.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption("chatpipe latency percentiles per scenario (whole run, HdrHistogram)", ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..groups as f64, (0.1f64..max).log_scale())
+        .map_err(plot_err)?;
+    let labels: Vec<String> = rows.iter().map(|(name, _)| name.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups * 2 + 1)
+        .x_label_formatter(&|value| {
+            let index = value.floor() as usize;
+            if (value - index as f64 - 0.5).abs() < 0.01 { labels.get(index).cloned().unwrap_or_default() } else { String::new() }
+        })
+        .y_desc("milliseconds (log scale)")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(plot_err)?;
+    let names = ["p50", "p99", "p99.9", "max"];
+    for (percentile, name) in names.iter().enumerate() {
+        let color = PALETTE[percentile % PALETTE.len()];
+        chart
+            .draw_series(rows.iter().enumerate().map(|(index, (_, values))| {
+                let left = index as f64 + 0.1 + percentile as f64 * 0.2;
+                Rectangle::new([(left, 0.1), (left + 0.18, values[percentile].max(0.11))], color.filled())
+            }))
+            .map_err(plot_err)?
+            .label(*name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    drop(chart);
+    drop(root);
+    Ok(Some(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_role_examples() {
+        let persist = "records: 50000 in 200 conversations, 3 partitions\npersist role drain (Kafka -> Cassandra, max_batch_records 500): 9.0 s including the group join, 5555 messages/s; after the first write 6100 messages/s (100 batches, 300 Cassandra requests)\nbaseline, one INSERT per row, 64 in flight: 8.0 s, 6250 rows/s\n";
+        assert_eq!(parse_persist(persist), Some((6100.0, 6250.0)));
+        let index = "direct _bulk baseline: 4.0 s = 12500 docs/s\nindexer (Kafka -> _bulk): 5.0 s = 10000 docs/s in 50 batches\n  of which start-up (group join, first batch of 1000): 1.0 s; afterwards 11000 docs/s\n";
+        assert_eq!(parse_index(index), Some((11000.0, 12500.0)));
+    }
+}

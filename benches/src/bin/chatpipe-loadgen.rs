@@ -40,6 +40,9 @@ struct Args {
     /// Runtime threads per worker process.
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
+    /// Run only this kind of baseline: `bare` or `centrifugo`.
+    #[arg(long)]
+    only_baseline: Option<String>,
     #[command(subcommand)]
     command: Option<Internal>,
 }
@@ -73,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         rate_scale: args.rate_scale,
         centrifugo_script: args.centrifugo_script,
         worker_threads: args.worker_threads,
+        only_baseline: args.only_baseline,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
