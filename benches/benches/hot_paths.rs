@@ -15,14 +15,19 @@ use std::collections::HashSet;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use chatpipe_core::frames::{ControlFrame, Deliverable, FrameLimits, MessageView, decode_client_frame};
-use chatpipe_core::records::{EdgeRecord, EdgeState, MessageRecord, RouteRecord, SCHEMA_VERSION, SessionKey};
+use chatpipe_core::frames::{
+    ControlFrame, Deliverable, FrameLimits, MessageView, decode_client_frame,
+};
+use chatpipe_core::records::{
+    EdgeRecord, EdgeState, MessageRecord, RouteRecord, SCHEMA_VERSION, SessionKey,
+};
 use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
 use chatpipe_fanout::RouteTable;
 use chatpipe_fanout::plan::{Delivery, plan_pushes};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-const BODY: &str = "see you at the standup tomorrow, I'll bring the deploy checklist and the numbers";
+const BODY: &str =
+    "see you at the standup tomorrow, I'll bring the deploy checklist and the numbers";
 
 fn view(id: u64) -> MessageView {
     MessageView {
@@ -94,7 +99,9 @@ fn records(criterion: &mut Criterion) {
 fn apply_json<T: serde::Serialize>(table: &mut RouteTable, key: &SessionKey, value: &T) {
     let key = key.encode();
     let payload = serde_json::to_vec(value).expect("serializes");
-    table.apply(Some(key.as_bytes()), Some(&payload)).expect("valid record");
+    table
+        .apply(Some(key.as_bytes()), Some(&payload))
+        .expect("valid record");
 }
 
 /// `users` spread round-robin over `edges` live edges.
@@ -123,7 +130,11 @@ fn route_table(users: &[UserId], edges: usize) -> RouteTable {
             sessions: 1,
             ts: 0,
         };
-        apply_json(&mut table, &SessionKey::Route(user.clone(), edge_id.clone()), &record);
+        apply_json(
+            &mut table,
+            &SessionKey::Route(user.clone(), edge_id.clone()),
+            &record,
+        );
     }
     table
 }
@@ -158,7 +169,8 @@ fn fanout(criterion: &mut Criterion) {
     // A batch as a busy partition delivers it: 500 one-to-one messages.
     let pairs: Vec<Delivery> = (0..500)
         .map(|index| {
-            let pair: Arc<[UserId]> = vec![members[2 * index].clone(), members[2 * index + 1].clone()].into();
+            let pair: Arc<[UserId]> =
+                vec![members[2 * index].clone(), members[2 * index + 1].clone()].into();
             delivery(index as u64 + 1, pair)
         })
         .collect();

@@ -97,19 +97,30 @@ impl ApiClient {
             let retry_in = match outcome {
                 Ok(response) if response.status().is_success() => {
                     let text = response.text().await?;
-                    return Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? });
+                    return Ok(if text.is_empty() {
+                        Value::Null
+                    } else {
+                        serde_json::from_str(&text)?
+                    });
                 }
-                Ok(response) if response.status().as_u16() == 429 || response.status().is_server_error() => response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<u64>().ok())
-                    .map(Duration::from_secs)
-                    .unwrap_or(backoff),
+                Ok(response)
+                    if response.status().as_u16() == 429 || response.status().is_server_error() =>
+                {
+                    response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(|value| value.parse::<u64>().ok())
+                        .map(Duration::from_secs)
+                        .unwrap_or(backoff)
+                }
                 Ok(response) => {
                     let status = response.status();
                     let text = response.text().await.unwrap_or_default();
-                    anyhow::bail!("HTTP {status}: {}", text.chars().take(300).collect::<String>());
+                    anyhow::bail!(
+                        "HTTP {status}: {}",
+                        text.chars().take(300).collect::<String>()
+                    );
                 }
                 Err(error) if Instant::now() >= deadline => return Err(error.into()),
                 Err(_) => backoff,
@@ -117,7 +128,8 @@ impl ApiClient {
             if Instant::now() + retry_in >= deadline {
                 anyhow::bail!("gave up after retries (deadline)");
             }
-            let jitter = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
+            let jitter =
+                Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
             tokio::time::sleep(retry_in + jitter).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
@@ -125,14 +137,21 @@ impl ApiClient {
 
     /// `POST /v1/conversations` as `creator` with `others` (≤ the API's
     /// per-request limit) and an optional title; returns the id.
-    pub async fn create_conversation(&self, creator: &str, others: &[String], title: Option<&str>) -> anyhow::Result<String> {
+    pub async fn create_conversation(
+        &self,
+        creator: &str,
+        others: &[String],
+        title: Option<&str>,
+    ) -> anyhow::Result<String> {
         let url = format!("{}/v1/conversations", self.base);
         let mut body = json!({ "members": others });
         if let Some(title) = title {
             body["title"] = json!(title);
         }
         let deadline = Instant::now() + Duration::from_secs(120);
-        let answer = self.call(creator, deadline, |http| http.post(&url).json(&body)).await?;
+        let answer = self
+            .call(creator, deadline, |http| http.post(&url).json(&body))
+            .await?;
         answer["conversation_id"]
             .as_str()
             .map(str::to_owned)
@@ -140,22 +159,36 @@ impl ApiClient {
     }
 
     /// `POST /v1/conversations/{id}/members` as member `actor`.
-    pub async fn add_member(&self, actor: &str, conversation: &str, user: &str) -> anyhow::Result<()> {
+    pub async fn add_member(
+        &self,
+        actor: &str,
+        conversation: &str,
+        user: &str,
+    ) -> anyhow::Result<()> {
         let url = format!("{}/v1/conversations/{conversation}/members", self.base);
         let body = json!({ "user_id": user });
         let deadline = Instant::now() + Duration::from_secs(120);
-        self.call(actor, deadline, |http| http.post(&url).json(&body)).await?;
+        self.call(actor, deadline, |http| http.post(&url).json(&body))
+            .await?;
         Ok(())
     }
 
     /// Every message of `conversation` newer than `after` (all when `None`),
     /// oldest first, read as the client's catch-up does (`after=` pages).
-    pub async fn catch_up(&self, user: &str, conversation: &str, after: Option<u64>) -> anyhow::Result<Vec<HistoryItem>> {
+    pub async fn catch_up(
+        &self,
+        user: &str,
+        conversation: &str,
+        after: Option<u64>,
+    ) -> anyhow::Result<Vec<HistoryItem>> {
         let mut cursor = after;
         let mut items = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let mut url = format!("{}/v1/conversations/{conversation}/messages?limit=200", self.base);
+            let mut url = format!(
+                "{}/v1/conversations/{conversation}/messages?limit=200",
+                self.base
+            );
             if let Some(after) = cursor {
                 url.push_str(&format!("&after={after}"));
             } else {
@@ -168,7 +201,11 @@ impl ApiClient {
             page_items.reverse();
             let newest = page_items.last().map(|item| item.message_id);
             items.extend(page_items);
-            let next = page.next_after.as_deref().and_then(|text| text.parse().ok()).or(newest);
+            let next = page
+                .next_after
+                .as_deref()
+                .and_then(|text| text.parse().ok())
+                .or(newest);
             if !page.has_more || next.is_none() || next == cursor {
                 return Ok(items);
             }
@@ -178,12 +215,19 @@ impl ApiClient {
 
     /// The whole history of `conversation`, exactly as the API returns it:
     /// newest first, scrolling back with `before=`.
-    pub async fn full_history(&self, user: &str, conversation: &str) -> anyhow::Result<Vec<HistoryItem>> {
+    pub async fn full_history(
+        &self,
+        user: &str,
+        conversation: &str,
+    ) -> anyhow::Result<Vec<HistoryItem>> {
         let mut cursor: Option<u64> = None;
         let mut items = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let mut url = format!("{}/v1/conversations/{conversation}/messages?limit=200", self.base);
+            let mut url = format!(
+                "{}/v1/conversations/{conversation}/messages?limit=200",
+                self.base
+            );
             if let Some(before) = cursor {
                 url.push_str(&format!("&before={before}"));
             }
@@ -192,7 +236,11 @@ impl ApiClient {
             let page_items = parse_items(&page.messages);
             let oldest = page_items.last().map(|item| item.message_id);
             items.extend(page_items);
-            let next = page.next_before.as_deref().and_then(|text| text.parse().ok()).or(oldest);
+            let next = page
+                .next_before
+                .as_deref()
+                .and_then(|text| text.parse().ok())
+                .or(oldest);
             if !page.has_more || next.is_none() || next == cursor {
                 return Ok(items);
             }
@@ -201,11 +249,22 @@ impl ApiClient {
     }
 
     /// Message ids found by `GET /v1/search?q=&conversation_id=` (first page).
-    pub async fn search(&self, user: &str, query: &str, conversation: &str) -> anyhow::Result<Vec<u64>> {
+    pub async fn search(
+        &self,
+        user: &str,
+        query: &str,
+        conversation: &str,
+    ) -> anyhow::Result<Vec<u64>> {
         let url = format!("{}/v1/search", self.base);
         let deadline = Instant::now() + Duration::from_secs(60);
-        let params = [("q", query), ("conversation_id", conversation), ("limit", "50")];
-        let answer = self.call(user, deadline, |http| http.get(&url).query(&params)).await?;
+        let params = [
+            ("q", query),
+            ("conversation_id", conversation),
+            ("limit", "50"),
+        ];
+        let answer = self
+            .call(user, deadline, |http| http.get(&url).query(&params))
+            .await?;
         let hits = answer["hits"].as_array().cloned().unwrap_or_default();
         Ok(hits
             .iter()

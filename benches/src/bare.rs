@@ -67,7 +67,9 @@ pub async fn serve(config: BareConfig, counters: Arc<BareCounters>) -> anyhow::R
         let broadcast_tx = broadcast_tx.clone();
         let counters = counters.clone();
         tokio::spawn(async move {
-            let Ok(socket) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)).await else {
+            let Ok(socket) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)).await
+            else {
                 return;
             };
             counters.connections.fetch_add(1, Ordering::Relaxed);

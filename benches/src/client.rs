@@ -109,7 +109,6 @@ impl ClientShared {
         stats::record(&mut latencies.ack, micros);
         stats::record(&mut latencies.ack_interval, micros);
     }
-
 }
 
 /// Deliveries counted and latencies collected by one client, flushed to
@@ -137,7 +136,10 @@ impl LocalStats {
 
     fn flush(&mut self, shared: &ClientShared) {
         if self.deliveries > 0 {
-            shared.counters.deliveries.fetch_add(self.deliveries, Ordering::Relaxed);
+            shared
+                .counters
+                .deliveries
+                .fetch_add(self.deliveries, Ordering::Relaxed);
             self.deliveries = 0;
         }
         if !self.latencies.is_empty() {
@@ -208,7 +210,10 @@ pub struct ClientSpec {
 #[derive(Debug)]
 enum ConnectError {
     /// Closed before `hello` with a code (1013: retry hint in ms).
-    Refused { code: u16, retry_after_ms: Option<u64> },
+    Refused {
+        code: u16,
+        retry_after_ms: Option<u64>,
+    },
     Transport(String),
 }
 
@@ -223,12 +228,18 @@ fn client_config() -> WebSocketConfig {
 /// TCP connect from `source` (port chosen by the kernel), then the
 /// WebSocket handshake.
 pub async fn open_socket(url: &str, source: Ipv4Addr) -> Result<Socket, String> {
-    let request = url.into_client_request().map_err(|error| error.to_string())?;
+    let request = url
+        .into_client_request()
+        .map_err(|error| error.to_string())?;
     let host = request.uri().host().ok_or("no host")?.to_owned();
     let port = request.uri().port_u16().unwrap_or(80);
-    let address: SocketAddr = format!("{host}:{port}").parse().map_err(|error| format!("{error}"))?;
+    let address: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|error| format!("{error}"))?;
     let socket = TcpSocket::new_v4().map_err(|error| error.to_string())?;
-    socket.set_reuseaddr(true).map_err(|error| error.to_string())?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|error| error.to_string())?;
     socket
         .bind(SocketAddr::new(source.into(), 0))
         .map_err(|error| format!("bind {source}: {error}"))?;
@@ -309,7 +320,9 @@ pub async fn run_chatpipe_client(
         let source = state.spec.source;
         let url_ref = &url;
         let attempt = async move {
-            let mut socket = open_socket(url_ref, source).await.map_err(ConnectError::Transport)?;
+            let mut socket = open_socket(url_ref, source)
+                .await
+                .map_err(ConnectError::Transport)?;
             let hello = read_hello(&mut socket).await?;
             Ok::<_, ConnectError>((socket, hello))
         };
@@ -337,24 +350,39 @@ pub async fn run_chatpipe_client(
             Ok(connected) => connected,
             Err(error) => {
                 let wait = match error {
-                    ConnectError::Refused { code: 1013, retry_after_ms } => {
-                        shared.counters.refused_try_later.fetch_add(1, Ordering::Relaxed);
+                    ConnectError::Refused {
+                        code: 1013,
+                        retry_after_ms,
+                    } => {
+                        shared
+                            .counters
+                            .refused_try_later
+                            .fetch_add(1, Ordering::Relaxed);
                         retry_after_ms.map(Duration::from_millis).unwrap_or(backoff)
                     }
                     ConnectError::Refused { code, .. } => {
-                        shared.counters.refused_other.fetch_add(1, Ordering::Relaxed);
+                        shared
+                            .counters
+                            .refused_other
+                            .fetch_add(1, Ordering::Relaxed);
                         shared.error(&format!("close_{code}"));
                         backoff
                     }
                     ConnectError::Transport(reason) => {
-                        if shared.counters.connect_errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                        if shared
+                            .counters
+                            .connect_errors
+                            .fetch_add(1, Ordering::Relaxed)
+                            < 5
+                        {
                             tracing_free_log(&format!("connect failed: {reason}"));
                         }
                         backoff
                     }
                 };
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-                let jitter = Duration::from_millis(rand::random_range(0..=wait.as_millis() as u64 / 4 + 50));
+                let jitter =
+                    Duration::from_millis(rand::random_range(0..=wait.as_millis() as u64 / 4 + 50));
                 if wait_or_finish(&shared, &mut state, &mut commands, wait + jitter).await {
                     break 'connections;
                 }
@@ -366,7 +394,10 @@ pub async fn run_chatpipe_client(
         shared.counters.open.fetch_add(1, Ordering::Relaxed);
         if state.report.first_online_unix_us == 0 {
             state.report.first_online_unix_us = crate::now_unix_us();
-            shared.counters.first_connects.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .first_connects
+                .fetch_add(1, Ordering::Relaxed);
             if let Some(online) = online.take() {
                 let _ = online.send(true);
             }
@@ -375,7 +406,10 @@ pub async fn run_chatpipe_client(
             if resumed {
                 shared.counters.resumed.fetch_add(1, Ordering::Relaxed);
             } else {
-                shared.counters.resume_refused.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .resume_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 state.last_seq = 0;
                 state.acked_seq = 0;
                 catch_up(&shared, &mut state).await;
@@ -384,7 +418,11 @@ pub async fn run_chatpipe_client(
         state.session = Some(session_id);
         // Sends that saw no ack go again, same client_msg_id.
         let mut writable = true;
-        let resend: Vec<String> = state.pending.values().map(|pending| pending.frame.clone()).collect();
+        let resend: Vec<String> = state
+            .pending
+            .values()
+            .map(|pending| pending.frame.clone())
+            .collect();
         for frame in resend {
             shared.counters.resends.fetch_add(1, Ordering::Relaxed);
             if socket.send(Message::Text(frame.into())).await.is_err() {
@@ -400,7 +438,9 @@ pub async fn run_chatpipe_client(
         shared.counters.open.fetch_sub(1, Ordering::Relaxed);
         match ended {
             Ended::Finish => {
-                let _ = socket.send(Message::Text(wire::ack_seq_frame(state.last_seq).into())).await;
+                let _ = socket
+                    .send(Message::Text(wire::ack_seq_frame(state.last_seq).into()))
+                    .await;
                 let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
                 break 'connections;
             }
@@ -412,8 +452,14 @@ pub async fn run_chatpipe_client(
             }
             Ended::Closed(code) => {
                 match code {
-                    Some(4008) => shared.counters.closes_slow_consumer.fetch_add(1, Ordering::Relaxed),
-                    Some(1001) => shared.counters.closes_draining.fetch_add(1, Ordering::Relaxed),
+                    Some(4008) => shared
+                        .counters
+                        .closes_slow_consumer
+                        .fetch_add(1, Ordering::Relaxed),
+                    Some(1001) => shared
+                        .counters
+                        .closes_draining
+                        .fetch_add(1, Ordering::Relaxed),
                     _ => shared.counters.closes_other.fetch_add(1, Ordering::Relaxed),
                 };
                 let pause = Duration::from_millis(rand::random_range(50..300));
@@ -474,10 +520,16 @@ async fn read_hello(socket: &mut Socket) -> Result<(String, bool), ConnectError>
                 let frame = wire::parse_server_frame(text.as_str())
                     .ok_or_else(|| ConnectError::Transport("undecodable first frame".into()))?;
                 if frame.op == "hello" {
-                    let session = frame.session_id.map(|id| id.into_owned()).unwrap_or_default();
+                    let session = frame
+                        .session_id
+                        .map(|id| id.into_owned())
+                        .unwrap_or_default();
                     return Ok((session, frame.resumed.unwrap_or(false)));
                 }
-                return Err(ConnectError::Transport(format!("first frame was {}", frame.op)));
+                return Err(ConnectError::Transport(format!(
+                    "first frame was {}",
+                    frame.op
+                )));
             }
             Some(Ok(Message::Close(close))) => {
                 let (code, reason) = close
@@ -497,12 +549,22 @@ async fn read_hello(socket: &mut Socket) -> Result<(String, bool), ConnectError>
 
 /// Builds a send and records it as pending (written by the caller, or by
 /// the resend after the next connect).
-async fn queue_send(shared: &Arc<ClientShared>, state: &mut State, conversation: u32) -> Option<String> {
+async fn queue_send(
+    shared: &Arc<ClientShared>,
+    state: &mut State,
+    conversation: u32,
+) -> Option<String> {
     let ids = shared.conversation_ids.read().await.clone();
     let conversation_id = ids.get(conversation as usize)?;
     state.next_message += 1;
-    let client_msg_id = format!("w{}u{}n{}", shared.worker, state.spec.local, state.next_message);
-    let token = format!("{}w{}x{}x{}", shared.run_id, shared.worker, state.spec.local, state.next_message);
+    let client_msg_id = format!(
+        "w{}u{}n{}",
+        shared.worker, state.spec.local, state.next_message
+    );
+    let token = format!(
+        "{}w{}x{}x{}",
+        shared.run_id, shared.worker, state.spec.local, state.next_message
+    );
     let sent_unix_us = crate::now_unix_us();
     let body = wire::message_body(sent_unix_us, &token, shared.body_bytes);
     let frame = wire::send_frame(conversation_id, &client_msg_id, &body);
@@ -581,10 +643,10 @@ fn handle_frame(shared: &Arc<ClientShared>, state: &mut State, text: &str) {
         shared.error("undecodable_frame");
         return;
     };
-    if let Some(seq) = frame.seq {
-        if seq > state.last_seq {
-            state.last_seq = seq;
-        }
+    if let Some(seq) = frame.seq
+        && seq > state.last_seq
+    {
+        state.last_seq = seq;
     }
     match frame.op.as_ref() {
         "message" => {
@@ -592,7 +654,9 @@ fn handle_frame(shared: &Arc<ClientShared>, state: &mut State, text: &str) {
                 shared.error("undecodable_message");
                 return;
             };
-            let Ok(message_id) = message.message_id.parse::<u64>() else { return };
+            let Ok(message_id) = message.message_id.parse::<u64>() else {
+                return;
+            };
             let latency = (message.sender_id != state.spec.user_name)
                 .then(|| wire::sent_time_us(&message.body))
                 .flatten()
@@ -611,14 +675,24 @@ fn handle_frame(shared: &Arc<ClientShared>, state: &mut State, text: &str) {
             if let Some(conversation) = conversation {
                 let newest = state.newest.entry(conversation).or_default();
                 *newest = (*newest).max(message_id);
-                state.order.entry(conversation).or_default().push(message_id);
+                state
+                    .order
+                    .entry(conversation)
+                    .or_default()
+                    .push(message_id);
             }
             state.local.delivered(shared, latency);
         }
         "ack" => {
-            let Some(client_msg_id) = frame.client_msg_id else { return };
-            let Some(pending) = state.pending.remove(client_msg_id.as_ref()) else { return };
-            let Some(message_id) = frame.message_id.and_then(|id| id.parse::<u64>().ok()) else { return };
+            let Some(client_msg_id) = frame.client_msg_id else {
+                return;
+            };
+            let Some(pending) = state.pending.remove(client_msg_id.as_ref()) else {
+                return;
+            };
+            let Some(message_id) = frame.message_id.and_then(|id| id.parse::<u64>().ok()) else {
+                return;
+            };
             shared.counters.acks.fetch_add(1, Ordering::Relaxed);
             shared.record_ack(pending.sent_at.elapsed().as_micros() as u64);
             state.report.acks.push(AckRecord {
@@ -655,22 +729,41 @@ async fn catch_up(shared: &Arc<ClientShared>, state: &mut State) {
     )
     .as_u64();
     for conversation in state.spec.conversations.clone() {
-        let Some(conversation_id) = ids.get(conversation as usize) else { continue };
-        let after = state.newest.get(&conversation).copied().unwrap_or(since).max(1);
-        shared.counters.catchup_requests.fetch_add(1, Ordering::Relaxed);
-        match api.catch_up(&state.spec.user_name, conversation_id, Some(after)).await {
+        let Some(conversation_id) = ids.get(conversation as usize) else {
+            continue;
+        };
+        let after = state
+            .newest
+            .get(&conversation)
+            .copied()
+            .unwrap_or(since)
+            .max(1);
+        shared
+            .counters
+            .catchup_requests
+            .fetch_add(1, Ordering::Relaxed);
+        match api
+            .catch_up(&state.spec.user_name, conversation_id, Some(after))
+            .await
+        {
             Ok(items) => {
                 for item in items {
                     let newest = state.newest.entry(conversation).or_default();
                     *newest = (*newest).max(item.message_id);
                     if state.seen.insert(item.message_id) {
-                        shared.counters.catchup_messages.fetch_add(1, Ordering::Relaxed);
+                        shared
+                            .counters
+                            .catchup_messages
+                            .fetch_add(1, Ordering::Relaxed);
                         state.report.caught_up.push(item.message_id);
                     }
                 }
             }
             Err(error) => {
-                shared.counters.catchup_errors.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .catchup_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing_free_log(&format!("catch-up of {conversation_id} failed: {error}"));
             }
         }
@@ -731,7 +824,10 @@ pub async fn run_baseline_client(
         shared.counters.open.fetch_add(1, Ordering::Relaxed);
         if report.first_online_unix_us == 0 {
             report.first_online_unix_us = crate::now_unix_us();
-            shared.counters.first_connects.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .first_connects
+                .fetch_add(1, Ordering::Relaxed);
             if let Some(online) = online.take() {
                 let _ = online.send(true);
             }
@@ -785,10 +881,16 @@ pub async fn run_baseline_client(
 async fn centrifugo_handshake(socket: &mut Socket) -> Result<(), String> {
     let commands = [
         r#"{"id":1,"connect":{"name":"loadgen"}}"#.to_owned(),
-        format!(r#"{{"id":2,"subscribe":{{"channel":"{}"}}}}"#, CENTRIFUGO_CHANNEL),
+        format!(
+            r#"{{"id":2,"subscribe":{{"channel":"{}"}}}}"#,
+            CENTRIFUGO_CHANNEL
+        ),
     ];
     for (index, command) in commands.iter().enumerate() {
-        socket.send(Message::Text(command.clone().into())).await.map_err(|error| error.to_string())?;
+        socket
+            .send(Message::Text(command.clone().into()))
+            .await
+            .map_err(|error| error.to_string())?;
         let id = format!(r#""id":{}"#, index + 1);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
@@ -803,7 +905,10 @@ async fn centrifugo_handshake(socket: &mut Socket) -> Result<(), String> {
                     break;
                 }
                 Some(Ok(Message::Text(text))) if text.as_str() == "{}" => {
-                    socket.send(Message::Text("{}".into())).await.map_err(|error| error.to_string())?;
+                    socket
+                        .send(Message::Text("{}".into()))
+                        .await
+                        .map_err(|error| error.to_string())?;
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(error)) => return Err(error.to_string()),
@@ -826,7 +931,10 @@ async fn handle_centrifugo_frame(
 ) -> Result<(), ()> {
     for line in text.split('\n') {
         if line == "{}" {
-            socket.send(Message::Text("{}".into())).await.map_err(|_| ())?;
+            socket
+                .send(Message::Text("{}".into()))
+                .await
+                .map_err(|_| ())?;
             continue;
         }
         if line.contains("\"pub\"") {

@@ -117,6 +117,9 @@ pub struct ScenarioResult {
     pub targets: Vec<TargetResult>,
 }
 
+/// Target runs so far in this process (see the source-address shift).
+static TARGET_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 struct WorkerProcess {
     child: Child,
     stdin: ChildStdin,
@@ -136,6 +139,33 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
     if let Ok(secret) = std::env::var("CHATPIPE_TOKEN_SECRET") {
         scenario.target.token_secret = secret;
     }
+    // Where chatpipe runs, when not at the scenario's (default) addresses.
+    for (variable, field) in [
+        ("CHATPIPE_LOADGEN_WS_URL", &mut scenario.target.ws_url),
+        ("CHATPIPE_LOADGEN_API_URL", &mut scenario.target.api_url),
+        (
+            "CHATPIPE_LOADGEN_EDGE_METRICS_URL",
+            &mut scenario.target.edge_metrics_url,
+        ),
+        (
+            "CHATPIPE_LOADGEN_FANOUT_METRICS_URL",
+            &mut scenario.target.fanout_metrics_url,
+        ),
+        (
+            "CHATPIPE_LOADGEN_PERSIST_METRICS_URL",
+            &mut scenario.target.persist_metrics_url,
+        ),
+        (
+            "CHATPIPE_LOADGEN_INDEX_METRICS_URL",
+            &mut scenario.target.index_metrics_url,
+        ),
+    ] {
+        if let Ok(value) = std::env::var(variable)
+            && !value.is_empty()
+        {
+            *field = value;
+        }
+    }
     std::fs::create_dir_all(&options.out_dir)?;
     let mut result = ScenarioResult {
         scenario: scenario.name.clone(),
@@ -153,7 +183,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
             api_url: scenario.target.api_url.clone(),
             token_secret: scenario.target.token_secret.clone(),
         };
-        let pid = options.edge_pid.or_else(|| port_of(&scenario.target.ws_url).and_then(sys::pid_listening_on));
+        let pid = options
+            .edge_pid
+            .or_else(|| port_of(&scenario.target.ws_url).and_then(sys::pid_listening_on));
         let outcome = run_target(&scenario, &options, "chatpipe", target, pid).await?;
         if let Some(verification) = &outcome.verification {
             passed &= verification.passed;
@@ -161,9 +193,19 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
         result.targets.push(outcome);
         write_result(&options.out_dir, &result)?;
     }
-    let wanted = |kind: &str| options.only_baseline.as_deref().is_none_or(|only| only == kind);
+    let wanted = |kind: &str| {
+        options
+            .only_baseline
+            .as_deref()
+            .is_none_or(|only| only == kind)
+    };
     if !options.skip_baselines {
-        for &buffer in scenario.baselines.bare_read_buffers.iter().filter(|_| wanted("bare")) {
+        for &buffer in scenario
+            .baselines
+            .bare_read_buffers
+            .iter()
+            .filter(|_| wanted("bare"))
+        {
             let label = match buffer {
                 0 => "bare-ws (default buffers)".to_owned(),
                 bytes => format!("bare-ws ({} KiB read buffer)", bytes / 1024),
@@ -171,7 +213,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
             let port = scenario.baselines.bare_port;
             let binary = sibling_binary("bare-ws")?;
             let mut server = Command::new(binary)
-                .args(["--listen", &format!("127.0.0.1:{port}"), "--read-buffer-bytes", &buffer.to_string()])
+                .args([
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--read-buffer-bytes",
+                    &buffer.to_string(),
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
@@ -203,7 +250,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
                         api_key: key.to_owned(),
                         channel: crate::client::CENTRIFUGO_CHANNEL.to_owned(),
                     };
-                    let outcome = run_target(&scenario, &options, "centrifugo", target, server.id()).await;
+                    let outcome =
+                        run_target(&scenario, &options, "centrifugo", target, server.id()).await;
                     let _ = server.kill().await;
                     result.targets.push(outcome?);
                     write_result(&options.out_dir, &result)?;
@@ -231,7 +279,11 @@ fn write_result(dir: &Path, result: &ScenarioResult) -> anyhow::Result<PathBuf> 
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let path = me.with_file_name(name);
-    anyhow::ensure!(path.exists(), "{} not built (cargo build --release -p chatpipe-benches)", path.display());
+    anyhow::ensure!(
+        path.exists(),
+        "{} not built (cargo build --release -p chatpipe-benches)",
+        path.display()
+    );
     Ok(path)
 }
 
@@ -244,7 +296,10 @@ fn port_of(url: &str) -> Option<u16> {
 async fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -264,7 +319,8 @@ async fn consumer_lags(http: &reqwest::Client, scenario: &Scenario) -> BTreeMap<
     let mut lags = BTreeMap::new();
     for url in urls {
         if let Some(text) = crate::prom::scrape(http, &url).await {
-            for (name, value) in crate::prom::matching(&text, "chatpipe_", "_consumer_lag_records") {
+            for (name, value) in crate::prom::matching(&text, "chatpipe_", "_consumer_lag_records")
+            {
                 let group = name
                     .trim_start_matches("chatpipe_")
                     .trim_end_matches("_consumer_lag_records")
@@ -289,21 +345,33 @@ async fn create_conversations(
 ) -> anyhow::Result<Vec<String>> {
     const PER_REQUEST: usize = 400;
     let started = Instant::now();
-    let created: Vec<anyhow::Result<(usize, String)>> = futures::stream::iter(planned.iter().enumerate())
-        .map(|(index, conversation)| async move {
-            let names: Vec<String> = conversation.members.iter().map(|member| user_name(run_id, *member)).collect();
-            let first = names.iter().skip(1).take(PER_REQUEST).cloned().collect::<Vec<_>>();
-            let title = match conversation.kind {
-                ConversationKind::Direct => None,
-                ConversationKind::Group => Some(format!("loadgen group {index}")),
-                ConversationKind::Large => Some(format!("loadgen large group {index}")),
-            };
-            let id = api.create_conversation(&names[0], &first, title.as_deref()).await?;
-            Ok((index, id))
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
+    let created: Vec<anyhow::Result<(usize, String)>> =
+        futures::stream::iter(planned.iter().enumerate())
+            .map(|(index, conversation)| async move {
+                let names: Vec<String> = conversation
+                    .members
+                    .iter()
+                    .map(|member| user_name(run_id, *member))
+                    .collect();
+                let first = names
+                    .iter()
+                    .skip(1)
+                    .take(PER_REQUEST)
+                    .cloned()
+                    .collect::<Vec<_>>();
+                let title = match conversation.kind {
+                    ConversationKind::Direct => None,
+                    ConversationKind::Group => Some(format!("loadgen group {index}")),
+                    ConversationKind::Large => Some(format!("loadgen large group {index}")),
+                };
+                let id = api
+                    .create_conversation(&names[0], &first, title.as_deref())
+                    .await?;
+                Ok((index, id))
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
     let mut ids = vec![String::new(); planned.len()];
     for outcome in created {
         let (index, id) = outcome?;
@@ -323,8 +391,12 @@ async fn create_conversations(
         .map(|(index, actor, member)| {
             let conversation_id = ids[index].clone();
             async move {
-                api.add_member(&user_name(run_id, actor), &conversation_id, &user_name(run_id, member))
-                    .await
+                api.add_member(
+                    &user_name(run_id, actor),
+                    &conversation_id,
+                    &user_name(run_id, member),
+                )
+                .await
             }
         })
         .buffer_unordered(64)
@@ -412,7 +484,7 @@ impl Session {
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(WorkerEvent::Progress(snapshot))) => {
-                    self.progress.latest.insert(snapshot.worker, snapshot);
+                    self.progress.latest.insert(snapshot.worker, *snapshot);
                 }
                 Ok(Some(event)) => return Some(event),
                 Ok(None) | Err(_) => return None,
@@ -424,7 +496,7 @@ impl Session {
     async fn absorb_until(&mut self, deadline: tokio::time::Instant) {
         while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
             if let WorkerEvent::Progress(snapshot) = event {
-                self.progress.latest.insert(snapshot.worker, snapshot);
+                self.progress.latest.insert(snapshot.worker, *snapshot);
             }
         }
     }
@@ -463,8 +535,11 @@ impl Ticker<'_> {
         let elapsed = self.started.elapsed().as_secs_f64();
         let rate = |now: u64, before: u64| now.saturating_sub(before) as f64;
         let deliveries_per_s = rate(total.deliveries, self.previous.deliveries);
-        self.samples
-            .push((deliveries_per_s, total.deliver_interval.p99_ms, total.ack_interval.p99_ms));
+        self.samples.push((
+            deliveries_per_s,
+            total.deliver_interval.p99_ms,
+            total.ack_interval.p99_ms,
+        ));
         let rss = self
             .pid
             .and_then(sys::rss_kib)
@@ -476,7 +551,9 @@ impl Ticker<'_> {
                 let max = self.lag_max.entry(group.clone()).or_default();
                 *max = max.max(*lag);
             }
-            lags.iter().map(|(group, lag)| format!(" {group}={lag:.0}")).collect::<String>()
+            lags.iter()
+                .map(|(group, lag)| format!(" {group}={lag:.0}"))
+                .collect::<String>()
         } else {
             String::new()
         };
@@ -563,6 +640,16 @@ async fn run_target(
         Vec::new()
     };
     let mut plans = plan::worker_plans(scenario, &run_id, &target, users, &planned, workers)?;
+    // Each target run binds fresh source addresses, so that sockets of the
+    // previous run still in TIME_WAIT never slow this one's connects.
+    let round = TARGET_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    for plan in &mut plans {
+        for address in &mut plan.source_addresses {
+            let shifted = u32::from(*address)
+                + (round * workers * scenario.load.addresses_per_worker.max(1)) as u32;
+            *address = std::net::Ipv4Addr::from(shifted);
+        }
+    }
     if !chatpipe && !scenario.phases.is_empty() {
         // Baselines: one sender (client 0 of worker 0, or the HTTP API).
         plans[0].send_pairs = vec![(0, 0, 1.0)];
@@ -595,7 +682,12 @@ async fn run_target(
         conversation_ids = create_conversations(&api, &run_id, &planned).await?;
     }
     let routes_before = if chatpipe {
-        metric(&http, &scenario.target.fanout_metrics_url, "chatpipe_fanout_route_table_users").await
+        metric(
+            &http,
+            &scenario.target.fanout_metrics_url,
+            "chatpipe_fanout_route_table_users",
+        )
+        .await
     } else {
         None
     };
@@ -623,13 +715,19 @@ async fn run_target(
     };
     // Connect.
     session.send_all(&WorkerCommand::Connect).await?;
-    let connect_budget = Duration::from_secs_f64(users as f64 / scenario.load.connect_rate_per_s.max(1.0) + 180.0);
+    let connect_budget =
+        Duration::from_secs_f64(users as f64 / scenario.load.connect_rate_per_s.max(1.0) + 180.0);
     let deadline = tokio::time::Instant::now() + connect_budget;
     let mut connected = 0;
     while connected < workers {
         let step = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
         match session.next_event(step).await {
-            Some(WorkerEvent::Connected { online, failed, seconds, .. }) => {
+            Some(WorkerEvent::Connected {
+                online,
+                failed,
+                seconds,
+                ..
+            }) => {
                 connected += 1;
                 result.connections += online as u64;
                 result.connect_failures += failed as u64;
@@ -638,21 +736,30 @@ async fn run_target(
             Some(_) => {}
             None => {
                 ticker.line(&session).await;
-                anyhow::ensure!(tokio::time::Instant::now() < deadline, "connecting took too long");
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "connecting took too long"
+                );
             }
         }
     }
     result.connect_rate_per_s = result.connections as f64 / result.connect_seconds.max(0.001);
     println!(
         "connected {} of {users} in {:.1}s ({:.0}/s), {} failed",
-        result.connections, result.connect_seconds, result.connect_rate_per_s, result.connect_failures
+        result.connections,
+        result.connect_seconds,
+        result.connect_rate_per_s,
+        result.connect_failures
     );
     // Idle: hold, then read the server's memory.
-    ticker.run_for(&mut session, Duration::from_secs(scenario.load.settle_s)).await;
+    ticker
+        .run_for(&mut session, Duration::from_secs(scenario.load.settle_s))
+        .await;
     result.server_rss_after_kib = server_pid.and_then(sys::rss_kib).unwrap_or(0);
     result.server_open_files = server_pid.and_then(sys::open_files);
     if result.connections > 0 && result.server_rss_after_kib > 0 {
-        result.kib_per_connection = (result.server_rss_after_kib as f64 - result.server_rss_before_kib as f64)
+        result.kib_per_connection = (result.server_rss_after_kib as f64
+            - result.server_rss_before_kib as f64)
             / result.connections as f64;
     }
     println!(
@@ -669,7 +776,9 @@ async fn run_target(
         }
         let ids_path = dir.join("conversations.json");
         std::fs::write(&ids_path, serde_json::to_vec(&conversation_ids)?)?;
-        session.send_all(&WorkerCommand::Conversations { path: ids_path }).await?;
+        session
+            .send_all(&WorkerCommand::Conversations { path: ids_path })
+            .await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let mut ready = 0;
         while ready < workers {
@@ -683,7 +792,12 @@ async fn run_target(
         let expected = routes_before.unwrap_or(0.0) + result.connections as f64;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let known = metric(&http, &scenario.target.fanout_metrics_url, "chatpipe_fanout_route_table_users").await;
+            let known = metric(
+                &http,
+                &scenario.target.fanout_metrics_url,
+                "chatpipe_fanout_route_table_users",
+            )
+            .await;
             match known {
                 Some(known) if known >= expected * 0.999 => break,
                 None => {
@@ -704,7 +818,11 @@ async fn run_target(
     let phases_started = Instant::now();
     let mut storm_result = None;
     for phase in &scenario.phases {
-        session.send_all(&WorkerCommand::Rate { per_s: phase.rate_per_s }).await?;
+        session
+            .send_all(&WorkerCommand::Rate {
+                per_s: phase.rate_per_s,
+            })
+            .await?;
         let before = session.progress.total();
         let phase_started = Instant::now();
         ticker.samples.clear();
@@ -714,15 +832,23 @@ async fn run_target(
                 && phases_started.elapsed() >= Duration::from_secs(storm.at_s)
             {
                 let open_before = session.progress.total().open;
-                println!("storm: dropping {:.0}% of {open_before} connections", storm.share * 100.0);
+                println!(
+                    "storm: dropping {:.0}% of {open_before} connections",
+                    storm.share * 100.0
+                );
                 session
-                    .send_all(&WorkerCommand::Storm { jitter_ms: storm.jitter_ms, share: storm.share })
+                    .send_all(&WorkerCommand::Storm {
+                        jitter_ms: storm.jitter_ms,
+                        share: storm.share,
+                    })
                     .await?;
                 let baseline = session.progress.total();
                 storm_result = Some((Instant::now(), open_before, baseline));
                 storm_pending = None;
             }
-            let left = phase_end.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+            let left = phase_end
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1));
             ticker.run_for(&mut session, left).await;
             if let Some((at, open_before, _)) = &storm_result
                 && result.storm.is_none()
@@ -738,7 +864,13 @@ async fn run_target(
         let after = session.progress.total();
         let seconds = phase_started.elapsed().as_secs_f64().max(0.001);
         let median_of = |pick: fn(&(f64, f64, f64)) -> f64, samples: &[(f64, f64, f64)]| {
-            stats::median(&samples.iter().map(pick).filter(|value| *value > 0.0).collect::<Vec<_>>())
+            stats::median(
+                &samples
+                    .iter()
+                    .map(pick)
+                    .filter(|value| *value > 0.0)
+                    .collect::<Vec<_>>(),
+            )
         };
         let phase_result = PhaseResult {
             rate_per_s: phase.rate_per_s,
@@ -761,7 +893,9 @@ async fn run_target(
         result.phases.push(phase_result);
     }
     // Drain: until deliveries stop moving.
-    session.send_all(&WorkerCommand::Rate { per_s: 0.0 }).await?;
+    session
+        .send_all(&WorkerCommand::Rate { per_s: 0.0 })
+        .await?;
     if !scenario.phases.is_empty() {
         let drain_end = Instant::now() + Duration::from_secs(scenario.load.drain_s);
         let mut quiet = 0;
@@ -769,7 +903,8 @@ async fn run_target(
             let before = session.progress.total();
             ticker.run_for(&mut session, Duration::from_secs(1)).await;
             let after = session.progress.total();
-            let settled = after.deliveries == before.deliveries && after.acks >= after.sends.saturating_sub(after.errors.values().sum());
+            let settled = after.deliveries == before.deliveries
+                && after.acks >= after.sends.saturating_sub(after.errors.values().sum());
             quiet = if settled { quiet + 1 } else { 0 };
         }
     }
@@ -792,8 +927,14 @@ async fn run_target(
     }
     for index in 0..workers {
         let out = dir.join(format!("report-{index}.json"));
-        let line = format!("{}\n", serde_json::to_string(&WorkerCommand::Finish { out })?);
-        session.workers[index].stdin.write_all(line.as_bytes()).await?;
+        let line = format!(
+            "{}\n",
+            serde_json::to_string(&WorkerCommand::Finish { out })?
+        );
+        session.workers[index]
+            .stdin
+            .write_all(line.as_bytes())
+            .await?;
         session.workers[index].stdin.flush().await?;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
@@ -832,11 +973,23 @@ async fn run_target(
         println!("errors by code: {:?}", result.totals.errors);
     }
     if chatpipe && !scenario.phases.is_empty() {
-        let verification =
-            verify_run(scenario, &api, &http, &planned, &conversation_ids, &run_id, &clients).await;
+        let verification = verify_run(
+            scenario,
+            &api,
+            &http,
+            &planned,
+            &conversation_ids,
+            &run_id,
+            &clients,
+        )
+        .await;
         result.verification = Some(verification);
     }
-    result.lag_after = if chatpipe { consumer_lags(&http, scenario).await } else { BTreeMap::new() };
+    result.lag_after = if chatpipe {
+        consumer_lags(&http, scenario).await
+    } else {
+        BTreeMap::new()
+    };
     let _ = std::fs::remove_dir_all(&dir);
     Ok(result)
 }
@@ -851,9 +1004,18 @@ async fn verify_run(
     clients: &[ClientReport],
 ) -> Verification {
     let mut verification = Verification::default();
-    let acks: Vec<AckRecord> = clients.iter().flat_map(|client| client.acks.iter().cloned()).collect();
-    verification.unacked_sends = clients.iter().map(|client| client.unacked.len() as u64).sum();
-    let members: Vec<Vec<u32>> = planned.iter().map(|conversation| conversation.members.clone()).collect();
+    let acks: Vec<AckRecord> = clients
+        .iter()
+        .flat_map(|client| client.acks.iter().cloned())
+        .collect();
+    verification.unacked_sends = clients
+        .iter()
+        .map(|client| client.unacked.len() as u64)
+        .sum();
+    let members: Vec<Vec<u32>> = planned
+        .iter()
+        .map(|conversation| conversation.members.clone())
+        .collect();
     if scenario.verify.deliveries {
         verification.deliveries = verify::check_deliveries(&members, &acks, clients);
         let check = &verification.deliveries;
@@ -870,7 +1032,10 @@ async fn verify_run(
             println!(
                 "  MISSING message {} of conversation {} for user {}",
                 missing.message_id,
-                conversation_ids.get(missing.conversation as usize).map(String::as_str).unwrap_or("?"),
+                conversation_ids
+                    .get(missing.conversation as usize)
+                    .map(String::as_str)
+                    .unwrap_or("?"),
                 user_name(run_id, missing.user)
             );
         }
@@ -889,7 +1054,10 @@ async fn verify_run(
     if scenario.verify.history {
         let mut by_conversation: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         for ack in &acks {
-            by_conversation.entry(ack.conversation).or_default().push(ack.message_id);
+            by_conversation
+                .entry(ack.conversation)
+                .or_default()
+                .push(ack.message_id);
         }
         verification.history_conversations = by_conversation.len() as u64;
         let checks: Vec<(String, HistoryCheck)> = futures::stream::iter(by_conversation)
@@ -900,16 +1068,24 @@ async fn verify_run(
                     loop {
                         let check = match api.full_history(&reader, &id).await {
                             Ok(history) => {
-                                let ids: Vec<u64> = history.iter().map(|item| item.message_id).collect();
+                                let ids: Vec<u64> =
+                                    history.iter().map(|item| item.message_id).collect();
                                 verify::check_history(&acked, &ids)
                             }
                             Err(error) => {
                                 eprintln!("history of {id}: {error}");
-                                HistoryCheck { missing: acked.clone(), ..HistoryCheck::default() }
+                                HistoryCheck {
+                                    missing: acked.clone(),
+                                    ..HistoryCheck::default()
+                                }
                             }
                         };
                         // Missing may still be on its way; duplicates and order are final.
-                        if check.passed() || !check.duplicated.is_empty() || check.out_of_order || Instant::now() > deadline {
+                        if check.passed()
+                            || !check.duplicated.is_empty()
+                            || check.out_of_order
+                            || Instant::now() > deadline
+                        {
                             return (id, check);
                         }
                         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -919,8 +1095,15 @@ async fn verify_run(
             .buffer_unordered(16)
             .collect()
             .await;
-        verification.history_failures = checks.into_iter().filter(|(_, check)| !check.passed()).collect();
-        let missing: usize = verification.history_failures.iter().map(|(_, check)| check.missing.len()).sum();
+        verification.history_failures = checks
+            .into_iter()
+            .filter(|(_, check)| !check.passed())
+            .collect();
+        let missing: usize = verification
+            .history_failures
+            .iter()
+            .map(|(_, check)| check.missing.len())
+            .sum();
         println!(
             "history: {} conversations read, {} failed ({missing} messages missing)",
             verification.history_conversations,
@@ -939,21 +1122,34 @@ async fn verify_run(
         acks.iter().collect()
     } else if scenario.verify.search_sample > 0 && !acks.is_empty() {
         let step = (acks.len() / scenario.verify.search_sample).max(1);
-        acks.iter().step_by(step).take(scenario.verify.search_sample).collect()
+        acks.iter()
+            .step_by(step)
+            .take(scenario.verify.search_sample)
+            .collect()
     } else {
         Vec::new()
     };
     if !sample.is_empty() {
-        let sender_names: Arc<Vec<String>> = Arc::new(sample.iter().map(|ack| user_name(run_id, ack.sender)).collect());
+        let sender_names: Arc<Vec<String>> = Arc::new(
+            sample
+                .iter()
+                .map(|ack| user_name(run_id, ack.sender))
+                .collect(),
+        );
         let results: Vec<Option<u64>> = futures::stream::iter(sample.iter().enumerate())
             .map(|(index, ack)| {
                 let conversation_id = conversation_ids[ack.conversation as usize].clone();
                 let sender = sender_names[index].clone();
                 async move {
                     loop {
-                        match api.search(&sender, &ack.search_word, &conversation_id).await {
+                        match api
+                            .search(&sender, &ack.search_word, &conversation_id)
+                            .await
+                        {
                             Ok(found) if found.contains(&ack.message_id) => return None,
-                            Ok(_) | Err(_) if Instant::now() > deadline => return Some(ack.message_id),
+                            Ok(_) | Err(_) if Instant::now() > deadline => {
+                                return Some(ack.message_id);
+                            }
                             _ => tokio::time::sleep(Duration::from_secs(2)).await,
                         }
                     }
@@ -970,7 +1166,14 @@ async fn verify_run(
             verification.search_checked
         );
         if !verification.search_missing.is_empty() {
-            println!("  NOT FOUND: {:?}", verification.search_missing.iter().take(20).collect::<Vec<_>>());
+            println!(
+                "  NOT FOUND: {:?}",
+                verification
+                    .search_missing
+                    .iter()
+                    .take(20)
+                    .collect::<Vec<_>>()
+            );
         }
     }
     verification.passed = verification.deliveries.passed()
@@ -992,10 +1195,21 @@ pub fn print_summary(result: &ScenarioResult) {
     println!("== {} results", result.scenario);
     println!(
         "{:<32} {:>8} {:>9} {:>10} {:>12} {:>12} {:>11} {:>11}",
-        "target", "conns", "conn/s", "KiB/conn", "best deliv/s", "ack p99 ms", "deliv p50", "deliv p99"
+        "target",
+        "conns",
+        "conn/s",
+        "KiB/conn",
+        "best deliv/s",
+        "ack p99 ms",
+        "deliv p50",
+        "deliv p99"
     );
     for target in &result.targets {
-        let best = target.phases.iter().map(|phase| phase.deliveries_per_s).fold(0.0, f64::max);
+        let best = target
+            .phases
+            .iter()
+            .map(|phase| phase.deliveries_per_s)
+            .fold(0.0, f64::max);
         println!(
             "{:<32} {:>8} {:>9.0} {:>10.2} {:>12.0} {:>12.2} {:>11.2} {:>11.2}",
             target.target,

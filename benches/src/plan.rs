@@ -58,29 +58,59 @@ pub fn conversations(users: usize, mix: &ConversationMix, seed: u64) -> Vec<Plan
             send_weight: 0.0,
         });
     }
-    let mut draw = |count: usize, min: usize, max: usize, kind: ConversationKind, rng: &mut StdRng| {
-        for _ in 0..count {
-            let size = rng.random_range(min..=max).min(users);
-            let members: Vec<u32> = all.choose_multiple(rng, size).copied().collect();
-            planned.push(PlannedConversation {
-                kind,
-                members,
-                send_weight: 0.0,
-            });
-        }
-    };
-    draw(mix.groups, mix.group_min, mix.group_max, ConversationKind::Group, &mut rng);
-    draw(mix.large, mix.large_min, mix.large_max, ConversationKind::Large, &mut rng);
+    let mut draw =
+        |count: usize, min: usize, max: usize, kind: ConversationKind, rng: &mut StdRng| {
+            for _ in 0..count {
+                let size = rng.random_range(min..=max).min(users);
+                let members: Vec<u32> = all.choose_multiple(rng, size).copied().collect();
+                planned.push(PlannedConversation {
+                    kind,
+                    members,
+                    send_weight: 0.0,
+                });
+            }
+        };
+    draw(
+        mix.groups,
+        mix.group_min,
+        mix.group_max,
+        ConversationKind::Group,
+        &mut rng,
+    );
+    draw(
+        mix.large,
+        mix.large_min,
+        mix.large_max,
+        ConversationKind::Large,
+        &mut rng,
+    );
     assign_send_weights(&mut planned, mix);
     planned
 }
 
 fn assign_send_weights(planned: &mut [PlannedConversation], mix: &ConversationMix) {
-    let count = |kind| planned.iter().filter(|conversation| conversation.kind == kind).count();
+    let count = |kind| {
+        planned
+            .iter()
+            .filter(|conversation| conversation.kind == kind)
+            .count()
+    };
     let shares = [
-        (ConversationKind::Direct, mix.direct_send_share, count(ConversationKind::Direct)),
-        (ConversationKind::Group, mix.group_send_share, count(ConversationKind::Group)),
-        (ConversationKind::Large, mix.large_send_share, count(ConversationKind::Large)),
+        (
+            ConversationKind::Direct,
+            mix.direct_send_share,
+            count(ConversationKind::Direct),
+        ),
+        (
+            ConversationKind::Group,
+            mix.group_send_share,
+            count(ConversationKind::Group),
+        ),
+        (
+            ConversationKind::Large,
+            mix.large_send_share,
+            count(ConversationKind::Large),
+        ),
     ];
     let total_share: f64 = shares
         .iter()
@@ -102,7 +132,10 @@ fn assign_send_weights(planned: &mut [PlannedConversation], mix: &ConversationMi
 /// Workers needed for `users` sockets at most `max_per_worker` each (at
 /// least two, so that no single client process is the bottleneck).
 pub fn worker_count(users: usize, max_per_worker: usize) -> usize {
-    users.div_ceil(max_per_worker.max(1)).max(2).min(users.max(1))
+    users
+        .div_ceil(max_per_worker.max(1))
+        .max(2)
+        .min(users.max(1))
 }
 
 /// Users are dealt round-robin to workers.
@@ -175,14 +208,21 @@ pub fn worker_plans(
         .source_ip_base
         .parse()
         .map_err(|error| anyhow::anyhow!("load.source_ip_base: {error}"))?;
-    anyhow::ensure!(base.octets()[0] == 127, "source addresses must be loopback (127.x.y.z)");
+    anyhow::ensure!(
+        base.octets()[0] == 127,
+        "source addresses must be loopback (127.x.y.z)"
+    );
     let mut plans: Vec<WorkerPlan> = (0..workers)
         .map(|index| WorkerPlan {
             index,
             workers,
             run_id: run_id.to_owned(),
             target: target.clone(),
-            source_addresses: source_addresses(base, index, scenario.load.addresses_per_worker.max(1)),
+            source_addresses: source_addresses(
+                base,
+                index,
+                scenario.load.addresses_per_worker.max(1),
+            ),
             users: Vec::new(),
             user_conversations: Vec::new(),
             send_pairs: Vec::new(),
@@ -206,7 +246,8 @@ pub fn worker_plans(
             let local = local_index[member as usize];
             plan.user_conversations[local as usize].push(conversation_index as u32);
             if per_member > 0.0 {
-                plan.send_pairs.push((local, conversation_index as u32, per_member));
+                plan.send_pairs
+                    .push((local, conversation_index as u32, per_member));
                 plan.rate_share += per_member;
             }
         }
@@ -238,15 +279,31 @@ mod tests {
     #[test]
     fn conversations_follow_the_mix() {
         let planned = conversations(200, &mix(), 1);
-        let direct: Vec<_> = planned.iter().filter(|c| c.kind == ConversationKind::Direct).collect();
+        let direct: Vec<_> = planned
+            .iter()
+            .filter(|c| c.kind == ConversationKind::Direct)
+            .collect();
         assert_eq!(direct.len(), 100);
-        assert!(direct.iter().all(|c| c.members.len() == 2 && c.members[0] != c.members[1]));
-        let groups: Vec<_> = planned.iter().filter(|c| c.kind == ConversationKind::Group).collect();
+        assert!(
+            direct
+                .iter()
+                .all(|c| c.members.len() == 2 && c.members[0] != c.members[1])
+        );
+        let groups: Vec<_> = planned
+            .iter()
+            .filter(|c| c.kind == ConversationKind::Group)
+            .collect();
         assert_eq!(groups.len(), 10);
         assert!(groups.iter().all(|c| (5..=50).contains(&c.members.len())));
-        let large: Vec<_> = planned.iter().filter(|c| c.kind == ConversationKind::Large).collect();
+        let large: Vec<_> = planned
+            .iter()
+            .filter(|c| c.kind == ConversationKind::Large)
+            .collect();
         assert_eq!(large.len(), 1);
-        assert!((150..=200).contains(&large[0].members.len()), "capped at the user count");
+        assert!(
+            (150..=200).contains(&large[0].members.len()),
+            "capped at the user count"
+        );
         let total: f64 = planned.iter().map(|c| c.send_weight).sum();
         assert!((total - 1.0).abs() < 1e-9);
         let direct_share: f64 = direct.iter().map(|c| c.send_weight).sum();
@@ -260,9 +317,14 @@ mod tests {
         )
         .unwrap();
         let planned = conversations(200, &scenario.conversations, 1);
-        let target = WorkerTarget::Bare { ws_url: "ws://x".into() };
+        let target = WorkerTarget::Bare {
+            ws_url: "ws://x".into(),
+        };
         let plans = worker_plans(&scenario, "r", &target, 200, &planned, 3).unwrap();
-        assert_eq!(plans.iter().map(|plan| plan.users.len()).sum::<usize>(), 200);
+        assert_eq!(
+            plans.iter().map(|plan| plan.users.len()).sum::<usize>(),
+            200
+        );
         let share: f64 = plans.iter().map(|plan| plan.rate_share).sum();
         assert!((share - 1.0).abs() < 1e-9);
         for plan in &plans {

@@ -89,7 +89,9 @@ fn criterion_estimates(dir: &Path) -> Vec<(String, f64)> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&path) else { continue };
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let child = entry.path();
             if child.is_dir() {
@@ -107,7 +109,10 @@ fn criterion_estimates(dir: &Path) -> Vec<(String, f64)> {
                 else {
                     continue;
                 };
-                let full = benchmark["full_id"].as_str().map(str::to_owned).unwrap_or(name);
+                let full = benchmark["full_id"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or(name);
                 if let Ok(bytes) = std::fs::read(&child)
                     && let Ok(estimates) = serde_json::from_slice::<serde_json::Value>(&bytes)
                     && let Some(median) = estimates["median"]["point_estimate"].as_f64()
@@ -122,19 +127,33 @@ fn criterion_estimates(dir: &Path) -> Vec<(String, f64)> {
 }
 
 fn scenario<'a>(inputs: &'a Inputs, name: &str) -> Option<&'a ScenarioResult> {
-    inputs.scenarios.iter().find(|result| result.scenario == name)
+    inputs
+        .scenarios
+        .iter()
+        .find(|result| result.scenario == name)
 }
 
 fn target<'a>(result: Option<&'a ScenarioResult>, prefix: &str) -> Option<&'a TargetResult> {
-    result?.targets.iter().find(|target| target.target.starts_with(prefix))
+    result?
+        .targets
+        .iter()
+        .find(|target| target.target.starts_with(prefix))
 }
 
 fn best_deliveries(target: &TargetResult) -> f64 {
-    target.phases.iter().map(|phase| phase.deliveries_per_s).fold(0.0, f64::max)
+    target
+        .phases
+        .iter()
+        .map(|phase| phase.deliveries_per_s)
+        .fold(0.0, f64::max)
 }
 
 fn ratio(ours: f64, theirs: f64) -> String {
-    if theirs > 0.0 { format!("{:.2}", ours / theirs) } else { "—".into() }
+    if theirs > 0.0 {
+        format!("{:.2}", ours / theirs)
+    } else {
+        "—".into()
+    }
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -154,21 +173,32 @@ pub fn write(inputs: &Inputs, results_dir: &Path, markdown_path: &Path) -> anyho
     if let Some(path) = plot_latency(inputs, results_dir)? {
         plots.push(path);
     }
-    let markdown = markdown(inputs, &plots, markdown_path.parent().unwrap_or(Path::new(".")));
+    let markdown = markdown(
+        inputs,
+        &plots,
+        markdown_path.parent().unwrap_or(Path::new(".")),
+    );
     std::fs::write(markdown_path, &markdown)?;
     Ok(markdown)
 }
 
 fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
     let mut out = String::new();
-    let machine = inputs.scenarios.first().map(|result| result.machine.clone()).unwrap_or_default();
+    let machine = inputs
+        .scenarios
+        .first()
+        .map(|result| result.machine.clone())
+        .unwrap_or_default();
     let _ = writeln!(out, "# chatpipe benchmark results\n");
     let _ = writeln!(
         out,
         "Written by `benches/run.sh` (`bench-report`) from the JSON in `benches/results/`. Every figure was measured next to its baseline **in the same run**, on the same machine, with the same client (`chatpipe-loadgen`). Machine: {machine}. The engines (Kafka, Cassandra, OpenSearch) share those two cores.\n"
     );
     let _ = writeln!(out, "## Summary\n");
-    let _ = writeln!(out, "| figure | chatpipe | baseline(s) | ratio | target | |");
+    let _ = writeln!(
+        out,
+        "| figure | chatpipe | baseline(s) | ratio | target | |"
+    );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     let idle = scenario(inputs, "idle");
     if let Some(ours) = target(idle, "chatpipe") {
@@ -177,7 +207,12 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
         let bare_default = target(idle, "bare-ws (default");
         let centrifugo = target(idle, "centrifugo");
         let mut baselines = Vec::new();
-        for (name, base) in [("bare 1 KiB", bare1), ("bare 4 KiB", bare4), ("bare default", bare_default), ("Centrifugo", centrifugo)] {
+        for (name, base) in [
+            ("bare 1 KiB", bare1),
+            ("bare 4 KiB", bare4),
+            ("bare default", bare_default),
+            ("Centrifugo", centrifugo),
+        ] {
             if let Some(base) = base {
                 baselines.push(format!("{name} {:.2} KiB", base.kib_per_connection));
             }
@@ -188,8 +223,14 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
             ours.connections,
             ours.kib_per_connection,
             baselines.join("; "),
-            ratio(ours.kib_per_connection, bare4.map(|t| t.kib_per_connection).unwrap_or(0.0)),
-            ratio(ours.kib_per_connection, centrifugo.map(|t| t.kib_per_connection).unwrap_or(0.0)),
+            ratio(
+                ours.kib_per_connection,
+                bare4.map(|t| t.kib_per_connection).unwrap_or(0.0)
+            ),
+            ratio(
+                ours.kib_per_connection,
+                centrifugo.map(|t| t.kib_per_connection).unwrap_or(0.0)
+            ),
             verdict(ours.kib_per_connection < 6.0 && ours.connections >= 15_000)
         );
         let _ = writeln!(
@@ -197,7 +238,10 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
             "| connect rate (idle, edge limit 2,000/s) | {:.0}/s | bare 4 KiB {:.0}/s | {} | — | |",
             ours.connect_rate_per_s,
             bare4.map(|t| t.connect_rate_per_s).unwrap_or(0.0),
-            ratio(ours.connect_rate_per_s, bare4.map(|t| t.connect_rate_per_s).unwrap_or(0.0)),
+            ratio(
+                ours.connect_rate_per_s,
+                bare4.map(|t| t.connect_rate_per_s).unwrap_or(0.0)
+            ),
         );
     }
     let broadcast = scenario(inputs, "broadcast");
@@ -216,12 +260,19 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
             centrifugo_best,
             ratio(ours_best, bare_best),
             ratio(ours_best, centrifugo_best),
-            verdict(bare_best > 0.0 && ours_best >= 0.75 * bare_best && ours_best > centrifugo_best)
+            verdict(
+                bare_best > 0.0 && ours_best >= 0.75 * bare_best && ours_best > centrifugo_best
+            )
         );
     }
     let chat = scenario(inputs, "chat");
-    if let Some(ours) = target(chat, "chatpipe") {
-        if let Some(top) = ours.phases.iter().max_by(|a, b| a.rate_per_s.total_cmp(&b.rate_per_s)) {
+    if let Some(ours) = target(chat, "chatpipe")
+        && let Some(top) = ours
+            .phases
+            .iter()
+            .max_by(|a, b| a.rate_per_s.total_cmp(&b.rate_per_s))
+    {
+        {
             let lag_after: f64 = ours.lag_after.values().sum();
             let _ = writeln!(
                 out,
@@ -238,8 +289,16 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
                 top.deliver_p99_ms_median,
                 verdict(top.deliver_p99_ms_median > 0.0 && top.deliver_p99_ms_median < 50.0)
             );
-            let lag_max: Vec<String> = ours.lag_max_during.iter().map(|(g, l)| format!("{g} {l:.0}")).collect();
-            let lag_end: Vec<String> = ours.lag_after.iter().map(|(g, l)| format!("{g} {l:.0}")).collect();
+            let lag_max: Vec<String> = ours
+                .lag_max_during
+                .iter()
+                .map(|(g, l)| format!("{g} {l:.0}"))
+                .collect();
+            let lag_end: Vec<String> = ours
+                .lag_after
+                .iter()
+                .map(|(g, l)| format!("{g} {l:.0}"))
+                .collect();
             let _ = writeln!(
                 out,
                 "| consumer lag (records), max during / after the run | {} / {} | — | — | keeping up | |",
@@ -252,7 +311,10 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
         let _ = writeln!(
             out,
             "| Kafka produce path, {}-byte records | {:.0} records/s | ProducerPerformance {:.0} records/s | {:.2} | — | |",
-            kafka.record_bytes, kafka.chatpipe_median_records_per_s, kafka.perf_tool_median_records_per_s, kafka.ratio
+            kafka.record_bytes,
+            kafka.chatpipe_median_records_per_s,
+            kafka.perf_tool_median_records_per_s,
+            kafka.ratio
         );
     }
     if let Some((role, base, _)) = &inputs.persist {
@@ -279,7 +341,10 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
             out,
             "| mass reconnect of {} connections within 2 s | back in {} s; {} resumed, {} resume refused, {} refusals (1013) | — | — | nothing lost | {} |",
             result.dropped,
-            result.recovered_s.map(|s| format!("{s:.1}")).unwrap_or_else(|| "—".into()),
+            result
+                .recovered_s
+                .map(|s| format!("{s:.1}"))
+                .unwrap_or_else(|| "—".into()),
             result.resumed,
             result.resume_refused,
             result.refused_try_later,
@@ -287,7 +352,10 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
         );
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "Verification (every acknowledged message delivered to every member online for it, in history exactly once and in order, found by search):\n");
+    let _ = writeln!(
+        out,
+        "Verification (every acknowledged message delivered to every member online for it, in history exactly once and in order, found by search):\n"
+    );
     for result in &inputs.scenarios {
         for target in &result.targets {
             if let Some(verification) = &target.verification {
@@ -296,7 +364,11 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
                     out,
                     "- **{}**: {} — {} acked messages, {} member deliveries expected ({} live, {} by history catch-up, {} missing), {} order violations; history of {} conversations ({} failed); search {}/{} found.",
                     result.scenario,
-                    if verification.passed { "PASSED" } else { "FAILED" },
+                    if verification.passed {
+                        "PASSED"
+                    } else {
+                        "FAILED"
+                    },
                     deliveries.acked_messages,
                     deliveries.expected,
                     deliveries.delivered_live,
@@ -320,11 +392,23 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
         }
     }
     for result in &inputs.scenarios {
-        let _ = writeln!(out, "## Scenario `{}`\n\n{}\n", result.scenario, result.description);
-        let _ = writeln!(out, "| target | connections | connect/s | KiB/conn | send→ack p50 / p99 / p99.9 / max (ms) | send→deliver p50 / p99 / p99.9 / max (ms) | errors |");
+        let _ = writeln!(
+            out,
+            "## Scenario `{}`\n\n{}\n",
+            result.scenario, result.description
+        );
+        let _ = writeln!(
+            out,
+            "| target | connections | connect/s | KiB/conn | send→ack p50 / p99 / p99.9 / max (ms) | send→deliver p50 / p99 / p99.9 / max (ms) | errors |"
+        );
         let _ = writeln!(out, "|---|---|---|---|---|---|---|");
         for target in &result.targets {
-            let errors: Vec<String> = target.totals.errors.iter().map(|(code, count)| format!("{code}: {count}")).collect();
+            let errors: Vec<String> = target
+                .totals
+                .errors
+                .iter()
+                .map(|(code, count)| format!("{code}: {count}"))
+                .collect();
             let _ = writeln!(
                 out,
                 "| {} | {} | {:.0} | {:.2} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} / {:.1} | {} |",
@@ -340,12 +424,23 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
                 target.deliver_latency.p99_ms,
                 target.deliver_latency.p999_ms,
                 target.deliver_latency.max_ms,
-                if errors.is_empty() { "none".to_owned() } else { errors.join(", ") }
+                if errors.is_empty() {
+                    "none".to_owned()
+                } else {
+                    errors.join(", ")
+                }
             );
         }
-        let with_phases: Vec<&TargetResult> = result.targets.iter().filter(|t| !t.phases.is_empty()).collect();
+        let with_phases: Vec<&TargetResult> = result
+            .targets
+            .iter()
+            .filter(|t| !t.phases.is_empty())
+            .collect();
         if !with_phases.is_empty() {
-            let _ = writeln!(out, "\n| target | offered msg/s | sends/s | acks/s | deliveries/s | p99 ack (ms) | p99 deliver (ms) |");
+            let _ = writeln!(
+                out,
+                "\n| target | offered msg/s | sends/s | acks/s | deliveries/s | p99 ack (ms) | p99 deliver (ms) |"
+            );
             let _ = writeln!(out, "|---|---|---|---|---|---|---|");
             for target in with_phases {
                 for phase in &target.phases {
@@ -366,17 +461,33 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
         let _ = writeln!(out);
     }
     if let Some(kafka) = &inputs.kafka {
-        let _ = writeln!(out, "## Kafka produce path\n\n{} records of {} bytes per round; {}.\n", kafka.records, kafka.record_bytes, kafka.settings);
+        let _ = writeln!(
+            out,
+            "## Kafka produce path\n\n{} records of {} bytes per round; {}.\n",
+            kafka.records, kafka.record_bytes, kafka.settings
+        );
     }
-    for (title, figures) in [("Cassandra writer (persist example)", &inputs.persist), ("Indexer (index example)", &inputs.index)] {
+    for (title, figures) in [
+        ("Cassandra writer (persist example)", &inputs.persist),
+        ("Indexer (index example)", &inputs.index),
+    ] {
         if let Some((_, _, text)) = figures {
             let _ = writeln!(out, "## {title}\n\n```\n{}\n```\n", text.trim());
         }
     }
     if !inputs.criterion.is_empty() {
-        let _ = writeln!(out, "## Micro-benchmarks (criterion, median)\n\n| benchmark | median |\n|---|---|");
+        let _ = writeln!(
+            out,
+            "## Micro-benchmarks (criterion, median)\n\n| benchmark | median |\n|---|---|"
+        );
         for (name, nanos) in &inputs.criterion {
-            let shown = if *nanos >= 1e6 { format!("{:.2} ms", nanos / 1e6) } else if *nanos >= 1e3 { format!("{:.2} µs", nanos / 1e3) } else { format!("{nanos:.0} ns") };
+            let shown = if *nanos >= 1e6 {
+                format!("{:.2} ms", nanos / 1e6)
+            } else if *nanos >= 1e3 {
+                format!("{:.2} µs", nanos / 1e3)
+            } else {
+                format!("{nanos:.0} ns")
+            };
             let _ = writeln!(out, "| {name} | {shown} |");
         }
         let _ = writeln!(out);
@@ -401,7 +512,9 @@ fn register_font() {
             }
         }
     }
-    eprintln!("bench-report: no TrueType font found (install fonts-dejavu-core); plots will lack text");
+    eprintln!(
+        "bench-report: no TrueType font found (install fonts-dejavu-core); plots will lack text"
+    );
 }
 
 type PlotResult = anyhow::Result<Option<PathBuf>>;
@@ -419,12 +532,22 @@ const PALETTE: [RGBColor; 5] = [
 ];
 
 fn plot_memory(inputs: &Inputs, dir: &Path) -> PlotResult {
-    let Some(idle) = scenario(inputs, "idle") else { return Ok(None) };
+    let Some(idle) = scenario(inputs, "idle") else {
+        return Ok(None);
+    };
     let bars: Vec<(String, f64)> = idle
         .targets
         .iter()
         .filter(|target| target.kib_per_connection > 0.0)
-        .map(|target| (target.target.replace("bare-ws ", "bare ").replace(" read buffer", ""), target.kib_per_connection))
+        .map(|target| {
+            (
+                target
+                    .target
+                    .replace("bare-ws ", "bare ")
+                    .replace(" read buffer", ""),
+                target.kib_per_connection,
+            )
+        })
         .collect();
     if bars.is_empty() {
         return Ok(None);
@@ -435,7 +558,10 @@ fn plot_memory(inputs: &Inputs, dir: &Path) -> PlotResult {
     root.fill(&WHITE).map_err(plot_err)?;
     let max = bars.iter().map(|(_, value)| *value).fold(1.0, f64::max) * 2.0;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("Resident memory per idle WebSocket connection ({connections} connections)"), ("sans-serif", 22))
+        .caption(
+            format!("Resident memory per idle WebSocket connection ({connections} connections)"),
+            ("sans-serif", 22),
+        )
         .margin(20)
         .x_label_area_size(45)
         .y_label_area_size(70)
@@ -457,7 +583,10 @@ fn plot_memory(inputs: &Inputs, dir: &Path) -> PlotResult {
     chart
         .draw_series(bars.iter().enumerate().map(|(index, (_, value))| {
             let mut bar = Rectangle::new(
-                [(SegmentValue::Exact(index), 0.5), (SegmentValue::Exact(index + 1), *value)],
+                [
+                    (SegmentValue::Exact(index), 0.5),
+                    (SegmentValue::Exact(index + 1), *value),
+                ],
                 PALETTE[index % PALETTE.len()].filled(),
             );
             bar.set_margin(0, 0, 25, 25);
@@ -466,7 +595,11 @@ fn plot_memory(inputs: &Inputs, dir: &Path) -> PlotResult {
         .map_err(plot_err)?;
     chart
         .draw_series(bars.iter().enumerate().map(|(index, (_, value))| {
-            Text::new(format!("{value:.1} KiB"), (SegmentValue::CenterOf(index), value * 1.15), ("sans-serif", 16))
+            Text::new(
+                format!("{value:.1} KiB"),
+                (SegmentValue::CenterOf(index), value * 1.15),
+                ("sans-serif", 16),
+            )
         }))
         .map_err(plot_err)?;
     root.present().map_err(plot_err)?;
@@ -476,26 +609,47 @@ fn plot_memory(inputs: &Inputs, dir: &Path) -> PlotResult {
 }
 
 fn plot_broadcast(inputs: &Inputs, dir: &Path) -> PlotResult {
-    let Some(broadcast) = scenario(inputs, "broadcast") else { return Ok(None) };
+    let Some(broadcast) = scenario(inputs, "broadcast") else {
+        return Ok(None);
+    };
     let series: Vec<(&TargetResult, Vec<(f64, f64)>)> = broadcast
         .targets
         .iter()
         .filter(|target| !target.phases.is_empty())
         .map(|target| {
             let members = target.connections.max(1) as f64;
-            (target, target.phases.iter().map(|phase| (phase.rate_per_s * members, phase.deliveries_per_s)).collect())
+            (
+                target,
+                target
+                    .phases
+                    .iter()
+                    .map(|phase| (phase.rate_per_s * members, phase.deliveries_per_s))
+                    .collect(),
+            )
         })
         .collect();
     if series.is_empty() {
         return Ok(None);
     }
     let path = dir.join("broadcast-deliveries.png");
-    let max_x = series.iter().flat_map(|(_, points)| points.iter().map(|p| p.0)).fold(1.0, f64::max) * 1.05;
-    let max_y = series.iter().flat_map(|(_, points)| points.iter().map(|p| p.1)).fold(1.0, f64::max).max(max_x * 0.3) * 1.1;
+    let max_x = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.0))
+        .fold(1.0, f64::max)
+        * 1.05;
+    let max_y = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        .max(max_x * 0.3)
+        * 1.1;
     let root = BitMapBackend::new(&path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Broadcast to one 15,000-member group: deliveries/s achieved vs offered", ("sans-serif", 22))
+        .caption(
+            "Broadcast to one 15,000-member group: deliveries/s achieved vs offered",
+            ("sans-serif", 22),
+        )
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(90)
@@ -511,7 +665,10 @@ fn plot_broadcast(inputs: &Inputs, dir: &Path) -> PlotResult {
         .draw()
         .map_err(plot_err)?;
     chart
-        .draw_series(LineSeries::new(vec![(0.0, 0.0), (max_x.min(max_y), max_x.min(max_y))], BLACK.mix(0.3)))
+        .draw_series(LineSeries::new(
+            vec![(0.0, 0.0), (max_x.min(max_y), max_x.min(max_y))],
+            BLACK.mix(0.3),
+        ))
         .map_err(plot_err)?
         .label("offered")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.3)));
@@ -521,9 +678,15 @@ fn plot_broadcast(inputs: &Inputs, dir: &Path) -> PlotResult {
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
             .map_err(plot_err)?
             .label(target.target.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
         chart
-            .draw_series(points.iter().map(|point| Circle::new(*point, 4, color.filled())))
+            .draw_series(
+                points
+                    .iter()
+                    .map(|point| Circle::new(*point, 4, color.filled())),
+            )
             .map_err(plot_err)?;
     }
     chart
@@ -543,17 +706,36 @@ fn plot_broadcast(inputs: &Inputs, dir: &Path) -> PlotResult {
 fn plot_latency(inputs: &Inputs, dir: &Path) -> PlotResult {
     let mut rows: Vec<(String, [f64; 4])> = Vec::new();
     for name in ["chat", "broadcast", "storm"] {
-        for target in scenario(inputs, name).map(|result| result.targets.as_slice()).unwrap_or(&[]) {
+        for target in scenario(inputs, name)
+            .map(|result| result.targets.as_slice())
+            .unwrap_or(&[])
+        {
             if !target.target.starts_with("chatpipe") {
                 continue;
             }
             let summary = &target.ack_latency;
             if summary.count > 0 {
-                rows.push((format!("{name}: send→ack"), [summary.p50_ms, summary.p99_ms, summary.p999_ms, summary.max_ms]));
+                rows.push((
+                    format!("{name}: send→ack"),
+                    [
+                        summary.p50_ms,
+                        summary.p99_ms,
+                        summary.p999_ms,
+                        summary.max_ms,
+                    ],
+                ));
             }
             let summary = &target.deliver_latency;
             if summary.count > 0 {
-                rows.push((format!("{name}: send→deliver"), [summary.p50_ms, summary.p99_ms, summary.p999_ms, summary.max_ms]));
+                rows.push((
+                    format!("{name}: send→deliver"),
+                    [
+                        summary.p50_ms,
+                        summary.p99_ms,
+                        summary.p999_ms,
+                        summary.max_ms,
+                    ],
+                ));
             }
         }
     }
@@ -563,10 +745,17 @@ fn plot_latency(inputs: &Inputs, dir: &Path) -> PlotResult {
     let path = dir.join("latency-percentiles.png");
     let root = BitMapBackend::new(&path, (1100, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let max = rows.iter().flat_map(|(_, values)| values.iter().copied()).fold(1.0, f64::max) * 3.0;
+    let max = rows
+        .iter()
+        .flat_map(|(_, values)| values.iter().copied())
+        .fold(1.0, f64::max)
+        * 3.0;
     let groups = rows.len();
     let mut chart = ChartBuilder::on(&root)
-        .caption("chatpipe latency percentiles per scenario (whole run, HdrHistogram)", ("sans-serif", 22))
+        .caption(
+            "chatpipe latency percentiles per scenario (whole run, HdrHistogram)",
+            ("sans-serif", 22),
+        )
         .margin(20)
         .x_label_area_size(45)
         .y_label_area_size(70)
@@ -579,7 +768,11 @@ fn plot_latency(inputs: &Inputs, dir: &Path) -> PlotResult {
         .x_labels(groups * 2 + 1)
         .x_label_formatter(&|value| {
             let index = value.floor() as usize;
-            if (value - index as f64 - 0.5).abs() < 0.01 { labels.get(index).cloned().unwrap_or_default() } else { String::new() }
+            if (value - index as f64 - 0.5).abs() < 0.01 {
+                labels.get(index).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .y_desc("milliseconds (log scale)")
         .label_style(("sans-serif", 14))
@@ -591,7 +784,10 @@ fn plot_latency(inputs: &Inputs, dir: &Path) -> PlotResult {
         chart
             .draw_series(rows.iter().enumerate().map(|(index, (_, values))| {
                 let left = index as f64 + 0.1 + percentile as f64 * 0.2;
-                Rectangle::new([(left, 0.1), (left + 0.18, values[percentile].max(0.11))], color.filled())
+                Rectangle::new(
+                    [(left, 0.1), (left + 0.18, values[percentile].max(0.11))],
+                    color.filled(),
+                )
             }))
             .map_err(plot_err)?
             .label(*name)

@@ -271,8 +271,14 @@ impl Scenario {
             "load.max_sockets_per_worker must be 1..=18000 (20,000 open files per process)"
         );
         let mix = &self.conversations;
-        anyhow::ensure!(mix.group_min >= 3 && mix.group_min <= mix.group_max, "groups need 3 <= group_min <= group_max");
-        anyhow::ensure!(mix.large_min >= 2 && mix.large_min <= mix.large_max, "large_min <= large_max");
+        anyhow::ensure!(
+            mix.group_min >= 3 && mix.group_min <= mix.group_max,
+            "groups need 3 <= group_min <= group_max"
+        );
+        anyhow::ensure!(
+            mix.large_min >= 2 && mix.large_min <= mix.large_max,
+            "large_min <= large_max"
+        );
         if mix.direct > 0 {
             anyhow::ensure!(self.load.users >= 2, "1:1 conversations need two users");
         }

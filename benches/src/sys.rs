@@ -24,9 +24,13 @@ pub fn open_files(pid: u32) -> Option<usize> {
 
 /// Soft and hard `Max open files` of `pid` (or `self`).
 pub fn open_file_limits(pid: Option<u32>) -> Option<(u64, u64)> {
-    let who = pid.map(|pid| pid.to_string()).unwrap_or_else(|| "self".into());
+    let who = pid
+        .map(|pid| pid.to_string())
+        .unwrap_or_else(|| "self".into());
     let limits = std::fs::read_to_string(format!("/proc/{who}/limits")).ok()?;
-    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
     let mut numbers = line["Max open files".len()..].split_whitespace();
     let parse = |word: Option<&str>| word.and_then(|word| word.parse().ok()).or(Some(u64::MAX));
     Some((parse(numbers.next())?, parse(numbers.next())?))
@@ -36,13 +40,18 @@ pub fn open_file_limits(pid: Option<u32>) -> Option<(u64, u64)> {
 pub fn pid_listening_on(port: u16) -> Option<u32> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 10 || fields[3] != "0A" {
                 continue; // not LISTEN
             }
-            let local_port = fields[1].rsplit(':').next().and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            let local_port = fields[1]
+                .rsplit(':')
+                .next()
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
             if local_port == Some(port) {
                 inodes.push(format!("socket:[{}]", fields[9]));
             }
@@ -52,8 +61,16 @@ pub fn pid_listening_on(port: u16) -> Option<u32> {
         return None;
     }
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
             if let Ok(link) = std::fs::read_link(fd.path())
                 && inodes.iter().any(|inode| Path::new(inode) == link)
@@ -67,7 +84,9 @@ pub fn pid_listening_on(port: u16) -> Option<u32> {
 
 /// A short description of this machine for the results.
 pub fn machine_summary() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let memory_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
@@ -88,7 +107,9 @@ pub fn machine_summary() -> String {
     let files = open_file_limits(None)
         .map(|(soft, hard)| format!("{soft}/{hard}"))
         .unwrap_or_default();
-    format!("{cores} cores ({cpu}), {memory_gib:.0} GiB, open files per process (soft/hard) {files}")
+    format!(
+        "{cores} cores ({cpu}), {memory_gib:.0} GiB, open files per process (soft/hard) {files}"
+    )
 }
 
 #[cfg(test)]

@@ -37,14 +37,20 @@ pub struct DeliveryCheck {
 
 impl DeliveryCheck {
     pub fn passed(&self) -> bool {
-        self.missing.is_empty() && self.duplicate_acked_ids.is_empty() && self.order_violations.is_empty()
+        self.missing.is_empty()
+            && self.duplicate_acked_ids.is_empty()
+            && self.order_violations.is_empty()
     }
 }
 
 /// Checks deliveries. `members[c]` are conversation `c`'s members; the
 /// sender itself is not required to receive its own message (it has one
 /// device here).
-pub fn check_deliveries(members: &[Vec<u32>], acks: &[AckRecord], clients: &[ClientReport]) -> DeliveryCheck {
+pub fn check_deliveries(
+    members: &[Vec<u32>],
+    acks: &[AckRecord],
+    clients: &[ClientReport],
+) -> DeliveryCheck {
     let mut check = DeliveryCheck {
         acked_messages: acks.len() as u64,
         ..DeliveryCheck::default()
@@ -69,13 +75,18 @@ pub fn check_deliveries(members: &[Vec<u32>], acks: &[AckRecord], clients: &[Cli
         })
         .collect();
     for ack in acks {
-        let Some(conversation_members) = members.get(ack.conversation as usize) else { continue };
+        let Some(conversation_members) = members.get(ack.conversation as usize) else {
+            continue;
+        };
         for &member in conversation_members {
             if member == ack.sender {
                 continue;
             }
-            let Some((client, live, caught_up)) = by_user.get(&member) else { continue };
-            let online = client.first_online_unix_us != 0 && client.first_online_unix_us < ack.sent_unix_us;
+            let Some((client, live, caught_up)) = by_user.get(&member) else {
+                continue;
+            };
+            let online =
+                client.first_online_unix_us != 0 && client.first_online_unix_us < ack.sent_unix_us;
             if !online {
                 continue;
             }
@@ -103,18 +114,28 @@ pub fn order_violations(clients: &[ClientReport]) -> Vec<(u32, u32)> {
     let mut lists: HashMap<u32, Vec<(u32, &Vec<u64>)>> = HashMap::new();
     for client in clients {
         for (conversation, list) in &client.order {
-            lists.entry(*conversation).or_default().push((client.user, list));
+            lists
+                .entry(*conversation)
+                .or_default()
+                .push((client.user, list));
         }
     }
     let mut violations = Vec::new();
     for (conversation, recipients) in lists {
-        let Some((_, reference)) = recipients.iter().max_by_key(|(_, list)| list.len()) else { continue };
-        let position: HashMap<u64, usize> =
-            reference.iter().enumerate().map(|(index, id)| (*id, index)).collect();
+        let Some((_, reference)) = recipients.iter().max_by_key(|(_, list)| list.len()) else {
+            continue;
+        };
+        let position: HashMap<u64, usize> = reference
+            .iter()
+            .enumerate()
+            .map(|(index, id)| (*id, index))
+            .collect();
         for (user, list) in &recipients {
             let mut last = None;
             for id in list.iter() {
-                let Some(&here) = position.get(id) else { continue };
+                let Some(&here) = position.get(id) else {
+                    continue;
+                };
                 if last.is_some_and(|previous| here < previous) {
                     violations.push((*user, conversation));
                     break;
@@ -148,11 +169,19 @@ pub fn check_history(acked: &[u64], history: &[u64]) -> HistoryCheck {
     for id in history {
         *counts.entry(*id).or_default() += 1;
     }
-    let mut duplicated: Vec<u64> = counts.iter().filter(|(_, count)| **count > 1).map(|(id, _)| *id).collect();
+    let mut duplicated: Vec<u64> = counts
+        .iter()
+        .filter(|(_, count)| **count > 1)
+        .map(|(id, _)| *id)
+        .collect();
     duplicated.sort_unstable();
     let out_of_order = history.windows(2).any(|pair| pair[0] < pair[1]);
     HistoryCheck {
-        missing: acked.iter().copied().filter(|id| !counts.contains_key(id)).collect(),
+        missing: acked
+            .iter()
+            .copied()
+            .filter(|id| !counts.contains_key(id))
+            .collect(),
         duplicated,
         out_of_order,
     }
@@ -173,7 +202,13 @@ mod tests {
         }
     }
 
-    fn client(user: u32, online: u64, delivered: &[u64], caught_up: &[u64], order: Vec<(u32, Vec<u64>)>) -> ClientReport {
+    fn client(
+        user: u32,
+        online: u64,
+        delivered: &[u64],
+        caught_up: &[u64],
+        order: Vec<(u32, Vec<u64>)>,
+    ) -> ClientReport {
         ClientReport {
             user,
             first_online_unix_us: online,
@@ -196,11 +231,28 @@ mod tests {
         ];
         let check = check_deliveries(&members, &acks, &clients);
         assert!(check.passed(), "{check:?}");
-        assert_eq!((check.expected, check.delivered_live, check.delivered_by_catch_up), (5, 4, 1));
+        assert_eq!(
+            (
+                check.expected,
+                check.delivered_live,
+                check.delivered_by_catch_up
+            ),
+            (5, 4, 1)
+        );
 
-        let lossy = vec![client(1, 50, &[], &[], vec![]), client(2, 50, &[11], &[], vec![])];
+        let lossy = vec![
+            client(1, 50, &[], &[], vec![]),
+            client(2, 50, &[11], &[], vec![]),
+        ];
         let check = check_deliveries(&members, &acks, &lossy);
-        assert_eq!(check.missing, vec![MissingDelivery { message_id: 10, conversation: 0, user: 2 }]);
+        assert_eq!(
+            check.missing,
+            vec![MissingDelivery {
+                message_id: 10,
+                conversation: 0,
+                user: 2
+            }]
+        );
         assert!(!check.passed());
     }
 
@@ -220,7 +272,10 @@ mod tests {
     fn history_exactly_once_newest_first() {
         assert!(check_history(&[1, 2, 3], &[3, 2, 1]).passed());
         let check = check_history(&[1, 2, 3], &[3, 3, 1]);
-        assert_eq!((check.missing.clone(), check.duplicated.clone()), (vec![2], vec![3]));
+        assert_eq!(
+            (check.missing.clone(), check.duplicated.clone()),
+            (vec![2], vec![3])
+        );
         assert!(check_history(&[1, 2], &[1, 2]).out_of_order);
     }
 }

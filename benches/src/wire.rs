@@ -71,7 +71,9 @@ pub fn message_body(sent_unix_us: u64, token: &str, bytes: usize) -> String {
 /// the start of a payload), if any.
 pub fn sent_time_us(body: &str) -> Option<u64> {
     let rest = body.strip_prefix('t')?;
-    let end = rest.find(|character: char| !character.is_ascii_digit()).unwrap_or(rest.len());
+    let end = rest
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
@@ -84,7 +86,9 @@ pub fn search_token(body: &str) -> Option<&str> {
 /// need no escaping, but escape anyway for bodies from elsewhere.
 pub fn send_frame(conversation_id: &str, client_msg_id: &str, body: &str) -> String {
     let body = serde_json::to_string(body).expect("strings serialize");
-    format!(r#"{{"op":"send","conversation_id":"{conversation_id}","client_msg_id":"{client_msg_id}","body":{body}}}"#)
+    format!(
+        r#"{{"op":"send","conversation_id":"{conversation_id}","client_msg_id":"{client_msg_id}","body":{body}}}"#
+    )
 }
 
 pub fn ack_seq_frame(seq: u64) -> String {
@@ -94,7 +98,10 @@ pub fn ack_seq_frame(seq: u64) -> String {
 /// `retry_after_ms=N` from a 1013 close reason.
 pub fn retry_after_ms(reason: &str) -> Option<u64> {
     let start = reason.find("retry_after_ms=")? + "retry_after_ms=".len();
-    let digits: String = reason[start..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = reason[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 
@@ -104,12 +111,33 @@ mod tests {
 
     #[test]
     fn parses_the_contract_frames() {
-        let hello = parse_server_frame(r#"{"op":"hello","session_id":"s1","heartbeat_ms":15000,"resumed":true}"#).unwrap();
-        assert_eq!((hello.op.as_ref(), hello.session_id.as_deref(), hello.resumed), ("hello", Some("s1"), Some(true)));
-        let ack = parse_server_frame(r#"{"op":"ack","client_msg_id":"w0-1","message_id":"123","ts":5}"#).unwrap();
-        assert_eq!((ack.client_msg_id.as_deref(), ack.message_id.as_deref()), (Some("w0-1"), Some("123")));
-        let error = parse_server_frame(r#"{"op":"error","ref":"w0-2","code":"rate_limited","message":"slow down"}"#).unwrap();
-        assert_eq!((error.reference.as_deref(), error.code.as_deref()), (Some("w0-2"), Some("rate_limited")));
+        let hello = parse_server_frame(
+            r#"{"op":"hello","session_id":"s1","heartbeat_ms":15000,"resumed":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                hello.op.as_ref(),
+                hello.session_id.as_deref(),
+                hello.resumed
+            ),
+            ("hello", Some("s1"), Some(true))
+        );
+        let ack =
+            parse_server_frame(r#"{"op":"ack","client_msg_id":"w0-1","message_id":"123","ts":5}"#)
+                .unwrap();
+        assert_eq!(
+            (ack.client_msg_id.as_deref(), ack.message_id.as_deref()),
+            (Some("w0-1"), Some("123"))
+        );
+        let error = parse_server_frame(
+            r#"{"op":"error","ref":"w0-2","code":"rate_limited","message":"slow down"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (error.reference.as_deref(), error.code.as_deref()),
+            (Some("w0-2"), Some("rate_limited"))
+        );
         let body = message_body(1_700_000_000_123_456, "abc12", 100);
         let text = format!(
             r#"{{"op":"message","seq":7,"message":{{"message_id":"99","conversation_id":"c1","sender_id":"u1","client_msg_id":"m","body":"{body}","ts":1}}}}"#
@@ -121,16 +149,22 @@ mod tests {
         assert_eq!(sent_time_us(&message.body), Some(1_700_000_000_123_456));
         assert_eq!(search_token(&message.body), Some("abc12"));
         assert_eq!(body.len(), 100);
-        let presence = parse_server_frame(r#"{"op":"presence","seq":8,"user_id":"u","status":"online"}"#).unwrap();
+        let presence =
+            parse_server_frame(r#"{"op":"presence","seq":8,"user_id":"u","status":"online"}"#)
+                .unwrap();
         assert_eq!(presence.seq, Some(8));
     }
 
     #[test]
     fn client_frames_are_valid_json() {
-        let frame: serde_json::Value = serde_json::from_str(&send_frame("c1", "w0-1", "say \"hi\"")).unwrap();
+        let frame: serde_json::Value =
+            serde_json::from_str(&send_frame("c1", "w0-1", "say \"hi\"")).unwrap();
         assert_eq!(frame["body"], "say \"hi\"");
         assert_eq!(ack_seq_frame(5), r#"{"op":"ack_seq","seq":5}"#);
-        assert_eq!(retry_after_ms("rate_limited; retry_after_ms=1234"), Some(1234));
+        assert_eq!(
+            retry_after_ms("rate_limited; retry_after_ms=1234"),
+            Some(1234)
+        );
         assert_eq!(retry_after_ms("capacity"), None);
     }
 }

@@ -18,7 +18,9 @@ use tokio::sync::{RwLock, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::api::{ApiClient, token_for, token_keys};
-use crate::client::{self, ClientCommand, ClientReport, ClientShared, ClientSpec, Counters, Latencies};
+use crate::client::{
+    self, ClientCommand, ClientReport, ClientShared, ClientSpec, Counters, Latencies,
+};
 use crate::plan::{WorkerPlan, WorkerTarget, user_name};
 use crate::stats::{self, LatencySummary};
 
@@ -72,10 +74,20 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "ev", rename_all = "snake_case")]
 pub enum WorkerEvent {
-    Progress(Snapshot),
-    Connected { worker: usize, online: usize, failed: usize, seconds: f64 },
-    Ready { worker: usize },
-    Finished { worker: usize, out: PathBuf },
+    Progress(Box<Snapshot>),
+    Connected {
+        worker: usize,
+        online: usize,
+        failed: usize,
+        seconds: f64,
+    },
+    Ready {
+        worker: usize,
+    },
+    Finished {
+        worker: usize,
+        out: PathBuf,
+    },
 }
 
 /// The report file of a worker.
@@ -154,9 +166,14 @@ struct ClientHandle {
 
 async fn run(plan: WorkerPlan) -> anyhow::Result<()> {
     let (api, secret) = match &plan.target {
-        WorkerTarget::Chatpipe { api_url, token_secret, .. } => {
-            (Some(ApiClient::new(api_url, token_secret)), token_secret.clone())
-        }
+        WorkerTarget::Chatpipe {
+            api_url,
+            token_secret,
+            ..
+        } => (
+            Some(ApiClient::new(api_url, token_secret)),
+            token_secret.clone(),
+        ),
         _ => (None, String::new()),
     };
     let shared = Arc::new(ClientShared {
@@ -193,7 +210,10 @@ async fn run(plan: WorkerPlan) -> anyhow::Result<()> {
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            emit(&WorkerEvent::Progress(snapshot(&progress_shared, true)));
+            emit(&WorkerEvent::Progress(Box::new(snapshot(
+                &progress_shared,
+                true,
+            ))));
         }
     });
     let rate_bits = Arc::new(AtomicU64::new(0f64.to_bits()));
@@ -221,10 +241,18 @@ async fn run(plan: WorkerPlan) -> anyhow::Result<()> {
                     let (commands, receiver) = mpsc::channel(32);
                     let (online_tx, online_rx) = oneshot::channel();
                     let task = match &plan.target {
-                        WorkerTarget::Chatpipe { .. } => {
-                            tokio::spawn(client::run_chatpipe_client(shared.clone(), spec, receiver, online_tx))
-                        }
-                        _ => tokio::spawn(client::run_baseline_client(shared.clone(), spec, receiver, online_tx)),
+                        WorkerTarget::Chatpipe { .. } => tokio::spawn(client::run_chatpipe_client(
+                            shared.clone(),
+                            spec,
+                            receiver,
+                            online_tx,
+                        )),
+                        _ => tokio::spawn(client::run_baseline_client(
+                            shared.clone(),
+                            spec,
+                            receiver,
+                            online_tx,
+                        )),
                     };
                     clients.push(ClientHandle { commands, task });
                     online_signals.push(online_rx);
@@ -247,8 +275,10 @@ async fn run(plan: WorkerPlan) -> anyhow::Result<()> {
                     seconds: started.elapsed().as_secs_f64(),
                 });
                 if scheduler.is_none() {
-                    let senders: Vec<mpsc::Sender<ClientCommand>> =
-                        clients.iter().map(|client| client.commands.clone()).collect();
+                    let senders: Vec<mpsc::Sender<ClientCommand>> = clients
+                        .iter()
+                        .map(|client| client.commands.clone())
+                        .collect();
                     scheduler = Some(tokio::spawn(schedule_sends(
                         shared.clone(),
                         plan.clone(),
@@ -259,8 +289,11 @@ async fn run(plan: WorkerPlan) -> anyhow::Result<()> {
             }
             WorkerCommand::Conversations { path } => {
                 let ids: Vec<String> = serde_json::from_slice(&std::fs::read(&path)?)?;
-                let index: HashMap<String, u32> =
-                    ids.iter().enumerate().map(|(position, id)| (id.clone(), position as u32)).collect();
+                let index: HashMap<String, u32> = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(position, id)| (id.clone(), position as u32))
+                    .collect();
                 *shared.conversation_index.write().await = Arc::new(index);
                 *shared.conversation_ids.write().await = Arc::new(ids);
                 emit(&WorkerEvent::Ready { worker: plan.index });
@@ -295,7 +328,10 @@ async fn run(plan: WorkerPlan) -> anyhow::Result<()> {
                 let final_counters = snapshot(&shared, false);
                 let (ack_histogram, deliver_histogram) = {
                     let latencies = shared.latencies.lock().expect("not poisoned");
-                    (stats::encode(&latencies.ack), stats::encode(&latencies.deliver))
+                    (
+                        stats::encode(&latencies.ack),
+                        stats::encode(&latencies.deliver),
+                    )
                 };
                 let output = WorkerOutput {
                     worker: plan.index,
@@ -306,7 +342,10 @@ async fn run(plan: WorkerPlan) -> anyhow::Result<()> {
                 };
                 std::fs::write(&out, serde_json::to_vec(&output)?)?;
                 progress.abort();
-                emit(&WorkerEvent::Finished { worker: plan.index, out });
+                emit(&WorkerEvent::Finished {
+                    worker: plan.index,
+                    out,
+                });
                 return Ok(());
             }
         }
@@ -332,7 +371,12 @@ async fn schedule_sends(
         cumulative.push(total);
     }
     let publisher = match &plan.target {
-        WorkerTarget::Centrifugo { api_url, api_key, channel, .. } => Some(Arc::new(CentrifugoPublisher {
+        WorkerTarget::Centrifugo {
+            api_url,
+            api_key,
+            channel,
+            ..
+        } => Some(Arc::new(CentrifugoPublisher {
             http: reqwest::Client::new(),
             url: format!("{}/api/publish", api_url.trim_end_matches('/')),
             api_key: api_key.clone(),
@@ -360,7 +404,9 @@ async fn schedule_sends(
             let uniform: f64 = rand::rng().random_range(f64::EPSILON..1.0);
             next += Duration::from_secs_f64(-uniform.ln() / rate);
             let pick = rand::rng().random_range(0.0..total);
-            let position = cumulative.partition_point(|&weight| weight <= pick).min(plan.send_pairs.len() - 1);
+            let position = cumulative
+                .partition_point(|&weight| weight <= pick)
+                .min(plan.send_pairs.len() - 1);
             let (local, conversation, _) = plan.send_pairs[position];
             if let Some(publisher) = &publisher {
                 counter += 1;
@@ -370,7 +416,10 @@ async fn schedule_sends(
             match senders[local as usize].try_send(ClientCommand::Send { conversation }) {
                 Ok(()) => {}
                 Err(_) => {
-                    shared.counters.send_skipped_backlog.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .send_skipped_backlog
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -389,8 +438,14 @@ impl CentrifugoPublisher {
     fn publish(self: Arc<Self>, shared: &Arc<ClientShared>, counter: u64) {
         let shared = shared.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = self.in_flight.acquire().await else { return };
-            let body = crate::wire::message_body(crate::now_unix_us(), &format!("c{counter}"), shared.body_bytes);
+            let Ok(_permit) = self.in_flight.acquire().await else {
+                return;
+            };
+            let body = crate::wire::message_body(
+                crate::now_unix_us(),
+                &format!("c{counter}"),
+                shared.body_bytes,
+            );
             let request = serde_json::json!({ "channel": self.channel, "data": { "b": body } });
             shared.counters.sends.fetch_add(1, Ordering::Relaxed);
             let outcome = self

@@ -21,7 +21,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let inputs = chatpipe_benches::report::load(&args.results_dir, args.criterion_dir.as_deref(), Some(&args.notes));
+    let inputs = chatpipe_benches::report::load(
+        &args.results_dir,
+        args.criterion_dir.as_deref(),
+        Some(&args.notes),
+    );
     chatpipe_benches::report::write(&inputs, &args.results_dir, &args.output)?;
     println!("wrote {}", args.output.display());
     Ok(())

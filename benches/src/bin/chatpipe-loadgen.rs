@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "chatpipe-loadgen", about = "Load generator and verifier for chatpipe")]
+#[command(
+    name = "chatpipe-loadgen",
+    about = "Load generator and verifier for chatpipe"
+)]
 struct Args {
     /// Scenario file (benches/scenarios/*.toml).
     #[arg(long)]

@@ -79,11 +79,18 @@ fn records(count: usize, body_bytes: usize) -> Vec<(String, Vec<u8>)> {
                 conversation_id: ConversationId::parse(conversation.clone()).expect("valid"),
                 sender_id: UserId::parse(format!("user-{:05}", index % 10_000)).expect("valid"),
                 client_msg_id: ClientMsgId::parse(format!("m{index}")).expect("valid"),
-                body: chatpipe_benches::wire::message_body(1_764_000_000_000_000 + index as u64, &index.to_string(), body_bytes),
+                body: chatpipe_benches::wire::message_body(
+                    1_764_000_000_000_000 + index as u64,
+                    &index.to_string(),
+                    body_bytes,
+                ),
                 ts: 1_764_000_000_000 + index as u64,
                 edge_id: EdgeId::parse("edge-1").expect("valid"),
             };
-            (conversation, serde_json::to_vec(&record).expect("serializes"))
+            (
+                conversation,
+                serde_json::to_vec(&record).expect("serializes"),
+            )
         })
         .collect()
 }
@@ -94,18 +101,31 @@ fn kafka_lib(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
     let home = std::env::var("CHATPIPE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/chatpipe"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/chatpipe")
+        });
     let lib = home.join("lib");
     let mut found: Vec<PathBuf> = std::fs::read_dir(&lib)?
         .flatten()
         .map(|entry| entry.path())
-        .filter(|path| path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.starts_with("kafka-")))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("kafka-"))
+        })
         .collect();
     found.sort();
-    found.pop().ok_or_else(|| anyhow::anyhow!("no kafka-* under {}", lib.display()))
+    found
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no kafka-* under {}", lib.display()))
 }
 
-async fn chatpipe_round(producer: &ChatProducer, topic: &str, payloads: &[(String, Vec<u8>)], in_flight: usize) -> Round {
+async fn chatpipe_round(
+    producer: &ChatProducer,
+    topic: &str,
+    payloads: &[(String, Vec<u8>)],
+    in_flight: usize,
+) -> Round {
     let started = Instant::now();
     let mut histogram = chatpipe_benches::stats::latency_histogram();
     let latencies: Vec<u64> = futures::stream::iter(payloads.iter())
@@ -140,7 +160,12 @@ async fn chatpipe_round(producer: &ChatProducer, topic: &str, payloads: &[(Strin
 fn parse_perf_line(line: &str) -> Option<Round> {
     let number_before = |marker: &str| -> Option<f64> {
         let end = line.find(marker)?;
-        line[..end].trim_end().rsplit([' ', '(']).next()?.parse().ok()
+        line[..end]
+            .trim_end()
+            .rsplit([' ', '('])
+            .next()?
+            .parse()
+            .ok()
     };
     Some(Round {
         tool: "kafka ProducerPerformance".into(),
@@ -151,13 +176,27 @@ fn parse_perf_line(line: &str) -> Option<Round> {
     })
 }
 
-fn perf_round(lib: &std::path::Path, brokers: &str, topic: &str, payload_file: &std::path::Path, count: usize, record_bytes: usize) -> anyhow::Result<Round> {
+fn perf_round(
+    lib: &std::path::Path,
+    brokers: &str,
+    topic: &str,
+    payload_file: &std::path::Path,
+    count: usize,
+    record_bytes: usize,
+) -> anyhow::Result<Round> {
     let output = std::process::Command::new("java")
         .arg("-cp")
         .arg(format!("{}/*", lib.display()))
         .arg("-Dlog4j2.level=warn")
         .arg("org.apache.kafka.tools.ProducerPerformance")
-        .args(["--topic", topic, "--num-records", &count.to_string(), "--throughput", "-1"])
+        .args([
+            "--topic",
+            topic,
+            "--num-records",
+            &count.to_string(),
+            "--throughput",
+            "-1",
+        ])
         .arg("--payload-file")
         .arg(payload_file)
         .args([
@@ -174,30 +213,50 @@ fn perf_round(lib: &std::path::Path, brokers: &str, topic: &str, payload_file: &
         .lines()
         .rev()
         .find(|line| line.contains("records sent") && line.contains("50th"))
-        .ok_or_else(|| anyhow::anyhow!("ProducerPerformance said: {stdout}\n{}", String::from_utf8_lossy(&output.stderr)))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "ProducerPerformance said: {stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
     let _ = record_bytes;
     parse_perf_line(line).ok_or_else(|| anyhow::anyhow!("unparsable: {line}"))
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let lib = kafka_lib(args.kafka_lib.clone())?;
-    let topic = format!("bench.produce.{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &args.brokers).create()?;
+    let topic = format!(
+        "bench.produce.{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .create()?;
     admin
         .create_topics(
-            &[NewTopic::new(&topic, args.partitions, TopicReplication::Fixed(1))],
+            &[NewTopic::new(
+                &topic,
+                args.partitions,
+                TopicReplication::Fixed(1),
+            )],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await?;
     let payloads = records(args.records, args.body_bytes);
-    let record_bytes = payloads.iter().map(|(_, payload)| payload.len()).sum::<usize>() / payloads.len().max(1);
+    let record_bytes = payloads
+        .iter()
+        .map(|(_, payload)| payload.len())
+        .sum::<usize>()
+        / payloads.len().max(1);
     let payload_file = std::env::temp_dir().join(format!("{topic}.payloads"));
     let mut text = Vec::new();
     for (_, payload) in &payloads {
@@ -205,7 +264,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         text.push(b'\n');
     }
     std::fs::write(&payload_file, text)?;
-    let producer = ChatProducer::new(&KafkaConfig::new(args.brokers.clone(), "kafka-produce-bench"), 1)?;
+    let producer = ChatProducer::new(
+        &KafkaConfig::new(args.brokers.clone(), "kafka-produce-bench"),
+        1,
+    )?;
     println!(
         "{} records of {record_bytes} bytes (MessageRecord JSON, {}-byte body) to {topic} ({} partitions); acks=all, idempotence, lz4, linger 1 ms",
         args.records, args.body_bytes, args.partitions
@@ -214,40 +276,64 @@ async fn run(args: Args) -> anyhow::Result<()> {
         record_bytes,
         records: args.records,
         partitions: args.partitions,
-        settings: format!("acks=all, enable.idempotence=true, compression lz4, linger.ms=1; chatpipe: {} sends in flight, keyed by conversation; tool: its defaults (no key)", args.in_flight),
+        settings: format!(
+            "acks=all, enable.idempotence=true, compression lz4, linger.ms=1; chatpipe: {} sends in flight, keyed by conversation; tool: its defaults (no key)",
+            args.in_flight
+        ),
         ..Output::default()
     };
     for round in 0..args.rounds {
         let ours = chatpipe_round(&producer, &topic, &payloads, args.in_flight).await;
-        println!("round {round}: {:<28} {:>9.0} records/s {:>6.1} MB/s p50 {:>6.1} ms p99 {:>6.1} ms", ours.tool, ours.records_per_s, ours.mb_per_s, ours.p50_ms, ours.p99_ms);
+        println!(
+            "round {round}: {:<28} {:>9.0} records/s {:>6.1} MB/s p50 {:>6.1} ms p99 {:>6.1} ms",
+            ours.tool, ours.records_per_s, ours.mb_per_s, ours.p50_ms, ours.p99_ms
+        );
         output.rounds.push(ours);
         let lib = lib.clone();
         let brokers = args.brokers.clone();
         let topic_name = topic.clone();
         let file = payload_file.clone();
         let count = args.records;
-        let theirs = tokio::task::spawn_blocking(move || perf_round(&lib, &brokers, &topic_name, &file, count, record_bytes)).await??;
-        println!("round {round}: {:<28} {:>9.0} records/s {:>6.1} MB/s p50 {:>6.1} ms p99 {:>6.1} ms", theirs.tool, theirs.records_per_s, theirs.mb_per_s, theirs.p50_ms, theirs.p99_ms);
+        let theirs = tokio::task::spawn_blocking(move || {
+            perf_round(&lib, &brokers, &topic_name, &file, count, record_bytes)
+        })
+        .await??;
+        println!(
+            "round {round}: {:<28} {:>9.0} records/s {:>6.1} MB/s p50 {:>6.1} ms p99 {:>6.1} ms",
+            theirs.tool, theirs.records_per_s, theirs.mb_per_s, theirs.p50_ms, theirs.p99_ms
+        );
         output.rounds.push(theirs);
     }
     let median_of = |tool: &str| {
         chatpipe_benches::stats::median(
-            &output.rounds.iter().filter(|round| round.tool.starts_with(tool)).map(|round| round.records_per_s).collect::<Vec<_>>(),
+            &output
+                .rounds
+                .iter()
+                .filter(|round| round.tool.starts_with(tool))
+                .map(|round| round.records_per_s)
+                .collect::<Vec<_>>(),
         )
     };
     output.chatpipe_median_records_per_s = median_of("chatpipe");
     output.perf_tool_median_records_per_s = median_of("kafka");
-    output.ratio = output.chatpipe_median_records_per_s / output.perf_tool_median_records_per_s.max(1.0);
+    output.ratio =
+        output.chatpipe_median_records_per_s / output.perf_tool_median_records_per_s.max(1.0);
     println!(
         "median: chatpipe {:.0} records/s, ProducerPerformance {:.0} records/s, ratio {:.2}",
         output.chatpipe_median_records_per_s, output.perf_tool_median_records_per_s, output.ratio
     );
     let _ = admin
-        .delete_topics(&[&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .delete_topics(
+            &[&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
         .await;
     let _ = std::fs::remove_file(&payload_file);
     std::fs::create_dir_all(&args.out_dir)?;
-    std::fs::write(args.out_dir.join("kafka-produce.json"), serde_json::to_vec_pretty(&output)?)?;
+    std::fs::write(
+        args.out_dir.join("kafka-produce.json"),
+        serde_json::to_vec_pretty(&output)?,
+    )?;
     Ok(())
 }
 
