@@ -274,13 +274,25 @@ banner "summary"
   echo "  total $((SECONDS - START))s; full logs in $LOG_DIR"
 } | tee "$LOG_DIR/report.txt" >&2
 
+# One plain closing line over every phase: "tests: N passed, N failed".
+# (Tests ignored in phase 1 are the ones phase 2 runs, so they are counted
+# there, as passed or failed.)
+totals() {
+  cat "$LOG_DIR"/phase1.log "$LOG_DIR"/phase1-doc.log "$LOG_DIR"/phase2.log 2>/dev/null |
+    awk '/^test result: / { for (i = 1; i < NF; i++) { if ($(i + 1) ~ /^passed/) p += $i; if ($(i + 1) ~ /^failed/) f += $i } }
+         END { printf "tests: %d passed, %d failed\n", p, f }'
+}
+
 if ((INTERRUPTED)); then
   say "INTERRUPTED"
+  totals
   exit 130
 fi
 if ((${#FAILED_STEPS[@]})); then
   say "FAILED: ${FAILED_STEPS[*]}"
+  totals
   exit 1
 fi
 say "all tests passed"
+totals
 exit 0
