@@ -193,7 +193,7 @@ pub struct EdgeArgs {
     #[arg(
         long,
         env = "CHATPIPE_EDGE_WS_READ_BUFFER_BYTES",
-        default_value_t = 4096
+        default_value_t = 1024
     )]
     pub ws_read_buffer_bytes: usize,
     /// Drain deadline on SIGTERM.

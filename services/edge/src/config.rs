@@ -90,7 +90,7 @@ impl Default for EdgeConfig {
             connects_per_second_global: 2_000,
             connects_burst_global: 4_000,
             max_connections: 20_000,
-            ws_read_buffer_bytes: 4 * 1024,
+            ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 0,
             lease_ms: 10_000,
             membership_cache_ttl_ms: 30_000,

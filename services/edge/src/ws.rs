@@ -334,9 +334,8 @@ async fn serve<S: MembershipStore + SendDedupStore>(
         Quota::per_second(nonzero(edge.config.frames_per_second_per_connection))
             .allow_burst(nonzero(edge.config.frames_burst_per_connection)),
     );
-    let mut jobs: Option<mpsc::Sender<Job>> = None;
-    let (control_tx, mut control_rx) = mpsc::channel::<ControlFrame>(JOBS_PER_CONNECTION);
-    let mut control_tx = Some(control_tx);
+    // Started at the first send: an idle connection holds no queues.
+    let mut worker: Option<JobWorker> = None;
     // Frames queued before this connection attached are written first.
     session.wake.notify_one();
 
@@ -347,9 +346,9 @@ async fn serve<S: MembershipStore + SendDedupStore>(
                 return Ending::Kicked(ticket.kick_reason().unwrap_or(KickReason::SlowConsumer));
             }
             _ = edge.draining.cancelled() => {
-                return drain_connection(edge, socket, session, ticket, jobs.take(), control_tx.take(), &mut control_rx).await;
+                return drain_connection(edge, socket, session, ticket, worker.take()).await;
             }
-            Some(frame) = control_rx.recv() => {
+            Some(frame) = next_reply(&mut worker) => {
                 if write(socket, Message::Text(frame.encode().into()), &ticket.kick).await.is_err() {
                     return Ending::ClientGone;
                 }
@@ -418,8 +417,7 @@ async fn serve<S: MembershipStore + SendDedupStore>(
                     reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down").await;
                     continue;
                 }
-                let Some(control) = control_tx.as_ref() else { continue };
-                let queue = jobs.get_or_insert_with(|| spawn_job_worker(edge.clone(), session.user.clone(), control.clone()));
+                let queue = &worker.get_or_insert_with(|| spawn_job_worker(edge.clone(), session.user.clone())).jobs;
                 if queue.try_send(job).is_err() {
                     reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many sends in flight; wait for acks").await;
                 }
@@ -451,14 +449,28 @@ async fn reject<S>(
     let _ = socket.send(Message::Text(frame.encode().into())).await;
 }
 
+/// A connection's job queue and the replies (acks, errors) coming back.
+struct JobWorker {
+    jobs: mpsc::Sender<Job>,
+    replies: mpsc::Receiver<ControlFrame>,
+}
+
+/// The next reply of the connection's worker; never, while it has none.
+async fn next_reply(worker: &mut Option<JobWorker>) -> Option<ControlFrame> {
+    match worker {
+        Some(worker) => worker.replies.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs a connection's sends and events one at a time, in arrival order, so
 /// that a client's messages keep their order into Kafka.
 fn spawn_job_worker<S: MembershipStore + SendDedupStore>(
     edge: Arc<EdgeShared<S>>,
     user: UserId,
-    control: mpsc::Sender<ControlFrame>,
-) -> mpsc::Sender<Job> {
+) -> JobWorker {
     let (jobs_tx, mut jobs_rx) = mpsc::channel::<Job>(JOBS_PER_CONNECTION);
+    let (control, replies) = mpsc::channel::<ControlFrame>(JOBS_PER_CONNECTION);
     tokio::spawn(async move {
         while let Some(job) = jobs_rx.recv().await {
             let reply = match job {
@@ -509,7 +521,10 @@ fn spawn_job_worker<S: MembershipStore + SendDedupStore>(
             }
         }
     });
-    jobs_tx
+    JobWorker {
+        jobs: jobs_tx,
+        replies,
+    }
 }
 
 /// Drain of one connection: finish what the client already sent (its acks
@@ -519,20 +534,21 @@ async fn drain_connection<S>(
     socket: &mut WebSocket,
     session: &Arc<Session>,
     ticket: &crate::sessions::AttachTicket,
-    jobs: Option<mpsc::Sender<Job>>,
-    control_tx: Option<mpsc::Sender<ControlFrame>>,
-    control_rx: &mut mpsc::Receiver<ControlFrame>,
+    worker: Option<JobWorker>,
 ) -> Ending {
-    drop(jobs);
-    drop(control_tx);
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(edge.config.drain_deadline_ms / 2);
-    while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, control_rx.recv()).await {
-        if write(socket, Message::Text(frame.encode().into()), &ticket.kick)
-            .await
-            .is_err()
-        {
-            return Ending::ClientGone;
+    // Closing the job queue lets the worker finish what it holds; its
+    // replies end when it does.
+    if let Some(JobWorker { jobs, mut replies }) = worker {
+        drop(jobs);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(edge.config.drain_deadline_ms / 2);
+        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, replies.recv()).await {
+            if write(socket, Message::Text(frame.encode().into()), &ticket.kick)
+                .await
+                .is_err()
+            {
+                return Ending::ClientGone;
+            }
         }
     }
     for frame in session.take_unwritten() {
