@@ -96,6 +96,7 @@ pub struct ClientShared {
     pub api: Option<ApiClient>,
     pub body_bytes: usize,
     pub ack_every_frames: u64,
+    pub max_unacked_per_client: usize,
 }
 
 impl ClientShared {
@@ -554,6 +555,13 @@ async fn queue_send(
     state: &mut State,
     conversation: u32,
 ) -> Option<String> {
+    if state.pending.len() >= shared.max_unacked_per_client {
+        shared
+            .counters
+            .send_skipped_backlog
+            .fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
     let ids = shared.conversation_ids.read().await.clone();
     let conversation_id = ids.get(conversation as usize)?;
     state.next_message += 1;

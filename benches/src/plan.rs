@@ -192,6 +192,7 @@ pub struct WorkerPlan {
     pub connect_rate_per_s: f64,
     pub body_bytes: usize,
     pub ack_every_frames: u64,
+    pub max_unacked_per_client: usize,
 }
 
 /// Splits a run over `workers` processes.
@@ -230,6 +231,7 @@ pub fn worker_plans(
             connect_rate_per_s: scenario.load.connect_rate_per_s / workers as f64,
             body_bytes: scenario.load.body_bytes,
             ack_every_frames: scenario.load.ack_every_frames,
+            max_unacked_per_client: scenario.load.max_unacked_per_client.max(1),
         })
         .collect();
     let mut local_index = vec![0u32; users];

@@ -373,7 +373,9 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
                     deliveries.expected,
                     deliveries.delivered_live,
                     deliveries.delivered_by_catch_up,
-                    deliveries.missing.len(),
+                    deliveries
+                        .missing_total
+                        .max(deliveries.missing.len() as u64),
                     deliveries.order_violations.len(),
                     verification.history_conversations,
                     verification.history_failures.len(),

@@ -86,6 +86,12 @@ pub struct LoadConfig {
     /// least every 250 ms while some are unacknowledged).
     #[serde(default = "default_ack_every")]
     pub ack_every_frames: u64,
+    /// Most sends a client has waiting for their `ack`; a send due while
+    /// that many are pending is skipped (counted), as a chat client that
+    /// waits for acks would. Keeps an overloaded edge's queues bounded so
+    /// that the run measures throughput, not an ever-growing backlog.
+    #[serde(default = "default_max_unacked")]
+    pub max_unacked_per_client: usize,
     /// How long connections stay open (idle) after all are connected,
     /// before memory is read; also the pause before sending starts.
     #[serde(default = "default_settle_s")]
@@ -113,6 +119,9 @@ fn default_body_bytes() -> usize {
 }
 fn default_ack_every() -> u64 {
     16
+}
+fn default_max_unacked() -> usize {
+    2
 }
 fn default_settle_s() -> u64 {
     5

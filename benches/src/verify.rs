@@ -31,6 +31,9 @@ pub struct DeliveryCheck {
     pub delivered_live: u64,
     pub delivered_by_catch_up: u64,
     pub missing: Vec<MissingDelivery>,
+    /// How many were missing (`missing` may be cut short in results files).
+    #[serde(default)]
+    pub missing_total: u64,
     /// Recipients whose live order of a conversation contradicts another's.
     pub order_violations: Vec<(u32, u32)>,
 }
@@ -104,6 +107,7 @@ pub fn check_deliveries(
             }
         }
     }
+    check.missing_total = check.missing.len() as u64;
     check.order_violations = order_violations(clients);
     check
 }
