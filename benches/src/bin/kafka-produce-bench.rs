@@ -6,7 +6,7 @@
 //! to the tool as `--payload-file`), alternating rounds in one run.
 //! Writes `benches/results/kafka-produce.json`.
 //!
-//! `cargo run --release -p chatpipe-benches --bin kafka-produce-bench -- --records 200000`
+//! `cargo run --release -p chatpipe-benches --bin kafka-produce-bench -- --records 1000000`
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,8 +25,9 @@ use serde::Serialize;
 struct Args {
     #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
-    /// Records per round.
-    #[arg(long, default_value_t = 200_000)]
+    /// Records per round (enough for the JVM to warm up: with 200,000 the
+    /// Java tool spends a good part of its ~1.5 s run in the JIT).
+    #[arg(long, default_value_t = 1_000_000)]
     records: usize,
     /// Message body bytes (the record is the JSON `MessageRecord` around it).
     #[arg(long, default_value_t = 100)]
