@@ -109,35 +109,60 @@ pub async fn start_edge(
     Ok(handle)
 }
 
+/// What every consumer-group role starts with: its own branch of the
+/// shutdown tree, its own health and its own metrics registry.
+struct WorkerScaffold {
+    shutdown: Shutdown,
+    health: Health,
+    registry: Registry,
+}
+
+impl WorkerScaffold {
+    fn new(parent: &Shutdown) -> Self {
+        Self {
+            shutdown: parent.child(),
+            health: Health::new(),
+            registry: Registry::default(),
+        }
+    }
+
+    /// Serves the role's ops endpoints on `listen` and runs `role`.
+    async fn serve(
+        self,
+        listen: SocketAddr,
+        role: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) -> anyhow::Result<Vec<RoleTask>> {
+        let ops = serve_ops(listen, self.health, self.registry, self.shutdown).await?;
+        Ok(vec![tokio::spawn(role), ops])
+    }
+}
+
+fn group_or(args: &WorkerArgs, default: &str) -> String {
+    args.group.clone().unwrap_or_else(|| default.to_owned())
+}
+
 pub async fn start_fanout(
     common: &CommonArgs,
     args: &WorkerArgs,
     store: CassandraStore,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Vec<RoleTask>> {
-    let shutdown = shutdown.child();
-    let health = Health::new();
-    let mut registry = Registry::default();
+    let mut scaffold = WorkerScaffold::new(shutdown);
     let config = FanoutConfig {
-        group_id: args
-            .group
-            .clone()
-            .unwrap_or_else(|| "chatpipe-fanout".into()),
+        group_id: group_or(args, "chatpipe-fanout"),
         topics: engines::topics(common),
         ..FanoutConfig::default()
     };
-    let kafka = engines::kafka(common, "chatpipe-fanout");
     let worker = FanoutWorker::spawn(
         config,
-        kafka,
+        engines::kafka(common, "chatpipe-fanout"),
         store,
-        &mut registry,
-        health.clone(),
-        shutdown.clone(),
+        &mut scaffold.registry,
+        scaffold.health.clone(),
+        scaffold.shutdown.clone(),
     )?;
-    let ops = serve_ops(listen_or(args, FANOUT_OPS), health, registry, shutdown).await?;
-    let run = tokio::spawn(async move { worker.join().await.map_err(anyhow::Error::from) });
-    Ok(vec![run, ops])
+    let run = async move { worker.join().await.map_err(anyhow::Error::from) };
+    scaffold.serve(listen_or(args, FANOUT_OPS), run).await
 }
 
 pub async fn start_persist(
@@ -146,14 +171,9 @@ pub async fn start_persist(
     store: CassandraStore,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Vec<RoleTask>> {
-    let shutdown = shutdown.child();
-    let health = Health::new();
-    let mut registry = Registry::default();
+    let mut scaffold = WorkerScaffold::new(shutdown);
     let config = PersistConfig {
-        group_id: args
-            .group
-            .clone()
-            .unwrap_or_else(|| "chatpipe-persist".into()),
+        group_id: group_or(args, "chatpipe-persist"),
         ..PersistConfig::default()
     };
     let kafka = engines::kafka(common, "chatpipe-persist");
@@ -164,21 +184,15 @@ pub async fn start_persist(
         engines::topics(common),
         store,
         dead_letters,
-        &mut registry,
+        &mut scaffold.registry,
     );
-    let ops = serve_ops(
-        listen_or(args, PERSIST_OPS),
-        health.clone(),
-        registry,
-        shutdown.clone(),
-    )
-    .await?;
-    let run = tokio::spawn(async move {
-        role.run(health, shutdown)
+    let (health, role_shutdown) = (scaffold.health.clone(), scaffold.shutdown.clone());
+    let run = async move {
+        role.run(health, role_shutdown)
             .await
             .map_err(anyhow::Error::from)
-    });
-    Ok(vec![run, ops])
+    };
+    scaffold.serve(listen_or(args, PERSIST_OPS), run).await
 }
 
 pub async fn start_index(
@@ -186,29 +200,22 @@ pub async fn start_index(
     args: &WorkerArgs,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Vec<RoleTask>> {
-    let shutdown = shutdown.child();
-    let health = Health::new();
-    let mut registry = Registry::default();
+    let mut scaffold = WorkerScaffold::new(shutdown);
     let config = IndexConfig {
-        group_id: args
-            .group
-            .clone()
-            .unwrap_or_else(|| "chatpipe-index".into()),
+        group_id: group_or(args, "chatpipe-index"),
         topics: engines::topics(common),
         engine: search_engine_config(common),
         ..IndexConfig::default()
     };
-    let kafka = engines::kafka(common, "chatpipe-index");
     let worker = IndexWorker::spawn(
         config,
-        kafka,
-        &mut registry,
-        health.clone(),
-        shutdown.clone(),
+        engines::kafka(common, "chatpipe-index"),
+        &mut scaffold.registry,
+        scaffold.health.clone(),
+        scaffold.shutdown.clone(),
     )?;
-    let ops = serve_ops(listen_or(args, INDEX_OPS), health, registry, shutdown).await?;
-    let run = tokio::spawn(async move { worker.join().await.map_err(anyhow::Error::from) });
-    Ok(vec![run, ops])
+    let run = async move { worker.join().await.map_err(anyhow::Error::from) };
+    scaffold.serve(listen_or(args, INDEX_OPS), run).await
 }
 
 pub async fn start_api(
