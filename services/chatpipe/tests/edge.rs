@@ -17,6 +17,15 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
 
 async fn push(edge: &chatpipe_edge::EdgeHandle, recipients: &[&str], bodies: &[String]) {
+    push_batch(edge, recipients, bodies, false).await;
+}
+
+async fn push_batch(
+    edge: &chatpipe_edge::EdgeHandle,
+    recipients: &[&str],
+    bodies: &[String],
+    resync: bool,
+) {
     let mut client = EdgePushClient::connect(format!("http://{}", edge.push_addr))
         .await
         .expect("push connects");
@@ -37,6 +46,7 @@ async fn push(edge: &chatpipe_edge::EdgeHandle, recipients: &[&str], bodies: &[S
         .push(PushBatch {
             source: "test".into(),
             items,
+            resync,
         })
         .await
         .expect("push accepted");
@@ -312,6 +322,54 @@ async fn resume_on_the_same_edge_replays_exactly_what_came_after_last_seq() {
     assert_ne!(unknown.session_id, session);
     assert_eq!(edge.metrics.sessions_resumed.get(), 1);
     assert_eq!(edge.metrics.resumes_refused.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_push_makes_every_session_start_over_from_history() {
+    let stack = Stack::new().await;
+    let (edge, _drain) = stack.edge(stack.edge_config("a")).await;
+    let (attached_user, detached_user) = (unique("u"), unique("u"));
+    let mut attached = Client::connect(&edge, &stack.token(&attached_user)).await;
+    let detached = Client::connect(&edge, &stack.token(&detached_user)).await;
+    let detached_session = detached.session_id.clone();
+    drop(detached);
+    eventually("one connection left", WAIT, || async {
+        (edge.metrics.connections.get() == 1).then_some(())
+    })
+    .await;
+    push(&edge, &[&attached_user], &["before".into()]).await;
+    attached
+        .wait_for("a frame before the resync", |frame| frame["op"] == "presence")
+        .await;
+    let attached_session = attached.session_id.clone();
+    let attached_seq = attached.last_seq;
+
+    push_batch(&edge, &[&attached_user], &["after".into()], true).await;
+    while attached.read_frame(WAIT).await.is_some() {}
+    let close = attached
+        .wait_for("the resync close", |frame| frame["op"] == "__close")
+        .await;
+    assert_eq!(close["code"], 4010, "{close}");
+    assert_eq!(edge.metrics.resyncs.get(), 1);
+
+    // Neither session can be resumed: both clients catch up from history.
+    let token = stack.token(&attached_user);
+    let again = Client::resume(&edge, &token, &attached_session, attached_seq).await;
+    assert!(!again.resumed, "the attached session starts over");
+    assert_ne!(again.session_id, attached_session);
+    let token = stack.token(&detached_user);
+    let again = Client::resume(&edge, &token, &detached_session, 0).await;
+    assert!(!again.resumed, "the detached session starts over");
+    assert_eq!(edge.metrics.resumes_refused.get(), 2);
+
+    // A session opened after the resync is served normally.
+    let fresh_user = unique("u");
+    let mut fresh = Client::connect(&edge, &stack.token(&fresh_user)).await;
+    push(&edge, &[&fresh_user], &["later".into()]).await;
+    let frame = fresh
+        .wait_for("a frame after the resync", |frame| frame["op"] == "presence")
+        .await;
+    assert_eq!(frame["status"], "later");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

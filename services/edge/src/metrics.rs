@@ -30,6 +30,8 @@ pub struct EdgeMetrics {
     pub slow_consumer_closes: Counter,
     pub heartbeat_timeouts: Counter,
     pub push_batches: Counter,
+    /// Pushes flagged `resync`: every session was made to start over.
+    pub resyncs: Counter,
     /// Frames queued to sessions by pushes.
     pub push_deliveries: Counter,
     /// Push recipients that hold no session here.
@@ -56,6 +58,7 @@ impl EdgeMetrics {
             slow_consumer_closes: Counter::default(),
             heartbeat_timeouts: Counter::default(),
             push_batches: Counter::default(),
+            resyncs: Counter::default(),
             push_deliveries: Counter::default(),
             push_absent_recipients: Counter::default(),
             route_publish_failures: Counter::default(),
@@ -143,6 +146,11 @@ impl EdgeMetrics {
             "push_batches",
             "Push batches received from fan-out",
             self.push_batches.clone(),
+        );
+        registry.register(
+            "resyncs",
+            "Pushes that made every session start over (frames lost upstream)",
+            self.resyncs.clone(),
         );
         registry.register(
             "push_deliveries",

@@ -1,5 +1,8 @@
 //! The gRPC service fan-out workers call: each item of a batch is queued, in
 //! the order received, to every local session of each of its recipients.
+//! A batch flagged `resync` first makes every session start over (see
+//! [`SessionRegistry::resync_all`]): the sender had given up on an earlier
+//! push, so some of them missed frames.
 
 use std::sync::Arc;
 
@@ -25,6 +28,11 @@ impl EdgePush for PushService {
     async fn push(&self, request: Request<PushBatch>) -> Result<Response<PushReply>, Status> {
         let batch = request.into_inner();
         self.metrics.push_batches.inc();
+        if batch.resync {
+            let sessions = self.sessions.resync_all();
+            self.metrics.resyncs.inc();
+            tracing::warn!(source = %batch.source, sessions, "fan-out lost frames for this edge; every session starts over");
+        }
         let mut delivered: u32 = 0;
         let mut absent: u32 = 0;
         for item in &batch.items {

@@ -24,6 +24,9 @@ pub enum KickReason {
     SlowConsumer,
     /// Another connection resumed the session.
     TakenOver,
+    /// Frames meant for the session were lost before reaching the edge; the
+    /// client must start a new session and catch up from history.
+    Resync,
 }
 
 #[derive(Debug)]
@@ -139,6 +142,19 @@ impl Session {
         }
         self.wake.notify_one();
         seq
+    }
+
+    /// Marks the stream lost (no resume) and kicks the attached connection.
+    fn resync(&self) {
+        self.stream.lock().expect("stream lock").mark_lost();
+        let attachment = self.attachment.lock().expect("attachment lock");
+        if let Attachment::Attached {
+            kick, kick_reason, ..
+        } = &*attachment
+        {
+            *kick_reason.lock().expect("kick lock") = Some(KickReason::Resync);
+            kick.cancel();
+        }
     }
 
     pub fn take_unwritten(&self) -> Vec<Arc<str>> {
@@ -308,6 +324,24 @@ impl SessionRegistry {
         };
         for session in &sessions {
             session.enqueue(encode, self.max_unwritten);
+        }
+        sessions.len()
+    }
+
+    /// Every session held now may have missed frames: none of them can be
+    /// resumed, and attached connections are closed so that their clients
+    /// start over and catch up from history. Returns how many sessions.
+    pub fn resync_all(&self) -> usize {
+        let sessions: Vec<Arc<Session>> = self
+            .tables
+            .lock()
+            .expect("sessions lock")
+            .sessions
+            .values()
+            .cloned()
+            .collect();
+        for session in &sessions {
+            session.resync();
         }
         sessions.len()
     }

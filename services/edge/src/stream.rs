@@ -32,6 +32,9 @@ pub struct OutboundStream {
     written_upto: u64,
     /// Highest seq ever evicted without acknowledgement.
     evicted_upto: u64,
+    /// Frames meant for this session were lost before reaching the edge:
+    /// no resume may pretend the stream is complete.
+    lost: bool,
 }
 
 impl OutboundStream {
@@ -43,6 +46,7 @@ impl OutboundStream {
             capacity: capacity.max(1),
             written_upto: 0,
             evicted_upto: 0,
+            lost: false,
         }
     }
 
@@ -88,6 +92,12 @@ impl OutboundStream {
         (self.next_seq - 1 - self.written_upto) as usize
     }
 
+    /// Frames meant for this session were lost upstream: every later resume
+    /// is refused, so that the client catches up from history.
+    pub fn mark_lost(&mut self) {
+        self.lost = true;
+    }
+
     /// Frames held for replay.
     pub fn buffered(&self) -> usize {
         self.frames.len()
@@ -101,7 +111,7 @@ impl OutboundStream {
     /// what the new connection must receive first, and everything up to now
     /// counts as written.
     pub fn resume_after(&mut self, last_seq: u64) -> Replay {
-        if last_seq > self.last_seq() || last_seq < self.evicted_upto {
+        if self.lost || last_seq > self.last_seq() || last_seq < self.evicted_upto {
             return Replay::Gap;
         }
         self.ack(last_seq);

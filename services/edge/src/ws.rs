@@ -39,6 +39,9 @@ pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 pub const CLOSE_TAKEN_OVER: u16 = 4009;
+/// Frames meant for the session were lost upstream: reconnect (a resume is
+/// answered `resumed:false`) and catch up from history.
+pub const CLOSE_RESYNC: u16 = 4010;
 
 /// Sends and events a connection may have queued before it is told to slow down.
 const JOBS_PER_CONNECTION: usize = 64;
@@ -284,6 +287,14 @@ async fn connection<S: MembershipStore + SendDedupStore>(
                 &mut socket,
                 CLOSE_TAKEN_OVER,
                 "session resumed by another connection",
+            )
+            .await;
+        }
+        Ending::Kicked(KickReason::Resync) => {
+            close_with(
+                &mut socket,
+                CLOSE_RESYNC,
+                "frames were lost upstream: reconnect and catch up from history",
             )
             .await;
         }

@@ -20,13 +20,22 @@ pub struct FanoutConfig {
     pub max_batch_records: usize,
     /// Longest wait for a batch to fill once its first record arrived, in ms.
     pub max_batch_wait_ms: u64,
-    /// Deadline of one push RPC to one edge (connecting included), in ms.
+    /// Deadline of the first attempt of a push RPC to one edge (connecting
+    /// included), in ms. A timed-out or failed push is retried while the
+    /// edge's lease is live, each attempt with twice the deadline of the
+    /// previous one, up to `max_push_timeout_ms`.
     pub push_timeout_ms: u64,
+    /// Longest deadline of one push attempt, in ms.
+    pub max_push_timeout_ms: u64,
+    /// Most recipients in one push RPC (a larger item is cut into several),
+    /// which bounds the edge's work per call.
+    pub max_push_recipients: usize,
     /// Largest push RPC, in bytes (estimated). Items beyond it go in further
     /// RPCs to the same edge, sent one after another so order holds; keep it
     /// below the edge's gRPC decoding limit (tonic's default is 4 MiB).
     pub max_push_bytes: usize,
-    /// How long an edge whose push failed or timed out is skipped, in ms.
+    /// How long an edge that was given up (it refused connections, or its
+    /// lease ran out while a push was retried) is skipped, in ms.
     pub suspect_backoff_ms: u64,
     /// Tolerance for clock skew between edges and workers when checking an
     /// edge's lease, in ms: an edge counts as live until
@@ -58,6 +67,8 @@ impl Default for FanoutConfig {
             max_batch_records: 500,
             max_batch_wait_ms: 5,
             push_timeout_ms: 2_000,
+            max_push_timeout_ms: 30_000,
+            max_push_recipients: 20_000,
             max_push_bytes: 3 << 20,
             suspect_backoff_ms: 5_000,
             lease_grace_ms: 1_000,
@@ -75,8 +86,15 @@ impl FanoutConfig {
         Duration::from_millis(self.push_timeout_ms)
     }
 
-    pub fn suspect_backoff(&self) -> Duration {
-        Duration::from_millis(self.suspect_backoff_ms)
+    /// How pushes are cut and retried.
+    pub fn push_settings(&self) -> crate::push::PushSettings {
+        crate::push::PushSettings {
+            timeout: Duration::from_millis(self.push_timeout_ms),
+            max_timeout: Duration::from_millis(self.max_push_timeout_ms),
+            suspect_backoff: Duration::from_millis(self.suspect_backoff_ms),
+            max_bytes: self.max_push_bytes,
+            max_recipients: self.max_push_recipients,
+        }
     }
 
     pub fn membership_cache_ttl(&self) -> Duration {
@@ -96,6 +114,12 @@ impl FanoutConfig {
         }
         if self.push_timeout_ms == 0 {
             return Err("push_timeout_ms must be at least 1".into());
+        }
+        if self.max_push_timeout_ms < self.push_timeout_ms {
+            return Err("max_push_timeout_ms must be at least push_timeout_ms".into());
+        }
+        if self.max_push_recipients == 0 {
+            return Err("max_push_recipients must be at least 1".into());
         }
         if self.max_push_bytes < 1024 {
             return Err("max_push_bytes must be at least 1024".into());

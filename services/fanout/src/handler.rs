@@ -1,12 +1,15 @@
 //! The batch handler of the fan-out consumer group: decode → resolve
 //! recipients → route to edges → one push per edge → confirm.
 //!
-//! `Ok` is returned once every push of the batch has been *attempted*
-//! (answered, failed, or timed out), so offsets move past a batch only after
-//! its pushes were tried. Nothing here is retried per edge: a failed edge is
-//! marked suspect and its clients recover by resuming or from history. Only
-//! a membership-store failure (nothing pushed yet) or a failure to publish a
-//! dead letter fails the batch, and the consumer loop retries it.
+//! `Ok` is returned once every edge of the batch has answered its push or
+//! been given up (see [`crate::push`]: pushes are retried while the edge's
+//! lease is live, so a slow edge delays the batch instead of losing it), so
+//! offsets move past a batch only after its items reached every live edge.
+//! An edge that was given up, or skipped because it was given up recently,
+//! is told to resync on its next push. A membership-store failure (nothing
+//! pushed yet), a failure to publish a dead letter, or a shutdown while
+//! pushes were still retried fails the batch, and the consumer loop retries
+//! it (or leaves it to the partition's next owner).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,11 +23,12 @@ use chatpipe_kafka::DeadLetterSink;
 use chatpipe_kafka::consumer::{BatchHandler, HandlerError};
 use futures::{StreamExt, TryStreamExt};
 use rdkafka::message::{Message, OwnedMessage};
+use tokio_util::sync::CancellationToken;
 
 use crate::membership::{Members, MembershipCache};
 use crate::metrics::{FanoutMetrics, PushOutcome};
 use crate::plan::{Delivery, plan_pushes};
-use crate::push::EdgePushers;
+use crate::push::{EdgePushResult, EdgePushers};
 use crate::routes::SharedRouteTable;
 
 /// Logical topic names used as metric labels.
@@ -73,6 +77,8 @@ pub(crate) struct FanoutHandler<M> {
     /// Records of the current batch already dead-lettered, so that a retry
     /// of the batch does not publish them again.
     pub(crate) dead_lettered: HashSet<(String, i32, i64)>,
+    /// Ends push retries when the worker stops.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl<M: MembershipStore> FanoutHandler<M> {
@@ -251,12 +257,29 @@ impl<M: MembershipStore> BatchHandler for FanoutHandler<M> {
             .read(|table| plan_pushes(&resolution.deliveries, table, now, &suspects));
         let pushed_items: usize = plan.batches.iter().map(|batch| batch.items.len()).sum();
         let pushers = &self.pushers;
+        let routes = &self.routes;
+        let shutdown = &self.shutdown;
         let results = futures::future::join_all(plan.batches.into_iter().map(|batch| async move {
+            let still_live = || {
+                routes.read(|table| {
+                    table.is_edge_live_at(&batch.edge_id, &batch.push_addr, now_unix_ms())
+                })
+            };
             pushers
-                .push(&batch.edge_id, &batch.push_addr, batch.items)
+                .push(
+                    &batch.edge_id,
+                    &batch.push_addr,
+                    batch.items,
+                    still_live,
+                    shutdown,
+                )
                 .await
         }))
         .await;
+        let results: Vec<EdgePushResult> = results
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|interrupted| HandlerError::retriable(interrupted.to_string()))?;
 
         let delivered: u64 = results.iter().map(|result| result.delivered_sessions).sum();
         self.metrics.deliveries.inc_by(delivered);
@@ -267,6 +290,8 @@ impl<M: MembershipStore> BatchHandler for FanoutHandler<M> {
         self.metrics
             .recipients_skipped_suspect
             .inc_by(plan.recipients_skipped_suspect);
+        // A skipped edge was given up before, so it is still flagged as
+        // missed: its next answered push carries `resync`.
         for _ in &plan.suspect_edges_skipped {
             self.metrics.count_push(PushOutcome::SkippedSuspect);
         }

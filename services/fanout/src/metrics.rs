@@ -32,7 +32,8 @@ pub enum PushOutcome {
     Timeout,
     /// The connection or the RPC failed.
     Error,
-    /// Not attempted: the edge is suspect after a recent failure.
+    /// Not attempted: the edge was given up recently (it will be told to
+    /// resync).
     SkippedSuspect,
 }
 
@@ -62,6 +63,13 @@ pub struct FanoutMetrics {
     pub pushes: Family<OutcomeLabel, Counter>,
     /// Latency of attempted pushes, in seconds.
     pub push_latency_seconds: Histogram,
+    /// Push attempts that failed or timed out and were tried again.
+    pub push_retries: Counter,
+    /// Edges given up after failed attempts, by reason (`refused`,
+    /// `lease_expired`); each is told to resync on its next push.
+    pub pushes_given_up: CounterByReason,
+    /// Pushes that carried `resync` to an edge given up before.
+    pub resyncs_requested: Counter,
     /// Items routed to edges (one per item per edge).
     pub pushed_items: Counter,
     /// Recipients skipped because no live edge holds a session of theirs
@@ -109,6 +117,9 @@ impl FanoutMetrics {
             absent_recipients: Counter::default(),
             pushes: Family::default(),
             push_latency_seconds: latency_histogram(),
+            push_retries: Counter::default(),
+            pushes_given_up: CounterByReason::default(),
+            resyncs_requested: Counter::default(),
             pushed_items: Counter::default(),
             recipients_offline: Counter::default(),
             recipients_skipped_suspect: Counter::default(),
@@ -152,6 +163,21 @@ impl FanoutMetrics {
             "push_latency_seconds",
             "Latency of pushes to edges",
             self.push_latency_seconds.clone(),
+        );
+        fanout.register(
+            "push_retries",
+            "Push attempts that failed or timed out and were retried",
+            self.push_retries.clone(),
+        );
+        fanout.register(
+            "pushes_given_up",
+            "Edges given up after failed pushes, by reason",
+            self.pushes_given_up.clone(),
+        );
+        fanout.register(
+            "resyncs_requested",
+            "Pushes that told an edge to resync its sessions",
+            self.resyncs_requested.clone(),
         );
         fanout.register(
             "pushed_items",
@@ -270,6 +296,17 @@ impl FanoutMetrics {
     /// Items skipped so far for `reason`.
     pub fn items_skipped_for(&self, reason: &str) -> u64 {
         reason_count(&self.items_skipped, reason)
+    }
+
+    /// Edges given up so far for `reason` (`refused`, `lease_expired`).
+    pub fn given_up_for(&self, reason: &str) -> u64 {
+        reason_count(&self.pushes_given_up, reason)
+    }
+
+    pub(crate) fn count_given_up(&self, reason: crate::push::GiveUpReason) {
+        self.pushes_given_up
+            .get_or_create(&ReasonLabel::new(reason.as_str()))
+            .inc();
     }
 
     pub(crate) fn count_item_skipped(&self, reason: &str) {

@@ -1,11 +1,22 @@
-//! The gRPC side: one lazily-connected tonic channel per edge address, a
-//! per-push deadline, and a short "suspect" backoff for edges that failed.
+//! The gRPC side: one lazily-connected tonic channel per edge address, and
+//! the retry policy of a push.
 //!
-//! A push is attempted once. If it fails or times out, the edge is skipped
-//! for `suspect_backoff_ms` so that a dead or wedged edge costs at most one
-//! timeout per backoff period instead of one per batch; its clients recover
-//! what they missed by resuming or from history (at-most-once on this hop,
-//! as `push.proto` says).
+//! A push to an edge is retried until the edge answers, with a growing
+//! deadline (an edge busy with a large batch finishes it and answers the
+//! next attempt in time) and a growing pause, for as long as the edge's
+//! lease is live. Meanwhile the batch, and so the partition, waits: a slow
+//! edge slows delivery down instead of losing it. Only two things end the
+//! retries without an answer:
+//! - the edge refuses connections (no process listens there any more, so no
+//!   client is attached to it), or
+//! - its lease runs out (presumed dead; its clients reconnect elsewhere).
+//!
+//! Either way the edge is *missed*: skipped for `suspect_backoff_ms`, and the
+//! next push that reaches it carries `resync`, so that an edge that was in
+//! fact alive makes its sessions catch up from history instead of silently
+//! missing frames. A retry may deliver an item twice (the edge may have
+//! done the work of an attempt whose answer came too late); clients
+//! de-duplicate by `message_id`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,27 +26,82 @@ use chatpipe_core::EdgeId;
 use chatpipe_proto::push::edge_push_client::EdgePushClient;
 use chatpipe_proto::push::{PushBatch, PushItem};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::metrics::{FanoutMetrics, PushOutcome};
 
-/// Channels and suspicion state, shared by every batch of one worker.
+/// First pause between two attempts; it doubles up to [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// How pushes are cut and retried.
+#[derive(Debug, Clone, Copy)]
+pub struct PushSettings {
+    /// Deadline of a first attempt; each retry doubles it.
+    pub timeout: Duration,
+    /// Longest deadline of one attempt.
+    pub max_timeout: Duration,
+    /// How long an edge that was given up is skipped.
+    pub suspect_backoff: Duration,
+    /// Largest RPC in (estimated) bytes.
+    pub max_bytes: usize,
+    /// Most recipients in one RPC: bounds the edge's work per call, so that
+    /// every call is answered well within its deadline.
+    pub max_recipients: usize,
+}
+
+/// Channels, suspicion and "missed" state, shared by every batch of one
+/// worker.
 #[derive(Debug)]
 pub struct EdgePushers {
     source: String,
-    push_timeout: Duration,
-    suspect_backoff: Duration,
-    max_push_bytes: usize,
+    settings: PushSettings,
     channels: Mutex<HashMap<Arc<str>, EdgePushClient<Channel>>>,
     suspects: Mutex<HashMap<EdgeId, Instant>>,
+    /// Edges this worker gave up on since their last successful push.
+    missed: Mutex<HashSet<EdgeId>>,
     metrics: FanoutMetrics,
+}
+
+/// Why retries to an edge ended without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUpReason {
+    /// Nothing listens at the edge's address.
+    Refused,
+    /// The edge's lease ran out (or it left the route table).
+    LeaseExpired,
+}
+
+impl GiveUpReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GiveUpReason::Refused => "refused",
+            GiveUpReason::LeaseExpired => "lease_expired",
+        }
+    }
 }
 
 /// The result of pushing to one edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgePushResult {
-    pub outcome: PushOutcome,
+    /// Recipient sessions the edge queued items to.
     pub delivered_sessions: u64,
+    /// Set when the edge was given up (it will be told to resync).
+    pub gave_up: Option<GiveUpReason>,
+}
+
+/// The worker is shutting down while a push was still being retried: the
+/// batch must not be confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("shutdown while retrying a push")]
+pub struct Interrupted;
+
+/// A failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Failure {
+    outcome: PushOutcome,
+    refused: bool,
 }
 
 /// A rough protobuf size of one item (field tags and lengths included), to
@@ -54,19 +120,53 @@ fn estimated_item_bytes(item: &PushItem) -> usize {
         + 5 * PER_FIELD
 }
 
-/// Splits `items` into consecutive runs of at most `max_bytes` (each run
-/// holds at least one item), preserving order.
-pub fn split_by_size(items: Vec<PushItem>, max_bytes: usize) -> Vec<Vec<PushItem>> {
+/// Splits `items` into consecutive runs of at most `max_bytes` and
+/// `max_recipients` (each run holds at least one item; an item with more
+/// recipients than `max_recipients` is cut into several items with the
+/// same content), preserving order.
+pub fn split_runs(
+    items: Vec<PushItem>,
+    max_bytes: usize,
+    max_recipients: usize,
+) -> Vec<Vec<PushItem>> {
+    let max_recipients = max_recipients.max(1);
     let mut runs: Vec<Vec<PushItem>> = Vec::new();
     let mut current: Vec<PushItem> = Vec::new();
-    let mut current_bytes = 0;
-    for item in items {
+    let (mut current_bytes, mut current_recipients) = (0, 0);
+    let pieces = items.into_iter().flat_map(|item| {
+        if item.recipients.len() <= max_recipients {
+            return vec![item];
+        }
+        let PushItem {
+            op,
+            fields_json,
+            recipients,
+            conversation_id,
+            message_id,
+        } = item;
+        recipients
+            .chunks(max_recipients)
+            .map(|chunk| PushItem {
+                op: op.clone(),
+                fields_json: fields_json.clone(),
+                recipients: chunk.to_vec(),
+                conversation_id: conversation_id.clone(),
+                message_id: message_id.clone(),
+            })
+            .collect()
+    });
+    for item in pieces {
         let item_bytes = estimated_item_bytes(&item);
-        if !current.is_empty() && current_bytes + item_bytes > max_bytes {
+        let item_recipients = item.recipients.len();
+        if !current.is_empty()
+            && (current_bytes + item_bytes > max_bytes
+                || current_recipients + item_recipients > max_recipients)
+        {
             runs.push(std::mem::take(&mut current));
-            current_bytes = 0;
+            (current_bytes, current_recipients) = (0, 0);
         }
         current_bytes += item_bytes;
+        current_recipients += item_recipients;
         current.push(item);
     }
     if !current.is_empty() {
@@ -75,21 +175,41 @@ pub fn split_by_size(items: Vec<PushItem>, max_bytes: usize) -> Vec<Vec<PushItem
     runs
 }
 
+/// Resolves once `still_live()` stops holding (checked every 250 ms).
+async fn lease_lapse(still_live: &impl Fn() -> bool) {
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if !still_live() {
+            return;
+        }
+    }
+}
+
+/// Whether a failed RPC shows that nothing listens at the address.
+fn is_connection_refused(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> =
+        std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    status.code() == tonic::Code::Unavailable && status.message().contains("Connection refused")
+}
+
 impl EdgePushers {
-    pub fn new(
-        source: impl Into<String>,
-        push_timeout: Duration,
-        suspect_backoff: Duration,
-        max_push_bytes: usize,
-        metrics: FanoutMetrics,
-    ) -> Self {
+    pub fn new(source: impl Into<String>, settings: PushSettings, metrics: FanoutMetrics) -> Self {
         Self {
             source: source.into(),
-            push_timeout,
-            suspect_backoff,
-            max_push_bytes,
+            settings,
             channels: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
+            missed: Mutex::new(HashSet::new()),
             metrics,
         }
     }
@@ -102,12 +222,33 @@ impl EdgePushers {
         suspects.keys().cloned().collect()
     }
 
-    fn mark_suspect(&self, edge_id: &EdgeId) {
-        let until = Instant::now() + self.suspect_backoff;
+    /// Remembers that `edge_id` missed frames: skip it for a while, and ask
+    /// it to resync on the next push that reaches it.
+    pub fn mark_missed(&self, edge_id: &EdgeId) {
+        let until = Instant::now() + self.settings.suspect_backoff;
         self.suspects
             .lock()
             .expect("suspects lock poisoned")
             .insert(edge_id.clone(), until);
+        self.missed
+            .lock()
+            .expect("missed lock poisoned")
+            .insert(edge_id.clone());
+    }
+
+    fn has_missed(&self, edge_id: &EdgeId) -> bool {
+        self.missed
+            .lock()
+            .expect("missed lock poisoned")
+            .contains(edge_id)
+    }
+
+    fn resynced(&self, edge_id: &EdgeId) {
+        self.missed
+            .lock()
+            .expect("missed lock poisoned")
+            .remove(edge_id);
+        self.metrics.resyncs_requested.inc();
     }
 
     fn client(
@@ -118,11 +259,12 @@ impl EdgePushers {
         if let Some(client) = channels.get(push_addr) {
             return Ok(client.clone());
         }
+        let connect_timeout = self.settings.timeout;
         let endpoint = Endpoint::from_shared(format!("http://{push_addr}"))?
-            .connect_timeout(self.push_timeout)
+            .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(self.push_timeout.max(Duration::from_secs(1)));
+            .keep_alive_timeout(connect_timeout.max(Duration::from_secs(1)));
         let client = EdgePushClient::new(endpoint.connect_lazy());
         channels.insert(push_addr.clone(), client.clone());
         Ok(client)
@@ -137,35 +279,87 @@ impl EdgePushers {
             .retain(|addr, _| known.contains(&**addr));
     }
 
-    /// Pushes `items` to one edge: one RPC, or a few consecutive ones when
-    /// the items exceed `max_push_bytes`. Counts the outcome; a failure
-    /// marks the edge suspect. Never returns an error: the caller carries on.
+    /// The deadline of attempt number `attempt` (0-based).
+    fn attempt_timeout(&self, attempt: u32) -> Duration {
+        let grown = self
+            .settings
+            .timeout
+            .saturating_mul(1u32 << attempt.min(16));
+        grown.min(self.settings.max_timeout.max(self.settings.timeout))
+    }
+
+    /// Pushes `items` to one edge, in order: one RPC, or a few consecutive
+    /// ones when the items exceed the size or recipient bounds. Each RPC is
+    /// retried until answered while `still_live()` holds (see the module
+    /// documentation). Counts every attempt. Errs only when `shutdown` was
+    /// cancelled before every RPC was answered or given up.
     pub async fn push(
         &self,
         edge_id: &EdgeId,
         push_addr: &Arc<str>,
         items: Vec<PushItem>,
-    ) -> EdgePushResult {
+        still_live: impl Fn() -> bool,
+        shutdown: &CancellationToken,
+    ) -> Result<EdgePushResult, Interrupted> {
         let mut delivered_sessions = 0;
-        for run in split_by_size(items, self.max_push_bytes) {
-            let outcome = self.push_once(edge_id, push_addr, run).await;
-            match outcome {
-                Ok(delivered) => delivered_sessions += delivered,
-                Err(outcome) => {
-                    self.metrics.count_push(outcome);
-                    self.mark_suspect(edge_id);
-                    return EdgePushResult {
-                        outcome,
-                        delivered_sessions,
-                    };
+        let runs = split_runs(items, self.settings.max_bytes, self.settings.max_recipients);
+        for run in runs {
+            let mut attempt: u32 = 0;
+            let mut pause = FIRST_RETRY_PAUSE;
+            loop {
+                let resync = self.has_missed(edge_id);
+                let timeout = self.attempt_timeout(attempt);
+                let attempted = tokio::select! {
+                    answer = self.push_once(edge_id, push_addr, run.clone(), resync, timeout) => answer,
+                    // A long attempt does not outlive the edge's lease.
+                    () = lease_lapse(&still_live) => Err(Failure {
+                        outcome: PushOutcome::Timeout,
+                        refused: false,
+                    }),
+                };
+                match attempted {
+                    Ok(delivered) => {
+                        self.metrics.count_push(PushOutcome::Ok);
+                        if resync {
+                            self.resynced(edge_id);
+                        }
+                        delivered_sessions += delivered;
+                        break;
+                    }
+                    Err(failure) => {
+                        self.metrics.count_push(failure.outcome);
+                        let gave_up = if failure.refused {
+                            Some(GiveUpReason::Refused)
+                        } else if !still_live() {
+                            Some(GiveUpReason::LeaseExpired)
+                        } else {
+                            None
+                        };
+                        if let Some(reason) = gave_up {
+                            tracing::warn!(edge = %edge_id, push_addr = &**push_addr, reason = reason.as_str(), attempts = attempt + 1, "push given up; the edge will be told to resync");
+                            self.metrics.count_given_up(reason);
+                            self.mark_missed(edge_id);
+                            return Ok(EdgePushResult {
+                                delivered_sessions,
+                                gave_up: Some(reason),
+                            });
+                        }
+                        self.metrics.push_retries.inc();
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.cancelled() => return Err(Interrupted),
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                        pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                        attempt = attempt.saturating_add(1);
+                    }
                 }
             }
         }
-        self.metrics.count_push(PushOutcome::Ok);
-        EdgePushResult {
-            outcome: PushOutcome::Ok,
+        Ok(EdgePushResult {
             delivered_sessions,
-        }
+            gave_up: None,
+        })
     }
 
     async fn push_once(
@@ -173,21 +367,27 @@ impl EdgePushers {
         edge_id: &EdgeId,
         push_addr: &Arc<str>,
         items: Vec<PushItem>,
-    ) -> Result<u64, PushOutcome> {
+        resync: bool,
+        timeout: Duration,
+    ) -> Result<u64, Failure> {
         let mut client = match self.client(push_addr) {
             Ok(client) => client,
             Err(error) => {
                 tracing::warn!(edge = %edge_id, push_addr = &**push_addr, %error, "bad edge push address");
-                return Err(PushOutcome::Error);
+                return Err(Failure {
+                    outcome: PushOutcome::Error,
+                    refused: true,
+                });
             }
         };
         let item_count = items.len();
         let request = PushBatch {
             source: self.source.clone(),
             items,
+            resync,
         };
         let started = Instant::now();
-        let answer = tokio::time::timeout(self.push_timeout, client.push(request)).await;
+        let answer = tokio::time::timeout(timeout, client.push(request)).await;
         self.metrics
             .push_latency_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -200,12 +400,19 @@ impl EdgePushers {
                 Ok(u64::from(reply.delivered_sessions))
             }
             Ok(Err(status)) => {
-                tracing::warn!(edge = %edge_id, push_addr = &**push_addr, code = ?status.code(), message = status.message(), items = item_count, "push failed; edge suspect");
-                Err(PushOutcome::Error)
+                let refused = is_connection_refused(&status);
+                tracing::warn!(edge = %edge_id, push_addr = &**push_addr, code = ?status.code(), message = status.message(), refused, items = item_count, "push failed");
+                Err(Failure {
+                    outcome: PushOutcome::Error,
+                    refused,
+                })
             }
             Err(_elapsed) => {
-                tracing::warn!(edge = %edge_id, push_addr = &**push_addr, timeout_ms = self.push_timeout.as_millis() as u64, items = item_count, "push timed out; edge suspect");
-                Err(PushOutcome::Timeout)
+                tracing::warn!(edge = %edge_id, push_addr = &**push_addr, timeout_ms = timeout.as_millis() as u64, items = item_count, "push timed out; retrying with a longer deadline");
+                Err(Failure {
+                    outcome: PushOutcome::Timeout,
+                    refused: false,
+                })
             }
         }
     }
@@ -229,7 +436,7 @@ mod tests {
 
     #[test]
     fn small_batches_stay_one_rpc_and_large_ones_split_in_order() {
-        assert_eq!(split_by_size(vec![item(3), item(3)], 3 << 20).len(), 1);
+        assert_eq!(split_runs(vec![item(3), item(3)], 3 << 20, 100).len(), 1);
         let items: Vec<PushItem> = (0..10)
             .map(|index| {
                 let mut big = item(1_000);
@@ -237,7 +444,7 @@ mod tests {
                 big
             })
             .collect();
-        let runs = split_by_size(items, 30_000);
+        let runs = split_runs(items, 30_000, 1_000_000);
         assert!(runs.len() > 1);
         let order: Vec<String> = runs
             .iter()
@@ -249,9 +456,60 @@ mod tests {
             (0..10).map(|index| index.to_string()).collect::<Vec<_>>()
         );
         assert_eq!(
-            split_by_size(vec![item(10_000)], 10).len(),
+            split_runs(vec![item(10_000)], 10, 1_000_000).len(),
             1,
             "an oversized item still goes alone"
         );
+    }
+
+    #[test]
+    fn runs_are_bounded_by_recipients_and_large_items_are_cut() {
+        let mut first = item(2_500);
+        first.message_id = "a".into();
+        let mut second = item(10);
+        second.message_id = "b".into();
+        let runs = split_runs(vec![first, second], 3 << 20, 1_000);
+        let shapes: Vec<Vec<(String, usize)>> = runs
+            .iter()
+            .map(|run| {
+                run.iter()
+                    .map(|item| (item.message_id.clone(), item.recipients.len()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            shapes,
+            vec![
+                vec![("a".to_owned(), 1_000)],
+                vec![("a".to_owned(), 1_000)],
+                vec![("a".to_owned(), 500), ("b".to_owned(), 10)],
+            ]
+        );
+        let recipients: Vec<String> = runs
+            .iter()
+            .flatten()
+            .filter(|item| item.message_id == "a")
+            .flat_map(|item| item.recipients.clone())
+            .collect();
+        assert_eq!(recipients, item(2_500).recipients, "every recipient once, in order");
+    }
+
+    #[test]
+    fn attempt_deadlines_grow_to_the_cap() {
+        let pushers = EdgePushers::new(
+            "test",
+            PushSettings {
+                timeout: Duration::from_millis(500),
+                max_timeout: Duration::from_secs(3),
+                suspect_backoff: Duration::from_secs(5),
+                max_bytes: 1 << 20,
+                max_recipients: 1_000,
+            },
+            FanoutMetrics::new(),
+        );
+        let deadlines: Vec<u128> = (0..5)
+            .map(|attempt| pushers.attempt_timeout(attempt).as_millis())
+            .collect();
+        assert_eq!(deadlines, vec![500, 1_000, 2_000, 3_000, 3_000]);
     }
 }

@@ -61,9 +61,7 @@ impl FanoutWorker {
         let routes = SharedRouteTable::new(RouteTable::new(config.lease_grace_ms));
         let pushers = Arc::new(EdgePushers::new(
             config.worker_id.clone(),
-            config.push_timeout(),
-            config.suspect_backoff(),
-            config.max_push_bytes,
+            config.push_settings(),
             metrics.clone(),
         ));
         let membership = MembershipCache::new(store, &config, metrics.clone());
@@ -113,6 +111,7 @@ impl FanoutWorker {
             metrics: metrics.clone(),
             resolve_concurrency: config.resolve_concurrency,
             dead_lettered: Default::default(),
+            shutdown: shutdown.token().clone(),
         };
         let consumer_kafka = KafkaConfig::new(
             kafka.brokers.clone(),

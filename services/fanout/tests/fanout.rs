@@ -194,7 +194,7 @@ async fn an_edge_with_an_expired_lease_gets_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_edges_do_not_stall_delivery_to_the_others() {
+async fn dead_edges_are_given_up_and_told_to_resync_when_they_come_back() {
     let deployment = Deployment::new().await;
     let healthy = FakeEdge::start().await;
     let (healthy_id, refused_id, wedged_id) = (
@@ -207,9 +207,6 @@ async fn unreachable_edges_do_not_stall_delivery_to_the_others() {
         .await;
     deployment
         .publish_live_edge(&refused_id, &closed_port().await)
-        .await;
-    deployment
-        .publish_live_edge(&wedged_id, &black_hole().await)
         .await;
     let (yara, xavier, zoe) = (
         deployment.user("yara"),
@@ -226,11 +223,24 @@ async fn unreachable_edges_do_not_stall_delivery_to_the_others() {
 
     let worker = deployment.start(FanoutConfig {
         push_timeout_ms: 500,
-        suspect_backoff_ms: 600_000,
+        suspect_backoff_ms: 2_000,
+        lease_grace_ms: 0,
         ..deployment.config()
     });
     worker.ready().await;
     let metrics = worker.worker.metrics().clone();
+    // The wedged edge accepts connections and never answers; its lease runs
+    // out in a few seconds, as a dead edge's would.
+    let wedged_addr = black_hole().await;
+    deployment
+        .publish_edge(&wedged_id, &wedged_addr, now_unix_ms() + 4_000)
+        .await;
+    eventually("the wedged edge is live in the route table", WAIT, || {
+        worker.worker.routes().read(|table| {
+            table.is_edge_live_at(&wedged_id, &wedged_addr, now_unix_ms())
+        })
+    })
+    .await;
     for index in 0..10 {
         deployment
             .send_message(&conversation, &yara, &format!("first {index}"))
@@ -240,36 +250,97 @@ async fn unreachable_edges_do_not_stall_delivery_to_the_others() {
         healthy.message_ids().len() == 10
     })
     .await;
-    eventually("both failures were counted", WAIT, || {
-        metrics.pushes_with(PushOutcome::Error) >= 1
-            && metrics.pushes_with(PushOutcome::Timeout) >= 1
+    assert_eq!(
+        metrics.given_up_for("refused"),
+        1,
+        "nothing listens: given up at the first refusal"
+    );
+    // Meanwhile the wedged edge is retried until its lease runs out.
+    eventually("the wedged edge was given up", WAIT, || {
+        metrics.given_up_for("lease_expired") == 1
     })
     .await;
-    // Both edges are now suspect: the next round skips them at once.
+    assert!(metrics.pushes_with(PushOutcome::Timeout) >= 2);
+    assert!(metrics.push_retries.get() >= 1);
+
+    // The refused edge comes back (same id, new address): once its
+    // suspicion ran out, its first push carries `resync`, later ones not.
+    let returned = FakeEdge::start().await;
+    deployment
+        .publish_live_edge(&refused_id, &returned.push_addr())
+        .await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     for index in 0..10 {
         deployment
             .send_message(&conversation, &yara, &format!("second {index}"))
             .await;
     }
+    eventually("the returned edge got the second round", WAIT, || {
+        returned.message_ids().len() == 10
+    })
+    .await;
+    let flags: Vec<bool> = returned.batches().iter().map(|batch| batch.resync).collect();
+    assert!(flags[0], "first push to the returned edge asks for a resync");
+    assert!(
+        flags[1..].iter().all(|resync| !resync),
+        "one resync only: {flags:?}"
+    );
+    assert_eq!(metrics.resyncs_requested.get(), 1);
+    assert!(
+        healthy.batches().iter().all(|batch| !batch.resync),
+        "the healthy edge never missed anything"
+    );
     eventually("the healthy edge got the second round", WAIT, || {
         healthy.message_ids().len() == 20
     })
     .await;
-    eventually("suspect edges were skipped", WAIT, || {
-        metrics.pushes_with(PushOutcome::SkippedSuspect) >= 2
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_edge_is_retried_until_it_answers_and_nothing_is_skipped() {
+    let deployment = Deployment::new().await;
+    // Every push takes 700 ms to answer; the first attempt's deadline is
+    // 300 ms, the second's 600 ms, the third's 1.2 s.
+    let slow = FakeEdge::start_with_delay(Duration::from_millis(700)).await;
+    let slow_id = deployment.edge("slow");
+    deployment.publish_live_edge(&slow_id, &slow.push_addr()).await;
+    let (ann, bob) = (deployment.user("ann"), deployment.user("bob"));
+    deployment.publish_route(&bob, &slow_id).await;
+    let conversation = deployment.conversation("c");
+    deployment
+        .create_conversation(&conversation, &[ann.clone(), bob.clone()])
+        .await;
+    let worker = deployment.start(FanoutConfig {
+        push_timeout_ms: 300,
+        max_push_timeout_ms: 5_000,
+        ..deployment.config()
+    });
+    worker.ready().await;
+    let metrics = worker.worker.metrics().clone();
+    let mut sent = Vec::new();
+    for index in 0..5 {
+        let record = deployment.message(&conversation, &ann, &format!("m{index}"));
+        deployment.send(&record).await;
+        sent.push(record.message_id.to_string());
+    }
+    eventually("every message reached the slow edge", WAIT, || {
+        slow.distinct_message_ids().len() == 5
     })
     .await;
-    assert_eq!(
-        metrics.pushes_with(PushOutcome::Error),
-        1,
-        "the refused edge was tried once"
-    );
-    assert_eq!(
-        metrics.pushes_with(PushOutcome::Timeout),
-        1,
-        "the wedged edge was tried once"
-    );
-    assert!(metrics.recipients_skipped_suspect.get() >= 2);
+    let mut first_seen: Vec<String> = Vec::new();
+    for id in slow.message_ids() {
+        if !first_seen.contains(&id) {
+            first_seen.push(id);
+        }
+    }
+    assert_eq!(first_seen, sent, "in Kafka order");
+    assert!(metrics.pushes_with(PushOutcome::Timeout) >= 2);
+    assert!(metrics.push_retries.get() >= 2);
+    assert_eq!(metrics.given_up_for("refused"), 0);
+    assert_eq!(metrics.given_up_for("lease_expired"), 0);
+    assert_eq!(metrics.pushes_with(PushOutcome::SkippedSuspect), 0);
+    assert!(slow.batches().iter().all(|batch| !batch.resync));
     worker.stop().await;
 }
 
