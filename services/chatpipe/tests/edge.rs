@@ -339,7 +339,9 @@ async fn a_resync_push_makes_every_session_start_over_from_history() {
     .await;
     push(&edge, &[&attached_user], &["before".into()]).await;
     attached
-        .wait_for("a frame before the resync", |frame| frame["op"] == "presence")
+        .wait_for("a frame before the resync", |frame| {
+            frame["op"] == "presence"
+        })
         .await;
     let attached_session = attached.session_id.clone();
     let attached_seq = attached.last_seq;
@@ -367,7 +369,9 @@ async fn a_resync_push_makes_every_session_start_over_from_history() {
     let mut fresh = Client::connect(&edge, &stack.token(&fresh_user)).await;
     push(&edge, &[&fresh_user], &["later".into()]).await;
     let frame = fresh
-        .wait_for("a frame after the resync", |frame| frame["op"] == "presence")
+        .wait_for("a frame after the resync", |frame| {
+            frame["op"] == "presence"
+        })
         .await;
     assert_eq!(frame["status"], "later");
 }

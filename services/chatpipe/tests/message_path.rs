@@ -195,16 +195,8 @@ async fn a_ten_thousand_member_group_costs_one_push_per_edge() {
     for member in members.iter().take(6) {
         stack.routed(&fanout, member, 1).await;
     }
-    // Let the presence of those who connected settle before counting pushes.
-    for (index, client) in online.iter_mut().enumerate() {
-        for later in &members[index + 1..6] {
-            client
-                .wait_for("presence", |frame| {
-                    frame["op"] == "presence" && frame["user_id"] == later.as_str()
-                })
-                .await;
-        }
-    }
+    // Presence does not flow in a group this large (`presence_max_members`),
+    // so the only pushes from here on carry the message.
     let pushes_before = edge_a.metrics.push_batches.get() + edge_b.metrics.push_batches.get();
     let ack = online[0]
         .send_message(conversation.as_str(), "big", "hello everyone")

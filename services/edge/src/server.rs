@@ -342,9 +342,19 @@ async fn run_route_task<S: MembershipStore + SendDedupStore>(
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            Some((change, done)) = jobs.recv() => {
-                apply_route_change(&edge, &announcer, &change).await;
-                if let Some(done) = done {
+            Some(first) = jobs.recv() => {
+                // Everything queued meanwhile goes out together: one Kafka
+                // round trip for many connects instead of one each.
+                let mut batch = vec![first];
+                while batch.len() < ROUTE_BATCH_MAX {
+                    match jobs.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let (changes, dones): (Vec<RouteChange>, Vec<_>) = batch.into_iter().unzip();
+                apply_route_changes(&edge, &announcer, &changes).await;
+                for done in dones.into_iter().flatten() {
                     let _ = done.send(());
                 }
             }
@@ -359,8 +369,9 @@ async fn run_route_task<S: MembershipStore + SendDedupStore>(
                 }
             }
             _ = sweep.tick() => {
-                for change in edge.sessions.expire_detached(resume_window) {
-                    apply_route_change(&edge, &announcer, &change).await;
+                let expired = edge.sessions.expire_detached(resume_window);
+                for changes in expired.chunks(ROUTE_BATCH_MAX) {
+                    apply_route_changes(&edge, &announcer, changes).await;
                 }
                 edge.metrics.sessions.set(edge.sessions.session_count() as i64);
             }
@@ -368,36 +379,52 @@ async fn run_route_task<S: MembershipStore + SendDedupStore>(
     }
 }
 
-async fn apply_route_change<S: MembershipStore + SendDedupStore>(
+/// Most route changes published together.
+const ROUTE_BATCH_MAX: usize = 1024;
+
+/// Publishes route changes, then the matching presence events. All records
+/// of one phase are handed to the producer in order before any is awaited,
+/// so they share Kafka round trips while records of one key keep their
+/// order (the producer is idempotent: order holds through retries).
+async fn apply_route_changes<S: MembershipStore + SendDedupStore>(
     edge: &EdgeShared<S>,
     announcer: &RouteAnnouncer,
-    change: &RouteChange,
+    changes: &[RouteChange],
 ) {
-    let (user, routed, status) = match change {
-        RouteChange::UserArrived(user) => {
-            (user, announcer.route_up(user).await, PresenceStatus::Online)
+    let routed = futures::future::join_all(changes.iter().map(|change| async move {
+        match change {
+            RouteChange::UserArrived(user) => announcer.route_up(user).await,
+            RouteChange::UserLeft(user) => announcer.route_down(user).await,
         }
-        RouteChange::UserLeft(user) => (
-            user,
-            announcer.route_down(user).await,
-            PresenceStatus::Offline,
-        ),
-    };
-    if let Err(error) = routed {
-        edge.metrics.route_publish_failures.inc();
-        tracing::warn!(%error, %user, "route change not published");
+    }))
+    .await;
+    for (change, outcome) in changes.iter().zip(routed) {
+        if let Err(error) = outcome {
+            edge.metrics.route_publish_failures.inc();
+            let user = match change {
+                RouteChange::UserArrived(user) | RouteChange::UserLeft(user) => user,
+            };
+            tracing::warn!(%error, %user, "route change not published");
+        }
     }
-    let presence = EventRecord {
-        schema_version: SCHEMA_VERSION,
-        event: Event::Presence {
-            user_id: user.clone(),
-            status,
-        },
-        ts: now_unix_ms(),
-    };
-    if let Err(error) = edge.send_path.publish_presence(&presence, user).await {
-        tracing::debug!(%error, %user, "presence not published");
-    }
+    futures::future::join_all(changes.iter().map(|change| async move {
+        let (user, status) = match change {
+            RouteChange::UserArrived(user) => (user, PresenceStatus::Online),
+            RouteChange::UserLeft(user) => (user, PresenceStatus::Offline),
+        };
+        let presence = EventRecord {
+            schema_version: SCHEMA_VERSION,
+            event: Event::Presence {
+                user_id: user.clone(),
+                status,
+            },
+            ts: now_unix_ms(),
+        };
+        if let Err(error) = edge.send_path.publish_presence(&presence, user).await {
+            tracing::debug!(%error, %user, "presence not published");
+        }
+    }))
+    .await;
 }
 
 fn membership_tail_consumer(

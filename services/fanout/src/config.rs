@@ -56,6 +56,11 @@ pub struct FanoutConfig {
     pub membership_cache_ttl_ms: u64,
     /// Most concurrent membership-store reads while resolving one batch.
     pub resolve_concurrency: usize,
+    /// Presence goes to the members of a user's conversations that have at
+    /// most this many members: in larger groups it would cost members²
+    /// deliveries when everyone connects (clients of large groups ask for
+    /// the presence they show instead).
+    pub presence_max_members: usize,
 }
 
 impl Default for FanoutConfig {
@@ -77,6 +82,7 @@ impl Default for FanoutConfig {
             user_conversations_cache_max_entries: 1_000_000,
             membership_cache_ttl_ms: 60_000,
             resolve_concurrency: 32,
+            presence_max_members: 500,
         }
     }
 }

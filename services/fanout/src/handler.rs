@@ -74,6 +74,8 @@ pub(crate) struct FanoutHandler<M> {
     pub(crate) dead_letters: DeadLetterSink,
     pub(crate) metrics: FanoutMetrics,
     pub(crate) resolve_concurrency: usize,
+    /// Conversations larger than this do not carry presence.
+    pub(crate) presence_max_members: usize,
     /// Records of the current batch already dead-lettered, so that a retry
     /// of the batch does not publish them again.
     pub(crate) dead_lettered: HashSet<(String, i32, i64)>,
@@ -183,7 +185,10 @@ impl<M: MembershipStore> FanoutHandler<M> {
                             .flat_map(|found| found.iter())
                             .filter_map(|conversation| {
                                 members.get(conversation).and_then(Option::as_ref)
-                            });
+                            })
+                            // Presence in very large groups would cost
+                            // members² pushes when everyone connects.
+                            .filter(|list| list.len() <= self.presence_max_members);
                         for list in member_lists {
                             for member in list.iter() {
                                 if member != user_id && seen.insert(member) {

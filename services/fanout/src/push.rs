@@ -189,8 +189,7 @@ async fn lease_lapse(still_live: &impl Fn() -> bool) {
 
 /// Whether a failed RPC shows that nothing listens at the address.
 fn is_connection_refused(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> =
-        std::error::Error::source(status);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(error) = source {
         if let Some(io) = error.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::ConnectionRefused
@@ -491,7 +490,11 @@ mod tests {
             .filter(|item| item.message_id == "a")
             .flat_map(|item| item.recipients.clone())
             .collect();
-        assert_eq!(recipients, item(2_500).recipients, "every recipient once, in order");
+        assert_eq!(
+            recipients,
+            item(2_500).recipients,
+            "every recipient once, in order"
+        );
     }
 
     #[test]

@@ -174,9 +174,9 @@ impl RouteTable {
 
     /// Whether `edge_id` holds a live lease at `push_addr`.
     pub fn is_edge_live_at(&self, edge_id: &EdgeId, push_addr: &str, now_unix_ms: u64) -> bool {
-        self.edges.get(edge_id).is_some_and(|entry| {
-            &*entry.push_addr == push_addr && self.is_live(entry, now_unix_ms)
-        })
+        self.edges
+            .get(edge_id)
+            .is_some_and(|entry| &*entry.push_addr == push_addr && self.is_live(entry, now_unix_ms))
     }
 
     /// The live edges holding sessions of `user_id`.

@@ -110,6 +110,7 @@ impl FanoutWorker {
             dead_letters,
             metrics: metrics.clone(),
             resolve_concurrency: config.resolve_concurrency,
+            presence_max_members: config.presence_max_members,
             dead_lettered: Default::default(),
             shutdown: shutdown.token().clone(),
         };

@@ -236,9 +236,10 @@ async fn dead_edges_are_given_up_and_told_to_resync_when_they_come_back() {
         .publish_edge(&wedged_id, &wedged_addr, now_unix_ms() + 4_000)
         .await;
     eventually("the wedged edge is live in the route table", WAIT, || {
-        worker.worker.routes().read(|table| {
-            table.is_edge_live_at(&wedged_id, &wedged_addr, now_unix_ms())
-        })
+        worker
+            .worker
+            .routes()
+            .read(|table| table.is_edge_live_at(&wedged_id, &wedged_addr, now_unix_ms()))
     })
     .await;
     for index in 0..10 {
@@ -279,8 +280,15 @@ async fn dead_edges_are_given_up_and_told_to_resync_when_they_come_back() {
         returned.message_ids().len() == 10
     })
     .await;
-    let flags: Vec<bool> = returned.batches().iter().map(|batch| batch.resync).collect();
-    assert!(flags[0], "first push to the returned edge asks for a resync");
+    let flags: Vec<bool> = returned
+        .batches()
+        .iter()
+        .map(|batch| batch.resync)
+        .collect();
+    assert!(
+        flags[0],
+        "first push to the returned edge asks for a resync"
+    );
     assert!(
         flags[1..].iter().all(|resync| !resync),
         "one resync only: {flags:?}"
@@ -304,7 +312,9 @@ async fn a_slow_edge_is_retried_until_it_answers_and_nothing_is_skipped() {
     // 300 ms, the second's 600 ms, the third's 1.2 s.
     let slow = FakeEdge::start_with_delay(Duration::from_millis(700)).await;
     let slow_id = deployment.edge("slow");
-    deployment.publish_live_edge(&slow_id, &slow.push_addr()).await;
+    deployment
+        .publish_live_edge(&slow_id, &slow.push_addr())
+        .await;
     let (ann, bob) = (deployment.user("ann"), deployment.user("bob"));
     deployment.publish_route(&bob, &slow_id).await;
     let conversation = deployment.conversation("c");
@@ -475,7 +485,21 @@ async fn typing_read_and_presence_reach_the_right_members() {
     deployment
         .create_conversation(&ac, &[alice.clone(), carol.clone()])
         .await;
-    let worker = deployment.start(deployment.config());
+    // A conversation above `presence_max_members` carries no presence.
+    let (dave, erin) = (deployment.user("dave"), deployment.user("erin"));
+    for user in [&dave, &erin] {
+        deployment.publish_route(user, &edge_id).await;
+    }
+    deployment
+        .create_conversation(
+            &deployment.conversation("big"),
+            &[alice.clone(), bob.clone(), dave.clone(), erin.clone()],
+        )
+        .await;
+    let worker = deployment.start(FanoutConfig {
+        presence_max_members: 3,
+        ..deployment.config()
+    });
     worker.ready().await;
 
     let message_id = deployment.send_message(&ab, &bob, "hi").await;
@@ -530,7 +554,7 @@ async fn typing_read_and_presence_reach_the_right_members() {
     assert_eq!(
         sorted_recipients(&of("presence")),
         names(&[&bob, &carol]),
-        "both conversations, not alice"
+        "both small conversations, not alice, not the large group"
     );
     assert_eq!(of("presence").conversation_id, "");
     let read: serde_json::Value = serde_json::from_str(&of("read").fields_json).unwrap();
