@@ -66,6 +66,14 @@ macro_rules! string_id {
             }
         }
 
+        /// Lookups by `&str` in maps keyed by the id (hash and equality are
+        /// the inner string's).
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
                 formatter.write_str(&self.0)

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use chatpipe_core::UserId;
 use chatpipe_core::frames::{encode_sequenced, is_json_object};
 use chatpipe_proto::push::edge_push_server::EdgePush;
 use chatpipe_proto::push::{PushBatch, PushReply};
@@ -49,16 +48,9 @@ impl EdgePush for PushService {
             }
             let fields = item.fields_json.trim();
             let encode = |seq: u64| encode_sequenced(op, seq, fields);
-            for recipient in &item.recipients {
-                let Ok(user) = UserId::parse(recipient.as_str()) else {
-                    absent += 1;
-                    continue;
-                };
-                match self.sessions.deliver(&user, &encode) {
-                    0 => absent += 1,
-                    sessions => delivered += sessions as u32,
-                }
-            }
+            let (sessions, missing) = self.sessions.deliver_to_all(&item.recipients, &encode);
+            delivered += sessions as u32;
+            absent += missing as u32;
         }
         self.metrics.push_deliveries.inc_by(u64::from(delivered));
         self.metrics

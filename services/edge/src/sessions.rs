@@ -15,7 +15,7 @@ use chatpipe_core::{SessionId, UserId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::stream::{OutboundStream, Replay};
+use crate::stream::{Frame, OutboundStream, Replay};
 
 /// Why a connection was told to go away by someone other than its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +157,7 @@ impl Session {
         }
     }
 
-    pub fn take_unwritten(&self) -> Vec<Arc<str>> {
+    pub fn take_unwritten(&self) -> Vec<Frame> {
         self.stream.lock().expect("stream lock").take_unwritten()
     }
 
@@ -203,7 +203,7 @@ pub enum ResumeOutcome {
     Resumed {
         session: Arc<Session>,
         ticket: AttachTicket,
-        replay: Vec<Arc<str>>,
+        replay: Vec<Frame>,
     },
     /// Unknown or expired session, another user's, or a gap in its buffer.
     Refused,
@@ -312,20 +312,7 @@ impl SessionRegistry {
 
     /// Queues a frame to every session of `user`; returns how many.
     pub fn deliver(&self, user: &UserId, encode: &dyn Fn(u64) -> String) -> usize {
-        let sessions: Vec<Arc<Session>> = {
-            let tables = self.tables.lock().expect("sessions lock");
-            match tables.by_user.get(user) {
-                Some(ids) => ids
-                    .iter()
-                    .filter_map(|id| tables.sessions.get(id).cloned())
-                    .collect(),
-                None => return 0,
-            }
-        };
-        for session in &sessions {
-            session.enqueue(encode, self.max_unwritten);
-        }
-        sessions.len()
+        self.deliver_to_all(&[user.as_str().to_owned()], encode).0
     }
 
     /// Every session held now may have missed frames: none of them can be
@@ -344,6 +331,33 @@ impl SessionRegistry {
             session.resync();
         }
         sessions.len()
+    }
+
+    /// Queues a frame to every session of each of `recipients` (one lock
+    /// for the whole list); returns the sessions reached and the recipients
+    /// that hold none here.
+    pub fn deliver_to_all(
+        &self,
+        recipients: &[String],
+        encode: &dyn Fn(u64) -> String,
+    ) -> (usize, usize) {
+        let mut targets: Vec<Arc<Session>> = Vec::with_capacity(recipients.len());
+        let mut absent = 0;
+        {
+            let tables = self.tables.lock().expect("sessions lock");
+            for recipient in recipients {
+                match tables.by_user.get(recipient.as_str()) {
+                    Some(ids) => {
+                        targets.extend(ids.iter().filter_map(|id| tables.sessions.get(id).cloned()))
+                    }
+                    None => absent += 1,
+                }
+            }
+        }
+        for session in &targets {
+            session.enqueue(encode, self.max_unwritten);
+        }
+        (targets.len(), absent)
     }
 
     pub fn session_count(&self) -> usize {

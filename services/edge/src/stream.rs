@@ -9,13 +9,16 @@
 //! behind a reader is, which is how slow consumers are detected.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+
+/// One encoded frame: UTF-8 text behind a reference count, so the replay
+/// buffer and the socket writer share it and the write copies nothing.
+pub type Frame = axum::extract::ws::Utf8Bytes;
 
 /// The outcome of a resume request against the buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replay {
     /// Frames after `last_seq`, in order (maybe none).
-    Frames(Vec<Arc<str>>),
+    Frames(Vec<Frame>),
     /// Some frame after `last_seq` was evicted, or `last_seq` is in the
     /// future: the session cannot be resumed.
     Gap,
@@ -26,7 +29,7 @@ pub struct OutboundStream {
     /// seq of the next frame.
     next_seq: u64,
     /// Frames not yet acknowledged, oldest first, with their seq.
-    frames: VecDeque<(u64, Arc<str>)>,
+    frames: VecDeque<(u64, Frame)>,
     capacity: usize,
     /// Highest seq handed to the socket writer.
     written_upto: u64,
@@ -63,7 +66,7 @@ impl OutboundStream {
             // when `max_unwritten_frames < capacity`.
             self.written_upto = self.written_upto.max(evicted);
         }
-        self.frames.push_back((seq, Arc::from(encode(seq))));
+        self.frames.push_back((seq, Frame::from(encode(seq))));
         seq
     }
 
@@ -75,9 +78,9 @@ impl OutboundStream {
     }
 
     /// Frames not yet handed to the writer; marks them handed.
-    pub fn take_unwritten(&mut self) -> Vec<Arc<str>> {
+    pub fn take_unwritten(&mut self) -> Vec<Frame> {
         let from = self.written_upto;
-        let pending: Vec<Arc<str>> = self
+        let pending: Vec<Frame> = self
             .frames
             .iter()
             .filter(|(seq, _)| *seq > from)

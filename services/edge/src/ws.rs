@@ -257,11 +257,7 @@ async fn connection<S: MembershipStore + SendDedupStore>(
     {
         let mut writable = true;
         for frame in replay {
-            if socket
-                .send(Message::Text(Utf8Bytes::from(&*frame)))
-                .await
-                .is_err()
-            {
+            if socket.send(Message::Text(frame)).await.is_err() {
                 writable = false;
                 break;
             }
@@ -328,6 +324,28 @@ async fn write(
     }
 }
 
+/// Writes `frames` with one flush at the end (one `write` syscall for a
+/// burst instead of one per frame) unless the connection is kicked.
+async fn write_frames(
+    socket: &mut WebSocket,
+    frames: Vec<crate::stream::Frame>,
+    kick: &tokio_util::sync::CancellationToken,
+) -> Result<usize, ()> {
+    use futures::SinkExt;
+    let count = frames.len();
+    let written = async {
+        for frame in frames {
+            socket.feed(Message::Text(frame)).await?;
+        }
+        socket.flush().await
+    };
+    tokio::select! {
+        biased;
+        _ = kick.cancelled() => Err(()),
+        written = written => written.map(|()| count).map_err(|_| ()),
+    }
+}
+
 async fn serve<S: MembershipStore + SendDedupStore>(
     edge: &Arc<EdgeShared<S>>,
     socket: &mut WebSocket,
@@ -366,15 +384,17 @@ async fn serve<S: MembershipStore + SendDedupStore>(
                 edge.metrics.frames_out.inc();
             }
             _ = session.wake.notified() => {
-                for frame in session.take_unwritten() {
-                    if write(socket, Message::Text(Utf8Bytes::from(&*frame)), &ticket.kick).await.is_err() {
+                match write_frames(socket, session.take_unwritten(), &ticket.kick).await {
+                    Ok(count) => {
+                        edge.metrics.frames_out.inc_by(count as u64);
+                    }
+                    Err(()) => {
                         return if ticket.kick.is_cancelled() {
                             Ending::Kicked(ticket.kick_reason().unwrap_or(KickReason::SlowConsumer))
                         } else {
                             Ending::ClientGone
                         };
                     }
-                    edge.metrics.frames_out.inc();
                 }
             }
             _ = heartbeat.tick() => {
@@ -563,13 +583,9 @@ async fn drain_connection<S>(
         }
     }
     for frame in session.take_unwritten() {
-        if write(
-            socket,
-            Message::Text(Utf8Bytes::from(&*frame)),
-            &ticket.kick,
-        )
-        .await
-        .is_err()
+        if write(socket, Message::Text(frame), &ticket.kick)
+            .await
+            .is_err()
         {
             return Ending::ClientGone;
         }
