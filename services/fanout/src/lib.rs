@@ -16,7 +16,7 @@
 //! - [`routes`]: the pure [`RouteTable`] built from the sessions topic.
 //! - [`membership`]: the bounded, self-invalidating [`MembershipCache`].
 //! - [`plan`]: pure grouping of a batch's items into one push per edge.
-//! - [`push`]: tonic channels per edge, push deadline, suspect backoff.
+//! - [`push`]: tonic channels per edge, cutting, retries, give-up and resync.
 //! - `tails`: the two assignment consumers that feed the table and the cache.
 //! - `handler`: the consumer group's batch handler.
 //! - [`worker`]: [`FanoutWorker::spawn`] / [`run`], the start-up order.
@@ -30,13 +30,18 @@
 //!   next batch starts. Edges deliver a push's items in order, so recipients
 //!   see the partition's order.
 //! - **At-least-once, towards edges.** Offsets are stored only after every
-//!   push of the batch has been attempted. A worker that dies re-delivers its
-//!   unconfirmed batches through the next owner of its partitions; clients
-//!   de-duplicate by `message_id`.
-//! - **At-most-once per push attempt.** A push that fails or times out is not
-//!   retried: the edge is marked *suspect* and skipped for a short backoff,
-//!   so that a dead edge never stalls the partitions. Recipients offline or on
-//!   a failed edge recover on resume (the edge's buffer) or from history.
+//!   edge of the batch answered its push or was given up. A push that fails
+//!   or times out is retried, with a doubling deadline, for as long as the
+//!   edge's lease is live: a slow edge delays its partitions instead of
+//!   losing frames. A worker that dies re-delivers its unconfirmed batches
+//!   through the next owner of its partitions; clients de-duplicate by
+//!   `message_id`.
+//! - **Given up, then resync.** Only an edge that refuses connections or
+//!   whose lease ran out is given up (and skipped for `suspect_backoff_ms`);
+//!   the next push that reaches it carries `resync`, and the edge makes
+//!   every session start over from history (close `4010`, resume refused).
+//!   Recipients offline recover on resume (the edge's buffer) or from
+//!   history.
 //! - **Routes** count only while their edge's lease holds (plus a small grace
 //!   for clock skew). Workers never write the sessions topic; long-dead
 //!   edges are forgotten from memory only.
@@ -49,11 +54,12 @@
 //! One consumer loop handles every partition the worker owns, so a slow batch
 //! delays the next. What bounds it: a batch is at most `max_batch_records`;
 //! its membership reads run concurrently and are cached; a large group costs
-//! one RPC per edge, not one per member (the edge only enqueues to local
-//! sessions, it does not wait for sockets); every push has a deadline and a
-//! failing edge is skipped for `suspect_backoff_ms`, so a dead edge costs one
-//! timeout per backoff period. Throughput beyond one loop comes from more
-//! partitions and more workers in the group.
+//! one RPC per edge, not one per member (cut at `max_push_recipients`, so
+//! the edge answers each call quickly; it only enqueues to local sessions,
+//! it does not wait for sockets). A wedged edge holds its partitions for at
+//! most its lease (10 s by default) before it is given up; a dead one
+//! (connection refused) is given up at once. Throughput beyond one loop
+//! comes from more partitions and more workers in the group.
 
 pub mod config;
 pub mod error;

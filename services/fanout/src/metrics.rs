@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::push::GiveUpReason;
+
 /// `topic` label: the logical topic (`messages`, `events`), not the
 /// deployment's prefixed name, so that label values stay few.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,7 +113,7 @@ impl Default for FanoutMetrics {
 
 impl FanoutMetrics {
     pub fn new() -> Self {
-        Self {
+        let metrics = Self {
             records_in: Family::default(),
             deliveries: Counter::default(),
             absent_recipients: Counter::default(),
@@ -136,7 +138,17 @@ impl FanoutMetrics {
             membership_invalidations: Counter::default(),
             membership_store_errors: Counter::default(),
             consumer: ConsumerMetrics::new(),
+        };
+        // Exported at 0 from the start, so that alerts and dashboards see
+        // the series before the first give-up.
+        for reason in [GiveUpReason::Refused, GiveUpReason::LeaseExpired] {
+            drop(
+                metrics
+                    .pushes_given_up
+                    .get_or_create(&ReasonLabel::new(reason.as_str())),
+            );
         }
+        metrics
     }
 
     /// Registers every metric into `registry` (the caller's registry; this
@@ -303,7 +315,7 @@ impl FanoutMetrics {
         reason_count(&self.pushes_given_up, reason)
     }
 
-    pub(crate) fn count_given_up(&self, reason: crate::push::GiveUpReason) {
+    pub(crate) fn count_given_up(&self, reason: GiveUpReason) {
         self.pushes_given_up
             .get_or_create(&ReasonLabel::new(reason.as_str()))
             .inc();
