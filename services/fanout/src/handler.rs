@@ -295,9 +295,10 @@ impl<M: MembershipStore> BatchHandler for FanoutHandler<M> {
         self.metrics
             .recipients_skipped_suspect
             .inc_by(plan.recipients_skipped_suspect);
-        // A skipped edge was given up before, so it is still flagged as
-        // missed: its next answered push carries `resync`.
-        for _ in &plan.suspect_edges_skipped {
+        // A skipped edge misses these items: its next answered push carries
+        // `resync`.
+        for edge_id in &plan.suspect_edges_skipped {
+            self.pushers.note_skipped(edge_id);
             self.metrics.count_push(PushOutcome::SkippedSuspect);
         }
         for _ in 0..resolution.unknown_conversations {

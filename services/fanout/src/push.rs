@@ -14,7 +14,9 @@
 //! Either way the edge is *missed*: skipped for `suspect_backoff_ms`, and the
 //! next push that reaches it carries `resync`, so that an edge that was in
 //! fact alive makes its sessions catch up from history instead of silently
-//! missing frames. A retry may deliver an item twice (the edge may have
+//! missing frames. An edge that retires its lease (a drain, which closed
+//! every session) is forgotten: a new edge under the same id starts clean.
+//! A retry may deliver an item twice (the edge may have
 //! done the work of an attempt whose answer came too late); clients
 //! de-duplicate by `message_id`.
 
@@ -233,6 +235,29 @@ impl EdgePushers {
             .lock()
             .expect("missed lock poisoned")
             .insert(edge_id.clone());
+    }
+
+    /// Items meant for `edge_id` were left out (it was given up recently):
+    /// it must resync on its next answered push.
+    pub fn note_skipped(&self, edge_id: &EdgeId) {
+        self.missed
+            .lock()
+            .expect("missed lock poisoned")
+            .insert(edge_id.clone());
+    }
+
+    /// `edge_id` retired its lease after draining every session: nothing it
+    /// held can still be missing frames, and a new edge under the same id
+    /// starts clean.
+    pub fn forget_edge(&self, edge_id: &EdgeId) {
+        self.missed
+            .lock()
+            .expect("missed lock poisoned")
+            .remove(edge_id);
+        self.suspects
+            .lock()
+            .expect("suspects lock poisoned")
+            .remove(edge_id);
     }
 
     fn has_missed(&self, edge_id: &EdgeId) -> bool {

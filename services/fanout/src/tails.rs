@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use crate::membership::MembershipCache;
 use crate::metrics::FanoutMetrics;
 use crate::push::EdgePushers;
-use crate::routes::{RouteTable, SharedRouteTable};
+use crate::routes::{RouteChange, RouteTable, SharedRouteTable};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const START_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -318,8 +318,12 @@ impl SessionsTail {
                             applied
                         });
                         match applied {
-                            Ok(_change) => {
+                            Ok(change) => {
                                 self.metrics.route_records_applied.inc();
+                                // A retired lease means a drained edge.
+                                if let RouteChange::EdgeRemoved(edge_id) = change {
+                                    self.pushers.forget_edge(&edge_id);
+                                }
                             }
                             Err(error) => {
                                 self.metrics.route_records_invalid.inc();

@@ -306,6 +306,56 @@ async fn dead_edges_are_given_up_and_told_to_resync_when_they_come_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_retired_its_lease_comes_back_without_a_resync() {
+    let deployment = Deployment::new().await;
+    let edge_id = deployment.edge("restarted");
+    deployment
+        .publish_live_edge(&edge_id, &closed_port().await)
+        .await;
+    let (ann, bob) = (deployment.user("ann"), deployment.user("bob"));
+    deployment.publish_route(&bob, &edge_id).await;
+    let conversation = deployment.conversation("c");
+    deployment
+        .create_conversation(&conversation, &[ann.clone(), bob.clone()])
+        .await;
+    let worker = deployment.start(FanoutConfig {
+        suspect_backoff_ms: 600_000,
+        ..deployment.config()
+    });
+    worker.ready().await;
+    let metrics = worker.worker.metrics().clone();
+    deployment.send_message(&conversation, &ann, "lost").await;
+    eventually("the dead edge was given up", WAIT, || {
+        metrics.given_up_for("refused") == 1
+    })
+    .await;
+
+    // The edge drains and retires its lease, then a new process takes the
+    // same id: it holds only fresh sessions, so nothing to resync, and it is
+    // not skipped either.
+    deployment.retire_edge(&edge_id).await;
+    let restarted = FakeEdge::start().await;
+    deployment
+        .publish_live_edge(&edge_id, &restarted.push_addr())
+        .await;
+    eventually("the new edge is live", WAIT, || {
+        worker
+            .worker
+            .routes()
+            .read(|table| table.is_edge_live_at(&edge_id, &restarted.push_addr(), now_unix_ms()))
+    })
+    .await;
+    deployment.send_message(&conversation, &ann, "after").await;
+    eventually("the new edge got the message", WAIT, || {
+        restarted.message_ids().len() == 1
+    })
+    .await;
+    assert!(restarted.batches().iter().all(|batch| !batch.resync));
+    assert_eq!(metrics.resyncs_requested.get(), 0);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_edge_is_retried_until_it_answers_and_nothing_is_skipped() {
     let deployment = Deployment::new().await;
     // Every push takes 700 ms to answer; the first attempt's deadline is

@@ -197,6 +197,12 @@ impl Deployment {
         .await;
     }
 
+    /// The edge retires its lease (what a drained edge does on exit).
+    pub async fn retire_edge(&self, edge: &EdgeId) {
+        self.publish_session(&SessionKey::Edge(edge.clone()), None)
+            .await;
+    }
+
     pub async fn tombstone_route(&self, user: &UserId, edge: &EdgeId) {
         self.publish_session(&SessionKey::Route(user.clone(), edge.clone()), None)
             .await;
