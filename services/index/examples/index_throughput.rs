@@ -117,7 +117,7 @@ async fn main() {
     let started = Instant::now();
     let (worker, _health) = env.spawn(config, &shutdown);
     let metrics = worker.metrics().clone();
-    eventually(Duration::from_secs(120), "the first batch indexed", || {
+    eventually("the first batch indexed", Duration::from_secs(120), || {
         let metrics = metrics.clone();
         async move { metrics.bulk.docs_indexed.get() > 0 }
     })
@@ -125,8 +125,8 @@ async fn main() {
     let startup = started.elapsed();
     let first_indexed = metrics.bulk.docs_indexed.get();
     eventually(
-        Duration::from_secs(1_800),
         "the indexer drained the topic",
+        Duration::from_secs(1_800),
         || {
             let metrics = metrics.clone();
             async move { metrics.bulk.docs_indexed.get() >= total }

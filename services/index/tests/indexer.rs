@@ -38,7 +38,7 @@ async fn duplicates_become_one_document_and_poison_is_dead_lettered() {
         .await;
 
     let metrics = worker.metrics().clone();
-    eventually(Duration::from_secs(60), "every record handled", || {
+    eventually("every record handled", Duration::from_secs(60), || {
         let metrics = metrics.clone();
         async move { metrics.consumer.records.get() >= 5 && metrics.consumer.dead_lettered.get() >= 1 }
     })
@@ -127,7 +127,7 @@ async fn a_restarted_worker_resumes_after_the_committed_offsets() {
     let shutdown = Shutdown::new();
     let (worker, _health) = env.spawn(config.clone(), &shutdown);
     let metrics = worker.metrics().clone();
-    eventually(Duration::from_secs(60), "the first twenty indexed", || {
+    eventually("the first twenty indexed", Duration::from_secs(60), || {
         let metrics = metrics.clone();
         async move { metrics.bulk.docs_indexed.get() >= 20 }
     })
@@ -142,7 +142,7 @@ async fn a_restarted_worker_resumes_after_the_committed_offsets() {
     let shutdown = Shutdown::new();
     let (worker, _health) = env.spawn(config, &shutdown);
     let metrics = worker.metrics().clone();
-    eventually(Duration::from_secs(60), "the next ten indexed", || {
+    eventually("the next ten indexed", Duration::from_secs(60), || {
         let metrics = metrics.clone();
         async move { metrics.bulk.docs_indexed.get() >= 10 }
     })

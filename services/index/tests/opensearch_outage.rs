@@ -71,7 +71,7 @@ async fn the_engine_going_down_under_traffic_loses_nothing() {
         })
     };
 
-    eventually(Duration::from_secs(60), "traffic is being indexed", || {
+    eventually("traffic is being indexed", Duration::from_secs(60), || {
         let metrics = metrics.clone();
         async move { metrics.bulk.docs_indexed.get() >= 50 }
     })
@@ -86,8 +86,8 @@ async fn the_engine_going_down_under_traffic_loses_nothing() {
     assert!(killed.success());
 
     eventually(
-        Duration::from_secs(60),
         "the worker notices and retries",
+        Duration::from_secs(60),
         || {
             let metrics = metrics.clone();
             let health = health.clone();
@@ -118,8 +118,8 @@ async fn the_engine_going_down_under_traffic_loses_nothing() {
     let client = env.client.clone();
     let alias = env.engine.layout().search_alias;
     eventually(
-        Duration::from_secs(180),
         "every message indexed once",
+        Duration::from_secs(180),
         || {
             let client = client.clone();
             let alias = alias.clone();
@@ -130,7 +130,7 @@ async fn the_engine_going_down_under_traffic_loses_nothing() {
         },
     )
     .await;
-    eventually(Duration::from_secs(30), "the worker is ready again", || {
+    eventually("the worker is ready again", Duration::from_secs(30), || {
         let health = health.clone();
         async move { health.is_ready() }
     })

@@ -3,13 +3,11 @@
 //! in-process index worker.
 #![allow(dead_code)]
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatpipe_core::records::{MessageRecord, SCHEMA_VERSION, TopicNames};
 use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
 use chatpipe_index::{IndexConfig, IndexWorker};
-use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
 use chatpipe_kafka::{ChatProducer, KafkaConfig};
 use chatpipe_runtime::{Health, Shutdown};
 use chatpipe_search::template::delete_deployment;
@@ -25,26 +23,13 @@ pub struct TestEnv {
     pub producer: ChatProducer,
 }
 
-pub fn unique() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
+pub use chatpipe_testkit::eventually;
 
 impl TestEnv {
     /// Topics under a fresh prefix (`partitions` each) and a fresh index prefix.
     pub async fn new(partitions: i32) -> Self {
-        let unique = unique();
-        let prefix = format!("t{unique}.");
-        let brokers = std::env::var("CHATPIPE_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
-        let kafka = KafkaConfig::new(brokers, format!("index-test-{unique}"));
-        let mut file = TopicsFile::parse(DEFAULT_TOPICS_JSON)
-            .unwrap()
-            .with_prefix(&prefix);
-        for topic in &mut file.topics {
-            topic.partitions = topic.partitions.min(partitions);
-        }
-        apply(&kafka, &file)
-            .await
-            .expect("Kafka must be reachable (topology/engines.sh up kafka)");
+        let isolated = chatpipe_testkit::isolated_topics("index-test", partitions).await;
+        let unique = isolated.unique.clone();
         let engine = SearchEngineConfig {
             url: std::env::var("CHATPIPE_ES_URL")
                 .unwrap_or_else(|_| "http://127.0.0.1:9200".to_owned()),
@@ -57,11 +42,11 @@ impl TestEnv {
             .ping()
             .await
             .expect("the search engine must be reachable (topology/engines.sh up opensearch)");
-        let producer = ChatProducer::new(&kafka, 5).unwrap();
+        let producer = ChatProducer::new(&isolated.kafka, 5).unwrap();
         Self {
-            topics: TopicNames::with_prefix(&prefix),
+            topics: isolated.topics,
             unique,
-            kafka,
+            kafka: isolated.kafka,
             engine,
             client,
             producer,
@@ -154,21 +139,5 @@ impl TestEnv {
 
     pub async fn teardown(&self) {
         let _ = delete_deployment(&self.client, &self.engine.layout()).await;
-    }
-}
-
-/// Polls `check` until it holds or `deadline` passes.
-pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let until = Instant::now() + deadline;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

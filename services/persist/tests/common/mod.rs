@@ -2,7 +2,7 @@
 //! on the real Kafka, the real Cassandra, and an in-process persist role.
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatpipe_cassandra::{
     CassandraConfig, CassandraStore, Conversation, CreateOutcome, HistoryQuery, NewConversation,
@@ -12,7 +12,6 @@ use chatpipe_core::ids::{
 };
 use chatpipe_core::records::{MessageRecord, SCHEMA_VERSION, TopicNames};
 use chatpipe_core::time::now_unix_ms;
-use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
 use chatpipe_kafka::{ChatProducer, KafkaConfig};
 use chatpipe_persist::{PersistConfig, PersistError, PersistMetrics, PersistRole};
 use chatpipe_runtime::{Health, Shutdown};
@@ -26,26 +25,12 @@ pub struct TestEnv {
     pub producer: ChatProducer,
 }
 
-pub fn unique() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
+pub use chatpipe_testkit::eventually;
 
 impl TestEnv {
     /// Topics under a fresh prefix (`partitions` each), and a store.
     pub async fn new(partitions: i32) -> Self {
-        let unique = unique();
-        let prefix = format!("t{unique}.");
-        let brokers = std::env::var("CHATPIPE_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
-        let kafka = KafkaConfig::new(brokers, format!("persist-test-{unique}"));
-        let mut file = TopicsFile::parse(DEFAULT_TOPICS_JSON)
-            .unwrap()
-            .with_prefix(&prefix);
-        for topic in &mut file.topics {
-            topic.partitions = topic.partitions.min(partitions);
-        }
-        apply(&kafka, &file)
-            .await
-            .expect("Kafka must be reachable (topology/engines.sh up kafka)");
+        let isolated = chatpipe_testkit::isolated_topics("persist-test", partitions).await;
         let mut cassandra = CassandraConfig::default();
         if let Ok(address) = std::env::var("CHATPIPE_CASSANDRA") {
             cassandra.contact_points = vec![address];
@@ -53,11 +38,11 @@ impl TestEnv {
         let store = CassandraStore::connect(&cassandra)
             .await
             .expect("Cassandra must be reachable (topology/engines.sh up cassandra)");
-        let producer = ChatProducer::new(&kafka, 1).unwrap();
+        let producer = ChatProducer::new(&isolated.kafka, 1).unwrap();
         Self {
-            topics: TopicNames::with_prefix(&prefix),
-            unique,
-            kafka,
+            topics: isolated.topics,
+            unique: isolated.unique,
+            kafka: isolated.kafka,
             store,
             producer,
         }
@@ -217,20 +202,4 @@ pub fn records(
             }
         })
         .collect()
-}
-
-/// Polls `condition` until it holds or `deadline` passes.
-pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -1,0 +1,78 @@
+//! # chatpipe-testkit
+//!
+//! Set-up shared by the integration tests of the role crates (a
+//! dev-dependency only): unique names so that tests can share one set of
+//! engines, an isolated set of topics on the **real** Kafka, and polling
+//! until a condition holds. Nothing here fakes an engine; every helper talks
+//! to what `topology/engines.sh` runs and fails loudly when it is not there.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chatpipe_core::records::TopicNames;
+use chatpipe_kafka::KafkaConfig;
+use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
+
+/// A fresh 32-hex-digit name.
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The Kafka bootstrap servers of the test engines (`CHATPIPE_KAFKA`, by
+/// default the contract's `127.0.0.1:9092`).
+pub fn kafka_brokers() -> String {
+    std::env::var("CHATPIPE_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// Every topic of the deployment under a prefix no other test uses.
+#[derive(Debug, Clone)]
+pub struct IsolatedTopics {
+    /// The unique part of the prefix, for naming groups, users and indices.
+    pub unique: String,
+    /// A Kafka client configuration named after the test.
+    pub kafka: KafkaConfig,
+    pub topics: TopicNames,
+}
+
+/// Creates the topology's topics under a fresh prefix, each with at most
+/// `max_partitions` partitions; `label` names the Kafka client. Panics when
+/// Kafka cannot be reached: an integration test never passes without it.
+pub async fn isolated_topics(label: &str, max_partitions: i32) -> IsolatedTopics {
+    let unique = unique();
+    let prefix = format!("t{unique}.");
+    let kafka = KafkaConfig::new(kafka_brokers(), format!("{label}-{unique}"));
+    let mut file = TopicsFile::parse(DEFAULT_TOPICS_JSON)
+        .expect("the embedded topology parses")
+        .with_prefix(&prefix);
+    for topic in &mut file.topics {
+        topic.partitions = topic.partitions.min(max_partitions);
+    }
+    apply(&kafka, &file)
+        .await
+        .expect("Kafka must be reachable (topology/engines.sh up kafka)");
+    IsolatedTopics {
+        topics: TopicNames::with_prefix(&prefix),
+        unique,
+        kafka,
+    }
+}
+
+/// Polls `condition` every 100 ms until it holds; panics naming `what` once
+/// `deadline` has passed.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
