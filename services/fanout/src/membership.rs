@@ -180,11 +180,23 @@ impl<M: MembershipStore> MembershipCache<M> {
     }
 
     /// Applies one membership record: evicts the conversation and every
-    /// user the change names.
+    /// user the change names. A `Created` record carries the whole member
+    /// list (the API wrote it to the store before publishing), so it fills
+    /// the cache instead: the conversation's first messages need no store
+    /// read. Records of one conversation arrive in order, so a later
+    /// `Added` or `Removed` evicts this entry again.
     pub async fn apply_record(&self, record: &MembershipRecord) {
         self.invalidate_conversation(&record.conversation_id).await;
         match &record.change {
             MembershipChange::Created { members, .. } => {
+                // After the eviction bumped the generation: a load that
+                // started earlier cannot overwrite this list.
+                self.members
+                    .insert(
+                        record.conversation_id.clone(),
+                        Arc::from(members.as_slice()),
+                    )
+                    .await;
                 for member in members {
                     self.invalidate_user(member).await;
                 }
@@ -293,6 +305,51 @@ pub(crate) mod tests {
             actor_id: UserId::parse("admin").unwrap(),
             ts: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn a_created_record_fills_the_cache_and_a_later_change_evicts_it() {
+        let store = FakeMembership::default();
+        store.set("c1", &["a", "b"]);
+        let cache = MembershipCache::new(
+            store.clone(),
+            &FanoutConfig::default(),
+            FanoutMetrics::new(),
+        );
+        let conversation = ConversationId::parse("c1").unwrap();
+        cache
+            .apply_record(&MembershipRecord {
+                schema_version: SCHEMA_VERSION,
+                conversation_id: conversation.clone(),
+                change: MembershipChange::Created {
+                    members: vec![UserId::parse("a").unwrap(), UserId::parse("b").unwrap()],
+                    title: None,
+                },
+                actor_id: UserId::parse("a").unwrap(),
+                ts: 0,
+            })
+            .await;
+        assert_eq!(
+            names(&cache.members(&conversation).await.unwrap().unwrap()),
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            store.reads.load(Ordering::SeqCst),
+            0,
+            "served from the record"
+        );
+
+        store.set("c1", &["a"]);
+        cache.apply_record(&removed("c1", "b")).await;
+        assert_eq!(
+            names(&cache.members(&conversation).await.unwrap().unwrap()),
+            vec!["a"]
+        );
+        assert_eq!(
+            store.reads.load(Ordering::SeqCst),
+            1,
+            "reloaded after the removal"
+        );
     }
 
     #[tokio::test]
