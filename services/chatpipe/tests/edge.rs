@@ -464,6 +464,29 @@ async fn a_connect_storm_is_shed_with_1013_and_a_retry_hint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_edge_removes_the_routes_of_every_user_it_held() {
+    let stack = Stack::new().await;
+    let (edge, drain) = stack.edge(stack.edge_config("a")).await;
+    let (fanout, _fanout_stop) = stack.fanout(&unique("fanout")).await;
+    let users: Vec<String> = (0..5).map(|_| unique("u")).collect();
+    let mut clients = Vec::new();
+    for user in &users {
+        clients.push(Client::connect(&edge, &stack.token(user)).await);
+    }
+    for user in &users {
+        stack.routed(&fanout, user, 1).await;
+    }
+    assert_eq!(fanout.routes().read(|table| table.route_count()), 5);
+    drain.cancel();
+    eventually("every route removed", WAIT, || {
+        let left = fanout.routes().read(|table| table.route_count());
+        async move { (left == 0).then_some(()) }
+    })
+    .await;
+    drop(clients);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_acks_in_flight_sends_then_sends_reconnect() {
     let stack = Stack::new().await;
     let (edge, drain) = stack.edge(stack.edge_config("a")).await;

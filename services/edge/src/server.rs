@@ -296,10 +296,14 @@ pub async fn spawn_edge<S: MembershipStore + SendDedupStore>(
         let _ = tokio::time::timeout_at(deadline, http_task).await;
         routes_stop.cancel();
         let _ = tokio::time::timeout_at(deadline, route_task).await;
-        for user in edge.sessions.users() {
-            if let Err(error) = announcer.route_down(&user).await {
-                tracing::warn!(%error, %user, "could not remove route");
-            }
+        let leaving: Vec<RouteChange> = edge
+            .sessions
+            .users()
+            .into_iter()
+            .map(RouteChange::UserLeft)
+            .collect();
+        for changes in leaving.chunks(ROUTE_BATCH_MAX) {
+            publish_routes(&edge, &announcer, changes).await;
         }
         if let Err(error) = announcer.retire_edge().await {
             tracing::warn!(%error, "could not retire edge lease");
@@ -391,6 +395,16 @@ async fn apply_route_changes<S: MembershipStore + SendDedupStore>(
     announcer: &RouteAnnouncer,
     changes: &[RouteChange],
 ) {
+    publish_routes(edge, announcer, changes).await;
+    publish_presence(edge, changes).await;
+}
+
+/// The route records of `changes`, handed to the producer together.
+async fn publish_routes<S>(
+    edge: &EdgeShared<S>,
+    announcer: &RouteAnnouncer,
+    changes: &[RouteChange],
+) {
     let routed = futures::future::join_all(changes.iter().map(|change| async move {
         match change {
             RouteChange::UserArrived(user) => announcer.route_up(user).await,
@@ -407,6 +421,13 @@ async fn apply_route_changes<S: MembershipStore + SendDedupStore>(
             tracing::warn!(%error, %user, "route change not published");
         }
     }
+}
+
+/// The presence events of `changes`, handed to the producer together.
+async fn publish_presence<S: MembershipStore + SendDedupStore>(
+    edge: &EdgeShared<S>,
+    changes: &[RouteChange],
+) {
     futures::future::join_all(changes.iter().map(|change| async move {
         let (user, status) = match change {
             RouteChange::UserArrived(user) => (user, PresenceStatus::Online),

@@ -582,13 +582,11 @@ async fn drain_connection<S>(
             }
         }
     }
-    for frame in session.take_unwritten() {
-        if write(socket, Message::Text(frame), &ticket.kick)
-            .await
-            .is_err()
-        {
-            return Ending::ClientGone;
+    match write_frames(socket, session.take_unwritten(), &ticket.kick).await {
+        Ok(count) => {
+            edge.metrics.frames_out.inc_by(count as u64);
         }
+        Err(()) => return Ending::ClientGone,
     }
     let reconnect = ControlFrame::Reconnect {
         reason: "edge draining; reconnect and resume".into(),

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::membership::{Members, MembershipCache};
 use crate::metrics::{FanoutMetrics, PushOutcome};
 use crate::plan::{Delivery, plan_pushes};
-use crate::push::{EdgePushResult, EdgePushers};
+use crate::push::EdgePushers;
 use crate::routes::SharedRouteTable;
 
 /// Logical topic names used as metric labels.
@@ -281,12 +281,12 @@ impl<M: MembershipStore> BatchHandler for FanoutHandler<M> {
                 .await
         }))
         .await;
-        let results: Vec<EdgePushResult> = results
+        let delivered_per_edge: Vec<u64> = results
             .into_iter()
             .collect::<Result<_, _>>()
             .map_err(|interrupted| HandlerError::retriable(interrupted.to_string()))?;
 
-        let delivered: u64 = results.iter().map(|result| result.delivered_sessions).sum();
+        let delivered: u64 = delivered_per_edge.iter().sum();
         self.metrics.deliveries.inc_by(delivered);
         self.metrics.pushed_items.inc_by(pushed_items as u64);
         self.metrics

@@ -84,15 +84,6 @@ impl GiveUpReason {
     }
 }
 
-/// The result of pushing to one edge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EdgePushResult {
-    /// Recipient sessions the edge queued items to.
-    pub delivered_sessions: u64,
-    /// Set when the edge was given up (it will be told to resync).
-    pub gave_up: Option<GiveUpReason>,
-}
-
 /// The worker is shutting down while a push was still being retried: the
 /// batch must not be confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -315,8 +306,9 @@ impl EdgePushers {
     /// Pushes `items` to one edge, in order: one RPC, or a few consecutive
     /// ones when the items exceed the size or recipient bounds. Each RPC is
     /// retried until answered while `still_live()` holds (see the module
-    /// documentation). Counts every attempt. Errs only when `shutdown` was
-    /// cancelled before every RPC was answered or given up.
+    /// documentation). Counts every attempt; returns the recipient sessions
+    /// the edge queued items to. Errs only when `shutdown` was cancelled
+    /// before every RPC was answered or given up.
     pub async fn push(
         &self,
         edge_id: &EdgeId,
@@ -324,7 +316,7 @@ impl EdgePushers {
         items: Vec<PushItem>,
         still_live: impl Fn() -> bool,
         shutdown: &CancellationToken,
-    ) -> Result<EdgePushResult, Interrupted> {
+    ) -> Result<u64, Interrupted> {
         let mut delivered_sessions = 0;
         let runs = split_runs(items, self.settings.max_bytes, self.settings.max_recipients);
         for run in runs {
@@ -363,10 +355,7 @@ impl EdgePushers {
                             tracing::warn!(edge = %edge_id, push_addr = &**push_addr, reason = reason.as_str(), attempts = attempt + 1, "push given up; the edge will be told to resync");
                             self.metrics.count_given_up(reason);
                             self.mark_missed(edge_id);
-                            return Ok(EdgePushResult {
-                                delivered_sessions,
-                                gave_up: Some(reason),
-                            });
+                            return Ok(delivered_sessions);
                         }
                         self.metrics.push_retries.inc();
                         tokio::select! {
@@ -380,10 +369,7 @@ impl EdgePushers {
                 }
             }
         }
-        Ok(EdgePushResult {
-            delivered_sessions,
-            gave_up: None,
-        })
+        Ok(delivered_sessions)
     }
 
     async fn push_once(
