@@ -272,6 +272,32 @@ async fn silent_clients_are_dropped_by_the_heartbeat() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_queued_for_a_detached_session_show_in_the_queue_gauge() {
+    let stack = Stack::new().await;
+    let (edge, _drain) = stack.edge(stack.edge_config("a")).await;
+    let user = unique("u");
+    let token = stack.token(&user);
+    let client = Client::connect(&edge, &token).await;
+    let session = client.session_id.clone();
+    drop(client);
+    eventually("detach", WAIT, || async {
+        (edge.metrics.connections.get() == 0).then_some(())
+    })
+    .await;
+    push(&edge, &[&user], &["q1".into(), "q2".into()]).await;
+    eventually("two frames queued", WAIT, || async {
+        (edge.metrics.queued_frames.get() == 2).then_some(())
+    })
+    .await;
+    let resumed = Client::resume(&edge, &token, &session, 0).await;
+    assert!(resumed.resumed);
+    eventually("the queue drained by the resume", WAIT, || async {
+        (edge.metrics.queued_frames.get() == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_on_the_same_edge_replays_exactly_what_came_after_last_seq() {
     let stack = Stack::new().await;
     let (edge, _drain) = stack.edge(stack.edge_config("a")).await;

@@ -10,6 +10,11 @@ pub struct EdgeMetrics {
     pub connections: Gauge,
     /// Sessions held (attached or waiting for resume).
     pub sessions: Gauge,
+    /// Frames queued to sessions and not yet handed to a socket writer
+    /// (summed over sessions; detached sessions keep theirs until resumed).
+    pub queued_frames: Gauge,
+    /// Route and presence changes waiting for the route task.
+    pub route_queue_depth: Gauge,
     pub connections_accepted: Counter,
     /// Connection attempts refused, by reason (`rate_limited_global`,
     /// `rate_limited_ip`, `capacity`, `draining`).
@@ -44,6 +49,8 @@ impl EdgeMetrics {
         Self {
             connections: Gauge::default(),
             sessions: Gauge::default(),
+            queued_frames: Gauge::default(),
+            route_queue_depth: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_rejected: CounterByReason::default(),
             auth_failures: CounterByReason::default(),
@@ -76,6 +83,16 @@ impl EdgeMetrics {
             "sessions",
             "Sessions held, attached or resumable",
             self.sessions.clone(),
+        );
+        registry.register(
+            "queued_frames",
+            "Frames queued to sessions, not yet handed to a socket writer",
+            self.queued_frames.clone(),
+        );
+        registry.register(
+            "route_queue_depth",
+            "Route and presence changes waiting to be published",
+            self.route_queue_depth.clone(),
         );
         registry.register(
             "connections_accepted",

@@ -378,6 +378,8 @@ async fn run_route_task<S: MembershipStore + SendDedupStore>(
                     apply_route_changes(&edge, &announcer, changes).await;
                 }
                 edge.metrics.sessions.set(edge.sessions.session_count() as i64);
+                edge.metrics.queued_frames.set(edge.sessions.queued_frames() as i64);
+                edge.metrics.route_queue_depth.set(jobs.len() as i64);
             }
         }
     }

@@ -319,14 +319,7 @@ impl SessionRegistry {
     /// resumed, and attached connections are closed so that their clients
     /// start over and catch up from history. Returns how many sessions.
     pub fn resync_all(&self) -> usize {
-        let sessions: Vec<Arc<Session>> = self
-            .tables
-            .lock()
-            .expect("sessions lock")
-            .sessions
-            .values()
-            .cloned()
-            .collect();
+        let sessions = self.all_sessions();
         for session in &sessions {
             session.resync();
         }
@@ -358,6 +351,25 @@ impl SessionRegistry {
             session.enqueue(encode, self.max_unwritten);
         }
         (targets.len(), absent)
+    }
+
+    /// Frames queued and not yet handed to a writer, over every session.
+    pub fn queued_frames(&self) -> usize {
+        self.all_sessions()
+            .iter()
+            .map(|session| session.unwritten())
+            .sum()
+    }
+
+    /// Every session, taken out of the lock.
+    fn all_sessions(&self) -> Vec<Arc<Session>> {
+        self.tables
+            .lock()
+            .expect("sessions lock")
+            .sessions
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn session_count(&self) -> usize {
