@@ -2,7 +2,7 @@
 //! on its own — the Cassandra lightweight-transaction claim
 //! (`SendDedupStore::claim`, `INSERT … IF NOT EXISTS`) followed by
 //! `mark_acked`, as every `send` does — next to plain single-row writes of
-//! the same table shape measured by the persist example (`persist.txt`).
+//! the same table shape measured by the persist example (`persist.json`).
 //! Writes `benches/results/dedup-claim.json`.
 //!
 //! `cargo run --release -p chatpipe-benches --bin dedup-claim-bench -- --claims 20000`
