@@ -25,7 +25,8 @@
 #    results/timings.json: how long each step took).
 #
 # QUICK=1 is a smoke pass that CI can run: the dev profile (what the tests
-# already built), 300 users, every phase 5 s at a tenth of the rate, short
+# already built), 300 users, a twentieth of the conversations, every phase
+# 5 s at a tenth of the rate, short
 # settle and drain, the bare baseline only, small role and Kafka runs, no
 # criterion, no Centrifugo; results go to $CARGO_TARGET_DIR/bench-quick
 # (benches/results and benches/RESULTS.md are left alone). Every knob below
@@ -58,7 +59,7 @@ if [[ -n $QUICK ]]; then
   SCENARIOS="${SCENARIOS:-idle chat broadcast storm}"
   SKIP="${SKIP:-centrifugo criterion}"
   IDLE_S="${CHATPIPE_BENCH_IDLE_S:-5}"
-  QUICK_LOADGEN=(--users 300 --rate-scale 0.1 --phase-seconds 5 --settle-seconds 2 --drain-seconds 30)
+  QUICK_LOADGEN=(--users 300 --conversation-scale 0.05 --rate-scale 0.1 --phase-seconds 5 --settle-seconds 2 --drain-seconds 30)
   EXAMPLE_RECORDS=2000
   KAFKA_ARGS=(--records 20000 --rounds 1)
   DEDUP_ARGS=(--claims 500)

@@ -40,6 +40,9 @@ pub struct RunOptions {
     pub users: Option<usize>,
     /// Multiplies every phase's rate.
     pub rate_scale: Option<f64>,
+    /// Multiplies the number of conversations of each kind (rounded up, so
+    /// a kind the scenario has keeps at least one; quick runs).
+    pub conversation_scale: Option<f64>,
     /// Overrides every phase's duration (quick runs).
     pub phase_seconds: Option<u64>,
     /// Overrides the settle pause.
@@ -169,6 +172,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
     if let Some(scale) = options.rate_scale {
         for phase in &mut scenario.phases {
             phase.rate_per_s *= scale;
+        }
+    }
+    if let Some(scale) = options.conversation_scale {
+        let mix = &mut scenario.conversations;
+        for count in [&mut mix.direct, &mut mix.groups, &mut mix.large] {
+            *count = (*count as f64 * scale).ceil() as usize;
         }
     }
     if let Some(seconds) = options.phase_seconds {

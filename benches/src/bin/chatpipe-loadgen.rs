@@ -44,6 +44,9 @@ struct Args {
     /// Multiply every phase's send rate.
     #[arg(long)]
     rate_scale: Option<f64>,
+    /// Multiply the number of conversations of each kind (rounded up).
+    #[arg(long)]
+    conversation_scale: Option<f64>,
     /// Run every phase for this long instead of the scenario's durations
     /// (quick runs; a storm moves to the middle of the first phase).
     #[arg(long)]
@@ -170,6 +173,7 @@ fn main() -> anyhow::Result<()> {
         skip_baselines: args.skip_baselines,
         users: args.users,
         rate_scale: args.rate_scale,
+        conversation_scale: args.conversation_scale,
         phase_seconds: args.phase_seconds,
         settle_seconds: args.settle_seconds,
         drain_seconds: args.drain_seconds,
