@@ -124,27 +124,28 @@ wait_http() { # url seconds
 # leftovers — e.g. the offline presence of 15,000 users — do not load the
 # next, and the edge's memory is the edge's alone).
 # CHATPIPE_BENCH_MODE=all runs `chatpipe all` on the default ports instead.
-# *_LISTEN are what each role binds; *_OPS where its /metrics, /healthz and
-# /readyz answer (today the public listener for the edge and the API; when
-# ops move to their own loopback listener, give the roles an ops address
-# here and point the *_OPS URLs at it).
+# *_LISTEN are the public listeners (edge WebSocket, API), *_OPS_LISTEN each
+# role's loopback ops listener, where /metrics, /healthz and /readyz answer.
 MODE="${CHATPIPE_BENCH_MODE:-roles}"
 PORT_BASE="${CHATPIPE_BENCH_PORT_BASE:-9580}"
 EDGE_LISTEN=127.0.0.1:$PORT_BASE
+EDGE_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 1))
 EDGE_PUSH_LISTEN=127.0.0.1:$((PORT_BASE + 100))
 API_LISTEN=127.0.0.1:$((PORT_BASE + 10))
-FANOUT_LISTEN=127.0.0.1:$((PORT_BASE + 11))
-PERSIST_LISTEN=127.0.0.1:$((PORT_BASE + 12))
-INDEX_LISTEN=127.0.0.1:$((PORT_BASE + 13))
+FANOUT_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 11))
+PERSIST_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 12))
+INDEX_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 13))
+API_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 14))
 if [[ $MODE == all ]]; then
-  EDGE_LISTEN=127.0.0.1:8080 API_LISTEN=127.0.0.1:8090
-  FANOUT_LISTEN=127.0.0.1:8091 PERSIST_LISTEN=127.0.0.1:8092 INDEX_LISTEN=127.0.0.1:8093
+  EDGE_LISTEN=127.0.0.1:8080 EDGE_OPS_LISTEN=127.0.0.1:8081 API_LISTEN=127.0.0.1:8090
+  FANOUT_OPS_LISTEN=127.0.0.1:8091 PERSIST_OPS_LISTEN=127.0.0.1:8092
+  INDEX_OPS_LISTEN=127.0.0.1:8093 API_OPS_LISTEN=127.0.0.1:8094
 fi
-EDGE_OPS=http://$EDGE_LISTEN
-API_OPS=http://$API_LISTEN
-FANOUT_OPS=http://$FANOUT_LISTEN
-PERSIST_OPS=http://$PERSIST_LISTEN
-INDEX_OPS=http://$INDEX_LISTEN
+EDGE_OPS=http://$EDGE_OPS_LISTEN
+API_OPS=http://$API_OPS_LISTEN
+FANOUT_OPS=http://$FANOUT_OPS_LISTEN
+PERSIST_OPS=http://$PERSIST_OPS_LISTEN
+INDEX_OPS=http://$INDEX_OPS_LISTEN
 export CHATPIPE_LOADGEN_WS_URL=ws://$EDGE_LISTEN/ws
 export CHATPIPE_LOADGEN_API_URL=http://$API_LISTEN
 export CHATPIPE_LOADGEN_EDGE_METRICS_URL=$EDGE_OPS/metrics
@@ -193,12 +194,12 @@ start_chatpipe() { # tag
   export CHATPIPE_TOPIC_PREFIX="$tag." CHATPIPE_INDEX_PREFIX="$tag-messages"
   "$BIN/chatpipe" topology apply >"$RESULTS/logs/topology-$1.log" 2>&1 || return 1
   start_role edge "edge-$1" edge --edge-id "$tag-edge" --worker-id 901 \
-    --listen "$EDGE_LISTEN" --push-listen "$EDGE_PUSH_LISTEN"
+    --listen "$EDGE_LISTEN" --ops-listen "$EDGE_OPS_LISTEN" --push-listen "$EDGE_PUSH_LISTEN"
   chatpipe_pid=${stack_pids[0]}
-  start_role fanout "fanout-$1" fanout --listen "$FANOUT_LISTEN" --group "$tag-fanout"
-  start_role persist "persist-$1" persist --listen "$PERSIST_LISTEN" --group "$tag-persist"
-  start_role index "index-$1" index --listen "$INDEX_LISTEN" --group "$tag-index"
-  start_role api "api-$1" api --api-listen "$API_LISTEN"
+  start_role fanout "fanout-$1" fanout --ops-listen "$FANOUT_OPS_LISTEN" --group "$tag-fanout"
+  start_role persist "persist-$1" persist --ops-listen "$PERSIST_OPS_LISTEN" --group "$tag-persist"
+  start_role index "index-$1" index --ops-listen "$INDEX_OPS_LISTEN" --group "$tag-index"
+  start_role api "api-$1" api --api-listen "$API_LISTEN" --api-ops-listen "$API_OPS_LISTEN"
   wait_http "$EDGE_OPS/readyz" 180 && wait_http "$API_OPS/healthz" 60 \
     && wait_http "$FANOUT_OPS/readyz" 120 && wait_http "$PERSIST_OPS/readyz" 120 \
     && wait_http "$INDEX_OPS/readyz" 120
@@ -206,7 +207,11 @@ start_chatpipe() { # tag
 
 build() {
   # Built separately: together, feature unification would rebuild both.
-  cargo build "${CARGO_PROFILE[@]}" -p chatpipe && cargo build "${CARGO_PROFILE[@]}" -p chatpipe-benches --bins
+  cargo build "${CARGO_PROFILE[@]}" -p chatpipe && cargo build "${CARGO_PROFILE[@]}" -p chatpipe-benches --bins || return 1
+  # No built-in token secret: the roles and the load generator read the same
+  # one (CHATPIPE_TOKEN_SECRET, else $CHATPIPE_HOME/token-secret, created here
+  # once like topology/run.sh does).
+  if [[ -z ${CHATPIPE_TOKEN_SECRET:-} ]]; then "$BIN/chatpipe" secret init >/dev/null || return 1; fi
 }
 
 engines() {
