@@ -520,4 +520,42 @@ mod tests {
         // Stable across processes: a digest of the bytes, no random seed.
         assert_eq!(id, member_set_id(&list(&["b", "c", "a"])));
     }
+
+    #[test]
+    fn a_member_set_push_does_not_grow_with_the_group() {
+        use prost::Message;
+        let names: Vec<String> = (0..10_000)
+            .map(|index| format!("member-{index:05}"))
+            .collect();
+        let routes_list: Vec<(&str, &str)> = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| (name.as_str(), if index % 2 == 0 { "e1" } else { "e2" }))
+            .collect();
+        let routes = table(&routes_list, &[("e1", 1_000), ("e2", 1_000)]);
+        let member_names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let listed = message(7, &member_names);
+        let mut by_set = listed.clone();
+        by_set.member_set = Some(MemberSet::new(listed.recipients.clone()));
+        let wire_bytes = |delivery: Delivery| -> usize {
+            plan_pushes(&[delivery], &routes, 1, &HashSet::new())
+                .batches
+                .iter()
+                .map(|batch| {
+                    chatpipe_proto::push::PushBatch {
+                        source: "w".into(),
+                        items: batch.items.clone(),
+                        resync: false,
+                    }
+                    .encoded_len()
+                })
+                .sum()
+        };
+        let (listed_bytes, set_bytes) = (wire_bytes(listed), wire_bytes(by_set));
+        eprintln!(
+            "one message to 10,000 members over 2 edges: {listed_bytes} bytes as recipient lists, {set_bytes} bytes as member-set references"
+        );
+        assert!(listed_bytes > 100_000);
+        assert!(set_bytes < 1_000);
+    }
 }
