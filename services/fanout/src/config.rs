@@ -61,6 +61,12 @@ pub struct FanoutConfig {
     /// deliveries when everyone connects (clients of large groups ask for
     /// the presence they show instead).
     pub presence_max_members: usize,
+    /// Conversations with at least this many members are pushed as a
+    /// *member set*: the push names the conversation's member list by a
+    /// digest, sends the list once per edge and membership, and the edge
+    /// delivers to its local sessions of those members (see
+    /// `schemas/proto/push.proto`). Smaller ones carry their recipients.
+    pub member_set_min_members: usize,
 }
 
 impl Default for FanoutConfig {
@@ -83,6 +89,7 @@ impl Default for FanoutConfig {
             membership_cache_ttl_ms: 60_000,
             resolve_concurrency: 32,
             presence_max_members: 500,
+            member_set_min_members: 1_000,
         }
     }
 }
@@ -129,6 +136,9 @@ impl FanoutConfig {
         }
         if self.max_push_bytes < 1024 {
             return Err("max_push_bytes must be at least 1024".into());
+        }
+        if self.member_set_min_members == 0 {
+            return Err("member_set_min_members must be at least 1".into());
         }
         if self.resolve_concurrency == 0 {
             return Err("resolve_concurrency must be at least 1".into());
