@@ -23,7 +23,6 @@ use chatpipe_kafka::{ChatProducer, ConsumerMetrics, KafkaConfig};
 use chatpipe_runtime::metrics::MetricsRegistry;
 use chatpipe_runtime::{Health, Shutdown};
 use prometheus_client::registry::Registry;
-use rdkafka::Message as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

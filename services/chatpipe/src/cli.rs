@@ -196,6 +196,10 @@ pub struct EdgeArgs {
         default_value_t = 1024
     )]
     pub ws_read_buffer_bytes: usize,
+    /// Kafka producer linger, in ms: how long a produce request waits for
+    /// more records (batching under load, at most this much on an ack).
+    #[arg(long, env = "CHATPIPE_EDGE_PRODUCER_LINGER_MS", default_value_t = 5)]
+    pub producer_linger_ms: u32,
     /// Drain deadline on SIGTERM.
     #[arg(
         long,
@@ -213,6 +217,23 @@ pub struct WorkerArgs {
     /// Consumer group id (defaults to `chatpipe-<role>`).
     #[arg(long, env = "CHATPIPE_WORKER_GROUP")]
     pub group: Option<String>,
+    #[command(flatten)]
+    pub batching: BatchingArgs,
+}
+
+/// How the persist and index roles batch their writes and commit offsets
+/// (unset: the role's default).
+#[derive(Debug, Clone, Default, Args)]
+pub struct BatchingArgs {
+    /// Persist and index: longest wait for a batch to fill once its first
+    /// record arrived, in ms (default 50). Under load batches are cut by
+    /// size first.
+    #[arg(long, env = "CHATPIPE_BATCH_LINGER_MS")]
+    pub batch_linger_ms: Option<u64>,
+    /// Persist and index: how often the offsets of written batches are
+    /// committed, in ms (default 1000).
+    #[arg(long, env = "CHATPIPE_COMMIT_INTERVAL_MS")]
+    pub commit_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -241,6 +262,8 @@ pub struct AllArgs {
     /// Settings of the first edge (the others take the next ports).
     #[command(flatten)]
     pub edge: EdgeArgs,
+    #[command(flatten)]
+    pub batching: BatchingArgs,
 }
 
 #[cfg(test)]
@@ -278,5 +301,30 @@ mod tests {
             ),
             (2, 18080, 18090)
         );
+        assert_eq!(args.batching.batch_linger_ms, None);
+    }
+
+    #[test]
+    fn batching_flags_reach_the_worker_roles_and_all() {
+        for command in ["persist", "index", "all"] {
+            let cli = Cli::try_parse_from([
+                "chatpipe",
+                command,
+                "--batch-linger-ms",
+                "80",
+                "--commit-interval-ms",
+                "2500",
+            ])
+            .unwrap();
+            let batching = match cli.command {
+                Command::Persist(args) | Command::Index(args) => args.batching,
+                Command::All(args) => args.batching,
+                _ => panic!("parsed another command"),
+            };
+            assert_eq!(
+                (batching.batch_linger_ms, batching.commit_interval_ms),
+                (Some(80), Some(2500))
+            );
+        }
     }
 }

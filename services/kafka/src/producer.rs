@@ -6,6 +6,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 
 use crate::config::KafkaConfig;
+use crate::context::ChatpipeContext;
 use crate::error::KafkaAdapterError;
 
 /// Where Kafka put a record.
@@ -19,7 +20,7 @@ pub struct RecordPosition {
 /// internal retries never duplicate or reorder a partition's records.
 #[derive(Clone)]
 pub struct ChatProducer {
-    inner: FutureProducer,
+    inner: FutureProducer<ChatpipeContext>,
 }
 
 impl std::fmt::Debug for ChatProducer {
@@ -31,7 +32,7 @@ impl std::fmt::Debug for ChatProducer {
 impl ChatProducer {
     /// `linger_ms` trades a little latency for batching under load.
     pub fn new(config: &KafkaConfig, linger_ms: u32) -> Result<Self, KafkaAdapterError> {
-        let inner: FutureProducer = config
+        let inner: FutureProducer<ChatpipeContext> = config
             .base()
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -42,7 +43,7 @@ impl ChatProducer {
             .set("queue.buffering.max.messages", "100000")
             .set("queue.buffering.max.kbytes", "65536")
             .set("delivery.timeout.ms", "30000")
-            .create()?;
+            .create_with_context(ChatpipeContext::default())?;
         Ok(Self { inner })
     }
 
@@ -75,7 +76,7 @@ impl ChatProducer {
         let delivery = tokio::time::timeout(deadline, self.inner.send(record, deadline)).await;
         match delivery {
             Err(_elapsed) => Err(KafkaAdapterError::Timeout(deadline)),
-            Ok(Err((error, _message))) => Err(KafkaAdapterError::Client(error)),
+            Ok(Err((error, _message))) => Err(error.into()),
             Ok(Ok(delivery)) => Ok(RecordPosition {
                 partition: delivery.partition,
                 offset: delivery.offset,

@@ -84,6 +84,7 @@ pub fn edge_config(common: &CommonArgs, args: &EdgeArgs) -> anyhow::Result<EdgeC
         frames_burst_per_connection: args.frames_per_second.saturating_mul(2),
         ws_read_buffer_bytes: args.ws_read_buffer_bytes,
         drain_deadline_ms: args.drain_deadline_ms,
+        producer_linger_ms: args.producer_linger_ms,
         ..EdgeConfig::default()
     })
 }
@@ -172,9 +173,18 @@ pub async fn start_persist(
     shutdown: &Shutdown,
 ) -> anyhow::Result<Vec<RoleTask>> {
     let mut scaffold = WorkerScaffold::new(shutdown);
+    let defaults = PersistConfig::default();
     let config = PersistConfig {
         group_id: group_or(args, "chatpipe-persist"),
-        ..PersistConfig::default()
+        batch_linger_ms: args
+            .batching
+            .batch_linger_ms
+            .unwrap_or(defaults.batch_linger_ms),
+        commit_interval_ms: args
+            .batching
+            .commit_interval_ms
+            .unwrap_or(defaults.commit_interval_ms),
+        ..defaults
     };
     let kafka = engines::kafka(common, "chatpipe-persist");
     let dead_letters = ChatProducer::new(&kafka, 5)?;
@@ -201,11 +211,20 @@ pub async fn start_index(
     shutdown: &Shutdown,
 ) -> anyhow::Result<Vec<RoleTask>> {
     let mut scaffold = WorkerScaffold::new(shutdown);
+    let defaults = IndexConfig::default();
     let config = IndexConfig {
         group_id: group_or(args, "chatpipe-index"),
         topics: engines::topics(common),
         engine: search_engine_config(common),
-        ..IndexConfig::default()
+        batch_linger_ms: args
+            .batching
+            .batch_linger_ms
+            .unwrap_or(defaults.batch_linger_ms),
+        commit_interval_ms: args
+            .batching
+            .commit_interval_ms
+            .unwrap_or(defaults.commit_interval_ms),
+        ..defaults
     };
     let worker = IndexWorker::spawn(
         config,
@@ -346,6 +365,7 @@ pub async fn run_all(common: &CommonArgs, args: &AllArgs) -> anyhow::Result<()> 
     let worker_args = WorkerArgs {
         listen: None,
         group: None,
+        batching: args.batching.clone(),
     };
     tasks.extend(start_fanout(common, &worker_args, store.clone(), &root).await?);
     tasks.extend(start_persist(common, &worker_args, store.clone(), &root).await?);
