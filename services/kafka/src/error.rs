@@ -19,6 +19,9 @@ pub enum KafkaAdapterError {
     /// A record or configuration could not be (de)serialized.
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
+    /// A client's own thread could not be started.
+    #[error("starting a kafka client thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// A topology file or request is wrong.
     #[error("topology: {0}")]
     Topology(String),
@@ -30,7 +33,8 @@ impl KafkaAdapterError {
         match self {
             KafkaAdapterError::Timeout(_)
             | KafkaAdapterError::Client(_)
-            | KafkaAdapterError::NoPartitions { .. } => true,
+            | KafkaAdapterError::NoPartitions { .. }
+            | KafkaAdapterError::Thread(_) => true,
             KafkaAdapterError::Serialization(_) | KafkaAdapterError::Topology(_) => false,
         }
     }
