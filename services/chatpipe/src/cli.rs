@@ -1,9 +1,16 @@
 //! Command-line and environment configuration. Every flag has a
-//! `CHATPIPE_*` environment variable; defaults are the contract's addresses.
+//! `CHATPIPE_*` environment variable; default addresses come from
+//! [`chatpipe::roles::defaults`] (defined once, shared with the tests).
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 
+use chatpipe::roles::defaults;
+use chatpipe_edge::EdgeConfig;
 use clap::{Args, Parser, Subcommand};
+
+/// The edge's defaults are its config's (`EdgeConfig::default`), written once.
+static EDGE_DEFAULTS: LazyLock<EdgeConfig> = LazyLock::new(EdgeConfig::default);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,7 +32,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         env = "CHATPIPE_KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092",
+        default_value = defaults::KAFKA_BROKERS,
         global = true
     )]
     pub kafka_brokers: String,
@@ -33,7 +40,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         env = "CHATPIPE_CASSANDRA",
-        default_value = "127.0.0.1:9042",
+        default_value = defaults::CASSANDRA,
         value_delimiter = ',',
         global = true
     )]
@@ -50,7 +57,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         env = "CHATPIPE_ELASTICSEARCH_URL",
-        default_value = "http://127.0.0.1:9200",
+        default_value = defaults::ELASTICSEARCH_URL,
         global = true
     )]
     pub elasticsearch_url: String,
@@ -65,8 +72,10 @@ pub struct CommonArgs {
     /// Prefix prepended to every Kafka topic name (isolated deployments).
     #[arg(long, env = "CHATPIPE_TOPIC_PREFIX", default_value = "", global = true)]
     pub topic_prefix: String,
-    /// HS256 secret of bearer tokens. Defaults to a development secret
-    /// (a warning is logged); set it in production. Never logged.
+    /// HS256 secret of bearer tokens. When unset or empty, the file
+    /// `token-secret` under CHATPIPE_HOME (default ~/.cache/chatpipe) is
+    /// read; without either, roles refuse to start. There is no built-in
+    /// secret. Never logged.
     #[arg(
         long,
         env = "CHATPIPE_TOKEN_SECRET",
@@ -78,8 +87,13 @@ pub struct CommonArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print a bearer token for a user.
+    /// Print a bearer token for a user, signed with the configured secret.
     Token(TokenArgs),
+    /// Manage the token secret file under CHATPIPE_HOME.
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+    },
     /// Apply the topology: Kafka topics, Cassandra schema, index template.
     Topology {
         #[command(subcommand)]
@@ -88,11 +102,11 @@ pub enum Command {
     /// Run a WebSocket edge.
     Edge(EdgeArgs),
     /// Run a fan-out worker.
-    Fanout(WorkerArgs),
+    Fanout(FanoutArgs),
     /// Run a Cassandra history writer.
-    Persist(WorkerArgs),
+    Persist(PersistArgs),
     /// Run a search indexer.
-    Index(WorkerArgs),
+    Index(IndexArgs),
     /// Run the HTTP API.
     Api(ApiArgs),
     /// Run every role in one process: topology apply, edges, fan-out,
@@ -108,6 +122,13 @@ pub struct TokenArgs {
     /// Lifetime of the token, in seconds.
     #[arg(long, default_value_t = 86_400)]
     pub ttl_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretAction {
+    /// Create CHATPIPE_HOME/token-secret with a random secret (mode 0600)
+    /// unless it exists; print its path. Run by topology/run.sh.
+    Init,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,16 +154,23 @@ pub struct EdgeArgs {
     #[arg(long, env = "CHATPIPE_EDGE_ID", default_value = "edge-1")]
     pub edge_id: String,
     /// Snowflake worker id of message ids; unique per edge (0–1023).
-    #[arg(long, env = "CHATPIPE_EDGE_WORKER_ID", default_value_t = 1)]
+    #[arg(long, env = "CHATPIPE_EDGE_WORKER_ID", default_value_t = EDGE_DEFAULTS.worker_id)]
     pub worker_id: u16,
-    /// WebSocket and ops listener.
-    #[arg(long, env = "CHATPIPE_EDGE_LISTEN", default_value = "127.0.0.1:8080")]
+    /// WebSocket listener (`/ws` only).
+    #[arg(long, env = "CHATPIPE_EDGE_LISTEN", default_value = defaults::EDGE_LISTEN)]
     pub listen: SocketAddr,
+    /// Ops listener (`/metrics`, `/healthz`, `/readyz`); keep it private.
+    #[arg(
+        long,
+        env = "CHATPIPE_EDGE_OPS_LISTEN",
+        default_value = defaults::EDGE_OPS_LISTEN
+    )]
+    pub ops_listen: SocketAddr,
     /// gRPC push listener (called by fan-out workers).
     #[arg(
         long,
         env = "CHATPIPE_EDGE_PUSH_LISTEN",
-        default_value = "127.0.0.1:8180"
+        default_value = defaults::EDGE_PUSH_LISTEN
     )]
     pub push_listen: SocketAddr,
     /// Push address announced to fan-out (defaults to the listen address).
@@ -152,77 +180,87 @@ pub struct EdgeArgs {
     #[arg(
         long,
         env = "CHATPIPE_EDGE_HEARTBEAT_INTERVAL_MS",
-        default_value_t = 15_000
+        default_value_t = EDGE_DEFAULTS.heartbeat_interval_ms
     )]
     pub heartbeat_interval_ms: u64,
     /// A client silent this long is dropped.
     #[arg(
         long,
         env = "CHATPIPE_EDGE_HEARTBEAT_TIMEOUT_MS",
-        default_value_t = 45_000
+        default_value_t = EDGE_DEFAULTS.heartbeat_timeout_ms
     )]
     pub heartbeat_timeout_ms: u64,
     /// How long a disconnected session stays resumable.
     #[arg(
         long,
         env = "CHATPIPE_EDGE_RESUME_WINDOW_MS",
-        default_value_t = 120_000
+        default_value_t = EDGE_DEFAULTS.resume_window_ms
     )]
     pub resume_window_ms: u64,
     /// Most concurrent connections.
-    #[arg(long, env = "CHATPIPE_EDGE_MAX_CONNECTIONS", default_value_t = 20_000)]
+    #[arg(long, env = "CHATPIPE_EDGE_MAX_CONNECTIONS", default_value_t = EDGE_DEFAULTS.max_connections)]
     pub max_connections: usize,
     /// New connections per second, whole edge.
     #[arg(
         long,
         env = "CHATPIPE_EDGE_CONNECTS_PER_SECOND",
-        default_value_t = 2_000
+        default_value_t = EDGE_DEFAULTS.connects_per_second_global
     )]
     pub connects_per_second: u32,
     /// New connections per second per client IP.
     #[arg(
         long,
         env = "CHATPIPE_EDGE_CONNECTS_PER_SECOND_PER_IP",
-        default_value_t = 2_000
+        default_value_t = EDGE_DEFAULTS.connects_per_second_per_ip
     )]
     pub connects_per_second_per_ip: u32,
     /// Client frames per second per connection.
-    #[arg(long, env = "CHATPIPE_EDGE_FRAMES_PER_SECOND", default_value_t = 50)]
+    #[arg(long, env = "CHATPIPE_EDGE_FRAMES_PER_SECOND", default_value_t = EDGE_DEFAULTS.frames_per_second_per_connection)]
     pub frames_per_second: u32,
     /// WebSocket read buffer per connection, bytes.
     #[arg(
         long,
         env = "CHATPIPE_EDGE_WS_READ_BUFFER_BYTES",
-        default_value_t = 1024
+        default_value_t = EDGE_DEFAULTS.ws_read_buffer_bytes
     )]
     pub ws_read_buffer_bytes: usize,
     /// Kafka producer linger, in ms: how long a produce request waits for
     /// more records (batching under load, at most this much on an ack).
-    #[arg(long, env = "CHATPIPE_EDGE_PRODUCER_LINGER_MS", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "CHATPIPE_EDGE_PRODUCER_LINGER_MS",
+        default_value_t = EDGE_DEFAULTS.producer_linger_ms
+    )]
     pub producer_linger_ms: u32,
     /// Drain deadline on SIGTERM.
     #[arg(
         long,
         env = "CHATPIPE_EDGE_DRAIN_DEADLINE_MS",
-        default_value_t = 10_000
+        default_value_t = EDGE_DEFAULTS.drain_deadline_ms
     )]
     pub drain_deadline_ms: u64,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct WorkerArgs {
-    /// Ops listener (`/metrics`, `/healthz`, `/readyz`).
-    #[arg(long, env = "CHATPIPE_WORKER_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Consumer group id (defaults to `chatpipe-<role>`).
-    #[arg(long, env = "CHATPIPE_WORKER_GROUP")]
-    pub group: Option<String>,
-    #[command(flatten)]
-    pub batching: BatchingArgs,
+/// The flags of one consumer-group role (fan-out, persist, index): its ops
+/// listener and its consumer group, each with the role's own variable.
+macro_rules! worker_args {
+    ($name:ident, $ops_env:literal, $ops_default:expr, $group_env:literal, $group_default:literal) => {
+        #[derive(Debug, Clone, Args)]
+        pub struct $name {
+            /// Ops listener (`/metrics`, `/healthz`, `/readyz`); keep it private.
+            #[arg(long, alias = "listen", env = $ops_env, default_value = $ops_default)]
+            pub ops_listen: SocketAddr,
+            /// Consumer group id.
+            #[arg(long, env = $group_env, default_value = $group_default)]
+            pub group: String,
+            #[command(flatten)]
+            pub batching: BatchingArgs,
+        }
+    };
 }
 
 /// How the persist and index roles batch their writes and commit offsets
-/// (unset: the role's default).
+/// (unset: the role's default; fan-out keeps its own short batches).
 #[derive(Debug, Clone, Default, Args)]
 pub struct BatchingArgs {
     /// Persist and index: longest wait for a batch to fill once its first
@@ -236,20 +274,77 @@ pub struct BatchingArgs {
     pub commit_interval_ms: Option<u64>,
 }
 
+worker_args!(
+    FanoutArgs,
+    "CHATPIPE_FANOUT_OPS_LISTEN",
+    defaults::FANOUT_OPS_LISTEN,
+    "CHATPIPE_FANOUT_GROUP",
+    "chatpipe-fanout"
+);
+worker_args!(
+    PersistArgs,
+    "CHATPIPE_PERSIST_OPS_LISTEN",
+    defaults::PERSIST_OPS_LISTEN,
+    "CHATPIPE_PERSIST_GROUP",
+    "chatpipe-persist"
+);
+worker_args!(
+    IndexArgs,
+    "CHATPIPE_INDEX_OPS_LISTEN",
+    defaults::INDEX_OPS_LISTEN,
+    "CHATPIPE_INDEX_GROUP",
+    "chatpipe-index"
+);
+
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
-    /// HTTP listener of the API and its ops endpoints.
+    /// HTTP listener of the API (`/v1/…`, `/openapi.json`).
     #[arg(
         long = "api-listen",
         env = "CHATPIPE_API_LISTEN",
-        default_value = "127.0.0.1:8090"
+        default_value = defaults::API_LISTEN
     )]
     pub api_listen: SocketAddr,
+    /// Ops listener of the API (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(
+        long = "api-ops-listen",
+        env = "CHATPIPE_API_OPS_LISTEN",
+        default_value = defaults::API_OPS_LISTEN
+    )]
+    pub api_ops_listen: SocketAddr,
+}
+
+/// The ops listeners of the consumer-group roles in `chatpipe all`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerOpsArgs {
+    /// Fan-out ops listener.
+    #[arg(
+        long,
+        env = "CHATPIPE_FANOUT_OPS_LISTEN",
+        default_value = defaults::FANOUT_OPS_LISTEN
+    )]
+    pub fanout_ops_listen: SocketAddr,
+    /// Persist ops listener.
+    #[arg(
+        long,
+        env = "CHATPIPE_PERSIST_OPS_LISTEN",
+        default_value = defaults::PERSIST_OPS_LISTEN
+    )]
+    pub persist_ops_listen: SocketAddr,
+    /// Index ops listener.
+    #[arg(
+        long,
+        env = "CHATPIPE_INDEX_OPS_LISTEN",
+        default_value = defaults::INDEX_OPS_LISTEN
+    )]
+    pub index_ops_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct AllArgs {
-    /// Number of edges; edge N listens on 8080+2(N-1) and pushes on 8180+N-1.
+    /// Number of edges; edge N (from 1) takes the first edge's WebSocket and
+    /// ops ports plus 2(N-1) (8080/8081, 8082/8083, …) and its push port
+    /// plus N-1 (8180, 8181, …).
     #[arg(long, env = "CHATPIPE_EDGES", default_value_t = 1)]
     pub edges: u16,
     /// Skip `topology apply` at start.
@@ -262,6 +357,8 @@ pub struct AllArgs {
     /// Settings of the first edge (the others take the next ports).
     #[command(flatten)]
     pub edge: EdgeArgs,
+    #[command(flatten)]
+    pub workers: WorkerOpsArgs,
     #[command(flatten)]
     pub batching: BatchingArgs,
 }
@@ -288,6 +385,10 @@ mod tests {
             "127.0.0.1:18080",
             "--api-listen",
             "127.0.0.1:18090",
+            "--ops-listen",
+            "127.0.0.1:18081",
+            "--index-ops-listen",
+            "127.0.0.1:18093",
         ])
         .unwrap();
         let Command::All(args) = cli.command else {
@@ -301,11 +402,16 @@ mod tests {
             ),
             (2, 18080, 18090)
         );
-        assert_eq!(args.batching.batch_linger_ms, None);
+        assert_eq!(args.edge.ops_listen.port(), 18081);
+        assert_eq!(args.workers.index_ops_listen.port(), 18093);
+        assert_eq!(
+            args.api.api_ops_listen.to_string(),
+            defaults::API_OPS_LISTEN
+        );
     }
 
     #[test]
-    fn batching_flags_reach_the_worker_roles_and_all() {
+    fn batching_flags_reach_persist_index_and_all() {
         for command in ["persist", "index", "all"] {
             let cli = Cli::try_parse_from([
                 "chatpipe",
@@ -317,7 +423,8 @@ mod tests {
             ])
             .unwrap();
             let batching = match cli.command {
-                Command::Persist(args) | Command::Index(args) => args.batching,
+                Command::Persist(args) => args.batching,
+                Command::Index(args) => args.batching,
                 Command::All(args) => args.batching,
                 _ => panic!("parsed another command"),
             };
@@ -326,5 +433,21 @@ mod tests {
                 (Some(80), Some(2500))
             );
         }
+    }
+
+    #[test]
+    fn worker_ops_listeners_default_to_loopback_and_keep_the_old_flag() {
+        let cli = Cli::try_parse_from(["chatpipe", "fanout"]).unwrap();
+        let Command::Fanout(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        assert_eq!(args.ops_listen.to_string(), defaults::FANOUT_OPS_LISTEN);
+        assert!(args.ops_listen.ip().is_loopback());
+        let cli =
+            Cli::try_parse_from(["chatpipe", "index", "--listen", "127.0.0.1:18093"]).unwrap();
+        let Command::Index(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        assert_eq!(args.ops_listen.port(), 18093);
     }
 }
