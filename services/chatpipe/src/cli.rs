@@ -86,6 +86,8 @@ pub struct CommonArgs {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Print a bearer token for a user, signed with the configured secret.
     Token(TokenArgs),
