@@ -4,7 +4,7 @@
 #
 #   benches/run.sh                       # everything (about 40 minutes)
 #   SCENARIOS="idle broadcast" benches/run.sh
-#   SKIP="criterion kafka persist dedup index centrifugo" benches/run.sh
+#   SKIP="criterion kafka persist index centrifugo" benches/run.sh
 #
 # 1. builds chatpipe and the benches in release mode;
 # 2. builds Centrifugo from the Go module proxy (benches/centrifugo.sh);
@@ -135,10 +135,6 @@ fi
 if ! skipped persist; then
   log "persist role vs plain concurrent INSERTs"
   cargo run --release -q -p chatpipe-persist --example persist_throughput 2>/dev/null | tee "$RESULTS/persist.txt" || status=1
-fi
-if ! skipped dedup; then
-  log "send de-duplication claim (Cassandra LWT) alone"
-  "$BIN/dedup-claim-bench" --out-dir "$RESULTS" 2>&1 | tee "$RESULTS/dedup-claim.log" || status=1
 fi
 if ! skipped index; then
   log "index role vs raw _bulk"

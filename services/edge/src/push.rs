@@ -2,16 +2,21 @@
 //! the order received, to every local session of each of its recipients.
 //! A batch flagged `resync` first makes every session start over (see
 //! [`SessionRegistry::resync_all`]): the sender had given up on an earlier
-//! push, so some of them missed frames.
+//! push, so some of them missed frames. A batch may also carry verdicts on
+//! marked resends this edge accepted; each is handed to the send waiting for
+//! it (see [`crate::send`]).
 
 use std::sync::Arc;
 
+use chatpipe_core::MessageId;
+use chatpipe_core::dedup::send_key_digest;
 use chatpipe_core::frames::{encode_sequenced, is_json_object};
 use chatpipe_proto::push::edge_push_server::EdgePush;
 use chatpipe_proto::push::{PushBatch, PushReply};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::EdgeMetrics;
+use crate::send::{Accepted, VerdictWaiters};
 use crate::sessions::SessionRegistry;
 
 const DELIVERABLE_OPS: [&str; 4] = ["message", "typing", "read", "presence"];
@@ -20,6 +25,7 @@ const DELIVERABLE_OPS: [&str; 4] = ["message", "typing", "read", "presence"];
 pub struct PushService {
     pub(crate) sessions: Arc<SessionRegistry>,
     pub(crate) metrics: EdgeMetrics,
+    pub(crate) verdicts: Arc<VerdictWaiters>,
 }
 
 #[tonic::async_trait]
@@ -31,6 +37,24 @@ impl EdgePush for PushService {
             let sessions = self.sessions.resync_all();
             self.metrics.resyncs.inc();
             tracing::warn!(source = %batch.source, sessions, "fan-out lost frames for this edge; every session starts over");
+        }
+        for verdict in &batch.verdicts {
+            let Ok(message_id) = MessageId::parse(&verdict.message_id) else {
+                return Err(Status::invalid_argument("verdict message_id is not an id"));
+            };
+            self.metrics.verdicts_received.inc();
+            let digest = send_key_digest(
+                &verdict.conversation_id,
+                &verdict.sender_id,
+                &verdict.client_msg_id,
+            );
+            let accepted = Accepted {
+                message_id,
+                ts: verdict.ts,
+            };
+            if self.verdicts.resolve(digest, accepted) == 0 {
+                self.metrics.verdicts_unclaimed.inc();
+            }
         }
         let mut delivered: u32 = 0;
         let mut absent: u32 = 0;

@@ -13,6 +13,9 @@
 //!   handlers are idempotent by message id.
 //! - [`dead_letter`]: records that cannot be decoded are published to
 //!   `chat.deadletter` with their coordinates, counted, and skipped.
+//! - [`send_dedup`]: [`PartitionedSendDedup`], the send de-duplication
+//!   every consumer of `chat.messages` applies to partition order, rebuilt
+//!   after a start or a rebalance by [`replay`].
 //! - [`topology`]: the topics as data (`topology/kafka/topics.json`) and an
 //!   idempotent apply.
 
@@ -21,6 +24,8 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod error;
 pub mod producer;
+pub mod replay;
+pub mod send_dedup;
 pub mod topology;
 
 pub use config::KafkaConfig;
@@ -28,3 +33,4 @@ pub use consumer::{BatchHandler, ConsumerMetrics, ConsumerSettings, run_batches}
 pub use dead_letter::DeadLetterSink;
 pub use error::KafkaAdapterError;
 pub use producer::ChatProducer;
+pub use send_dedup::{PartitionedSendDedup, SendDedupMetrics, SendDedupSettings};
