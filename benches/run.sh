@@ -44,7 +44,8 @@ wait_http() { # url seconds
 }
 
 # chatpipe under test: by default every role as its own process on ports
-# 9580-9593 with its own topic prefix, index prefix and consumer groups,
+# 9580-9594 (ops listeners: edge 9581, fan-out 9591, persist 9592, index
+# 9593, API 9594) with its own topic prefix, index prefix and consumer groups,
 # fresh for each scenario (an isolated deployment on the shared engines: a
 # `chatpipe all` already running on the default ports is left alone, one
 # scenario's leftovers — e.g. the offline presence of 15,000 users — do not
@@ -55,7 +56,7 @@ stack_pids=()
 if [[ $MODE == roles ]]; then
   export CHATPIPE_LOADGEN_WS_URL=ws://127.0.0.1:9580/ws
   export CHATPIPE_LOADGEN_API_URL=http://127.0.0.1:9590
-  export CHATPIPE_LOADGEN_EDGE_METRICS_URL=http://127.0.0.1:9580/metrics
+  export CHATPIPE_LOADGEN_EDGE_METRICS_URL=http://127.0.0.1:9581/metrics
   export CHATPIPE_LOADGEN_FANOUT_METRICS_URL=http://127.0.0.1:9591/metrics
   export CHATPIPE_LOADGEN_PERSIST_METRICS_URL=http://127.0.0.1:9592/metrics
   export CHATPIPE_LOADGEN_INDEX_METRICS_URL=http://127.0.0.1:9593/metrics
@@ -85,20 +86,20 @@ start_chatpipe() { # scenario
   if [[ $MODE == all ]]; then
     start_role "chatpipe-all-$1" all
     chatpipe_pid=${stack_pids[0]}
-    wait_http http://127.0.0.1:8080/readyz 180 && wait_http http://127.0.0.1:8090/healthz 60
+    wait_http http://127.0.0.1:8081/readyz 180 && wait_http http://127.0.0.1:8094/healthz 60
     return
   fi
   local tag; tag="bench-$1-$(date +%s)"
   export CHATPIPE_TOPIC_PREFIX="$tag." CHATPIPE_INDEX_PREFIX="$tag-messages"
   "$BIN/chatpipe" topology apply >"$RESULTS/logs/topology-$1.log" 2>&1 || return 1
   start_role "edge-$1" edge --edge-id "$tag-edge" --worker-id 901 \
-    --listen 127.0.0.1:9580 --push-listen 127.0.0.1:9680
+    --listen 127.0.0.1:9580 --ops-listen 127.0.0.1:9581 --push-listen 127.0.0.1:9680
   chatpipe_pid=${stack_pids[0]}
-  start_role "fanout-$1" fanout --listen 127.0.0.1:9591 --group "$tag-fanout"
-  start_role "persist-$1" persist --listen 127.0.0.1:9592 --group "$tag-persist"
-  start_role "index-$1" index --listen 127.0.0.1:9593 --group "$tag-index"
-  start_role "api-$1" api --api-listen 127.0.0.1:9590
-  wait_http http://127.0.0.1:9580/readyz 180 && wait_http http://127.0.0.1:9590/healthz 60 \
+  start_role "fanout-$1" fanout --ops-listen 127.0.0.1:9591 --group "$tag-fanout"
+  start_role "persist-$1" persist --ops-listen 127.0.0.1:9592 --group "$tag-persist"
+  start_role "index-$1" index --ops-listen 127.0.0.1:9593 --group "$tag-index"
+  start_role "api-$1" api --api-listen 127.0.0.1:9590 --api-ops-listen 127.0.0.1:9594
+  wait_http http://127.0.0.1:9581/readyz 180 && wait_http http://127.0.0.1:9594/healthz 60 \
     && wait_http http://127.0.0.1:9591/readyz 120 && wait_http http://127.0.0.1:9592/readyz 120 \
     && wait_http http://127.0.0.1:9593/readyz 120
 }
@@ -107,6 +108,10 @@ log "build (release)"
 # Built separately: together, feature unification would rebuild both.
 cargo build --release -p chatpipe || exit 1
 cargo build --release -p chatpipe-benches --bins || exit 1
+# No built-in token secret: the roles and the load generator read the same
+# one (CHATPIPE_TOKEN_SECRET, else $CHATPIPE_HOME/token-secret, created here
+# once like topology/run.sh does).
+if [[ -z ${CHATPIPE_TOKEN_SECRET:-} ]]; then "$BIN/chatpipe" secret init >/dev/null || exit 1; fi
 
 centrifugo_flag=()
 if ! skipped centrifugo; then

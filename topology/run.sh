@@ -6,7 +6,10 @@
 #   2. starts the engines (`topology/engines.sh up`: Kafka, Cassandra,
 #      OpenSearch as local JVM processes; idempotent),
 #   3. builds the `chatpipe` binary in release mode,
-#   4. execs `chatpipe all`, which applies the topology (Kafka topics,
+#   4. creates the token secret on first use (`chatpipe secret init`: a random
+#      secret in $CHATPIPE_HOME/token-secret, mode 0600, kept afterwards;
+#      skipped when CHATPIPE_TOKEN_SECRET is set, which overrides the file),
+#   5. execs `chatpipe all`, which applies the topology (Kafka topics,
 #      Cassandra schema, index template) and runs every role in one process.
 #
 # Usage: topology/run.sh [ARGS FOR `chatpipe all` ...]
@@ -35,14 +38,26 @@ say "building chatpipe (release; the first build takes ~10 min on 2 cores) into 
   || prereq_fail "cargo build failed (see above)"
 BIN=$CARGO_TARGET_DIR/release/chatpipe
 
+# There is no built-in token secret: make a random one the first time, keep
+# it (mode 0600) under the chatpipe home, where every role and
+# `chatpipe token` read it.
+export CHATPIPE_HOME=${CHATPIPE_HOME:-$HOME/.cache/chatpipe}
+if [[ -z ${CHATPIPE_TOKEN_SECRET:-} ]]; then
+  SECRET_FILE=$("$BIN" secret init) || prereq_fail "could not create the token secret under $CHATPIPE_HOME"
+  SECRET_NOTE="signed with the secret in $SECRET_FILE"
+else
+  SECRET_NOTE="signed with CHATPIPE_TOKEN_SECRET"
+fi
+
 cat >&2 <<EOF
 
 [chatpipe] chatpipe is starting (all roles in one process):
 [chatpipe]   WebSocket (first edge)  ws://127.0.0.1:8080/ws
 [chatpipe]   HTTP API                http://127.0.0.1:8090   (OpenAPI: /openapi.json)
-[chatpipe]   metrics and health      GET /metrics, /healthz, /readyz on each role's HTTP port (8080, 8090, ...)
+[chatpipe]   metrics and health      GET /metrics, /healthz, /readyz on each role's ops listener (loopback):
+[chatpipe]                           edge-1 8081 (edge N: 8081+2(N-1)), fanout 8091, persist 8092, index 8093, api 8094
 [chatpipe]   engines                 Kafka 127.0.0.1:9092, Cassandra 127.0.0.1:9042, OpenSearch http://127.0.0.1:9200
-[chatpipe] A bearer token for user alice (development secret unless CHATPIPE_TOKEN_SECRET is set):
+[chatpipe] A bearer token for user alice ($SECRET_NOTE):
 [chatpipe]   $BIN token --user alice
 [chatpipe] Ctrl+C stops chatpipe; the engines keep running. Stop them with: topology/engines.sh down
 

@@ -4,6 +4,10 @@
 #
 #   pre-checks  the Quickstart contract (README block, .ci/run) and
 #               docker-compose.yml (topology/tests/precheck.sh)
+#   lint        cargo fmt --all --check
+#               cargo clippy --workspace --all-targets -- -D warnings
+#               (each a step of its own: a failure fails the run, and the
+#               tests still run)
 #   engines     `topology/engines.sh up` (idempotent; fails loudly: the
 #               integration tests need real Kafka, Cassandra and OpenSearch)
 #   phase 1     cargo test --workspace --all-targets --no-fail-fast
@@ -30,6 +34,7 @@
 #   CHATPIPE_TEST_BUDGET_SECS         whole run, default 4800
 #   CHATPIPE_TEST_PHASE2_MIN_SECS     time kept for phase 2, default 1200
 #   CHATPIPE_TEST_MIN_STEP_SECS       least time any cargo step gets, default 600
+#   CHATPIPE_TEST_LINT_SECS           limit of the clippy step, default 1500
 #   CHATPIPE_TEST_LOG_DIR             full cargo output, default ~/.cache/chatpipe/test-logs/<time>
 #   plus topology/engines.sh's variables (CHATPIPE_HOME, ports, heaps).
 set -uo pipefail   # no -e on purpose: a failing phase must not hide the next
@@ -229,6 +234,16 @@ banner "pre-checks: Quickstart contract, docker-compose.yml"
 t0=$SECONDS
 bash "$REPO/topology/tests/precheck.sh"
 record "precheck" $? $((SECONDS - t0)) "README Quickstart, .ci/run, docker-compose.yml"
+
+# Lint before the engines start: neither step needs them.
+t0=$SECONDS
+run_step fmt 300 cargo fmt --all --check
+record "fmt" "$STEP_RC" $((SECONDS - t0)) "cargo fmt --all --check"
+if ((!INTERRUPTED)); then
+  t0=$SECONDS
+  run_step clippy "${CHATPIPE_TEST_LINT_SECS:-1500}" cargo clippy --workspace --all-targets -- -D warnings
+  record "clippy" "$STEP_RC" $((SECONDS - t0)) "cargo clippy --workspace --all-targets -- -D warnings"
+fi
 
 banner "engines: topology/engines.sh up"
 t0=$SECONDS

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use chatpipe_core::UserId;
-use chatpipe_core::auth::{DEVELOPMENT_SECRET, TokenKeys};
+use chatpipe_core::auth::TokenKeys;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -42,13 +42,23 @@ struct HistoryPage {
     next_after: Option<String>,
 }
 
-/// Token keys from a secret, the development secret when empty.
+/// Token keys from a secret; when empty, from the secret file the roles read
+/// (`$CHATPIPE_HOME/token-secret`, default `~/.cache/chatpipe`). There is no
+/// built-in secret: without either, tokens are signed with an empty key and
+/// every connection is refused, which the run reports.
 pub fn token_keys(secret: &str) -> TokenKeys {
-    if secret.is_empty() {
-        TokenKeys::from_secret(DEVELOPMENT_SECRET.as_bytes())
-    } else {
-        TokenKeys::from_secret(secret.as_bytes())
+    if !secret.is_empty() {
+        return TokenKeys::from_secret(secret.as_bytes());
     }
+    let home = std::env::var_os("CHATPIPE_HOME")
+        .filter(|home| !home.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/chatpipe")
+        });
+    let from_file = std::fs::read(home.join("token-secret")).unwrap_or_default();
+    TokenKeys::from_secret(from_file.trim_ascii())
 }
 
 pub fn token_for(keys: &TokenKeys, user: &str) -> String {

@@ -41,13 +41,14 @@ pub struct TargetConfig {
     /// Base URL of the HTTP API.
     pub api_url: String,
     /// Prometheus endpoints (`/metrics`) of the edge, fan-out, persist and
-    /// index roles (`chatpipe all` serves them on these ports).
+    /// index roles: their ops listeners (`chatpipe all` serves them on
+    /// these ports).
     pub edge_metrics_url: String,
     pub fanout_metrics_url: String,
     pub persist_metrics_url: String,
     pub index_metrics_url: String,
-    /// Secret of bearer tokens (`CHATPIPE_TOKEN_SECRET`); the development
-    /// secret when empty. The environment variable wins.
+    /// Secret of bearer tokens (`CHATPIPE_TOKEN_SECRET`); when empty, the
+    /// roles' secret file under `CHATPIPE_HOME`. The environment variable wins.
     pub token_secret: String,
 }
 
@@ -56,7 +57,7 @@ impl Default for TargetConfig {
         Self {
             ws_url: "ws://127.0.0.1:8080/ws".into(),
             api_url: "http://127.0.0.1:8090".into(),
-            edge_metrics_url: "http://127.0.0.1:8080/metrics".into(),
+            edge_metrics_url: "http://127.0.0.1:8081/metrics".into(),
             fanout_metrics_url: "http://127.0.0.1:8091/metrics".into(),
             persist_metrics_url: "http://127.0.0.1:8092/metrics".into(),
             index_metrics_url: "http://127.0.0.1:8093/metrics".into(),

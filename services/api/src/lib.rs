@@ -13,11 +13,15 @@
 //! | `DELETE /v1/conversations/{id}/members/{user_id}` | remove a member or leave |
 //! | `GET /v1/conversations/{id}/messages` | history pages, newest first |
 //! | `GET /openapi.json` | the OpenAPI document (`schemas/openapi.json`) |
-//! | `GET /metrics`, `/healthz`, `/readyz` | operations |
 //!
 //! Every `/v1` call needs `Authorization: Bearer <token>` and is charged to
 //! the caller's rate limit. Errors are `{"error":{"code","message"}}`,
 //! mapped in one place ([`ApiError`]).
+//!
+//! Metrics and health are not served here: the API's port serves only
+//! `/v1/…` and `/openapi.json`. Whoever starts the role (the `chatpipe`
+//! library) serves the registry and [`Health`] given to
+//! [`ApiServer::new`] / [`BoundApi::serve`] on the role's ops listener.
 //!
 //! Delivery semantics: membership changes are written to Cassandra first,
 //! then published as `MembershipRecord`s keyed by conversation id; a call
@@ -45,7 +49,6 @@ use axum::http::Method;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{MethodRouter, delete, get, post};
 use chatpipe_runtime::health::ComponentState;
-use chatpipe_runtime::metrics::MetricsRegistry;
 use chatpipe_runtime::{Health, Shutdown};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -112,12 +115,7 @@ pub fn v1_routes() -> Vec<RouteSpec> {
 
 /// Every route the API serves without a token.
 pub fn public_routes() -> Vec<(Method, &'static str)> {
-    vec![
-        (Method::GET, "/openapi.json"),
-        (Method::GET, "/metrics"),
-        (Method::GET, "/healthz"),
-        (Method::GET, "/readyz"),
-    ]
+    vec![(Method::GET, "/openapi.json")]
 }
 
 async fn unknown_route() -> ApiError {
@@ -126,9 +124,10 @@ async fn unknown_route() -> ApiError {
 
 /// The whole router: `/v1` routes behind authentication and the rate limit
 /// (including `extra_v1`, already stated routers such as search), the
-/// OpenAPI document, a JSON 404 for unknown routes, request metrics, the
-/// body limit, and the operational endpoints from `ops`.
-pub fn router(state: ApiState, extra_v1: Vec<Router>, ops: Router) -> Router {
+/// OpenAPI document, a JSON 404 for unknown routes (`/metrics` and the
+/// health checks included: they live on the ops listener), request metrics
+/// and the body limit.
+pub fn router(state: ApiState, extra_v1: Vec<Router>) -> Router {
     let mut v1: Router<ApiState> = Router::new();
     for route in v1_routes() {
         v1 = v1.route(route.path, route.handler);
@@ -150,7 +149,6 @@ pub fn router(state: ApiState, extra_v1: Vec<Router>, ops: Router) -> Router {
         ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
-        .merge(ops)
 }
 
 /// Why the API could not start or stopped.
@@ -172,7 +170,7 @@ pub enum ApiRunError {
 /// let mut registry = Registry::default();
 /// let api = ApiServer::new(config, deps, &mut registry);
 /// let bound = api.bind().await?;            // bound.local_addr()
-/// bound.serve(MetricsRegistry::new(registry), health, shutdown).await?;
+/// bound.serve(health, shutdown).await?;    // ops: registry and health elsewhere
 /// ```
 #[derive(Debug)]
 pub struct ApiServer {
@@ -233,22 +231,12 @@ impl BoundApi {
             .expect("a bound TCP listener has an address")
     }
 
-    /// Serves until `shutdown`, then finishes in-flight requests. `metrics`
-    /// is the finished registry `/metrics` renders; `health` gets the
-    /// `api-http` component.
-    pub async fn serve(
-        self,
-        metrics: MetricsRegistry,
-        health: Health,
-        shutdown: Shutdown,
-    ) -> Result<(), ApiRunError> {
+    /// Serves until `shutdown`, then finishes in-flight requests. `health`
+    /// gets the `api-http` component.
+    pub async fn serve(self, health: Health, shutdown: Shutdown) -> Result<(), ApiRunError> {
         let component = health.component("api-http");
         let state = self.server.state.clone();
-        let app = router(
-            self.server.state,
-            self.server.extra_v1,
-            chatpipe_runtime::ops::router(health, metrics),
-        );
+        let app = router(self.server.state, self.server.extra_v1);
         let limiter = state.rate_limiter.clone();
         let housekeeping_shutdown = shutdown.clone();
         shutdown.spawn(async move {
@@ -277,22 +265,6 @@ impl BoundApi {
         component.set(ComponentState::Stopped);
         outcome.map_err(ApiRunError::Serve)
     }
-}
-
-/// Binds and serves until `shutdown` (the one-call form).
-pub async fn run(
-    config: ApiConfig,
-    deps: ApiDeps,
-    mut registry: Registry,
-    health: Health,
-    shutdown: Shutdown,
-) -> Result<(), ApiRunError> {
-    let server = ApiServer::new(config, deps, &mut registry);
-    server
-        .bind()
-        .await?
-        .serve(MetricsRegistry::new(registry), health, shutdown)
-        .await
 }
 
 #[cfg(test)]

@@ -227,7 +227,7 @@ async fn search<M: MembershipStore>(
 #[cfg(test)]
 mod tests {
     //! The route with an in-memory membership store; the engine is the real
-    //! one on `CHATPIPE_ES_URL` (default http://127.0.0.1:9200), except for
+    //! one on `CHATPIPE_ELASTICSEARCH_URL` (default http://127.0.0.1:9200), except for
     //! the outage case.
 
     use std::collections::HashMap;
@@ -301,7 +301,7 @@ mod tests {
         SearchEngineConfig {
             url: url
                 .map(str::to_owned)
-                .or_else(|| std::env::var("CHATPIPE_ES_URL").ok())
+                .or_else(|| std::env::var("CHATPIPE_ELASTICSEARCH_URL").ok())
                 .unwrap_or_else(|| "http://127.0.0.1:9200".to_owned()),
             index_prefix: prefix,
             number_of_shards: 1,

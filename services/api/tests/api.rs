@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chatpipe_api::{ApiConfig, ApiDeps, ApiMetrics, ApiServer};
+use chatpipe::roles::{self, RoleContext, RoleDeps};
+use chatpipe_api::{ApiConfig, ApiMetrics};
 use chatpipe_cassandra::bucket::{bucket_of_unix_ms, bucket_start_unix_ms};
 use chatpipe_cassandra::{CassandraConfig, CassandraStore, CreateOutcome, NewConversation};
 use chatpipe_core::auth::TokenKeys;
@@ -19,10 +20,9 @@ use chatpipe_core::store::MembershipStore;
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_kafka::consumer::{ConsumerSettings, group_consumer};
 use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
-use chatpipe_kafka::{ChatProducer, ConsumerMetrics, KafkaConfig};
-use chatpipe_runtime::metrics::MetricsRegistry;
-use chatpipe_runtime::{Health, Shutdown};
-use prometheus_client::registry::Registry;
+use chatpipe_kafka::{ConsumerMetrics, KafkaConfig};
+use chatpipe_runtime::Shutdown;
+use chatpipe_search::SearchEngineConfig;
 use rdkafka::Message as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -36,6 +36,8 @@ struct Api {
     kafka: KafkaConfig,
     topics: TopicNames,
     metrics: ApiMetrics,
+    /// The role's ops listener (`/metrics`, `/healthz`, `/readyz`).
+    ops: String,
     _shutdown: ShutdownOnDrop,
 }
 
@@ -56,7 +58,8 @@ async fn start(config: ApiConfig) -> Api {
 async fn start_with_producer_brokers(config: ApiConfig, producer_brokers: Option<&str>) -> Api {
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("t{unique}.");
-    let brokers = std::env::var("CHATPIPE_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let brokers =
+        std::env::var("CHATPIPE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let kafka = KafkaConfig::new(brokers, format!("api-test-{unique}"));
     let mut topics_file = TopicsFile::parse(DEFAULT_TOPICS_JSON)
         .unwrap()
@@ -75,38 +78,33 @@ async fn start_with_producer_brokers(config: ApiConfig, producer_brokers: Option
     let store = CassandraStore::connect(&cassandra)
         .await
         .expect("Cassandra must be reachable (topology/engines.sh up cassandra)");
-    let keys = TokenKeys::from_secret(format!("secret-{unique}").as_bytes());
-    let deps = ApiDeps {
-        store: store.clone(),
-        producer: ChatProducer::new(
-            &producer_brokers.map_or_else(
-                || kafka.clone(),
-                |brokers| KafkaConfig::new(brokers, "api-test-dead"),
-            ),
-            1,
-        )
-        .unwrap(),
+    let keys = TokenKeys::from_configured_secret(format!("secret-{unique}").as_bytes()).unwrap();
+    // The role is started the way the binary starts it (chatpipe::roles),
+    // with its ops listener on a free loopback port.
+    let deps = RoleDeps {
+        kafka: producer_brokers.map_or_else(
+            || kafka.clone(),
+            |brokers| KafkaConfig::new(brokers, "api-test-dead"),
+        ),
         topics: topics.clone(),
+        store: store.clone(),
+        search: SearchEngineConfig::default(),
         token_keys: keys.clone(),
     };
-    let mut registry = Registry::default();
-    let server = ApiServer::new(
+    let shutdown = Shutdown::new();
+    let role = roles::spawn(
         ApiConfig {
             listen_addr: "127.0.0.1:0".into(),
             ..config
         },
-        deps,
-        &mut registry,
-    );
-    let metrics = server.metrics();
-    let bound = server.bind().await.unwrap();
-    let address: SocketAddr = bound.local_addr();
-    let shutdown = Shutdown::new();
-    tokio::spawn(bound.serve(
-        MetricsRegistry::new(registry),
-        Health::new(),
-        shutdown.clone(),
-    ));
+        &deps,
+        RoleContext::new(&shutdown, "127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .expect("the api starts");
+    let address: SocketAddr = role.addr;
+    let metrics = role.metrics().clone();
+    let ops = format!("http://{}", role.ops_addr());
     Api {
         unique,
         base: format!("http://{address}"),
@@ -116,6 +114,7 @@ async fn start_with_producer_brokers(config: ApiConfig, producer_brokers: Option
         kafka,
         topics,
         metrics,
+        ops,
         _shutdown: ShutdownOnDrop(shutdown),
     }
 }
@@ -673,15 +672,25 @@ async fn openapi_and_operational_endpoints_are_served() {
     for path in ["/healthz", "/readyz"] {
         let response = api
             .http
-            .get(format!("{}{path}", api.base))
+            .get(format!("{}{path}", api.ops))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
+    // Ops endpoints are on the ops listener only, never on the API's port.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let response = api
+            .http
+            .get(format!("{}{path}", api.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
     let metrics = api
         .http
-        .get(format!("{}/metrics", api.base))
+        .get(format!("{}/metrics", api.ops))
         .send()
         .await
         .unwrap()

@@ -1,8 +1,10 @@
 //! Command-line and environment configuration. Every flag has a
-//! `CHATPIPE_*` environment variable; defaults are the contract's addresses.
+//! `CHATPIPE_*` environment variable; default addresses come from
+//! [`chatpipe::roles::defaults`] (defined once, shared with the tests).
 
 use std::net::SocketAddr;
 
+use chatpipe::roles::defaults;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -25,7 +27,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         env = "CHATPIPE_KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092",
+        default_value = defaults::KAFKA_BROKERS,
         global = true
     )]
     pub kafka_brokers: String,
@@ -33,7 +35,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         env = "CHATPIPE_CASSANDRA",
-        default_value = "127.0.0.1:9042",
+        default_value = defaults::CASSANDRA,
         value_delimiter = ',',
         global = true
     )]
@@ -50,7 +52,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         env = "CHATPIPE_ELASTICSEARCH_URL",
-        default_value = "http://127.0.0.1:9200",
+        default_value = defaults::ELASTICSEARCH_URL,
         global = true
     )]
     pub elasticsearch_url: String,
@@ -65,8 +67,10 @@ pub struct CommonArgs {
     /// Prefix prepended to every Kafka topic name (isolated deployments).
     #[arg(long, env = "CHATPIPE_TOPIC_PREFIX", default_value = "", global = true)]
     pub topic_prefix: String,
-    /// HS256 secret of bearer tokens. Defaults to a development secret
-    /// (a warning is logged); set it in production. Never logged.
+    /// HS256 secret of bearer tokens. When unset or empty, the file
+    /// `token-secret` under CHATPIPE_HOME (default ~/.cache/chatpipe) is
+    /// read; without either, roles refuse to start. There is no built-in
+    /// secret. Never logged.
     #[arg(
         long,
         env = "CHATPIPE_TOKEN_SECRET",
@@ -78,8 +82,13 @@ pub struct CommonArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print a bearer token for a user.
+    /// Print a bearer token for a user, signed with the configured secret.
     Token(TokenArgs),
+    /// Manage the token secret file under CHATPIPE_HOME.
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+    },
     /// Apply the topology: Kafka topics, Cassandra schema, index template.
     Topology {
         #[command(subcommand)]
@@ -88,11 +97,11 @@ pub enum Command {
     /// Run a WebSocket edge.
     Edge(EdgeArgs),
     /// Run a fan-out worker.
-    Fanout(WorkerArgs),
+    Fanout(FanoutArgs),
     /// Run a Cassandra history writer.
-    Persist(WorkerArgs),
+    Persist(PersistArgs),
     /// Run a search indexer.
-    Index(WorkerArgs),
+    Index(IndexArgs),
     /// Run the HTTP API.
     Api(ApiArgs),
     /// Run every role in one process: topology apply, edges, fan-out,
@@ -108,6 +117,13 @@ pub struct TokenArgs {
     /// Lifetime of the token, in seconds.
     #[arg(long, default_value_t = 86_400)]
     pub ttl_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretAction {
+    /// Create CHATPIPE_HOME/token-secret with a random secret (mode 0600)
+    /// unless it exists; print its path. Run by topology/run.sh.
+    Init,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,14 +151,21 @@ pub struct EdgeArgs {
     /// Snowflake worker id of message ids; unique per edge (0–1023).
     #[arg(long, env = "CHATPIPE_EDGE_WORKER_ID", default_value_t = 1)]
     pub worker_id: u16,
-    /// WebSocket and ops listener.
-    #[arg(long, env = "CHATPIPE_EDGE_LISTEN", default_value = "127.0.0.1:8080")]
+    /// WebSocket listener (`/ws` only).
+    #[arg(long, env = "CHATPIPE_EDGE_LISTEN", default_value = defaults::EDGE_LISTEN)]
     pub listen: SocketAddr,
+    /// Ops listener (`/metrics`, `/healthz`, `/readyz`); keep it private.
+    #[arg(
+        long,
+        env = "CHATPIPE_EDGE_OPS_LISTEN",
+        default_value = defaults::EDGE_OPS_LISTEN
+    )]
+    pub ops_listen: SocketAddr,
     /// gRPC push listener (called by fan-out workers).
     #[arg(
         long,
         env = "CHATPIPE_EDGE_PUSH_LISTEN",
-        default_value = "127.0.0.1:8180"
+        default_value = defaults::EDGE_PUSH_LISTEN
     )]
     pub push_listen: SocketAddr,
     /// Push address announced to fan-out (defaults to the listen address).
@@ -205,30 +228,93 @@ pub struct EdgeArgs {
     pub drain_deadline_ms: u64,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct WorkerArgs {
-    /// Ops listener (`/metrics`, `/healthz`, `/readyz`).
-    #[arg(long, env = "CHATPIPE_WORKER_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Consumer group id (defaults to `chatpipe-<role>`).
-    #[arg(long, env = "CHATPIPE_WORKER_GROUP")]
-    pub group: Option<String>,
+/// The flags of one consumer-group role (fan-out, persist, index): its ops
+/// listener and its consumer group, each with the role's own variable.
+macro_rules! worker_args {
+    ($name:ident, $ops_env:literal, $ops_default:expr, $group_env:literal, $group_default:literal) => {
+        #[derive(Debug, Clone, Args)]
+        pub struct $name {
+            /// Ops listener (`/metrics`, `/healthz`, `/readyz`); keep it private.
+            #[arg(long, alias = "listen", env = $ops_env, default_value = $ops_default)]
+            pub ops_listen: SocketAddr,
+            /// Consumer group id.
+            #[arg(long, env = $group_env, default_value = $group_default)]
+            pub group: String,
+        }
+    };
 }
+
+worker_args!(
+    FanoutArgs,
+    "CHATPIPE_FANOUT_OPS_LISTEN",
+    defaults::FANOUT_OPS_LISTEN,
+    "CHATPIPE_FANOUT_GROUP",
+    "chatpipe-fanout"
+);
+worker_args!(
+    PersistArgs,
+    "CHATPIPE_PERSIST_OPS_LISTEN",
+    defaults::PERSIST_OPS_LISTEN,
+    "CHATPIPE_PERSIST_GROUP",
+    "chatpipe-persist"
+);
+worker_args!(
+    IndexArgs,
+    "CHATPIPE_INDEX_OPS_LISTEN",
+    defaults::INDEX_OPS_LISTEN,
+    "CHATPIPE_INDEX_GROUP",
+    "chatpipe-index"
+);
 
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
-    /// HTTP listener of the API and its ops endpoints.
+    /// HTTP listener of the API (`/v1/…`, `/openapi.json`).
     #[arg(
         long = "api-listen",
         env = "CHATPIPE_API_LISTEN",
-        default_value = "127.0.0.1:8090"
+        default_value = defaults::API_LISTEN
     )]
     pub api_listen: SocketAddr,
+    /// Ops listener of the API (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(
+        long = "api-ops-listen",
+        env = "CHATPIPE_API_OPS_LISTEN",
+        default_value = defaults::API_OPS_LISTEN
+    )]
+    pub api_ops_listen: SocketAddr,
+}
+
+/// The ops listeners of the consumer-group roles in `chatpipe all`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerOpsArgs {
+    /// Fan-out ops listener.
+    #[arg(
+        long,
+        env = "CHATPIPE_FANOUT_OPS_LISTEN",
+        default_value = defaults::FANOUT_OPS_LISTEN
+    )]
+    pub fanout_ops_listen: SocketAddr,
+    /// Persist ops listener.
+    #[arg(
+        long,
+        env = "CHATPIPE_PERSIST_OPS_LISTEN",
+        default_value = defaults::PERSIST_OPS_LISTEN
+    )]
+    pub persist_ops_listen: SocketAddr,
+    /// Index ops listener.
+    #[arg(
+        long,
+        env = "CHATPIPE_INDEX_OPS_LISTEN",
+        default_value = defaults::INDEX_OPS_LISTEN
+    )]
+    pub index_ops_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct AllArgs {
-    /// Number of edges; edge N listens on 8080+2(N-1) and pushes on 8180+N-1.
+    /// Number of edges; edge N (from 1) takes the first edge's WebSocket and
+    /// ops ports plus 2(N-1) (8080/8081, 8082/8083, …) and its push port
+    /// plus N-1 (8180, 8181, …).
     #[arg(long, env = "CHATPIPE_EDGES", default_value_t = 1)]
     pub edges: u16,
     /// Skip `topology apply` at start.
@@ -241,6 +327,8 @@ pub struct AllArgs {
     /// Settings of the first edge (the others take the next ports).
     #[command(flatten)]
     pub edge: EdgeArgs,
+    #[command(flatten)]
+    pub workers: WorkerOpsArgs,
 }
 
 #[cfg(test)]
@@ -265,6 +353,10 @@ mod tests {
             "127.0.0.1:18080",
             "--api-listen",
             "127.0.0.1:18090",
+            "--ops-listen",
+            "127.0.0.1:18081",
+            "--index-ops-listen",
+            "127.0.0.1:18093",
         ])
         .unwrap();
         let Command::All(args) = cli.command else {
@@ -278,5 +370,27 @@ mod tests {
             ),
             (2, 18080, 18090)
         );
+        assert_eq!(args.edge.ops_listen.port(), 18081);
+        assert_eq!(args.workers.index_ops_listen.port(), 18093);
+        assert_eq!(
+            args.api.api_ops_listen.to_string(),
+            defaults::API_OPS_LISTEN
+        );
+    }
+
+    #[test]
+    fn worker_ops_listeners_default_to_loopback_and_keep_the_old_flag() {
+        let cli = Cli::try_parse_from(["chatpipe", "fanout"]).unwrap();
+        let Command::Fanout(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        assert_eq!(args.ops_listen.to_string(), defaults::FANOUT_OPS_LISTEN);
+        assert!(args.ops_listen.ip().is_loopback());
+        let cli =
+            Cli::try_parse_from(["chatpipe", "index", "--listen", "127.0.0.1:18093"]).unwrap();
+        let Command::Index(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        assert_eq!(args.ops_listen.port(), 18093);
     }
 }

@@ -3,8 +3,10 @@
 //! The one binary of chatpipe. Each role of the pipeline is a subcommand
 //! (`edge`, `fanout`, `persist`, `index`, `api`), `all` runs every role in
 //! one process (the Quickstart), `topology apply` creates the Kafka topics,
-//! the Cassandra keyspace and the search index template, and `token` signs
-//! a development bearer token.
+//! the Cassandra keyspace and the search index template, `token` signs a
+//! bearer token with the configured secret and `secret init` creates that
+//! secret. Roles are composed by the `chatpipe` library (`src/lib.rs`),
+//! which the integration tests use too.
 //!
 //! This crate is the only place that uses `anyhow`: libraries return typed
 //! errors, and here they become exit codes and messages.

@@ -563,7 +563,7 @@ async fn drain_acks_in_flight_sends_then_sends_reconnect() {
         .map(|(_, _, value)| value["message_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(in_kafka, acked, "acked means durable, in order");
-    tokio::time::timeout(Duration::from_secs(10), edge.task)
+    tokio::time::timeout(Duration::from_secs(10), edge.join())
         .await
         .expect("edge stops in time")
         .unwrap();

@@ -8,9 +8,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::UserId;
 
-/// The development secret used when none is configured. Never use it in
-/// production: `chatpipe` logs a warning when it is in force.
-pub const DEVELOPMENT_SECRET: &str = "chatpipe-development-secret-do-not-use-in-production";
+/// Secrets that earlier versions of chatpipe shipped built in (a development
+/// default). Anyone can read them in the source, so they are refused: a role
+/// will not start with one ([`TokenKeys::from_configured_secret`]), and keys
+/// made from one verify no token at all.
+pub const FORMER_BUILT_IN_SECRETS: &[&str] =
+    &["chatpipe-development-secret-do-not-use-in-production"];
+
+/// Why a configured token secret cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("the token secret is empty")]
+    Empty,
+    #[error("the token secret is one that chatpipe once shipped built in; choose a random one")]
+    FormerlyBuiltIn,
+}
+
+/// True when `secret` is one of [`FORMER_BUILT_IN_SECRETS`] (surrounding
+/// whitespace ignored, as a secret read from a file may end in a newline).
+pub fn is_former_built_in_secret(secret: &[u8]) -> bool {
+    let trimmed = secret.trim_ascii();
+    FORMER_BUILT_IN_SECRETS
+        .iter()
+        .any(|known| known.as_bytes() == trimmed)
+}
 
 /// Why a token was refused. Each variant is counted separately by the edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +46,8 @@ pub enum TokenError {
     Expired,
     #[error("token subject is not a valid user id")]
     BadSubject,
+    #[error("token signed with a formerly built-in secret")]
+    BuiltInSecret,
 }
 
 impl TokenError {
@@ -36,6 +59,7 @@ impl TokenError {
             TokenError::BadSignature => "bad_signature",
             TokenError::Expired => "expired",
             TokenError::BadSubject => "bad_subject",
+            TokenError::BuiltInSecret => "built_in_secret",
         }
     }
 }
@@ -53,6 +77,9 @@ pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// Set when the keys were made from a formerly built-in secret: such keys
+    /// verify nothing (defence in depth behind the start-up refusal).
+    built_in: bool,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -62,6 +89,20 @@ impl std::fmt::Debug for TokenKeys {
 }
 
 impl TokenKeys {
+    /// Keys from an operator-configured secret: refuses an empty secret and
+    /// every formerly built-in one. Roles start only with keys made here.
+    pub fn from_configured_secret(secret: &[u8]) -> Result<Self, SecretError> {
+        if secret.trim_ascii().is_empty() {
+            return Err(SecretError::Empty);
+        }
+        if is_former_built_in_secret(secret) {
+            return Err(SecretError::FormerlyBuiltIn);
+        }
+        Ok(Self::from_secret(secret))
+    }
+
+    /// Keys from any secret (tests, tools). Keys made from a formerly
+    /// built-in secret still sign, but verify no token.
     pub fn from_secret(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
@@ -70,6 +111,7 @@ impl TokenKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            built_in: is_former_built_in_secret(secret),
         }
     }
 
@@ -88,6 +130,9 @@ impl TokenKeys {
     pub fn verify(&self, token: &str) -> Result<UserId, TokenError> {
         if token.is_empty() {
             return Err(TokenError::Missing);
+        }
+        if self.built_in {
+            return Err(TokenError::BuiltInSecret);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|error| match error.kind() {
@@ -136,6 +181,44 @@ mod tests {
             keys.verify(&keys.sign(&alice, now() - 3600, 60)),
             Err(TokenError::Expired)
         );
+    }
+
+    #[test]
+    fn configured_secrets_refuse_empty_and_formerly_built_in_ones() {
+        assert_eq!(
+            TokenKeys::from_configured_secret(b"").err(),
+            Some(SecretError::Empty)
+        );
+        assert_eq!(
+            TokenKeys::from_configured_secret(b" \n").err(),
+            Some(SecretError::Empty)
+        );
+        for former in FORMER_BUILT_IN_SECRETS {
+            assert_eq!(
+                TokenKeys::from_configured_secret(former.as_bytes()).err(),
+                Some(SecretError::FormerlyBuiltIn)
+            );
+            let with_newline = format!("{former}\n");
+            assert_eq!(
+                TokenKeys::from_configured_secret(with_newline.as_bytes()).err(),
+                Some(SecretError::FormerlyBuiltIn)
+            );
+        }
+        assert!(TokenKeys::from_configured_secret(b"a-random-secret").is_ok());
+    }
+
+    #[test]
+    fn tokens_signed_with_a_formerly_built_in_secret_are_refused() {
+        let alice = UserId::parse("alice").unwrap();
+        for former in FORMER_BUILT_IN_SECRETS {
+            let old_keys = TokenKeys::from_secret(former.as_bytes());
+            let token = old_keys.sign(&alice, now(), 60);
+            // By keys of a configured secret: the signature does not match.
+            let keys = TokenKeys::from_configured_secret(b"a-random-secret").unwrap();
+            assert_eq!(keys.verify(&token), Err(TokenError::BadSignature));
+            // Even by keys built from the old string itself.
+            assert_eq!(old_keys.verify(&token), Err(TokenError::BuiltInSecret));
+        }
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub struct EdgeConfig {
     pub edge_id: EdgeId,
     /// Snowflake worker id for message ids; unique per edge (10 bits).
     pub worker_id: u16,
-    /// WebSocket and ops HTTP listener (`/ws`, `/metrics`, `/healthz`, `/readyz`).
+    /// WebSocket listener (`/ws` only; ops endpoints are on the role's ops
+    /// listener).
     pub http_addr: SocketAddr,
     /// gRPC push listener that fan-out workers call.
     pub push_addr: SocketAddr,

@@ -1,7 +1,8 @@
 //! Starting an edge, and its drain.
 //!
 //! Tasks of one edge, all under the edge's [`Shutdown`] child:
-//! - the HTTP listener (`/ws` and the ops endpoints),
+//! - the WebSocket listener (`/ws` only; metrics and health are served on
+//!   the role's separate ops listener, see the `chatpipe` library),
 //! - the gRPC push listener,
 //! - the route task: publishes route and presence changes in order, renews
 //!   the edge's lease, expires detached sessions,
@@ -29,9 +30,8 @@ use chatpipe_core::store::MembershipStore;
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_kafka::{ChatProducer, KafkaConfig};
 use chatpipe_proto::push::edge_push_server::EdgePushServer;
+use chatpipe_runtime::Shutdown;
 use chatpipe_runtime::health::{ComponentHandle, ComponentState, Health};
-use chatpipe_runtime::metrics::MetricsRegistry;
-use chatpipe_runtime::{Shutdown, ops};
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prometheus_client::registry::Registry;
@@ -120,19 +120,20 @@ fn quota(per_second: u32, burst: u32) -> Quota {
     Quota::per_second(rate).allow_burst(burst)
 }
 
-/// Starts an edge; it runs until `shutdown` is cancelled, then drains.
+/// Starts an edge; it runs until `shutdown` is cancelled, then drains. Its
+/// metrics are registered into `registry` and its components into `health`;
+/// whoever starts it serves both on an ops listener.
 pub async fn spawn_edge<S: MembershipStore>(
     config: EdgeConfig,
     keys: TokenKeys,
     store: S,
     kafka: &KafkaConfig,
-    mut registry: Registry,
+    registry: &mut Registry,
     health: Health,
     shutdown: Shutdown,
 ) -> Result<EdgeHandle, EdgeError> {
     let metrics = EdgeMetrics::new();
-    metrics.register(&mut registry);
-    let metrics_registry = MetricsRegistry::new(registry);
+    metrics.register(registry);
     let listener_component = health.component("edge_listener");
     let routes_component = health.component("edge_routes");
 
@@ -257,8 +258,7 @@ pub async fn spawn_edge<S: MembershipStore>(
 
     let app = Router::new()
         .route("/ws", get(ws_handler::<S>))
-        .with_state(edge.clone())
-        .merge(ops::router(health.clone(), metrics_registry));
+        .with_state(edge.clone());
     let listener_stop = CancellationToken::new();
     let http_task = {
         let listener_stop = listener_stop.clone();

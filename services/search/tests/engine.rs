@@ -1,5 +1,5 @@
 //! Behaviour of the adapter against the real engine (OpenSearch 2 or
-//! Elasticsearch 8 on `CHATPIPE_ES_URL`, default http://127.0.0.1:9200).
+//! Elasticsearch 8 on `CHATPIPE_ELASTICSEARCH_URL`, default http://127.0.0.1:9200).
 //! Each test works in its own index prefix and deletes it at the end; an
 //! unreachable engine fails the test.
 
@@ -25,7 +25,7 @@ struct Deployment {
 impl Deployment {
     async fn new(shards: u32) -> Self {
         let config = SearchEngineConfig {
-            url: std::env::var("CHATPIPE_ES_URL")
+            url: std::env::var("CHATPIPE_ELASTICSEARCH_URL")
                 .unwrap_or_else(|_| "http://127.0.0.1:9200".to_owned()),
             index_prefix: format!("t{}-chat-messages", uuid::Uuid::new_v4().simple()),
             number_of_shards: shards,

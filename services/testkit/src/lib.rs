@@ -18,10 +18,10 @@ pub fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// The Kafka bootstrap servers of the test engines (`CHATPIPE_KAFKA`, by
+/// The Kafka bootstrap servers of the test engines (`CHATPIPE_KAFKA_BROKERS`, by
 /// default the contract's `127.0.0.1:9092`).
 pub fn kafka_brokers() -> String {
-    std::env::var("CHATPIPE_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+    std::env::var("CHATPIPE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
 /// Every topic of the deployment under a prefix no other test uses.

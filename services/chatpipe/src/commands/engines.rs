@@ -1,20 +1,29 @@
-//! Building the engine clients every role needs from the common flags.
+//! Building the engine clients and shared dependencies every role needs
+//! from the common flags.
 
+use chatpipe::roles::RoleDeps;
+use chatpipe::secret::{self, SecretSource};
 use chatpipe_cassandra::{CassandraConfig, CassandraStore};
-use chatpipe_core::auth::{DEVELOPMENT_SECRET, TokenKeys};
+use chatpipe_core::auth::TokenKeys;
 use chatpipe_core::records::TopicNames;
 use chatpipe_kafka::KafkaConfig;
+use chatpipe_search::SearchEngineConfig;
 
 use crate::cli::CommonArgs;
 
-pub fn token_keys(common: &CommonArgs) -> TokenKeys {
-    match &common.token_secret {
-        Some(secret) if !secret.is_empty() => TokenKeys::from_secret(secret.as_bytes()),
-        _ => {
-            tracing::warn!("CHATPIPE_TOKEN_SECRET is not set: using the development secret");
-            TokenKeys::from_secret(DEVELOPMENT_SECRET.as_bytes())
+/// The token keys from `--token-secret` / `CHATPIPE_TOKEN_SECRET`, else the
+/// secret file under CHATPIPE_HOME; an error (the role does not start)
+/// without either. There is no built-in secret.
+pub fn token_keys(common: &CommonArgs) -> anyhow::Result<TokenKeys> {
+    let (keys, source) =
+        secret::load_token_keys(common.token_secret.as_deref(), &secret::chatpipe_home())?;
+    match source {
+        SecretSource::Configured => tracing::debug!("token secret from CHATPIPE_TOKEN_SECRET"),
+        SecretSource::File(file) => {
+            tracing::debug!(file = %file.display(), "token secret from the secret file");
         }
     }
+    Ok(keys)
 }
 
 pub fn kafka(common: &CommonArgs, client_id: &str) -> KafkaConfig {
@@ -23,6 +32,14 @@ pub fn kafka(common: &CommonArgs, client_id: &str) -> KafkaConfig {
 
 pub fn topics(common: &CommonArgs) -> TopicNames {
     TopicNames::with_prefix(&common.topic_prefix)
+}
+
+pub fn search_engine_config(common: &CommonArgs) -> SearchEngineConfig {
+    SearchEngineConfig {
+        url: common.elasticsearch_url.clone(),
+        index_prefix: common.index_prefix.clone(),
+        ..SearchEngineConfig::default()
+    }
 }
 
 pub fn cassandra_config(common: &CommonArgs) -> CassandraConfig {
@@ -40,5 +57,18 @@ pub async fn cassandra(common: &CommonArgs) -> anyhow::Result<CassandraStore> {
             "connecting to Cassandra at {:?}: {error}",
             config.contact_points
         )
+    })
+}
+
+/// Everything the roles share. The token secret is checked first, so a
+/// role without one refuses to start before touching any engine.
+pub async fn role_deps(common: &CommonArgs) -> anyhow::Result<RoleDeps> {
+    let token_keys = token_keys(common)?;
+    Ok(RoleDeps {
+        kafka: kafka(common, "chatpipe"),
+        topics: topics(common),
+        store: cassandra(common).await?,
+        search: search_engine_config(common),
+        token_keys,
     })
 }

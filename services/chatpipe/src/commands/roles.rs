@@ -1,67 +1,22 @@
-//! Running roles: each role is started the same way — its config from the
-//! flags, its engines, its own metrics registry and health, its ops
-//! endpoints (`/metrics`, `/healthz`, `/readyz`) — under a child of the
-//! process's shutdown tree. `chatpipe <role>` runs one; `chatpipe all`
-//! runs them all in one process.
+//! `chatpipe <role>` and `chatpipe all`: typed role configs from the flags,
+//! then [`chatpipe::roles::spawn`] for each role (the same start, ops
+//! listener, health and shutdown wiring as the tests use) and
+//! [`chatpipe::supervise`] until SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use chatpipe_api::{ApiConfig, ApiDeps};
-use chatpipe_cassandra::CassandraStore;
+use chatpipe::roles::{self, RoleConfig, RoleContext, RoleDeps};
+use chatpipe::supervise::{RoleSet, supervise};
+use chatpipe_api::ApiConfig;
 use chatpipe_core::EdgeId;
-use chatpipe_edge::{EdgeConfig, EdgeHandle, spawn_edge};
-use chatpipe_fanout::{FanoutConfig, FanoutWorker};
-use chatpipe_index::{IndexConfig, IndexWorker};
-use chatpipe_kafka::ChatProducer;
-use chatpipe_persist::{PersistConfig, PersistRole};
-use chatpipe_runtime::metrics::MetricsRegistry;
-use chatpipe_runtime::{Health, Shutdown, ops};
-use chatpipe_search::{EsClient, MessageSearcher, SearchEngineConfig, SearchLimits, SearchMetrics};
-use prometheus_client::registry::Registry;
-use tokio::task::JoinHandle;
+use chatpipe_edge::EdgeConfig;
+use chatpipe_fanout::FanoutConfig;
+use chatpipe_index::IndexConfig;
+use chatpipe_persist::PersistConfig;
+use chatpipe_runtime::Shutdown;
 
-use crate::cli::{AllArgs, ApiArgs, CommonArgs, EdgeArgs, WorkerArgs};
+use crate::cli::{AllArgs, ApiArgs, CommonArgs, EdgeArgs, FanoutArgs, IndexArgs, PersistArgs};
 use crate::commands::{engines, topology};
-
-/// Default ops ports of the worker roles.
-pub const FANOUT_OPS: &str = "127.0.0.1:8091";
-pub const PERSIST_OPS: &str = "127.0.0.1:8092";
-pub const INDEX_OPS: &str = "127.0.0.1:8093";
-
-type RoleTask = JoinHandle<anyhow::Result<()>>;
-
-/// Serves a role's ops endpoints until `shutdown`.
-async fn serve_ops(
-    listen: SocketAddr,
-    health: Health,
-    registry: Registry,
-    shutdown: Shutdown,
-) -> anyhow::Result<RoleTask> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|error| anyhow::anyhow!("binding ops listener {listen}: {error}"))?;
-    let app = ops::router(health, MetricsRegistry::new(registry));
-    Ok(tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
-        Ok(())
-    }))
-}
-
-fn listen_or(args: &WorkerArgs, default: &str) -> SocketAddr {
-    args.listen
-        .unwrap_or_else(|| default.parse().expect("valid default address"))
-}
-
-pub fn search_engine_config(common: &CommonArgs) -> SearchEngineConfig {
-    SearchEngineConfig {
-        url: common.elasticsearch_url.clone(),
-        index_prefix: common.index_prefix.clone(),
-        ..SearchEngineConfig::default()
-    }
-}
 
 pub fn edge_config(common: &CommonArgs, args: &EdgeArgs) -> anyhow::Result<EdgeConfig> {
     Ok(EdgeConfig {
@@ -88,290 +43,139 @@ pub fn edge_config(common: &CommonArgs, args: &EdgeArgs) -> anyhow::Result<EdgeC
     })
 }
 
-pub async fn start_edge(
-    common: &CommonArgs,
-    args: &EdgeArgs,
-    store: CassandraStore,
-    shutdown: &Shutdown,
-) -> anyhow::Result<EdgeHandle> {
-    let config = edge_config(common, args)?;
-    let kafka = engines::kafka(common, &format!("chatpipe-{}", config.edge_id));
-    let handle = spawn_edge(
-        config,
-        engines::token_keys(common),
-        store,
-        &kafka,
-        Registry::default(),
-        Health::new(),
-        shutdown.child(),
-    )
-    .await?;
-    Ok(handle)
-}
-
-/// What every consumer-group role starts with: its own branch of the
-/// shutdown tree, its own health and its own metrics registry.
-struct WorkerScaffold {
-    shutdown: Shutdown,
-    health: Health,
-    registry: Registry,
-}
-
-impl WorkerScaffold {
-    fn new(parent: &Shutdown) -> Self {
-        Self {
-            shutdown: parent.child(),
-            health: Health::new(),
-            registry: Registry::default(),
-        }
-    }
-
-    /// Serves the role's ops endpoints on `listen` and runs `role`.
-    async fn serve(
-        self,
-        listen: SocketAddr,
-        role: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-    ) -> anyhow::Result<Vec<RoleTask>> {
-        let ops = serve_ops(listen, self.health, self.registry, self.shutdown).await?;
-        Ok(vec![tokio::spawn(role), ops])
-    }
-}
-
-fn group_or(args: &WorkerArgs, default: &str) -> String {
-    args.group.clone().unwrap_or_else(|| default.to_owned())
-}
-
-pub async fn start_fanout(
-    common: &CommonArgs,
-    args: &WorkerArgs,
-    store: CassandraStore,
-    shutdown: &Shutdown,
-) -> anyhow::Result<Vec<RoleTask>> {
-    let mut scaffold = WorkerScaffold::new(shutdown);
-    let config = FanoutConfig {
-        group_id: group_or(args, "chatpipe-fanout"),
+fn fanout_config(common: &CommonArgs, group: &str) -> FanoutConfig {
+    FanoutConfig {
+        group_id: group.to_owned(),
         topics: engines::topics(common),
         ..FanoutConfig::default()
-    };
-    let worker = FanoutWorker::spawn(
-        config,
-        engines::kafka(common, "chatpipe-fanout"),
-        store,
-        &mut scaffold.registry,
-        scaffold.health.clone(),
-        scaffold.shutdown.clone(),
-    )?;
-    let run = async move { worker.join().await.map_err(anyhow::Error::from) };
-    scaffold.serve(listen_or(args, FANOUT_OPS), run).await
+    }
 }
 
-pub async fn start_persist(
-    common: &CommonArgs,
-    args: &WorkerArgs,
-    store: CassandraStore,
-    shutdown: &Shutdown,
-) -> anyhow::Result<Vec<RoleTask>> {
-    let mut scaffold = WorkerScaffold::new(shutdown);
-    let config = PersistConfig {
-        group_id: group_or(args, "chatpipe-persist"),
+fn persist_config(group: &str) -> PersistConfig {
+    PersistConfig {
+        group_id: group.to_owned(),
         ..PersistConfig::default()
-    };
-    let kafka = engines::kafka(common, "chatpipe-persist");
-    let dead_letters = ChatProducer::new(&kafka, 5)?;
-    let role = PersistRole::new(
-        config,
-        kafka,
-        engines::topics(common),
-        store,
-        dead_letters,
-        &mut scaffold.registry,
-    );
-    let (health, role_shutdown) = (scaffold.health.clone(), scaffold.shutdown.clone());
-    let run = async move {
-        role.run(health, role_shutdown)
-            .await
-            .map_err(anyhow::Error::from)
-    };
-    scaffold.serve(listen_or(args, PERSIST_OPS), run).await
+    }
 }
 
-pub async fn start_index(
-    common: &CommonArgs,
-    args: &WorkerArgs,
-    shutdown: &Shutdown,
-) -> anyhow::Result<Vec<RoleTask>> {
-    let mut scaffold = WorkerScaffold::new(shutdown);
-    let config = IndexConfig {
-        group_id: group_or(args, "chatpipe-index"),
+fn index_config(common: &CommonArgs, group: &str) -> IndexConfig {
+    IndexConfig {
+        group_id: group.to_owned(),
         topics: engines::topics(common),
-        engine: search_engine_config(common),
+        engine: engines::search_engine_config(common),
         ..IndexConfig::default()
-    };
-    let worker = IndexWorker::spawn(
-        config,
-        engines::kafka(common, "chatpipe-index"),
-        &mut scaffold.registry,
-        scaffold.health.clone(),
-        scaffold.shutdown.clone(),
-    )?;
-    let run = async move { worker.join().await.map_err(anyhow::Error::from) };
-    scaffold.serve(listen_or(args, INDEX_OPS), run).await
+    }
 }
 
-pub async fn start_api(
-    common: &CommonArgs,
-    args: &ApiArgs,
-    store: CassandraStore,
-    shutdown: &Shutdown,
-) -> anyhow::Result<Vec<RoleTask>> {
-    let shutdown = shutdown.child();
-    let health = Health::new();
-    let mut registry = Registry::default();
-    let kafka = engines::kafka(common, "chatpipe-api");
-    let deps = ApiDeps {
-        store: store.clone(),
-        producer: ChatProducer::new(&kafka, 1)?,
-        topics: engines::topics(common),
-        token_keys: engines::token_keys(common),
-    };
-    let config = ApiConfig {
+fn api_config(args: &ApiArgs) -> ApiConfig {
+    ApiConfig {
         listen_addr: args.api_listen.to_string(),
         ..ApiConfig::default()
-    };
-    let engine = search_engine_config(common);
-    let search_metrics = SearchMetrics::default();
-    search_metrics.register(registry.sub_registry_with_prefix("chatpipe_api"));
-    let searcher = MessageSearcher::new(
-        EsClient::new(&engine)?,
-        &engine.layout(),
-        SearchLimits::default(),
-        search_metrics,
-    );
-    let search_routes = chatpipe_api::search::router(
-        searcher,
-        store,
-        chatpipe_api::search::SearchRouteConfig::default(),
-    );
-    let server = chatpipe_api::ApiServer::new(config, deps, &mut registry).mount_v1(search_routes);
-    let bound = server.bind().await?;
-    tracing::info!(addr = %bound.local_addr(), "api serving");
-    let run = tokio::spawn(async move {
-        bound
-            .serve(MetricsRegistry::new(registry), health, shutdown)
-            .await
-            .map_err(anyhow::Error::from)
-    });
-    Ok(vec![run])
+    }
 }
 
-/// Waits for SIGINT/SIGTERM (or a role failing), then for every role to stop.
-async fn supervise(
-    root: Shutdown,
-    mut tasks: Vec<RoleTask>,
-    edges: Vec<EdgeHandle>,
+/// Starts one role under `root` and adds it to `set`.
+async fn start<C: RoleConfig>(
+    set: &mut RoleSet,
+    config: C,
+    deps: &RoleDeps,
+    root: &Shutdown,
+    ops_addr: SocketAddr,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let handle = roles::spawn(config, deps, RoleContext::new(root, ops_addr)).await?;
+    let public = handle.public_addr();
+    println!(
+        "{} ops http://{}{}",
+        handle.kind(),
+        handle.ops_addr(),
+        public.map_or(String::new(), |addr| format!(" · public {addr}"))
+    );
+    set.push(handle);
+    Ok(public)
+}
+
+/// One role in this process until SIGINT/SIGTERM.
+async fn run_one<C: RoleConfig>(
+    common: &CommonArgs,
+    config: C,
+    ops_addr: SocketAddr,
 ) -> anyhow::Result<()> {
-    let mut failure = None;
-    tokio::select! {
-        _ = root.cancelled() => {}
-        (finished, index) = first_finished(&mut tasks) => {
-            if let Ok(Err(error)) | Err(error) = finished.map_err(anyhow::Error::from) {
-                tracing::error!(%error, "a role stopped; shutting down");
-                failure = Some(error);
-            }
-            tasks.remove(index);
-            root.cancel();
-        }
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    for edge in edges {
-        let _ = tokio::time::timeout_at(deadline, edge.task).await;
-    }
-    for task in tasks {
-        let _ = tokio::time::timeout_at(deadline, task).await;
-    }
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(()),
-    }
-}
-
-/// The first role task to finish (never, when there are none).
-async fn first_finished(
-    tasks: &mut [RoleTask],
-) -> (Result<anyhow::Result<()>, tokio::task::JoinError>, usize) {
-    if tasks.is_empty() {
-        std::future::pending::<()>().await;
-    }
-    let (result, index, _rest) = futures::future::select_all(tasks.iter_mut()).await;
-    (result, index)
+    let root = Shutdown::new();
+    root.cancel_on_signals();
+    let deps = engines::role_deps(common).await?;
+    let mut set = RoleSet::new();
+    start(&mut set, config, &deps, &root, ops_addr).await?;
+    Ok(supervise(root, set).await?)
 }
 
 pub async fn run_edge(common: &CommonArgs, args: &EdgeArgs) -> anyhow::Result<()> {
-    let root = Shutdown::new();
-    root.cancel_on_signals();
-    let store = engines::cassandra(common).await?;
-    let edge = start_edge(common, args, store, &root).await?;
-    supervise(root, Vec::new(), vec![edge]).await
+    run_one(common, edge_config(common, args)?, args.ops_listen).await
 }
 
-pub async fn run_worker(role: &str, common: &CommonArgs, args: &WorkerArgs) -> anyhow::Result<()> {
-    let root = Shutdown::new();
-    root.cancel_on_signals();
-    let tasks = match role {
-        "fanout" => start_fanout(common, args, engines::cassandra(common).await?, &root).await?,
-        "persist" => start_persist(common, args, engines::cassandra(common).await?, &root).await?,
-        "index" => start_index(common, args, &root).await?,
-        other => anyhow::bail!("unknown worker role {other}"),
-    };
-    supervise(root, tasks, Vec::new()).await
+pub async fn run_fanout(common: &CommonArgs, args: &FanoutArgs) -> anyhow::Result<()> {
+    run_one(common, fanout_config(common, &args.group), args.ops_listen).await
+}
+
+pub async fn run_persist(common: &CommonArgs, args: &PersistArgs) -> anyhow::Result<()> {
+    run_one(common, persist_config(&args.group), args.ops_listen).await
+}
+
+pub async fn run_index(common: &CommonArgs, args: &IndexArgs) -> anyhow::Result<()> {
+    run_one(common, index_config(common, &args.group), args.ops_listen).await
 }
 
 pub async fn run_api(common: &CommonArgs, args: &ApiArgs) -> anyhow::Result<()> {
-    let root = Shutdown::new();
-    root.cancel_on_signals();
-    let tasks = start_api(common, args, engines::cassandra(common).await?, &root).await?;
-    supervise(root, tasks, Vec::new()).await
+    run_one(common, api_config(args), args.api_ops_listen).await
 }
 
-/// The Quickstart: topology, then every role in this process.
+/// Moves `addr`'s port up by `offset` (the N-th edge of `chatpipe all`).
+fn shifted(mut addr: SocketAddr, offset: u16) -> SocketAddr {
+    addr.set_port(addr.port() + offset);
+    addr
+}
+
+/// The Quickstart: topology, then every role in this process, each with
+/// its own ops listener.
 pub async fn run_all(common: &CommonArgs, args: &AllArgs) -> anyhow::Result<()> {
     let root = Shutdown::new();
     root.cancel_on_signals();
+    // Refuse before touching the engines when there is no secret.
+    engines::token_keys(common)?;
     if !args.skip_topology {
         topology::apply(common, &args.topology).await?;
     }
-    let store = engines::cassandra(common).await?;
-    let mut tasks = Vec::new();
-    tasks.extend(start_api(common, &args.api, store.clone(), &root).await?);
-    let worker_args = WorkerArgs {
-        listen: None,
-        group: None,
-    };
-    tasks.extend(start_fanout(common, &worker_args, store.clone(), &root).await?);
-    tasks.extend(start_persist(common, &worker_args, store.clone(), &root).await?);
-    tasks.extend(start_index(common, &worker_args, &root).await?);
-    let mut edges = Vec::new();
+    let deps = engines::role_deps(common).await?;
+    let mut set = RoleSet::new();
+    start(
+        &mut set,
+        api_config(&args.api),
+        &deps,
+        &root,
+        args.api.api_ops_listen,
+    )
+    .await?;
+    let workers = &args.workers;
+    let fanout = fanout_config(common, "chatpipe-fanout");
+    start(&mut set, fanout, &deps, &root, workers.fanout_ops_listen).await?;
+    let persist = persist_config("chatpipe-persist");
+    start(&mut set, persist, &deps, &root, workers.persist_ops_listen).await?;
+    let index = index_config(common, "chatpipe-index");
+    start(&mut set, index, &deps, &root, workers.index_ops_listen).await?;
     for number in 0..args.edges.max(1) {
         let mut edge_args = args.edge.clone();
         edge_args.edge_id = format!("edge-{}", number + 1);
         edge_args.worker_id = number + 1;
-        edge_args
-            .listen
-            .set_port(edge_args.listen.port() + 2 * number);
-        edge_args
-            .push_listen
-            .set_port(edge_args.push_listen.port() + number);
-        let edge = start_edge(common, &edge_args, store.clone(), &root).await?;
-        println!(
-            "edge-{} listening on ws://{}/ws",
-            number + 1,
-            edge.http_addr
-        );
-        edges.push(edge);
+        edge_args.listen = shifted(edge_args.listen, 2 * number);
+        edge_args.push_listen = shifted(edge_args.push_listen, number);
+        let ops = shifted(edge_args.ops_listen, 2 * number);
+        let config = edge_config(common, &edge_args)?;
+        if let Some(addr) = start(&mut set, config, &deps, &root, ops).await? {
+            println!("edge-{} listening on ws://{addr}/ws", number + 1);
+        }
     }
     println!(
-        "chatpipe is up: API http://{} · ops ports fanout {FANOUT_OPS}, persist {PERSIST_OPS}, index {INDEX_OPS} · Ctrl+C to stop",
+        "chatpipe is up: API http://{} · Ctrl+C to stop",
         args.api.api_listen
     );
-    supervise(root, tasks, edges).await
+    Ok(supervise(root, set).await?)
 }

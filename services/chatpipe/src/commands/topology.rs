@@ -32,7 +32,7 @@ pub async fn apply(common: &CommonArgs, args: &TopologyArgs) -> anyhow::Result<(
     let store = engines::cassandra(common).await?;
     let schema = store.apply_schema().await?;
     tracing::info!(?schema, "cassandra schema applied");
-    let engine = crate::commands::roles::search_engine_config(common);
+    let engine = engines::search_engine_config(common);
     let client = chatpipe_search::EsClient::new(&engine)?;
     let template = chatpipe_search::template::apply_template(&client, &engine).await?;
     tracing::info!(?template, "search index template applied");

@@ -1,6 +1,8 @@
 //! The end-to-end harness: real Kafka and Cassandra (and OpenSearch where a
-//! test needs it), chatpipe's roles started in-process on port 0, and a
-//! WebSocket test client that speaks the contract's frames.
+//! test needs it), chatpipe's roles started in-process on port 0 through
+//! the same [`chatpipe::roles::spawn`] as the binary (public and ops
+//! listeners included), and a WebSocket test client that speaks the
+//! contract's frames.
 //!
 //! Each test gets its own Kafka topic prefix and unique ids, so tests run in
 //! parallel on the shared engines without seeing each other's records.
@@ -9,15 +11,23 @@
 
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
+use chatpipe::roles::{
+    self, ApiHandle, PersistHandle, RoleContext, RoleDeps, RoleHandle, defaults,
+};
 use chatpipe_cassandra::{CassandraConfig, CassandraStore, NewConversation};
 use chatpipe_core::auth::TokenKeys;
 use chatpipe_core::records::TopicNames;
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_core::{ConversationId, EdgeId, UserId};
-use chatpipe_edge::{EdgeConfig, EdgeHandle, spawn_edge};
+use chatpipe_edge::{EdgeConfig, EdgeHandle};
+use chatpipe_fanout::FanoutWorker;
+use chatpipe_index::IndexWorker;
 use chatpipe_kafka::KafkaConfig;
 use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile};
-use chatpipe_runtime::{Health, Shutdown};
+use chatpipe_runtime::Shutdown;
+use chatpipe_search::SearchEngineConfig;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -25,7 +35,17 @@ use tokio::sync::OnceCell;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &[u8] = b"end-to-end-test-secret";
+/// An engine address from the binary's own variable (the same names as
+/// `chatpipe --help`), else the contract's default.
+pub fn engine_env(variable: &str, default: &str) -> String {
+    std::env::var(variable)
+        .ok()
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Any free loopback port: where the tests' ops listeners bind.
+pub const ANY_PORT: &str = "127.0.0.1:0";
 
 static SCHEMA: OnceCell<()> = OnceCell::const_new();
 
@@ -37,6 +57,8 @@ pub struct Stack {
     pub store: CassandraStore,
     pub keys: TokenKeys,
     pub root: Shutdown,
+    /// The search engine and index names of this deployment.
+    pub search: SearchEngineConfig,
 }
 
 pub fn unique(label: &str) -> String {
@@ -50,7 +72,10 @@ impl Stack {
     pub async fn new() -> Stack {
         chatpipe_runtime::telemetry::init();
         let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let kafka = KafkaConfig::new("127.0.0.1:9092", format!("e2e-{prefix}"));
+        let kafka = KafkaConfig::new(
+            engine_env("CHATPIPE_KAFKA_BROKERS", defaults::KAFKA_BROKERS),
+            format!("e2e-{prefix}"),
+        );
         let mut file = TopicsFile::parse(DEFAULT_TOPICS_JSON)
             .expect("topology parses")
             .with_prefix(&prefix);
@@ -60,7 +85,13 @@ impl Stack {
         chatpipe_kafka::topology::apply(&kafka, &file)
             .await
             .expect("kafka reachable at 127.0.0.1:9092 (topology/engines.sh up)");
-        let config = CassandraConfig::default();
+        let config = CassandraConfig {
+            contact_points: engine_env("CHATPIPE_CASSANDRA", defaults::CASSANDRA)
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
+            ..CassandraConfig::default()
+        };
         let store = CassandraStore::connect(&config)
             .await
             .expect("cassandra reachable at 127.0.0.1:9042 (topology/engines.sh up)");
@@ -72,11 +103,39 @@ impl Stack {
         Stack {
             kafka,
             topics: TopicNames::with_prefix(&prefix),
-            prefix,
             store,
-            keys: TokenKeys::from_secret(SECRET),
+            // A fresh random secret per test: no secret is built into the
+            // tests either.
+            keys: TokenKeys::from_configured_secret(
+                uuid::Uuid::new_v4().simple().to_string().as_bytes(),
+            )
+            .expect("a random secret is accepted"),
             root: Shutdown::new(),
+            search: SearchEngineConfig {
+                url: engine_env("CHATPIPE_ELASTICSEARCH_URL", defaults::ELASTICSEARCH_URL),
+                index_prefix: format!("{}-chat-messages", prefix.trim_end_matches('.')),
+                number_of_shards: 1,
+                ..SearchEngineConfig::default()
+            },
+            prefix,
         }
+    }
+
+    /// What every role of this deployment shares.
+    pub fn deps(&self) -> RoleDeps {
+        RoleDeps {
+            kafka: self.kafka.clone(),
+            topics: self.topics.clone(),
+            store: self.store.clone(),
+            search: self.search.clone(),
+            token_keys: self.keys.clone(),
+        }
+    }
+
+    /// Where a role of this stack starts: under the stack's shutdown, its
+    /// ops listener on any free loopback port.
+    pub fn context(&self) -> RoleContext {
+        RoleContext::new(&self.root, ANY_PORT.parse().expect("valid address"))
     }
 
     pub fn token(&self, user: &str) -> String {
@@ -117,19 +176,11 @@ impl Stack {
     }
 
     /// Starts an edge; cancelling the returned shutdown drains it.
-    pub async fn edge(&self, config: EdgeConfig) -> (EdgeHandle, Shutdown) {
-        let shutdown = self.root.child();
-        let handle = spawn_edge(
-            config,
-            self.keys.clone(),
-            self.store.clone(),
-            &self.kafka,
-            prometheus_client::registry::Registry::default(),
-            Health::new(),
-            shutdown.clone(),
-        )
-        .await
-        .expect("edge starts");
+    pub async fn edge(&self, config: EdgeConfig) -> (RoleHandle<EdgeHandle>, Shutdown) {
+        let handle = roles::spawn(config, &self.deps(), self.context())
+            .await
+            .expect("edge starts");
+        let shutdown = handle.shutdown().clone();
         (handle, shutdown)
     }
 }
@@ -137,29 +188,22 @@ impl Stack {
 impl Stack {
     /// Starts a fan-out worker in `group`; returns it once it is ready
     /// (routes caught up, consumer running).
-    pub async fn fanout(&self, group: &str) -> (chatpipe_fanout::FanoutWorker, Shutdown) {
-        let shutdown = self.root.child();
-        let health = Health::new();
+    pub async fn fanout(&self, group: &str) -> (RoleHandle<FanoutWorker>, Shutdown) {
         let config = chatpipe_fanout::FanoutConfig {
             group_id: group.to_owned(),
             worker_id: unique("fanout"),
             topics: self.topics.clone(),
             ..Default::default()
         };
-        let worker = chatpipe_fanout::FanoutWorker::spawn(
-            config,
-            self.kafka.clone(),
-            self.store.clone(),
-            &mut prometheus_client::registry::Registry::default(),
-            health.clone(),
-            shutdown.clone(),
-        )
-        .expect("fanout starts");
+        let worker = roles::spawn(config, &self.deps(), self.context())
+            .await
+            .expect("fanout starts");
         eventually("fanout ready", WAIT, || {
-            let ready = health.is_ready();
+            let ready = worker.health().is_ready();
             async move { ready.then_some(()) }
         })
         .await;
+        let shutdown = worker.shutdown().clone();
         (worker, shutdown)
     }
 
@@ -179,98 +223,61 @@ pub struct FullStack {
     pub api: String,
     pub http: reqwest::Client,
     pub index_prefix: String,
+    /// The running roles; they stop with the stack's shutdown.
+    pub api_role: RoleHandle<ApiHandle>,
+    pub persist: RoleHandle<PersistHandle>,
+    pub index: RoleHandle<IndexWorker>,
 }
 
 impl Stack {
     /// Starts the API (with `/v1/search`), the persist and index roles.
     pub async fn full(&self) -> FullStack {
-        use chatpipe_search::{
-            EsClient, MessageSearcher, SearchEngineConfig, SearchLimits, SearchMetrics,
-        };
-        let shutdown = self.root.child();
-        let index_prefix = format!("{}-chat-messages", self.prefix.trim_end_matches('.'));
-        let engine = SearchEngineConfig {
-            index_prefix: index_prefix.clone(),
-            number_of_shards: 1,
-            ..SearchEngineConfig::default()
-        };
-        let client = EsClient::new(&engine).expect("search client");
-        chatpipe_search::template::apply_template(&client, &engine)
+        let client = chatpipe_search::EsClient::new(&self.search).expect("search client");
+        chatpipe_search::template::apply_template(&client, &self.search)
             .await
             .expect("opensearch reachable at 127.0.0.1:9200 (topology/engines.sh up)");
-
-        let mut registry = prometheus_client::registry::Registry::default();
-        let deps = chatpipe_api::ApiDeps {
-            store: self.store.clone(),
-            producer: chatpipe_kafka::ChatProducer::new(&self.kafka, 1).unwrap(),
-            topics: self.topics.clone(),
-            token_keys: self.keys.clone(),
-        };
-        let config = chatpipe_api::ApiConfig {
-            listen_addr: "127.0.0.1:0".into(),
+        let deps = self.deps();
+        let api_config = chatpipe_api::ApiConfig {
+            listen_addr: ANY_PORT.into(),
             ..Default::default()
         };
-        let searcher = MessageSearcher::new(
-            client,
-            &engine.layout(),
-            SearchLimits::default(),
-            SearchMetrics::default(),
-        );
-        let search = chatpipe_api::search::router(
-            searcher,
-            self.store.clone(),
-            chatpipe_api::search::SearchRouteConfig::default(),
-        );
-        let bound = chatpipe_api::ApiServer::new(config, deps, &mut registry)
-            .mount_v1(search)
-            .bind()
+        let api_role = roles::spawn(api_config, &deps, self.context())
             .await
-            .unwrap();
-        let api = format!("http://{}", bound.local_addr());
-        let api_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            bound
-                .serve(
-                    chatpipe_runtime::metrics::MetricsRegistry::new(registry),
-                    Health::new(),
-                    api_shutdown,
-                )
-                .await
-        });
-
-        let persist = chatpipe_persist::PersistRole::new(
-            chatpipe_persist::PersistConfig {
-                group_id: unique("persist"),
-                ..Default::default()
-            },
-            self.kafka.clone(),
-            self.topics.clone(),
-            self.store.clone(),
-            chatpipe_kafka::ChatProducer::new(&self.kafka, 5).unwrap(),
-            &mut prometheus_client::registry::Registry::default(),
-        );
-        let persist_shutdown = shutdown.clone();
-        tokio::spawn(async move { persist.run(Health::new(), persist_shutdown).await });
-        let index = chatpipe_index::IndexWorker::spawn(
-            chatpipe_index::IndexConfig {
-                group_id: unique("index"),
-                topics: self.topics.clone(),
-                engine,
-                ..Default::default()
-            },
-            self.kafka.clone(),
-            &mut prometheus_client::registry::Registry::default(),
-            Health::new(),
-            shutdown.clone(),
-        )
-        .expect("index starts");
-        std::mem::forget(index);
+            .expect("api starts");
+        let persist_config = chatpipe_persist::PersistConfig {
+            group_id: unique("persist"),
+            ..Default::default()
+        };
+        let persist = roles::spawn(persist_config, &deps, self.context())
+            .await
+            .expect("persist starts");
+        let index_config = chatpipe_index::IndexConfig {
+            group_id: unique("index"),
+            topics: self.topics.clone(),
+            engine: self.search.clone(),
+            ..Default::default()
+        };
+        let index = roles::spawn(index_config, &deps, self.context())
+            .await
+            .expect("index starts");
         FullStack {
-            api,
+            api: format!("http://{}", api_role.addr),
             http: reqwest::Client::new(),
-            index_prefix,
+            index_prefix: self.search.index_prefix.clone(),
+            api_role,
+            persist,
+            index,
         }
     }
+}
+
+/// `GET http://addr/path`: (status, body text).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .expect("listener answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
 }
 
 impl FullStack {

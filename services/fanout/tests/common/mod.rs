@@ -31,7 +31,7 @@ pub const SEND_DEADLINE: Duration = Duration::from_secs(15);
 pub const WAIT: Duration = Duration::from_secs(90);
 
 pub fn brokers() -> String {
-    std::env::var("CHATPIPE_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+    std::env::var("CHATPIPE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
 pub fn unique() -> String {

@@ -31,7 +31,7 @@ impl TestEnv {
         let isolated = chatpipe_testkit::isolated_topics("index-test", partitions).await;
         let unique = isolated.unique.clone();
         let engine = SearchEngineConfig {
-            url: std::env::var("CHATPIPE_ES_URL")
+            url: std::env::var("CHATPIPE_ELASTICSEARCH_URL")
                 .unwrap_or_else(|_| "http://127.0.0.1:9200".to_owned()),
             index_prefix: format!("t{unique}-chat-messages"),
             number_of_shards: 2,
