@@ -464,6 +464,6 @@ mod tests {
             }
         }
         assert!(all.iter().any(|verdict| verdict.is_duplicate()));
-        assert!(all.iter().any(|verdict| *verdict == SendVerdict::First));
+        assert!(all.contains(&SendVerdict::First));
     }
 }

@@ -68,12 +68,15 @@ pub struct Accepted {
     pub ts: u64,
 }
 
+/// One registered wait: its ticket and where its verdict goes.
+type Waiter = (u64, oneshot::Sender<Accepted>);
+
 /// Marked resends waiting for their partition's verdict, by key digest.
 /// Bounded by the sends in progress (one per connection at a time); a
 /// waiter removes itself when it gives up.
 #[derive(Debug, Default)]
 pub struct VerdictWaiters {
-    waiting: Mutex<HashMap<SendKeyDigest, Vec<(u64, oneshot::Sender<Accepted>)>>>,
+    waiting: Mutex<HashMap<SendKeyDigest, Vec<Waiter>>>,
     next_ticket: AtomicU64,
 }
 
