@@ -23,7 +23,7 @@ use chatpipe_core::records::{
 };
 use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
 use chatpipe_fanout::RouteTable;
-use chatpipe_fanout::plan::{Delivery, plan_pushes};
+use chatpipe_fanout::plan::{Delivery, MemberSet, plan_pushes};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const BODY: &str =
@@ -148,6 +148,7 @@ fn delivery(id: u64, recipients: Arc<[UserId]>) -> Delivery {
         message_id: Some(message.message_id),
         recipients,
         except: None,
+        member_set: None,
     }
 }
 
@@ -167,6 +168,15 @@ fn fanout(criterion: &mut Criterion) {
             plan
         })
     });
+    // The same message as a member set (groups above
+    // `member_set_min_members`): the items carry no recipient ids.
+    let mut as_set = delivery(1, members.clone().into());
+    as_set.member_set = Some(MemberSet::new(members.clone().into()));
+    let large_set = [as_set];
+    group.bench_function(
+        "1 message x 10,000 members over 2 edges, member set",
+        |bencher| bencher.iter(|| plan_pushes(black_box(&large_set), &table, 1, &suspects)),
+    );
     // A batch as a busy partition delivers it: 500 one-to-one messages.
     let pairs: Vec<Delivery> = (0..500)
         .map(|index| {

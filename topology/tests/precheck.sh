@@ -9,7 +9,8 @@
 #   * every shell script of topology/ and .ci/ parses (bash -n);
 #   * docker-compose.yml parses and has the engines, the topology init
 #     service and one service per role, each role with a /healthz
-#     healthcheck, every depends_on pointing at a defined service
+#     healthcheck, every depends_on pointing at a defined service, no
+#     default token secret
 #     (needs python3 with PyYAML; says so loudly when it is missing).
 #
 # Exit 0 iff everything checked passed.
@@ -120,6 +121,10 @@ for name in sorted(roles & services.keys()):
     for key, value in env.items():
         if key.endswith("_LISTEN") and not str(value).startswith("0.0.0.0:"):
             problems.append(f"{name}: {key}={value} must bind 0.0.0.0 inside the container")
+    # No built-in secret: only the operator's variable, never a default value.
+    secret = str(env.get("CHATPIPE_TOKEN_SECRET", ""))
+    if secret not in ("", "${CHATPIPE_TOKEN_SECRET:-}", "${CHATPIPE_TOKEN_SECRET}") and not secret.startswith("${CHATPIPE_TOKEN_SECRET:?"):
+        problems.append(f"{name}: CHATPIPE_TOKEN_SECRET must not have a default value (there is no built-in secret)")
     build = service.get("build") or {}
     if build.get("dockerfile") != "topology/docker/Dockerfile":
         problems.append(f"{name}: must build topology/docker/Dockerfile")

@@ -3,9 +3,14 @@
 //! [`chatpipe::roles::defaults`] (defined once, shared with the tests).
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 
 use chatpipe::roles::defaults;
+use chatpipe_edge::EdgeConfig;
 use clap::{Args, Parser, Subcommand};
+
+/// The edge's defaults are its config's (`EdgeConfig::default`), written once.
+static EDGE_DEFAULTS: LazyLock<EdgeConfig> = LazyLock::new(EdgeConfig::default);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -149,7 +154,7 @@ pub struct EdgeArgs {
     #[arg(long, env = "CHATPIPE_EDGE_ID", default_value = "edge-1")]
     pub edge_id: String,
     /// Snowflake worker id of message ids; unique per edge (0–1023).
-    #[arg(long, env = "CHATPIPE_EDGE_WORKER_ID", default_value_t = 1)]
+    #[arg(long, env = "CHATPIPE_EDGE_WORKER_ID", default_value_t = EDGE_DEFAULTS.worker_id)]
     pub worker_id: u16,
     /// WebSocket listener (`/ws` only).
     #[arg(long, env = "CHATPIPE_EDGE_LISTEN", default_value = defaults::EDGE_LISTEN)]
@@ -175,55 +180,55 @@ pub struct EdgeArgs {
     #[arg(
         long,
         env = "CHATPIPE_EDGE_HEARTBEAT_INTERVAL_MS",
-        default_value_t = 15_000
+        default_value_t = EDGE_DEFAULTS.heartbeat_interval_ms
     )]
     pub heartbeat_interval_ms: u64,
     /// A client silent this long is dropped.
     #[arg(
         long,
         env = "CHATPIPE_EDGE_HEARTBEAT_TIMEOUT_MS",
-        default_value_t = 45_000
+        default_value_t = EDGE_DEFAULTS.heartbeat_timeout_ms
     )]
     pub heartbeat_timeout_ms: u64,
     /// How long a disconnected session stays resumable.
     #[arg(
         long,
         env = "CHATPIPE_EDGE_RESUME_WINDOW_MS",
-        default_value_t = 120_000
+        default_value_t = EDGE_DEFAULTS.resume_window_ms
     )]
     pub resume_window_ms: u64,
     /// Most concurrent connections.
-    #[arg(long, env = "CHATPIPE_EDGE_MAX_CONNECTIONS", default_value_t = 20_000)]
+    #[arg(long, env = "CHATPIPE_EDGE_MAX_CONNECTIONS", default_value_t = EDGE_DEFAULTS.max_connections)]
     pub max_connections: usize,
     /// New connections per second, whole edge.
     #[arg(
         long,
         env = "CHATPIPE_EDGE_CONNECTS_PER_SECOND",
-        default_value_t = 2_000
+        default_value_t = EDGE_DEFAULTS.connects_per_second_global
     )]
     pub connects_per_second: u32,
     /// New connections per second per client IP.
     #[arg(
         long,
         env = "CHATPIPE_EDGE_CONNECTS_PER_SECOND_PER_IP",
-        default_value_t = 2_000
+        default_value_t = EDGE_DEFAULTS.connects_per_second_per_ip
     )]
     pub connects_per_second_per_ip: u32,
     /// Client frames per second per connection.
-    #[arg(long, env = "CHATPIPE_EDGE_FRAMES_PER_SECOND", default_value_t = 50)]
+    #[arg(long, env = "CHATPIPE_EDGE_FRAMES_PER_SECOND", default_value_t = EDGE_DEFAULTS.frames_per_second_per_connection)]
     pub frames_per_second: u32,
     /// WebSocket read buffer per connection, bytes.
     #[arg(
         long,
         env = "CHATPIPE_EDGE_WS_READ_BUFFER_BYTES",
-        default_value_t = 1024
+        default_value_t = EDGE_DEFAULTS.ws_read_buffer_bytes
     )]
     pub ws_read_buffer_bytes: usize,
     /// Drain deadline on SIGTERM.
     #[arg(
         long,
         env = "CHATPIPE_EDGE_DRAIN_DEADLINE_MS",
-        default_value_t = 10_000
+        default_value_t = EDGE_DEFAULTS.drain_deadline_ms
     )]
     pub drain_deadline_ms: u64,
 }

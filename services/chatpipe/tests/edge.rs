@@ -40,6 +40,7 @@ async fn push_batch(
                 .collect(),
             conversation_id: String::new(),
             message_id: String::new(),
+            ..PushItem::default()
         })
         .collect();
     client

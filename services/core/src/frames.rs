@@ -9,8 +9,10 @@
 //! Server frames that belong to the per-session stream (`message`, `typing`,
 //! `read`, `presence`) carry a `seq` that differs per recipient session,
 //! while their content is the same for all recipients. Fan-out therefore
-//! ships the content once as a [`Deliverable`], and the edge splices in each
-//! session's `seq` with [`Deliverable::encode_with_seq`].
+//! ships the content once as a [`Deliverable`]; the edge encodes it once as
+//! a [`SequencedFrame`] shared by every recipient session, each session
+//! adding only its `seq` when the frame is written
+//! ([`SequencedFrame::with_seq`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -403,6 +405,65 @@ pub fn encode_sequenced(op: &str, seq: u64, fields_json: &str) -> String {
     frame
 }
 
+/// A per-session frame encoded once for all the sessions that receive it:
+/// the frame's text with a hole where the `seq` value goes. A session keeps
+/// only its `seq` and a reference to this, and the frame's text for that
+/// session is produced when it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequencedFrame {
+    /// `{"op":"<op>","seq":` then `,<fields>}` (or `}` for no fields).
+    text: String,
+    /// Where the `seq` digits go in `text`.
+    seq_at: usize,
+}
+
+impl SequencedFrame {
+    /// Encodes `op` and the fields of a JSON object (see
+    /// [`encode_sequenced`] for the requirement on `fields_json`).
+    pub fn new(op: &str, fields_json: &str) -> Self {
+        debug_assert!(fields_json.starts_with('{') && fields_json.ends_with('}'));
+        let inner = &fields_json[1..fields_json.len() - 1];
+        let mut text = String::with_capacity(fields_json.len() + op.len() + 16);
+        text.push_str("{\"op\":\"");
+        text.push_str(op);
+        text.push_str("\",\"seq\":");
+        let seq_at = text.len();
+        if !inner.trim().is_empty() {
+            text.push(',');
+            text.push_str(inner);
+        }
+        text.push('}');
+        Self { text, seq_at }
+    }
+
+    /// The frame's text for the session that numbers it `seq`: one
+    /// allocation of the exact size, two copies.
+    pub fn with_seq(&self, seq: u64) -> String {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut rest = seq;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let digits = std::str::from_utf8(&digits[start..]).expect("ASCII digits");
+        let mut frame = String::with_capacity(self.text.len() + digits.len());
+        frame.push_str(&self.text[..self.seq_at]);
+        frame.push_str(digits);
+        frame.push_str(&self.text[self.seq_at..]);
+        frame
+    }
+
+    /// Bytes shared by every session (the frame without its `seq`).
+    pub fn shared_len(&self) -> usize {
+        self.text.len()
+    }
+}
+
 /// Whether `text` is a serialized JSON object (cheap shape check used on
 /// fields that arrive over gRPC before splicing them).
 pub fn is_json_object(text: &str) -> bool {
@@ -517,6 +578,31 @@ mod tests {
         assert_eq!(
             encode_sequenced("presence", 1, "{}"),
             r#"{"op":"presence","seq":1}"#
+        );
+    }
+
+    #[test]
+    fn a_shared_frame_gives_each_session_the_same_text_as_splicing() {
+        let view = MessageView {
+            message_id: MessageId::from_u64(7),
+            conversation_id: ConversationId::parse("c").unwrap(),
+            sender_id: UserId::parse("u").unwrap(),
+            client_msg_id: ClientMsgId::parse("m").unwrap(),
+            body: "héllo \"x\"".into(),
+            ts: 5,
+        };
+        let deliverable = Deliverable::message(&view);
+        let shared = SequencedFrame::new(deliverable.op.as_str(), &deliverable.fields_json);
+        for seq in [0, 1, 9, 10, 4242, u64::MAX] {
+            assert_eq!(shared.with_seq(seq), deliverable.encode_with_seq(seq));
+        }
+        assert_eq!(
+            SequencedFrame::new("presence", "{}").with_seq(12),
+            r#"{"op":"presence","seq":12}"#
+        );
+        assert_eq!(
+            SequencedFrame::new("typing", r#"{"conversation_id":"c","user_id":"u"}"#).with_seq(3),
+            r#"{"op":"typing","seq":3,"conversation_id":"c","user_id":"u"}"#
         );
     }
 

@@ -53,7 +53,11 @@ pub struct EdgeConfig {
     /// WebSocket read buffer per connection (tungstenite's default is 128 KiB;
     /// small buffers are what keep idle connections cheap).
     pub ws_read_buffer_bytes: usize,
-    /// WebSocket write buffer per connection.
+    /// Frames fed to a connection are written to its socket once this many
+    /// bytes are buffered, or at the flush that ends each burst: a burst
+    /// smaller than this is one `write`. (0 would write every frame on its
+    /// own. A connection's buffer keeps the capacity of its largest write,
+    /// so this also bounds what a once-busy idle connection holds.)
     pub ws_write_buffer_bytes: usize,
     /// Lease of this edge's route record; renewed every third of it.
     pub lease_ms: u64,
@@ -68,6 +72,10 @@ pub struct EdgeConfig {
     pub producer_linger_ms: u32,
     /// Total time the drain may take on SIGTERM.
     pub drain_deadline_ms: u64,
+    /// Members kept over all the member sets fan-out sent (large groups'
+    /// member lists, see `schemas/proto/push.proto`); past it the oldest
+    /// sets are dropped, and fan-out resends one when it is used again.
+    pub push_member_sets_max_members: usize,
 }
 
 impl Default for EdgeConfig {
@@ -94,11 +102,12 @@ impl Default for EdgeConfig {
             connects_burst_global: 4_000,
             max_connections: 20_000,
             ws_read_buffer_bytes: 1024,
-            ws_write_buffer_bytes: 0,
+            ws_write_buffer_bytes: 16 * 1024,
             lease_ms: 10_000,
             membership_cache_ttl_ms: 30_000,
             dedup_cache_ttl_ms: 600_000,
             producer_linger_ms: 1,
+            push_member_sets_max_members: 500_000,
             drain_deadline_ms: 10_000,
         }
     }

@@ -2,17 +2,29 @@
 //! the order received, to every local session of each of its recipients.
 //! A batch flagged `resync` first makes every session start over (see
 //! [`SessionRegistry::resync_all`]): the sender had given up on an earlier
-//! push, so some of them missed frames. A batch may also carry verdicts on
-//! marked resends this edge accepted; each is handed to the send waiting for
-//! it (see [`crate::send`]).
+//! push, so some of them missed frames.
+//!
+//! Each item is encoded once ([`SequencedFrame`]) and shared by every
+//! session it is queued to; a session adds only its `seq`.
+//!
+//! Items of large groups name a *member set* instead of listing recipients
+//! (see `schemas/proto/push.proto`): the edge keeps the lists fan-out sent
+//! ([`MemberSets`], bounded) and delivers to its local sessions of those
+//! members. A batch that references a set the edge does not hold is refused
+//! whole, before anything is delivered, with `unknown_member_sets`; fan-out
+//! resends it with the lists attached.
+//!
+//! A batch may also carry verdicts on marked resends this edge accepted;
+//! each is handed to the send waiting for it (see [`crate::send`]).
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use chatpipe_core::MessageId;
 use chatpipe_core::dedup::send_key_digest;
-use chatpipe_core::frames::{encode_sequenced, is_json_object};
+use chatpipe_core::frames::{SequencedFrame, is_json_object};
 use chatpipe_proto::push::edge_push_server::EdgePush;
-use chatpipe_proto::push::{PushBatch, PushReply};
+use chatpipe_proto::push::{MemberSetRef, PushBatch, PushReply};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::EdgeMetrics;
@@ -21,11 +33,141 @@ use crate::sessions::SessionRegistry;
 
 const DELIVERABLE_OPS: [&str; 4] = ["message", "typing", "read", "presence"];
 
+/// A member set as fan-out names it: (conversation, set digest).
+type MemberSetKey = (String, u64);
+
+/// The member lists fan-out sent, oldest dropped first once they hold more
+/// than `max_members` members in all.
+#[derive(Debug)]
+pub struct MemberSets {
+    inner: Mutex<MemberSetsInner>,
+    max_members: usize,
+}
+
+#[derive(Debug, Default)]
+struct MemberSetsInner {
+    sets: HashMap<MemberSetKey, Arc<[String]>>,
+    /// Insertion order, for eviction.
+    order: VecDeque<MemberSetKey>,
+    members: usize,
+}
+
+impl MemberSets {
+    pub fn new(max_members: usize) -> Self {
+        Self {
+            inner: Mutex::new(MemberSetsInner::default()),
+            max_members,
+        }
+    }
+
+    pub fn get(&self, key: &MemberSetKey) -> Option<Arc<[String]>> {
+        self.inner
+            .lock()
+            .expect("member sets lock")
+            .sets
+            .get(key)
+            .cloned()
+    }
+
+    /// Keeps `members` as set `key` (the newest); returns the shared list.
+    pub fn insert(&self, key: MemberSetKey, members: Vec<String>) -> Arc<[String]> {
+        let members: Arc<[String]> = Arc::from(members);
+        let mut inner = self.inner.lock().expect("member sets lock");
+        if let Some(previous) = inner.sets.insert(key.clone(), members.clone()) {
+            inner.members -= previous.len();
+            inner.order.retain(|held| *held != key);
+        }
+        inner.members += members.len();
+        inner.order.push_back(key);
+        // The newest set stays even if it alone exceeds the bound: the
+        // batch that brought it is about to use it.
+        while inner.members > self.max_members && inner.order.len() > 1 {
+            let Some(oldest) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(dropped) = inner.sets.remove(&oldest) {
+                inner.members -= dropped.len();
+            }
+        }
+        members
+    }
+
+    /// Sets held now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("member sets lock").sets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PushService {
     pub(crate) sessions: Arc<SessionRegistry>,
     pub(crate) metrics: EdgeMetrics,
     pub(crate) verdicts: Arc<VerdictWaiters>,
+    pub(crate) member_sets: Arc<MemberSets>,
+}
+
+impl PushService {
+    /// Checks every item, stores attached member sets and resolves the
+    /// referenced ones: the member list of each item (`None` for a
+    /// recipient list), or the sets this edge lacks.
+    #[allow(clippy::type_complexity)]
+    fn resolve_member_sets(
+        &self,
+        batch: &PushBatch,
+    ) -> Result<Result<Vec<Option<Arc<[String]>>>, Vec<MemberSetRef>>, Status> {
+        let mut resolved = Vec::with_capacity(batch.items.len());
+        let mut unknown: Vec<MemberSetRef> = Vec::new();
+        for item in &batch.items {
+            if !DELIVERABLE_OPS.contains(&item.op.as_str()) {
+                return Err(Status::invalid_argument(format!(
+                    "unknown op {:?}",
+                    item.op
+                )));
+            }
+            if !is_json_object(&item.fields_json) {
+                return Err(Status::invalid_argument(
+                    "fields_json must be a JSON object",
+                ));
+            }
+            if item.member_set == 0 {
+                resolved.push(None);
+                continue;
+            }
+            let key = (item.conversation_id.clone(), item.member_set);
+            let members = if item.member_set_members.is_empty() {
+                self.member_sets.get(&key)
+            } else {
+                Some(
+                    self.member_sets
+                        .insert(key.clone(), item.member_set_members.clone()),
+                )
+            };
+            match members {
+                Some(members) => resolved.push(Some(members)),
+                None => {
+                    if !unknown
+                        .iter()
+                        .any(|known| known.conversation_id == key.0 && known.member_set == key.1)
+                    {
+                        unknown.push(MemberSetRef {
+                            conversation_id: key.0,
+                            member_set: key.1,
+                        });
+                    }
+                    resolved.push(None);
+                }
+            }
+        }
+        if unknown.is_empty() {
+            Ok(Ok(resolved))
+        } else {
+            Ok(Err(unknown))
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -33,6 +175,19 @@ impl EdgePush for PushService {
     async fn push(&self, request: Request<PushBatch>) -> Result<Response<PushReply>, Status> {
         let batch = request.into_inner();
         self.metrics.push_batches.inc();
+        // Everything is checked before anything is delivered, so that a
+        // refused batch can be resent whole without duplicates.
+        let member_lists = match self.resolve_member_sets(&batch)? {
+            Ok(member_lists) => member_lists,
+            Err(unknown_member_sets) => {
+                tracing::debug!(source = %batch.source, unknown = unknown_member_sets.len(), "push references member sets this edge does not hold");
+                return Ok(Response::new(PushReply {
+                    delivered_sessions: 0,
+                    absent_recipients: 0,
+                    unknown_member_sets,
+                }));
+            }
+        };
         if batch.resync {
             let sessions = self.sessions.resync_all();
             self.metrics.resyncs.inc();
@@ -58,23 +213,31 @@ impl EdgePush for PushService {
         }
         let mut delivered: u32 = 0;
         let mut absent: u32 = 0;
-        for item in &batch.items {
-            let Some(op) = DELIVERABLE_OPS.iter().find(|known| **known == item.op) else {
-                return Err(Status::invalid_argument(format!(
-                    "unknown op {:?}",
-                    item.op
-                )));
-            };
-            if !is_json_object(&item.fields_json) {
-                return Err(Status::invalid_argument(
-                    "fields_json must be a JSON object",
-                ));
+        for (item, members) in batch.items.iter().zip(member_lists) {
+            // Encoded once; every recipient session shares it and adds its seq.
+            let body = Arc::new(SequencedFrame::new(&item.op, item.fields_json.trim()));
+            match members {
+                Some(members) => {
+                    // Most members of a large group are on other edges: no
+                    // absent count for them.
+                    let except = item.except_user.as_str();
+                    let (sessions, _) = self.sessions.deliver_to_all(
+                        members
+                            .iter()
+                            .map(String::as_str)
+                            .filter(|member| *member != except),
+                        &body,
+                    );
+                    delivered += sessions as u32;
+                }
+                None => {
+                    let (sessions, missing) = self
+                        .sessions
+                        .deliver_to_all(item.recipients.iter().map(String::as_str), &body);
+                    delivered += sessions as u32;
+                    absent += missing as u32;
+                }
             }
-            let fields = item.fields_json.trim();
-            let encode = |seq: u64| encode_sequenced(op, seq, fields);
-            let (sessions, missing) = self.sessions.deliver_to_all(&item.recipients, &encode);
-            delivered += sessions as u32;
-            absent += missing as u32;
         }
         self.metrics.push_deliveries.inc_by(u64::from(delivered));
         self.metrics
@@ -83,6 +246,101 @@ impl EdgePush for PushService {
         Ok(Response::new(PushReply {
             delivered_sessions: delivered,
             absent_recipients: absent,
+            unknown_member_sets: Vec::new(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chatpipe_core::UserId;
+    use chatpipe_proto::push::PushItem;
+
+    use super::*;
+
+    fn service() -> PushService {
+        PushService {
+            sessions: Arc::new(SessionRegistry::new(64, 64)),
+            metrics: EdgeMetrics::new(),
+            member_sets: Arc::new(MemberSets::new(10)),
+        }
+    }
+
+    fn item(member_set: u64, members: &[&str], except: &str) -> PushItem {
+        PushItem {
+            op: "message".into(),
+            fields_json: r#"{"message":{"body":"hi"}}"#.into(),
+            conversation_id: "big".into(),
+            message_id: "1".into(),
+            member_set,
+            member_set_members: members.iter().map(|name| (*name).to_owned()).collect(),
+            except_user: except.into(),
+            ..PushItem::default()
+        }
+    }
+
+    fn batch(items: Vec<PushItem>) -> Request<PushBatch> {
+        Request::new(PushBatch {
+            source: "test".into(),
+            items,
+            resync: false,
+        })
+    }
+
+    #[tokio::test]
+    async fn member_sets_are_kept_referenced_and_refused_when_unknown() {
+        let push = service();
+        let (ann, _, _) = push.sessions.open(&UserId::parse("ann").unwrap(), 1);
+        let (bob, _, _) = push.sessions.open(&UserId::parse("bob").unwrap(), 2);
+
+        // A reference to a set never sent: nothing delivered, set named.
+        let reply = push
+            .push(batch(vec![item(7, &[], "")]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.delivered_sessions, 0);
+        assert_eq!(
+            reply.unknown_member_sets,
+            vec![MemberSetRef {
+                conversation_id: "big".into(),
+                member_set: 7
+            }]
+        );
+        assert_eq!(ann.unwritten(), 0);
+
+        // Sent with its list, then referenced: local members only, minus
+        // the actor; one shared body per item.
+        let reply = push
+            .push(batch(vec![
+                item(7, &["ann", "bob", "elsewhere"], ""),
+                item(7, &[], "bob"),
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.unknown_member_sets.is_empty());
+        assert_eq!(reply.delivered_sessions, 3);
+        assert_eq!(reply.absent_recipients, 0);
+        let (ann_frames, bob_frames) = (ann.take_unwritten(), bob.take_unwritten());
+        assert_eq!(ann_frames.len(), 2);
+        assert_eq!(bob_frames.len(), 1);
+        assert_eq!(
+            ann_frames[0].text().as_str(),
+            r#"{"op":"message","seq":1,"message":{"body":"hi"}}"#
+        );
+
+        // Evicted past the bound (10 members): asked for again.
+        push.member_sets.insert(
+            ("other".into(), 1),
+            (0..9).map(|index| format!("u{index}")).collect(),
+        );
+        let reply = push
+            .push(batch(vec![item(7, &[], "")]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.unknown_member_sets.len(), 1);
+        assert_eq!(push.member_sets.len(), 1);
     }
 }

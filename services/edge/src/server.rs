@@ -197,6 +197,9 @@ pub async fn spawn_edge<S: MembershipStore>(
         metrics.clone(),
     );
     let (route_jobs_tx, route_jobs_rx) = mpsc::channel::<RouteJob>(4096);
+    let member_sets = Arc::new(crate::push::MemberSets::new(
+        config.push_member_sets_max_members,
+    ));
     let edge = Arc::new(EdgeShared {
         connect_global: RateLimiter::direct(quota(
             config.connects_per_second_global,
@@ -238,6 +241,7 @@ pub async fn spawn_edge<S: MembershipStore>(
         sessions: sessions.clone(),
         metrics: metrics.clone(),
         verdicts: edge.send_path.verdict_waiters(),
+        member_sets,
     };
     let push_task = {
         let push_stop = push_stop.clone();

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chatpipe_core::frames::SequencedFrame;
 use chatpipe_core::{SessionId, UserId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -120,11 +121,12 @@ impl Session {
         }
     }
 
-    /// Queues one frame; kicks the attached connection if it lags too far.
-    pub fn enqueue(&self, encode: impl FnOnce(u64) -> String, max_unwritten: usize) -> u64 {
+    /// Queues one frame (shared, not copied); kicks the attached connection
+    /// if it lags too far.
+    pub fn enqueue(&self, body: &Arc<SequencedFrame>, max_unwritten: usize) -> u64 {
         let (seq, lagging) = {
             let mut stream = self.stream.lock().expect("stream lock");
-            let seq = stream.push(encode);
+            let seq = stream.push(body);
             (seq, stream.unwritten() > max_unwritten)
         };
         if lagging {
@@ -311,8 +313,8 @@ impl SessionRegistry {
     }
 
     /// Queues a frame to every session of `user`; returns how many.
-    pub fn deliver(&self, user: &UserId, encode: &dyn Fn(u64) -> String) -> usize {
-        self.deliver_to_all(&[user.as_str().to_owned()], encode).0
+    pub fn deliver(&self, user: &UserId, body: &Arc<SequencedFrame>) -> usize {
+        self.deliver_to_all([user.as_str()], body).0
     }
 
     /// Every session held now may have missed frames: none of them can be
@@ -326,20 +328,21 @@ impl SessionRegistry {
         sessions.len()
     }
 
-    /// Queues a frame to every session of each of `recipients` (one lock
-    /// for the whole list); returns the sessions reached and the recipients
-    /// that hold none here.
-    pub fn deliver_to_all(
+    /// Queues one shared frame to every session of each of `recipients`
+    /// (one lock for the whole list); returns the sessions reached and the
+    /// recipients that hold none here.
+    pub fn deliver_to_all<'a>(
         &self,
-        recipients: &[String],
-        encode: &dyn Fn(u64) -> String,
+        recipients: impl IntoIterator<Item = &'a str>,
+        body: &Arc<SequencedFrame>,
     ) -> (usize, usize) {
-        let mut targets: Vec<Arc<Session>> = Vec::with_capacity(recipients.len());
+        let recipients = recipients.into_iter();
+        let mut targets: Vec<Arc<Session>> = Vec::with_capacity(recipients.size_hint().0);
         let mut absent = 0;
         {
             let tables = self.tables.lock().expect("sessions lock");
             for recipient in recipients {
-                match tables.by_user.get(recipient.as_str()) {
+                match tables.by_user.get(recipient) {
                     Some(ids) => {
                         targets.extend(ids.iter().filter_map(|id| tables.sessions.get(id).cloned()))
                     }
@@ -348,7 +351,7 @@ impl SessionRegistry {
             }
         }
         for session in &targets {
-            session.enqueue(encode, self.max_unwritten);
+            session.enqueue(body, self.max_unwritten);
         }
         (targets.len(), absent)
     }
@@ -410,6 +413,13 @@ mod tests {
         UserId::parse(name).unwrap()
     }
 
+    fn body() -> Arc<SequencedFrame> {
+        Arc::new(SequencedFrame::new(
+            "presence",
+            r#"{"user_id":"x","status":"online"}"#,
+        ))
+    }
+
     #[test]
     fn first_and_last_session_change_routes() {
         let registry = SessionRegistry::new(16, 8);
@@ -429,16 +439,21 @@ mod tests {
         let registry = SessionRegistry::new(16, 8);
         let (phone, _, _) = registry.open(&user("bob"), 1);
         let (laptop, _, _) = registry.open(&user("bob"), 2);
-        assert_eq!(registry.deliver(&user("bob"), &|seq| format!("m{seq}")), 2);
-        assert_eq!(
-            registry.deliver(&user("nobody"), &|seq| format!("m{seq}")),
-            0
-        );
+        let frame = body();
+        assert_eq!(registry.deliver(&user("bob"), &frame), 2);
+        assert_eq!(registry.deliver(&user("nobody"), &frame), 0);
         assert_eq!(phone.take_unwritten().len(), 1);
         registry.detach(&phone, 1);
-        registry.deliver(&user("bob"), &|seq| format!("m{seq}"));
+        registry.deliver(&user("bob"), &frame);
         match registry.resume(&phone.id, &user("bob"), 1, 3) {
-            ResumeOutcome::Resumed { replay, .. } => assert_eq!(&*replay[0], "m2"),
+            ResumeOutcome::Resumed { replay, .. } => {
+                assert_eq!(replay[0].seq, 2);
+                assert_eq!(
+                    replay[0].text().as_str(),
+                    r#"{"op":"presence","seq":2,"user_id":"x","status":"online"}"#
+                );
+                assert!(replay[0].shares(&frame), "one body for every session");
+            }
             ResumeOutcome::Refused => panic!("resume refused"),
         }
         assert!(matches!(
@@ -452,7 +467,7 @@ mod tests {
         let registry = SessionRegistry::new(64, 4);
         let (session, ticket, _) = registry.open(&user("carol"), 1);
         for _ in 0..5 {
-            registry.deliver(&user("carol"), &|seq| format!("m{seq}"));
+            registry.deliver(&user("carol"), &body());
         }
         assert!(ticket.kick.is_cancelled());
         assert_eq!(ticket.kick_reason(), Some(KickReason::SlowConsumer));

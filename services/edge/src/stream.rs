@@ -9,10 +9,33 @@
 //! behind a reader is, which is how slow consumers are detected.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-/// One encoded frame: UTF-8 text behind a reference count, so the replay
-/// buffer and the socket writer share it and the write copies nothing.
-pub type Frame = axum::extract::ws::Utf8Bytes;
+use chatpipe_core::frames::SequencedFrame;
+
+/// One frame of a session's stream: its `seq`, and the frame's body encoded
+/// once and shared with every other session that receives it. A session
+/// thus holds a number and a pointer per frame, whatever the frame's size
+/// or the recipients' count; the text with this session's `seq` exists only
+/// while it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub seq: u64,
+    body: Arc<SequencedFrame>,
+}
+
+impl Frame {
+    /// The frame's text for this session (built at write time).
+    pub fn text(&self) -> axum::extract::ws::Utf8Bytes {
+        // From a `String`: the buffer moves, no copy.
+        axum::extract::ws::Utf8Bytes::from(self.body.with_seq(self.seq))
+    }
+
+    /// Whether this frame shares `body` (not a copy of it).
+    pub fn shares(&self, body: &Arc<SequencedFrame>) -> bool {
+        Arc::ptr_eq(&self.body, body)
+    }
+}
 
 /// The outcome of a resume request against the buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +51,8 @@ pub enum Replay {
 pub struct OutboundStream {
     /// seq of the next frame.
     next_seq: u64,
-    /// Frames not yet acknowledged, oldest first, with their seq.
-    frames: VecDeque<(u64, Frame)>,
+    /// Frames not yet acknowledged, oldest first.
+    frames: VecDeque<Frame>,
     capacity: usize,
     /// Highest seq handed to the socket writer.
     written_upto: u64,
@@ -53,26 +76,29 @@ impl OutboundStream {
         }
     }
 
-    /// Appends a frame built by `encode(seq)`; returns its seq.
-    pub fn push(&mut self, encode: impl FnOnce(u64) -> String) -> u64 {
+    /// Appends the shared `body` as the next frame; returns its seq.
+    pub fn push(&mut self, body: &Arc<SequencedFrame>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.frames.len() == self.capacity
-            && let Some((evicted, _)) = self.frames.pop_front()
+            && let Some(evicted) = self.frames.pop_front()
         {
-            self.evicted_upto = evicted;
+            self.evicted_upto = evicted.seq;
             // An evicted frame the writer never took is skipped; the
             // connection is closed as a slow consumer before this happens
             // when `max_unwritten_frames < capacity`.
-            self.written_upto = self.written_upto.max(evicted);
+            self.written_upto = self.written_upto.max(evicted.seq);
         }
-        self.frames.push_back((seq, Frame::from(encode(seq))));
+        self.frames.push_back(Frame {
+            seq,
+            body: body.clone(),
+        });
         seq
     }
 
     /// The client has every frame up to `seq`: drop them.
     pub fn ack(&mut self, seq: u64) {
-        while self.frames.front().is_some_and(|(front, _)| *front <= seq) {
+        while self.frames.front().is_some_and(|front| front.seq <= seq) {
             self.frames.pop_front();
         }
     }
@@ -83,8 +109,8 @@ impl OutboundStream {
         let pending: Vec<Frame> = self
             .frames
             .iter()
-            .filter(|(seq, _)| *seq > from)
-            .map(|(_, frame)| frame.clone())
+            .filter(|frame| frame.seq > from)
+            .cloned()
             .collect();
         self.written_upto = self.next_seq - 1;
         pending
@@ -118,7 +144,7 @@ impl OutboundStream {
             return Replay::Gap;
         }
         self.ack(last_seq);
-        let frames = self.frames.iter().map(|(_, frame)| frame.clone()).collect();
+        let frames = self.frames.iter().cloned().collect();
         self.written_upto = self.last_seq();
         Replay::Frames(frames)
     }
@@ -128,16 +154,20 @@ impl OutboundStream {
 mod tests {
     use super::*;
 
-    fn frame(seq: u64) -> String {
-        format!("f{seq}")
+    fn body() -> Arc<SequencedFrame> {
+        Arc::new(SequencedFrame::new(
+            "presence",
+            r#"{"user_id":"u","status":"online"}"#,
+        ))
     }
 
     #[test]
     fn seqs_increase_and_ack_trims() {
         let mut stream = OutboundStream::new(8);
-        assert_eq!(stream.push(frame), 1);
-        assert_eq!(stream.push(frame), 2);
-        assert_eq!(stream.push(frame), 3);
+        let frame = body();
+        assert_eq!(stream.push(&frame), 1);
+        assert_eq!(stream.push(&frame), 2);
+        assert_eq!(stream.push(&frame), 3);
         assert_eq!(stream.take_unwritten().len(), 3);
         assert_eq!(stream.unwritten(), 0);
         stream.ack(2);
@@ -147,14 +177,25 @@ mod tests {
     #[test]
     fn resume_replays_exactly_what_came_after_last_seq() {
         let mut stream = OutboundStream::new(8);
+        let frame = body();
         for _ in 0..5 {
-            stream.push(frame);
+            stream.push(&frame);
         }
         stream.take_unwritten();
         match stream.resume_after(3) {
             Replay::Frames(frames) => {
-                let texts: Vec<&str> = frames.iter().map(|frame| &**frame).collect();
-                assert_eq!(texts, ["f4", "f5"]);
+                let texts: Vec<String> = frames
+                    .iter()
+                    .map(|frame| frame.text().as_str().to_owned())
+                    .collect();
+                assert_eq!(
+                    texts,
+                    [
+                        r#"{"op":"presence","seq":4,"user_id":"u","status":"online"}"#,
+                        r#"{"op":"presence","seq":5,"user_id":"u","status":"online"}"#
+                    ]
+                );
+                assert!(frames.iter().all(|written| written.shares(&frame)));
             }
             Replay::Gap => panic!("resume should succeed"),
         }
@@ -164,8 +205,9 @@ mod tests {
     #[test]
     fn eviction_makes_old_resumes_impossible_and_memory_bounded() {
         let mut stream = OutboundStream::new(4);
+        let frame = body();
         for _ in 0..10 {
-            stream.push(frame);
+            stream.push(&frame);
         }
         assert_eq!(stream.buffered(), 4);
         assert_eq!(stream.resume_after(2), Replay::Gap);
@@ -175,12 +217,13 @@ mod tests {
     #[test]
     fn unwritten_counts_what_the_writer_has_not_taken() {
         let mut stream = OutboundStream::new(100);
+        let frame = body();
         for _ in 0..7 {
-            stream.push(frame);
+            stream.push(&frame);
         }
         assert_eq!(stream.unwritten(), 7);
         stream.take_unwritten();
-        stream.push(frame);
+        stream.push(&frame);
         assert_eq!(stream.unwritten(), 1);
     }
 }

@@ -259,7 +259,7 @@ async fn connection<S: MembershipStore>(
     {
         let mut writable = true;
         for frame in replay {
-            if socket.send(Message::Text(frame)).await.is_err() {
+            if socket.send(Message::Text(frame.text())).await.is_err() {
                 writable = false;
                 break;
             }
@@ -326,18 +326,24 @@ async fn write(
     }
 }
 
-/// Writes `frames` with one flush at the end (one `write` syscall for a
-/// burst instead of one per frame) unless the connection is kicked.
-async fn write_frames(
-    socket: &mut WebSocket,
+/// Writes `frames` with one flush at the end unless the connection is
+/// kicked. With a write buffer (`ws_write_buffer_bytes`) larger than the
+/// burst, the frames are only encoded into the buffer as they are fed and
+/// the flush hands them to the socket in one `write`: one system call per
+/// burst instead of one per frame (see the test below).
+async fn write_frames<S>(
+    socket: &mut S,
     frames: Vec<crate::stream::Frame>,
     kick: &tokio_util::sync::CancellationToken,
-) -> Result<usize, ()> {
+) -> Result<usize, ()>
+where
+    S: futures::Sink<Message> + Unpin,
+{
     use futures::SinkExt;
     let count = frames.len();
     let written = async {
         for frame in frames {
-            socket.feed(Message::Text(frame)).await?;
+            socket.feed(Message::Text(frame.text())).await?;
         }
         socket.flush().await
     };
@@ -601,4 +607,120 @@ async fn drain_connection<S>(
     .await;
     close_with(socket, CLOSE_GOING_AWAY, "draining").await;
     Ending::Drained
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use chatpipe_core::frames::SequencedFrame;
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+    use super::*;
+    use crate::config::EdgeConfig;
+    use crate::stream::OutboundStream;
+
+    /// A socket that counts the writes it is handed and keeps the bytes.
+    struct CountingSocket {
+        writes: Arc<AtomicUsize>,
+        bytes: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for CountingSocket {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for CountingSocket {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            self.bytes.lock().unwrap().extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_frames_is_one_write_to_the_socket() {
+        let edge = EdgeConfig::default();
+        let writes = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let socket = CountingSocket {
+            writes: writes.clone(),
+            bytes: bytes.clone(),
+        };
+        let config = WebSocketConfig::default()
+            .read_buffer_size(edge.ws_read_buffer_bytes)
+            .write_buffer_size(edge.ws_write_buffer_bytes);
+        let server = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
+        // The edge's socket type takes axum's messages; tungstenite's are
+        // the same frames on the wire.
+        let mut sink = server.with(|message: Message| {
+            let Message::Text(text) = message else {
+                unreachable!("only text frames are written here")
+            };
+            futures::future::ready(Ok::<_, tokio_tungstenite::tungstenite::Error>(
+                tokio_tungstenite::tungstenite::Message::text(text.as_str()),
+            ))
+        });
+        let mut stream = OutboundStream::new(256);
+        let body = Arc::new(SequencedFrame::new(
+            "message",
+            r#"{"message":{"body":"a burst"}}"#,
+        ));
+        for _ in 0..100 {
+            stream.push(&body);
+        }
+        let kick = tokio_util::sync::CancellationToken::new();
+        let written = write_frames(&mut sink, stream.take_unwritten(), &kick).await;
+        assert_eq!(written, Ok(100));
+        assert_eq!(writes.load(Ordering::SeqCst), 1, "one write for the burst");
+
+        // A second burst is one more write.
+        stream.push(&body);
+        stream.push(&body);
+        assert_eq!(
+            write_frames(&mut sink, stream.take_unwritten(), &kick).await,
+            Ok(2)
+        );
+        assert_eq!(writes.load(Ordering::SeqCst), 2);
+
+        // What a client reads: the contract's frames, seq by seq.
+        let wire = bytes.lock().unwrap().clone();
+        let mut client =
+            WebSocketStream::from_raw_socket(std::io::Cursor::new(wire), Role::Client, None).await;
+        for seq in 1..=102 {
+            let message = client
+                .next()
+                .await
+                .expect("a frame")
+                .expect("a valid frame");
+            assert_eq!(
+                message.into_text().unwrap().as_str(),
+                format!(r#"{{"op":"message","seq":{seq},"message":{{"body":"a burst"}}}}"#)
+            );
+        }
+    }
 }

@@ -65,6 +65,12 @@ pub struct FanoutConfig {
     /// retry of a send within W of its first attempt is not delivered.
     /// Must equal persist's and index's.
     pub send_dedup_window_ms: u64,
+    /// Conversations with at least this many members are pushed as a
+    /// *member set*: the push names the conversation's member list by a
+    /// digest, sends the list once per edge and membership, and the edge
+    /// delivers to its local sessions of those members (see
+    /// `schemas/proto/push.proto`). Smaller ones carry their recipients.
+    pub member_set_min_members: usize,
 }
 
 impl Default for FanoutConfig {
@@ -88,6 +94,7 @@ impl Default for FanoutConfig {
             resolve_concurrency: 32,
             presence_max_members: 500,
             send_dedup_window_ms: chatpipe_kafka::send_dedup::DEFAULT_SEND_DEDUP_WINDOW_MS,
+            member_set_min_members: 1_000,
         }
     }
 }
@@ -134,6 +141,9 @@ impl FanoutConfig {
         }
         if self.max_push_bytes < 1024 {
             return Err("max_push_bytes must be at least 1024".into());
+        }
+        if self.member_set_min_members == 0 {
+            return Err("member_set_min_members must be at least 1".into());
         }
         if self.resolve_concurrency == 0 {
             return Err("resolve_concurrency must be at least 1".into());

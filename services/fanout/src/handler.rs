@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::membership::{Members, MembershipCache};
 use crate::metrics::{FanoutMetrics, PushOutcome};
-use crate::plan::{Delivery, plan_pushes};
+use crate::plan::{Delivery, MemberSet, plan_pushes};
 use crate::push::EdgePushers;
 use crate::routes::SharedRouteTable;
 use crate::verdicts::{VerdictPusher, verdict_for};
@@ -68,6 +68,7 @@ struct Resolution {
     unknown_conversations: u64,
 }
 
+#[derive(Clone)]
 pub(crate) struct FanoutHandler<M> {
     pub(crate) topics: TopicNames,
     pub(crate) routes: SharedRouteTable,
@@ -78,10 +79,13 @@ pub(crate) struct FanoutHandler<M> {
     pub(crate) resolve_concurrency: usize,
     /// Conversations larger than this do not carry presence.
     pub(crate) presence_max_members: usize,
+    /// Conversations with at least this many members are pushed as member
+    /// sets (a reference, not one recipient id per member).
+    pub(crate) member_set_min_members: usize,
     /// Records of the current batch already dead-lettered, so that a retry
     /// of the batch does not publish them again.
     pub(crate) dead_lettered: HashSet<(String, i32, i64)>,
-    /// Ends push retries when the worker stops.
+    /// Ends push retries when the worker stops or the partition is revoked.
     pub(crate) shutdown: CancellationToken,
     /// Drops retries of earlier sends (the rule persist and index apply).
     pub(crate) dedup: PartitionedSendDedup,
@@ -146,6 +150,16 @@ impl<M: MembershipStore> FanoutHandler<M> {
         };
         let members_of =
             |conversation: &ConversationId| members.get(conversation).cloned().flatten();
+        // One digest per large conversation and batch.
+        let member_sets: HashMap<&ConversationId, MemberSet> = members
+            .iter()
+            .filter_map(|(conversation, found)| {
+                let found = found.as_ref()?;
+                (found.len() >= self.member_set_min_members)
+                    .then(|| (conversation, MemberSet::new(found.clone())))
+            })
+            .collect();
+        let member_set_of = |conversation: &ConversationId| member_sets.get(conversation).cloned();
         for record in decoded {
             let delivery = match record {
                 Decoded::Message(message) => {
@@ -157,6 +171,7 @@ impl<M: MembershipStore> FanoutHandler<M> {
                         // devices show what was sent.
                         recipients,
                         except: None,
+                        member_set: member_set_of(&message.conversation_id),
                     })
                 }
                 Decoded::Event(event) => match &event.event {
@@ -169,6 +184,7 @@ impl<M: MembershipStore> FanoutHandler<M> {
                         message_id: None,
                         recipients,
                         except: Some(user_id.clone()),
+                        member_set: member_set_of(conversation_id),
                     }),
                     Event::Read {
                         conversation_id,
@@ -180,6 +196,7 @@ impl<M: MembershipStore> FanoutHandler<M> {
                         message_id: None,
                         recipients,
                         except: Some(user_id.clone()),
+                        member_set: member_set_of(conversation_id),
                     }),
                     Event::Presence { user_id, status } => {
                         let mut seen: HashSet<&UserId> = HashSet::new();
@@ -207,6 +224,8 @@ impl<M: MembershipStore> FanoutHandler<M> {
                             message_id: None,
                             recipients: Arc::from(recipients),
                             except: Some(user_id.clone()),
+                            // Merged over conversations: always a list.
+                            member_set: None,
                         })
                     }
                 },
@@ -299,6 +318,7 @@ impl<M: MembershipStore> BatchHandler for FanoutHandler<M> {
                     &batch.edge_id,
                     &batch.push_addr,
                     batch.items,
+                    &batch.member_sets,
                     still_live,
                     shutdown,
                 )

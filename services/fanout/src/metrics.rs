@@ -72,6 +72,12 @@ pub struct FanoutMetrics {
     pub pushes_given_up: CounterByReason,
     /// Pushes that carried `resync` to an edge given up before.
     pub resyncs_requested: Counter,
+    /// Member-set lists attached to pushes (once per edge, conversation and
+    /// membership, plus resends).
+    pub member_sets_sent: Counter,
+    /// Pushes an edge answered with `unknown_member_sets` (resent with the
+    /// lists attached).
+    pub member_sets_unknown: Counter,
     /// Items routed to edges (one per item per edge).
     pub pushed_items: Counter,
     /// Recipients skipped because no live edge holds a session of theirs
@@ -127,6 +133,8 @@ impl FanoutMetrics {
             push_retries: Counter::default(),
             pushes_given_up: CounterByReason::default(),
             resyncs_requested: Counter::default(),
+            member_sets_sent: Counter::default(),
+            member_sets_unknown: Counter::default(),
             pushed_items: Counter::default(),
             recipients_offline: Counter::default(),
             recipients_skipped_suspect: Counter::default(),
@@ -197,6 +205,16 @@ impl FanoutMetrics {
             "resyncs_requested",
             "Pushes that told an edge to resync its sessions",
             self.resyncs_requested.clone(),
+        );
+        fanout.register(
+            "member_sets_sent",
+            "Member-set lists attached to pushes",
+            self.member_sets_sent.clone(),
+        );
+        fanout.register(
+            "member_sets_unknown",
+            "Pushes an edge refused for a member set it did not hold (resent with the list)",
+            self.member_sets_unknown.clone(),
         );
         fanout.register(
             "pushed_items",

@@ -6,8 +6,14 @@
 //! on that edge, still in Kafka order, each carrying only the recipients
 //! that edge holds. A 10,000-member conversation spread over two edges thus
 //! costs two pushes, whatever the member count.
+//!
+//! An item of a large group (a [`MemberSet`], see `schemas/proto/push.proto`)
+//! carries no recipient ids at all: only the reference of the member set,
+//! whose list the edge keeps, so its cost on the wire and on the edge no
+//! longer grows with the member count per message.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use chatpipe_core::frames::Deliverable;
@@ -15,6 +21,74 @@ use chatpipe_core::{ConversationId, EdgeId, MessageId, UserId};
 use chatpipe_proto::push::PushItem;
 
 use crate::routes::RouteTable;
+
+/// The members of a large conversation as one referenceable set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSet {
+    /// Digest of the members (never 0; see [`member_set_id`]).
+    pub id: u64,
+    pub members: Arc<[UserId]>,
+}
+
+impl MemberSet {
+    pub fn new(members: Arc<[UserId]>) -> Self {
+        Self {
+            id: member_set_id(&members),
+            members,
+        }
+    }
+}
+
+/// A member set as the edges know it: (conversation, set id).
+pub type MemberSetKey = (String, u64);
+
+/// A digest of a member list, independent of its order: any change of
+/// membership gives another id (up to 64-bit collisions). Never 0, which
+/// means "no member set" on the wire.
+pub fn member_set_id(members: &[UserId]) -> u64 {
+    let mut sum: u64 = 0;
+    let mut mixed: u64 = 0;
+    for member in members {
+        // FNV-1a, then a finaliser, so that similar ids spread well.
+        let mut hasher = Fnv1a::default();
+        hasher.write(member.as_str().as_bytes());
+        let hash = finalise(hasher.finish());
+        sum = sum.wrapping_add(hash);
+        mixed ^= finalise(hash ^ 0x9E37_79B9_7F4A_7C15);
+    }
+    let id = finalise(sum ^ mixed.rotate_left(17) ^ (members.len() as u64));
+    id.max(1)
+}
+
+/// The splitmix64 finaliser.
+fn finalise(mut value: u64) -> u64 {
+    value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    value ^ (value >> 31)
+}
+
+/// 64-bit FNV-1a: stable across processes and builds (unlike std's
+/// `DefaultHasher`), so every fan-out worker names a set the same way.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xCBF2_9CE4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+}
 
 /// One item to deliver, with whom it goes to.
 #[derive(Debug, Clone)]
@@ -28,6 +102,29 @@ pub struct Delivery {
     pub recipients: Arc<[UserId]>,
     /// A recipient to leave out (the actor of typing, read and presence).
     pub except: Option<UserId>,
+    /// `Some` for a large group: the items name this set instead of
+    /// listing recipients (`recipients` are its members).
+    pub member_set: Option<MemberSet>,
+}
+
+/// A member set used by the items of one edge's push.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeMemberSet {
+    pub members: Arc<[UserId]>,
+    /// Members routed to this edge: the edge's work per item of the set.
+    pub local_recipients: usize,
+    /// The delivery whose recipients were counted.
+    counted_for: usize,
+}
+
+impl EdgeMemberSet {
+    pub fn new(members: Arc<[UserId]>, local_recipients: usize) -> Self {
+        Self {
+            members,
+            local_recipients,
+            counted_for: 0,
+        }
+    }
 }
 
 /// The push for one edge.
@@ -38,7 +135,27 @@ pub struct EdgeBatch {
     pub items: Vec<PushItem>,
     /// Recipients over all items (a user counts once per item).
     pub recipient_count: usize,
+    /// The member sets the items reference.
+    pub member_sets: HashMap<MemberSetKey, EdgeMemberSet>,
     last_delivery: Option<usize>,
+}
+
+impl EdgeBatch {
+    /// The edge's work for `item`: its recipients, or its member set's
+    /// members on this edge.
+    pub fn weight(&self, item: &PushItem) -> usize {
+        item_weight(item, &self.member_sets)
+    }
+}
+
+/// See [`EdgeBatch::weight`].
+pub fn item_weight(item: &PushItem, member_sets: &HashMap<MemberSetKey, EdgeMemberSet>) -> usize {
+    if item.member_set == 0 {
+        return item.recipients.len();
+    }
+    member_sets
+        .get(&(item.conversation_id.clone(), item.member_set))
+        .map_or(1, |set| set.local_recipients.max(1))
 }
 
 /// What [`plan_pushes`] decided.
@@ -68,7 +185,21 @@ fn push_item(delivery: &Delivery) -> PushItem {
             .message_id
             .map(|id| id.to_string())
             .unwrap_or_default(),
+        member_set: delivery.member_set.as_ref().map_or(0, |set| set.id),
+        member_set_members: Vec::new(),
+        except_user: match (&delivery.member_set, &delivery.except) {
+            (Some(_), Some(except)) => except.as_str().to_owned(),
+            _ => String::new(),
+        },
     }
+}
+
+fn push_item_conversation(delivery: &Delivery) -> String {
+    delivery
+        .conversation_id
+        .as_ref()
+        .map(|conversation| conversation.as_str().to_owned())
+        .unwrap_or_default()
 }
 
 /// Groups `deliveries` by the live edges of their recipients at
@@ -83,6 +214,10 @@ pub fn plan_pushes(
     let mut slot_of_edge: HashMap<EdgeId, usize> = HashMap::new();
     let mut suspect_hit: HashSet<EdgeId> = HashSet::new();
     for (delivery_index, delivery) in deliveries.iter().enumerate() {
+        let set_key: Option<MemberSetKey> = delivery
+            .member_set
+            .as_ref()
+            .map(|set| (push_item_conversation(delivery), set.id));
         for recipient in delivery.recipients.iter() {
             if delivery.except.as_ref() == Some(recipient) {
                 continue;
@@ -105,6 +240,7 @@ pub fn plan_pushes(
                                 push_addr: push_addr.clone(),
                                 items: Vec::new(),
                                 recipient_count: 0,
+                                member_sets: HashMap::new(),
                                 last_delivery: None,
                             });
                             slot_of_edge.insert(edge_id.clone(), plan.batches.len() - 1);
@@ -115,13 +251,36 @@ pub fn plan_pushes(
                     if batch.last_delivery != Some(delivery_index) {
                         batch.items.push(push_item(delivery));
                         batch.last_delivery = Some(delivery_index);
+                        if let (Some(key), Some(set)) = (&set_key, &delivery.member_set) {
+                            batch
+                                .member_sets
+                                .entry(key.clone())
+                                .or_insert_with(|| EdgeMemberSet {
+                                    members: set.members.clone(),
+                                    local_recipients: 0,
+                                    counted_for: delivery_index,
+                                });
+                        }
                     }
-                    let item = batch
-                        .items
-                        .last_mut()
-                        .expect("an item was just pushed for this delivery");
-                    item.recipients.push(recipient.as_str().to_owned());
                     batch.recipient_count += 1;
+                    match &set_key {
+                        // The edge resolves the set: no id on the wire. Its
+                        // local members are counted on its first item.
+                        Some(key) => {
+                            if let Some(entry) = batch.member_sets.get_mut(key)
+                                && entry.counted_for == delivery_index
+                            {
+                                entry.local_recipients += 1;
+                            }
+                        }
+                        None => {
+                            let item = batch
+                                .items
+                                .last_mut()
+                                .expect("an item was just pushed for this delivery");
+                            item.recipients.push(recipient.as_str().to_owned());
+                        }
+                    }
                 });
             if live_edges == 0 {
                 plan.recipients_offline += 1;
@@ -197,6 +356,7 @@ mod tests {
             message_id: Some(view.message_id),
             recipients: members.iter().map(|name| user(name)).collect(),
             except: None,
+            member_set: None,
         }
     }
 
@@ -254,6 +414,7 @@ mod tests {
             message_id: None,
             recipients: ["a", "b", "c", "d"].iter().map(|name| user(name)).collect(),
             except: Some(user("a")),
+            member_set: None,
         };
         let presence = Delivery {
             deliverable: Deliverable::presence(&user("b"), PresenceStatus::Online),
@@ -261,6 +422,7 @@ mod tests {
             message_id: None,
             recipients: ["a", "b", "d"].iter().map(|name| user(name)).collect(),
             except: Some(user("b")),
+            member_set: None,
         };
         let suspects: HashSet<EdgeId> = [EdgeId::parse("suspect").unwrap()].into_iter().collect();
         let plan = plan_pushes(&[typing, presence], &routes, 500, &suspects);
@@ -301,5 +463,99 @@ mod tests {
                 .iter()
                 .all(|batch| batch.items.len() == 1 && batch.recipient_count == 5_000)
         );
+    }
+
+    #[test]
+    fn a_large_group_names_its_member_set_instead_of_listing_recipients() {
+        let routes = table(
+            &[("a", "e1"), ("b", "e1"), ("c", "e2")],
+            &[("e1", 1_000), ("e2", 1_000)],
+        );
+        let members: Arc<[UserId]> = ["a", "b", "c", "offline"]
+            .iter()
+            .map(|name| user(name))
+            .collect();
+        let set = MemberSet::new(members.clone());
+        let conversation = ConversationId::parse("c1").unwrap();
+        let mut first = message(1, &["a", "b", "c", "offline"]);
+        first.member_set = Some(set.clone());
+        let mut second = message(2, &["a", "b", "c", "offline"]);
+        second.member_set = Some(set.clone());
+        let typing = Delivery {
+            deliverable: Deliverable::typing(&conversation, &user("a")),
+            conversation_id: Some(conversation.clone()),
+            message_id: None,
+            recipients: members.clone(),
+            except: Some(user("a")),
+            member_set: Some(set.clone()),
+        };
+        let plan = plan_pushes(&[first, second, typing], &routes, 500, &HashSet::new());
+        assert_eq!(plan.batches.len(), 2);
+        let e1 = &plan.batches[0];
+        assert_eq!(e1.items.len(), 3);
+        assert!(e1.items.iter().all(|item| item.recipients.is_empty()
+            && item.member_set == set.id
+            && item.conversation_id == "c1"));
+        assert_eq!(e1.items[2].except_user, "a");
+        assert_eq!(e1.items[0].except_user, "");
+        let key = ("c1".to_owned(), set.id);
+        assert_eq!(e1.member_sets[&key].local_recipients, 2);
+        assert_eq!(e1.member_sets[&key].members, members);
+        assert_eq!(e1.weight(&e1.items[0]), 2);
+        let e2 = &plan.batches[1];
+        assert_eq!(e2.items.len(), 3, "c is on e2 for every item");
+        assert_eq!(e2.member_sets[&key].local_recipients, 1);
+        assert_eq!(plan.recipients_offline, 3);
+    }
+
+    #[test]
+    fn member_set_ids_follow_membership_not_order() {
+        let list =
+            |names: &[&str]| -> Vec<UserId> { names.iter().map(|name| user(name)).collect() };
+        let id = member_set_id(&list(&["a", "b", "c"]));
+        assert_eq!(id, member_set_id(&list(&["c", "a", "b"])));
+        assert_ne!(id, member_set_id(&list(&["a", "b"])));
+        assert_ne!(id, member_set_id(&list(&["a", "b", "d"])));
+        assert_ne!(member_set_id(&[]), 0);
+        // Stable across processes: a digest of the bytes, no random seed.
+        assert_eq!(id, member_set_id(&list(&["b", "c", "a"])));
+    }
+
+    #[test]
+    fn a_member_set_push_does_not_grow_with_the_group() {
+        use prost::Message;
+        let names: Vec<String> = (0..10_000)
+            .map(|index| format!("member-{index:05}"))
+            .collect();
+        let routes_list: Vec<(&str, &str)> = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| (name.as_str(), if index % 2 == 0 { "e1" } else { "e2" }))
+            .collect();
+        let routes = table(&routes_list, &[("e1", 1_000), ("e2", 1_000)]);
+        let member_names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let listed = message(7, &member_names);
+        let mut by_set = listed.clone();
+        by_set.member_set = Some(MemberSet::new(listed.recipients.clone()));
+        let wire_bytes = |delivery: Delivery| -> usize {
+            plan_pushes(&[delivery], &routes, 1, &HashSet::new())
+                .batches
+                .iter()
+                .map(|batch| {
+                    chatpipe_proto::push::PushBatch {
+                        source: "w".into(),
+                        items: batch.items.clone(),
+                        resync: false,
+                    }
+                    .encoded_len()
+                })
+                .sum()
+        };
+        let (listed_bytes, set_bytes) = (wire_bytes(listed), wire_bytes(by_set));
+        eprintln!(
+            "one message to 10,000 members over 2 edges: {listed_bytes} bytes as recipient lists, {set_bytes} bytes as member-set references"
+        );
+        assert!(listed_bytes > 100_000);
+        assert!(set_bytes < 1_000);
     }
 }

@@ -19,12 +19,20 @@
 //! A retry may deliver an item twice (the edge may have
 //! done the work of an attempt whose answer came too late); clients
 //! de-duplicate by `message_id`.
+//!
+//! Member sets (large groups, see `schemas/proto/push.proto`): the pusher
+//! remembers, per edge, which sets the edge acknowledged holding (an
+//! answered push that carried or referenced them) and attaches a set's
+//! members only to a push that needs them. An edge that answers
+//! `unknown_member_sets` delivered nothing; the same RPC is sent again at
+//! once with those lists attached, so order and at-least-once hold.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chatpipe_core::EdgeId;
+use chatpipe_proto::push::PushReply;
 use chatpipe_proto::push::edge_push_client::EdgePushClient;
 use chatpipe_proto::push::{PushBatch, PushItem};
 use tokio::time::Instant;
@@ -32,6 +40,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::metrics::{FanoutMetrics, PushOutcome};
+use crate::plan::{EdgeMemberSet, MemberSetKey, item_weight};
+
+/// Member sets remembered per edge; past this the edge's memory is cleared
+/// (the cost is one resend of each list still in use).
+const MAX_KNOWN_SETS_PER_EDGE: usize = 4_096;
 
 /// First pause between two attempts; it doubles up to [`MAX_RETRY_PAUSE`].
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -63,6 +76,8 @@ pub struct EdgePushers {
     suspects: Mutex<HashMap<EdgeId, Instant>>,
     /// Edges this worker gave up on since their last successful push.
     missed: Mutex<HashSet<EdgeId>>,
+    /// Member sets each edge acknowledged holding.
+    known_sets: Mutex<HashMap<EdgeId, HashSet<MemberSetKey>>>,
     metrics: FanoutMetrics,
 }
 
@@ -97,20 +112,31 @@ struct Failure {
     refused: bool,
 }
 
+/// An answered attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// Sessions the items were queued to.
+    Delivered(u64),
+    /// The edge lacks these member sets and delivered nothing.
+    UnknownSets(Vec<MemberSetKey>),
+}
+
 /// A rough protobuf size of one item (field tags and lengths included), to
-/// keep each RPC under the edge's decoding limit.
+/// keep each RPC under the edge's decoding limit. (An attached member-set
+/// list is not counted: it goes once per edge and set.)
 fn estimated_item_bytes(item: &PushItem) -> usize {
     const PER_FIELD: usize = 6;
     item.op.len()
         + item.fields_json.len()
         + item.conversation_id.len()
         + item.message_id.len()
+        + item.except_user.len()
         + item
             .recipients
             .iter()
             .map(|recipient| recipient.len() + PER_FIELD)
             .sum::<usize>()
-        + 5 * PER_FIELD
+        + 8 * PER_FIELD
 }
 
 /// Splits `items` into consecutive runs of at most `max_bytes` and
@@ -121,36 +147,29 @@ pub fn split_runs(
     items: Vec<PushItem>,
     max_bytes: usize,
     max_recipients: usize,
+    weight: impl Fn(&PushItem) -> usize,
 ) -> Vec<Vec<PushItem>> {
     let max_recipients = max_recipients.max(1);
     let mut runs: Vec<Vec<PushItem>> = Vec::new();
     let mut current: Vec<PushItem> = Vec::new();
     let (mut current_bytes, mut current_recipients) = (0, 0);
-    let pieces = items.into_iter().flat_map(|item| {
+    let pieces = items.into_iter().flat_map(|mut item| {
+        // Only a recipient list is cut; a member-set item has none.
         if item.recipients.len() <= max_recipients {
             return vec![item];
         }
-        let PushItem {
-            op,
-            fields_json,
-            recipients,
-            conversation_id,
-            message_id,
-        } = item;
+        let recipients = std::mem::take(&mut item.recipients);
         recipients
             .chunks(max_recipients)
             .map(|chunk| PushItem {
-                op: op.clone(),
-                fields_json: fields_json.clone(),
                 recipients: chunk.to_vec(),
-                conversation_id: conversation_id.clone(),
-                message_id: message_id.clone(),
+                ..item.clone()
             })
             .collect()
     });
     for item in pieces {
         let item_bytes = estimated_item_bytes(&item);
-        let item_recipients = item.recipients.len();
+        let item_recipients = weight(&item);
         if !current.is_empty()
             && (current_bytes + item_bytes > max_bytes
                 || current_recipients + item_recipients > max_recipients)
@@ -202,6 +221,7 @@ impl EdgePushers {
             channels: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
             missed: Mutex::new(HashSet::new()),
+            known_sets: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -241,6 +261,10 @@ impl EdgePushers {
     /// held can still be missing frames, and a new edge under the same id
     /// starts clean.
     pub fn forget_edge(&self, edge_id: &EdgeId) {
+        self.known_sets
+            .lock()
+            .expect("known sets lock poisoned")
+            .remove(edge_id);
         self.missed
             .lock()
             .expect("missed lock poisoned")
@@ -306,32 +330,64 @@ impl EdgePushers {
     /// Pushes `items` to one edge, in order: one RPC, or a few consecutive
     /// ones when the items exceed the size or recipient bounds. Each RPC is
     /// retried until answered while `still_live()` holds (see the module
-    /// documentation). Counts every attempt; returns the recipient sessions
-    /// the edge queued items to. Errs only when `shutdown` was cancelled
-    /// before every RPC was answered or given up.
+    /// documentation). `member_sets` holds the sets the items reference.
+    /// Counts every attempt; returns the recipient sessions the edge queued
+    /// items to. Errs only when `shutdown` was cancelled before every RPC
+    /// was answered or given up.
     pub async fn push(
         &self,
         edge_id: &EdgeId,
         push_addr: &Arc<str>,
         items: Vec<PushItem>,
+        member_sets: &HashMap<MemberSetKey, EdgeMemberSet>,
         still_live: impl Fn() -> bool,
         shutdown: &CancellationToken,
     ) -> Result<u64, Interrupted> {
         let mut delivered_sessions = 0;
-        let runs = split_runs(items, self.settings.max_bytes, self.settings.max_recipients);
+        let runs = split_runs(
+            items,
+            self.settings.max_bytes,
+            self.settings.max_recipients,
+            |item| item_weight(item, member_sets),
+        );
         for run in runs {
             let mut attempt: u32 = 0;
             let mut pause = FIRST_RETRY_PAUSE;
+            // Sets the edge said it lacks: attached whatever we believed.
+            let mut lacking: HashSet<MemberSetKey> = HashSet::new();
             loop {
                 let resync = self.has_missed(edge_id);
                 let timeout = self.attempt_timeout(attempt);
+                let (request_items, attached) =
+                    self.attach_member_sets(edge_id, &run, member_sets, &lacking);
                 let attempted = tokio::select! {
-                    answer = self.push_once(edge_id, push_addr, run.clone(), resync, timeout) => answer,
+                    answer = self.push_once(edge_id, push_addr, request_items, resync, timeout) => answer,
                     // A long attempt does not outlive the edge's lease.
                     () = lease_lapse(&still_live) => Err(Failure {
                         outcome: PushOutcome::Timeout,
                         refused: false,
                     }),
+                };
+                let attempted = match attempted {
+                    Ok(Answer::UnknownSets(unknown)) => {
+                        self.metrics.member_sets_unknown.inc();
+                        self.forget_sets(edge_id, &unknown);
+                        if unknown.iter().all(|key| attached.contains(key)) {
+                            // Lists were attached and still unknown: the
+                            // edge is broken; retry like any failure.
+                            tracing::warn!(edge = %edge_id, "edge refused member sets sent with their lists");
+                            Err(Failure {
+                                outcome: PushOutcome::Error,
+                                refused: false,
+                            })
+                        } else {
+                            // Nothing was delivered: resend at once.
+                            lacking.extend(unknown);
+                            continue;
+                        }
+                    }
+                    Ok(Answer::Delivered(delivered)) => Ok(delivered),
+                    Err(failure) => Err(failure),
                 };
                 match attempted {
                     Ok(delivered) => {
@@ -339,6 +395,7 @@ impl EdgePushers {
                         if resync {
                             self.resynced(edge_id);
                         }
+                        self.remember_sets(edge_id, &run);
                         delivered_sessions += delivered;
                         break;
                     }
@@ -372,6 +429,72 @@ impl EdgePushers {
         Ok(delivered_sessions)
     }
 
+    /// The run's items, with the members of each referenced set the edge
+    /// is not known to hold (or said it lacks) attached to the set's first
+    /// item; and which sets were attached.
+    fn attach_member_sets(
+        &self,
+        edge_id: &EdgeId,
+        run: &[PushItem],
+        member_sets: &HashMap<MemberSetKey, EdgeMemberSet>,
+        lacking: &HashSet<MemberSetKey>,
+    ) -> (Vec<PushItem>, HashSet<MemberSetKey>) {
+        let mut items = run.to_vec();
+        let mut attached: HashSet<MemberSetKey> = HashSet::new();
+        if run.iter().all(|item| item.member_set == 0) {
+            return (items, attached);
+        }
+        let known_sets = self.known_sets.lock().expect("known sets lock poisoned");
+        let known = known_sets.get(edge_id);
+        for item in &mut items {
+            if item.member_set == 0 {
+                continue;
+            }
+            let key = (item.conversation_id.clone(), item.member_set);
+            let edge_holds =
+                known.is_some_and(|known| known.contains(&key)) && !lacking.contains(&key);
+            if edge_holds || attached.contains(&key) {
+                continue;
+            }
+            let Some(set) = member_sets.get(&key) else {
+                debug_assert!(false, "the plan holds every set its items reference");
+                continue;
+            };
+            item.member_set_members = set
+                .members
+                .iter()
+                .map(|member| member.as_str().to_owned())
+                .collect();
+            self.metrics.member_sets_sent.inc();
+            attached.insert(key);
+        }
+        (items, attached)
+    }
+
+    /// The edge answered a push referencing these sets: it holds them.
+    fn remember_sets(&self, edge_id: &EdgeId, run: &[PushItem]) {
+        if run.iter().all(|item| item.member_set == 0) {
+            return;
+        }
+        let mut known_sets = self.known_sets.lock().expect("known sets lock poisoned");
+        let known = known_sets.entry(edge_id.clone()).or_default();
+        if known.len() > MAX_KNOWN_SETS_PER_EDGE {
+            known.clear();
+        }
+        for item in run.iter().filter(|item| item.member_set != 0) {
+            known.insert((item.conversation_id.clone(), item.member_set));
+        }
+    }
+
+    fn forget_sets(&self, edge_id: &EdgeId, unknown: &[MemberSetKey]) {
+        let mut known_sets = self.known_sets.lock().expect("known sets lock poisoned");
+        if let Some(known) = known_sets.get_mut(edge_id) {
+            for key in unknown {
+                known.remove(key);
+            }
+        }
+    }
+
     async fn push_once(
         &self,
         edge_id: &EdgeId,
@@ -379,7 +502,7 @@ impl EdgePushers {
         items: Vec<PushItem>,
         resync: bool,
         timeout: Duration,
-    ) -> Result<u64, Failure> {
+    ) -> Result<Answer, Failure> {
         let mut client = match self.client(push_addr) {
             Ok(client) => client,
             Err(error) => {
@@ -404,11 +527,19 @@ impl EdgePushers {
             .observe(started.elapsed().as_secs_f64());
         match answer {
             Ok(Ok(reply)) => {
-                let reply = reply.into_inner();
+                let reply: PushReply = reply.into_inner();
+                if !reply.unknown_member_sets.is_empty() {
+                    let unknown = reply
+                        .unknown_member_sets
+                        .into_iter()
+                        .map(|set| (set.conversation_id, set.member_set))
+                        .collect();
+                    return Ok(Answer::UnknownSets(unknown));
+                }
                 self.metrics
                     .absent_recipients
                     .inc_by(u64::from(reply.absent_recipients));
-                Ok(u64::from(reply.delivered_sessions))
+                Ok(Answer::Delivered(u64::from(reply.delivered_sessions)))
             }
             Ok(Err(status)) => {
                 let refused = is_connection_refused(&status);
@@ -442,12 +573,43 @@ mod tests {
                 .collect(),
             conversation_id: "c".into(),
             message_id: "1".into(),
+            ..PushItem::default()
         }
+    }
+
+    fn by_recipients(item: &PushItem) -> usize {
+        item.recipients.len()
+    }
+
+    #[test]
+    fn member_set_items_weigh_their_local_members_and_are_never_cut() {
+        let set_item = |id: &str| PushItem {
+            op: "message".into(),
+            fields_json: "{}".into(),
+            conversation_id: "big".into(),
+            message_id: id.into(),
+            member_set: 7,
+            ..PushItem::default()
+        };
+        let members: Arc<[chatpipe_core::UserId]> = Arc::from(Vec::new());
+        let sets: HashMap<MemberSetKey, EdgeMemberSet> =
+            HashMap::from([(("big".to_owned(), 7), EdgeMemberSet::new(members, 600))]);
+        let runs = split_runs(
+            vec![set_item("1"), set_item("2"), set_item("3")],
+            3 << 20,
+            1_000,
+            |item| item_weight(item, &sets),
+        );
+        let shapes: Vec<usize> = runs.iter().map(Vec::len).collect();
+        assert_eq!(shapes, vec![1, 1, 1], "600 + 600 > 1,000 per RPC");
     }
 
     #[test]
     fn small_batches_stay_one_rpc_and_large_ones_split_in_order() {
-        assert_eq!(split_runs(vec![item(3), item(3)], 3 << 20, 100).len(), 1);
+        assert_eq!(
+            split_runs(vec![item(3), item(3)], 3 << 20, 100, by_recipients).len(),
+            1
+        );
         let items: Vec<PushItem> = (0..10)
             .map(|index| {
                 let mut big = item(1_000);
@@ -455,7 +617,7 @@ mod tests {
                 big
             })
             .collect();
-        let runs = split_runs(items, 30_000, 1_000_000);
+        let runs = split_runs(items, 30_000, 1_000_000, by_recipients);
         assert!(runs.len() > 1);
         let order: Vec<String> = runs
             .iter()
@@ -467,7 +629,7 @@ mod tests {
             (0..10).map(|index| index.to_string()).collect::<Vec<_>>()
         );
         assert_eq!(
-            split_runs(vec![item(10_000)], 10, 1_000_000).len(),
+            split_runs(vec![item(10_000)], 10, 1_000_000, by_recipients).len(),
             1,
             "an oversized item still goes alone"
         );
@@ -479,7 +641,7 @@ mod tests {
         first.message_id = "a".into();
         let mut second = item(10);
         second.message_id = "b".into();
-        let runs = split_runs(vec![first, second], 3 << 20, 1_000);
+        let runs = split_runs(vec![first, second], 3 << 20, 1_000, by_recipients);
         let shapes: Vec<Vec<(String, usize)>> = runs
             .iter()
             .map(|run| {

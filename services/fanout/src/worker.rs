@@ -2,9 +2,14 @@
 //! pushers and the consumer group, in start-up order.
 //!
 //! ```text
-//!  sessions tail ──catch up──▶ membership tail positioned ──▶ consumer group (run_batches)
-//!       │ keeps tailing              │ keeps evicting              │ FanoutHandler per batch
+//!  sessions tail ──catch up──▶ membership tail positioned ──▶ consumer group (run_partitioned)
+//!       │ keeps tailing              │ keeps evicting              │ one task + FanoutHandler per partition
 //! ```
+//!
+//! Each assigned partition of `chat.messages` and `chat.events` is driven by
+//! its own task (see [`chatpipe_kafka::partitioned`]): a push that waits for a
+//! slow edge holds up only the partition whose batch it belongs to, while
+//! conversations of the other partitions keep flowing.
 //!
 //! Health components: `fanout.routes` (Ready once the route table caught
 //! up), `fanout.membership` (Ready once positioned), `fanout.consumer`
@@ -14,8 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatpipe_core::store::MembershipStore;
-use chatpipe_kafka::consumer::{ConsumerSettings, group_consumer};
-use chatpipe_kafka::{ChatProducer, DeadLetterSink, KafkaConfig, run_batches};
+use chatpipe_kafka::consumer::ConsumerSettings;
+use chatpipe_kafka::{
+    ChatProducer, DeadLetterSink, KafkaConfig, PartitionKey, partitioned_consumer, run_partitioned,
+};
 use chatpipe_runtime::health::{ComponentHandle, ComponentState};
 use chatpipe_runtime::{Health, Shutdown};
 use prometheus_client::registry::Registry;
@@ -111,6 +118,7 @@ impl FanoutWorker {
             metrics: metrics.clone(),
             resolve_concurrency: config.resolve_concurrency,
             presence_max_members: config.presence_max_members,
+            member_set_min_members: config.member_set_min_members,
             dead_lettered: Default::default(),
             shutdown: shutdown.token().clone(),
             dedup: chatpipe_kafka::PartitionedSendDedup::new(
@@ -229,14 +237,20 @@ impl<M: MembershipStore> Worker<M> {
                     consumer_component.set(ComponentState::Stopped);
                     return Ok(());
                 }
-                let consumer = group_consumer(&kafka, &settings, &metrics.consumer)?;
+                let consumer = partitioned_consumer(&kafka, &settings, &metrics.consumer)?;
                 tracing::info!(group = %settings.group_id, topics = ?settings.topics, "fan-out consuming");
                 let membership_run = membership_tail.run(tails_shutdown.clone());
                 let batches_run = async {
-                    let result = run_batches(
+                    // Each partition gets its own handler, whose push retries
+                    // end when the partition is revoked or the worker stops.
+                    let make_handler = |_partition: &PartitionKey, stop: &Shutdown| FanoutHandler {
+                        shutdown: stop.token().clone(),
+                        ..handler.clone()
+                    };
+                    let result = run_partitioned(
                         consumer,
                         settings.clone(),
-                        handler,
+                        make_handler,
                         metrics.consumer.clone(),
                         consumer_component.clone(),
                         shutdown.clone(),

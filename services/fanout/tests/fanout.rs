@@ -12,6 +12,7 @@ use chatpipe_core::UserId;
 use chatpipe_core::records::{Event, PresenceStatus};
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_fanout::{FanoutConfig, PushOutcome};
+use chatpipe_proto::push::PushItem;
 use common::{
     Deployment, FakeEdge, WAIT, black_hole, closed_port, eventually, names, sorted_recipients,
 };
@@ -433,7 +434,11 @@ async fn a_ten_thousand_member_conversation_costs_one_push_per_edge() {
         .create_conversation(&conversation, &members)
         .await;
 
-    let worker = deployment.start(deployment.config());
+    // Recipient lists (member sets are tested below).
+    let worker = deployment.start(FanoutConfig {
+        member_set_min_members: 20_000,
+        ..deployment.config()
+    });
     worker.ready().await;
     let metrics = worker.worker.metrics().clone();
     assert_eq!(metrics.route_table_routes.get(), 10_000);
@@ -748,4 +753,226 @@ async fn a_worker_killed_mid_stream_is_replaced_without_losing_messages() {
         assert_eq!(first_seen, produced, "order of {conversation}");
     }
     second.stop().await;
+}
+
+/// librdkafka's default partitioner (`consistent_random`): CRC-32 of the key.
+fn partition_of(key: &str, partitions: u32) -> i32 {
+    let mut crc: u32 = 0xFFFF_FFFF;
+    for byte in key.as_bytes() {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    ((!crc) % partitions) as i32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_push_holds_up_only_its_own_partition() {
+    let deployment = Deployment::new().await;
+    let stalled_conversation = deployment.conversation("stalled");
+    let stalled_partition = partition_of(stalled_conversation.as_str(), 4);
+    // A conversation of another partition of `chat.messages` (4 partitions).
+    let flowing_conversation = (0..)
+        .map(|index| deployment.conversation(&format!("flowing{index}")))
+        .find(|conversation| partition_of(conversation.as_str(), 4) != stalled_partition)
+        .expect("some conversation lands elsewhere");
+    // One edge holds every push for the stalled conversation (the push
+    // neither fails nor times out: its deadline is long); the other answers.
+    let stalled_edge = FakeEdge::start_gated(&stalled_conversation).await;
+    let free_edge = FakeEdge::start().await;
+    let (stalled_id, free_id) = (deployment.edge("stalled"), deployment.edge("free"));
+    deployment
+        .publish_live_edge(&stalled_id, &stalled_edge.push_addr())
+        .await;
+    deployment
+        .publish_live_edge(&free_id, &free_edge.push_addr())
+        .await;
+    let (ann, bob) = (deployment.user("ann"), deployment.user("bob"));
+    deployment.publish_route(&ann, &stalled_id).await;
+    deployment.publish_route(&bob, &free_id).await;
+    deployment
+        .create_conversation(&stalled_conversation, std::slice::from_ref(&ann))
+        .await;
+    deployment
+        .create_conversation(&flowing_conversation, std::slice::from_ref(&bob))
+        .await;
+    let worker = deployment.start(FanoutConfig {
+        push_timeout_ms: 120_000,
+        max_push_timeout_ms: 120_000,
+        ..deployment.config()
+    });
+    worker.ready().await;
+
+    let stalled_message = deployment.message(&stalled_conversation, &ann, "held");
+    let position = deployment
+        .producer
+        .send_json(
+            &deployment.topics.messages,
+            stalled_conversation.as_str(),
+            &stalled_message,
+            common::SEND_DEADLINE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(position.partition, stalled_partition);
+    eventually("the stalled conversation's push is held", WAIT, || {
+        stalled_edge.held_pushes() == 1
+    })
+    .await;
+
+    let mut flowing_ids = Vec::new();
+    for index in 0..3 {
+        let record = deployment.message(&flowing_conversation, &bob, &format!("m{index}"));
+        let position = deployment
+            .producer
+            .send_json(
+                &deployment.topics.messages,
+                flowing_conversation.as_str(),
+                &record,
+                common::SEND_DEADLINE,
+            )
+            .await
+            .unwrap();
+        assert_ne!(position.partition, stalled_partition);
+        flowing_ids.push(record.message_id.to_string());
+    }
+    eventually("the other partition's messages are delivered", WAIT, || {
+        free_edge.message_ids().len() == 3
+    })
+    .await;
+    assert_eq!(free_edge.message_ids(), flowing_ids, "in Kafka order");
+    // ... while the stalled push is still held and nothing of it arrived.
+    assert_eq!(stalled_edge.held_pushes(), 1);
+    assert!(
+        stalled_edge
+            .items_of(&stalled_message.message_id)
+            .is_empty()
+    );
+
+    stalled_edge.open_gate();
+    eventually("the stalled message arrives once released", WAIT, || {
+        !stalled_edge
+            .items_of(&stalled_message.message_id)
+            .is_empty()
+    })
+    .await;
+    assert_eq!(
+        stalled_edge.distinct_message_ids(),
+        HashSet::from([stalled_message.message_id.to_string()])
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_group_sends_its_member_list_once_per_edge_then_a_reference() {
+    let deployment = Deployment::new().await;
+    let (edge_one, edge_two) = (FakeEdge::start().await, FakeEdge::start().await);
+    let (first_id, second_id) = (deployment.edge("e1"), deployment.edge("e2"));
+    deployment
+        .publish_live_edge(&first_id, &edge_one.push_addr())
+        .await;
+    deployment
+        .publish_live_edge(&second_id, &edge_two.push_addr())
+        .await;
+    let members: Vec<UserId> = (0..1_500)
+        .map(|index| deployment.user(&format!("m{index}")))
+        .collect();
+    futures::stream::iter(members.iter().enumerate())
+        .for_each_concurrent(200, |(index, user)| {
+            let edge = if index % 2 == 0 {
+                &first_id
+            } else {
+                &second_id
+            };
+            deployment.publish_route(user, edge)
+        })
+        .await;
+    let conversation = deployment.conversation("large");
+    deployment
+        .create_conversation(&conversation, &members)
+        .await;
+    let worker = deployment.start(FanoutConfig {
+        member_set_min_members: 1_000,
+        ..deployment.config()
+    });
+    worker.ready().await;
+    let metrics = worker.worker.metrics().clone();
+    let mut sent = Vec::new();
+    for (index, sender) in members.iter().take(3).enumerate() {
+        sent.push(
+            deployment
+                .send_message(&conversation, sender, &format!("m{index}"))
+                .await
+                .to_string(),
+        );
+    }
+    eventually("both edges got every message", WAIT, || {
+        edge_one.message_ids().len() == 3 && edge_two.message_ids().len() == 3
+    })
+    .await;
+    let all_members = names(&members.iter().collect::<Vec<_>>());
+    for edge in [&edge_one, &edge_two] {
+        assert_eq!(edge.message_ids(), sent, "in Kafka order");
+        let items = edge.items();
+        assert!(
+            items.iter().all(|item| item.recipients.is_empty()),
+            "no recipient ids"
+        );
+        let set = items[0].member_set;
+        assert_ne!(set, 0);
+        assert!(items.iter().all(|item| item.member_set == set));
+        // The list went once, whole: the edge resolves its local members.
+        let lists: Vec<&PushItem> = items
+            .iter()
+            .filter(|item| !item.member_set_members.is_empty())
+            .collect();
+        assert_eq!(lists.len(), 1);
+        let mut list = lists[0].member_set_members.clone();
+        list.sort();
+        assert_eq!(list, all_members);
+    }
+    assert_eq!(metrics.member_sets_sent.get(), 2);
+
+    // An edge that lost its sets (a restart) refuses the reference, and
+    // gets the list again, the message once.
+    edge_one.forget_member_sets();
+    let after_restart = deployment
+        .send_message(&conversation, &members[0], "again")
+        .await
+        .to_string();
+    eventually("the message arrives after the resend", WAIT, || {
+        edge_one.message_ids().len() == 4 && edge_two.message_ids().len() == 4
+    })
+    .await;
+    assert_eq!(edge_one.message_ids()[3], after_restart);
+    let last = edge_one.items().pop().unwrap();
+    assert_eq!(last.member_set_members.len(), 1_500);
+    assert_eq!(metrics.member_sets_unknown.get(), 1);
+    assert_eq!(metrics.member_sets_sent.get(), 3);
+
+    // A membership change is a new set: its list goes again.
+    deployment
+        .remove_member(&conversation, &members[1_499], &members[0])
+        .await;
+    eventually("the worker saw the membership change", WAIT, || {
+        metrics.membership_invalidations.get() >= 1
+    })
+    .await;
+    let changed = deployment
+        .send_message(&conversation, &members[0], "fewer")
+        .await
+        .to_string();
+    eventually("the message after the change arrives", WAIT, || {
+        edge_two.message_ids().last() == Some(&changed)
+    })
+    .await;
+    let last = edge_two.items().pop().unwrap();
+    assert_ne!(last.member_set, edge_two.items()[0].member_set);
+    assert_eq!(last.member_set_members.len(), 1_499);
+    worker.stop().await;
 }

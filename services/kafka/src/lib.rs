@@ -11,6 +11,9 @@
 //!   *store* the batch's offsets (auto-commit then commits stored offsets
 //!   only). A restart therefore re-delivers at most the unconfirmed tail;
 //!   handlers are idempotent by message id.
+//! - [`partitioned`]: [`run_partitioned`], the same loop with one task per
+//!   assigned partition (its own batch, retries and offset storing), so that
+//!   one slow partition does not hold up the others.
 //! - [`dead_letter`]: records that cannot be decoded are published to
 //!   `chat.deadletter` with their coordinates, counted, and skipped.
 //! - [`send_dedup`]: [`PartitionedSendDedup`], the send de-duplication
@@ -23,6 +26,7 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod error;
+pub mod partitioned;
 pub mod producer;
 pub mod replay;
 pub mod send_dedup;
@@ -32,5 +36,6 @@ pub use config::KafkaConfig;
 pub use consumer::{BatchHandler, ConsumerMetrics, ConsumerSettings, run_batches};
 pub use dead_letter::DeadLetterSink;
 pub use error::KafkaAdapterError;
+pub use partitioned::{PartitionKey, partitioned_consumer, run_partitioned};
 pub use producer::ChatProducer;
 pub use send_dedup::{PartitionedSendDedup, SendDedupMetrics, SendDedupSettings};

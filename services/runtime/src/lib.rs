@@ -10,7 +10,7 @@
 //!   mix their counts, and tests read counters directly instead of scraping.
 //! - [`health`]: an explicit lifecycle per component (`Starting → Ready →
 //!   Draining → Stopped`); `/readyz` is ready only when every component is.
-//! - [`ops`]: the HTTP router every service mounts: `/metrics`, `/healthz`,
+//! - [`ops`]: the router of every role's ops listener: `/metrics`, `/healthz`,
 //!   `/readyz`.
 //! - [`shutdown`]: one cancellation tree and task tracker per process, wired
 //!   to SIGINT/SIGTERM.

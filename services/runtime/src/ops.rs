@@ -1,4 +1,6 @@
-//! The operational HTTP endpoints every service serves on its HTTP port.
+//! The operational HTTP endpoints of every role, served on the role's own
+//! ops listener (bound by the `chatpipe` library, loopback by default),
+//! never on a public port.
 
 use axum::Json;
 use axum::Router;

@@ -5,8 +5,9 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use chatpipe_fanout::{FanoutConfig, FanoutWorker};
 use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
 use chatpipe_kafka::{ChatProducer, KafkaConfig};
 use chatpipe_proto::push::edge_push_server::{EdgePush, EdgePushServer};
-use chatpipe_proto::push::{PushBatch, PushItem, PushReply};
+use chatpipe_proto::push::{MemberSetRef, PushBatch, PushItem, PushReply};
 use chatpipe_runtime::{Health, Shutdown};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -344,18 +345,36 @@ impl Worker {
     }
 }
 
+/// Member lists a fake edge holds, by (conversation, member set).
+type HeldMemberSets = Arc<Mutex<HashMap<(String, u64), Vec<String>>>>;
+
 /// A real gRPC `EdgePush` server that records what it receives.
 #[derive(Clone)]
 pub struct FakeEdge {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<PushBatch>>>,
+    member_sets: HeldMemberSets,
     stop: Shutdown,
+    gate_open: Arc<tokio::sync::watch::Sender<bool>>,
+    held: Arc<AtomicUsize>,
+}
+
+/// Holds every push that carries an item of one conversation until opened
+/// (a stalled edge, for that conversation only).
+#[derive(Clone)]
+struct Gate {
+    conversation_id: String,
+    open: tokio::sync::watch::Receiver<bool>,
+    held: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
 struct Recorder {
     received: Arc<Mutex<Vec<PushBatch>>>,
     delay: Duration,
+    gate: Option<Gate>,
+    /// Member sets held, as a real edge keeps them: (conversation, set).
+    member_sets: HeldMemberSets,
 }
 
 #[tonic::async_trait]
@@ -368,11 +387,52 @@ impl EdgePush for Recorder {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        let delivered: usize = batch.items.iter().map(|item| item.recipients.len()).sum();
+        if let Some(gate) = &self.gate
+            && batch
+                .items
+                .iter()
+                .any(|item| item.conversation_id == gate.conversation_id)
+        {
+            gate.held.fetch_add(1, Ordering::SeqCst);
+            let mut open = gate.open.clone();
+            let _ = open.wait_for(|open| *open).await;
+            gate.held.fetch_sub(1, Ordering::SeqCst);
+        }
+        // Member sets: kept when attached, refused (nothing recorded) when
+        // referenced and unknown, like a real edge.
+        let mut unknown_member_sets: Vec<MemberSetRef> = Vec::new();
+        let mut delivered: usize = 0;
+        {
+            let mut sets = self.member_sets.lock().unwrap();
+            for item in &batch.items {
+                if item.member_set == 0 {
+                    delivered += item.recipients.len();
+                    continue;
+                }
+                let key = (item.conversation_id.clone(), item.member_set);
+                if !item.member_set_members.is_empty() {
+                    sets.insert(key.clone(), item.member_set_members.clone());
+                }
+                match sets.get(&key) {
+                    Some(members) => delivered += members.len(),
+                    None => unknown_member_sets.push(MemberSetRef {
+                        conversation_id: key.0,
+                        member_set: key.1,
+                    }),
+                }
+            }
+        }
+        if !unknown_member_sets.is_empty() {
+            return Ok(tonic::Response::new(PushReply {
+                unknown_member_sets,
+                ..PushReply::default()
+            }));
+        }
         self.received.lock().unwrap().push(batch);
         Ok(tonic::Response::new(PushReply {
             delivered_sessions: delivered as u32,
             absent_recipients: 0,
+            unknown_member_sets: Vec::new(),
         }))
     }
 }
@@ -384,13 +444,33 @@ impl FakeEdge {
 
     /// An edge that takes `delay` to answer each push.
     pub async fn start_with_delay(delay: Duration) -> Self {
+        Self::start_with(delay, None).await
+    }
+
+    /// An edge that holds every push carrying an item of `conversation`
+    /// until [`FakeEdge::open_gate`].
+    pub async fn start_gated(conversation: &ConversationId) -> Self {
+        Self::start_with(Duration::ZERO, Some(conversation.as_str().to_owned())).await
+    }
+
+    async fn start_with(delay: Duration, gated_conversation: Option<String>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Shutdown::new();
+        let (gate_open, open) = tokio::sync::watch::channel(false);
+        let held = Arc::new(AtomicUsize::new(0));
+        let gate = gated_conversation.map(|conversation_id| Gate {
+            conversation_id,
+            open,
+            held: held.clone(),
+        });
+        let member_sets = Arc::new(Mutex::new(HashMap::new()));
         let service = EdgePushServer::new(Recorder {
             received: received.clone(),
             delay,
+            gate,
+            member_sets: member_sets.clone(),
         });
         let until = stop.clone();
         tokio::spawn(async move {
@@ -406,8 +486,26 @@ impl FakeEdge {
         Self {
             addr,
             received,
+            member_sets,
             stop,
+            gate_open: Arc::new(gate_open),
+            held,
         }
+    }
+
+    /// Drops every member set held (what a restarted edge has).
+    pub fn forget_member_sets(&self) {
+        self.member_sets.lock().unwrap().clear();
+    }
+
+    /// Pushes held at the gate right now.
+    pub fn held_pushes(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Lets held and later pushes through.
+    pub fn open_gate(&self) {
+        self.gate_open.send_replace(true);
     }
 
     pub fn push_addr(&self) -> String {
