@@ -148,7 +148,7 @@ struct FirstAttempt {
 }
 
 /// The de-duplication state of one partition (see the module doc).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SendDedupWindow {
     window_ms: u64,
     max_keys: usize,

@@ -263,6 +263,7 @@ mod tests {
             sessions: Arc::new(SessionRegistry::new(64, 64)),
             metrics: EdgeMetrics::new(),
             member_sets: Arc::new(MemberSets::new(10)),
+            verdicts: Arc::new(VerdictWaiters::default()),
         }
     }
 
@@ -284,6 +285,7 @@ mod tests {
             source: "test".into(),
             items,
             resync: false,
+            ..PushBatch::default()
         })
     }
 

@@ -89,7 +89,7 @@ pub(crate) struct FanoutHandler<M> {
     pub(crate) shutdown: CancellationToken,
     /// Drops retries of earlier sends (the rule persist and index apply).
     pub(crate) dedup: PartitionedSendDedup,
-    pub(crate) verdicts: VerdictPusher,
+    pub(crate) verdicts: Arc<VerdictPusher>,
 }
 
 impl<M: MembershipStore> FanoutHandler<M> {

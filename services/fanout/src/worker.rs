@@ -127,11 +127,11 @@ impl FanoutWorker {
                 chatpipe_kafka::SendDedupSettings::with_window_ms(config.send_dedup_window_ms),
                 metrics.send_dedup.clone(),
             ),
-            verdicts: crate::verdicts::VerdictPusher::new(
+            verdicts: Arc::new(crate::verdicts::VerdictPusher::new(
                 config.worker_id.clone(),
                 config.push_timeout(),
                 metrics.clone(),
-            ),
+            )),
         };
         let consumer_kafka = KafkaConfig::new(
             kafka.brokers.clone(),

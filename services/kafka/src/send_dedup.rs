@@ -105,7 +105,7 @@ impl SendDedupMetrics {
 /// Verdicts remembered per partition for records judged again.
 const MEMO_PER_PARTITION: usize = 16_384;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PartitionState {
     window: SendDedupWindow,
     next_offset: i64,
@@ -134,8 +134,11 @@ impl PartitionState {
     }
 }
 
-/// One consumer's de-duplication of one topic (see the module doc).
-#[derive(Debug)]
+/// One consumer's de-duplication of one topic (see the module doc). A
+/// clone carries the state it had; a consumer that runs one handler per
+/// partition clones an empty one for each (each then rebuilds its
+/// partition's window on its first record).
+#[derive(Debug, Clone)]
 pub struct PartitionedSendDedup {
     topic: String,
     settings: SendDedupSettings,
