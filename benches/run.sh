@@ -2,19 +2,46 @@
 # Runs every chatpipe benchmark end to end on this machine and writes
 # benches/RESULTS.md with its plots:
 #
-#   benches/run.sh                       # everything (about 40 minutes)
+#   benches/run.sh                       # everything (about 40 minutes, see RESULTS.md "Run time")
 #   SCENARIOS="idle broadcast" benches/run.sh
-#   SKIP="criterion kafka persist index centrifugo" benches/run.sh
+#   SKIP="criterion kafka persist index centrifugo idle-cpu" benches/run.sh
+#   QUICK=1 benches/run.sh               # smoke pass (a few minutes, see below)
 #
-# 1. builds chatpipe and the benches in release mode;
+# 1. builds chatpipe and the benches (release; QUICK: the dev profile);
 # 2. builds Centrifugo from the Go module proxy (benches/centrifugo.sh);
-# 3. starts the engines (topology/engines.sh up);
-# 4. per scenario (benches/scenarios/*.toml): starts a fresh `chatpipe all`,
-#    runs chatpipe-loadgen against it (and the scenario's baselines: the bare
-#    tokio-tungstenite server, Centrifugo), stops chatpipe;
-# 5. the Kafka produce path next to kafka-producer-perf-test, the persist and
-#    index roles next to their raw baselines, the criterion micro-benchmarks;
-# 6. bench-report: benches/RESULTS.md and benches/results/*.png.
+# 3. starts the engines (topology/engines.sh up), or with
+#    CHATPIPE_BENCH_ENGINES=reuse only checks that they are healthy (never
+#    starts, stops or restarts them: for engines shared with others);
+# 4. idle CPU: the engines alone, then the stack started with no client
+#    (chatpipe-loadgen idle-cpu, results/idle-cpu.json);
+# 5. per scenario (benches/scenarios/*.toml): starts a fresh deployment of
+#    chatpipe, runs chatpipe-loadgen against it (and the scenario's
+#    baselines: the bare tokio-tungstenite server, Centrifugo), which reads
+#    the CPU of every process from /proc, stops chatpipe;
+# 6. the Kafka produce path next to kafka-producer-perf-test, the persist and
+#    index roles next to their raw baselines (their examples print JSON),
+#    the criterion micro-benchmarks;
+# 7. bench-report: RESULTS.md and the plots, from the JSON results (and
+#    results/timings.json: how long each step took).
+#
+# QUICK=1 is a smoke pass that CI can run: the dev profile (what the tests
+# already built), 300 users, a twentieth of the conversations, every phase
+# 5 s at a tenth of the rate, short
+# settle and drain, the bare baseline only, small role and Kafka runs, no
+# criterion, no Centrifugo; results go to $CARGO_TARGET_DIR/bench-quick
+# (benches/results and benches/RESULTS.md are left alone). Every knob below
+# can still be set by hand.
+#
+# Environment:
+#   SCENARIOS, SKIP               as above
+#   QUICK=1                       smoke pass
+#   CHATPIPE_BENCH_PROFILE        release | debug (default: release; QUICK: debug)
+#   CHATPIPE_BENCH_RESULTS        results directory (default benches/results)
+#   CHATPIPE_BENCH_ENGINES        up (default) | reuse
+#   CHATPIPE_BENCH_PORT_BASE      first port of the deployment under test (default 9580)
+#   CHATPIPE_BENCH_MODE           roles (default: one process per role) | all
+#   CHATPIPE_BENCH_IDLE_S         length of each idle CPU window (default 30; QUICK 5)
+#   CHATPIPE_BENCH_LOADGEN_ARGS   extra chatpipe-loadgen arguments for every scenario
 #
 # Exit status: non-zero when a scenario's verification found a lost message
 # (or a step failed). Every process started here is stopped on exit.
@@ -23,16 +50,60 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chatpipe/target}"
-RESULTS=benches/results
-SCENARIOS="${SCENARIOS:-idle broadcast chat storm}"
-SKIP="${SKIP:-}"
-BIN="$CARGO_TARGET_DIR/release"
-mkdir -p "$RESULTS"
+QUICK="${QUICK:-}"
+if [[ -n $QUICK ]]; then
+  MODE_NAME=quick
+  PROFILE="${CHATPIPE_BENCH_PROFILE:-debug}"
+  RESULTS="${CHATPIPE_BENCH_RESULTS:-$CARGO_TARGET_DIR/bench-quick}"
+  REPORT="$RESULTS/RESULTS.md"
+  SCENARIOS="${SCENARIOS:-idle chat broadcast storm}"
+  SKIP="${SKIP:-centrifugo criterion}"
+  IDLE_S="${CHATPIPE_BENCH_IDLE_S:-5}"
+  QUICK_LOADGEN=(--users 300 --conversation-scale 0.05 --rate-scale 0.1 --phase-seconds 5 --settle-seconds 2 --drain-seconds 30)
+  EXAMPLE_RECORDS=2000
+  KAFKA_ARGS=(--records 20000 --rounds 1)
+else
+  MODE_NAME=full
+  PROFILE="${CHATPIPE_BENCH_PROFILE:-release}"
+  RESULTS="${CHATPIPE_BENCH_RESULTS:-benches/results}"
+  REPORT=benches/RESULTS.md
+  SCENARIOS="${SCENARIOS:-idle broadcast chat storm}"
+  SKIP="${SKIP:-}"
+  IDLE_S="${CHATPIPE_BENCH_IDLE_S:-30}"
+  QUICK_LOADGEN=()
+  EXAMPLE_RECORDS=""
+  KAFKA_ARGS=()
+fi
+case $PROFILE in
+  release) CARGO_PROFILE=(--release); BIN="$CARGO_TARGET_DIR/release" ;;
+  debug) CARGO_PROFILE=(); BIN="$CARGO_TARGET_DIR/debug" ;;
+  *) echo "run.sh: CHATPIPE_BENCH_PROFILE must be release or debug" >&2; exit 2 ;;
+esac
+read -r -a EXTRA_LOADGEN <<<"${CHATPIPE_BENCH_LOADGEN_ARGS:-}"
+ENGINES_MODE="${CHATPIPE_BENCH_ENGINES:-up}"
+mkdir -p "$RESULTS/logs"
 status=0
 chatpipe_pid=""
 
 log() { printf '\n=== %s ===\n' "$*"; }
 skipped() { [[ " $SKIP " == *" $1 "* ]]; }
+
+# How long each step takes, for results/timings.json (read by bench-report).
+run_started=$SECONDS
+timings=()
+timed() { # step-name command...
+  local name=$1 started=$SECONDS rc
+  shift
+  "$@"
+  rc=$?
+  timings+=("{\"step\":\"$name\",\"seconds\":$((SECONDS - started)),\"status\":$rc}")
+  return $rc
+}
+write_timings() {
+  local IFS=,
+  printf '{"mode":"%s","steps":[%s],"total_seconds":%d}\n' \
+    "$MODE_NAME" "${timings[*]}" $((SECONDS - run_started)) >"$RESULTS/timings.json"
+}
 
 wait_http() { # url seconds
   local deadline=$((SECONDS + $2))
@@ -43,24 +114,45 @@ wait_http() { # url seconds
   done
 }
 
-# chatpipe under test: by default every role as its own process on ports
-# 9580-9594 (ops listeners: edge 9581, fan-out 9591, persist 9592, index
-# 9593, API 9594) with its own topic prefix, index prefix and consumer groups,
-# fresh for each scenario (an isolated deployment on the shared engines: a
-# `chatpipe all` already running on the default ports is left alone, one
-# scenario's leftovers — e.g. the offline presence of 15,000 users — do not
-# load the next, and the edge's memory is the edge's alone).
+# ---- Addresses of the deployment under test: the one place to change them.
+# By default every role runs as its own process on ports PORT_BASE.. with its
+# own topic prefix, index prefix and consumer groups, fresh for each
+# scenario (an isolated deployment on the shared engines: a `chatpipe all`
+# already running on the default ports is left alone, one scenario's
+# leftovers — e.g. the offline presence of 15,000 users — do not load the
+# next, and the edge's memory is the edge's alone).
 # CHATPIPE_BENCH_MODE=all runs `chatpipe all` on the default ports instead.
+# *_LISTEN are the public listeners (edge WebSocket, API), *_OPS_LISTEN each
+# role's loopback ops listener, where /metrics, /healthz and /readyz answer.
 MODE="${CHATPIPE_BENCH_MODE:-roles}"
-stack_pids=()
-if [[ $MODE == roles ]]; then
-  export CHATPIPE_LOADGEN_WS_URL=ws://127.0.0.1:9580/ws
-  export CHATPIPE_LOADGEN_API_URL=http://127.0.0.1:9590
-  export CHATPIPE_LOADGEN_EDGE_METRICS_URL=http://127.0.0.1:9581/metrics
-  export CHATPIPE_LOADGEN_FANOUT_METRICS_URL=http://127.0.0.1:9591/metrics
-  export CHATPIPE_LOADGEN_PERSIST_METRICS_URL=http://127.0.0.1:9592/metrics
-  export CHATPIPE_LOADGEN_INDEX_METRICS_URL=http://127.0.0.1:9593/metrics
+PORT_BASE="${CHATPIPE_BENCH_PORT_BASE:-9580}"
+EDGE_LISTEN=127.0.0.1:$PORT_BASE
+EDGE_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 1))
+EDGE_PUSH_LISTEN=127.0.0.1:$((PORT_BASE + 100))
+API_LISTEN=127.0.0.1:$((PORT_BASE + 10))
+FANOUT_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 11))
+PERSIST_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 12))
+INDEX_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 13))
+API_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 14))
+if [[ $MODE == all ]]; then
+  EDGE_LISTEN=127.0.0.1:8080 EDGE_OPS_LISTEN=127.0.0.1:8081 API_LISTEN=127.0.0.1:8090
+  FANOUT_OPS_LISTEN=127.0.0.1:8091 PERSIST_OPS_LISTEN=127.0.0.1:8092
+  INDEX_OPS_LISTEN=127.0.0.1:8093 API_OPS_LISTEN=127.0.0.1:8094
 fi
+EDGE_OPS=http://$EDGE_OPS_LISTEN
+API_OPS=http://$API_OPS_LISTEN
+FANOUT_OPS=http://$FANOUT_OPS_LISTEN
+PERSIST_OPS=http://$PERSIST_OPS_LISTEN
+INDEX_OPS=http://$INDEX_OPS_LISTEN
+export CHATPIPE_LOADGEN_WS_URL=ws://$EDGE_LISTEN/ws
+export CHATPIPE_LOADGEN_API_URL=http://$API_LISTEN
+export CHATPIPE_LOADGEN_EDGE_METRICS_URL=$EDGE_OPS/metrics
+export CHATPIPE_LOADGEN_FANOUT_METRICS_URL=$FANOUT_OPS/metrics
+export CHATPIPE_LOADGEN_PERSIST_METRICS_URL=$PERSIST_OPS/metrics
+export CHATPIPE_LOADGEN_INDEX_METRICS_URL=$INDEX_OPS/metrics
+
+stack_pids=()
+stack_names=()
 
 stop_chatpipe() {
   local pid
@@ -71,86 +163,150 @@ stop_chatpipe() {
     wait "$pid" 2>/dev/null || true
   done
   stack_pids=()
+  stack_names=()
   chatpipe_pid=""
 }
-trap stop_chatpipe EXIT
+trap 'stop_chatpipe; write_timings' EXIT
 
-start_role() { # log-name args...
-  local name=$1; shift
-  "$BIN/chatpipe" "$@" >"$RESULTS/logs/$name.log" 2>&1 &
+start_role() { # name log-name args...
+  local name=$1 log_name=$2; shift 2
+  "$BIN/chatpipe" "$@" >"$RESULTS/logs/$log_name.log" 2>&1 &
   stack_pids+=($!)
+  stack_names+=("$name")
 }
 
-start_chatpipe() { # scenario
-  mkdir -p "$RESULTS/logs"
+# `--process NAME=PID` for every running chatpipe process (its CPU is read).
+process_args() {
+  local i
+  for i in "${!stack_pids[@]}"; do printf -- '--process\n%s=%s\n' "${stack_names[$i]}" "${stack_pids[$i]}"; done
+}
+
+start_chatpipe() { # tag
   if [[ $MODE == all ]]; then
-    start_role "chatpipe-all-$1" all
+    start_role chatpipe "chatpipe-all-$1" all
     chatpipe_pid=${stack_pids[0]}
-    wait_http http://127.0.0.1:8081/readyz 180 && wait_http http://127.0.0.1:8094/healthz 60
+    wait_http "$EDGE_OPS/readyz" 180 && wait_http "$API_OPS/healthz" 60
     return
   fi
   local tag; tag="bench-$1-$(date +%s)"
   export CHATPIPE_TOPIC_PREFIX="$tag." CHATPIPE_INDEX_PREFIX="$tag-messages"
   "$BIN/chatpipe" topology apply >"$RESULTS/logs/topology-$1.log" 2>&1 || return 1
-  start_role "edge-$1" edge --edge-id "$tag-edge" --worker-id 901 \
-    --listen 127.0.0.1:9580 --ops-listen 127.0.0.1:9581 --push-listen 127.0.0.1:9680
+  start_role edge "edge-$1" edge --edge-id "$tag-edge" --worker-id 901 \
+    --listen "$EDGE_LISTEN" --ops-listen "$EDGE_OPS_LISTEN" --push-listen "$EDGE_PUSH_LISTEN"
   chatpipe_pid=${stack_pids[0]}
-  start_role "fanout-$1" fanout --ops-listen 127.0.0.1:9591 --group "$tag-fanout"
-  start_role "persist-$1" persist --ops-listen 127.0.0.1:9592 --group "$tag-persist"
-  start_role "index-$1" index --ops-listen 127.0.0.1:9593 --group "$tag-index"
-  start_role "api-$1" api --api-listen 127.0.0.1:9590 --api-ops-listen 127.0.0.1:9594
-  wait_http http://127.0.0.1:9581/readyz 180 && wait_http http://127.0.0.1:9594/healthz 60 \
-    && wait_http http://127.0.0.1:9591/readyz 120 && wait_http http://127.0.0.1:9592/readyz 120 \
-    && wait_http http://127.0.0.1:9593/readyz 120
+  start_role fanout "fanout-$1" fanout --ops-listen "$FANOUT_OPS_LISTEN" --group "$tag-fanout"
+  start_role persist "persist-$1" persist --ops-listen "$PERSIST_OPS_LISTEN" --group "$tag-persist"
+  start_role index "index-$1" index --ops-listen "$INDEX_OPS_LISTEN" --group "$tag-index"
+  start_role api "api-$1" api --api-listen "$API_LISTEN" --api-ops-listen "$API_OPS_LISTEN"
+  wait_http "$EDGE_OPS/readyz" 180 && wait_http "$API_OPS/healthz" 60 \
+    && wait_http "$FANOUT_OPS/readyz" 120 && wait_http "$PERSIST_OPS/readyz" 120 \
+    && wait_http "$INDEX_OPS/readyz" 120
 }
 
-log "build (release)"
-# Built separately: together, feature unification would rebuild both.
-cargo build --release -p chatpipe || exit 1
-cargo build --release -p chatpipe-benches --bins || exit 1
-# No built-in token secret: the roles and the load generator read the same
-# one (CHATPIPE_TOKEN_SECRET, else $CHATPIPE_HOME/token-secret, created here
-# once like topology/run.sh does).
-if [[ -z ${CHATPIPE_TOKEN_SECRET:-} ]]; then "$BIN/chatpipe" secret init >/dev/null || exit 1; fi
+build() {
+  # Built separately: together, feature unification would rebuild both.
+  cargo build "${CARGO_PROFILE[@]}" -p chatpipe && cargo build "${CARGO_PROFILE[@]}" -p chatpipe-benches --bins || return 1
+  # No built-in token secret: the roles and the load generator read the same
+  # one (CHATPIPE_TOKEN_SECRET, else $CHATPIPE_HOME/token-secret, created here
+  # once like topology/run.sh does).
+  if [[ -z ${CHATPIPE_TOKEN_SECRET:-} ]]; then "$BIN/chatpipe" secret init >/dev/null || return 1; fi
+}
+
+engines() {
+  if [[ $ENGINES_MODE == reuse ]]; then
+    topology/engines.sh status
+  else
+    topology/engines.sh up
+  fi
+}
+
+idle_cpu() {
+  rm -f "$RESULTS/idle-cpu.json"
+  "$BIN/chatpipe-loadgen" idle-cpu --seconds "$IDLE_S" --label "engines alone" --out "$RESULTS/idle-cpu.json" || return 1
+  start_chatpipe idle-cpu || { stop_chatpipe; return 1; }
+  # Let the consumers join their groups and start-up work settle first.
+  sleep 5
+  local processes; mapfile -t processes < <(process_args)
+  "$BIN/chatpipe-loadgen" idle-cpu --seconds "$IDLE_S" --label "stack, no client" \
+    --out "$RESULTS/idle-cpu.json" "${processes[@]}"
+  local rc=$?
+  stop_chatpipe
+  return $rc
+}
+
+scenario() { # name
+  start_chatpipe "$1" || { stop_chatpipe; return 1; }
+  local processes; mapfile -t processes < <(process_args)
+  "$BIN/chatpipe-loadgen" --scenario "benches/scenarios/$1.toml" --edge-pid "$chatpipe_pid" \
+    --out-dir "$RESULTS" "${processes[@]}" "${centrifugo_flag[@]}" "${QUICK_LOADGEN[@]}" "${EXTRA_LOADGEN[@]}" \
+    2>&1 | tee "$RESULTS/logs/$1.log"
+  local rc=${PIPESTATUS[0]}
+  stop_chatpipe
+  return "$rc"
+}
+
+role_example() { # crate example output-name
+  # The example prints one JSON object on stdout and prose on stderr.
+  CHATPIPE_BENCH_RECORDS="${EXAMPLE_RECORDS:-${CHATPIPE_BENCH_RECORDS:-}}" \
+    cargo run "${CARGO_PROFILE[@]}" -q -p "$1" --example "$2" \
+    >"$RESULTS/$3.json" 2> >(tee "$RESULTS/logs/$3.log" >&2)
+}
+
+# Steps whose output is also shown (`timed` must not run in a pipeline: its
+# record of the step would stay in the pipeline's subshell).
+kafka_bench() {
+  "$BIN/kafka-produce-bench" --out-dir "$RESULTS" "${KAFKA_ARGS[@]}" 2>&1 | tee "$RESULTS/logs/kafka-produce.log"
+  return "${PIPESTATUS[0]}"
+}
+criterion_bench() {
+  cargo bench -p chatpipe-benches --bench hot_paths 2>&1 | tee "$RESULTS/logs/criterion.log" | grep -E "^[a-zA-Z].*time:|time:"
+  return "${PIPESTATUS[0]}"
+}
+
+log "build ($PROFILE)"
+timed build build || exit 1
 
 centrifugo_flag=()
+if [[ -n $QUICK ]]; then centrifugo_flag=(--only-baseline bare); fi
 if ! skipped centrifugo; then
   log "Centrifugo (Go module proxy)"
-  benches/centrifugo.sh build || { echo "run.sh: Centrifugo did not build; its baselines are skipped"; centrifugo_flag=(--only-baseline bare); }
+  timed centrifugo benches/centrifugo.sh build || { echo "run.sh: Centrifugo did not build; its baselines are skipped"; centrifugo_flag=(--only-baseline bare); }
 else
   centrifugo_flag=(--only-baseline bare)
 fi
 
-log "engines"
-topology/engines.sh up || exit 1
+log "engines ($ENGINES_MODE)"
+timed engines engines || exit 1
 
-for scenario in $SCENARIOS; do
-  log "scenario $scenario"
-  start_chatpipe "$scenario" || { status=1; stop_chatpipe; continue; }
-  "$BIN/chatpipe-loadgen" --scenario "benches/scenarios/$scenario.toml" --edge-pid "$chatpipe_pid" \
-    --out-dir "$RESULTS" "${centrifugo_flag[@]}" 2>&1 | tee "$RESULTS/$scenario.log"
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
-  stop_chatpipe
+if ! skipped idle-cpu; then
+  log "idle CPU (no client), ${IDLE_S} s per window"
+  timed idle-cpu idle_cpu || status=1
+fi
+
+for name in $SCENARIOS; do
+  log "scenario $name"
+  timed "scenario $name" scenario "$name" || status=1
 done
 
 if ! skipped kafka; then
   log "Kafka produce path vs kafka-producer-perf-test"
-  "$BIN/kafka-produce-bench" --out-dir "$RESULTS" 2>&1 | tee "$RESULTS/kafka-produce.log" || status=1
+  timed kafka kafka_bench || status=1
 fi
 if ! skipped persist; then
   log "persist role vs plain concurrent INSERTs"
-  cargo run --release -q -p chatpipe-persist --example persist_throughput 2>/dev/null | tee "$RESULTS/persist.txt" || status=1
+  timed persist role_example chatpipe-persist persist_throughput persist || status=1
 fi
 if ! skipped index; then
   log "index role vs raw _bulk"
-  cargo run --release -q -p chatpipe-index --example index_throughput 2>/dev/null | tee "$RESULTS/index.txt" || status=1
+  timed index role_example chatpipe-index index_throughput index || status=1
 fi
 if ! skipped criterion; then
   log "criterion micro-benchmarks"
-  cargo bench -p chatpipe-benches --bench hot_paths 2>&1 | tee "$RESULTS/criterion.log" | grep -E "^[a-zA-Z].*time:|time:" || status=1
+  timed criterion criterion_bench || status=1
 fi
 
 log "report"
-"$BIN/bench-report" --results-dir "$RESULTS" --output benches/RESULTS.md \
+write_timings
+"$BIN/bench-report" --results-dir "$RESULTS" --output "$REPORT" \
   --criterion-dir "$CARGO_TARGET_DIR/criterion" --notes benches/NOTES.md || status=1
 exit $status

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::api::ApiClient;
 use crate::client::{AckRecord, ClientReport};
+use crate::cpu::{CpuSampler, CpuSnapshot, CpuWindow, ProcessKind, TrackedProcess};
 use crate::plan::{self, ConversationKind, PlannedConversation, WorkerTarget, user_name};
 use crate::scenario::Scenario;
 use crate::stats::{self, LatencySummary};
@@ -39,10 +40,23 @@ pub struct RunOptions {
     pub users: Option<usize>,
     /// Multiplies every phase's rate.
     pub rate_scale: Option<f64>,
+    /// Multiplies the number of conversations of each kind (rounded up, so
+    /// a kind the scenario has keeps at least one; quick runs).
+    pub conversation_scale: Option<f64>,
+    /// Overrides every phase's duration (quick runs).
+    pub phase_seconds: Option<u64>,
+    /// Overrides the settle pause.
+    pub settle_seconds: Option<u64>,
+    /// Overrides the longest drain.
+    pub drain_seconds: Option<u64>,
     pub centrifugo_script: PathBuf,
     pub worker_threads: usize,
     /// Run only the baselines whose kind is named (`bare`, `centrifugo`).
     pub only_baseline: Option<String>,
+    /// Processes of the stack whose CPU is measured (`--process`,
+    /// `--engine`). Engines not named here are found by their port; with no
+    /// chatpipe process named, the edge process stands for chatpipe.
+    pub processes: Vec<TrackedProcess>,
 }
 
 /// One phase's figures.
@@ -56,6 +70,28 @@ pub struct PhaseResult {
     /// Median over the phase's seconds of the per-second p99 (worst worker).
     pub deliver_p99_ms_median: f64,
     pub ack_p99_ms_median: f64,
+    /// Acknowledged sends during the phase (the CPU figures' denominator).
+    #[serde(default)]
+    pub acks: u64,
+    /// CPU of every tracked process during the phase.
+    #[serde(default)]
+    pub cpu: Option<CpuWindow>,
+}
+
+/// CPU of the tracked processes in one target's run (see `crate::cpu`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CpuResult {
+    /// Clock ticks per second the figures were converted with.
+    pub ticks_per_s: u64,
+    /// Every connection open, nothing sent yet (the settle pause).
+    pub settle: Option<CpuWindow>,
+    /// From the start of the first phase to the end of the drain: every
+    /// acknowledged message and the work it caused downstream.
+    pub measured: Option<CpuWindow>,
+    /// Sends acknowledged in `measured`.
+    pub measured_acks: u64,
+    /// Member deliveries received in `measured`.
+    pub measured_deliveries: u64,
 }
 
 /// Verification outcome (chatpipe only).
@@ -94,6 +130,8 @@ pub struct TargetResult {
     pub lag_after: BTreeMap<String, f64>,
     pub storm: Option<StormResult>,
     pub verification: Option<Verification>,
+    #[serde(default)]
+    pub cpu: CpuResult,
 }
 
 /// How a mass reconnect went.
@@ -135,6 +173,27 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
         for phase in &mut scenario.phases {
             phase.rate_per_s *= scale;
         }
+    }
+    if let Some(scale) = options.conversation_scale {
+        let mix = &mut scenario.conversations;
+        for count in [&mut mix.direct, &mut mix.groups, &mut mix.large] {
+            *count = (*count as f64 * scale).ceil() as usize;
+        }
+    }
+    if let Some(seconds) = options.phase_seconds {
+        for phase in &mut scenario.phases {
+            phase.duration_s = seconds;
+        }
+        // A storm past the (shortened) phases would never happen.
+        if let Some(storm) = &mut scenario.storm {
+            storm.at_s = storm.at_s.min(seconds / 2);
+        }
+    }
+    if let Some(seconds) = options.settle_seconds {
+        scenario.load.settle_s = seconds;
+    }
+    if let Some(seconds) = options.drain_seconds {
+        scenario.load.drain_s = seconds;
     }
     if let Ok(secret) = std::env::var("CHATPIPE_TOKEN_SECRET") {
         scenario.target.token_secret = secret;
@@ -186,7 +245,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
         let pid = options
             .edge_pid
             .or_else(|| port_of(&scenario.target.ws_url).and_then(sys::pid_listening_on));
-        let outcome = run_target(&scenario, &options, "chatpipe", target, pid).await?;
+        let tracked = stack_processes(&options.processes, pid);
+        let outcome = run_target(&scenario, &options, "chatpipe", target, pid, tracked).await?;
         if let Some(verification) = &outcome.verification {
             passed &= verification.passed;
         }
@@ -227,7 +287,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
             let target = WorkerTarget::Bare {
                 ws_url: format!("ws://127.0.0.1:{port}/"),
             };
-            let outcome = run_target(&scenario, &options, &label, target, server.id()).await;
+            let tracked = baseline_process("bare-ws", server.id());
+            let outcome =
+                run_target(&scenario, &options, &label, target, server.id(), tracked).await;
             let _ = server.kill().await;
             result.targets.push(outcome?);
             write_result(&options.out_dir, &result)?;
@@ -250,8 +312,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
                         api_key: key.to_owned(),
                         channel: crate::client::CENTRIFUGO_CHANNEL.to_owned(),
                     };
-                    let outcome =
-                        run_target(&scenario, &options, "centrifugo", target, server.id()).await;
+                    let tracked = baseline_process("centrifugo", server.id());
+                    let outcome = run_target(
+                        &scenario,
+                        &options,
+                        "centrifugo",
+                        target,
+                        server.id(),
+                        tracked,
+                    )
+                    .await;
                     let _ = server.kill().await;
                     result.targets.push(outcome?);
                     write_result(&options.out_dir, &result)?;
@@ -268,6 +338,113 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
     println!("results: {}", path.display());
     println!("verification: {}", if passed { "PASSED" } else { "FAILED" });
     Ok(passed)
+}
+
+/// The engines' default ports (the `CHATPIPE_*_PORT` variables of
+/// `topology/engines.sh` move them).
+pub const ENGINE_PORTS: [(&str, &str, u16); 3] = [
+    ("kafka", "CHATPIPE_KAFKA_PORT", 9092),
+    ("cassandra", "CHATPIPE_CASSANDRA_PORT", 9042),
+    ("opensearch", "CHATPIPE_OPENSEARCH_PORT", 9200),
+];
+
+/// The engines not named in `named`, found by the process listening on
+/// their port.
+pub fn discover_engines(named: &[TrackedProcess]) -> Vec<TrackedProcess> {
+    let mut found = Vec::new();
+    for (name, variable, default_port) in ENGINE_PORTS {
+        if named.iter().any(|process| process.name == name) {
+            continue;
+        }
+        let port = std::env::var(variable)
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(default_port);
+        match sys::pid_listening_on(port) {
+            Some(pid) => found.push(TrackedProcess {
+                name: name.to_owned(),
+                kind: ProcessKind::Engine,
+                pid,
+            }),
+            None => eprintln!("cpu: no process listens on {name}'s port {port}; not measured"),
+        }
+    }
+    found
+}
+
+/// The stack whose CPU a chatpipe run is charged: the named processes, the
+/// engines (found by port unless named), and the edge process when no
+/// chatpipe process is named (`chatpipe all`).
+pub fn stack_processes(named: &[TrackedProcess], edge_pid: Option<u32>) -> Vec<TrackedProcess> {
+    let mut processes = named.to_vec();
+    processes.extend(discover_engines(named));
+    if !processes
+        .iter()
+        .any(|process| process.kind == ProcessKind::Chatpipe)
+        && let Some(pid) = edge_pid
+    {
+        processes.push(TrackedProcess {
+            name: "chatpipe".to_owned(),
+            kind: ProcessKind::Chatpipe,
+            pid,
+        });
+    }
+    processes
+}
+
+fn baseline_process(name: &str, pid: Option<u32>) -> Vec<TrackedProcess> {
+    pid.map(|pid| TrackedProcess {
+        name: name.to_owned(),
+        kind: ProcessKind::Baseline,
+        pid,
+    })
+    .into_iter()
+    .collect()
+}
+
+/// A sampler over `processes`, this process and the workers.
+fn sampler_for(processes: &[TrackedProcess], workers: &[WorkerProcess]) -> CpuSampler {
+    let mut sampler = CpuSampler::new(crate::cpu::clock_ticks_per_second());
+    for process in processes {
+        sampler.track(process.name.clone(), process.kind, process.pid);
+    }
+    sampler.track("loadgen", ProcessKind::LoadGenerator, std::process::id());
+    for (index, worker) in workers.iter().enumerate() {
+        if let Some(pid) = worker.child.id() {
+            sampler.track(
+                format!("loadgen-worker-{index}"),
+                ProcessKind::LoadGenerator,
+                pid,
+            );
+        }
+    }
+    sampler
+}
+
+/// One line: the stack's CPU in a window, and per 1,000 acked messages.
+fn cpu_line(window: &CpuWindow, acks: u64) -> String {
+    let stack = window.stack_cpu_seconds();
+    let per_thousand = CpuWindow::per_thousand(stack, acks)
+        .map(|value| format!(", {value:.2} CPU s per 1,000 acked"))
+        .unwrap_or_default();
+    let parts: Vec<String> = window
+        .processes
+        .iter()
+        .map(|process| match process.cpu_seconds {
+            Some(seconds) => format!(
+                "{} {:.0}%",
+                process.name,
+                window.share_of_core(seconds) * 100.0
+            ),
+            None => format!("{} ?", process.name),
+        })
+        .collect();
+    format!(
+        "stack {stack:.1} CPU s in {:.0} s ({:.0}% of a core){per_thousand}; {}",
+        window.seconds,
+        window.share_of_core(stack) * 100.0,
+        parts.join(" ")
+    )
 }
 
 fn write_result(dir: &Path, result: &ScenarioResult) -> anyhow::Result<PathBuf> {
@@ -628,6 +805,7 @@ async fn run_target(
     label: &str,
     target: WorkerTarget,
     server_pid: Option<u32>,
+    tracked: Vec<TrackedProcess>,
 ) -> anyhow::Result<TargetResult> {
     let chatpipe = matches!(target, WorkerTarget::Chatpipe { .. });
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
@@ -693,6 +871,8 @@ async fn run_target(
     };
     result.server_rss_before_kib = server_pid.and_then(sys::rss_kib).unwrap_or(0);
     let mut session = spawn_workers(&plans, &dir, options.worker_threads).await?;
+    let sampler = sampler_for(&tracked, &session.workers);
+    result.cpu.ticks_per_s = sampler.ticks_per_s();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut ready = 0;
     while ready < workers {
@@ -752,9 +932,13 @@ async fn run_target(
         result.connect_failures
     );
     // Idle: hold, then read the server's memory.
+    let settle_start = sampler.sample();
     ticker
         .run_for(&mut session, Duration::from_secs(scenario.load.settle_s))
         .await;
+    let settle = sampler.sample().window_since(&settle_start);
+    println!("cpu, connections open and idle: {}", cpu_line(&settle, 0));
+    result.cpu.settle = Some(settle);
     result.server_rss_after_kib = server_pid.and_then(sys::rss_kib).unwrap_or(0);
     result.server_open_files = server_pid.and_then(sys::open_files);
     if result.connections > 0 && result.server_rss_after_kib > 0 {
@@ -812,6 +996,8 @@ async fn run_target(
     // Phases, with the storm at its time.
     let mut storm_pending = scenario.storm.clone();
     let phases_started = Instant::now();
+    let measured_start: Option<(CpuSnapshot, Snapshot)> =
+        (!scenario.phases.is_empty()).then(|| (sampler.sample(), session.progress.total()));
     let mut storm_result = None;
     for phase in &scenario.phases {
         session
@@ -821,6 +1007,7 @@ async fn run_target(
             .await?;
         let before = session.progress.total();
         let phase_started = Instant::now();
+        let phase_cpu_start = sampler.sample();
         ticker.samples.clear();
         let phase_end = phase_started + Duration::from_secs(phase.duration_s);
         while Instant::now() < phase_end {
@@ -858,6 +1045,7 @@ async fn run_target(
             }
         }
         let after = session.progress.total();
+        let phase_cpu = sampler.sample().window_since(&phase_cpu_start);
         let seconds = phase_started.elapsed().as_secs_f64().max(0.001);
         let median_of = |pick: fn(&(f64, f64, f64)) -> f64, samples: &[(f64, f64, f64)]| {
             stats::median(
@@ -876,6 +1064,8 @@ async fn run_target(
             deliveries_per_s: (after.deliveries - before.deliveries) as f64 / seconds,
             deliver_p99_ms_median: median_of(|sample| sample.1, &ticker.samples),
             ack_p99_ms_median: median_of(|sample| sample.2, &ticker.samples),
+            acks: after.acks - before.acks,
+            cpu: Some(phase_cpu),
         };
         println!(
             "phase {:.0} msg/s for {}s: sends {:.0}/s, acks {:.0}/s, deliveries {:.0}/s, p99 deliver {:.1}ms (median of seconds)",
@@ -886,6 +1076,9 @@ async fn run_target(
             phase_result.deliveries_per_s,
             phase_result.deliver_p99_ms_median
         );
+        if let Some(cpu) = &phase_result.cpu {
+            println!("cpu, phase: {}", cpu_line(cpu, phase_result.acks));
+        }
         result.phases.push(phase_result);
     }
     // Drain: until deliveries stop moving.
@@ -914,6 +1107,17 @@ async fn run_target(
                 scenario.load.drain_s
             );
         }
+    }
+    if let Some((cpu_start, progress_start)) = measured_start {
+        let measured = sampler.sample().window_since(&cpu_start);
+        let total = session.progress.total();
+        result.cpu.measured_acks = total.acks - progress_start.acks;
+        result.cpu.measured_deliveries = total.deliveries - progress_start.deliveries;
+        println!(
+            "cpu, phases and drain: {}",
+            cpu_line(&measured, result.cpu.measured_acks)
+        );
+        result.cpu.measured = Some(measured);
     }
     if let Some((at, open_before, baseline)) = storm_result {
         let total = session.progress.total();

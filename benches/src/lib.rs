@@ -14,6 +14,10 @@
 //!   tokio-tungstenite server (`bare-ws`) and Centrifugo.
 //! - `bare-ws`: the bare broadcast server baseline ([`bare`]).
 //! - `kafka-produce-bench`: chatpipe's producer next to Kafka's own perf tool.
+//! - CPU of every process of the stack (engines, each chatpipe role) and,
+//!   apart, of the load generator, from `/proc/<pid>/stat` ([`cpu`]), per
+//!   phase and per 1,000 acked messages; and with no client at all
+//!   (`chatpipe-loadgen idle-cpu`, [`idle`]).
 //! - `bench-report`: turns the JSON results into `RESULTS.md` and PNG plots
 //!   ([`report`]).
 //!
@@ -26,6 +30,8 @@ pub mod api;
 pub mod bare;
 pub mod client;
 pub mod coordinator;
+pub mod cpu;
+pub mod idle;
 pub mod plan;
 pub mod prom;
 pub mod report;

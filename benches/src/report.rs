@@ -3,6 +3,12 @@
 //! and PNG plots in `benches/results/`. The analysis (what bounds each
 //! figure, how it extrapolates) is hand-written in `benches/NOTES.md` and
 //! appended verbatim.
+//!
+//! Inputs, all JSON: the load generator's `<scenario>.json` (latency,
+//! rates, verification, CPU per process), `idle-cpu.json` (the stack with
+//! no client), `kafka-produce.json`, `dedup-claim.json`, the role examples'
+//! `persist.json` and `index.json` (their stdout), `timings.json` (how long
+//! each step of `run.sh` took) and criterion's estimates.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,6 +17,8 @@ use plotters::prelude::*;
 use serde::Deserialize;
 
 use crate::coordinator::{ScenarioResult, TargetResult};
+use crate::cpu::{CpuWindow, ProcessKind};
+use crate::idle::IdleCpuResults;
 
 /// The Kafka produce comparison (`kafka-produce-bench`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -33,39 +41,96 @@ pub struct DedupClaim {
     pub claim_p99_ms: f64,
 }
 
+/// The persist example's output (`cargo run -p chatpipe-persist --example
+/// persist_throughput`, stdout).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PersistRun {
+    pub records: u64,
+    pub conversations: u64,
+    pub partitions: u32,
+    pub max_batch_records: u64,
+    pub produce_records_per_s: f64,
+    pub drain_seconds: f64,
+    pub drain_rows_per_s: f64,
+    /// After the first write (the group join excluded): the role's figure.
+    pub steady_rows_per_s: f64,
+    pub batches: u64,
+    pub write_requests: u64,
+    /// One `INSERT` per row, 64 in flight: the baseline.
+    pub plain_insert_rows_per_s: f64,
+    /// The writer's grouping without Kafka.
+    pub grouped_write_rows_per_s: f64,
+}
+
+/// The index example's output (`cargo run -p chatpipe-index --example
+/// index_throughput`, stdout).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IndexRun {
+    pub records: u64,
+    pub batch_size: u64,
+    pub produce_records_per_s: f64,
+    /// The same documents straight to `_bulk`: the baseline.
+    pub bulk_baseline_docs_per_s: f64,
+    pub indexer_seconds: f64,
+    pub indexer_docs_per_s: f64,
+    pub batches: u64,
+    pub startup_seconds: f64,
+    pub startup_docs: u64,
+    /// After start-up (group join, first batch): the role's figure.
+    pub steady_docs_per_s: f64,
+    pub searches: u64,
+    pub search_median_ms: f64,
+    pub search_p95_ms: f64,
+}
+
+/// How long one step of `run.sh` took (`timings.json`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StepTiming {
+    pub step: String,
+    pub seconds: f64,
+    /// The step's exit status (0: it succeeded).
+    #[serde(default)]
+    pub status: i32,
+}
+
+/// `timings.json`, written by `run.sh`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RunTimings {
+    /// `full` or `quick`.
+    #[serde(default)]
+    pub mode: String,
+    pub steps: Vec<StepTiming>,
+    pub total_seconds: f64,
+}
+
 /// Everything one report is made of.
 #[derive(Debug, Default)]
 pub struct Inputs {
     pub scenarios: Vec<ScenarioResult>,
     pub kafka: Option<KafkaProduce>,
     pub dedup: Option<DedupClaim>,
-    /// `(role's rate, baseline rate, raw text)` of the persist example.
-    pub persist: Option<(f64, f64, String)>,
-    pub index: Option<(f64, f64, String)>,
+    pub persist: Option<PersistRun>,
+    pub index: Option<IndexRun>,
+    pub idle_cpu: Option<IdleCpuResults>,
+    pub timings: Option<RunTimings>,
     /// `(benchmark, median ns)` from criterion.
     pub criterion: Vec<(String, f64)>,
     pub notes: String,
 }
 
-fn number_after(text: &str, marker: &str, before: &str) -> Option<f64> {
-    let start = text.find(marker)? + marker.len();
-    let rest = &text[start..];
-    let end = rest.find(before)?;
-    rest[..end].trim().rsplit(' ').next()?.parse().ok()
+/// The JSON object an example printed: its last stdout line that parses
+/// (anything a library printed to stdout before it is skipped).
+pub fn parse_example_output<T: serde::de::DeserializeOwned>(stdout: &str) -> Option<T> {
+    stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .filter(|line| line.starts_with('{'))
+        .find_map(|line| serde_json::from_str(line).ok())
 }
 
-/// Persist example output: steady rate after the first write vs plain inserts.
-pub fn parse_persist(text: &str) -> Option<(f64, f64)> {
-    let role = number_after(text, "after the first write", "messages/s")?;
-    let plain = number_after(text, "baseline, one INSERT per row", "rows/s")?;
-    Some((role, plain))
-}
-
-/// Index example output: steady rate after start-up vs direct `_bulk`.
-pub fn parse_index(text: &str) -> Option<(f64, f64)> {
-    let role = number_after(text, "afterwards", "docs/s")?;
-    let bulk = number_after(text, "direct _bulk baseline:", "docs/s")?.max(0.0);
-    Some((role, bulk))
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// Reads `results_dir` (and criterion's estimates under `criterion_dir`).
@@ -78,18 +143,16 @@ pub fn load(results_dir: &Path, criterion_dir: Option<&Path>, notes: Option<&Pat
             inputs.scenarios.push(result);
         }
     }
-    inputs.kafka = std::fs::read(results_dir.join("kafka-produce.json"))
+    inputs.kafka = read_json(&results_dir.join("kafka-produce.json"));
+    inputs.dedup = read_json(&results_dir.join("dedup-claim.json"));
+    inputs.persist = std::fs::read_to_string(results_dir.join("persist.json"))
         .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    inputs.dedup = std::fs::read(results_dir.join("dedup-claim.json"))
+        .and_then(|text| parse_example_output(&text));
+    inputs.index = std::fs::read_to_string(results_dir.join("index.json"))
         .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    if let Ok(text) = std::fs::read_to_string(results_dir.join("persist.txt")) {
-        inputs.persist = parse_persist(&text).map(|(role, base)| (role, base, text));
-    }
-    if let Ok(text) = std::fs::read_to_string(results_dir.join("index.txt")) {
-        inputs.index = parse_index(&text).map(|(role, base)| (role, base, text));
-    }
+        .and_then(|text| parse_example_output(&text));
+    inputs.idle_cpu = read_json(&results_dir.join("idle-cpu.json"));
+    inputs.timings = read_json(&results_dir.join("timings.json"));
     if let Some(dir) = criterion_dir {
         inputs.criterion = criterion_estimates(dir);
     }
@@ -185,6 +248,9 @@ pub fn write(inputs: &Inputs, results_dir: &Path, markdown_path: &Path) -> anyho
         plots.push(path);
     }
     if let Some(path) = plot_latency(inputs, results_dir)? {
+        plots.push(path);
+    }
+    if let Some(path) = plot_cpu(inputs, results_dir)? {
         plots.push(path);
     }
     let markdown = markdown(
@@ -355,7 +421,7 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
         let plain = inputs
             .persist
             .as_ref()
-            .map(|(_, base, _)| *base)
+            .map(|persist| persist.plain_insert_rows_per_s)
             .unwrap_or(0.0);
         let _ = writeln!(
             out,
@@ -367,22 +433,25 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
             ratio(dedup.claim_and_mark_per_s, plain)
         );
     }
-    if let Some((role, base, _)) = &inputs.persist {
+    if let Some(persist) = &inputs.persist {
+        let (role, base) = (persist.steady_rows_per_s, persist.plain_insert_rows_per_s);
         let _ = writeln!(
             out,
             "| Cassandra writer (persist role, Kafka → Cassandra) | {role:.0} rows/s | plain concurrent INSERTs {base:.0} rows/s | {} | ≥ 0.80 | {} |",
-            ratio(*role, *base),
-            verdict(*base > 0.0 && role / base >= 0.8)
+            ratio(role, base),
+            verdict(base > 0.0 && role / base >= 0.8)
         );
     }
-    if let Some((role, base, _)) = &inputs.index {
+    if let Some(index) = &inputs.index {
+        let (role, base) = (index.steady_docs_per_s, index.bulk_baseline_docs_per_s);
         let _ = writeln!(
             out,
             "| indexer (index role, Kafka → `_bulk`) | {role:.0} docs/s | raw `_bulk` {base:.0} docs/s | {} | ≥ 0.80 | {} |",
-            ratio(*role, *base),
-            verdict(*base > 0.0 && role / base >= 0.8)
+            ratio(role, base),
+            verdict(base > 0.0 && role / base >= 0.8)
         );
     }
+    summary_cpu_rows(&mut out, inputs);
     let storm = scenario(inputs, "storm");
     if let Some(ours) = target(storm, "chatpipe")
         && let Some(result) = &ours.storm
@@ -491,14 +560,24 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
         if !with_phases.is_empty() {
             let _ = writeln!(
                 out,
-                "\n| target | offered msg/s | sends/s | acks/s | deliveries/s | p99 ack (ms) | p99 deliver (ms) |"
+                "\n| target | offered msg/s | sends/s | acks/s | deliveries/s | p99 ack (ms) | p99 deliver (ms) | stack CPU s per 1,000 acked | stack CPU, cores | load generator CPU, cores |"
             );
-            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
             for target in with_phases {
                 for phase in &target.phases {
+                    let (per_thousand, stack_cores, loadgen_cores) = match &phase.cpu {
+                        Some(cpu) => (
+                            CpuWindow::per_thousand(cpu.stack_cpu_seconds(), phase.acks)
+                                .map(|value| format!("{value:.2}"))
+                                .unwrap_or_else(|| "—".into()),
+                            format!("{:.2}", cpu.share_of_core(cpu.stack_cpu_seconds())),
+                            format!("{:.2}", cpu.share_of_core(cpu.load_generator_cpu_seconds())),
+                        ),
+                        None => ("—".into(), "—".into(), "—".into()),
+                    };
                     let _ = writeln!(
                         out,
-                        "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} |",
+                        "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {per_thousand} | {stack_cores} | {loadgen_cores} |",
                         target.target,
                         phase.rate_per_s,
                         phase.sends_per_s,
@@ -510,8 +589,12 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
                 }
             }
         }
+        for target in &result.targets {
+            cpu_table(&mut out, target);
+        }
         let _ = writeln!(out);
     }
+    idle_cpu_section(&mut out, inputs);
     if let Some(kafka) = &inputs.kafka {
         let _ = writeln!(
             out,
@@ -519,13 +602,42 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
             kafka.records, kafka.record_bytes, kafka.settings
         );
     }
-    for (title, figures) in [
-        ("Cassandra writer (persist example)", &inputs.persist),
-        ("Indexer (index example)", &inputs.index),
-    ] {
-        if let Some((_, _, text)) = figures {
-            let _ = writeln!(out, "## {title}\n\n```\n{}\n```\n", text.trim());
-        }
+    if let Some(persist) = &inputs.persist {
+        let _ = writeln!(
+            out,
+            "## Cassandra writer (persist example)\n\n{} records in {} conversations, {} partitions, `max_batch_records` {}.\n\n| measurement | rows/s |\n|---|---|\n| pre-produce (acks=all, 2,000 in flight) | {:.0} |\n| persist role drain, group join included ({:.1} s) | {:.0} |\n| persist role after the first write ({} batches, {} Cassandra requests) | {:.0} |\n| baseline: one INSERT per row, 64 in flight | {:.0} |\n| the writer's grouping without Kafka, 64 in flight | {:.0} |\n",
+            persist.records,
+            persist.conversations,
+            persist.partitions,
+            persist.max_batch_records,
+            persist.produce_records_per_s,
+            persist.drain_seconds,
+            persist.drain_rows_per_s,
+            persist.batches,
+            persist.write_requests,
+            persist.steady_rows_per_s,
+            persist.plain_insert_rows_per_s,
+            persist.grouped_write_rows_per_s
+        );
+    }
+    if let Some(index) = &inputs.index {
+        let _ = writeln!(
+            out,
+            "## Indexer (index example)\n\n{} records, batch size {}.\n\n| measurement | docs/s |\n|---|---|\n| pre-produce | {:.0} |\n| baseline: direct `_bulk` | {:.0} |\n| indexer, Kafka → `_bulk`, start-up included ({:.1} s, {} batches) | {:.0} |\n| indexer after start-up ({:.1} s, first {} docs) | {:.0} |\n\nSearch latency over {} searches: median {:.1} ms, p95 {:.1} ms.\n",
+            index.records,
+            index.batch_size,
+            index.produce_records_per_s,
+            index.bulk_baseline_docs_per_s,
+            index.indexer_seconds,
+            index.batches,
+            index.indexer_docs_per_s,
+            index.startup_seconds,
+            index.startup_docs,
+            index.steady_docs_per_s,
+            index.searches,
+            index.search_median_ms,
+            index.search_p95_ms
+        );
     }
     if !inputs.criterion.is_empty() {
         let _ = writeln!(
@@ -544,10 +656,257 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
         }
         let _ = writeln!(out);
     }
+    timings_section(&mut out, inputs);
     if !inputs.notes.is_empty() {
         let _ = writeln!(out, "{}", inputs.notes.trim());
     }
     out
+}
+
+/// The stack's CPU per 1,000 acked messages, and with no client at all.
+fn summary_cpu_rows(out: &mut String, inputs: &Inputs) {
+    for result in &inputs.scenarios {
+        let Some(ours) = target(Some(result), "chatpipe") else {
+            continue;
+        };
+        let Some(measured) = &ours.cpu.measured else {
+            continue;
+        };
+        let Some(per_thousand) =
+            CpuWindow::per_thousand(measured.stack_cpu_seconds(), ours.cpu.measured_acks)
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "| whole-stack CPU per 1,000 acked messages, {} (phases and drain; engines + chatpipe, load generator apart) | {per_thousand:.2} CPU s | load generator {:.2} CPU s | — | chat ≤ 1.0 s at 1,000 msg/s | |",
+            result.scenario,
+            CpuWindow::per_thousand(
+                measured.load_generator_cpu_seconds(),
+                ours.cpu.measured_acks
+            )
+            .unwrap_or(0.0),
+        );
+    }
+    let Some(idle) = &inputs.idle_cpu else {
+        return;
+    };
+    for measurement in &idle.measurements {
+        let window = &measurement.window;
+        let chatpipe = window.cpu_seconds_where(|kind| kind == ProcessKind::Chatpipe);
+        let engines: Vec<String> = window
+            .processes
+            .iter()
+            .filter(|process| process.kind == ProcessKind::Engine)
+            .map(|process| {
+                format!(
+                    "{} {}",
+                    process.name,
+                    percent_of_core(window, process.cpu_seconds)
+                )
+            })
+            .collect();
+        let has_chatpipe = window
+            .processes
+            .iter()
+            .any(|process| process.kind == ProcessKind::Chatpipe);
+        let _ = writeln!(
+            out,
+            "| idle CPU, {} ({:.0} s) | {} | {} | — | chatpipe ≤ 1 % of a core | {} |",
+            measurement.label,
+            window.seconds,
+            if has_chatpipe {
+                format!(
+                    "chatpipe {:.1} % of a core",
+                    window.share_of_core(chatpipe) * 100.0
+                )
+            } else {
+                "—".into()
+            },
+            engines.join(", "),
+            if has_chatpipe {
+                verdict(window.share_of_core(chatpipe) <= 0.01)
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+fn percent_of_core(window: &CpuWindow, cpu_seconds: Option<f64>) -> String {
+    cpu_seconds
+        .map(|seconds| format!("{:.1} %", window.share_of_core(seconds) * 100.0))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn kind_name(kind: ProcessKind) -> &'static str {
+    match kind {
+        ProcessKind::Engine => "engine",
+        ProcessKind::Chatpipe => "chatpipe",
+        ProcessKind::Baseline => "baseline server",
+        ProcessKind::LoadGenerator => "load generator",
+    }
+}
+
+/// One target's CPU per process: over phases and drain when it sent
+/// anything, else over the idle connections' settle pause.
+fn cpu_table(out: &mut String, target: &TargetResult) {
+    let (window, acks, what) = match (&target.cpu.measured, &target.cpu.settle) {
+        (Some(measured), _) => (measured, target.cpu.measured_acks, "phases and drain"),
+        (None, Some(settle)) => (settle, 0, "connections open, nothing sent"),
+        (None, None) => return,
+    };
+    let _ = writeln!(
+        out,
+        "\nCPU of **{}**, {what} ({:.0} s, {acks} acked messages; `/proc/<pid>/stat` utime + stime):\n",
+        target.target, window.seconds
+    );
+    let _ = writeln!(
+        out,
+        "| process | kind | CPU s | % of a core | CPU s per 1,000 acked |\n|---|---|---|---|---|"
+    );
+    let per_thousand = |cpu: f64| {
+        CpuWindow::per_thousand(cpu, acks)
+            .map(|value| format!("{value:.3}"))
+            .unwrap_or_else(|| "—".into())
+    };
+    for process in &window.processes {
+        let cpu = process
+            .cpu_seconds
+            .map(|value| format!("{value:.1}"))
+            .unwrap_or_else(|| "?".into());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {cpu} | {} | {} |",
+            process.name,
+            kind_name(process.kind),
+            percent_of_core(window, process.cpu_seconds),
+            process
+                .cpu_seconds
+                .map(per_thousand)
+                .unwrap_or_else(|| "?".into())
+        );
+    }
+    for (label, cpu) in [
+        (
+            "**stack** (engines + chatpipe or the baseline server)",
+            window.stack_cpu_seconds(),
+        ),
+        (
+            "load generator (all its processes)",
+            window.load_generator_cpu_seconds(),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {label} | | {cpu:.1} | {:.1} % | {} |",
+            window.share_of_core(cpu) * 100.0,
+            per_thousand(cpu)
+        );
+    }
+}
+
+/// The stack with no client: % of a core per process, one column per
+/// measurement.
+fn idle_cpu_section(out: &mut String, inputs: &Inputs) {
+    let Some(idle) = &inputs.idle_cpu else {
+        return;
+    };
+    if idle.measurements.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## Idle CPU (no client connected)\n\nShare of one core per process over a window with nothing connected (`chatpipe-loadgen idle-cpu`): the engines alone before any chatpipe process runs, then the whole stack started with no client.\n"
+    );
+    let mut names: Vec<(String, ProcessKind)> = Vec::new();
+    for measurement in &idle.measurements {
+        for process in &measurement.window.processes {
+            if !names.iter().any(|(name, _)| name == &process.name) {
+                names.push((process.name.clone(), process.kind));
+            }
+        }
+    }
+    let header: Vec<String> = idle
+        .measurements
+        .iter()
+        .map(|m| format!("{} ({:.0} s)", m.label, m.window.seconds))
+        .collect();
+    let _ = writeln!(
+        out,
+        "| process | {} |\n|---|{}",
+        header.join(" | "),
+        "---|".repeat(header.len())
+    );
+    for (name, _) in &names {
+        let cells: Vec<String> = idle
+            .measurements
+            .iter()
+            .map(|measurement| {
+                measurement
+                    .window
+                    .processes
+                    .iter()
+                    .find(|process| &process.name == name)
+                    .map(|process| percent_of_core(&measurement.window, process.cpu_seconds))
+                    .unwrap_or_else(|| "—".into())
+            })
+            .collect();
+        let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
+    }
+    for (label, kind) in [
+        ("all chatpipe processes", ProcessKind::Chatpipe),
+        ("all engines", ProcessKind::Engine),
+    ] {
+        let cells: Vec<String> = idle
+            .measurements
+            .iter()
+            .map(|measurement| {
+                let window = &measurement.window;
+                format!(
+                    "{:.1} %",
+                    window.share_of_core(window.cpu_seconds_where(|k| k == kind)) * 100.0
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "| **{label}** | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(out);
+}
+
+/// How long each step of `run.sh` took.
+fn timings_section(out: &mut String, inputs: &Inputs) {
+    let Some(timings) = &inputs.timings else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "## Run time ({} mode)\n\n| step | seconds | status |\n|---|---|---|",
+        if timings.mode.is_empty() {
+            "full"
+        } else {
+            &timings.mode
+        }
+    );
+    for step in &timings.steps {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {} |",
+            step.step,
+            step.seconds,
+            if step.status == 0 {
+                "ok".to_owned()
+            } else {
+                format!("exit {}", step.status)
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| **total** | {:.0} ({:.1} min) | |\n",
+        timings.total_seconds,
+        timings.total_seconds / 60.0
+    );
 }
 
 fn register_font() {
@@ -755,6 +1114,231 @@ fn plot_broadcast(inputs: &Inputs, dir: &Path) -> PlotResult {
     Ok(Some(path))
 }
 
+/// One stacked bar: its label and `(process, value)` segments.
+type StackedBar = (String, Vec<(String, f64)>);
+
+/// Colours of the CPU plot's processes, by name, so that a process has the
+/// same colour in every panel.
+const CPU_PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// The CPU bars of one scenario's chatpipe run: CPU s per 1,000 acked per
+/// stack process, one bar per phase and one for phases and drain together.
+fn cpu_bars(target: &TargetResult) -> Vec<StackedBar> {
+    let segments = |window: &CpuWindow, acks: u64| -> Vec<(String, f64)> {
+        window
+            .processes
+            .iter()
+            .filter(|process| process.kind.in_stack())
+            .map(|process| {
+                (
+                    process.name.clone(),
+                    process
+                        .cpu_seconds
+                        .and_then(|cpu| CpuWindow::per_thousand(cpu, acks))
+                        .unwrap_or(0.0),
+                )
+            })
+            .collect()
+    };
+    let mut bars: Vec<StackedBar> = target
+        .phases
+        .iter()
+        .filter(|phase| phase.acks > 0)
+        .filter_map(|phase| {
+            let cpu = phase.cpu.as_ref()?;
+            Some((
+                format!("{:.0}/s", phase.rate_per_s),
+                segments(cpu, phase.acks),
+            ))
+        })
+        .collect();
+    if let Some(measured) = &target.cpu.measured
+        && target.cpu.measured_acks > 0
+    {
+        bars.push(("run".into(), segments(measured, target.cpu.measured_acks)));
+    }
+    bars
+}
+
+fn plot_cpu(inputs: &Inputs, dir: &Path) -> PlotResult {
+    let mut panels: Vec<(String, String, Vec<StackedBar>)> = Vec::new();
+    for result in &inputs.scenarios {
+        if let Some(ours) = target(Some(result), "chatpipe") {
+            let bars = cpu_bars(ours);
+            if !bars.is_empty() {
+                panels.push((
+                    format!(
+                        "{}: whole-stack CPU per 1,000 acked, by phase",
+                        result.scenario
+                    ),
+                    "CPU seconds per 1,000 acked messages".into(),
+                    bars,
+                ));
+            }
+        }
+    }
+    if let Some(idle) = &inputs.idle_cpu {
+        let bars: Vec<StackedBar> = idle
+            .measurements
+            .iter()
+            .map(|measurement| {
+                let window = &measurement.window;
+                (
+                    measurement.label.clone(),
+                    window
+                        .processes
+                        .iter()
+                        .filter(|process| process.kind.in_stack())
+                        .map(|process| {
+                            (
+                                process.name.clone(),
+                                process
+                                    .cpu_seconds
+                                    .map(|cpu| window.share_of_core(cpu) * 100.0)
+                                    .unwrap_or(0.0),
+                            )
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        if !bars.is_empty() {
+            panels.push((
+                "idle: no client connected".into(),
+                "% of one core".into(),
+                bars,
+            ));
+        }
+    }
+    if panels.is_empty() {
+        return Ok(None);
+    }
+    let mut names: Vec<String> = Vec::new();
+    for (_, _, bars) in &panels {
+        for (_, segments) in bars {
+            for (name, _) in segments {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+    }
+    let colour = |name: &str| {
+        let index = names.iter().position(|known| known == name).unwrap_or(0);
+        CPU_PALETTE[index % CPU_PALETTE.len()]
+    };
+    let path = dir.join("cpu.png");
+    let rows = panels.len().div_ceil(2);
+    let root = BitMapBackend::new(&path, (1200, 420 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let areas = root.split_evenly((rows, 2));
+    for ((title, y_desc, bars), area) in panels.iter().zip(areas.iter()) {
+        draw_stacked(area, title, y_desc, bars, &colour)?;
+    }
+    root.present().map_err(plot_err)?;
+    drop(areas);
+    drop(root);
+    Ok(Some(path))
+}
+
+fn draw_stacked(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    y_desc: &str,
+    bars: &[StackedBar],
+    colour: &dyn Fn(&str) -> RGBColor,
+) -> anyhow::Result<()> {
+    let totals: Vec<f64> = bars
+        .iter()
+        .map(|(_, segments)| segments.iter().map(|(_, value)| value).sum())
+        .collect();
+    // Head room above the tallest bar for its total and the legend.
+    let max = totals.iter().copied().fold(0.0, f64::max).max(1e-6) * 1.8;
+    let labels: Vec<String> = bars.iter().map(|(label, _)| label.clone()).collect();
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..bars.len() as f64, 0f64..max)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(bars.len() * 2 + 1)
+        .x_label_formatter(&|value| {
+            let index = value.floor() as usize;
+            if (value - index as f64 - 0.5).abs() < 0.01 {
+                labels.get(index).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(plot_err)?;
+    let mut series: Vec<&str> = Vec::new();
+    for (_, segments) in bars {
+        for (name, _) in segments {
+            if !series.contains(&name.as_str()) {
+                series.push(name);
+            }
+        }
+    }
+    for name in series {
+        let fill = colour(name);
+        let rectangles: Vec<Rectangle<(f64, f64)>> = bars
+            .iter()
+            .enumerate()
+            .filter_map(|(index, (_, segments))| {
+                let position = segments.iter().position(|(known, _)| known == name)?;
+                let below: f64 = segments[..position].iter().map(|(_, value)| value).sum();
+                let value = segments[position].1;
+                let left = index as f64 + 0.2;
+                Some(Rectangle::new(
+                    [(left, below), (left + 0.6, below + value)],
+                    fill.filled(),
+                ))
+            })
+            .collect();
+        chart
+            .draw_series(rectangles)
+            .map_err(plot_err)?
+            .label(name.to_owned())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], fill.filled()));
+    }
+    chart
+        .draw_series(totals.iter().enumerate().map(|(index, total)| {
+            Text::new(
+                format!("{total:.2}"),
+                (index as f64 + 0.35, total + max * 0.06),
+                ("sans-serif", 13),
+            )
+        }))
+        .map_err(plot_err)?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(plot_err)?;
+    Ok(())
+}
+
 fn plot_latency(inputs: &Inputs, dir: &Path) -> PlotResult {
     let mut rows: Vec<(String, [f64; 4])> = Vec::new();
     for name in ["chat", "broadcast", "storm"] {
@@ -871,11 +1455,131 @@ fn plot_latency(inputs: &Inputs, dir: &Path) -> PlotResult {
 mod tests {
     use super::*;
 
+    fn window(seconds: f64, processes: &[(&str, ProcessKind, f64)]) -> CpuWindow {
+        CpuWindow {
+            seconds,
+            processes: processes
+                .iter()
+                .map(|(name, kind, cpu)| crate::cpu::ProcessCpu {
+                    name: (*name).into(),
+                    kind: *kind,
+                    pid: 1,
+                    cpu_seconds: Some(*cpu),
+                })
+                .collect(),
+        }
+    }
+
+    fn cpu_inputs() -> Inputs {
+        use crate::coordinator::{CpuResult, PhaseResult};
+        use crate::idle::IdleMeasurement;
+        let busy = [
+            ("kafka", ProcessKind::Engine, 3.0),
+            ("edge", ProcessKind::Chatpipe, 2.0),
+            ("loadgen-worker-0", ProcessKind::LoadGenerator, 4.0),
+        ];
+        let chatpipe = TargetResult {
+            target: "chatpipe".into(),
+            phases: vec![PhaseResult {
+                rate_per_s: 500.0,
+                duration_s: 10,
+                acks_per_s: 500.0,
+                acks: 5_000,
+                cpu: Some(window(10.0, &busy)),
+                ..PhaseResult::default()
+            }],
+            cpu: CpuResult {
+                ticks_per_s: 100,
+                settle: Some(window(5.0, &busy)),
+                measured: Some(window(20.0, &busy)),
+                measured_acks: 10_000,
+                measured_deliveries: 20_000,
+            },
+            ..TargetResult::default()
+        };
+        Inputs {
+            scenarios: vec![ScenarioResult {
+                scenario: "chat".into(),
+                targets: vec![chatpipe],
+                ..ScenarioResult::default()
+            }],
+            idle_cpu: Some(IdleCpuResults {
+                machine: String::new(),
+                measurements: vec![
+                    IdleMeasurement {
+                        label: "engines alone".into(),
+                        window: window(10.0, &[("kafka", ProcessKind::Engine, 0.5)]),
+                    },
+                    IdleMeasurement {
+                        label: "stack, no client".into(),
+                        window: window(
+                            10.0,
+                            &[
+                                ("kafka", ProcessKind::Engine, 1.0),
+                                ("edge", ProcessKind::Chatpipe, 0.05),
+                            ],
+                        ),
+                    },
+                ],
+            }),
+            ..Inputs::default()
+        }
+    }
+
     #[test]
-    fn parses_the_role_examples() {
-        let persist = "records: 50000 in 200 conversations, 3 partitions\npersist role drain (Kafka -> Cassandra, max_batch_records 500): 9.0 s including the group join, 5555 messages/s; after the first write 6100 messages/s (100 batches, 300 Cassandra requests)\nbaseline, one INSERT per row, 64 in flight: 8.0 s, 6250 rows/s\n";
-        assert_eq!(parse_persist(persist), Some((6100.0, 6250.0)));
-        let index = "direct _bulk baseline: 4.0 s = 12500 docs/s\nindexer (Kafka -> _bulk): 5.0 s = 10000 docs/s in 50 batches\n  of which start-up (group join, first batch of 1000): 1.0 s; afterwards 11000 docs/s\n";
-        assert_eq!(parse_index(index), Some((11000.0, 12500.0)));
+    fn reports_cpu_per_thousand_acked_and_idle() {
+        let inputs = cpu_inputs();
+        let text = markdown(&inputs, &[], Path::new("."));
+        // Phases and drain: 5 stack CPU s for 10,000 acks; the load
+        // generator's 4 s apart.
+        assert!(
+            text.contains("| whole-stack CPU per 1,000 acked messages, chat (phases and drain; engines + chatpipe, load generator apart) | 0.50 CPU s | load generator 0.40 CPU s |"),
+            "{text}"
+        );
+        // The phase: 5 stack CPU s over 10 s for 5,000 acks.
+        assert!(text.contains("| 1.00 | 0.50 | 0.40 |"), "{text}");
+        // Per process over the measured window (20 s).
+        assert!(
+            text.contains("| kafka | engine | 3.0 | 15.0 % | 0.300 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| loadgen-worker-0 | load generator | 4.0 | 20.0 % | 0.400 |"),
+            "{text}"
+        );
+        // Idle: one column per measurement; chatpipe 0.5 % of a core meets ≤ 1 %.
+        assert!(text.contains("| kafka | 5.0 % | 10.0 % |"), "{text}");
+        assert!(text.contains("| edge | — | 0.5 % |"), "{text}");
+        assert!(text.contains("chatpipe 0.5 % of a core"), "{text}");
+    }
+
+    #[test]
+    fn draws_the_cpu_plot() {
+        let dir = std::env::temp_dir().join(format!("chatpipe-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        register_font();
+        let path = plot_cpu(&cpu_inputs(), &dir).unwrap().unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > 1_000);
+        assert!(plot_cpu(&Inputs::default(), &dir).unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reads_the_role_examples_json() {
+        let persist = "{\"bench\":\"persist\",\"records\":50000,\"conversations\":200,\"partitions\":3,\"max_batch_records\":1000,\"produce_seconds\":1.2,\"produce_records_per_s\":41790.0,\"drain_seconds\":0.9,\"drain_rows_per_s\":54161.0,\"steady_rows_per_s\":68215.0,\"batches\":50,\"write_requests\":3478,\"plain_insert_seconds\":1.2,\"plain_insert_rows_per_s\":40762.0,\"grouped_write_seconds\":0.5,\"grouped_write_rows_per_s\":96034.0}\n";
+        let run: PersistRun = parse_example_output(persist).unwrap();
+        assert_eq!(run.steady_rows_per_s, 68215.0);
+        assert_eq!(run.plain_insert_rows_per_s, 40762.0);
+        assert_eq!(run.write_requests, 3478);
+        // A stray line printed before the object is skipped.
+        let index = "some library noise\n{\"bench\":\"index\",\"records\":50000,\"batch_size\":1000,\"produce_records_per_s\":231285.0,\"bulk_baseline_docs_per_s\":49136.0,\"indexer_seconds\":1.5,\"indexer_docs_per_s\":32830.0,\"batches\":50,\"startup_seconds\":0.4,\"startup_docs\":4000,\"steady_docs_per_s\":41222.0,\"searches\":200,\"search_median_ms\":6.3,\"search_p95_ms\":13.2}\n";
+        let run: IndexRun = parse_example_output(index).unwrap();
+        assert_eq!(run.steady_docs_per_s, 41222.0);
+        assert_eq!(run.bulk_baseline_docs_per_s, 49136.0);
+        // Prose is not accepted any more.
+        assert!(
+            parse_example_output::<IndexRun>("direct _bulk baseline: 1.0 s = 49136 docs/s")
+                .is_none()
+        );
     }
 }

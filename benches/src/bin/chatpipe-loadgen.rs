@@ -5,9 +5,16 @@
 //! ```sh
 //! cargo run --release -p chatpipe-benches --bin chatpipe-loadgen -- --scenario benches/scenarios/chat.toml
 //! ```
+//!
+//! The CPU of the stack is read from `/proc` at the start and end of every
+//! window: name chatpipe's processes with `--process edge=PID` (one per
+//! role); the engines are found by their ports unless named with
+//! `--engine kafka=PID`. `chatpipe-loadgen idle-cpu` measures the idle
+//! figure (no client connected).
 
 use std::path::PathBuf;
 
+use chatpipe_benches::cpu::{ProcessKind, TrackedProcess, parse_named_pid};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -37,6 +44,21 @@ struct Args {
     /// Multiply every phase's send rate.
     #[arg(long)]
     rate_scale: Option<f64>,
+    /// Multiply the number of conversations of each kind (rounded up).
+    #[arg(long)]
+    conversation_scale: Option<f64>,
+    /// Run every phase for this long instead of the scenario's durations
+    /// (quick runs; a storm moves to the middle of the first phase).
+    #[arg(long)]
+    phase_seconds: Option<u64>,
+    /// Hold the open connections this long before sending (scenario's
+    /// `settle_s` otherwise).
+    #[arg(long)]
+    settle_seconds: Option<u64>,
+    /// Wait at most this long for in-flight deliveries after the last
+    /// phase (scenario's `drain_s` otherwise).
+    #[arg(long)]
+    drain_seconds: Option<u64>,
     /// The Centrifugo build-and-run script.
     #[arg(long, default_value = "benches/centrifugo.sh")]
     centrifugo_script: PathBuf,
@@ -46,8 +68,41 @@ struct Args {
     /// Run only this kind of baseline: `bare` or `centrifugo`.
     #[arg(long)]
     only_baseline: Option<String>,
+    #[command(flatten)]
+    processes: ProcessArgs,
     #[command(subcommand)]
     command: Option<Internal>,
+}
+
+/// The processes whose CPU is measured.
+#[derive(Debug, Clone, clap::Args)]
+struct ProcessArgs {
+    /// A chatpipe process to measure, `NAME=PID` (repeat: one per role).
+    /// Without any, the edge process stands for chatpipe.
+    #[arg(long = "process", value_name = "NAME=PID", value_parser = parse_named_pid)]
+    chatpipe: Vec<(String, u32)>,
+    /// An engine process, `NAME=PID`; engines not named are found by the
+    /// process listening on their port (9092, 9042, 9200, or the
+    /// `CHATPIPE_*_PORT` of `topology/engines.sh`).
+    #[arg(long = "engine", value_name = "NAME=PID", value_parser = parse_named_pid)]
+    engines: Vec<(String, u32)>,
+}
+
+impl ProcessArgs {
+    fn tracked(&self) -> Vec<TrackedProcess> {
+        let named = |list: &[(String, u32)], kind| {
+            list.iter()
+                .map(|(name, pid)| TrackedProcess {
+                    name: name.clone(),
+                    kind,
+                    pid: *pid,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut tracked = named(&self.engines, ProcessKind::Engine);
+        tracked.extend(named(&self.chatpipe, ProcessKind::Chatpipe));
+        tracked
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,12 +114,53 @@ enum Internal {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// The idle figure: CPU of the engines (found by port unless named) and
+    /// the named chatpipe processes over a window with no client connected,
+    /// added to a JSON file under its label.
+    IdleCpu {
+        /// Length of the window.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// What is running (e.g. `engines alone`, `stack, no client`).
+        #[arg(long)]
+        label: String,
+        #[arg(long, default_value = "benches/results/idle-cpu.json")]
+        out: PathBuf,
+        #[command(flatten)]
+        processes: ProcessArgs,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Internal::Worker { plan, threads }) = args.command {
-        return chatpipe_benches::worker::main(plan, threads);
+    match args.command {
+        Some(Internal::Worker { plan, threads }) => {
+            return chatpipe_benches::worker::main(plan, threads);
+        }
+        Some(Internal::IdleCpu {
+            seconds,
+            label,
+            out,
+            processes,
+        }) => {
+            let named = processes.tracked();
+            let mut tracked = named.clone();
+            tracked.extend(chatpipe_benches::coordinator::discover_engines(&named));
+            let measurement = chatpipe_benches::idle::measure(&label, &tracked, seconds);
+            for process in &measurement.window.processes {
+                let share = process
+                    .cpu_seconds
+                    .map(|cpu| format!("{:.1}%", measurement.window.share_of_core(cpu) * 100.0))
+                    .unwrap_or_else(|| "?".into());
+                eprintln!(
+                    "idle cpu ({label}): {} (pid {}) {share} of a core",
+                    process.name, process.pid
+                );
+            }
+            chatpipe_benches::idle::record(&out, measurement)?;
+            return Ok(());
+        }
+        None => {}
     }
     let scenario = args
         .scenario
@@ -77,9 +173,14 @@ fn main() -> anyhow::Result<()> {
         skip_baselines: args.skip_baselines,
         users: args.users,
         rate_scale: args.rate_scale,
+        conversation_scale: args.conversation_scale,
+        phase_seconds: args.phase_seconds,
+        settle_seconds: args.settle_seconds,
+        drain_seconds: args.drain_seconds,
         centrifugo_script: args.centrifugo_script,
         worker_threads: args.worker_threads,
         only_baseline: args.only_baseline,
+        processes: args.processes.tracked(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -13,6 +13,10 @@
 //! (start-up, i.e. joining the group and the first batch, reported apart);
 //! then 200 two-word searches over the 4 conversations, timed end to end
 //! through `MessageSearcher`.
+//!
+//! Output: one JSON object on stdout (what `benches/run.sh` stores as
+//! `benches/results/index.json` and `bench-report` reads; field names carry
+//! their units), the same figures as prose on stderr.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -164,35 +168,54 @@ async fn main() {
     let search_p95 = latencies[latencies.len() * 95 / 100];
 
     let rate = |time: Duration| total as f64 / time.as_secs_f64();
-    println!("records: {total}, batch size: {batch}");
-    println!(
+    let steady = indexer_time - startup;
+    let steady_docs_per_s = (total - first_indexed) as f64 / steady.as_secs_f64();
+    eprintln!("records: {total}, batch size: {batch}");
+    eprintln!(
         "pre-produce: {:.1} s ({:.0} records/s)",
         produce_time.as_secs_f64(),
         rate(produce_time)
     );
-    println!(
+    eprintln!(
         "direct _bulk baseline: {:.1} s = {:.0} docs/s",
         baseline_time.as_secs_f64(),
         rate(baseline_time)
     );
-    println!(
+    eprintln!(
         "indexer (Kafka -> _bulk): {:.1} s = {:.0} docs/s in {batches} batches (avg {:.0} records/batch)",
         indexer_time.as_secs_f64(),
         rate(indexer_time),
         total as f64 / batches.max(1) as f64
     );
-    let steady = indexer_time - startup;
-    println!(
-        "  of which start-up (group join, first batch of {first_indexed}): {:.1} s; afterwards {:.0} docs/s",
+    eprintln!(
+        "  of which start-up (group join, first batch of {first_indexed}): {:.1} s; afterwards {steady_docs_per_s:.0} docs/s",
         startup.as_secs_f64(),
-        (total - first_indexed) as f64 / steady.as_secs_f64()
     );
-    println!(
+    eprintln!(
         "search latency over {} searches: median {:.1} ms, p95 {:.1} ms",
         latencies.len(),
         search_median.as_secs_f64() * 1e3,
         search_p95.as_secs_f64() * 1e3
     );
+    let output = serde_json::json!({
+        "bench": "index",
+        "records": total,
+        "batch_size": batch,
+        "produce_seconds": produce_time.as_secs_f64(),
+        "produce_records_per_s": rate(produce_time),
+        "bulk_baseline_seconds": baseline_time.as_secs_f64(),
+        "bulk_baseline_docs_per_s": rate(baseline_time),
+        "indexer_seconds": indexer_time.as_secs_f64(),
+        "indexer_docs_per_s": rate(indexer_time),
+        "batches": batches,
+        "startup_seconds": startup.as_secs_f64(),
+        "startup_docs": first_indexed,
+        "steady_docs_per_s": steady_docs_per_s,
+        "searches": latencies.len(),
+        "search_median_ms": search_median.as_secs_f64() * 1e3,
+        "search_p95_ms": search_p95.as_secs_f64() * 1e3,
+    });
+    println!("{output}");
 
     shutdown.cancel();
     worker.join().await.unwrap();

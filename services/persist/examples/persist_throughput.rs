@@ -16,6 +16,10 @@
 //! in flight (the plain baseline), and N more with the writer's grouping
 //! (`write_messages`, single-partition unlogged batches, 64 in flight) on
 //! rounds of 1000 records interleaved across conversations, without Kafka.
+//!
+//! Output: one JSON object on stdout (what `benches/run.sh` stores as
+//! `benches/results/persist.json` and `bench-report` reads; field names
+//! carry their units), the same figures as prose on stderr.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -166,21 +170,40 @@ async fn main() {
     let grouped_secs = started.elapsed().as_secs_f64();
 
     let rate = |secs: f64| total as f64 / secs;
-    println!("records: {total} in {conversations} conversations, 3 partitions");
-    println!(
+    eprintln!("records: {total} in {conversations} conversations, 3 partitions");
+    eprintln!(
         "produce (acks=all, 2000 in flight): {produce_secs:.1} s, {:.0} records/s",
         rate(produce_secs)
     );
-    println!(
+    eprintln!(
         "persist role drain (Kafka -> Cassandra, max_batch_records {max_batch_records}): {drain_secs:.1} s including the group join, {:.0} messages/s; after the first write {steady_rate:.0} messages/s ({batches} batches, {requests} Cassandra requests)",
         rate(drain_secs)
     );
-    println!(
+    eprintln!(
         "baseline, one INSERT per row, 64 in flight: {plain_secs:.1} s, {:.0} rows/s",
         rate(plain_secs)
     );
-    println!(
+    eprintln!(
         "baseline, write_messages on interleaved rounds of 1000, 64 in flight, no Kafka: {grouped_secs:.1} s, {:.0} rows/s",
         rate(grouped_secs)
     );
+    let output = serde_json::json!({
+        "bench": "persist",
+        "records": total,
+        "conversations": conversations,
+        "partitions": 3,
+        "max_batch_records": max_batch_records,
+        "produce_seconds": produce_secs,
+        "produce_records_per_s": rate(produce_secs),
+        "drain_seconds": drain_secs,
+        "drain_rows_per_s": rate(drain_secs),
+        "steady_rows_per_s": steady_rate,
+        "batches": batches,
+        "write_requests": requests,
+        "plain_insert_seconds": plain_secs,
+        "plain_insert_rows_per_s": rate(plain_secs),
+        "grouped_write_seconds": grouped_secs,
+        "grouped_write_rows_per_s": rate(grouped_secs),
+    });
+    println!("{output}");
 }
