@@ -4,7 +4,7 @@
 #
 #   benches/run.sh                       # everything (about 40 minutes, see RESULTS.md "Run time")
 #   SCENARIOS="idle broadcast" benches/run.sh
-#   SKIP="criterion kafka persist dedup index centrifugo idle-cpu" benches/run.sh
+#   SKIP="criterion kafka persist index centrifugo idle-cpu" benches/run.sh
 #   QUICK=1 benches/run.sh               # smoke pass (a few minutes, see below)
 #
 # 1. builds chatpipe and the benches (release; QUICK: the dev profile);
@@ -62,7 +62,6 @@ if [[ -n $QUICK ]]; then
   QUICK_LOADGEN=(--users 300 --conversation-scale 0.05 --rate-scale 0.1 --phase-seconds 5 --settle-seconds 2 --drain-seconds 30)
   EXAMPLE_RECORDS=2000
   KAFKA_ARGS=(--records 20000 --rounds 1)
-  DEDUP_ARGS=(--claims 500)
 else
   MODE_NAME=full
   PROFILE="${CHATPIPE_BENCH_PROFILE:-release}"
@@ -74,7 +73,6 @@ else
   QUICK_LOADGEN=()
   EXAMPLE_RECORDS=""
   KAFKA_ARGS=()
-  DEDUP_ARGS=()
 fi
 case $PROFILE in
   release) CARGO_PROFILE=(--release); BIN="$CARGO_TARGET_DIR/release" ;;
@@ -260,10 +258,6 @@ kafka_bench() {
   "$BIN/kafka-produce-bench" --out-dir "$RESULTS" "${KAFKA_ARGS[@]}" 2>&1 | tee "$RESULTS/logs/kafka-produce.log"
   return "${PIPESTATUS[0]}"
 }
-dedup_bench() {
-  "$BIN/dedup-claim-bench" --out-dir "$RESULTS" "${DEDUP_ARGS[@]}" 2>&1 | tee "$RESULTS/logs/dedup-claim.log"
-  return "${PIPESTATUS[0]}"
-}
 criterion_bench() {
   cargo bench -p chatpipe-benches --bench hot_paths 2>&1 | tee "$RESULTS/logs/criterion.log" | grep -E "^[a-zA-Z].*time:|time:"
   return "${PIPESTATUS[0]}"
@@ -301,10 +295,6 @@ fi
 if ! skipped persist; then
   log "persist role vs plain concurrent INSERTs"
   timed persist role_example chatpipe-persist persist_throughput persist || status=1
-fi
-if ! skipped dedup; then
-  log "send de-duplication claim (Cassandra LWT) alone"
-  timed dedup dedup_bench || status=1
 fi
 if ! skipped index; then
   log "index role vs raw _bulk"

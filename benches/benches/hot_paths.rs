@@ -83,6 +83,7 @@ fn records(criterion: &mut Criterion) {
         body: BODY.to_owned(),
         ts: 1_764_275_000_000,
         edge_id: EdgeId::parse("edge-1").expect("valid id"),
+        resend: false,
     };
     let bytes = serde_json::to_vec(&record).expect("serializes");
     let mut group = criterion.benchmark_group("MessageRecord");

@@ -417,12 +417,12 @@ pub async fn run_chatpipe_client(
             }
         }
         state.session = Some(session_id);
-        // Sends that saw no ack go again, same client_msg_id.
+        // Sends that saw no ack go again, same client_msg_id, marked.
         let mut writable = true;
         let resend: Vec<String> = state
             .pending
             .values()
-            .map(|pending| pending.frame.clone())
+            .map(|pending| wire::mark_resend(&pending.frame))
             .collect();
         for frame in resend {
             shared.counters.resends.fetch_add(1, Ordering::Relaxed);

@@ -91,6 +91,17 @@ pub fn send_frame(conversation_id: &str, client_msg_id: &str, body: &str) -> Str
     )
 }
 
+/// The same `send` frame marked as a retry (`"resend":true`), so that the
+/// edge acks it with the original `message_id` wherever it lands.
+pub fn mark_resend(send_frame: &str) -> String {
+    match send_frame.strip_prefix(r#"{"op":"send","#) {
+        Some(rest) if !send_frame.contains(r#""resend":true"#) => {
+            format!(r#"{{"op":"send","resend":true,{rest}"#)
+        }
+        _ => send_frame.to_owned(),
+    }
+}
+
 pub fn ack_seq_frame(seq: u64) -> String {
     format!(r#"{{"op":"ack_seq","seq":{seq}}}"#)
 }
@@ -107,6 +118,16 @@ pub fn retry_after_ms(reason: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn resends_are_marked_once() {
+        let frame = super::send_frame("c1", "m1", "hi");
+        let marked = super::mark_resend(&frame);
+        let value: serde_json::Value = serde_json::from_str(&marked).unwrap();
+        assert_eq!(value["resend"], true);
+        assert_eq!(value["client_msg_id"], "m1");
+        assert_eq!(super::mark_resend(&marked), marked);
+    }
+
     use super::*;
 
     #[test]

@@ -345,6 +345,7 @@ mod tests {
             body: body.to_owned(),
             ts: 1_700_000_000_000 + id,
             edge_id: EdgeId::parse("edge-1").unwrap(),
+            resend: false,
         }
     }
 

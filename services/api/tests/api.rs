@@ -358,6 +358,7 @@ fn message(
         body: format!("message {index}"),
         ts: message_id.unix_ms(),
         edge_id: EdgeId::parse("edge-test").unwrap(),
+        resend: false,
     }
 }
 

@@ -18,10 +18,6 @@ pub struct CassandraConfig {
     pub request_timeout_ms: u64,
     /// Deadline for opening a connection to a node.
     pub connect_timeout_ms: u64,
-    /// How long a `(user_id, client_msg_id)` send stays de-duplicated
-    /// (the `send_dedup` rows' TTL). A client retry later than this is a new
-    /// message.
-    pub send_dedup_ttl_secs: u32,
 }
 
 impl Default for CassandraConfig {
@@ -32,7 +28,6 @@ impl Default for CassandraConfig {
             apply_schema_on_connect: true,
             request_timeout_ms: 10_000,
             connect_timeout_ms: 5_000,
-            send_dedup_ttl_secs: 24 * 60 * 60,
         }
     }
 }

@@ -9,8 +9,8 @@
 
 use std::future::Future;
 
-use chatpipe_core::ids::{ClientMsgId, ConversationId, MessageIdGenerator, UserId};
-use chatpipe_core::store::{MembershipStore, SendClaim, SendDedupStore, StoreError};
+use chatpipe_core::ids::{ConversationId, UserId};
+use chatpipe_core::store::{MembershipStore, StoreError};
 use chatpipe_core::time::now_unix_ms;
 
 use crate::conversations::NewConversation;
@@ -169,92 +169,4 @@ pub async fn membership_suite<S: MembershipFixture>(store: &S, unique: &str) {
     store.remove_member_for_test(&other, &bob).await.unwrap();
     assert_eq!(store.members(&other).await.unwrap(), Some(vec![]));
     assert!(store.conversations_of(&bob).await.unwrap().is_empty());
-}
-
-/// Claims are atomic and remembered; acks are recorded.
-pub async fn send_dedup_suite<S: SendDedupStore>(store: &S, unique: &str) {
-    let alice = user(unique, "alice");
-    let bob = user(unique, "bob");
-    let room = conversation(unique, "room");
-    let mut ids = MessageIdGenerator::new(1);
-    let now = now_unix_ms();
-
-    let first_key = ClientMsgId::parse(format!("c1-{unique}")).unwrap();
-    let first_id = ids.next_id(now);
-    assert_eq!(
-        store
-            .claim(&alice, &first_key, &room, first_id, now)
-            .await
-            .unwrap(),
-        SendClaim::Claimed
-    );
-    // Retrying the claim of the same attempt keeps it ours.
-    assert_eq!(
-        store
-            .claim(&alice, &first_key, &room, first_id, now)
-            .await
-            .unwrap(),
-        SendClaim::Claimed
-    );
-    let retry_id = ids.next_id(now);
-    let SendClaim::Existing(seen) = store
-        .claim(&alice, &first_key, &room, retry_id, now + 5)
-        .await
-        .unwrap()
-    else {
-        panic!("a second claim must see the first");
-    };
-    assert_eq!(
-        (seen.message_id, seen.ts, seen.acked),
-        (first_id, now, false)
-    );
-
-    store.mark_acked(&alice, &first_key).await.unwrap();
-    let SendClaim::Existing(seen) = store
-        .claim(&alice, &first_key, &room, retry_id, now + 9)
-        .await
-        .unwrap()
-    else {
-        panic!("an acked send is still remembered");
-    };
-    assert_eq!((seen.message_id, seen.acked), (first_id, true));
-
-    // The key is per user.
-    assert_eq!(
-        store
-            .claim(&bob, &first_key, &room, retry_id, now)
-            .await
-            .unwrap(),
-        SendClaim::Claimed
-    );
-
-    // Concurrent claims of one key: exactly one wins, the others see it.
-    for round in 0..10 {
-        let key = ClientMsgId::parse(format!("race{round}-{unique}")).unwrap();
-        let contenders: Vec<_> = (0..4).map(|_| ids.next_id(now)).collect();
-        let outcomes = futures::future::join_all(
-            contenders
-                .iter()
-                .map(|message_id| store.claim(&alice, &key, &room, *message_id, now)),
-        )
-        .await;
-        let outcomes: Vec<SendClaim> = outcomes.into_iter().map(Result::unwrap).collect();
-        let winners: Vec<usize> = outcomes
-            .iter()
-            .enumerate()
-            .filter(|(_, outcome)| **outcome == SendClaim::Claimed)
-            .map(|(index, _)| index)
-            .collect();
-        assert_eq!(
-            winners.len(),
-            1,
-            "round {round}: exactly one claim wins: {outcomes:?}"
-        );
-        let winner_id = contenders[winners[0]];
-        for outcome in &outcomes {
-            if let SendClaim::Existing(seen) = outcome {
-                assert_eq!(seen.message_id, winner_id, "losers see the winner's id");
-            }
-        }
-    }
 }

@@ -2,12 +2,12 @@
 //!
 //! The one place chatpipe talks to Cassandra / ScyllaDB (through the
 //! `scylla` driver): the history store written by the persist role and read
-//! by the API, membership (read by edges, fan-out and the API), and the
-//! cross-edge send de-duplication of edges.
+//! by the API, and membership (read by edges, fan-out and the API). Sends
+//! are de-duplicated from Kafka partition order, not here (see
+//! `chatpipe_core::dedup`).
 //!
 //! Layout:
-//! - [`config`]: [`CassandraConfig`] (contact points, keyspace, timeouts,
-//!   de-duplication window).
+//! - [`config`]: [`CassandraConfig`] (contact points, keyspace, timeouts).
 //! - [`schema`]: `schemas/cql/chatpipe.cql`, embedded, and an idempotent
 //!   [`apply_schema`](schema::apply_schema) that reports what it created.
 //! - [`store`]: [`CassandraStore`], a session plus prepared statements.
@@ -16,8 +16,6 @@
 //! - [`messages`]: history, partitioned by `(conversation_id, bucket)` with
 //!   [`bucket`] a 10-day window derived from the message id (Discord's
 //!   layout); idempotent batch writes and cursor pages across buckets.
-//! - [`dedup`]: `send_dedup` with lightweight transactions; implements
-//!   [`SendDedupStore`](chatpipe_core::store::SendDedupStore).
 //! - [`conformance`]: the behaviour suites of the store traits, generic
 //!   over any implementation.
 //!
@@ -32,7 +30,6 @@ pub mod bucket;
 pub mod config;
 pub mod conformance;
 pub mod conversations;
-pub mod dedup;
 pub mod error;
 pub mod messages;
 pub mod schema;

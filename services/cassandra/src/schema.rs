@@ -230,8 +230,7 @@ mod tests {
                 "conversations",
                 "members_by_conversation",
                 "conversations_by_user",
-                "messages",
-                "send_dedup"
+                "messages"
             ]
         );
     }

@@ -57,9 +57,6 @@ pub(crate) struct Statements {
     pub(crate) insert_message: PreparedStatement,
     pub(crate) select_messages_descending: PreparedStatement,
     pub(crate) select_messages_ascending: PreparedStatement,
-    pub(crate) claim_send: PreparedStatement,
-    pub(crate) reclaim_orphan_send: PreparedStatement,
-    pub(crate) mark_send_acked: PreparedStatement,
 }
 
 const MESSAGE_COLUMNS: &str = "message_id, sender_id, client_msg_id, body, ts, edited_at, deleted";
@@ -177,33 +174,6 @@ impl Statements {
                     "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages \
                      WHERE conversation_id = ? AND bucket = ? AND message_id > ? AND message_id < ? \
                      ORDER BY message_id ASC LIMIT ?"
-                ),
-                true,
-                None,
-            )
-            .await?,
-            claim_send: prepare(
-                format!(
-                    "INSERT INTO {ks}.send_dedup (user_id, client_msg_id, message_id, conversation_id, ts, acked) \
-                     VALUES (?, ?, ?, ?, ?, false) IF NOT EXISTS USING TTL ?"
-                ),
-                false,
-                None,
-            )
-            .await?,
-            reclaim_orphan_send: prepare(
-                format!(
-                    "UPDATE {ks}.send_dedup USING TTL ? \
-                     SET message_id = ?, conversation_id = ?, ts = ?, acked = false \
-                     WHERE user_id = ? AND client_msg_id = ? IF message_id = null"
-                ),
-                false,
-                None,
-            )
-            .await?,
-            mark_send_acked: prepare(
-                format!(
-                    "UPDATE {ks}.send_dedup USING TTL ? SET acked = true WHERE user_id = ? AND client_msg_id = ?"
                 ),
                 true,
                 None,

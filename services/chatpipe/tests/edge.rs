@@ -47,6 +47,7 @@ async fn push_batch(
             source: "test".into(),
             items,
             resync,
+            ..Default::default()
         })
         .await
         .expect("push accepted");
@@ -273,6 +274,8 @@ async fn a_removal_published_right_after_the_edge_started_is_not_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_follow_kafka_and_retries_are_deduplicated_across_edges() {
     let stack = Stack::new().await;
+    // Fan-out pushes the verdict a marked retry on another edge waits for.
+    let (_fanout, _fanout_shutdown) = stack.fanout(&unique("fanout")).await;
     let (edge_a, _drain_a) = stack.edge(stack.edge_config("a")).await;
     let (edge_b, _drain_b) = stack.edge(stack.edge_config("b")).await;
     let user = unique("u");
@@ -287,8 +290,13 @@ async fn acks_follow_kafka_and_retries_are_deduplicated_across_edges() {
         .await;
     assert_eq!(again_same_edge["message_id"], first["message_id"]);
     let mut on_b = Client::connect(&edge_b, &stack.token(&user)).await;
+    // Another edge cannot know the send: the client marks its retry, and
+    // the edge acks it with the partition's verdict.
     let again_other_edge = on_b
-        .send_message(conversation.as_str(), "retry-me", "once")
+        .send_message_raw(
+            json!({"op":"send","conversation_id":conversation.as_str(),"client_msg_id":"retry-me","body":"once","resend":true}),
+            "retry-me",
+        )
         .await;
     assert_eq!(again_other_edge["message_id"], first["message_id"]);
     assert_eq!(again_other_edge["ts"], first["ts"]);
@@ -297,18 +305,18 @@ async fn acks_follow_kafka_and_retries_are_deduplicated_across_edges() {
         .await;
     assert_ne!(second["message_id"], first["message_id"]);
 
-    let records = read_topic(&stack, &stack.topics.messages, 2).await;
+    // The same-edge retry produced nothing; the marked one on edge B is a
+    // record of its own, which every consumer drops as a duplicate.
+    let records = read_topic(&stack, &stack.topics.messages, 3).await;
     let ids: Vec<&str> = records
         .iter()
         .map(|(_, _, value)| value["message_id"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        ids,
-        [
-            first["message_id"].as_str().unwrap(),
-            second["message_id"].as_str().unwrap()
-        ]
-    );
+    assert_eq!(ids[0], first["message_id"].as_str().unwrap());
+    assert_eq!(ids[2], second["message_id"].as_str().unwrap());
+    assert_eq!(records[1].2["client_msg_id"], "retry-me");
+    assert_eq!(records[1].2["resend"], true);
+    assert!(records[0].2.get("resend").is_none(), "absent when false");
     for (partition, key, value) in &records {
         assert_eq!(key, conversation.as_str());
         assert_eq!(value["schema_version"], 1);

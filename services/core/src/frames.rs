@@ -45,6 +45,9 @@ pub enum ClientFrame {
         conversation_id: ConversationId,
         client_msg_id: ClientMsgId,
         body: String,
+        /// The client sent this `client_msg_id` before (a retry). Optional
+        /// on the wire, false when absent.
+        resend: bool,
     },
     Typing {
         conversation_id: ConversationId,
@@ -86,6 +89,7 @@ struct RawClientFrame {
     body: Option<serde_json::Value>,
     message_id: Option<serde_json::Value>,
     seq: Option<serde_json::Value>,
+    resend: Option<serde_json::Value>,
 }
 
 fn required_string(
@@ -159,10 +163,18 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
             if body.trim().is_empty() {
                 return Err(FrameError::invalid("`body` must not be empty", reference));
             }
+            let resend = match raw.resend {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::Bool(marked)) => marked,
+                Some(_) => {
+                    return Err(FrameError::invalid("`resend` must be a boolean", reference));
+                }
+            };
             Ok(ClientFrame::Send {
                 conversation_id,
                 client_msg_id,
                 body,
+                resend,
             })
         }
         "typing" => Ok(ClientFrame::Typing {
@@ -474,7 +486,22 @@ mod tests {
             &limits(),
         )
         .unwrap();
-        assert!(matches!(send, ClientFrame::Send { ref body, .. } if body == "hi"));
+        assert!(matches!(send, ClientFrame::Send { ref body, resend: false, .. } if body == "hi"));
+        let resend = decode_client_frame(
+            r#"{"op":"send","conversation_id":"c1","client_msg_id":"m1","body":"hi","resend":true}"#,
+            &limits(),
+        )
+        .unwrap();
+        assert!(matches!(resend, ClientFrame::Send { resend: true, .. }));
+        let bad_mark = decode_client_frame(
+            r#"{"op":"send","conversation_id":"c1","client_msg_id":"m1","body":"hi","resend":"yes"}"#,
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (bad_mark.code, bad_mark.reference.as_deref()),
+            (ErrorCode::Invalid, Some("m1"))
+        );
         assert!(matches!(
             decode_client_frame(r#"{"op":"typing","conversation_id":"c1"}"#, &limits()),
             Ok(ClientFrame::Typing { .. })

@@ -11,6 +11,8 @@
 //!   `schema_version`.
 //! - [`frames`]: the WebSocket protocol, a sans-I/O codec from text frames to
 //!   typed client frames and back for server frames (schemas in `schemas/ws/`).
+//! - [`dedup`]: the send de-duplication rule every consumer applies to
+//!   partition order ([`dedup::SendDedupWindow`]).
 //! - [`auth`]: bearer tokens (HS256 JWT) — signing and verification.
 //! - [`error`]: the error codes users see, mapped once to WebSocket codes and
 //!   HTTP statuses.
@@ -20,6 +22,7 @@
 //! (Kafka consumers, Cassandra primary key, search document id).
 
 pub mod auth;
+pub mod dedup;
 pub mod error;
 pub mod frames;
 pub mod ids;

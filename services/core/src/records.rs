@@ -70,8 +70,15 @@ pub struct MessageRecord {
     pub body: String,
     /// Unix milliseconds at which the edge accepted the message.
     pub ts: u64,
-    /// The edge that accepted it (for tracing and analytics).
+    /// The edge that accepted it (for tracing and analytics). A marked
+    /// resend's verdict is pushed back to this edge.
     pub edge_id: EdgeId,
+    /// The client marked the send as a resend of a `client_msg_id` it sent
+    /// before. Consumers de-duplicate every record the same way, marked or
+    /// not (see [`crate::dedup`]); the mark only asks fan-out to push the
+    /// partition's verdict to `edge_id`. Absent (false) on most records.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resend: bool,
 }
 
 /// Ephemeral events: delivered live like messages, never stored as history.

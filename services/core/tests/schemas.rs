@@ -527,6 +527,7 @@ fn message_record(message_id: u64, body: &str) -> MessageRecord {
         body: body.to_owned(),
         ts: 1_767_225_600_123,
         edge_id: edge("edge-1"),
+        resend: false,
     }
 }
 
@@ -536,11 +537,16 @@ fn message_records_match_their_schema() {
     let records = [
         message_record(1, "hi"),
         message_record(MAX_MESSAGE_ID, "héllo \"world\" 👋\nline two"),
+        MessageRecord {
+            resend: true,
+            ..message_record(2, "a marked retry")
+        },
     ];
     let mut examples = Vec::new();
     for record in &records {
         let value = to_value(record);
-        schema.assert_produced_document(&value, &[]);
+        // `resend` is written only when true.
+        schema.assert_produced_document(&value, &["resend"]);
         schema.assert_key_conforms(record.conversation_id.as_str());
         assert_eq!(
             &serde_json::from_value::<MessageRecord>(value.clone()).unwrap(),
@@ -910,6 +916,8 @@ fn client_frames_valid_per_schema_decode() {
         send_frame("c1", "m2", "héllo \"world\" 👋\nline two"),
         r#"{"op":"send","conversation_id":"c1","client_msg_id":"m3","body":"x","from_a_newer_client":true}"#
             .to_owned(),
+        r#"{"op":"send","conversation_id":"c1","client_msg_id":"m4","body":"again","resend":true}"#
+            .to_owned(),
         r#"{"op":"typing","conversation_id":"c1"}"#.to_owned(),
         r#"{"op":"read","conversation_id":"c1","message_id":"1"}"#.to_owned(),
         format!(r#"{{"op":"read","conversation_id":"c1","message_id":"{MAX_MESSAGE_ID}"}}"#),
@@ -934,10 +942,12 @@ fn client_frames_valid_per_schema_decode() {
                 conversation_id,
                 client_msg_id,
                 body,
+                resend,
             } => {
                 assert_eq!(conversation_id.as_str(), value["conversation_id"]);
                 assert_eq!(client_msg_id.as_str(), value["client_msg_id"]);
                 assert_eq!(body, &value["body"]);
+                assert_eq!(*resend, value["resend"].as_bool().unwrap_or(false));
             }
             ClientFrame::Typing { conversation_id } => {
                 assert_eq!(conversation_id.as_str(), value["conversation_id"]);

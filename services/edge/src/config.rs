@@ -64,7 +64,9 @@ pub struct EdgeConfig {
     /// Token lifetime accepted is set by the token; this bounds membership
     /// cache staleness when no membership event arrives.
     pub membership_cache_ttl_ms: u64,
-    /// How long the local de-duplication cache remembers acked sends.
+    /// How long the edge's cache of recent sends (keyed by conversation,
+    /// sender and `client_msg_id`) remembers a send: a retry on this edge
+    /// within it is answered without producing.
     pub dedup_cache_ttl_ms: u64,
     /// Kafka producer linger (`linger.ms`), in ms: how long a produce
     /// request waits for more records before it is sent. Every send of the

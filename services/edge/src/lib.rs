@@ -6,8 +6,11 @@
 //!   IP and globally, to shed reconnect storms) and frames (per connection);
 //! - turns `send` frames into `chat.messages` records (keyed by
 //!   conversation) and answers `ack` only after Kafka confirmed them with
-//!   `acks=all` — *acked means durable*; retried sends are de-duplicated by
-//!   `(user, client_msg_id)` across edges ([`send`]);
+//!   `acks=all` — *acked means durable*, and nothing else is paid per
+//!   send; retries, keyed by `(conversation_id, sender_id, client_msg_id)`,
+//!   are coalesced on the edge and dropped by every consumer from partition
+//!   order; a retry marked `resend` is acked with the original id through
+//!   the verdict fan-out pushes back ([`send`], [`push`]);
 //! - publishes which users it holds to the compacted session-route topic, so
 //!   fan-out workers know where to push ([`routes`]);
 //! - receives batched pushes from fan-out over gRPC and queues each frame to

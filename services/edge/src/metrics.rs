@@ -27,9 +27,22 @@ pub struct EdgeMetrics {
     pub frames_out: Counter,
     /// Client frames refused, by error code.
     pub frames_rejected: CounterByReason,
+    /// Sends this edge produced and Kafka confirmed (marked resends
+    /// included, once their verdict came).
     pub sends_acked: Counter,
-    /// Sends answered from the de-duplication window.
+    /// Sends acked with an earlier attempt's id: answered by the edge's
+    /// cache of recent sends (or an attempt in flight), or by a verdict
+    /// naming an earlier attempt.
     pub sends_deduplicated: Counter,
+    /// Marked resends that waited for their partition's verdict.
+    pub resend_verdict_waits: Counter,
+    /// Of those, the ones answered `unavailable` because no verdict came
+    /// within the send deadline.
+    pub resend_verdict_timeouts: Counter,
+    /// Verdicts received from fan-out, and those no send was waiting for
+    /// (answered from the cache meanwhile, timed out, or pushed again).
+    pub verdicts_received: Counter,
+    pub verdicts_unclaimed: Counter,
     /// send → ack latency (membership, de-duplication, Kafka `acks=all`).
     pub send_latency_seconds: Histogram,
     pub slow_consumer_closes: Counter,
@@ -61,6 +74,10 @@ impl EdgeMetrics {
             frames_rejected: CounterByReason::default(),
             sends_acked: Counter::default(),
             sends_deduplicated: Counter::default(),
+            resend_verdict_waits: Counter::default(),
+            resend_verdict_timeouts: Counter::default(),
+            verdicts_received: Counter::default(),
+            verdicts_unclaimed: Counter::default(),
             send_latency_seconds: latency_histogram(),
             slow_consumer_closes: Counter::default(),
             heartbeat_timeouts: Counter::default(),
@@ -141,8 +158,28 @@ impl EdgeMetrics {
         );
         registry.register(
             "sends_deduplicated",
-            "Retried sends answered with the original ack",
+            "Retried sends answered with an earlier attempt's id (edge cache or verdict)",
             self.sends_deduplicated.clone(),
+        );
+        registry.register(
+            "resend_verdict_waits",
+            "Marked resends that waited for their partition's verdict",
+            self.resend_verdict_waits.clone(),
+        );
+        registry.register(
+            "resend_verdict_timeouts",
+            "Marked resends answered unavailable: no verdict within the send deadline",
+            self.resend_verdict_timeouts.clone(),
+        );
+        registry.register(
+            "verdicts_received",
+            "Send verdicts pushed by fan-out",
+            self.verdicts_received.clone(),
+        );
+        registry.register(
+            "verdicts_unclaimed",
+            "Send verdicts no send was waiting for",
+            self.verdicts_unclaimed.clone(),
         );
         registry.register(
             "send_latency_seconds",

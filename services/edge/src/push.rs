@@ -13,16 +13,22 @@
 //! members. A batch that references a set the edge does not hold is refused
 //! whole, before anything is delivered, with `unknown_member_sets`; fan-out
 //! resends it with the lists attached.
+//!
+//! A batch may also carry verdicts on marked resends this edge accepted;
+//! each is handed to the send waiting for it (see [`crate::send`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use chatpipe_core::MessageId;
+use chatpipe_core::dedup::send_key_digest;
 use chatpipe_core::frames::{SequencedFrame, is_json_object};
 use chatpipe_proto::push::edge_push_server::EdgePush;
 use chatpipe_proto::push::{MemberSetRef, PushBatch, PushReply};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::EdgeMetrics;
+use crate::send::{Accepted, VerdictWaiters};
 use crate::sessions::SessionRegistry;
 
 const DELIVERABLE_OPS: [&str; 4] = ["message", "typing", "read", "presence"];
@@ -100,6 +106,7 @@ impl MemberSets {
 pub struct PushService {
     pub(crate) sessions: Arc<SessionRegistry>,
     pub(crate) metrics: EdgeMetrics,
+    pub(crate) verdicts: Arc<VerdictWaiters>,
     pub(crate) member_sets: Arc<MemberSets>,
 }
 
@@ -186,6 +193,24 @@ impl EdgePush for PushService {
             self.metrics.resyncs.inc();
             tracing::warn!(source = %batch.source, sessions, "fan-out lost frames for this edge; every session starts over");
         }
+        for verdict in &batch.verdicts {
+            let Ok(message_id) = MessageId::parse(&verdict.message_id) else {
+                return Err(Status::invalid_argument("verdict message_id is not an id"));
+            };
+            self.metrics.verdicts_received.inc();
+            let digest = send_key_digest(
+                &verdict.conversation_id,
+                &verdict.sender_id,
+                &verdict.client_msg_id,
+            );
+            let accepted = Accepted {
+                message_id,
+                ts: verdict.ts,
+            };
+            if self.verdicts.resolve(digest, accepted) == 0 {
+                self.metrics.verdicts_unclaimed.inc();
+            }
+        }
         let mut delivered: u32 = 0;
         let mut absent: u32 = 0;
         for (item, members) in batch.items.iter().zip(member_lists) {
@@ -238,6 +263,7 @@ mod tests {
             sessions: Arc::new(SessionRegistry::new(64, 64)),
             metrics: EdgeMetrics::new(),
             member_sets: Arc::new(MemberSets::new(10)),
+            verdicts: Arc::new(VerdictWaiters::default()),
         }
     }
 
@@ -259,6 +285,7 @@ mod tests {
             source: "test".into(),
             items,
             resync: false,
+            ..PushBatch::default()
         })
     }
 

@@ -1,23 +1,39 @@
 //! The write path of a client frame: `send`, `typing`, `read`.
 //!
 //! A `send` is acknowledged only after Kafka confirmed the record with
-//! `acks=all`. Its `client_msg_id` is de-duplicated per user in two layers:
-//! a local cache (the same edge, the common case) and the shared
-//! [`SendDedupStore`] (a retry that reaches another edge after a
-//! reconnect), inside the store's retention window. A retry whose first
-//! attempt was never confirmed by Kafka re-produces the *same* message id,
-//! so downstream (history, search, clients) sees one message.
+//! `acks=all`, and costs nothing else: no consensus, no store write.
+//! De-duplication rests on partition order (see `chatpipe_core::dedup`):
+//! every attempt of a send — key `(conversation_id, sender_id,
+//! client_msg_id)` — lands in the conversation's partition, and every
+//! consumer drops the attempts after the first one identically. The edge
+//! adds two things on top:
+//!
+//! - a local cache of recent sends, by key, that coalesces attempts on this
+//!   edge: a retry that arrives while the first attempt is in flight waits
+//!   for it and gets the same answer; a later one is answered from the
+//!   cache without producing. A failed attempt is not cached.
+//! - for a send the client marked `resend` that misses the cache (another
+//!   edge took the first attempt, or this edge forgot it), the edge
+//!   produces the marked record and then waits, within the send deadline,
+//!   for the partition's verdict that fan-out pushes back
+//!   ([`VerdictWaiters`]); the ack carries the first attempt's `message_id`
+//!   and `ts`. No verdict in time: `unavailable`, and the client retries,
+//!   still marked.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chatpipe_core::dedup::{SendKey, SendKeyDigest};
 use chatpipe_core::ids::MessageIdGenerator;
 use chatpipe_core::records::{Event, EventRecord, MessageRecord, SCHEMA_VERSION, TopicNames};
-use chatpipe_core::store::{MembershipStore, SendClaim, SendDedupStore};
+use chatpipe_core::store::MembershipStore;
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, ErrorCode, MessageId, UserId};
 use chatpipe_kafka::ChatProducer;
 use moka::future::Cache;
+use tokio::sync::oneshot;
 
 use crate::metrics::EdgeMetrics;
 
@@ -52,6 +68,96 @@ pub struct Accepted {
     pub ts: u64,
 }
 
+/// One registered wait: its ticket and where its verdict goes.
+type Waiter = (u64, oneshot::Sender<Accepted>);
+
+/// Marked resends waiting for their partition's verdict, by key digest.
+/// Bounded by the sends in progress (one per connection at a time); a
+/// waiter removes itself when it gives up.
+#[derive(Debug, Default)]
+pub struct VerdictWaiters {
+    waiting: Mutex<HashMap<SendKeyDigest, Vec<Waiter>>>,
+    next_ticket: AtomicU64,
+}
+
+/// One registered wait; dropping it unregisters it.
+#[derive(Debug)]
+pub(crate) struct VerdictWait<'a> {
+    waiters: &'a VerdictWaiters,
+    digest: SendKeyDigest,
+    ticket: u64,
+    receiver: Option<oneshot::Receiver<Accepted>>,
+}
+
+impl VerdictWaiters {
+    /// Registers a wait for `digest` (before the record is produced, so
+    /// that a fast verdict is not missed).
+    pub(crate) fn register(&self, digest: SendKeyDigest) -> VerdictWait<'_> {
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        self.waiting
+            .lock()
+            .expect("verdict waiters lock")
+            .entry(digest)
+            .or_default()
+            .push((ticket, sender));
+        VerdictWait {
+            waiters: self,
+            digest,
+            ticket,
+            receiver: Some(receiver),
+        }
+    }
+
+    /// Hands a verdict to every wait for `digest`; returns how many there
+    /// were.
+    pub fn resolve(&self, digest: SendKeyDigest, accepted: Accepted) -> usize {
+        let found = self
+            .waiting
+            .lock()
+            .expect("verdict waiters lock")
+            .remove(&digest)
+            .unwrap_or_default();
+        let woken = found.len();
+        for (_, sender) in found {
+            let _ = sender.send(accepted);
+        }
+        woken
+    }
+
+    /// Waits in progress (for tests and the gauge-less debugging).
+    pub fn len(&self) -> usize {
+        self.waiting
+            .lock()
+            .expect("verdict waiters lock")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl VerdictWait<'_> {
+    async fn verdict(&mut self) -> Option<Accepted> {
+        self.receiver.take()?.await.ok()
+    }
+}
+
+impl Drop for VerdictWait<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.waiters.waiting.lock().expect("verdict waiters lock");
+        if let Some(list) = waiting.get_mut(&self.digest) {
+            list.retain(|(ticket, _)| *ticket != self.ticket);
+            if list.is_empty() {
+                waiting.remove(&self.digest);
+            }
+        }
+    }
+}
+
 /// The send path, shared by every connection of an edge.
 pub struct SendPath<S> {
     store: S,
@@ -60,7 +166,8 @@ pub struct SendPath<S> {
     edge_id: EdgeId,
     generator: Mutex<MessageIdGenerator>,
     membership: Cache<(ConversationId, UserId), bool>,
-    recent_sends: Cache<(UserId, ClientMsgId), Accepted>,
+    recent_sends: Cache<SendKey, Accepted>,
+    verdicts: Arc<VerdictWaiters>,
     deadline: Duration,
     metrics: EdgeMetrics,
 }
@@ -80,12 +187,25 @@ pub struct SendPathSettings {
     pub edge_id: EdgeId,
     pub worker_id: u16,
     pub topics: TopicNames,
+    /// Bounds a send end to end, the verdict wait of a marked resend
+    /// included.
     pub deadline: Duration,
     pub membership_ttl: Duration,
+    /// How long the local cache remembers a send.
     pub dedup_ttl: Duration,
 }
 
-impl<S: MembershipStore + SendDedupStore> SendPath<S> {
+/// One client send, as the send path takes it.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub conversation_id: ConversationId,
+    pub client_msg_id: ClientMsgId,
+    pub body: String,
+    /// The client marked it as a retry.
+    pub resend: bool,
+}
+
+impl<S: MembershipStore> SendPath<S> {
     pub fn new(
         store: S,
         producer: ChatProducer,
@@ -106,9 +226,15 @@ impl<S: MembershipStore + SendDedupStore> SendPath<S> {
                 .max_capacity(200_000)
                 .time_to_live(settings.dedup_ttl)
                 .build(),
+            verdicts: Arc::new(VerdictWaiters::default()),
             deadline: settings.deadline,
             metrics,
         }
+    }
+
+    /// Where pushed verdicts are handed to waiting sends.
+    pub fn verdict_waiters(&self) -> Arc<VerdictWaiters> {
+        self.verdicts.clone()
     }
 
     /// Membership, cached. Only positive answers are cached; a membership
@@ -147,87 +273,101 @@ impl<S: MembershipStore + SendDedupStore> SendPath<S> {
             .await;
     }
 
-    /// Handles a `send`; resolves when Kafka confirmed (or refused) it.
+    /// Handles a `send`; resolves when Kafka confirmed (or refused) it, and
+    /// for a marked resend that this edge does not remember, when the
+    /// partition's verdict arrived.
     pub async fn send(
         &self,
         sender: &UserId,
-        conversation: ConversationId,
-        client_msg_id: ClientMsgId,
-        body: String,
+        request: SendRequest,
     ) -> Result<Accepted, SendRefusal> {
         let started = Instant::now();
-        let dedup_key = (sender.clone(), client_msg_id.clone());
-        if let Some(accepted) = self.recent_sends.get(&dedup_key).await {
-            self.metrics.sends_deduplicated.inc();
-            return Ok(accepted);
-        }
-        self.require_member(&conversation, sender).await?;
-
-        let ts = now_unix_ms();
-        let fresh_id = self.generator.lock().expect("generator lock").next_id(ts);
-        let claim = self
-            .store
-            .claim(sender, &client_msg_id, &conversation, fresh_id, ts)
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, "send de-duplication claim failed");
-                SendRefusal::unavailable("storage")
-            })?;
-        let accepted = match claim {
-            SendClaim::Existing(seen) if seen.acked => {
-                self.metrics.sends_deduplicated.inc();
-                let accepted = Accepted {
-                    message_id: seen.message_id,
-                    ts: seen.ts,
-                };
-                self.recent_sends.insert(dedup_key, accepted).await;
-                return Ok(accepted);
-            }
-            // Claimed before but never confirmed: produce the same id again.
-            SendClaim::Existing(seen) => Accepted {
-                message_id: seen.message_id,
-                ts: seen.ts,
-            },
-            SendClaim::Claimed => Accepted {
-                message_id: fresh_id,
-                ts,
-            },
+        self.require_member(&request.conversation_id, sender)
+            .await?;
+        let key = SendKey::new(
+            request.conversation_id.clone(),
+            sender.clone(),
+            request.client_msg_id.clone(),
+        );
+        let digest = key.digest();
+        // Whether this call produced (true) or was answered by another
+        // attempt of the same send on this edge (false).
+        let produced = AtomicBool::new(false);
+        let attempt = async {
+            produced.store(true, Ordering::Relaxed);
+            self.attempt(sender, request, digest, started).await
         };
+        let outcome = self.recent_sends.try_get_with(key, attempt).await;
+        match outcome {
+            Ok(accepted) if produced.load(Ordering::Relaxed) => {
+                self.metrics.sends_acked.inc();
+                self.metrics
+                    .send_latency_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(accepted)
+            }
+            Ok(accepted) => {
+                self.metrics.sends_deduplicated.inc();
+                Ok(accepted)
+            }
+            Err(refusal) => Err((*refusal).clone()),
+        }
+    }
 
+    /// Produces one attempt; waits for the verdict if it is marked.
+    async fn attempt(
+        &self,
+        sender: &UserId,
+        request: SendRequest,
+        digest: SendKeyDigest,
+        started: Instant,
+    ) -> Result<Accepted, SendRefusal> {
+        let ts = now_unix_ms();
+        let message_id = self.generator.lock().expect("generator lock").next_id(ts);
         let record = MessageRecord {
             schema_version: SCHEMA_VERSION,
-            message_id: accepted.message_id,
-            conversation_id: conversation,
+            message_id,
+            conversation_id: request.conversation_id,
             sender_id: sender.clone(),
-            client_msg_id: client_msg_id.clone(),
-            body,
-            ts: accepted.ts,
+            client_msg_id: request.client_msg_id,
+            body: request.body,
+            ts,
             edge_id: self.edge_id.clone(),
+            resend: request.resend,
         };
+        // Registered before producing, so that a fast verdict is not missed.
+        let mut wait = request.resend.then(|| self.verdicts.register(digest));
         self.producer
-            .send_json(&self.topics.messages, record.conversation_id.as_str(), &record, self.deadline)
+            .send_json(
+                &self.topics.messages,
+                record.conversation_id.as_str(),
+                &record,
+                self.deadline,
+            )
             .await
             .map_err(|error| {
-                tracing::warn!(%error, message_id = %accepted.message_id, "kafka did not confirm a send");
+                tracing::warn!(%error, %message_id, "kafka did not confirm a send");
                 SendRefusal::unavailable("kafka")
             })?;
-        self.recent_sends.insert(dedup_key, accepted).await;
-        self.metrics.sends_acked.inc();
-        self.metrics
-            .send_latency_seconds
-            .observe(started.elapsed().as_secs_f64());
-
-        // Recording the ack lets a cross-edge retry answer without
-        // re-producing; failing to record it only costs a duplicate record
-        // with the same id, which every reader absorbs.
-        let store = self.store.clone();
-        let user = sender.clone();
-        tokio::spawn(async move {
-            if let Err(error) = store.mark_acked(&user, &client_msg_id).await {
-                tracing::debug!(%error, "could not record send ack");
+        let produced = Accepted { message_id, ts };
+        let Some(wait) = wait.as_mut() else {
+            return Ok(produced);
+        };
+        self.metrics.resend_verdict_waits.inc();
+        let left = self.deadline.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, wait.verdict()).await {
+            Ok(Some(original)) => {
+                if original != produced {
+                    self.metrics.sends_deduplicated.inc();
+                }
+                Ok(original)
             }
-        });
-        Ok(accepted)
+            _ => {
+                self.metrics.resend_verdict_timeouts.inc();
+                tracing::debug!(%message_id, "no verdict for a marked resend within the deadline");
+                Err(SendRefusal::unavailable("the send's verdict"))
+            }
+        }
     }
 
     /// Publishes a `typing` or `read` event after checking membership.
@@ -275,5 +415,45 @@ impl<S: MembershipStore + SendDedupStore> SendPath<S> {
             .await
             .map(|_| ())
             .map_err(|_| SendRefusal::unavailable("kafka"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(raw: u64) -> Accepted {
+        Accepted {
+            message_id: MessageId::from_u64(raw),
+            ts: raw,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_verdict_reaches_every_wait_for_its_key_only() {
+        let waiters = VerdictWaiters::default();
+        let mut first = waiters.register(7);
+        let mut second = waiters.register(7);
+        let mut other = waiters.register(8);
+        assert_eq!(waiters.len(), 3);
+        assert_eq!(waiters.resolve(7, accepted(42)), 2);
+        assert_eq!(first.verdict().await, Some(accepted(42)));
+        assert_eq!(second.verdict().await, Some(accepted(42)));
+        assert_eq!(waiters.resolve(7, accepted(43)), 0, "already answered");
+        assert_eq!(waiters.len(), 1);
+        drop(other.receiver.take());
+        drop(other);
+        assert!(waiters.is_empty(), "a wait that gives up unregisters");
+    }
+
+    #[tokio::test]
+    async fn a_verdict_before_the_wait_starts_is_kept() {
+        // The edge registers before producing: a verdict that arrives
+        // before the producer's ack still reaches the send.
+        let waiters = VerdictWaiters::default();
+        let mut wait = waiters.register(1);
+        assert_eq!(waiters.resolve(1, accepted(5)), 1);
+        tokio::task::yield_now().await;
+        assert_eq!(wait.verdict().await, Some(accepted(5)));
     }
 }

@@ -24,13 +24,14 @@ use axum::response::Response;
 use chatpipe_core::auth::bearer_token;
 use chatpipe_core::frames::{ClientFrame, ControlFrame, decode_client_frame};
 use chatpipe_core::records::Event;
-use chatpipe_core::store::{MembershipStore, SendDedupStore};
+use chatpipe_core::store::MembershipStore;
 use chatpipe_core::{ClientMsgId, ConversationId, SessionId, UserId};
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::send::SendRequest;
 use crate::server::EdgeShared;
 use crate::sessions::{KickReason, ResumeOutcome, Session};
 
@@ -59,7 +60,7 @@ struct Refusal {
     reason: String,
 }
 
-pub async fn ws_handler<S: MembershipStore + SendDedupStore>(
+pub async fn ws_handler<S: MembershipStore>(
     State(edge): State<Arc<EdgeShared<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<ConnectParams>,
@@ -164,6 +165,7 @@ enum Job {
         conversation_id: ConversationId,
         client_msg_id: ClientMsgId,
         body: String,
+        resend: bool,
     },
     Event(Event),
 }
@@ -188,7 +190,7 @@ impl<S> Drop for OpenConnectionGuard<'_, S> {
     }
 }
 
-async fn connection<S: MembershipStore + SendDedupStore>(
+async fn connection<S: MembershipStore>(
     edge: Arc<EdgeShared<S>>,
     mut socket: WebSocket,
     user: UserId,
@@ -352,7 +354,7 @@ where
     }
 }
 
-async fn serve<S: MembershipStore + SendDedupStore>(
+async fn serve<S: MembershipStore>(
     edge: &Arc<EdgeShared<S>>,
     socket: &mut WebSocket,
     session: &Arc<Session>,
@@ -442,7 +444,7 @@ async fn serve<S: MembershipStore + SendDedupStore>(
                         session.ack(seq);
                         continue;
                     }
-                    ClientFrame::Send { conversation_id, client_msg_id, body } => Job::Send { conversation_id, client_msg_id, body },
+                    ClientFrame::Send { conversation_id, client_msg_id, body, resend } => Job::Send { conversation_id, client_msg_id, body, resend },
                     ClientFrame::Typing { conversation_id } => Job::Event(Event::Typing { conversation_id, user_id: session.user.clone() }),
                     ClientFrame::Read { conversation_id, message_id } => Job::Event(Event::Read { conversation_id, user_id: session.user.clone(), message_id }),
                 };
@@ -502,10 +504,7 @@ async fn next_reply(worker: &mut Option<JobWorker>) -> Option<ControlFrame> {
 
 /// Runs a connection's sends and events one at a time, in arrival order, so
 /// that a client's messages keep their order into Kafka.
-fn spawn_job_worker<S: MembershipStore + SendDedupStore>(
-    edge: Arc<EdgeShared<S>>,
-    user: UserId,
-) -> JobWorker {
+fn spawn_job_worker<S: MembershipStore>(edge: Arc<EdgeShared<S>>, user: UserId) -> JobWorker {
     let (jobs_tx, mut jobs_rx) = mpsc::channel::<Job>(JOBS_PER_CONNECTION);
     let (control, replies) = mpsc::channel::<ControlFrame>(JOBS_PER_CONNECTION);
     tokio::spawn(async move {
@@ -515,13 +514,16 @@ fn spawn_job_worker<S: MembershipStore + SendDedupStore>(
                     conversation_id,
                     client_msg_id,
                     body,
+                    resend,
                 } => {
                     let reference = client_msg_id.to_string();
-                    match edge
-                        .send_path
-                        .send(&user, conversation_id, client_msg_id.clone(), body)
-                        .await
-                    {
+                    let request = SendRequest {
+                        conversation_id,
+                        client_msg_id: client_msg_id.clone(),
+                        body,
+                        resend,
+                    };
+                    match edge.send_path.send(&user, request).await {
                         Ok(accepted) => Some(ControlFrame::Ack {
                             client_msg_id,
                             message_id: accepted.message_id,

@@ -61,6 +61,10 @@ pub struct FanoutConfig {
     /// deliveries when everyone connects (clients of large groups ask for
     /// the presence they show instead).
     pub presence_max_members: usize,
+    /// The send de-duplication window W (the clients' retry window): a
+    /// retry of a send within W of its first attempt is not delivered.
+    /// Must equal persist's and index's.
+    pub send_dedup_window_ms: u64,
     /// Conversations with at least this many members are pushed as a
     /// *member set*: the push names the conversation's member list by a
     /// digest, sends the list once per edge and membership, and the edge
@@ -89,6 +93,7 @@ impl Default for FanoutConfig {
             membership_cache_ttl_ms: 60_000,
             resolve_concurrency: 32,
             presence_max_members: 500,
+            send_dedup_window_ms: chatpipe_kafka::send_dedup::DEFAULT_SEND_DEDUP_WINDOW_MS,
             member_set_min_members: 1_000,
         }
     }

@@ -14,13 +14,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use chatpipe_core::EdgeId;
 use chatpipe_core::frames::{Deliverable, MessageView};
 use chatpipe_core::records::{Event, EventRecord, MessageRecord, TopicNames};
 use chatpipe_core::store::{MembershipStore, StoreError};
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_core::{ConversationId, UserId};
 use chatpipe_kafka::consumer::{BatchHandler, HandlerError};
-use chatpipe_kafka::{DeadLetterSink, Record};
+use chatpipe_kafka::{DeadLetterSink, PartitionedSendDedup, Record};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +30,7 @@ use crate::metrics::{FanoutMetrics, PushOutcome};
 use crate::plan::{Delivery, MemberSet, plan_pushes};
 use crate::push::EdgePushers;
 use crate::routes::SharedRouteTable;
+use crate::verdicts::{VerdictPusher, verdict_for};
 
 /// Logical topic names used as metric labels.
 pub(crate) const MESSAGES: &str = "messages";
@@ -84,6 +86,9 @@ pub(crate) struct FanoutHandler<M> {
     pub(crate) dead_lettered: HashSet<(String, i32, i64)>,
     /// Ends push retries when the worker stops or the partition is revoked.
     pub(crate) shutdown: CancellationToken,
+    /// Drops retries of earlier sends (the rule persist and index apply).
+    pub(crate) dedup: PartitionedSendDedup,
+    pub(crate) verdicts: Arc<VerdictPusher>,
 }
 
 impl<M: MembershipStore> FanoutHandler<M> {
@@ -237,6 +242,7 @@ impl<M: MembershipStore> BatchHandler for FanoutHandler<M> {
     async fn handle(&mut self, batch: &[Record]) -> Result<(), HandlerError> {
         let mut decoded = Vec::with_capacity(batch.len());
         let (mut messages_in, mut events_in) = (0u64, 0u64);
+        let mut verdicts: Vec<(EdgeId, chatpipe_proto::push::SendVerdict)> = Vec::new();
         for message in batch {
             if message.topic() == self.topics.messages {
                 messages_in += 1;
@@ -244,8 +250,26 @@ impl<M: MembershipStore> BatchHandler for FanoutHandler<M> {
                 events_in += 1;
             }
             match decode(message, &self.topics) {
+                Ok(Decoded::Message(record)) => {
+                    let verdict = self
+                        .dedup
+                        .judge(message.partition(), message.offset(), &record)
+                        .await
+                        .map_err(|error| {
+                            HandlerError::retriable(format!("send de-duplication: {error}"))
+                        })?;
+                    if record.resend {
+                        verdicts.push((record.edge_id.clone(), verdict_for(&record, verdict)));
+                    }
+                    if !verdict.is_duplicate() {
+                        decoded.push(Decoded::Message(record));
+                    }
+                }
                 Ok(record) => decoded.push(record),
                 Err(reason) => {
+                    if message.topic() == self.topics.messages {
+                        self.dedup.skip(message.partition(), message.offset());
+                    }
                     let coordinates = (
                         message.topic().to_owned(),
                         message.partition(),
@@ -325,6 +349,8 @@ impl<M: MembershipStore> BatchHandler for FanoutHandler<M> {
         }
         self.metrics.count_records_in(MESSAGES, messages_in);
         self.metrics.count_records_in(EVENTS, events_in);
+        // After the batch's deliveries; best effort (see `verdicts`).
+        self.verdicts.push(&self.routes, verdicts).await;
         self.dead_lettered.clear();
         Ok(())
     }

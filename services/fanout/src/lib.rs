@@ -18,7 +18,10 @@
 //! - [`plan`]: pure grouping of a batch's items into one push per edge.
 //! - [`push`]: tonic channels per edge, cutting, retries, give-up and resync.
 //! - `tails`: the two assignment consumers that feed the table and the cache.
-//! - `handler`: the consumer group's batch handler.
+//! - `handler`: the consumer group's batch handler; it drops retries of
+//!   earlier sends (`chatpipe_kafka::send_dedup`, the rule persist and
+//!   index apply too).
+//! - `verdicts`: verdicts on marked resends, pushed to their edge.
 //! - [`worker`]: [`FanoutWorker::spawn`] / [`run`], the start-up order.
 //! - [`metrics`]: [`FanoutMetrics`] (`chatpipe_fanout_…`).
 //!
@@ -70,6 +73,7 @@ pub mod plan;
 pub mod push;
 pub mod routes;
 mod tails;
+mod verdicts;
 pub mod worker;
 
 pub use config::FanoutConfig;

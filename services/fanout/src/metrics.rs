@@ -1,7 +1,7 @@
 //! What a fan-out worker counts. Registered under `chatpipe_fanout_…`;
 //! tests read the same handles instead of scraping `/metrics`.
 
-use chatpipe_kafka::ConsumerMetrics;
+use chatpipe_kafka::{ConsumerMetrics, SendDedupMetrics};
 use chatpipe_runtime::metrics::{
     CounterByReason, EncodeLabelSet, Family, ReasonLabel, latency_histogram, reason_count,
 };
@@ -109,6 +109,11 @@ pub struct FanoutMetrics {
     pub membership_store_errors: Counter,
     /// The consumer group's own counters (lag, retries, dead-lettered, …).
     pub consumer: ConsumerMetrics,
+    /// Retries of a send not delivered (duplicates), and window rebuilds.
+    pub send_dedup: SendDedupMetrics,
+    /// Verdicts on marked resends pushed to edges, by outcome (`ok`,
+    /// `timeout`, `error`, `no_live_edge`).
+    pub verdicts: CounterByReason,
 }
 
 impl Default for FanoutMetrics {
@@ -146,6 +151,8 @@ impl FanoutMetrics {
             membership_invalidations: Counter::default(),
             membership_store_errors: Counter::default(),
             consumer: ConsumerMetrics::new(),
+            send_dedup: SendDedupMetrics::default(),
+            verdicts: CounterByReason::default(),
         };
         // Exported at 0 from the start, so that alerts and dashboards see
         // the series before the first give-up.
@@ -285,6 +292,12 @@ impl FanoutMetrics {
             self.membership_store_errors.clone(),
         );
         self.consumer.register(fanout);
+        self.send_dedup.register(fanout);
+        fanout.register(
+            "send_verdicts",
+            "Verdicts on marked resends pushed to edges, by outcome",
+            self.verdicts.clone(),
+        );
     }
 
     /// Counts one push with its outcome.
@@ -337,6 +350,12 @@ impl FanoutMetrics {
         self.pushes_given_up
             .get_or_create(&ReasonLabel::new(reason.as_str()))
             .inc();
+    }
+
+    pub(crate) fn count_verdicts(&self, outcome: &str, count: u64) {
+        self.verdicts
+            .get_or_create(&ReasonLabel::new(outcome))
+            .inc_by(count);
     }
 
     pub(crate) fn count_item_skipped(&self, reason: &str) {

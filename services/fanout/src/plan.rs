@@ -546,6 +546,7 @@ mod tests {
                         source: "w".into(),
                         items: batch.items.clone(),
                         resync: false,
+                        ..Default::default()
                     }
                     .encoded_len()
                 })

@@ -518,6 +518,7 @@ impl EdgePushers {
             source: self.source.clone(),
             items,
             resync,
+            ..Default::default()
         };
         let started = Instant::now();
         let answer = tokio::time::timeout(timeout, client.push(request)).await;

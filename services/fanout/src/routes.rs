@@ -172,6 +172,14 @@ impl RouteTable {
         live
     }
 
+    /// The push address of `edge_id` while its lease is live.
+    pub fn push_addr_of(&self, edge_id: &EdgeId, now_unix_ms: u64) -> Option<Arc<str>> {
+        self.edges
+            .get(edge_id)
+            .filter(|entry| self.is_live(entry, now_unix_ms))
+            .map(|entry| entry.push_addr.clone())
+    }
+
     /// Whether `edge_id` holds a live lease at `push_addr`.
     pub fn is_edge_live_at(&self, edge_id: &EdgeId, push_addr: &str, now_unix_ms: u64) -> bool {
         self.edges

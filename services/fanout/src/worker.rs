@@ -121,6 +121,17 @@ impl FanoutWorker {
             member_set_min_members: config.member_set_min_members,
             dead_lettered: Default::default(),
             shutdown: shutdown.token().clone(),
+            dedup: chatpipe_kafka::PartitionedSendDedup::new(
+                &kafka,
+                config.topics.messages.clone(),
+                chatpipe_kafka::SendDedupSettings::with_window_ms(config.send_dedup_window_ms),
+                metrics.send_dedup.clone(),
+            ),
+            verdicts: Arc::new(crate::verdicts::VerdictPusher::new(
+                config.worker_id.clone(),
+                config.push_timeout(),
+                metrics.clone(),
+            )),
         };
         let consumer_kafka = KafkaConfig::new(
             kafka.brokers.clone(),

@@ -56,6 +56,10 @@ pub struct IndexConfig {
     pub rollover_max_size: Option<String>,
     /// Roll over at this index age (engine notation, `"30d"`).
     pub rollover_max_age: Option<String>,
+    /// The send de-duplication window W (the clients' retry window): a
+    /// retry of a send within W of its first attempt is not indexed. Must
+    /// equal fan-out's and persist's.
+    pub send_dedup_window_ms: u64,
 }
 
 impl Default for IndexConfig {
@@ -78,6 +82,7 @@ impl Default for IndexConfig {
             rollover_max_docs: rollover.max_docs,
             rollover_max_size: rollover.max_size,
             rollover_max_age: rollover.max_age,
+            send_dedup_window_ms: chatpipe_kafka::send_dedup::DEFAULT_SEND_DEDUP_WINDOW_MS,
         }
     }
 }

@@ -1,10 +1,12 @@
-//! The consumer group's batch handler: decode, bulk-index, dead-letter.
+//! The consumer group's batch handler: decode, drop retries of earlier
+//! sends (the partition-order rule shared with fan-out and persist, see
+//! [`PartitionedSendDedup`]), bulk-index, dead-letter.
 
 use std::time::Instant;
 
 use chatpipe_core::records::MessageRecord;
 use chatpipe_kafka::consumer::{BatchHandler, HandlerError};
-use chatpipe_kafka::{DeadLetterSink, Record};
+use chatpipe_kafka::{DeadLetterSink, PartitionedSendDedup, Record};
 use chatpipe_search::template::apply_template;
 use chatpipe_search::{BulkDoc, EsBulkSink, EsClient, MessageDocument, SearchEngineConfig};
 
@@ -14,6 +16,8 @@ use crate::metrics::IndexMetrics;
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct DecodedBatch {
     pub docs: Vec<BulkDoc>,
+    /// For each document, its record.
+    pub records: Vec<MessageRecord>,
     /// For each document, the index of its record in the batch.
     pub origins: Vec<usize>,
     /// Records that are not a message record: (index in the batch, why).
@@ -40,6 +44,7 @@ pub(crate) fn decode_batch<'a>(
                     .push(BulkDoc::from_document(&MessageDocument::from_record(
                         &record,
                     )));
+                decoded.records.push(record);
                 decoded.origins.push(position);
             }
             Err(error) => decoded
@@ -57,6 +62,7 @@ pub(crate) struct IndexHandler {
     pub sink: EsBulkSink,
     pub dead_letters: DeadLetterSink,
     pub metrics: IndexMetrics,
+    pub dedup: PartitionedSendDedup,
 }
 
 impl IndexHandler {
@@ -81,7 +87,42 @@ impl BatchHandler for IndexHandler {
                 })?;
             self.template_ready = true;
         }
-        let decoded = decode_batch(batch.iter().map(|message| message.payload()));
+        let mut decoded = decode_batch(batch.iter().map(|message| message.payload()));
+        // Judged in batch order; undecodable records only move the
+        // partition's expected offset on.
+        let mut doc_at: Vec<Option<usize>> = vec![None; batch.len()];
+        for (doc, origin) in decoded.origins.iter().enumerate() {
+            doc_at[*origin] = Some(doc);
+        }
+        let mut keep = vec![true; decoded.docs.len()];
+        for (message, doc) in batch.iter().zip(&doc_at) {
+            let Some(doc) = doc else {
+                self.dedup.skip(message.partition(), message.offset());
+                continue;
+            };
+            let verdict = self
+                .dedup
+                .judge(
+                    message.partition(),
+                    message.offset(),
+                    &decoded.records[*doc],
+                )
+                .await
+                .map_err(|error| {
+                    HandlerError::retriable(format!("send de-duplication: {error}"))
+                })?;
+            keep[*doc] = !verdict.is_duplicate();
+        }
+        if keep.contains(&false) {
+            let mut kept = keep.iter();
+            decoded
+                .docs
+                .retain(|_| *kept.next().expect("one flag per doc"));
+            let mut kept = keep.iter();
+            decoded
+                .origins
+                .retain(|_| *kept.next().expect("one flag per doc"));
+        }
         // Every engine failure is retried: a wrong request would fail the
         // same way forever, but so would a stopped role, and retrying keeps
         // the worker visible as degraded and self-heals the transient ones.
@@ -127,6 +168,7 @@ mod tests {
             body: "hello".to_owned(),
             ts: 1,
             edge_id: EdgeId::parse("e").unwrap(),
+            resend: false,
         };
         let good = serde_json::to_vec(&record).unwrap();
         let bad_id = br#"{"schema_version":1,"message_id":"0","conversation_id":"c1","sender_id":"a","client_msg_id":"m","body":"x","ts":1,"edge_id":"e"}"#;

@@ -1,6 +1,6 @@
 //! What the index role counts, under `chatpipe_index_…`.
 
-use chatpipe_kafka::ConsumerMetrics;
+use chatpipe_kafka::{ConsumerMetrics, SendDedupMetrics};
 use chatpipe_runtime::metrics::{Counter, Histogram, latency_histogram};
 use chatpipe_search::BulkMetrics;
 use prometheus_client::registry::Registry;
@@ -19,6 +19,9 @@ pub struct IndexMetrics {
     pub rejected_documents: Counter,
     /// Time to handle one batch end to end (decode, bulk, dead letters), seconds.
     pub batch_latency: Histogram,
+    /// Retries of a send dropped instead of indexed, and window rebuilds
+    /// (`chatpipe_index_send_*`).
+    pub send_dedup: SendDedupMetrics,
 }
 
 impl Default for IndexMetrics {
@@ -35,12 +38,14 @@ impl IndexMetrics {
             undecodable: Counter::default(),
             rejected_documents: Counter::default(),
             batch_latency: latency_histogram(),
+            send_dedup: SendDedupMetrics::default(),
         }
     }
 
     pub fn register(&self, registry: &mut Registry) {
         let index = registry.sub_registry_with_prefix("chatpipe_index");
         self.consumer.register(index);
+        self.send_dedup.register(index);
         self.bulk.register(index);
         index.register(
             "undecodable",

@@ -74,6 +74,12 @@ impl IndexWorker {
             sink,
             dead_letters,
             metrics: metrics.clone(),
+            dedup: chatpipe_kafka::PartitionedSendDedup::new(
+                &kafka,
+                config.topics.messages.clone(),
+                chatpipe_kafka::SendDedupSettings::with_window_ms(config.send_dedup_window_ms),
+                metrics.send_dedup.clone(),
+            ),
         };
         let component = health.component("index.consumer");
 

@@ -51,6 +51,12 @@ impl From<KafkaError> for KafkaAdapterError {
 #[derive(Debug)]
 pub struct ClientError(KafkaError);
 
+impl From<KafkaError> for ClientError {
+    fn from(error: KafkaError) -> Self {
+        ClientError(error)
+    }
+}
+
 impl std::fmt::Display for ClientError {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(formatter)

@@ -24,6 +24,9 @@
 //!   one slow partition does not hold up the others.
 //! - [`dead_letter`]: records that cannot be decoded are published to
 //!   `chat.deadletter` with their coordinates, counted, and skipped.
+//! - [`send_dedup`]: [`PartitionedSendDedup`], the send de-duplication
+//!   every consumer of `chat.messages` applies to partition order, rebuilt
+//!   after a start or a rebalance by [`replay`].
 //! - [`topology`]: the topics as data (`topology/kafka/topics.json`) and an
 //!   idempotent apply; [`admin`]: single-topic and group calls for tools
 //!   and tests.
@@ -41,6 +44,8 @@ pub mod error;
 pub mod partitioned;
 pub mod producer;
 pub mod record;
+pub mod replay;
+pub mod send_dedup;
 pub mod tail;
 pub mod topology;
 
@@ -54,4 +59,5 @@ pub use error::KafkaAdapterError;
 pub use partitioned::{PartitionKey, partitioned_consumer, run_partitioned};
 pub use producer::ChatProducer;
 pub use record::Record;
+pub use send_dedup::{PartitionedSendDedup, SendDedupMetrics, SendDedupSettings};
 pub use tail::{PartitionStart, StartAt, TailConsumer, TailEvent, TailOptions};

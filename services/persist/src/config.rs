@@ -41,6 +41,11 @@ pub struct PersistConfig {
     /// How long one batch may keep retrying (Cassandra down) before Kafka
     /// evicts this member from the group (`max.poll.interval.ms`).
     pub max_poll_interval_ms: u64,
+    /// The send de-duplication window W (the clients' retry window): a
+    /// record with the same conversation, sender and `client_msg_id` as a
+    /// first attempt at most this much older is a retry and is not written.
+    /// Must equal fan-out's and index's.
+    pub send_dedup_window_ms: u64,
 }
 
 impl Default for PersistConfig {
@@ -54,6 +59,7 @@ impl Default for PersistConfig {
             initial_backoff_ms: 100,
             max_backoff_ms: 5_000,
             max_poll_interval_ms: 3_600_000,
+            send_dedup_window_ms: chatpipe_kafka::send_dedup::DEFAULT_SEND_DEDUP_WINDOW_MS,
         }
     }
 }

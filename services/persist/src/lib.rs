@@ -118,11 +118,18 @@ impl PersistRole {
             settings.group_id.clone(),
             self.metrics.consumer.clone(),
         );
+        let dedup = chatpipe_kafka::PartitionedSendDedup::new(
+            &self.kafka,
+            self.topics.messages.clone(),
+            chatpipe_kafka::SendDedupSettings::with_window_ms(self.config.send_dedup_window_ms),
+            self.metrics.send_dedup.clone(),
+        );
         let writer = CassandraHistoryWriter::new(
             self.store,
             dead_letters,
             self.metrics.clone(),
             self.config.max_in_flight_writes,
+            dedup,
         );
         tracing::info!(group = %settings.group_id, topic = %self.topics.messages, "persist consuming");
         run_batches(

@@ -1,6 +1,6 @@
 //! What the persist role counts, under `chatpipe_persist_*`.
 
-use chatpipe_kafka::ConsumerMetrics;
+use chatpipe_kafka::{ConsumerMetrics, SendDedupMetrics};
 use chatpipe_runtime::metrics::{Counter, CounterByReason, Histogram, latency_histogram};
 use prometheus_client::registry::Registry;
 
@@ -21,6 +21,9 @@ pub struct PersistMetrics {
     /// Failed write rounds by `reason`: `retriable` (batch retried) or
     /// `non_retriable` (records isolated, failures dead-lettered).
     pub write_failures: CounterByReason,
+    /// Retries of a send dropped instead of written, and window rebuilds
+    /// (`chatpipe_persist_send_*`).
+    pub send_dedup: SendDedupMetrics,
 }
 
 impl PersistMetrics {
@@ -31,6 +34,7 @@ impl PersistMetrics {
             rows_written: Counter::default(),
             write_requests: Counter::default(),
             write_failures: CounterByReason::default(),
+            send_dedup: SendDedupMetrics::default(),
         }
     }
 
@@ -38,6 +42,7 @@ impl PersistMetrics {
     /// `chatpipe_persist` sub-registry).
     pub fn register(&self, registry: &mut Registry) {
         self.consumer.register(registry);
+        self.send_dedup.register(registry);
         registry.register(
             "write_latency_seconds",
             "Time to write one consumed batch to Cassandra",

@@ -2,7 +2,10 @@
 //! group.
 //!
 //! For each batch: decode every record (undecodable ones go to the
-//! dead-letter topic and are skipped), then write the decoded ones to
+//! dead-letter topic and are skipped), drop the retries of earlier sends
+//! (the partition-order rule of `chatpipe_core::dedup`, shared with fan-out
+//! and index through [`PartitionedSendDedup`], so history holds exactly the
+//! attempt recipients saw), then write the decoded ones to
 //! Cassandra in one round (grouped by partition, bounded concurrency, see
 //! `CassandraStore::write_messages`). The batch is confirmed — and its
 //! offsets stored by the consumer loop — only when every record is written
@@ -22,7 +25,7 @@ use std::time::Instant;
 use chatpipe_cassandra::CassandraStore;
 use chatpipe_core::records::MessageRecord;
 use chatpipe_kafka::consumer::HandlerError;
-use chatpipe_kafka::{BatchHandler, DeadLetterSink, Record};
+use chatpipe_kafka::{BatchHandler, DeadLetterSink, PartitionedSendDedup, Record};
 use chatpipe_runtime::metrics::ReasonLabel;
 
 use crate::metrics::PersistMetrics;
@@ -42,6 +45,7 @@ pub struct CassandraHistoryWriter {
     dead_letters: DeadLetterSink,
     metrics: PersistMetrics,
     max_in_flight_writes: usize,
+    dedup: PartitionedSendDedup,
     /// Records of the current batch already dead-lettered, so a retried
     /// batch does not publish them twice.
     dead_lettered_in_batch: HashSet<(String, i32, i64)>,
@@ -70,12 +74,14 @@ impl CassandraHistoryWriter {
         dead_letters: DeadLetterSink,
         metrics: PersistMetrics,
         max_in_flight_writes: usize,
+        dedup: PartitionedSendDedup,
     ) -> Self {
         Self {
             store,
             dead_letters,
             metrics,
             max_in_flight_writes: max_in_flight_writes.max(1),
+            dedup,
             dead_lettered_in_batch: HashSet::new(),
         }
     }
@@ -99,8 +105,22 @@ impl CassandraHistoryWriter {
         let mut decoded: Vec<(&Record, MessageRecord)> = Vec::with_capacity(batch.len());
         for message in batch {
             match decode_record(message) {
-                Ok(record) => decoded.push((message, record)),
-                Err(reason) => self.dead_letter(message, &reason).await?,
+                Ok(record) => {
+                    let verdict = self
+                        .dedup
+                        .judge(message.partition(), message.offset(), &record)
+                        .await
+                        .map_err(|error| {
+                            HandlerError::retriable(format!("send de-duplication: {error}"))
+                        })?;
+                    if !verdict.is_duplicate() {
+                        decoded.push((message, record));
+                    }
+                }
+                Err(reason) => {
+                    self.dedup.skip(message.partition(), message.offset());
+                    self.dead_letter(message, &reason).await?
+                }
             }
         }
         if decoded.is_empty() {

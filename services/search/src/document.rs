@@ -81,6 +81,7 @@ mod tests {
             body: "hello".to_owned(),
             ts: 1_700_000_000_000,
             edge_id: EdgeId::parse("edge-1").unwrap(),
+            resend: false,
         };
         let document = MessageDocument::from_record(&record);
         let json = serde_json::to_value(&document).unwrap();

@@ -90,6 +90,7 @@ fn record(id: u64, conversation: &str, sender: &str, body: &str) -> MessageRecor
         body: body.to_owned(),
         ts: 1_700_000_000_000 + id,
         edge_id: EdgeId::parse("edge-1").unwrap(),
+        resend: false,
     }
 }
 

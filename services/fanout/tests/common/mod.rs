@@ -273,6 +273,7 @@ impl Deployment {
             body: body.to_owned(),
             ts: now_unix_ms(),
             edge_id: EdgeId::parse("edge-producer").unwrap(),
+            resend: false,
         }
     }
 

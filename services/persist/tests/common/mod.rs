@@ -199,6 +199,7 @@ pub fn records(
                 body: format!("{tag}-{index}"),
                 ts: message_id.unix_ms(),
                 edge_id: EdgeId::parse("edge-test").unwrap(),
+                resend: false,
             }
         })
         .collect()
