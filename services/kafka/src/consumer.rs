@@ -184,14 +184,15 @@ impl std::fmt::Debug for GroupConsumer {
     }
 }
 
-/// Creates and subscribes a group consumer.
-pub fn group_consumer(
+/// The client settings of every group consumer (the at-least-once loop and
+/// the per-partition loop): stored offsets committed on a cadence, long
+/// polls, lag every 5 s.
+pub(crate) fn group_client_config(
     kafka: &KafkaConfig,
     settings: &ConsumerSettings,
-    metrics: &ConsumerMetrics,
-) -> Result<GroupConsumer, KafkaAdapterError> {
-    let inner: StreamConsumer<ChatpipeContext> = kafka
-        .base()
+) -> rdkafka::ClientConfig {
+    let mut config = kafka.base();
+    config
         .set("group.id", &settings.group_id)
         // librdkafka commits what was *stored* (never more), on this
         // cadence and when partitions are revoked.
@@ -216,7 +217,17 @@ pub fn group_consumer(
         .set(
             "fetch.wait.max.ms",
             settings.fetch_wait_max.as_millis().max(1).to_string(),
-        )
+        );
+    config
+}
+
+/// Creates and subscribes a group consumer.
+pub fn group_consumer(
+    kafka: &KafkaConfig,
+    settings: &ConsumerSettings,
+    metrics: &ConsumerMetrics,
+) -> Result<GroupConsumer, KafkaAdapterError> {
+    let inner: StreamConsumer<ChatpipeContext> = group_client_config(kafka, settings)
         .create_with_context(ChatpipeContext::with_lag(metrics.lag.clone()))?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     inner.subscribe(&topics)?;

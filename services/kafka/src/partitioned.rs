@@ -37,13 +37,13 @@ use std::time::Duration;
 
 use chatpipe_runtime::Shutdown;
 use chatpipe_runtime::health::{ComponentHandle, ComponentState};
-use chatpipe_runtime::metrics::Gauge;
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use tokio::sync::{Notify, mpsc};
@@ -51,6 +51,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::KafkaConfig;
 use crate::consumer::{BatchHandler, ConsumerMetrics, ConsumerSettings, HandlerError};
+use crate::context::ChatpipeContext;
 use crate::error::KafkaAdapterError;
 use crate::record::Record;
 
@@ -82,7 +83,8 @@ pub type PartitionedConsumer = StreamConsumer<PartitionedContext>;
 /// librdkafka context: publishes lag from statistics and splits each newly
 /// assigned partition off the main queue before it is assigned.
 pub struct PartitionedContext {
-    lag: Gauge,
+    /// Lag, logs and client errors, as for every chatpipe client.
+    common: ChatpipeContext,
     /// Set once the consumer exists; weak so that the context does not keep
     /// its own consumer alive.
     consumer: OnceLock<Weak<PartitionedConsumer>>,
@@ -94,24 +96,15 @@ pub struct PartitionedContext {
 
 impl ClientContext for PartitionedContext {
     fn stats(&self, statistics: Statistics) {
-        let lag: i64 = statistics
-            .topics
-            .values()
-            .flat_map(|topic| topic.partitions.values())
-            .filter(|partition| partition.partition >= 0 && partition.consumer_lag >= 0)
-            .map(|partition| partition.consumer_lag)
-            .sum();
-        self.lag.set(lag);
+        self.common.stats(statistics);
     }
 
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::warn!(facility, message, "librdkafka"),
-            _ => tracing::debug!(facility, message, "librdkafka"),
-        }
+        self.common.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.common.error(error, reason);
     }
 }
 
@@ -163,32 +156,9 @@ pub fn partitioned_consumer(
     settings: &ConsumerSettings,
     metrics: &ConsumerMetrics,
 ) -> Result<Arc<PartitionedConsumer>, KafkaAdapterError> {
-    let consumer: PartitionedConsumer = kafka
-        .base()
-        .set("group.id", &settings.group_id)
-        // The same settings as `crate::consumer::group_consumer`: commits
-        // of stored offsets on a cadence, long polls, lag every 5 s.
-        .set("enable.auto.commit", "true")
-        .set(
-            "auto.commit.interval.ms",
-            settings.commit_interval.as_millis().max(1).to_string(),
-        )
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        .set(
-            "max.poll.interval.ms",
-            settings.max_poll_interval.as_millis().to_string(),
-        )
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("statistics.interval.ms", "5000")
-        .set(
-            "fetch.wait.max.ms",
-            settings.fetch_wait_max.as_millis().max(1).to_string(),
-        )
+    let consumer: PartitionedConsumer = crate::consumer::group_client_config(kafka, settings)
         .create_with_context(PartitionedContext {
-            lag: metrics.lag.clone(),
+            common: ChatpipeContext::with_lag(metrics.lag.clone()),
             consumer: OnceLock::new(),
             changes: Mutex::new(Vec::new()),
             changed: Notify::new(),
