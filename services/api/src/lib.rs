@@ -303,8 +303,10 @@ mod tests {
                 "{method} {path} has no responses"
             );
         }
-        // Mounted by the search engineer, documented here already.
-        assert!(document["paths"]["/v1/search"]["get"].is_object());
+        // Mounted by the search engineer, documented here already; a
+        // conversation_id that is not the caller's is a 404, never a 403.
+        let search = &document["paths"]["/v1/search"]["get"]["responses"];
+        assert!(search["404"].is_object() && !search["403"].is_object());
     }
 
     #[test]
@@ -319,13 +321,20 @@ mod tests {
                     "{route:?} does not document {status}"
                 );
             }
+            // Every route naming a conversation can say 404 (unknown, or
+            // not the caller's: the same answer); only membership changes
+            // can say 403 (a 1:1, or not the owner), and nothing else may
+            // document it: a 403 would tell an outsider the id exists.
             if route.path.contains("{id}") {
-                for status in ["403", "404"] {
-                    assert!(
-                        responses[status].is_object(),
-                        "{route:?} does not document {status}"
-                    );
-                }
+                assert!(
+                    responses["404"].is_object(),
+                    "{route:?} does not document 404"
+                );
+                assert_eq!(
+                    responses["403"].is_object(),
+                    route.path.contains("/members"),
+                    "{route:?}: 403 only for membership changes"
+                );
             }
         }
         // Every `$ref` resolves.
