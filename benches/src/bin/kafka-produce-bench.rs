@@ -16,9 +16,6 @@ use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
 use chatpipe_kafka::{ChatProducer, KafkaConfig};
 use clap::Parser;
 use futures::StreamExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use serde::Serialize;
 
 #[derive(Debug, Parser)]
@@ -239,19 +236,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "bench.produce.{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .create()?;
-    admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                args.partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await?;
+    let admin = KafkaConfig::new(args.brokers.clone(), "kafka-produce-bench-admin");
+    chatpipe_kafka::admin::create_topic(&admin, &topic, args.partitions).await?;
     let payloads = records(args.records, args.body_bytes);
     let record_bytes = payloads
         .iter()
@@ -323,12 +309,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "median: chatpipe {:.0} records/s, ProducerPerformance {:.0} records/s, ratio {:.2}",
         output.chatpipe_median_records_per_s, output.perf_tool_median_records_per_s, output.ratio
     );
-    let _ = admin
-        .delete_topics(
-            &[&topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await;
+    let _ = chatpipe_kafka::admin::delete_topics(&admin, &[&topic]).await;
     let _ = std::fs::remove_file(&payload_file);
     std::fs::create_dir_all(&args.out_dir)?;
     std::fs::write(

@@ -23,7 +23,6 @@ use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
 use chatpipe_kafka::{ConsumerMetrics, KafkaConfig};
 use chatpipe_runtime::Shutdown;
 use chatpipe_search::SearchEngineConfig;
-use rdkafka::Message as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -86,6 +86,8 @@ pub struct CommonArgs {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Print a bearer token for a user, signed with the configured secret.
     Token(TokenArgs),
@@ -224,6 +226,14 @@ pub struct EdgeArgs {
         default_value_t = EDGE_DEFAULTS.ws_read_buffer_bytes
     )]
     pub ws_read_buffer_bytes: usize,
+    /// Kafka producer linger, in ms: how long a produce request waits for
+    /// more records (batching under load, at most this much on an ack).
+    #[arg(
+        long,
+        env = "CHATPIPE_EDGE_PRODUCER_LINGER_MS",
+        default_value_t = EDGE_DEFAULTS.producer_linger_ms
+    )]
+    pub producer_linger_ms: u32,
     /// Drain deadline on SIGTERM.
     #[arg(
         long,
@@ -245,8 +255,25 @@ macro_rules! worker_args {
             /// Consumer group id.
             #[arg(long, env = $group_env, default_value = $group_default)]
             pub group: String,
+            #[command(flatten)]
+            pub batching: BatchingArgs,
         }
     };
+}
+
+/// How the persist and index roles batch their writes and commit offsets
+/// (unset: the role's default; fan-out keeps its own short batches).
+#[derive(Debug, Clone, Default, Args)]
+pub struct BatchingArgs {
+    /// Persist and index: longest wait for a batch to fill once its first
+    /// record arrived, in ms (default 50). Under load batches are cut by
+    /// size first.
+    #[arg(long, env = "CHATPIPE_BATCH_LINGER_MS")]
+    pub batch_linger_ms: Option<u64>,
+    /// Persist and index: how often the offsets of written batches are
+    /// committed, in ms (default 1000).
+    #[arg(long, env = "CHATPIPE_COMMIT_INTERVAL_MS")]
+    pub commit_interval_ms: Option<u64>,
 }
 
 worker_args!(
@@ -334,6 +361,8 @@ pub struct AllArgs {
     pub edge: EdgeArgs,
     #[command(flatten)]
     pub workers: WorkerOpsArgs,
+    #[command(flatten)]
+    pub batching: BatchingArgs,
 }
 
 #[cfg(test)]
@@ -381,6 +410,31 @@ mod tests {
             args.api.api_ops_listen.to_string(),
             defaults::API_OPS_LISTEN
         );
+    }
+
+    #[test]
+    fn batching_flags_reach_persist_index_and_all() {
+        for command in ["persist", "index", "all"] {
+            let cli = Cli::try_parse_from([
+                "chatpipe",
+                command,
+                "--batch-linger-ms",
+                "80",
+                "--commit-interval-ms",
+                "2500",
+            ])
+            .unwrap();
+            let batching = match cli.command {
+                Command::Persist(args) => args.batching,
+                Command::Index(args) => args.batching,
+                Command::All(args) => args.batching,
+                _ => panic!("parsed another command"),
+            };
+            assert_eq!(
+                (batching.batch_linger_ms, batching.commit_interval_ms),
+                (Some(80), Some(2500))
+            );
+        }
     }
 
     #[test]

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use chatpipe_core::UserId;
 use chatpipe_core::time::now_unix_ms;
+use chatpipe_kafka::{StartAt, TailConsumer, TailEvent, TailOptions};
 use chatpipe_proto::push::edge_push_client::EdgePushClient;
 use chatpipe_proto::push::{PushBatch, PushItem};
 use chatpipe_runtime::metrics::reason_count;
 use common::*;
-use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
 
 async fn push(edge: &chatpipe_edge::EdgeHandle, recipients: &[&str], bodies: &[String]) {
@@ -55,21 +54,24 @@ async fn push_batch(
 
 /// Every record of `topic`, read from the beginning until `count` arrived.
 async fn read_topic(stack: &Stack, topic: &str, count: usize) -> Vec<(i32, String, Value)> {
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &stack.kafka.brokers)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let tail = TailConsumer::new(
+        &stack.kafka,
+        &unique("reader"),
+        topic,
+        &TailOptions::default(),
+    )
+    .unwrap();
+    tail.assign(&StartAt::Beginning).await.unwrap();
     let mut records = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     while records.len() < count {
-        let message = tokio::time::timeout_at(deadline, consumer.recv())
+        let event = tokio::time::timeout_at(deadline, tail.recv())
             .await
             .unwrap_or_else(|_| panic!("only {} of {count} records in {topic}", records.len()))
             .unwrap();
+        let TailEvent::Record(message) = event else {
+            continue;
+        };
         let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
         let value: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
         records.push((message.partition(), key, value));
@@ -200,6 +202,72 @@ async fn non_members_and_unknown_conversations_are_forbidden() {
         .wait_for("error", |frame| frame["op"] == "error")
         .await;
     assert_eq!(typing_refused["code"], "forbidden");
+}
+
+/// The edge's membership tail is positioned at the topic's end before
+/// `spawn_edge` returns (not at "latest", which Kafka resolves only once
+/// the consumer first fetches): a removal published right after the edge
+/// started evicts the membership it cached, so the removed member's next
+/// send is refused. The cache's TTL is far beyond the test, so only the
+/// tail can evict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_published_right_after_the_edge_started_is_not_missed() {
+    let stack = Stack::new().await;
+    let mut config = stack.edge_config("a");
+    config.membership_cache_ttl_ms = 3_600_000;
+    let (alice, bob) = (unique("u"), unique("u"));
+    let conversation = stack.conversation(&[&alice, &bob]).await;
+    let (edge, _drain) = stack.edge(config).await;
+    let mut client = Client::connect(&edge, &stack.token(&alice)).await;
+    let accepted = client
+        .send_message(conversation.as_str(), "before", "still a member")
+        .await;
+    assert_eq!(accepted["op"], "ack", "{accepted}");
+
+    let alice_id = UserId::parse(alice.as_str()).unwrap();
+    stack
+        .store
+        .remove_member(&conversation, &alice_id)
+        .await
+        .unwrap();
+    let removal = chatpipe_core::records::MembershipRecord {
+        schema_version: chatpipe_core::records::SCHEMA_VERSION,
+        conversation_id: conversation.clone(),
+        change: chatpipe_core::records::MembershipChange::Removed {
+            user_id: alice_id.clone(),
+        },
+        actor_id: UserId::parse(bob.as_str()).unwrap(),
+        ts: now_unix_ms(),
+    };
+    chatpipe_kafka::ChatProducer::new(&stack.kafka, 1)
+        .unwrap()
+        .send_json(
+            &stack.topics.membership,
+            conversation.as_str(),
+            &removal,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for attempt in 0.. {
+        let answer = client
+            .send_message(
+                conversation.as_str(),
+                &format!("after-{attempt}"),
+                "am I still in?",
+            )
+            .await;
+        if answer["code"] == "forbidden" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the removal was missed: still accepted after {attempt} sends"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,15 +28,12 @@ use chatpipe_core::records::{
 };
 use chatpipe_core::store::{MembershipStore, SendDedupStore};
 use chatpipe_core::time::now_unix_ms;
-use chatpipe_kafka::{ChatProducer, KafkaConfig};
+use chatpipe_kafka::{ChatProducer, KafkaConfig, StartAt, TailConsumer, TailEvent, TailOptions};
 use chatpipe_proto::push::edge_push_server::EdgePushServer;
 use chatpipe_runtime::Shutdown;
 use chatpipe_runtime::health::{ComponentHandle, ComponentState, Health};
-use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prometheus_client::registry::Registry;
-use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -60,8 +57,6 @@ pub enum EdgeError {
     },
     #[error(transparent)]
     Kafka(#[from] chatpipe_kafka::KafkaAdapterError),
-    #[error("kafka consumer: {0}")]
-    Consumer(#[from] rdkafka::error::KafkaError),
 }
 
 type RouteJob = (RouteChange, Option<oneshot::Sender<()>>);
@@ -220,7 +215,21 @@ pub async fn spawn_edge<S: MembershipStore + SendDedupStore>(
         route_jobs: route_jobs_tx,
     });
 
-    let membership_tail = membership_tail_consumer(kafka, &edge.config)?;
+    // Positioned at the topic's end *now*, before the edge serves: the
+    // membership cache starts empty, so every change it could hold stale is
+    // produced after this point and will be seen.
+    let membership_tail = TailConsumer::new(
+        kafka,
+        "membership-tail",
+        &edge.config.topics.membership,
+        &TailOptions::default(),
+    )?;
+    membership_tail
+        .assign_before(
+            &StartAt::End,
+            tokio::time::Instant::now() + MEMBERSHIP_TAIL_START_DEADLINE,
+        )
+        .await?;
     let tail_stop = CancellationToken::new();
     let tail_task = tokio::spawn(run_membership_tail(
         edge.clone(),
@@ -389,6 +398,9 @@ async fn run_route_task<S: MembershipStore + SendDedupStore>(
     }
 }
 
+/// How long an edge start waits for the membership topic to be readable.
+const MEMBERSHIP_TAIL_START_DEADLINE: Duration = Duration::from_secs(15);
+
 /// Most route changes published together.
 const ROUTE_BATCH_MAX: usize = 1024;
 
@@ -454,42 +466,27 @@ async fn publish_presence<S: MembershipStore + SendDedupStore>(
     .await;
 }
 
-fn membership_tail_consumer(
-    kafka: &KafkaConfig,
-    config: &EdgeConfig,
-) -> Result<StreamConsumer, EdgeError> {
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("client.id", format!("{}-membership-tail", kafka.client_id))
-        .set(
-            "group.id",
-            format!("chatpipe-edge-tail-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "latest")
-        .set("fetch.wait.max.ms", "50")
-        .create()?;
-    consumer.subscribe(&[config.topics.membership.as_str()])?;
-    Ok(consumer)
-}
-
 /// Evicts cached membership when a membership record arrives, so a removed
 /// member cannot keep sending on a cached answer.
 async fn run_membership_tail<S: MembershipStore + SendDedupStore>(
     edge: Arc<EdgeShared<S>>,
-    consumer: StreamConsumer,
+    tail: TailConsumer,
     stop: CancellationToken,
 ) {
-    let mut stream = consumer.stream();
     loop {
         let next = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            next = stream.next() => next,
+            next = tail.recv() => next,
         };
-        let Some(Ok(message)) = next else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
+        let message = match next {
+            Ok(TailEvent::Record(message)) => message,
+            Ok(TailEvent::PartitionEnd { .. }) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "membership tail receive failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
         };
         let Some(Ok(record)) = message
             .payload()

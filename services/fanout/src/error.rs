@@ -11,9 +11,6 @@ pub enum FanoutError {
     /// A Kafka client could not be created or configured.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaAdapterError),
-    /// A Kafka client call failed.
-    #[error("kafka client: {0}")]
-    KafkaClient(#[from] rdkafka::error::KafkaError),
     /// The consumer loop stopped on a non-retriable batch failure.
     #[error("consumer stopped: {0}")]
     Consumer(#[from] HandlerError),
@@ -28,7 +25,6 @@ impl FanoutError {
         match self {
             FanoutError::Config(_) => false,
             FanoutError::Kafka(error) => error.is_retriable(),
-            FanoutError::KafkaClient(_) => true,
             FanoutError::Consumer(error) => error.retriable,
             FanoutError::Task(_) => false,
         }

@@ -19,10 +19,9 @@ use chatpipe_core::records::{Event, EventRecord, MessageRecord, TopicNames};
 use chatpipe_core::store::{MembershipStore, StoreError};
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_core::{ConversationId, UserId};
-use chatpipe_kafka::DeadLetterSink;
 use chatpipe_kafka::consumer::{BatchHandler, HandlerError};
+use chatpipe_kafka::{DeadLetterSink, Record};
 use futures::{StreamExt, TryStreamExt};
-use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
 use crate::membership::{Members, MembershipCache};
@@ -43,7 +42,7 @@ enum Decoded {
 }
 
 /// Decodes one record of `topics.messages` or `topics.events`.
-fn decode(message: &OwnedMessage, topics: &TopicNames) -> Result<Decoded, String> {
+fn decode(message: &Record, topics: &TopicNames) -> Result<Decoded, String> {
     let Some(payload) = message.payload() else {
         return Err("record has no value".to_owned());
     };
@@ -235,7 +234,7 @@ impl<M: MembershipStore> FanoutHandler<M> {
 }
 
 impl<M: MembershipStore> BatchHandler for FanoutHandler<M> {
-    async fn handle(&mut self, batch: &[OwnedMessage]) -> Result<(), HandlerError> {
+    async fn handle(&mut self, batch: &[Record]) -> Result<(), HandlerError> {
         let mut decoded = Vec::with_capacity(batch.len());
         let (mut messages_in, mut events_in) = (0u64, 0u64);
         for message in batch {

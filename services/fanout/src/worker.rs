@@ -108,7 +108,7 @@ impl FanoutWorker {
             ],
         );
         settings.max_batch_records = config.max_batch_records;
-        settings.max_batch_wait = Duration::from_millis(config.max_batch_wait_ms);
+        settings.batch_linger = Duration::from_millis(config.max_batch_wait_ms);
         let handler = FanoutHandler {
             topics: config.topics.clone(),
             routes: routes.clone(),
@@ -222,7 +222,7 @@ impl<M: MembershipStore> Worker<M> {
                     consumer_component.set(ComponentState::Stopped);
                     return Err(FanoutError::Task("the sessions tail stopped before catching up".into()));
                 }
-                if !route_table_loaded || !membership_tail.position(&shutdown).await? {
+                if !route_table_loaded || !membership_tail.position(&shutdown).await {
                     consumer_component.set(ComponentState::Stopped);
                     return Ok(());
                 }

@@ -8,6 +8,11 @@ use chatpipe_search::SearchEngineConfig;
 use chatpipe_search::bulk::BulkSinkSettings;
 use chatpipe_search::template::RolloverConditions;
 
+/// Default of [`IndexConfig::batch_linger_ms`].
+pub const DEFAULT_BATCH_LINGER_MS: u64 = 50;
+/// Default of [`IndexConfig::commit_interval_ms`].
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1_000;
+
 /// How an index worker consumes and writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexConfig {
@@ -17,10 +22,18 @@ pub struct IndexConfig {
     pub topics: TopicNames,
     /// The engine, the index prefix and the shard layout of new indices.
     pub engine: SearchEngineConfig,
-    /// Most records handled as one batch.
+    /// Most records handled as one batch. Under load a batch is cut here,
+    /// before its linger ends.
     pub max_batch_records: usize,
-    /// Longest wait for a batch to fill once its first record arrived, in ms.
-    pub max_batch_wait_ms: u64,
+    /// Longest wait for a batch to fill once its first record arrived, in
+    /// ms: at low rates a few documents share one `_bulk` request instead
+    /// of one request per document. Small next to the engine's refresh
+    /// interval, which bounds how soon a document is searchable anyway.
+    pub batch_linger_ms: u64,
+    /// How often the offsets of indexed batches are committed, in ms. Only
+    /// indexed records are ever committed; a crash re-indexes at most this
+    /// long's worth (idempotently, by document id).
+    pub commit_interval_ms: u64,
     /// Largest `_bulk` request body, in bytes; a larger batch is written as
     /// several requests.
     pub max_bulk_bytes: usize,
@@ -53,7 +66,8 @@ impl Default for IndexConfig {
             topics: TopicNames::default(),
             engine: SearchEngineConfig::default(),
             max_batch_records: 1_000,
-            max_batch_wait_ms: 20,
+            batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
+            commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
             max_bulk_bytes: 5 * 1024 * 1024,
             bulk_max_attempts: 4,
             bulk_initial_backoff_ms: 100,
@@ -72,6 +86,9 @@ impl IndexConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.group_id.is_empty() {
             return Err("group_id must not be empty".to_owned());
+        }
+        if self.commit_interval_ms == 0 {
+            return Err("commit_interval_ms must be positive".to_owned());
         }
         if self.max_batch_records == 0 || self.max_bulk_bytes == 0 || self.bulk_max_attempts == 0 {
             return Err(

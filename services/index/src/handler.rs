@@ -3,11 +3,10 @@
 use std::time::Instant;
 
 use chatpipe_core::records::MessageRecord;
-use chatpipe_kafka::DeadLetterSink;
 use chatpipe_kafka::consumer::{BatchHandler, HandlerError};
+use chatpipe_kafka::{DeadLetterSink, Record};
 use chatpipe_search::template::apply_template;
 use chatpipe_search::{BulkDoc, EsBulkSink, EsClient, MessageDocument, SearchEngineConfig};
-use rdkafka::message::{Message, OwnedMessage};
 
 use crate::metrics::IndexMetrics;
 
@@ -61,7 +60,7 @@ pub(crate) struct IndexHandler {
 }
 
 impl IndexHandler {
-    async fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> Result<(), HandlerError> {
+    async fn dead_letter(&self, message: &Record, reason: &str) -> Result<(), HandlerError> {
         self.dead_letters
             .publish(message, reason)
             .await
@@ -70,7 +69,7 @@ impl IndexHandler {
 }
 
 impl BatchHandler for IndexHandler {
-    async fn handle(&mut self, batch: &[OwnedMessage]) -> Result<(), HandlerError> {
+    async fn handle(&mut self, batch: &[Record]) -> Result<(), HandlerError> {
         let started = Instant::now();
         if !self.template_ready {
             // The write alias must exist before the first write

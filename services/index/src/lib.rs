@@ -5,7 +5,7 @@
 //! through `chatpipe-search`'s [`chatpipe_search::EsBulkSink`].
 //!
 //! ```text
-//!  chat.messages ─▶ run_batches (≤ max_batch_records, ≤ max_batch_wait_ms)
+//!  chat.messages ─▶ run_batches (≤ max_batch_records, ≤ batch_linger_ms)
 //!                     └─▶ IndexHandler: decode ─▶ _bulk (requests ≤ max_bulk_bytes) ─▶ dead-letter the rest
 //!                                                   │
 //!                                                   └─ retriable failure ─▶ backoff, same batch again
@@ -32,6 +32,11 @@
 //!   backoff — while the consumer stays in its group (heartbeats run on
 //!   librdkafka's thread; `max.poll.interval.ms` allows an hour). The lag
 //!   grows, and the role catches up when the engine is back.
+//! - **Batches adapt to load.** A batch holds up to `max_batch_records`
+//!   records, or what arrived within `batch_linger_ms` of its first one:
+//!   under load `_bulk` requests are full, at low rates a few documents
+//!   still share one. Offsets of indexed batches are committed every
+//!   `commit_interval_ms`, never per batch.
 //! - **Rollover** of the write alias is checked periodically (engine-neutral,
 //!   see `chatpipe_search::template`).
 

@@ -62,7 +62,8 @@ impl IndexWorker {
         let mut settings =
             ConsumerSettings::new(config.group_id.clone(), &[config.topics.messages.as_str()]);
         settings.max_batch_records = config.max_batch_records;
-        settings.max_batch_wait = Duration::from_millis(config.max_batch_wait_ms);
+        settings.batch_linger = Duration::from_millis(config.batch_linger_ms);
+        settings.commit_interval = Duration::from_millis(config.commit_interval_ms);
         settings.initial_backoff = Duration::from_millis(config.batch_initial_backoff_ms);
         settings.max_backoff = Duration::from_millis(config.batch_max_backoff_ms);
         let consumer = group_consumer(&kafka, &settings, &metrics.consumer)?;

@@ -10,7 +10,6 @@ use chatpipe_kafka::consumer::{ConsumerSettings, group_consumer};
 use chatpipe_runtime::Shutdown;
 use chatpipe_search::{SearchError, SearchParams};
 use common::{TestEnv, eventually};
-use rdkafka::Message;
 
 fn query(q: &str) -> SearchParams {
     SearchParams {

@@ -1,17 +1,26 @@
 //! The at-least-once consumer loop shared by every consumer group.
 //!
 //! ```text
-//!   recv ─▶ batch (≤ max records, ≤ max wait) ─▶ handler ──ok──▶ store offsets ─▶ (auto-commit)
-//!                                                   │
-//!                                                   └─retriable error─▶ back off, retry the same batch
+//!   recv ─▶ batch (≤ max records, ≤ linger) ─▶ handler ──ok──▶ store offsets ─▶ commit (on a cadence)
+//!                                                 │
+//!                                                 └─retriable error─▶ back off, retry the same batch
 //! ```
 //!
 //! Offsets are *stored* only after the handler confirmed the whole batch,
-//! and librdkafka's auto-commit only ever commits stored offsets; so a crash
-//! re-delivers at most the batches that were not confirmed. The consumer
-//! keeps its group membership while a handler retries: heartbeats run on
-//! librdkafka's thread, and `max.poll.interval.ms` is set long enough to
-//! ride out an engine outage (see [`ConsumerSettings::max_poll_interval`]).
+//! and commits (librdkafka's, every [`ConsumerSettings::commit_interval`],
+//! and the last one at shutdown) only ever commit stored offsets; so a crash
+//! re-delivers at most the batches that were not confirmed, plus those
+//! confirmed in the last commit interval. The consumer keeps its group
+//! membership while a handler retries: heartbeats run on librdkafka's
+//! thread, and `max.poll.interval.ms` is set long enough to ride out an
+//! engine outage (see [`ConsumerSettings::max_poll_interval`]).
+//!
+//! Batching adapts to load: a batch is handed over when it holds
+//! `max_batch_records` (under load, size fills it first) or when
+//! `batch_linger` passed since its first record (at low rates the linger
+//! lets a few records share one write). Nothing waits while no record is
+//! there: the loop sleeps in `recv`, and the consumer long-polls the broker
+//! ([`crate::config::LONG_POLL`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,14 +30,12 @@ use chatpipe_runtime::Shutdown;
 use chatpipe_runtime::health::{ComponentHandle, ComponentState};
 use chatpipe_runtime::metrics::{Counter, Gauge, Histogram, size_histogram};
 use prometheus_client::registry::Registry;
-use rdkafka::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::statistics::Statistics;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, LONG_POLL};
+use crate::context::ChatpipeContext;
 use crate::error::KafkaAdapterError;
+use crate::record::{Record, TopicInterner};
 
 /// How one consumer group consumes.
 #[derive(Debug, Clone)]
@@ -37,8 +44,14 @@ pub struct ConsumerSettings {
     pub topics: Vec<String>,
     /// Most records handed to the handler at once.
     pub max_batch_records: usize,
-    /// Longest wait for a batch to fill once its first record arrived.
-    pub max_batch_wait: Duration,
+    /// Longest wait for a batch to fill once its first record arrived: the
+    /// bound on the latency batching adds at low rates.
+    pub batch_linger: Duration,
+    /// How often stored (confirmed) offsets are committed to Kafka. Never
+    /// per batch: at low rates that would be a commit per record.
+    pub commit_interval: Duration,
+    /// How long a fetch waits at the broker for data (see [`LONG_POLL`]).
+    pub fetch_wait_max: Duration,
     /// First retry delay of a failed batch; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -53,7 +66,9 @@ impl ConsumerSettings {
             group_id: group_id.into(),
             topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
             max_batch_records: 500,
-            max_batch_wait: Duration::from_millis(5),
+            batch_linger: Duration::from_millis(5),
+            commit_interval: Duration::from_secs(1),
+            fetch_wait_max: LONG_POLL,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             max_poll_interval: Duration::from_secs(3600),
@@ -65,10 +80,8 @@ impl ConsumerSettings {
 pub trait BatchHandler: Send {
     /// Processes `batch` (in partition order). `Ok` means every record is
     /// durably handled: written, dead-lettered, or deliberately skipped.
-    fn handle(
-        &mut self,
-        batch: &[OwnedMessage],
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn handle(&mut self, batch: &[Record])
+    -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 /// A batch failure. Retriable failures are retried with backoff forever
@@ -153,40 +166,23 @@ impl ConsumerMetrics {
     }
 }
 
-/// librdkafka context that publishes consumer lag from its statistics.
-pub struct LagContext {
-    lag: Gauge,
+/// A subscribed member of a consumer group. Offsets are stored only by
+/// [`run_batches`], after its handler confirmed them; a consumer used
+/// directly with [`GroupConsumer::recv`] (tests, tools) commits nothing.
+pub struct GroupConsumer {
+    inner: StreamConsumer<ChatpipeContext>,
+    topics: TopicInterner,
+    group_id: String,
 }
 
-impl ClientContext for LagContext {
-    fn stats(&self, statistics: Statistics) {
-        let lag: i64 = statistics
-            .topics
-            .values()
-            .flat_map(|topic| topic.partitions.values())
-            .filter(|partition| partition.partition >= 0 && partition.consumer_lag >= 0)
-            .map(|partition| partition.consumer_lag)
-            .sum();
-        self.lag.set(lag);
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::warn!(facility, message, "librdkafka")
-            }
-            _ => tracing::debug!(facility, message, "librdkafka"),
-        }
+impl std::fmt::Debug for GroupConsumer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("GroupConsumer")
+            .field("group_id", &self.group_id)
+            .finish_non_exhaustive()
     }
 }
-
-impl ConsumerContext for LagContext {}
-
-/// A group consumer configured for the at-least-once loop.
-pub type GroupConsumer = StreamConsumer<LagContext>;
 
 /// Creates and subscribes a group consumer.
 pub fn group_consumer(
@@ -194,13 +190,20 @@ pub fn group_consumer(
     settings: &ConsumerSettings,
     metrics: &ConsumerMetrics,
 ) -> Result<GroupConsumer, KafkaAdapterError> {
-    let consumer: GroupConsumer = kafka
+    let inner: StreamConsumer<ChatpipeContext> = kafka
         .base()
         .set("group.id", &settings.group_id)
+        // librdkafka commits what was *stored* (never more), on this
+        // cadence and when partitions are revoked.
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        .set(
+            "auto.commit.interval.ms",
+            settings.commit_interval.as_millis().max(1).to_string(),
+        )
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Members learn of a rebalance at their next heartbeat: 1 s keeps
+        // scaling out quick, at one small request per second.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set(
@@ -208,18 +211,76 @@ pub fn group_consumer(
             settings.max_poll_interval.as_millis().to_string(),
         )
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("statistics.interval.ms", "2000")
-        .set("fetch.wait.max.ms", "10")
-        .create_with_context(LagContext {
-            lag: metrics.lag.clone(),
-        })?;
+        // The lag gauge; reading it every 5 s is plenty for a gauge.
+        .set("statistics.interval.ms", "5000")
+        .set(
+            "fetch.wait.max.ms",
+            settings.fetch_wait_max.as_millis().max(1).to_string(),
+        )
+        .create_with_context(ChatpipeContext::with_lag(metrics.lag.clone()))?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
-    Ok(consumer)
+    inner.subscribe(&topics)?;
+    Ok(GroupConsumer {
+        inner,
+        topics: TopicInterner::new(topics),
+        group_id: settings.group_id.clone(),
+    })
+}
+
+impl GroupConsumer {
+    /// The next record of the partitions assigned to this member; waits
+    /// without a deadline (wrap it in a timeout or a `select!`).
+    /// Cancel-safe: a record is never lost by dropping the future.
+    pub async fn recv(&self) -> Result<Record, KafkaAdapterError> {
+        let message = self.inner.recv().await?;
+        Ok(self.topics.record(&message))
+    }
+
+    /// Marks every record of `batch` as processed: the next commit covers
+    /// them.
+    fn store_offsets(&self, batch: &[Record]) {
+        for (topic, partition, next) in next_offsets(batch) {
+            // `store_offset` takes the record's own offset and stores
+            // offset + 1, the next record to consume.
+            if let Err(error) = self.inner.store_offset(topic, partition, next - 1) {
+                // The partition was revoked meanwhile; its new owner
+                // re-reads from the last commit (at-least-once).
+                tracing::debug!(topic, partition, %error, "offset not stored");
+            }
+        }
+    }
+
+    /// Commits what was stored (shutdown). Blocks for a broker round trip.
+    fn commit_stored(&self) {
+        if let Err(error) = self.inner.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored yet, or the assignment was revoked: both
+            // harmless, the records will be re-delivered.
+            tracing::debug!(group = %self.group_id, %error, "final commit skipped");
+        }
+    }
+}
+
+/// For each (topic, partition) of `batch`, the offset to commit once the
+/// batch is confirmed: one past its highest record. Pure.
+pub fn next_offsets(batch: &[Record]) -> Vec<(&str, i32, i64)> {
+    let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
+    for record in batch {
+        let entry = highest
+            .entry((record.topic(), record.partition()))
+            .or_insert(record.offset());
+        *entry = (*entry).max(record.offset());
+    }
+    let mut next: Vec<(&str, i32, i64)> = highest
+        .into_iter()
+        .map(|((topic, partition), offset)| (topic, partition, offset + 1))
+        .collect();
+    next.sort_unstable();
+    next
 }
 
 /// Runs the at-least-once loop until `shutdown`, then commits what was
-/// stored. Returns an error only for a non-retriable handler failure.
+/// stored. Returns an error only for a non-retriable handler failure (then
+/// nothing past the last confirmed batch is stored).
 pub async fn run_batches<H: BatchHandler>(
     consumer: GroupConsumer,
     settings: ConsumerSettings,
@@ -229,7 +290,7 @@ pub async fn run_batches<H: BatchHandler>(
     shutdown: Shutdown,
 ) -> Result<(), HandlerError> {
     component.set(ComponentState::Ready);
-    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(settings.max_batch_records);
+    let mut batch: Vec<Record> = Vec::with_capacity(settings.max_batch_records);
     let outcome = 'consume: loop {
         batch.clear();
         let first = tokio::select! {
@@ -238,27 +299,14 @@ pub async fn run_batches<H: BatchHandler>(
             received = consumer.recv() => received,
         };
         match first {
-            Ok(message) => batch.push(message.detach()),
+            Ok(record) => batch.push(record),
             Err(error) => {
                 tracing::warn!(group = %settings.group_id, %error, "kafka receive failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         }
-        let fill_deadline = tokio::time::Instant::now() + settings.max_batch_wait;
-        while batch.len() < settings.max_batch_records {
-            tokio::select! {
-                biased;
-                _ = tokio::time::sleep_until(fill_deadline) => break,
-                received = consumer.recv() => match received {
-                    Ok(message) => batch.push(message.detach()),
-                    Err(error) => {
-                        tracing::warn!(group = %settings.group_id, %error, "kafka receive failed");
-                        break;
-                    }
-                },
-            }
-        }
+        fill_batch(&consumer, &settings, &mut batch).await;
 
         let mut backoff = settings.initial_backoff;
         loop {
@@ -277,7 +325,7 @@ pub async fn run_batches<H: BatchHandler>(
                 }
                 Err(error) => {
                     component.set(ComponentState::Failed(error.message.clone()));
-                    tracing::error!(group = %settings.group_id, error = %error.message, "batch failed permanently; stopping without committing");
+                    tracing::error!(group = %settings.group_id, error = %error.message, "batch failed permanently; stopping without storing its offsets");
                     break 'consume Err(error);
                 }
             }
@@ -288,32 +336,58 @@ pub async fn run_batches<H: BatchHandler>(
         metrics.records.inc_by(batch.len() as u64);
         metrics.batches.inc();
         metrics.batch_size.observe(batch.len() as f64);
-        store_batch_offsets(&consumer, &batch);
+        // Only now, after the handler confirmed: the invariant the whole
+        // at-least-once promise rests on.
+        consumer.store_offsets(&batch);
     };
     component.set(ComponentState::Draining);
-    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-        // Nothing stored yet, or the assignment was revoked: both harmless,
-        // the records will be re-delivered.
-        tracing::debug!(group = %settings.group_id, %error, "final commit skipped");
-    }
+    consumer.commit_stored();
     component.set(ComponentState::Stopped);
     outcome
 }
 
-fn store_batch_offsets(consumer: &GroupConsumer, batch: &[OwnedMessage]) {
-    let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
-    for message in batch {
-        let entry = highest
-            .entry((message.topic(), message.partition()))
-            .or_insert(message.offset());
-        *entry = (*entry).max(message.offset());
-    }
-    for ((topic, partition), offset) in highest {
-        // `store_offset` stores offset + 1, the next record to consume.
-        if let Err(error) = consumer.store_offset(topic, partition, offset) {
-            // The partition was revoked meanwhile; its new owner re-reads
-            // from the last commit (at-least-once).
-            tracing::debug!(topic, partition, %error, "offset not stored");
+/// Adds records to `batch` until it holds `max_batch_records` or
+/// `batch_linger` has passed since its first record. Records already
+/// fetched are taken without waiting, so under load the size bound ends the
+/// batch first; at low rates the linger lets a few records share one write.
+async fn fill_batch(
+    consumer: &GroupConsumer,
+    settings: &ConsumerSettings,
+    batch: &mut Vec<Record>,
+) {
+    let fill_deadline = tokio::time::Instant::now() + settings.batch_linger;
+    while batch.len() < settings.max_batch_records {
+        tokio::select! {
+            biased;
+            received = consumer.recv() => match received {
+                Ok(record) => batch.push(record),
+                Err(error) => {
+                    tracing::warn!(group = %settings.group_id, %error, "kafka receive failed");
+                    break;
+                }
+            },
+            _ = tokio::time::sleep_until(fill_deadline) => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_to_commit_are_one_past_each_partitions_highest_record() {
+        let batch = vec![
+            Record::new("m", 0, 10),
+            Record::new("m", 1, 4),
+            Record::new("m", 0, 12),
+            Record::new("e", 0, 7),
+            Record::new("m", 0, 11),
+        ];
+        assert_eq!(
+            next_offsets(&batch),
+            vec![("e", 0, 8), ("m", 0, 13), ("m", 1, 5)]
+        );
+        assert!(next_offsets(&[]).is_empty());
     }
 }

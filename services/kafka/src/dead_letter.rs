@@ -9,11 +9,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chatpipe_core::records::{DeadLetterRecord, SCHEMA_VERSION};
 use chatpipe_core::time::now_unix_ms;
-use rdkafka::message::{Message, OwnedMessage};
 
 use crate::consumer::ConsumerMetrics;
 use crate::error::KafkaAdapterError;
 use crate::producer::ChatProducer;
+use crate::record::Record;
 
 /// Publishes undecodable records of one consumer group.
 #[derive(Debug, Clone)]
@@ -42,11 +42,7 @@ impl DeadLetterSink {
 
     /// Publishes `message` with `error` and waits for Kafka to confirm, so
     /// the caller may then commit past it. Retriable on failure.
-    pub async fn publish(
-        &self,
-        message: &OwnedMessage,
-        error: &str,
-    ) -> Result<(), KafkaAdapterError> {
+    pub async fn publish(&self, message: &Record, error: &str) -> Result<(), KafkaAdapterError> {
         let payload = message.payload().unwrap_or_default();
         let (payload_utf8, payload_base64) = match std::str::from_utf8(payload) {
             Ok(text) => (Some(text.to_owned()), None),
@@ -63,10 +59,7 @@ impl DeadLetterSink {
             payload_base64,
             ts: now_unix_ms(),
         };
-        let key = message
-            .key()
-            .and_then(|key| std::str::from_utf8(key).ok())
-            .unwrap_or("");
+        let key = message.key_str().unwrap_or("");
         self.producer
             .send_json(&self.topic, key, &record, Duration::from_secs(10))
             .await?;

@@ -44,7 +44,7 @@ use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -52,6 +52,7 @@ use tokio::task::JoinHandle;
 use crate::config::KafkaConfig;
 use crate::consumer::{BatchHandler, ConsumerMetrics, ConsumerSettings, HandlerError};
 use crate::error::KafkaAdapterError;
+use crate::record::Record;
 
 /// One partition of one topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -165,8 +166,13 @@ pub fn partitioned_consumer(
     let consumer: PartitionedConsumer = kafka
         .base()
         .set("group.id", &settings.group_id)
+        // The same settings as `crate::consumer::group_consumer`: commits
+        // of stored offsets on a cadence, long polls, lag every 5 s.
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        .set(
+            "auto.commit.interval.ms",
+            settings.commit_interval.as_millis().max(1).to_string(),
+        )
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
@@ -176,8 +182,11 @@ pub fn partitioned_consumer(
             settings.max_poll_interval.as_millis().to_string(),
         )
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("statistics.interval.ms", "2000")
-        .set("fetch.wait.max.ms", "10")
+        .set("statistics.interval.ms", "5000")
+        .set(
+            "fetch.wait.max.ms",
+            settings.fetch_wait_max.as_millis().max(1).to_string(),
+        )
         .create_with_context(PartitionedContext {
             lag: metrics.lag.clone(),
             consumer: OnceLock::new(),
@@ -301,7 +310,7 @@ where
             // queue could not be split.
             received = consumer.recv() => match received {
                 Ok(message) => {
-                    let record = message.detach();
+                    let record = to_record(&message);
                     let key = PartitionKey { topic: record.topic().to_owned(), partition: record.partition() };
                     let stop = shutdown.child();
                     let mut handler = make_handler(&key, &stop);
@@ -343,7 +352,7 @@ async fn run_partition<H: BatchHandler>(
     stop: Shutdown,
 ) {
     let settings = &shared.settings;
-    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(settings.max_batch_records);
+    let mut batch: Vec<Record> = Vec::with_capacity(settings.max_batch_records);
     loop {
         batch.clear();
         let first = tokio::select! {
@@ -352,20 +361,20 @@ async fn run_partition<H: BatchHandler>(
             received = queue.recv() => received,
         };
         match first {
-            Ok(message) => batch.push(message.detach()),
+            Ok(message) => batch.push(to_record(&message)),
             Err(error) => {
                 tracing::warn!(group = %settings.group_id, partition = %key, %error, "kafka receive failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         }
-        let fill_deadline = tokio::time::Instant::now() + settings.max_batch_wait;
+        let fill_deadline = tokio::time::Instant::now() + settings.batch_linger;
         while batch.len() < settings.max_batch_records {
             tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(fill_deadline) => break,
                 received = queue.recv() => match received {
-                    Ok(message) => batch.push(message.detach()),
+                    Ok(message) => batch.push(to_record(&message)),
                     Err(error) => {
                         tracing::warn!(group = %settings.group_id, partition = %key, %error, "kafka receive failed");
                         break;
@@ -389,7 +398,7 @@ async fn run_partition<H: BatchHandler>(
 /// or a non-retriable failure (false; the failure goes to the main loop).
 async fn handle_with_retries<H: BatchHandler>(
     handler: &mut H,
-    batch: &[OwnedMessage],
+    batch: &[Record],
     shared: &PartitionShared,
     stop: &Shutdown,
 ) -> bool {
@@ -429,7 +438,12 @@ async fn handle_with_retries<H: BatchHandler>(
     handled
 }
 
-fn store_offset(shared: &PartitionShared, last: &OwnedMessage) {
+/// Copies a received message out of librdkafka's buffer.
+fn to_record<M: Message>(message: &M) -> Record {
+    Record::from_message(message, std::sync::Arc::from(message.topic()))
+}
+
+fn store_offset(shared: &PartitionShared, last: &Record) {
     // Records of one partition come in offset order: the last is the highest.
     // `store_offset` stores offset + 1, the next record to consume.
     if let Err(error) = shared

@@ -1,11 +1,25 @@
 //! The idempotent, `acks=all` producer.
+//!
+//! Built on librdkafka's producer with one polling thread per producer that
+//! hands delivery reports to the waiting sends. The thread waits up to a
+//! second per poll and wakes at once when a report arrives, so it costs
+//! nothing idle and adds no latency. (rdkafka's `FutureProducer` polls every
+//! 100 ms, and its millisecond-truncated deadline makes each poll spin for
+//! up to a millisecond: ~1 % of a core per idle producer, measured.)
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use crate::config::KafkaConfig;
+use crate::context::ChatpipeContext;
 use crate::error::KafkaAdapterError;
 
 /// Where Kafka put a record.
@@ -15,11 +29,45 @@ pub struct RecordPosition {
     pub offset: i64,
 }
 
+/// How long the polling thread waits for a delivery report per poll; it is
+/// also how long a dropped producer's thread takes to notice.
+const POLL_WAIT: Duration = Duration::from_secs(1);
+/// Pause before trying again when librdkafka's bounded queue is full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
+
+type DeliverySender = oneshot::Sender<Result<RecordPosition, KafkaError>>;
+
+impl ProducerContext for ChatpipeContext {
+    type DeliveryOpaque = Box<DeliverySender>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sender: Self::DeliveryOpaque) {
+        let outcome = match result {
+            Ok(message) => Ok(RecordPosition {
+                partition: message.partition(),
+                offset: message.offset(),
+            }),
+            Err((error, _message)) => Err(error.clone()),
+        };
+        // The send may have given up waiting (its deadline passed).
+        let _ = sender.send(outcome);
+    }
+}
+
+/// Stops the polling thread when the last [`ChatProducer`] clone is gone.
+struct PollingStop(Arc<AtomicBool>);
+
+impl Drop for PollingStop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A cheaply clonable producer. With `enable.idempotence`, librdkafka's
 /// internal retries never duplicate or reorder a partition's records.
 #[derive(Clone)]
 pub struct ChatProducer {
-    inner: FutureProducer,
+    inner: Arc<BaseProducer<ChatpipeContext>>,
+    _stop: Arc<PollingStop>,
 }
 
 impl std::fmt::Debug for ChatProducer {
@@ -31,7 +79,7 @@ impl std::fmt::Debug for ChatProducer {
 impl ChatProducer {
     /// `linger_ms` trades a little latency for batching under load.
     pub fn new(config: &KafkaConfig, linger_ms: u32) -> Result<Self, KafkaAdapterError> {
-        let inner: FutureProducer = config
+        let inner: BaseProducer<ChatpipeContext> = config
             .base()
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -42,8 +90,25 @@ impl ChatProducer {
             .set("queue.buffering.max.messages", "100000")
             .set("queue.buffering.max.kbytes", "65536")
             .set("delivery.timeout.ms", "30000")
-            .create()?;
-        Ok(Self { inner })
+            .create_with_context(ChatpipeContext::default())?;
+        let inner = Arc::new(inner);
+        let stop = Arc::new(AtomicBool::new(false));
+        let polled = inner.clone();
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("chatpipe-producer-poll".to_owned())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    polled.poll(POLL_WAIT);
+                }
+                // Dropping the last handle here purges what is still queued
+                // (a producer dropped without `flush`).
+            })
+            .map_err(KafkaAdapterError::Thread)?;
+        Ok(Self {
+            inner,
+            _stop: Arc::new(PollingStop(stop)),
+        })
     }
 
     /// Sends one JSON record and waits until Kafka confirmed it with
@@ -68,18 +133,34 @@ impl ChatProducer {
         payload: Option<&[u8]>,
         deadline: Duration,
     ) -> Result<RecordPosition, KafkaAdapterError> {
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+        let give_up = tokio::time::Instant::now() + deadline;
+        let (sender, delivered) = oneshot::channel();
+        let mut record: BaseRecord<'_, str, [u8], Box<DeliverySender>> =
+            BaseRecord::with_opaque_to(topic, Box::new(sender)).key(key);
         if let Some(bytes) = payload {
             record = record.payload(bytes);
         }
-        let delivery = tokio::time::timeout(deadline, self.inner.send(record, deadline)).await;
-        match delivery {
+        loop {
+            match self.inner.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    // The bounded queue is full: wait for room, within the
+                    // deadline (backpressure, not growth).
+                    if tokio::time::Instant::now() + QUEUE_FULL_PAUSE >= give_up {
+                        return Err(KafkaAdapterError::Timeout(deadline));
+                    }
+                    record = returned;
+                    tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                }
+                Err((error, _returned)) => return Err(error.into()),
+            }
+        }
+        match tokio::time::timeout_at(give_up, delivered).await {
             Err(_elapsed) => Err(KafkaAdapterError::Timeout(deadline)),
-            Ok(Err((error, _message))) => Err(KafkaAdapterError::Client(error)),
-            Ok(Ok(delivery)) => Ok(RecordPosition {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
+            // The producer went away with the record (purged).
+            Ok(Err(_canceled)) => Err(KafkaError::Canceled.into()),
+            Ok(Ok(Err(error))) => Err(error.into()),
+            Ok(Ok(Ok(position))) => Ok(position),
         }
     }
 

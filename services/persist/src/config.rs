@@ -4,6 +4,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Default of [`PersistConfig::batch_linger_ms`]: long enough that at
+/// tens of messages a second a write round carries several, short next to
+/// how soon anyone reads history after a send.
+pub const DEFAULT_BATCH_LINGER_MS: u64 = 50;
+/// Default of [`PersistConfig::commit_interval_ms`].
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1_000;
+
 /// How the persist consumer group consumes and writes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -11,10 +18,18 @@ pub struct PersistConfig {
     /// Kafka consumer group id. Every persist instance of a deployment uses
     /// the same one; partitions of `chat.messages` are shared among them.
     pub group_id: String,
-    /// Most records handed to one Cassandra write round.
+    /// Most records handed to one Cassandra write round. Under load a
+    /// batch is cut here, before its linger ends.
     pub max_batch_records: usize,
-    /// Longest wait for a batch to fill once its first record arrived.
-    pub max_batch_wait_ms: u64,
+    /// Longest wait for a batch to fill once its first record arrived, in
+    /// ms: at low rates a few records share one write round instead of one
+    /// round per record. Bounds the delay batching adds to history.
+    #[serde(alias = "max_batch_wait_ms")]
+    pub batch_linger_ms: u64,
+    /// How often the offsets of written batches are committed, in ms. Only
+    /// written records are ever committed; a crash re-writes at most this
+    /// long's worth (idempotently).
+    pub commit_interval_ms: u64,
     /// Most Cassandra write requests in flight at once (each request is a
     /// single-partition batch of up to 100 rows).
     pub max_in_flight_writes: usize,
@@ -33,7 +48,8 @@ impl Default for PersistConfig {
         Self {
             group_id: "chatpipe-persist".to_owned(),
             max_batch_records: 1000,
-            max_batch_wait_ms: 20,
+            batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
+            commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
             max_in_flight_writes: 64,
             initial_backoff_ms: 100,
             max_backoff_ms: 5_000,
@@ -50,7 +66,8 @@ impl PersistConfig {
         let mut settings =
             chatpipe_kafka::ConsumerSettings::new(self.group_id.clone(), &[messages_topic]);
         settings.max_batch_records = self.max_batch_records.max(1);
-        settings.max_batch_wait = Duration::from_millis(self.max_batch_wait_ms);
+        settings.batch_linger = Duration::from_millis(self.batch_linger_ms);
+        settings.commit_interval = Duration::from_millis(self.commit_interval_ms.max(1));
         settings.initial_backoff = Duration::from_millis(self.initial_backoff_ms);
         settings.max_backoff =
             Duration::from_millis(self.max_backoff_ms.max(self.initial_backoff_ms));

@@ -19,6 +19,11 @@
 //! consumer stays in its group (`max_poll_interval_ms`), the component
 //! reports `Degraded`, and nothing is committed past the unwritten batch.
 //!
+//! Batching adapts to load: a write round takes up to `max_batch_records`
+//! records, or what arrived within `batch_linger_ms` of its first record,
+//! whichever comes first; offsets of written rounds are committed every
+//! `commit_interval_ms`, not per round.
+//!
 //! Order: history is ordered by message id (the clustering key), which is
 //! the order of the conversation's Kafka partition; writes within a batch
 //! may therefore run concurrently.

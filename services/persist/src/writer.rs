@@ -22,14 +22,13 @@ use std::time::Instant;
 use chatpipe_cassandra::CassandraStore;
 use chatpipe_core::records::MessageRecord;
 use chatpipe_kafka::consumer::HandlerError;
-use chatpipe_kafka::{BatchHandler, DeadLetterSink};
+use chatpipe_kafka::{BatchHandler, DeadLetterSink, Record};
 use chatpipe_runtime::metrics::ReasonLabel;
-use rdkafka::message::{Message, OwnedMessage};
 
 use crate::metrics::PersistMetrics;
 
 /// Why a record could not be decoded.
-pub fn decode_record(message: &OwnedMessage) -> Result<MessageRecord, String> {
+pub fn decode_record(message: &Record) -> Result<MessageRecord, String> {
     let payload = message
         .payload()
         .ok_or_else(|| "record has no payload".to_owned())?;
@@ -57,7 +56,7 @@ impl std::fmt::Debug for CassandraHistoryWriter {
     }
 }
 
-fn coordinates(message: &OwnedMessage) -> (String, i32, i64) {
+fn coordinates(message: &Record) -> (String, i32, i64) {
     (
         message.topic().to_owned(),
         message.partition(),
@@ -81,11 +80,7 @@ impl CassandraHistoryWriter {
         }
     }
 
-    async fn dead_letter(
-        &mut self,
-        message: &OwnedMessage,
-        error: &str,
-    ) -> Result<(), HandlerError> {
+    async fn dead_letter(&mut self, message: &Record, error: &str) -> Result<(), HandlerError> {
         let key = coordinates(message);
         if self.dead_lettered_in_batch.contains(&key) {
             return Ok(());
@@ -100,8 +95,8 @@ impl CassandraHistoryWriter {
         Ok(())
     }
 
-    async fn write_batch(&mut self, batch: &[OwnedMessage]) -> Result<(), HandlerError> {
-        let mut decoded: Vec<(&OwnedMessage, MessageRecord)> = Vec::with_capacity(batch.len());
+    async fn write_batch(&mut self, batch: &[Record]) -> Result<(), HandlerError> {
+        let mut decoded: Vec<(&Record, MessageRecord)> = Vec::with_capacity(batch.len());
         for message in batch {
             match decode_record(message) {
                 Ok(record) => decoded.push((message, record)),
@@ -169,7 +164,7 @@ impl CassandraHistoryWriter {
 }
 
 impl BatchHandler for CassandraHistoryWriter {
-    async fn handle(&mut self, batch: &[OwnedMessage]) -> Result<(), HandlerError> {
+    async fn handle(&mut self, batch: &[Record]) -> Result<(), HandlerError> {
         let outcome = self.write_batch(batch).await;
         if outcome.is_ok() {
             self.dead_lettered_in_batch.clear();

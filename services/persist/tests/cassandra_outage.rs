@@ -12,11 +12,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chatpipe_core::ids::{MessageIdGenerator, worker_id_from_name};
+use chatpipe_kafka::KafkaConfig;
 use chatpipe_persist::PersistConfig;
 use chatpipe_runtime::ComponentState;
 use common::{TestEnv, eventually, records};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -66,17 +65,8 @@ impl Drop for CassandraRestart {
 
 /// The member ids of `group`, as the group coordinator sees them.
 fn group_members(brokers: &str, group: &str) -> Vec<String> {
-    let admin: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let list = admin
-        .fetch_group_list(Some(group), Duration::from_secs(10))
-        .unwrap();
-    list.groups()
-        .iter()
-        .flat_map(|info| info.members().iter().map(|member| member.id().to_owned()))
-        .collect()
+    chatpipe_kafka::admin::group_member_ids(&KafkaConfig::new(brokers, "group-members"), group)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,6 @@ use chatpipe_kafka::ConsumerMetrics;
 use chatpipe_kafka::consumer::{ConsumerSettings, group_consumer};
 use chatpipe_persist::PersistConfig;
 use common::{TestEnv, eventually, records};
-use rdkafka::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_lands_once_in_order_despite_redelivery() {

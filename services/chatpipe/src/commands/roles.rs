@@ -15,7 +15,9 @@ use chatpipe_index::IndexConfig;
 use chatpipe_persist::PersistConfig;
 use chatpipe_runtime::Shutdown;
 
-use crate::cli::{AllArgs, ApiArgs, CommonArgs, EdgeArgs, FanoutArgs, IndexArgs, PersistArgs};
+use crate::cli::{
+    AllArgs, ApiArgs, BatchingArgs, CommonArgs, EdgeArgs, FanoutArgs, IndexArgs, PersistArgs,
+};
 use crate::commands::{engines, topology};
 
 pub fn edge_config(common: &CommonArgs, args: &EdgeArgs) -> anyhow::Result<EdgeConfig> {
@@ -39,6 +41,7 @@ pub fn edge_config(common: &CommonArgs, args: &EdgeArgs) -> anyhow::Result<EdgeC
         frames_burst_per_connection: args.frames_per_second.saturating_mul(2),
         ws_read_buffer_bytes: args.ws_read_buffer_bytes,
         drain_deadline_ms: args.drain_deadline_ms,
+        producer_linger_ms: args.producer_linger_ms,
         ..EdgeConfig::default()
     })
 }
@@ -51,19 +54,29 @@ fn fanout_config(common: &CommonArgs, group: &str) -> FanoutConfig {
     }
 }
 
-fn persist_config(group: &str) -> PersistConfig {
+fn persist_config(group: &str, batching: &BatchingArgs) -> PersistConfig {
+    let defaults = PersistConfig::default();
     PersistConfig {
         group_id: group.to_owned(),
-        ..PersistConfig::default()
+        batch_linger_ms: batching.batch_linger_ms.unwrap_or(defaults.batch_linger_ms),
+        commit_interval_ms: batching
+            .commit_interval_ms
+            .unwrap_or(defaults.commit_interval_ms),
+        ..defaults
     }
 }
 
-fn index_config(common: &CommonArgs, group: &str) -> IndexConfig {
+fn index_config(common: &CommonArgs, group: &str, batching: &BatchingArgs) -> IndexConfig {
+    let defaults = IndexConfig::default();
     IndexConfig {
         group_id: group.to_owned(),
         topics: engines::topics(common),
         engine: engines::search_engine_config(common),
-        ..IndexConfig::default()
+        batch_linger_ms: batching.batch_linger_ms.unwrap_or(defaults.batch_linger_ms),
+        commit_interval_ms: batching
+            .commit_interval_ms
+            .unwrap_or(defaults.commit_interval_ms),
+        ..defaults
     }
 }
 
@@ -117,11 +130,21 @@ pub async fn run_fanout(common: &CommonArgs, args: &FanoutArgs) -> anyhow::Resul
 }
 
 pub async fn run_persist(common: &CommonArgs, args: &PersistArgs) -> anyhow::Result<()> {
-    run_one(common, persist_config(&args.group), args.ops_listen).await
+    run_one(
+        common,
+        persist_config(&args.group, &args.batching),
+        args.ops_listen,
+    )
+    .await
 }
 
 pub async fn run_index(common: &CommonArgs, args: &IndexArgs) -> anyhow::Result<()> {
-    run_one(common, index_config(common, &args.group), args.ops_listen).await
+    run_one(
+        common,
+        index_config(common, &args.group, &args.batching),
+        args.ops_listen,
+    )
+    .await
 }
 
 pub async fn run_api(common: &CommonArgs, args: &ApiArgs) -> anyhow::Result<()> {
@@ -157,9 +180,9 @@ pub async fn run_all(common: &CommonArgs, args: &AllArgs) -> anyhow::Result<()> 
     let workers = &args.workers;
     let fanout = fanout_config(common, "chatpipe-fanout");
     start(&mut set, fanout, &deps, &root, workers.fanout_ops_listen).await?;
-    let persist = persist_config("chatpipe-persist");
+    let persist = persist_config("chatpipe-persist", &args.batching);
     start(&mut set, persist, &deps, &root, workers.persist_ops_listen).await?;
-    let index = index_config(common, "chatpipe-index");
+    let index = index_config(common, "chatpipe-index", &args.batching);
     start(&mut set, index, &deps, &root, workers.index_ops_listen).await?;
     for number in 0..args.edges.max(1) {
         let mut edge_args = args.edge.clone();
