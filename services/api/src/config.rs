@@ -24,6 +24,15 @@ pub struct ApiConfig {
     pub rate_limit_burst: u32,
     /// Deadline for Kafka to confirm a membership record.
     pub kafka_send_timeout_ms: u64,
+    /// Deadline for a whole request; past it the request is abandoned and
+    /// answered 503 `unavailable` (`Retry-After: 1`). Above
+    /// `kafka_send_timeout_ms` so a slow Kafka still gets its own, more
+    /// precise, 503. `0` turns the deadline off.
+    pub request_timeout_ms: u64,
+    /// Requests handled at once by this replica; one more is answered 503
+    /// `unavailable` at once (shed, not queued) so a flood cannot pile up
+    /// work and memory behind slow engines. `0` turns the limit off.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ApiConfig {
@@ -38,6 +47,8 @@ impl Default for ApiConfig {
             rate_limit_per_second: 50,
             rate_limit_burst: 100,
             kafka_send_timeout_ms: 10_000,
+            request_timeout_ms: 15_000,
+            max_concurrent_requests: 1_024,
         }
     }
 }

@@ -123,7 +123,25 @@ async fn publish(
     Ok(())
 }
 
-/// 404 for an unknown conversation, 403 when `user` is not a member.
+/// What every route answers when the caller may not see a conversation,
+/// whether it exists or not: one status and one text, so an outsider cannot
+/// tell an existing conversation (a computable `dm-` id, say) from an
+/// unknown one.
+pub const CONVERSATION_NOT_FOUND: &str = "conversation not found";
+
+/// The error for a conversation the caller is not in or that does not exist.
+pub fn conversation_not_found() -> ApiError {
+    ApiError::NotFound(CONVERSATION_NOT_FOUND.to_owned())
+}
+
+/// Whether a conversation is a 1:1: only [`direct_conversation_id`] makes
+/// `dm-` ids (groups get `c-`), and a 1:1 has fixed membership.
+pub fn is_direct(conversation: &ConversationId) -> bool {
+    conversation.as_str().starts_with("dm-")
+}
+
+/// The conversation, when `user` is a member; otherwise (unknown, or not a
+/// member) 404 with [`CONVERSATION_NOT_FOUND`].
 pub(crate) async fn require_member(
     state: &ApiState,
     conversation: &ConversationId,
@@ -145,17 +163,34 @@ pub(crate) async fn require_member(
                 .map_err(ApiError::from)
         },
     )?;
-    let Some(row) = row else {
-        return Err(ApiError::NotFound(format!(
-            "no conversation {conversation}"
-        )));
-    };
-    if !member {
-        return Err(ApiError::Forbidden(format!(
-            "not a member of conversation {conversation}"
-        )));
+    match row {
+        Some(row) if member => Ok(row),
+        _ => Err(conversation_not_found()),
     }
-    Ok(row)
+}
+
+/// Who may change whose membership: members see the conversation at all
+/// (outsiders were answered 404 before this), anyone may leave, a 1:1 has
+/// fixed membership, and only the owner removes others. The store has no
+/// role column yet, so the owner is the creator (`created_by`).
+pub fn check_membership_change(
+    conversation: &chatpipe_cassandra::Conversation,
+    caller: &UserId,
+    change: &MembershipChange,
+) -> Result<(), ApiError> {
+    let direct = is_direct(&conversation.conversation_id);
+    match change {
+        MembershipChange::Removed { user_id } if user_id == caller => Ok(()),
+        MembershipChange::Added { .. } | MembershipChange::Removed { .. } if direct => Err(
+            ApiError::Forbidden("a 1:1 conversation has fixed membership".to_owned()),
+        ),
+        MembershipChange::Removed { .. } if *caller != conversation.created_by => {
+            Err(ApiError::Forbidden(
+                "only the conversation's owner may remove other members".to_owned(),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `POST /v1/conversations`: 201 with the new id; for a 1:1 conversation
@@ -275,8 +310,9 @@ pub async fn list_conversations(
     Ok(Json(ConversationList { conversations }))
 }
 
-/// `POST /v1/conversations/{id}/members`: members may add anyone; 200
-/// (also when the user was a member already).
+/// `POST /v1/conversations/{id}/members`: members of a group may add
+/// anyone; 200 (also when the user was a member already). Outsiders get
+/// 404, a 1:1 conversation 403 (fixed membership).
 pub async fn add_member(
     State(state): State<ApiState>,
     Caller(caller): Caller,
@@ -284,7 +320,14 @@ pub async fn add_member(
     JsonBody(request): JsonBody<AddMemberRequest>,
 ) -> Result<Json<MemberView>, ApiError> {
     let conversation = parse_conversation_id(raw_id)?;
-    require_member(&state, &conversation, &caller).await?;
+    let row = require_member(&state, &conversation, &caller).await?;
+    check_membership_change(
+        &row,
+        &caller,
+        &MembershipChange::Added {
+            user_id: request.user_id.clone(),
+        },
+    )?;
     state
         .store
         .add_member(&conversation, &request.user_id, &caller, now_unix_ms())
@@ -305,8 +348,15 @@ pub async fn add_member(
     }))
 }
 
-/// `DELETE /v1/conversations/{id}/members/{user_id}`: a member may remove
-/// anyone; anyone may remove themselves (leave). 204, idempotent.
+/// `DELETE /v1/conversations/{id}/members/{user_id}`: anyone may remove
+/// themselves (leave); only the owner removes others, and never in a 1:1.
+/// 204. Outsiders, a caller leaving a conversation they are not in
+/// included, get 404 and nothing is published.
+///
+/// Unlike an add, the record is published *before* the Cassandra delete:
+/// a retry must find the caller still a member (or it would be a 404 and
+/// the record would never go out), and when one of the two fails the
+/// failure errs towards taking access away, not keeping it.
 pub async fn remove_member(
     State(state): State<ApiState>,
     Caller(caller): Caller,
@@ -315,27 +365,13 @@ pub async fn remove_member(
     let conversation = parse_conversation_id(raw_id)?;
     let user =
         UserId::parse(raw_user).map_err(|error| ApiError::Invalid(format!("user id: {error}")))?;
-    if user == caller {
-        // Leaving is allowed even when no longer a member, so that a retry
-        // of a leave whose record was not published still publishes it.
-        if state.store.conversation(&conversation).await?.is_none() {
-            return Err(ApiError::NotFound(format!(
-                "no conversation {conversation}"
-            )));
-        }
-    } else {
-        require_member(&state, &conversation, &caller).await?;
-    }
+    let row = require_member(&state, &conversation, &caller).await?;
+    let change = MembershipChange::Removed {
+        user_id: user.clone(),
+    };
+    check_membership_change(&row, &caller, &change)?;
+    publish(&state, &conversation, &caller, change).await?;
     state.store.remove_member(&conversation, &user).await?;
-    publish(
-        &state,
-        &conversation,
-        &caller,
-        MembershipChange::Removed {
-            user_id: user.clone(),
-        },
-    )
-    .await?;
     tracing::info!(conversation = %conversation, user = %user, actor = %caller, "member removed");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -359,5 +395,51 @@ mod tests {
         );
         let long = UserId::parse("x".repeat(64)).unwrap();
         assert!(direct_conversation_id(&long, &alice).as_str().len() <= ConversationId::MAX_LEN);
+    }
+
+    fn conversation(id: &str, created_by: &UserId) -> chatpipe_cassandra::Conversation {
+        chatpipe_cassandra::Conversation {
+            conversation_id: ConversationId::parse(id).unwrap(),
+            title: None,
+            created_at_ms: 1,
+            created_by: created_by.clone(),
+            first_bucket: 0,
+        }
+    }
+
+    #[test]
+    fn only_the_owner_removes_others_anyone_leaves_and_a_dm_is_fixed() {
+        let owner = UserId::parse("owner").unwrap();
+        let member = UserId::parse("member").unwrap();
+        let newcomer = UserId::parse("newcomer").unwrap();
+        let group = conversation("c-1", &owner);
+        let dm = conversation(direct_conversation_id(&owner, &member).as_str(), &owner);
+        let added = |user: &UserId| MembershipChange::Added {
+            user_id: user.clone(),
+        };
+        let removed = |user: &UserId| MembershipChange::Removed {
+            user_id: user.clone(),
+        };
+        let allowed = |row, caller, change| check_membership_change(row, caller, &change).is_ok();
+        // Groups: members add, the owner removes, everyone leaves.
+        assert!(allowed(&group, &member, added(&newcomer)));
+        assert!(allowed(&group, &owner, removed(&member)));
+        assert!(allowed(&group, &member, removed(&member)));
+        assert!(allowed(&group, &owner, removed(&owner)));
+        assert!(!allowed(&group, &member, removed(&owner)));
+        assert!(!allowed(&group, &member, removed(&newcomer)));
+        // 1:1: nobody adds or removes the other side; leaving stays possible.
+        assert!(!allowed(&dm, &member, added(&newcomer)));
+        assert!(!allowed(&dm, &owner, added(&newcomer)));
+        assert!(!allowed(&dm, &owner, removed(&member)));
+        assert!(allowed(&dm, &member, removed(&member)));
+        assert!(matches!(
+            check_membership_change(&dm, &member, &added(&newcomer)),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(matches!(
+            conversation_not_found(),
+            ApiError::NotFound(message) if message == CONVERSATION_NOT_FOUND
+        ));
     }
 }

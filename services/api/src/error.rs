@@ -34,6 +34,14 @@ pub enum ApiError {
     TooLarge(String),
     #[error("rate limit exceeded; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// The request ran past `request_timeout_ms` and was abandoned; 503
+    /// `unavailable` with `Retry-After`, like an engine failure: retry.
+    #[error("the request took longer than {after_ms} ms; retry later")]
+    TimedOut { after_ms: u64 },
+    /// `max_concurrent_requests` requests were already in flight; 503
+    /// `unavailable` with `Retry-After` rather than queueing without bound.
+    #[error("the server is busy; retry later")]
+    Overloaded,
     /// A backing engine (Cassandra, Kafka, the search engine) failed in a
     /// way that may pass; the detail is logged, not returned.
     #[error("unavailable: {0}")]
@@ -52,7 +60,9 @@ impl ApiError {
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::TooLarge(_) => ErrorCode::TooLarge,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
-            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Unavailable(_) | ApiError::TimedOut { .. } | ApiError::Overloaded => {
+                ErrorCode::Unavailable
+            }
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -86,11 +96,19 @@ impl IntoResponse for ApiError {
             Json(HttpErrorBody::new(code, self.public_message())),
         )
             .into_response();
-        if let ApiError::RateLimited { retry_after_secs } = self {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs.max(1)),
-            );
+        match self {
+            ApiError::RateLimited { retry_after_secs } => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(1)),
+                );
+            }
+            ApiError::TimedOut { .. } | ApiError::Overloaded => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            }
+            _ => {}
         }
         if code == ErrorCode::Unauthorized {
             response
@@ -207,6 +225,8 @@ mod tests {
                 503,
                 "unavailable",
             ),
+            (ApiError::TimedOut { after_ms: 30_000 }, 503, "unavailable"),
+            (ApiError::Overloaded, 503, "unavailable"),
             (
                 ApiError::Internal("secret table layout".into()),
                 500,

@@ -93,8 +93,8 @@ fn message_json(message: &StoredMessage) -> serde_json::Value {
     serde_json::to_value(message).unwrap_or(serde_json::Value::Null)
 }
 
-/// `GET /v1/conversations/{id}/messages`: members only (403), unknown
-/// conversation 404, bad cursor or limit 400.
+/// `GET /v1/conversations/{id}/messages`: members only; not a member or
+/// unknown conversation → the same 404; bad cursor or limit 400.
 pub async fn list_messages(
     State(state): State<ApiState>,
     Caller(caller): Caller,

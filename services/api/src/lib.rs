@@ -9,13 +9,14 @@
 //! |---|---|
 //! | `POST /v1/conversations` | create (1:1 or group) → `{"conversation_id"}` |
 //! | `GET /v1/conversations` | the caller's conversations |
-//! | `POST /v1/conversations/{id}/members` | add a member (members only) |
-//! | `DELETE /v1/conversations/{id}/members/{user_id}` | remove a member or leave |
+//! | `POST /v1/conversations/{id}/members` | add a member (members of a group) |
+//! | `DELETE /v1/conversations/{id}/members/{user_id}` | the owner removes a member; anyone leaves |
 //! | `GET /v1/conversations/{id}/messages` | history pages, newest first |
 //! | `GET /openapi.json` | the OpenAPI document (`schemas/openapi.json`) |
 //!
 //! Every `/v1` call needs `Authorization: Bearer <token>` and is charged to
-//! the caller's rate limit. Errors are `{"error":{"code","message"}}`,
+//! the caller's rate limit. A conversation the caller is not in answers
+//! exactly like one that does not exist (404), on every route. Errors are `{"error":{"code","message"}}`,
 //! mapped in one place ([`ApiError`]).
 //!
 //! Metrics and health are not served here: the API's port serves only
@@ -35,6 +36,7 @@ pub mod conversations;
 pub mod error;
 pub mod extract;
 pub mod history;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod search;
@@ -125,8 +127,9 @@ async fn unknown_route() -> ApiError {
 /// The whole router: `/v1` routes behind authentication and the rate limit
 /// (including `extra_v1`, already stated routers such as search), the
 /// OpenAPI document, a JSON 404 for unknown routes (`/metrics` and the
-/// health checks included: they live on the ops listener), request metrics
-/// and the body limit.
+/// health checks included: they live on the ops listener), the request
+/// deadline and concurrency limit ([`limits`]), request metrics and the
+/// body limit.
 pub fn router(state: ApiState, extra_v1: Vec<Router>) -> Router {
     let mut v1: Router<ApiState> = Router::new();
     for route in v1_routes() {
@@ -143,6 +146,12 @@ pub fn router(state: ApiState, extra_v1: Vec<Router>) -> Router {
         .merge(v1)
         .route("/openapi.json", get(openapi::serve_openapi))
         .fallback(unknown_route)
+        // Inside the metrics layer, so shed and timed-out requests are
+        // counted (503) like any other.
+        .layer(from_fn_with_state(
+            limits::RequestLimits::from_config(&state.config),
+            limits::enforce,
+        ))
         .layer(from_fn_with_state(
             state.metrics.clone(),
             metrics::track_requests,
@@ -294,8 +303,10 @@ mod tests {
                 "{method} {path} has no responses"
             );
         }
-        // Mounted by the search engineer, documented here already.
-        assert!(document["paths"]["/v1/search"]["get"].is_object());
+        // Mounted by the search engineer, documented here already; a
+        // conversation_id that is not the caller's is a 404, never a 403.
+        let search = &document["paths"]["/v1/search"]["get"]["responses"];
+        assert!(search["404"].is_object() && !search["403"].is_object());
     }
 
     #[test]
@@ -310,13 +321,20 @@ mod tests {
                     "{route:?} does not document {status}"
                 );
             }
+            // Every route naming a conversation can say 404 (unknown, or
+            // not the caller's: the same answer); only membership changes
+            // can say 403 (a 1:1, or not the owner), and nothing else may
+            // document it: a 403 would tell an outsider the id exists.
             if route.path.contains("{id}") {
-                for status in ["403", "404"] {
-                    assert!(
-                        responses[status].is_object(),
-                        "{route:?} does not document {status}"
-                    );
-                }
+                assert!(
+                    responses["404"].is_object(),
+                    "{route:?} does not document 404"
+                );
+                assert_eq!(
+                    responses["403"].is_object(),
+                    route.path.contains("/members"),
+                    "{route:?}: 403 only for membership changes"
+                );
             }
         }
         // Every `$ref` resolves.

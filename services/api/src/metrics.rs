@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use chatpipe_core::ErrorCode;
@@ -13,8 +14,34 @@ use chatpipe_runtime::metrics::{
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::registry::Registry;
 
+/// The `method` label: the request's method when it is one of HTTP's
+/// standard ones, `other` for anything else. The method is client input
+/// (any token is a valid method), so using it raw would let a client grow
+/// the registry without bound.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// The `route` label: the matched route template, or `unmatched` (never the
+/// raw path, which is client input).
+pub fn route_label(matched: Option<&MatchedPath>) -> String {
+    matched.map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned())
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// [`method_label`]: a standard method or `other`.
     pub method: String,
     /// The route template (`/v1/conversations/{id}/messages`), or
     /// `unmatched`, so label cardinality stays bounded.
@@ -113,12 +140,8 @@ pub async fn track_requests(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = method_label(request.method()).to_owned();
+    let route = route_label(request.extensions().get::<MatchedPath>());
     let response = next.run(request).await;
     let status = response.status();
     metrics
@@ -142,4 +165,22 @@ pub async fn track_requests(
         metrics.rejects.get_or_create(&ReasonLabel::new(code)).inc();
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_come_from_a_closed_set() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        let mut labels = std::collections::BTreeSet::new();
+        for index in 0..200 {
+            let random = Method::from_bytes(format!("X{index}Y").as_bytes()).unwrap();
+            labels.insert(method_label(&random));
+        }
+        assert_eq!(labels.into_iter().collect::<Vec<_>>(), vec!["other"]);
+        assert_eq!(route_label(None), "unmatched");
+    }
 }

@@ -11,11 +11,12 @@
 //!   Cassandra a read per keystroke. A user removed from a conversation may
 //!   thus find its messages for up to that long; a user just *added* is
 //!   never refused: a `conversation_id` missing from the cached list is
-//!   checked against the store (`is_member`) before answering 403.
+//!   checked against the store (`is_member`) before answering 404.
 //! - The query itself (authorization filter, user text as a JSON value,
 //!   cursor, limits) is built by `chatpipe_search::query`.
 //! - Errors: bad or missing parameters → 400 with a message saying which;
-//!   `conversation_id` the caller is not in → 403; the engine or Cassandra
+//!   `conversation_id` the caller is not in, or that does not exist → 404
+//!   `not_found` with the same text as every other route; the engine or Cassandra
 //!   down → 503; never 500 for user input.
 //!
 //! Response: `{"hits":[{"message":{…},"highlights":["…<em>…</em>…"],"score":…}],"next_cursor":"…"|null}`.
@@ -164,7 +165,9 @@ fn search_error(error: SearchError) -> ApiError {
     let public = error.public_message();
     match error {
         SearchError::Invalid(_) => ApiError::Invalid(public),
-        SearchError::Forbidden(_) => ApiError::Forbidden(public),
+        // The conversation is not the caller's: the same 404 as every other
+        // route gives for it, whether it exists or not (no existence oracle).
+        SearchError::Forbidden(_) => crate::conversations::conversation_not_found(),
         SearchError::Unavailable(detail) => {
             ApiError::Unavailable(format!("search engine: {detail}"))
         }
@@ -428,7 +431,8 @@ mod tests {
             "message markup is escaped: {highlight}"
         );
 
-        // Carol's conversation: invisible to alice, forbidden by name.
+        // Carol's conversation: invisible to alice, and by name the same 404
+        // as a conversation that does not exist (no existence oracle).
         let (status, body) = get_as(&app, "alice", "/v1/search?q=carol").await;
         assert_eq!(
             (status, body["hits"].as_array().unwrap().len()),
@@ -440,8 +444,15 @@ mod tests {
             "/v1/search?q=quarterly&conversation_id=room-b",
         )
         .await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        assert_eq!(body["error"]["code"], "forbidden");
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["code"], "not_found");
+        let (unknown_status, unknown_body) = get_as(
+            &app,
+            "alice",
+            "/v1/search?q=quarterly&conversation_id=no-such-room",
+        )
+        .await;
+        assert_eq!((unknown_status, unknown_body), (status, body));
         let (status, body) = get_as(&app, "mallory", "/v1/search?q=quarterly").await;
         assert_eq!(
             (status, body["hits"].as_array().unwrap().len()),

@@ -206,10 +206,12 @@ async fn conversations_and_membership_both_ways_with_events() {
     assert_eq!(listed["conversations"][0]["created_by"], alice.as_str());
 
     let members_path = format!("/v1/conversations/{id}/members");
+    // An outsider is told the conversation does not exist (was 403: an
+    // existence oracle).
     let (status, body) = api
         .post(&dave, &members_path, json!({"user_id": dave.as_str()}))
         .await;
-    assert_error(status, &body, 403, "forbidden");
+    assert_error(status, &body, 404, "not_found");
     let (status, body) = api
         .post(&bob, &members_path, json!({"user_id": carol.as_str()}))
         .await;
@@ -225,16 +227,33 @@ async fn conversations_and_membership_both_ways_with_events() {
     );
 
     let (status, body) = api.delete(&dave, &format!("{members_path}/{bob}")).await;
-    assert_error(status, &body, 403, "forbidden");
-    let (status, _) = api.delete(&carol, &format!("{members_path}/{bob}")).await;
+    assert_error(status, &body, 404, "not_found");
+    // An outsider "leaving": 404, and no record is published (checked below).
+    let (status, body) = api.delete(&dave, &format!("{members_path}/{dave}")).await;
+    assert_error(status, &body, 404, "not_found");
+    // Only the owner (the creator) removes others (carol removing bob was
+    // allowed before): a member removing the creator or another member is
+    // refused.
+    for target in [&alice, &bob] {
+        let (status, body) = api
+            .delete(&carol, &format!("{members_path}/{target}"))
+            .await;
+        assert_error(status, &body, 403, "forbidden");
+    }
+    assert!(api.store.is_member(&id, &alice).await.unwrap());
+    assert!(api.store.is_member(&id, &bob).await.unwrap());
+    let (status, _) = api.delete(&alice, &format!("{members_path}/{bob}")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(!api.store.is_member(&id, &bob).await.unwrap());
     assert!(api.store.conversations_of(&bob).await.unwrap().is_empty());
     let (_, listed) = api.get(&bob, "/v1/conversations").await;
     assert_eq!(listed, json!({"conversations": []}));
-    // Leaving.
+    // Leaving; leaving again is a 404 (no longer a member) and publishes
+    // nothing.
     let (status, _) = api.delete(&alice, &format!("{members_path}/{alice}")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = api.delete(&alice, &format!("{members_path}/{alice}")).await;
+    assert_error(status, &body, 404, "not_found");
     assert_eq!(
         api.store
             .members(&id)
@@ -293,7 +312,7 @@ async fn conversations_and_membership_both_ways_with_events() {
                 MembershipChange::Removed {
                     user_id: bob.clone()
                 },
-                carol.clone()
+                alice.clone()
             ),
             (
                 MembershipChange::Removed {
@@ -304,6 +323,13 @@ async fn conversations_and_membership_both_ways_with_events() {
         ]
     );
     assert_eq!(api.metrics.membership_records.get(), 4);
+    // Nothing more: the refused calls published nothing.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), consumer.recv())
+            .await
+            .is_err(),
+        "a refused call published a record"
+    );
 }
 
 #[tokio::test]
@@ -475,8 +501,10 @@ async fn history_pages_across_buckets_with_limits_and_errors() {
         let (status, body) = api.get(&alice, &format!("{path}?{bad}")).await;
         assert_error(status, &body, 400, "invalid");
     }
-    let (status, body) = api.get(&mallory, &path).await;
-    assert_error(status, &body, 403, "forbidden");
+    // Not a member: exactly the answer for an unknown conversation (was
+    // 403, which told an outsider the conversation exists).
+    let (status, outsider) = api.get(&mallory, &path).await;
+    assert_error(status, &outsider, 404, "not_found");
     let (status, body) = api
         .get(
             &alice,
@@ -484,6 +512,7 @@ async fn history_pages_across_buckets_with_limits_and_errors() {
         )
         .await;
     assert_error(status, &body, 404, "not_found");
+    assert_eq!(outsider, body);
     let (status, body) = api.get(&alice, "/v1/conversations/bad%20id/messages").await;
     assert_error(status, &body, 400, "invalid");
 }
@@ -732,4 +761,230 @@ async fn an_unavailable_engine_is_a_503_that_leaks_nothing() {
         api.metrics.request_count("POST", "/v1/conversations", 503),
         1
     );
+}
+
+#[tokio::test]
+async fn a_one_to_one_has_fixed_membership_and_outsiders_cannot_tell_it_exists() {
+    let api = start(ApiConfig::default()).await;
+    let (alice, bob, mallory) = (api.user("alice"), api.user("bob"), api.user("mallory"));
+    let (status, created) = api
+        .post(
+            &alice,
+            "/v1/conversations",
+            json!({"members": [bob.as_str()]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let dm = created["conversation_id"].as_str().unwrap().to_owned();
+    assert!(dm.starts_with("dm-"), "{dm}");
+    // Neither side adds a third person, nor removes the other.
+    for side in [&alice, &bob] {
+        let (status, body) = api
+            .post(
+                side,
+                &format!("/v1/conversations/{dm}/members"),
+                json!({"user_id": mallory.as_str()}),
+            )
+            .await;
+        assert_error(status, &body, 403, "forbidden");
+    }
+    let (status, body) = api
+        .delete(&alice, &format!("/v1/conversations/{dm}/members/{bob}"))
+        .await;
+    assert_error(status, &body, 403, "forbidden");
+    let dm_id = ConversationId::parse(dm.clone()).unwrap();
+    assert!(!api.store.is_member(&dm_id, &mallory).await.unwrap());
+    assert!(api.store.is_member(&dm_id, &bob).await.unwrap());
+    assert_eq!(api.metrics.membership_records.get(), 1, "only the creation");
+
+    // Mallory can compute the DM id of any pair; every route answers her
+    // exactly as for an id that does not exist.
+    let unknown = format!("dm-{}", "0".repeat(40));
+    let probes: Vec<(reqwest::Method, String, Option<Value>)> = vec![
+        (
+            reqwest::Method::GET,
+            "/v1/conversations/{}/messages".into(),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/conversations/{}/members".into(),
+            Some(json!({"user_id": mallory.as_str()})),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/v1/conversations/{{}}/members/{mallory}"),
+            None,
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/v1/conversations/{{}}/members/{bob}"),
+            None,
+        ),
+    ];
+    for (method, template, body) in probes {
+        let (existing_status, existing) = api
+            .call(
+                &mallory,
+                method.clone(),
+                &template.replace("{}", &dm),
+                body.clone(),
+            )
+            .await;
+        let (unknown_status, missing) = api
+            .call(
+                &mallory,
+                method.clone(),
+                &template.replace("{}", &unknown),
+                body,
+            )
+            .await;
+        assert_error(existing_status, &existing, 404, "not_found");
+        assert_eq!(
+            (existing_status, &existing),
+            (unknown_status, &missing),
+            "{method} {template}"
+        );
+    }
+    assert!(!api.store.is_member(&dm_id, &mallory).await.unwrap());
+    assert_eq!(api.metrics.membership_records.get(), 1, "nothing published");
+}
+
+async fn metric_lines(api: &Api) -> usize {
+    api.http
+        .get(format!("{}/metrics", api.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .count()
+}
+
+/// Requests with a made-up method, with and without a token, to an
+/// unknown path and to a route's path.
+async fn random_method_requests(api: &Api, tag: &str, count: usize) {
+    let alice = api.user("alice");
+    for index in 0..count {
+        let method = reqwest::Method::from_bytes(format!("{tag}{index}X").as_bytes()).unwrap();
+        for path in [
+            format!("/v1/random-{tag}{index}"),
+            format!("/v1/conversations/{tag}{index}/messages"),
+        ] {
+            for authenticated in [false, true] {
+                let mut request = api
+                    .http
+                    .request(method.clone(), format!("{}{path}", api.base));
+                if authenticated {
+                    request = request.bearer_auth(api.token(&alice));
+                }
+                let response = request.send().await.unwrap();
+                assert!(response.status().is_client_error(), "{path}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn metrics_stay_bounded_whatever_methods_and_paths_clients_send() {
+    // No 429s midway (a new, but bounded, status series).
+    let api = start(ApiConfig {
+        rate_limit_per_second: 10_000,
+        rate_limit_burst: 10_000,
+        ..ApiConfig::default()
+    })
+    .await;
+    // A few first, so each kind of refusal has its series.
+    random_method_requests(&api, "W", 3).await;
+    let before = metric_lines(&api).await;
+    // 200 new methods on 400 new paths (800 requests) add no series: the
+    // method label was the raw method before (the registry grew by ~18
+    // lines per new method).
+    random_method_requests(&api, "R", 200).await;
+    let after = metric_lines(&api).await;
+    assert_eq!(before, after, "new methods and paths added series");
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_gets_a_json_503() {
+    // Kafka never confirms (nothing listens on port 1) and would wait 20 s;
+    // the request deadline answers first.
+    let api = start_with_producer_brokers(
+        ApiConfig {
+            kafka_send_timeout_ms: 20_000,
+            request_timeout_ms: 500,
+            ..ApiConfig::default()
+        },
+        Some("127.0.0.1:1"),
+    )
+    .await;
+    let (alice, bob) = (api.user("alice"), api.user("bob"));
+    let started = std::time::Instant::now();
+    let (status, body) = api
+        .post(
+            &alice,
+            "/v1/conversations",
+            json!({"members": [bob.as_str()], "title": "t"}),
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_error(status, &body, 503, "unavailable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("500 ms"),
+        "{body}"
+    );
+    assert_eq!(
+        api.metrics.request_count("POST", "/v1/conversations", 503),
+        1
+    );
+}
+
+#[tokio::test]
+async fn requests_over_the_concurrency_limit_are_shed_with_a_json_503() {
+    let api = std::sync::Arc::new(
+        start_with_producer_brokers(
+            ApiConfig {
+                kafka_send_timeout_ms: 2_000,
+                max_concurrent_requests: 1,
+                ..ApiConfig::default()
+            },
+            Some("127.0.0.1:1"),
+        )
+        .await,
+    );
+    let (alice, bob) = (api.user("alice"), api.user("bob"));
+    // Holds the only slot for ~2 s, waiting on a Kafka that never answers.
+    let slow = tokio::spawn({
+        let api = api.clone();
+        let (alice, bob) = (alice.clone(), bob.clone());
+        async move {
+            api.post(
+                &alice,
+                "/v1/conversations",
+                json!({"members": [bob.as_str()], "title": "t"}),
+            )
+            .await
+            .0
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, body) = api.get(&bob, "/v1/conversations").await;
+    assert_error(status, &body, 503, "unavailable");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("busy"),
+        "{body}"
+    );
+    assert_eq!(slow.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    // The slot is free again.
+    let (status, body) = api.get(&bob, "/v1/conversations").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
