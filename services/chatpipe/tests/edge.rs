@@ -637,3 +637,30 @@ async fn drain_acks_in_flight_sends_then_sends_reconnect() {
         .expect("edge stops in time")
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_burst_is_rate_limited_like_any_frame() {
+    let stack = Stack::new().await;
+    let mut config = stack.edge_config("a");
+    config.frames_per_second_per_connection = 10;
+    config.frames_burst_per_connection = 10;
+    let (edge, _drain) = stack.edge(config).await;
+    let user = unique("u");
+    let mut client = Client::connect(&edge, &stack.token(&user)).await;
+    let started = std::time::Instant::now();
+    for _ in 0..2_000 {
+        client.send_json(json!({"op":"ping"})).await;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    while pongs + limited < 2_000 {
+        match client.read_frame(Duration::from_secs(5)).await {
+            Some(frame) if frame["op"] == "pong" => pongs += 1,
+            Some(frame) if frame["code"] == "rate_limited" => limited += 1,
+            Some(frame) => panic!("unexpected {frame}"),
+            None => break,
+        }
+    }
+    let allowed = 10 + 10 * started.elapsed().as_secs_f64().ceil() as usize;
+    assert!(pongs <= allowed, "{pongs} pongs, at most {allowed} allowed");
+    assert!(limited >= 1_000, "only {limited} rate_limited errors");
+}

@@ -38,7 +38,8 @@ pub struct EdgeConfig {
     pub frame_limits: FrameLimits,
     /// How long a `send` may wait for Kafka before `unavailable`.
     pub send_deadline_ms: u64,
-    /// `send`/`typing`/`read` frames per second per connection, and burst.
+    /// Client frames per second per connection, and burst: every kind
+    /// (`ping` and `ack_seq` too, and malformed frames) counts.
     pub frames_per_second_per_connection: u32,
     pub frames_burst_per_connection: u32,
     /// New connections per second per client IP, and burst.

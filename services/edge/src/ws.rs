@@ -429,10 +429,25 @@ async fn serve<S: MembershipStore>(
                 let frame = match decode_client_frame(text.as_str(), &edge.config.frame_limits) {
                     Ok(frame) => frame,
                     Err(error) => {
-                        reject(edge, socket, error.reference.clone(), error.code, &error.message).await;
+                        // A malformed frame costs the same as any other.
+                        if limiter.check().is_err() {
+                            reject(edge, socket, error.reference.clone(), chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down").await;
+                        } else {
+                            reject(edge, socket, error.reference.clone(), error.code, &error.message).await;
+                        }
                         continue;
                     }
                 };
+                // Every frame kind counts against the connection's rate, so
+                // that pings or acks cannot make the edge answer without end.
+                if limiter.check().is_err() {
+                    let reference = match &frame {
+                        ClientFrame::Send { client_msg_id, .. } => Some(client_msg_id.to_string()),
+                        _ => None,
+                    };
+                    reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down").await;
+                    continue;
+                }
                 let job = match frame {
                     ClientFrame::Ping => {
                         if write(socket, Message::Text(ControlFrame::Pong.encode().into()), &ticket.kick).await.is_err() {
@@ -452,10 +467,6 @@ async fn serve<S: MembershipStore>(
                     Job::Send { client_msg_id, .. } => Some(client_msg_id.to_string()),
                     Job::Event(_) => None,
                 };
-                if limiter.check().is_err() {
-                    reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down").await;
-                    continue;
-                }
                 let queue = &worker.get_or_insert_with(|| spawn_job_worker(edge.clone(), session.user.clone())).jobs;
                 if queue.try_send(job).is_err() {
                     reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many sends in flight; wait for acks").await;
