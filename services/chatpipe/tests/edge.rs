@@ -664,3 +664,22 @@ async fn a_ping_burst_is_rate_limited_like_any_frame() {
     assert!(pongs <= allowed, "{pongs} pongs, at most {allowed} allowed");
     assert!(limited >= 1_000, "only {limited} rate_limited errors");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_too_big_to_read_gets_close_1009_with_a_reason() {
+    let stack = Stack::new().await;
+    let (edge, _drain) = stack.edge(stack.edge_config("a")).await;
+    let user = unique("u");
+    let mut client = Client::connect(&edge, &stack.token(&user)).await;
+    client.send_text("x".repeat(70_000)).await;
+    assert_eq!(client.read_frame(WAIT).await, None, "closed");
+    let close = client
+        .wait_for("close", |frame| frame["op"] == "__close")
+        .await;
+    assert_eq!(close["code"], 1009, "{close}");
+    assert!(
+        close["reason"].as_str().unwrap().contains("too big"),
+        "{close}"
+    );
+    assert_eq!(reason_count(&edge.metrics.frames_rejected, "too_large"), 1);
+}

@@ -7,6 +7,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 1001 | the edge is draining; a `reconnect` frame came first — resume elsewhere |
+//! | 1009 | a frame over 4 × `max_frame_bytes` (64 KiB): too big to read at all |
 //! | 1013 | try again later: connection rate limit or capacity; the reason says `retry_after_ms=N` |
 //! | 4001 | unauthorized: the token is missing, malformed, expired or wrongly signed |
 //! | 4008 | slow consumer: the client did not read its frames; resume to continue |
@@ -36,6 +37,9 @@ use crate::server::EdgeShared;
 use crate::sessions::{KickReason, ResumeOutcome, Session};
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// A frame too large to even read (over 4 × `max_frame_bytes`); smaller
+/// oversized frames get an `error` frame `too_large` instead.
+pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
@@ -177,6 +181,19 @@ enum Ending {
     HeartbeatTimeout,
     Kicked(KickReason),
     Drained,
+    /// The client sent a frame over `max_frame_bytes * 4`, which the
+    /// WebSocket layer refuses to read.
+    TooBig,
+}
+
+/// Whether a read failed because the client's frame or message was larger
+/// than the WebSocket layer accepts (rather than the socket breaking).
+fn is_too_big(error: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    matches!(
+        error.into_inner().downcast::<Error>().map(|error| *error),
+        Ok(Error::Capacity(_))
+    )
 }
 
 struct OpenConnectionGuard<'a, S> {
@@ -296,6 +313,17 @@ async fn connection<S: MembershipStore>(
             )
             .await;
         }
+        Ending::TooBig => {
+            edge.metrics
+                .frames_rejected
+                .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new("too_large"))
+                .inc();
+            let reason = format!(
+                "message too big: frames over {} bytes are not read",
+                edge.config.frame_limits.max_frame_bytes * 4
+            );
+            close_with(&mut socket, CLOSE_MESSAGE_TOO_BIG, &reason).await;
+        }
         Ending::HeartbeatTimeout => {
             edge.metrics.heartbeat_timeouts.inc();
         }
@@ -414,7 +442,13 @@ async fn serve<S: MembershipStore>(
                 }
             }
             incoming = socket.recv() => {
-                let Some(Ok(message)) = incoming else { return Ending::ClientGone };
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        return if is_too_big(error) { Ending::TooBig } else { Ending::ClientGone };
+                    }
+                    None => return Ending::ClientGone,
+                };
                 last_heard = Instant::now();
                 let text = match message {
                     Message::Text(text) => text,
