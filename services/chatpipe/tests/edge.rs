@@ -683,3 +683,27 @@ async fn a_frame_too_big_to_read_gets_close_1009_with_a_reason() {
     );
     assert_eq!(reason_count(&edge.metrics.frames_rejected, "too_large"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokenless_flood_spends_none_of_the_connect_budget() {
+    let stack = Stack::new().await;
+    let mut config = stack.edge_config("a");
+    config.connects_per_second_global = 1;
+    config.connects_burst_global = 5;
+    let (edge, _drain) = stack.edge(config).await;
+    for attempt in 0..50 {
+        match Client::try_connect(&format!("{}?token=garbage", ws_url(&edge))).await {
+            Connect::Closed { code, .. } => assert_eq!(code, 4001, "attempt {attempt}"),
+            Connect::Accepted(_) => panic!("a bad token was accepted"),
+        }
+    }
+    // Valid clients still get in: the flood spent none of the edge's budget.
+    for _ in 0..5 {
+        Client::connect(&edge, &stack.token(&unique("u"))).await;
+    }
+    assert_eq!(reason_count(&edge.metrics.auth_failures, "malformed"), 50);
+    assert_eq!(
+        reason_count(&edge.metrics.connections_rejected, "rate_limited_global"),
+        0
+    );
+}

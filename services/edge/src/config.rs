@@ -42,7 +42,10 @@ pub struct EdgeConfig {
     /// (`ping` and `ack_seq` too, and malformed frames) counts.
     pub frames_per_second_per_connection: u32,
     pub frames_burst_per_connection: u32,
-    /// New connections per second per client IP, and burst.
+    /// New connections per second per client IP, and burst: 5 % of the
+    /// edge-wide budget, so that one address cannot shed everyone else.
+    /// Charged for valid tokens and for failed authentications alike (a
+    /// failure spends only its own IP's budget, never the edge-wide one).
     pub connects_per_second_per_ip: u32,
     pub connects_burst_per_ip: u32,
     /// New connections per second for the whole edge, and burst: the
@@ -103,8 +106,8 @@ impl Default for EdgeConfig {
             send_deadline_ms: 5_000,
             frames_per_second_per_connection: 50,
             frames_burst_per_connection: 100,
-            connects_per_second_per_ip: 2_000,
-            connects_burst_per_ip: 4_000,
+            connects_per_second_per_ip: 100,
+            connects_burst_per_ip: 200,
             connects_per_second_global: 2_000,
             connects_burst_global: 4_000,
             max_connections: 20_000,
@@ -117,5 +120,17 @@ impl Default for EdgeConfig {
             push_member_sets_max_members: 500_000,
             drain_deadline_ms: 10_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_ip_gets_a_small_share_of_the_connect_budget() {
+        let config = EdgeConfig::default();
+        assert!(config.connects_per_second_per_ip * 20 <= config.connects_per_second_global);
+        assert!(config.connects_burst_per_ip * 20 <= config.connects_burst_global);
     }
 }

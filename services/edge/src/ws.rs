@@ -132,13 +132,27 @@ fn admit<S>(
             reason: "capacity; retry_after_ms=5000".into(),
         });
     }
-    if let Err(not_until) = edge.connect_global.check() {
-        rejected("rate_limited_global");
-        return Err(Refusal {
-            code: CLOSE_TRY_AGAIN_LATER,
-            reason: retry_hint(not_until.wait_time_from(DefaultClock::default().now())),
-        });
-    }
+    // The token first: a bad one is refused before any connect budget is
+    // charged, so a tokenless flood costs others nothing. Its failures are
+    // charged to the sender's own per-IP budget only.
+    let header_token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer_token);
+    let token = header_token.or(params.token.as_deref()).unwrap_or("");
+    let user = edge.keys.verify(token).map_err(|error| {
+        edge.metrics
+            .auth_failures
+            .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(error.label()))
+            .inc();
+        let _ = edge.connect_per_ip.check_key(&ip);
+        Refusal {
+            code: CLOSE_UNAUTHORIZED,
+            reason: format!("unauthorized: {error}"),
+        }
+    })?;
+    // Per IP before the edge-wide budget: an IP over its own limit does not
+    // spend the budget of everyone else.
     if let Err(not_until) = edge.connect_per_ip.check_key(&ip) {
         rejected("rate_limited_ip");
         return Err(Refusal {
@@ -146,21 +160,14 @@ fn admit<S>(
             reason: retry_hint(not_until.wait_time_from(DefaultClock::default().now())),
         });
     }
-    let header_token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(bearer_token);
-    let token = header_token.or(params.token.as_deref()).unwrap_or("");
-    edge.keys.verify(token).map_err(|error| {
-        edge.metrics
-            .auth_failures
-            .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(error.label()))
-            .inc();
-        Refusal {
-            code: CLOSE_UNAUTHORIZED,
-            reason: format!("unauthorized: {error}"),
-        }
-    })
+    if let Err(not_until) = edge.connect_global.check() {
+        rejected("rate_limited_global");
+        return Err(Refusal {
+            code: CLOSE_TRY_AGAIN_LATER,
+            reason: retry_hint(not_until.wait_time_from(DefaultClock::default().now())),
+        });
+    }
+    Ok(user)
 }
 
 /// Work a connection hands to its (lazily started) job worker, in order.
