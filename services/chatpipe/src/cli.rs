@@ -202,6 +202,9 @@ pub struct EdgeArgs {
     /// Most concurrent connections.
     #[arg(long, env = "CHATPIPE_EDGE_MAX_CONNECTIONS", default_value_t = EDGE_DEFAULTS.max_connections)]
     pub max_connections: usize,
+    /// Sessions one user may hold on this edge, detached ones included.
+    #[arg(long, env = "CHATPIPE_EDGE_MAX_SESSIONS_PER_USER", default_value_t = EDGE_DEFAULTS.max_sessions_per_user)]
+    pub max_sessions_per_user: usize,
     /// New connections per second, whole edge.
     #[arg(
         long,

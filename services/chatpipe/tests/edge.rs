@@ -707,3 +707,41 @@ async fn a_tokenless_flood_spends_none_of_the_connect_budget() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_user_are_capped() {
+    let stack = Stack::new().await;
+    let mut config = stack.edge_config("a");
+    config.max_sessions_per_user = 3;
+    let (edge, _drain) = stack.edge(config).await;
+    let user = unique("u");
+    let token = stack.token(&user);
+    // Closed connections leave detached sessions; the oldest make room.
+    for _ in 0..10 {
+        let client = Client::connect(&edge, &token).await;
+        drop(client);
+        eventually("detach", WAIT, || async {
+            (edge.metrics.connections.get() == 0).then_some(())
+        })
+        .await;
+    }
+    let mut attached = Vec::new();
+    for _ in 0..3 {
+        attached.push(Client::connect(&edge, &token).await);
+    }
+    let user_id = UserId::parse(user.as_str()).unwrap();
+    assert_eq!(edge.sessions.sessions_of(&user_id).len(), 3);
+    match Client::try_connect(&format!("{}?token={token}", ws_url(&edge))).await {
+        Connect::Closed { code, reason } => {
+            assert_eq!(code, 4029);
+            assert!(reason.contains("too many sessions"), "{reason}");
+        }
+        Connect::Accepted(_) => panic!("a fourth attached session was accepted"),
+    }
+    assert_eq!(
+        reason_count(&edge.metrics.connections_rejected, "too_many_sessions"),
+        1
+    );
+    // Another user is not affected.
+    Client::connect(&edge, &stack.token(&unique("u"))).await;
+}

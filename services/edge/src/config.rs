@@ -52,6 +52,11 @@ pub struct EdgeConfig {
     /// reconnect-storm shed valve.
     pub connects_per_second_global: u32,
     pub connects_burst_global: u32,
+    /// Sessions one user may hold on this edge, detached ones (waiting for
+    /// a resume) included. At the cap a new connection drops the user's
+    /// session detached the longest; with all of them attached it is closed
+    /// with 4029.
+    pub max_sessions_per_user: usize,
     /// Most concurrent WebSocket connections this edge holds.
     pub max_connections: usize,
     /// WebSocket read buffer per connection (tungstenite's default is 128 KiB;
@@ -110,6 +115,7 @@ impl Default for EdgeConfig {
             connects_burst_per_ip: 200,
             connects_per_second_global: 2_000,
             connects_burst_global: 4_000,
+            max_sessions_per_user: 16,
             max_connections: 20_000,
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,

@@ -11,6 +11,7 @@
 //! | 1013 | try again later: connection rate limit or capacity; the reason says `retry_after_ms=N` |
 //! | 4001 | unauthorized: the token is missing, malformed, expired or wrongly signed |
 //! | 4008 | slow consumer: the client did not read its frames; resume to continue |
+//! | 4029 | too many sessions: the user holds `max_sessions_per_user` attached sessions here |
 //! | 4009 | session taken over by a newer connection that resumed it |
 
 use std::net::{IpAddr, SocketAddr};
@@ -44,6 +45,9 @@ pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 pub const CLOSE_TAKEN_OVER: u16 = 4009;
+/// The user already holds `max_sessions_per_user` sessions on this edge,
+/// all attached: close one of them (or resume it) first.
+pub const CLOSE_TOO_MANY_SESSIONS: u16 = 4029;
 /// Frames meant for the session were lost upstream: reconnect (a resume is
 /// answered `resumed:false`) and catch up from history.
 pub const CLOSE_RESYNC: u16 = 4010;
@@ -261,7 +265,19 @@ async fn connection<S: MembershipStore>(
     let (session, ticket) = match attached {
         Some(found) => found,
         None => {
-            let (session, ticket, change) = edge.sessions.open(&user, connection_id);
+            let (session, ticket, change) = match edge.sessions.open(&user, connection_id) {
+                Ok(opened) => opened,
+                Err(refused) => {
+                    edge.metrics
+                        .connections_rejected
+                        .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(
+                            "too_many_sessions",
+                        ))
+                        .inc();
+                    close_with(&mut socket, CLOSE_TOO_MANY_SESSIONS, &refused.to_string()).await;
+                    return;
+                }
+            };
             edge.metrics
                 .sessions
                 .set(edge.sessions.session_count() as i64);
