@@ -745,3 +745,38 @@ async fn sessions_per_user_are_capped() {
     // Another user is not affected.
     Client::connect(&edge, &stack.token(&unique("u"))).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_pin_its_connection() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let stack = Stack::new().await;
+    let mut config = stack.edge_config("a");
+    config.write_timeout_ms = 500;
+    let (edge, _drain) = stack.edge(config).await;
+    let url = format!("{}?token={}", ws_url(&edge), stack.token(&unique("u")));
+    // A small receive buffer, so that the edge's replies back up quickly.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(edge.http_addr).await.unwrap();
+    let (socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let (mut sink, mut stream) = socket.split();
+    let hello = stream.next().await.unwrap().unwrap();
+    assert!(hello.to_text().unwrap().contains("\"op\":\"hello\""));
+    assert_eq!(edge.metrics.connections.get(), 1);
+    // Frames that each get an error reply, and nobody reads the replies.
+    let sender = tokio::spawn(async move {
+        for _ in 0..1_000_000 {
+            if sink.send(Message::text(r#"{"op":"dance"}"#)).await.is_err() {
+                break;
+            }
+        }
+    });
+    eventually("the edge gives up on the silent reader", WAIT, || async {
+        (edge.metrics.connections.get() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(edge.metrics.slow_consumer_closes.get(), 1);
+    sender.abort();
+    drop(stream);
+}

@@ -57,6 +57,11 @@ pub struct EdgeConfig {
     /// session detached the longest; with all of them attached it is closed
     /// with 4029.
     pub max_sessions_per_user: usize,
+    /// Longest any write to a client may take (frames, replies, errors,
+    /// `hello` and the resume replay, pings): a client that stops reading
+    /// is closed as a slow consumer (4008) instead of pinning its
+    /// connection.
+    pub write_timeout_ms: u64,
     /// Most concurrent WebSocket connections this edge holds.
     pub max_connections: usize,
     /// WebSocket read buffer per connection (tungstenite's default is 128 KiB;
@@ -116,6 +121,7 @@ impl Default for EdgeConfig {
             connects_per_second_global: 2_000,
             connects_burst_global: 4_000,
             max_sessions_per_user: 16,
+            write_timeout_ms: 10_000,
             max_connections: 20_000,
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,

@@ -80,13 +80,14 @@ pub async fn ws_handler<S: MembershipStore>(
         .write_buffer_size(edge.config.ws_write_buffer_bytes)
         .max_message_size(edge.config.frame_limits.max_frame_bytes * 4)
         .max_frame_size(edge.config.frame_limits.max_frame_bytes * 4);
+    let deadline = Duration::from_millis(edge.config.write_timeout_ms);
     match admit(&edge, peer.ip(), &params, &headers) {
         Err(refusal) => upgrade.on_upgrade(move |mut socket| async move {
             let close = CloseFrame {
                 code: refusal.code,
                 reason: Utf8Bytes::from(refusal.reason),
             };
-            let _ = socket.send(Message::Close(Some(close))).await;
+            let _ = tokio::time::timeout(deadline, socket.send(Message::Close(Some(close)))).await;
         }),
         Ok(user) => {
             let resume = parse_resume(&params);
@@ -291,24 +292,25 @@ async fn connection<S: MembershipStore>(
         heartbeat_ms: edge.config.heartbeat_interval_ms,
         resumed,
     };
-    let mut ending = Ending::ClientGone;
-    if socket
-        .send(Message::Text(hello.encode().into()))
-        .await
-        .is_ok()
-    {
-        let mut writable = true;
-        for frame in replay {
-            if socket.send(Message::Text(frame.text())).await.is_err() {
-                writable = false;
-                break;
-            }
-            edge.metrics.frames_out.inc();
-        }
-        if writable {
-            ending = serve(&edge, &mut socket, &session, &ticket).await;
-        }
+    let deadline = Duration::from_millis(edge.config.write_timeout_ms);
+    let greeted = async {
+        write(
+            &mut socket,
+            Message::Text(hello.encode().into()),
+            &ticket.kick,
+            deadline,
+        )
+        .await?;
+        let count = replay.len();
+        write_frames(&mut socket, replay, &ticket.kick, deadline).await?;
+        edge.metrics.frames_out.inc_by(count as u64);
+        Ok::<(), WriteFailed>(())
     }
+    .await;
+    let ending = match greeted {
+        Ok(()) => serve(&edge, &mut socket, &session, &ticket).await,
+        Err(failed) => ending_after(failed, &ticket),
+    };
 
     match ending {
         Ending::Kicked(KickReason::SlowConsumer) => {
@@ -364,16 +366,45 @@ async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
     let _ = tokio::time::timeout(Duration::from_millis(500), socket.send(frame)).await;
 }
 
-/// Writes one message unless the connection is kicked meanwhile.
+/// Why a write to the client did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteFailed {
+    /// The connection was kicked meanwhile.
+    Kicked,
+    /// The client did not take the bytes within `write_timeout_ms`: it
+    /// stopped reading, and must not pin the connection.
+    TimedOut,
+    /// The socket is gone.
+    Closed,
+}
+
+/// How a connection ends after a failed write.
+fn ending_after(failed: WriteFailed, ticket: &crate::sessions::AttachTicket) -> Ending {
+    match failed {
+        WriteFailed::Kicked => {
+            Ending::Kicked(ticket.kick_reason().unwrap_or(KickReason::SlowConsumer))
+        }
+        WriteFailed::TimedOut => Ending::Kicked(KickReason::SlowConsumer),
+        WriteFailed::Closed => Ending::ClientGone,
+    }
+}
+
+/// Writes one message unless the connection is kicked meanwhile or the
+/// write takes longer than `deadline`.
 async fn write(
     socket: &mut WebSocket,
     message: Message,
     kick: &tokio_util::sync::CancellationToken,
-) -> Result<(), ()> {
+    deadline: Duration,
+) -> Result<(), WriteFailed> {
     tokio::select! {
         biased;
-        _ = kick.cancelled() => Err(()),
-        written = socket.send(message) => written.map_err(|_| ()),
+        _ = kick.cancelled() => Err(WriteFailed::Kicked),
+        written = tokio::time::timeout(deadline, socket.send(message)) => match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteFailed::Closed),
+            Err(_) => Err(WriteFailed::TimedOut),
+        },
     }
 }
 
@@ -386,7 +417,8 @@ async fn write_frames<S>(
     socket: &mut S,
     frames: Vec<crate::stream::Frame>,
     kick: &tokio_util::sync::CancellationToken,
-) -> Result<usize, ()>
+    deadline: Duration,
+) -> Result<usize, WriteFailed>
 where
     S: futures::Sink<Message> + Unpin,
 {
@@ -400,8 +432,12 @@ where
     };
     tokio::select! {
         biased;
-        _ = kick.cancelled() => Err(()),
-        written = written => written.map(|()| count).map_err(|_| ()),
+        _ = kick.cancelled() => Err(WriteFailed::Kicked),
+        written = tokio::time::timeout(deadline, written) => match written {
+            Ok(Ok(())) => Ok(count),
+            Ok(Err(_)) => Err(WriteFailed::Closed),
+            Err(_) => Err(WriteFailed::TimedOut),
+        },
     }
 }
 
@@ -418,6 +454,7 @@ async fn serve<S: MembershipStore>(
         heartbeat_interval,
     );
     let mut last_heard = Instant::now();
+    let deadline = Duration::from_millis(edge.config.write_timeout_ms);
     let limiter = RateLimiter::direct(
         Quota::per_second(nonzero(edge.config.frames_per_second_per_connection))
             .allow_burst(nonzero(edge.config.frames_burst_per_connection)),
@@ -437,31 +474,25 @@ async fn serve<S: MembershipStore>(
                 return drain_connection(edge, socket, session, ticket, worker.take()).await;
             }
             Some(frame) = next_reply(&mut worker) => {
-                if write(socket, Message::Text(frame.encode().into()), &ticket.kick).await.is_err() {
-                    return Ending::ClientGone;
+                if let Err(failed) = write(socket, Message::Text(frame.encode().into()), &ticket.kick, deadline).await {
+                    return ending_after(failed, ticket);
                 }
                 edge.metrics.frames_out.inc();
             }
             _ = session.wake.notified() => {
-                match write_frames(socket, session.take_unwritten(), &ticket.kick).await {
+                match write_frames(socket, session.take_unwritten(), &ticket.kick, deadline).await {
                     Ok(count) => {
                         edge.metrics.frames_out.inc_by(count as u64);
                     }
-                    Err(()) => {
-                        return if ticket.kick.is_cancelled() {
-                            Ending::Kicked(ticket.kick_reason().unwrap_or(KickReason::SlowConsumer))
-                        } else {
-                            Ending::ClientGone
-                        };
-                    }
+                    Err(failed) => return ending_after(failed, ticket),
                 }
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > heartbeat_timeout {
                     return Ending::HeartbeatTimeout;
                 }
-                if write(socket, Message::Ping(Default::default()), &ticket.kick).await.is_err() {
-                    return Ending::ClientGone;
+                if let Err(failed) = write(socket, Message::Ping(Default::default()), &ticket.kick, deadline).await {
+                    return ending_after(failed, ticket);
                 }
             }
             incoming = socket.recv() => {
@@ -476,7 +507,7 @@ async fn serve<S: MembershipStore>(
                 let text = match message {
                     Message::Text(text) => text,
                     Message::Binary(_) => {
-                        reject(edge, socket, None, chatpipe_core::ErrorCode::Invalid, "binary frames are not supported; send JSON text frames").await;
+                        if let Err(failed) = reject(edge, socket, None, chatpipe_core::ErrorCode::Invalid, "binary frames are not supported; send JSON text frames", &ticket.kick, deadline).await { return ending_after(failed, ticket); }
                         continue;
                     }
                     Message::Ping(_) | Message::Pong(_) => continue,
@@ -488,9 +519,9 @@ async fn serve<S: MembershipStore>(
                     Err(error) => {
                         // A malformed frame costs the same as any other.
                         if limiter.check().is_err() {
-                            reject(edge, socket, error.reference.clone(), chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down").await;
+                            if let Err(failed) = reject(edge, socket, error.reference.clone(), chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down", &ticket.kick, deadline).await { return ending_after(failed, ticket); }
                         } else {
-                            reject(edge, socket, error.reference.clone(), error.code, &error.message).await;
+                            if let Err(failed) = reject(edge, socket, error.reference.clone(), error.code, &error.message, &ticket.kick, deadline).await { return ending_after(failed, ticket); }
                         }
                         continue;
                     }
@@ -502,13 +533,13 @@ async fn serve<S: MembershipStore>(
                         ClientFrame::Send { client_msg_id, .. } => Some(client_msg_id.to_string()),
                         _ => None,
                     };
-                    reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down").await;
+                    if let Err(failed) = reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down", &ticket.kick, deadline).await { return ending_after(failed, ticket); }
                     continue;
                 }
                 let job = match frame {
                     ClientFrame::Ping => {
-                        if write(socket, Message::Text(ControlFrame::Pong.encode().into()), &ticket.kick).await.is_err() {
-                            return Ending::ClientGone;
+                        if let Err(failed) = write(socket, Message::Text(ControlFrame::Pong.encode().into()), &ticket.kick, deadline).await {
+                            return ending_after(failed, ticket);
                         }
                         continue;
                     }
@@ -525,8 +556,10 @@ async fn serve<S: MembershipStore>(
                     Job::Event(_) => None,
                 };
                 let queue = &worker.get_or_insert_with(|| spawn_job_worker(edge.clone(), session.user.clone())).jobs;
-                if queue.try_send(job).is_err() {
-                    reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many sends in flight; wait for acks").await;
+                if queue.try_send(job).is_err()
+                    && let Err(failed) = reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many sends in flight; wait for acks", &ticket.kick, deadline).await
+                {
+                    return ending_after(failed, ticket);
                 }
             }
         }
@@ -543,7 +576,9 @@ async fn reject<S>(
     reference: Option<String>,
     code: chatpipe_core::ErrorCode,
     message: &str,
-) {
+    kick: &tokio_util::sync::CancellationToken,
+    deadline: Duration,
+) -> Result<(), WriteFailed> {
     edge.metrics
         .frames_rejected
         .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(code.as_str()))
@@ -553,7 +588,7 @@ async fn reject<S>(
         code,
         message: message.to_owned(),
     };
-    let _ = socket.send(Message::Text(frame.encode().into())).await;
+    write(socket, Message::Text(frame.encode().into()), kick, deadline).await
 }
 
 /// A connection's job queue and the replies (acks, errors) coming back.
@@ -643,26 +678,31 @@ async fn drain_connection<S>(
     ticket: &crate::sessions::AttachTicket,
     worker: Option<JobWorker>,
 ) -> Ending {
+    let deadline = Duration::from_millis(edge.config.write_timeout_ms);
     // Closing the job queue lets the worker finish what it holds; its
     // replies end when it does.
     if let Some(JobWorker { jobs, mut replies }) = worker {
         drop(jobs);
-        let deadline =
+        let replies_until =
             tokio::time::Instant::now() + Duration::from_millis(edge.config.drain_deadline_ms / 2);
-        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, replies.recv()).await {
-            if write(socket, Message::Text(frame.encode().into()), &ticket.kick)
-                .await
-                .is_err()
+        while let Ok(Some(frame)) = tokio::time::timeout_at(replies_until, replies.recv()).await {
+            if let Err(failed) = write(
+                socket,
+                Message::Text(frame.encode().into()),
+                &ticket.kick,
+                deadline,
+            )
+            .await
             {
-                return Ending::ClientGone;
+                return ending_after(failed, ticket);
             }
         }
     }
-    match write_frames(socket, session.take_unwritten(), &ticket.kick).await {
+    match write_frames(socket, session.take_unwritten(), &ticket.kick, deadline).await {
         Ok(count) => {
             edge.metrics.frames_out.inc_by(count as u64);
         }
-        Err(()) => return Ending::ClientGone,
+        Err(failed) => return ending_after(failed, ticket),
     }
     let reconnect = ControlFrame::Reconnect {
         reason: "edge draining; reconnect and resume".into(),
@@ -671,6 +711,7 @@ async fn drain_connection<S>(
         socket,
         Message::Text(reconnect.encode().into()),
         &ticket.kick,
+        deadline,
     )
     .await;
     close_with(socket, CLOSE_GOING_AWAY, "draining").await;
@@ -762,7 +803,13 @@ mod tests {
             stream.push(&body);
         }
         let kick = tokio_util::sync::CancellationToken::new();
-        let written = write_frames(&mut sink, stream.take_unwritten(), &kick).await;
+        let written = write_frames(
+            &mut sink,
+            stream.take_unwritten(),
+            &kick,
+            Duration::from_secs(5),
+        )
+        .await;
         assert_eq!(written, Ok(100));
         assert_eq!(writes.load(Ordering::SeqCst), 1, "one write for the burst");
 
@@ -770,7 +817,13 @@ mod tests {
         stream.push(&body);
         stream.push(&body);
         assert_eq!(
-            write_frames(&mut sink, stream.take_unwritten(), &kick).await,
+            write_frames(
+                &mut sink,
+                stream.take_unwritten(),
+                &kick,
+                Duration::from_secs(5)
+            )
+            .await,
             Ok(2)
         );
         assert_eq!(writes.load(Ordering::SeqCst), 2);
