@@ -10,9 +10,10 @@
 //! | 1009 | a frame over 4 × `max_frame_bytes` (64 KiB): too big to read at all |
 //! | 1013 | try again later: connection rate limit or capacity; the reason says `retry_after_ms=N` |
 //! | 4001 | unauthorized: the token is missing, malformed, expired or wrongly signed |
-//! | 4008 | slow consumer: the client did not read its frames; resume to continue |
-//! | 4029 | too many sessions: the user holds `max_sessions_per_user` attached sessions here |
+//! | 4008 | slow consumer: the client did not read its frames (backlog over the limit, or a write over `write_timeout_ms`); resume to continue |
 //! | 4009 | session taken over by a newer connection that resumed it |
+//! | 4010 | resync: frames meant for the session were lost upstream |
+//! | 4029 | too many sessions: the user holds `max_sessions_per_user` attached sessions here |
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
