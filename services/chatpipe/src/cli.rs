@@ -202,6 +202,12 @@ pub struct EdgeArgs {
     /// Most concurrent connections.
     #[arg(long, env = "CHATPIPE_EDGE_MAX_CONNECTIONS", default_value_t = EDGE_DEFAULTS.max_connections)]
     pub max_connections: usize,
+    /// Longest a write to a client may take before it is closed as a slow consumer, ms.
+    #[arg(long, env = "CHATPIPE_EDGE_WRITE_TIMEOUT_MS", default_value_t = EDGE_DEFAULTS.write_timeout_ms)]
+    pub write_timeout_ms: u64,
+    /// Sessions one user may hold on this edge, detached ones included.
+    #[arg(long, env = "CHATPIPE_EDGE_MAX_SESSIONS_PER_USER", default_value_t = EDGE_DEFAULTS.max_sessions_per_user)]
+    pub max_sessions_per_user: usize,
     /// New connections per second, whole edge.
     #[arg(
         long,

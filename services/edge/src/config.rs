@@ -38,16 +38,30 @@ pub struct EdgeConfig {
     pub frame_limits: FrameLimits,
     /// How long a `send` may wait for Kafka before `unavailable`.
     pub send_deadline_ms: u64,
-    /// `send`/`typing`/`read` frames per second per connection, and burst.
+    /// Client frames per second per connection, and burst: every kind
+    /// (`ping` and `ack_seq` too, and malformed frames) counts.
     pub frames_per_second_per_connection: u32,
     pub frames_burst_per_connection: u32,
-    /// New connections per second per client IP, and burst.
+    /// New connections per second per client IP, and burst: 5 % of the
+    /// edge-wide budget, so that one address cannot shed everyone else.
+    /// Charged for valid tokens and for failed authentications alike (a
+    /// failure spends only its own IP's budget, never the edge-wide one).
     pub connects_per_second_per_ip: u32,
     pub connects_burst_per_ip: u32,
     /// New connections per second for the whole edge, and burst: the
     /// reconnect-storm shed valve.
     pub connects_per_second_global: u32,
     pub connects_burst_global: u32,
+    /// Sessions one user may hold on this edge, detached ones (waiting for
+    /// a resume) included. At the cap a new connection drops the user's
+    /// session detached the longest; with all of them attached it is closed
+    /// with 4029.
+    pub max_sessions_per_user: usize,
+    /// Longest any write to a client may take (frames, replies, errors,
+    /// `hello` and the resume replay, pings): a client that stops reading
+    /// is closed as a slow consumer (4008) instead of pinning its
+    /// connection.
+    pub write_timeout_ms: u64,
     /// Most concurrent WebSocket connections this edge holds.
     pub max_connections: usize,
     /// WebSocket read buffer per connection (tungstenite's default is 128 KiB;
@@ -102,10 +116,12 @@ impl Default for EdgeConfig {
             send_deadline_ms: 5_000,
             frames_per_second_per_connection: 50,
             frames_burst_per_connection: 100,
-            connects_per_second_per_ip: 2_000,
-            connects_burst_per_ip: 4_000,
+            connects_per_second_per_ip: 100,
+            connects_burst_per_ip: 200,
             connects_per_second_global: 2_000,
             connects_burst_global: 4_000,
+            max_sessions_per_user: 16,
+            write_timeout_ms: 10_000,
             max_connections: 20_000,
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
@@ -116,5 +132,17 @@ impl Default for EdgeConfig {
             push_member_sets_max_members: 500_000,
             drain_deadline_ms: 10_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_ip_gets_a_small_share_of_the_connect_budget() {
+        let config = EdgeConfig::default();
+        assert!(config.connects_per_second_per_ip * 20 <= config.connects_per_second_global);
+        assert!(config.connects_burst_per_ip * 20 <= config.connects_burst_global);
     }
 }

@@ -292,8 +292,14 @@ mod tests {
     #[tokio::test]
     async fn member_sets_are_kept_referenced_and_refused_when_unknown() {
         let push = service();
-        let (ann, _, _) = push.sessions.open(&UserId::parse("ann").unwrap(), 1);
-        let (bob, _, _) = push.sessions.open(&UserId::parse("bob").unwrap(), 2);
+        let (ann, _, _) = push
+            .sessions
+            .open(&UserId::parse("ann").unwrap(), 1)
+            .unwrap();
+        let (bob, _, _) = push
+            .sessions
+            .open(&UserId::parse("bob").unwrap(), 2)
+            .unwrap();
 
         // A reference to a set never sent: nothing delivered, set named.
         let reply = push

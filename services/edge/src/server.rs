@@ -174,10 +174,10 @@ pub async fn spawn_edge<S: MembershipStore>(
     );
     announcer.announce_edge(EdgeState::Serving).await?;
 
-    let sessions = Arc::new(SessionRegistry::new(
-        config.session_buffer_frames,
-        config.max_unwritten_frames,
-    ));
+    let sessions = Arc::new(
+        SessionRegistry::new(config.session_buffer_frames, config.max_unwritten_frames)
+            .with_max_sessions_per_user(config.max_sessions_per_user),
+    );
     let send_path = SendPath::new(
         store,
         producer.clone(),

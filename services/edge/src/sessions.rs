@@ -197,6 +197,16 @@ pub struct SessionRegistry {
     tables: Mutex<Tables>,
     buffer_frames: usize,
     max_unwritten: usize,
+    /// Sessions one user may hold here, detached ones included.
+    max_per_user: usize,
+}
+
+/// A user already holds `max_sessions_per_user` attached sessions here, so
+/// no detached one could make room for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many sessions for this user: at most {max} at once")]
+pub struct TooManySessions {
+    pub max: usize,
 }
 
 /// The result of a resume request.
@@ -217,29 +227,59 @@ impl SessionRegistry {
             tables: Mutex::new(Tables::default()),
             buffer_frames,
             max_unwritten,
+            max_per_user: usize::MAX,
         }
     }
 
-    /// Creates and attaches a fresh session for `user`.
+    /// Caps the sessions one user holds (attached and detached; at least 1).
+    pub fn with_max_sessions_per_user(mut self, max: usize) -> Self {
+        self.max_per_user = max.max(1);
+        self
+    }
+
+    /// Creates and attaches a fresh session for `user`. At the user's cap,
+    /// the session detached the longest is dropped to make room (its client
+    /// can no longer resume it); with every session attached, the new one
+    /// is refused.
     pub fn open(
         &self,
         user: &UserId,
         connection: u64,
-    ) -> (Arc<Session>, AttachTicket, Option<RouteChange>) {
+    ) -> Result<(Arc<Session>, AttachTicket, Option<RouteChange>), TooManySessions> {
+        let mut tables = self.tables.lock().expect("sessions lock");
+        let held = tables.by_user.get(user).map_or(0, HashSet::len);
+        if held >= self.max_per_user {
+            let oldest_detached = tables.by_user[user]
+                .iter()
+                .filter_map(|id| {
+                    let since = tables.sessions.get(id)?.detached_since()?;
+                    Some((since, id.clone()))
+                })
+                .min_by_key(|(since, _)| *since);
+            let Some((_, dropped)) = oldest_detached else {
+                return Err(TooManySessions {
+                    max: self.max_per_user,
+                });
+            };
+            // The user keeps sessions here (the new one), so no route change.
+            tables.sessions.remove(&dropped);
+            if let Some(user_sessions) = tables.by_user.get_mut(user) {
+                user_sessions.remove(&dropped);
+            }
+        }
         let id = SessionId::parse(uuid::Uuid::new_v4().simple().to_string())
             .expect("uuid is a valid id");
         let session = Arc::new(Session::new(id.clone(), user.clone(), self.buffer_frames));
         let ticket = session.attach(connection);
-        let mut tables = self.tables.lock().expect("sessions lock");
         tables.sessions.insert(id.clone(), session.clone());
         let user_sessions = tables.by_user.entry(user.clone()).or_default();
         let arrived = user_sessions.is_empty();
         user_sessions.insert(id);
-        (
+        Ok((
             session,
             ticket,
             arrived.then(|| RouteChange::UserArrived(user.clone())),
-        )
+        ))
     }
 
     /// Re-attaches `session_id` for `user` and prepares the replay after `last_seq`.
@@ -423,9 +463,9 @@ mod tests {
     #[test]
     fn first_and_last_session_change_routes() {
         let registry = SessionRegistry::new(16, 8);
-        let (first, _, change) = registry.open(&user("alice"), 1);
+        let (first, _, change) = registry.open(&user("alice"), 1).unwrap();
         assert_eq!(change, Some(RouteChange::UserArrived(user("alice"))));
-        let (second, _, change) = registry.open(&user("alice"), 2);
+        let (second, _, change) = registry.open(&user("alice"), 2).unwrap();
         assert_eq!(change, None);
         assert_eq!(registry.close(&first.id), None);
         assert_eq!(
@@ -437,8 +477,8 @@ mod tests {
     #[test]
     fn delivery_reaches_every_device_and_resume_replays() {
         let registry = SessionRegistry::new(16, 8);
-        let (phone, _, _) = registry.open(&user("bob"), 1);
-        let (laptop, _, _) = registry.open(&user("bob"), 2);
+        let (phone, _, _) = registry.open(&user("bob"), 1).unwrap();
+        let (laptop, _, _) = registry.open(&user("bob"), 2).unwrap();
         let frame = body();
         assert_eq!(registry.deliver(&user("bob"), &frame), 2);
         assert_eq!(registry.deliver(&user("nobody"), &frame), 0);
@@ -465,7 +505,7 @@ mod tests {
     #[test]
     fn a_lagging_reader_is_kicked_as_slow() {
         let registry = SessionRegistry::new(64, 4);
-        let (session, ticket, _) = registry.open(&user("carol"), 1);
+        let (session, ticket, _) = registry.open(&user("carol"), 1).unwrap();
         for _ in 0..5 {
             registry.deliver(&user("carol"), &body());
         }
@@ -477,7 +517,7 @@ mod tests {
     #[test]
     fn resume_takes_over_a_half_open_connection() {
         let registry = SessionRegistry::new(16, 8);
-        let (session, old_ticket, _) = registry.open(&user("dave"), 1);
+        let (session, old_ticket, _) = registry.open(&user("dave"), 1).unwrap();
         assert!(matches!(
             registry.resume(&session.id, &user("dave"), 0, 2),
             ResumeOutcome::Resumed { .. }
@@ -488,7 +528,7 @@ mod tests {
     #[test]
     fn detached_sessions_expire() {
         let registry = SessionRegistry::new(16, 8);
-        let (session, _, _) = registry.open(&user("erin"), 1);
+        let (session, _, _) = registry.open(&user("erin"), 1).unwrap();
         registry.detach(&session, 1);
         assert_eq!(registry.expire_detached(Duration::from_secs(60)), vec![]);
         assert_eq!(
@@ -496,5 +536,45 @@ mod tests {
             vec![RouteChange::UserLeft(user("erin"))]
         );
         assert_eq!(registry.session_count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    #[test]
+    fn the_oldest_detached_session_makes_room_and_attached_ones_are_never_dropped() {
+        let registry = SessionRegistry::new(16, 8).with_max_sessions_per_user(3);
+        let alice = user("alice");
+        let opened: Vec<_> = (1..=3)
+            .map(|connection| registry.open(&alice, connection).unwrap().0)
+            .collect();
+        // All three attached: a fourth is refused.
+        assert_eq!(
+            registry.open(&alice, 4).unwrap_err(),
+            TooManySessions { max: 3 }
+        );
+        registry.detach(&opened[1], 2);
+        std::thread::sleep(Duration::from_millis(2));
+        registry.detach(&opened[0], 1);
+        let (fourth, _, change) = registry.open(&alice, 5).unwrap();
+        assert_eq!(change, None, "the user stays here");
+        let ids: HashSet<_> = registry
+            .sessions_of(&alice)
+            .iter()
+            .map(|session| session.id.clone())
+            .collect();
+        let expected: HashSet<_> = [&opened[0], &opened[2], &fourth]
+            .iter()
+            .map(|session| session.id.clone())
+            .collect();
+        assert_eq!(ids, expected, "the session detached longest was dropped");
+        // Another user is not affected.
+        assert!(registry.open(&user("bob"), 6).is_ok());
     }
 }

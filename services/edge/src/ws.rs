@@ -7,10 +7,13 @@
 //! | code | meaning |
 //! |---|---|
 //! | 1001 | the edge is draining; a `reconnect` frame came first — resume elsewhere |
+//! | 1009 | a frame over 4 × `max_frame_bytes` (64 KiB): too big to read at all |
 //! | 1013 | try again later: connection rate limit or capacity; the reason says `retry_after_ms=N` |
 //! | 4001 | unauthorized: the token is missing, malformed, expired or wrongly signed |
-//! | 4008 | slow consumer: the client did not read its frames; resume to continue |
+//! | 4008 | slow consumer: the client did not read its frames (backlog over the limit, or a write over `write_timeout_ms`); resume to continue |
 //! | 4009 | session taken over by a newer connection that resumed it |
+//! | 4010 | resync: frames meant for the session were lost upstream |
+//! | 4029 | too many sessions: the user holds `max_sessions_per_user` attached sessions here |
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -36,10 +39,16 @@ use crate::server::EdgeShared;
 use crate::sessions::{KickReason, ResumeOutcome, Session};
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// A frame too large to even read (over 4 × `max_frame_bytes`); smaller
+/// oversized frames get an `error` frame `too_large` instead.
+pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 pub const CLOSE_TAKEN_OVER: u16 = 4009;
+/// The user already holds `max_sessions_per_user` sessions on this edge,
+/// all attached: close one of them (or resume it) first.
+pub const CLOSE_TOO_MANY_SESSIONS: u16 = 4029;
 /// Frames meant for the session were lost upstream: reconnect (a resume is
 /// answered `resumed:false`) and catch up from history.
 pub const CLOSE_RESYNC: u16 = 4010;
@@ -72,13 +81,14 @@ pub async fn ws_handler<S: MembershipStore>(
         .write_buffer_size(edge.config.ws_write_buffer_bytes)
         .max_message_size(edge.config.frame_limits.max_frame_bytes * 4)
         .max_frame_size(edge.config.frame_limits.max_frame_bytes * 4);
+    let deadline = Duration::from_millis(edge.config.write_timeout_ms);
     match admit(&edge, peer.ip(), &params, &headers) {
         Err(refusal) => upgrade.on_upgrade(move |mut socket| async move {
             let close = CloseFrame {
                 code: refusal.code,
                 reason: Utf8Bytes::from(refusal.reason),
             };
-            let _ = socket.send(Message::Close(Some(close))).await;
+            let _ = tokio::time::timeout(deadline, socket.send(Message::Close(Some(close)))).await;
         }),
         Ok(user) => {
             let resume = parse_resume(&params);
@@ -128,13 +138,27 @@ fn admit<S>(
             reason: "capacity; retry_after_ms=5000".into(),
         });
     }
-    if let Err(not_until) = edge.connect_global.check() {
-        rejected("rate_limited_global");
-        return Err(Refusal {
-            code: CLOSE_TRY_AGAIN_LATER,
-            reason: retry_hint(not_until.wait_time_from(DefaultClock::default().now())),
-        });
-    }
+    // The token first: a bad one is refused before any connect budget is
+    // charged, so a tokenless flood costs others nothing. Its failures are
+    // charged to the sender's own per-IP budget only.
+    let header_token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer_token);
+    let token = header_token.or(params.token.as_deref()).unwrap_or("");
+    let user = edge.keys.verify(token).map_err(|error| {
+        edge.metrics
+            .auth_failures
+            .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(error.label()))
+            .inc();
+        let _ = edge.connect_per_ip.check_key(&ip);
+        Refusal {
+            code: CLOSE_UNAUTHORIZED,
+            reason: format!("unauthorized: {error}"),
+        }
+    })?;
+    // Per IP before the edge-wide budget: an IP over its own limit does not
+    // spend the budget of everyone else.
     if let Err(not_until) = edge.connect_per_ip.check_key(&ip) {
         rejected("rate_limited_ip");
         return Err(Refusal {
@@ -142,21 +166,14 @@ fn admit<S>(
             reason: retry_hint(not_until.wait_time_from(DefaultClock::default().now())),
         });
     }
-    let header_token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(bearer_token);
-    let token = header_token.or(params.token.as_deref()).unwrap_or("");
-    edge.keys.verify(token).map_err(|error| {
-        edge.metrics
-            .auth_failures
-            .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(error.label()))
-            .inc();
-        Refusal {
-            code: CLOSE_UNAUTHORIZED,
-            reason: format!("unauthorized: {error}"),
-        }
-    })
+    if let Err(not_until) = edge.connect_global.check() {
+        rejected("rate_limited_global");
+        return Err(Refusal {
+            code: CLOSE_TRY_AGAIN_LATER,
+            reason: retry_hint(not_until.wait_time_from(DefaultClock::default().now())),
+        });
+    }
+    Ok(user)
 }
 
 /// Work a connection hands to its (lazily started) job worker, in order.
@@ -177,6 +194,19 @@ enum Ending {
     HeartbeatTimeout,
     Kicked(KickReason),
     Drained,
+    /// The client sent a frame over `max_frame_bytes * 4`, which the
+    /// WebSocket layer refuses to read.
+    TooBig,
+}
+
+/// Whether a read failed because the client's frame or message was larger
+/// than the WebSocket layer accepts (rather than the socket breaking).
+fn is_too_big(error: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    matches!(
+        error.into_inner().downcast::<Error>().map(|error| *error),
+        Ok(Error::Capacity(_))
+    )
 }
 
 struct OpenConnectionGuard<'a, S> {
@@ -237,7 +267,19 @@ async fn connection<S: MembershipStore>(
     let (session, ticket) = match attached {
         Some(found) => found,
         None => {
-            let (session, ticket, change) = edge.sessions.open(&user, connection_id);
+            let (session, ticket, change) = match edge.sessions.open(&user, connection_id) {
+                Ok(opened) => opened,
+                Err(refused) => {
+                    edge.metrics
+                        .connections_rejected
+                        .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(
+                            "too_many_sessions",
+                        ))
+                        .inc();
+                    close_with(&mut socket, CLOSE_TOO_MANY_SESSIONS, &refused.to_string()).await;
+                    return;
+                }
+            };
             edge.metrics
                 .sessions
                 .set(edge.sessions.session_count() as i64);
@@ -251,24 +293,25 @@ async fn connection<S: MembershipStore>(
         heartbeat_ms: edge.config.heartbeat_interval_ms,
         resumed,
     };
-    let mut ending = Ending::ClientGone;
-    if socket
-        .send(Message::Text(hello.encode().into()))
-        .await
-        .is_ok()
-    {
-        let mut writable = true;
-        for frame in replay {
-            if socket.send(Message::Text(frame.text())).await.is_err() {
-                writable = false;
-                break;
-            }
-            edge.metrics.frames_out.inc();
-        }
-        if writable {
-            ending = serve(&edge, &mut socket, &session, &ticket).await;
-        }
+    let deadline = Duration::from_millis(edge.config.write_timeout_ms);
+    let greeted = async {
+        write(
+            &mut socket,
+            Message::Text(hello.encode().into()),
+            &ticket.kick,
+            deadline,
+        )
+        .await?;
+        let count = replay.len();
+        write_frames(&mut socket, replay, &ticket.kick, deadline).await?;
+        edge.metrics.frames_out.inc_by(count as u64);
+        Ok::<(), WriteFailed>(())
     }
+    .await;
+    let ending = match greeted {
+        Ok(()) => serve(&edge, &mut socket, &session, &ticket).await,
+        Err(failed) => ending_after(failed, &ticket),
+    };
 
     match ending {
         Ending::Kicked(KickReason::SlowConsumer) => {
@@ -296,6 +339,17 @@ async fn connection<S: MembershipStore>(
             )
             .await;
         }
+        Ending::TooBig => {
+            edge.metrics
+                .frames_rejected
+                .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new("too_large"))
+                .inc();
+            let reason = format!(
+                "message too big: frames over {} bytes are not read",
+                edge.config.frame_limits.max_frame_bytes * 4
+            );
+            close_with(&mut socket, CLOSE_MESSAGE_TOO_BIG, &reason).await;
+        }
         Ending::HeartbeatTimeout => {
             edge.metrics.heartbeat_timeouts.inc();
         }
@@ -313,16 +367,45 @@ async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
     let _ = tokio::time::timeout(Duration::from_millis(500), socket.send(frame)).await;
 }
 
-/// Writes one message unless the connection is kicked meanwhile.
+/// Why a write to the client did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteFailed {
+    /// The connection was kicked meanwhile.
+    Kicked,
+    /// The client did not take the bytes within `write_timeout_ms`: it
+    /// stopped reading, and must not pin the connection.
+    TimedOut,
+    /// The socket is gone.
+    Closed,
+}
+
+/// How a connection ends after a failed write.
+fn ending_after(failed: WriteFailed, ticket: &crate::sessions::AttachTicket) -> Ending {
+    match failed {
+        WriteFailed::Kicked => {
+            Ending::Kicked(ticket.kick_reason().unwrap_or(KickReason::SlowConsumer))
+        }
+        WriteFailed::TimedOut => Ending::Kicked(KickReason::SlowConsumer),
+        WriteFailed::Closed => Ending::ClientGone,
+    }
+}
+
+/// Writes one message unless the connection is kicked meanwhile or the
+/// write takes longer than `deadline`.
 async fn write(
     socket: &mut WebSocket,
     message: Message,
     kick: &tokio_util::sync::CancellationToken,
-) -> Result<(), ()> {
+    deadline: Duration,
+) -> Result<(), WriteFailed> {
     tokio::select! {
         biased;
-        _ = kick.cancelled() => Err(()),
-        written = socket.send(message) => written.map_err(|_| ()),
+        _ = kick.cancelled() => Err(WriteFailed::Kicked),
+        written = tokio::time::timeout(deadline, socket.send(message)) => match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteFailed::Closed),
+            Err(_) => Err(WriteFailed::TimedOut),
+        },
     }
 }
 
@@ -335,7 +418,8 @@ async fn write_frames<S>(
     socket: &mut S,
     frames: Vec<crate::stream::Frame>,
     kick: &tokio_util::sync::CancellationToken,
-) -> Result<usize, ()>
+    deadline: Duration,
+) -> Result<usize, WriteFailed>
 where
     S: futures::Sink<Message> + Unpin,
 {
@@ -349,8 +433,12 @@ where
     };
     tokio::select! {
         biased;
-        _ = kick.cancelled() => Err(()),
-        written = written => written.map(|()| count).map_err(|_| ()),
+        _ = kick.cancelled() => Err(WriteFailed::Kicked),
+        written = tokio::time::timeout(deadline, written) => match written {
+            Ok(Ok(())) => Ok(count),
+            Ok(Err(_)) => Err(WriteFailed::Closed),
+            Err(_) => Err(WriteFailed::TimedOut),
+        },
     }
 }
 
@@ -367,6 +455,7 @@ async fn serve<S: MembershipStore>(
         heartbeat_interval,
     );
     let mut last_heard = Instant::now();
+    let deadline = Duration::from_millis(edge.config.write_timeout_ms);
     let limiter = RateLimiter::direct(
         Quota::per_second(nonzero(edge.config.frames_per_second_per_connection))
             .allow_burst(nonzero(edge.config.frames_burst_per_connection)),
@@ -386,40 +475,40 @@ async fn serve<S: MembershipStore>(
                 return drain_connection(edge, socket, session, ticket, worker.take()).await;
             }
             Some(frame) = next_reply(&mut worker) => {
-                if write(socket, Message::Text(frame.encode().into()), &ticket.kick).await.is_err() {
-                    return Ending::ClientGone;
+                if let Err(failed) = write(socket, Message::Text(frame.encode().into()), &ticket.kick, deadline).await {
+                    return ending_after(failed, ticket);
                 }
                 edge.metrics.frames_out.inc();
             }
             _ = session.wake.notified() => {
-                match write_frames(socket, session.take_unwritten(), &ticket.kick).await {
+                match write_frames(socket, session.take_unwritten(), &ticket.kick, deadline).await {
                     Ok(count) => {
                         edge.metrics.frames_out.inc_by(count as u64);
                     }
-                    Err(()) => {
-                        return if ticket.kick.is_cancelled() {
-                            Ending::Kicked(ticket.kick_reason().unwrap_or(KickReason::SlowConsumer))
-                        } else {
-                            Ending::ClientGone
-                        };
-                    }
+                    Err(failed) => return ending_after(failed, ticket),
                 }
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > heartbeat_timeout {
                     return Ending::HeartbeatTimeout;
                 }
-                if write(socket, Message::Ping(Default::default()), &ticket.kick).await.is_err() {
-                    return Ending::ClientGone;
+                if let Err(failed) = write(socket, Message::Ping(Default::default()), &ticket.kick, deadline).await {
+                    return ending_after(failed, ticket);
                 }
             }
             incoming = socket.recv() => {
-                let Some(Ok(message)) = incoming else { return Ending::ClientGone };
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        return if is_too_big(error) { Ending::TooBig } else { Ending::ClientGone };
+                    }
+                    None => return Ending::ClientGone,
+                };
                 last_heard = Instant::now();
                 let text = match message {
                     Message::Text(text) => text,
                     Message::Binary(_) => {
-                        reject(edge, socket, None, chatpipe_core::ErrorCode::Invalid, "binary frames are not supported; send JSON text frames").await;
+                        if let Err(failed) = reject(edge, socket, None, chatpipe_core::ErrorCode::Invalid, "binary frames are not supported; send JSON text frames", &ticket.kick, deadline).await { return ending_after(failed, ticket); }
                         continue;
                     }
                     Message::Ping(_) | Message::Pong(_) => continue,
@@ -429,14 +518,29 @@ async fn serve<S: MembershipStore>(
                 let frame = match decode_client_frame(text.as_str(), &edge.config.frame_limits) {
                     Ok(frame) => frame,
                     Err(error) => {
-                        reject(edge, socket, error.reference.clone(), error.code, &error.message).await;
+                        // A malformed frame costs the same as any other.
+                        if limiter.check().is_err() {
+                            if let Err(failed) = reject(edge, socket, error.reference.clone(), chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down", &ticket.kick, deadline).await { return ending_after(failed, ticket); }
+                        } else {
+                            if let Err(failed) = reject(edge, socket, error.reference.clone(), error.code, &error.message, &ticket.kick, deadline).await { return ending_after(failed, ticket); }
+                        }
                         continue;
                     }
                 };
+                // Every frame kind counts against the connection's rate, so
+                // that pings or acks cannot make the edge answer without end.
+                if limiter.check().is_err() {
+                    let reference = match &frame {
+                        ClientFrame::Send { client_msg_id, .. } => Some(client_msg_id.to_string()),
+                        _ => None,
+                    };
+                    if let Err(failed) = reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down", &ticket.kick, deadline).await { return ending_after(failed, ticket); }
+                    continue;
+                }
                 let job = match frame {
                     ClientFrame::Ping => {
-                        if write(socket, Message::Text(ControlFrame::Pong.encode().into()), &ticket.kick).await.is_err() {
-                            return Ending::ClientGone;
+                        if let Err(failed) = write(socket, Message::Text(ControlFrame::Pong.encode().into()), &ticket.kick, deadline).await {
+                            return ending_after(failed, ticket);
                         }
                         continue;
                     }
@@ -452,13 +556,11 @@ async fn serve<S: MembershipStore>(
                     Job::Send { client_msg_id, .. } => Some(client_msg_id.to_string()),
                     Job::Event(_) => None,
                 };
-                if limiter.check().is_err() {
-                    reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down").await;
-                    continue;
-                }
                 let queue = &worker.get_or_insert_with(|| spawn_job_worker(edge.clone(), session.user.clone())).jobs;
-                if queue.try_send(job).is_err() {
-                    reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many sends in flight; wait for acks").await;
+                if queue.try_send(job).is_err()
+                    && let Err(failed) = reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many sends in flight; wait for acks", &ticket.kick, deadline).await
+                {
+                    return ending_after(failed, ticket);
                 }
             }
         }
@@ -475,7 +577,9 @@ async fn reject<S>(
     reference: Option<String>,
     code: chatpipe_core::ErrorCode,
     message: &str,
-) {
+    kick: &tokio_util::sync::CancellationToken,
+    deadline: Duration,
+) -> Result<(), WriteFailed> {
     edge.metrics
         .frames_rejected
         .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(code.as_str()))
@@ -485,7 +589,7 @@ async fn reject<S>(
         code,
         message: message.to_owned(),
     };
-    let _ = socket.send(Message::Text(frame.encode().into())).await;
+    write(socket, Message::Text(frame.encode().into()), kick, deadline).await
 }
 
 /// A connection's job queue and the replies (acks, errors) coming back.
@@ -575,26 +679,31 @@ async fn drain_connection<S>(
     ticket: &crate::sessions::AttachTicket,
     worker: Option<JobWorker>,
 ) -> Ending {
+    let deadline = Duration::from_millis(edge.config.write_timeout_ms);
     // Closing the job queue lets the worker finish what it holds; its
     // replies end when it does.
     if let Some(JobWorker { jobs, mut replies }) = worker {
         drop(jobs);
-        let deadline =
+        let replies_until =
             tokio::time::Instant::now() + Duration::from_millis(edge.config.drain_deadline_ms / 2);
-        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, replies.recv()).await {
-            if write(socket, Message::Text(frame.encode().into()), &ticket.kick)
-                .await
-                .is_err()
+        while let Ok(Some(frame)) = tokio::time::timeout_at(replies_until, replies.recv()).await {
+            if let Err(failed) = write(
+                socket,
+                Message::Text(frame.encode().into()),
+                &ticket.kick,
+                deadline,
+            )
+            .await
             {
-                return Ending::ClientGone;
+                return ending_after(failed, ticket);
             }
         }
     }
-    match write_frames(socket, session.take_unwritten(), &ticket.kick).await {
+    match write_frames(socket, session.take_unwritten(), &ticket.kick, deadline).await {
         Ok(count) => {
             edge.metrics.frames_out.inc_by(count as u64);
         }
-        Err(()) => return Ending::ClientGone,
+        Err(failed) => return ending_after(failed, ticket),
     }
     let reconnect = ControlFrame::Reconnect {
         reason: "edge draining; reconnect and resume".into(),
@@ -603,6 +712,7 @@ async fn drain_connection<S>(
         socket,
         Message::Text(reconnect.encode().into()),
         &ticket.kick,
+        deadline,
     )
     .await;
     close_with(socket, CLOSE_GOING_AWAY, "draining").await;
@@ -694,7 +804,13 @@ mod tests {
             stream.push(&body);
         }
         let kick = tokio_util::sync::CancellationToken::new();
-        let written = write_frames(&mut sink, stream.take_unwritten(), &kick).await;
+        let written = write_frames(
+            &mut sink,
+            stream.take_unwritten(),
+            &kick,
+            Duration::from_secs(5),
+        )
+        .await;
         assert_eq!(written, Ok(100));
         assert_eq!(writes.load(Ordering::SeqCst), 1, "one write for the burst");
 
@@ -702,7 +818,13 @@ mod tests {
         stream.push(&body);
         stream.push(&body);
         assert_eq!(
-            write_frames(&mut sink, stream.take_unwritten(), &kick).await,
+            write_frames(
+                &mut sink,
+                stream.take_unwritten(),
+                &kick,
+                Duration::from_secs(5)
+            )
+            .await,
             Ok(2)
         );
         assert_eq!(writes.load(Ordering::SeqCst), 2);

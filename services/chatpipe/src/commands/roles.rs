@@ -33,6 +33,8 @@ pub fn edge_config(common: &CommonArgs, args: &EdgeArgs) -> anyhow::Result<EdgeC
         heartbeat_timeout_ms: args.heartbeat_timeout_ms,
         resume_window_ms: args.resume_window_ms,
         max_connections: args.max_connections,
+        max_sessions_per_user: args.max_sessions_per_user,
+        write_timeout_ms: args.write_timeout_ms,
         connects_per_second_global: args.connects_per_second,
         connects_burst_global: args.connects_per_second.saturating_mul(2),
         connects_per_second_per_ip: args.connects_per_second_per_ip,
