@@ -254,10 +254,7 @@ impl<M: MembershipStore> BatchHandler for FanoutHandler<M> {
                     let verdict = self
                         .dedup
                         .judge(message.partition(), message.offset(), &record)
-                        .await
-                        .map_err(|error| {
-                            HandlerError::retriable(format!("send de-duplication: {error}"))
-                        })?;
+                        .await?;
                     if record.resend {
                         verdicts.push((record.edge_id.clone(), verdict_for(&record, verdict)));
                     }

@@ -107,10 +107,7 @@ impl BatchHandler for IndexHandler {
                     message.offset(),
                     &decoded.records[*doc],
                 )
-                .await
-                .map_err(|error| {
-                    HandlerError::retriable(format!("send de-duplication: {error}"))
-                })?;
+                .await?;
             keep[*doc] = !verdict.is_duplicate();
         }
         if keep.contains(&false) {

@@ -44,6 +44,14 @@ impl From<rdkafka::error::KafkaError> for ReplayError {
     }
 }
 
+/// A batch whose records could not be judged is retried: a replay failure
+/// is always transient (Kafka unreachable, or slow).
+impl From<ReplayError> for crate::consumer::HandlerError {
+    fn from(error: ReplayError) -> Self {
+        crate::consumer::HandlerError::retriable(format!("send de-duplication: {error}"))
+    }
+}
+
 /// Reads stretches of partitions (see the module doc).
 #[derive(Debug, Clone)]
 pub struct ReplayReader {

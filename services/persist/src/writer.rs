@@ -109,10 +109,7 @@ impl CassandraHistoryWriter {
                     let verdict = self
                         .dedup
                         .judge(message.partition(), message.offset(), &record)
-                        .await
-                        .map_err(|error| {
-                            HandlerError::retriable(format!("send de-duplication: {error}"))
-                        })?;
+                        .await?;
                     if !verdict.is_duplicate() {
                         decoded.push((message, record));
                     }
