@@ -341,6 +341,16 @@ mod tests {
         table
     }
 
+    /// Routes `names` alternately to edges `e1` and `e2` (both live).
+    fn alternating_edges(names: &[String]) -> RouteTable {
+        let routes_list: Vec<(&str, &str)> = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| (name.as_str(), if index % 2 == 0 { "e1" } else { "e2" }))
+            .collect();
+        table(&routes_list, &[("e1", 1_000), ("e2", 1_000)])
+    }
+
     fn message(id: u64, members: &[&str]) -> Delivery {
         let view = MessageView {
             message_id: MessageId::from_u64(id),
@@ -449,12 +459,7 @@ mod tests {
     #[test]
     fn a_large_group_costs_one_batch_per_edge() {
         let names: Vec<String> = (0..10_000).map(|index| format!("u{index}")).collect();
-        let routes_list: Vec<(&str, &str)> = names
-            .iter()
-            .enumerate()
-            .map(|(index, name)| (name.as_str(), if index % 2 == 0 { "e1" } else { "e2" }))
-            .collect();
-        let routes = table(&routes_list, &[("e1", 1_000), ("e2", 1_000)]);
+        let routes = alternating_edges(&names);
         let member_names: Vec<&str> = names.iter().map(String::as_str).collect();
         let plan = plan_pushes(&[message(7, &member_names)], &routes, 1, &HashSet::new());
         assert_eq!(plan.batches.len(), 2);
@@ -527,12 +532,7 @@ mod tests {
         let names: Vec<String> = (0..10_000)
             .map(|index| format!("member-{index:05}"))
             .collect();
-        let routes_list: Vec<(&str, &str)> = names
-            .iter()
-            .enumerate()
-            .map(|(index, name)| (name.as_str(), if index % 2 == 0 { "e1" } else { "e2" }))
-            .collect();
-        let routes = table(&routes_list, &[("e1", 1_000), ("e2", 1_000)]);
+        let routes = alternating_edges(&names);
         let member_names: Vec<&str> = names.iter().map(String::as_str).collect();
         let listed = message(7, &member_names);
         let mut by_set = listed.clone();

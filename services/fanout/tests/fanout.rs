@@ -408,31 +408,12 @@ async fn a_slow_edge_is_retried_until_it_answers_and_nothing_is_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_thousand_member_conversation_costs_one_push_per_edge() {
     let deployment = Deployment::new().await;
-    let (edge_one, edge_two) = (FakeEdge::start().await, FakeEdge::start().await);
-    let (first_id, second_id) = (deployment.edge("e1"), deployment.edge("e2"));
-    deployment
-        .publish_live_edge(&first_id, &edge_one.push_addr())
-        .await;
-    deployment
-        .publish_live_edge(&second_id, &edge_two.push_addr())
-        .await;
-    let members: Vec<UserId> = (0..10_000)
-        .map(|index| deployment.user(&format!("m{index}")))
-        .collect();
-    futures::stream::iter(members.iter().enumerate())
-        .for_each_concurrent(500, |(index, user)| {
-            let edge = if index % 2 == 0 {
-                &first_id
-            } else {
-                &second_id
-            };
-            deployment.publish_route(user, edge)
-        })
-        .await;
-    let conversation = deployment.conversation("huge");
-    deployment
-        .create_conversation(&conversation, &members)
-        .await;
+    let TwoEdgeGroup {
+        edge_one,
+        edge_two,
+        members,
+        conversation,
+    } = TwoEdgeGroup::create(&deployment, "huge", 10_000, 500).await;
 
     // Recipient lists (member sets are tested below).
     let worker = deployment.start(FanoutConfig {
@@ -871,31 +852,12 @@ async fn a_stalled_push_holds_up_only_its_own_partition() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_group_sends_its_member_list_once_per_edge_then_a_reference() {
     let deployment = Deployment::new().await;
-    let (edge_one, edge_two) = (FakeEdge::start().await, FakeEdge::start().await);
-    let (first_id, second_id) = (deployment.edge("e1"), deployment.edge("e2"));
-    deployment
-        .publish_live_edge(&first_id, &edge_one.push_addr())
-        .await;
-    deployment
-        .publish_live_edge(&second_id, &edge_two.push_addr())
-        .await;
-    let members: Vec<UserId> = (0..1_500)
-        .map(|index| deployment.user(&format!("m{index}")))
-        .collect();
-    futures::stream::iter(members.iter().enumerate())
-        .for_each_concurrent(200, |(index, user)| {
-            let edge = if index % 2 == 0 {
-                &first_id
-            } else {
-                &second_id
-            };
-            deployment.publish_route(user, edge)
-        })
-        .await;
-    let conversation = deployment.conversation("large");
-    deployment
-        .create_conversation(&conversation, &members)
-        .await;
+    let TwoEdgeGroup {
+        edge_one,
+        edge_two,
+        members,
+        conversation,
+    } = TwoEdgeGroup::create(&deployment, "large", 1_500, 200).await;
     let worker = deployment.start(FanoutConfig {
         member_set_min_members: 1_000,
         ..deployment.config()
@@ -975,4 +937,54 @@ async fn a_large_group_sends_its_member_list_once_per_edge_then_a_reference() {
     assert_ne!(last.member_set, edge_two.items()[0].member_set);
     assert_eq!(last.member_set_members.len(), 1_499);
     worker.stop().await;
+}
+
+/// Two live fake edges, `size` members routed alternately to them, and a
+/// conversation of all of them.
+struct TwoEdgeGroup {
+    edge_one: FakeEdge,
+    edge_two: FakeEdge,
+    members: Vec<UserId>,
+    conversation: chatpipe_core::ConversationId,
+}
+
+impl TwoEdgeGroup {
+    async fn create(
+        deployment: &Deployment,
+        name: &str,
+        size: usize,
+        routes_in_flight: usize,
+    ) -> TwoEdgeGroup {
+        let (edge_one, edge_two) = (FakeEdge::start().await, FakeEdge::start().await);
+        let (first_id, second_id) = (deployment.edge("e1"), deployment.edge("e2"));
+        deployment
+            .publish_live_edge(&first_id, &edge_one.push_addr())
+            .await;
+        deployment
+            .publish_live_edge(&second_id, &edge_two.push_addr())
+            .await;
+        let members: Vec<UserId> = (0..size)
+            .map(|index| deployment.user(&format!("m{index}")))
+            .collect();
+        futures::stream::iter(members.iter().enumerate())
+            .for_each_concurrent(routes_in_flight, |(index, user)| {
+                let edge = if index % 2 == 0 {
+                    &first_id
+                } else {
+                    &second_id
+                };
+                deployment.publish_route(user, edge)
+            })
+            .await;
+        let conversation = deployment.conversation(name);
+        deployment
+            .create_conversation(&conversation, &members)
+            .await;
+        TwoEdgeGroup {
+            edge_one,
+            edge_two,
+            members,
+            conversation,
+        }
+    }
 }
