@@ -300,8 +300,15 @@ where
         task.stop.cancel();
     }
     for (key, task) in tasks {
-        if let Err(error) = task.task.await {
-            tracing::warn!(partition = %key, %error, "partition task failed");
+        match task.task.await {
+            Ok(()) => {}
+            // The runtime itself is shutting down (a test ending, a process
+            // exiting): nothing failed, the offsets were not committed and
+            // the records will be re-delivered.
+            Err(error) if error.is_cancelled() => {
+                tracing::debug!(partition = %key, "partition task cancelled by the runtime");
+            }
+            Err(error) => tracing::warn!(partition = %key, %error, "partition task failed"),
         }
     }
     if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
