@@ -40,6 +40,7 @@ use chatpipe_core::store::MembershipStore;
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, ErrorCode, MessageId, UserId};
 use chatpipe_kafka::{ChatProducer, Delivery, Enqueue};
+use chatpipe_membership::InvalidatingCache;
 use moka::future::Cache;
 use tokio::sync::oneshot;
 
@@ -176,7 +177,7 @@ pub struct SendPath<S> {
     topics: TopicNames,
     edge_id: EdgeId,
     generator: Mutex<MessageIdGenerator>,
-    membership: Cache<(ConversationId, UserId), bool>,
+    membership: InvalidatingCache<(ConversationId, UserId), ()>,
     recent_sends: Cache<SendKey, Accepted>,
     verdicts: Arc<VerdictWaiters>,
     deadline: Duration,
@@ -229,10 +230,12 @@ impl<S: MembershipStore> SendPath<S> {
             topics: settings.topics,
             edge_id: settings.edge_id,
             generator: Mutex::new(MessageIdGenerator::new(settings.worker_id)),
-            membership: Cache::builder()
-                .max_capacity(200_000)
-                .time_to_live(settings.membership_ttl)
-                .build(),
+            membership: InvalidatingCache::new(
+                Cache::builder()
+                    .max_capacity(200_000)
+                    .time_to_live(settings.membership_ttl)
+                    .build(),
+            ),
             recent_sends: Cache::builder()
                 .max_capacity(200_000)
                 .time_to_live(settings.dedup_ttl)
@@ -249,31 +252,31 @@ impl<S: MembershipStore> SendPath<S> {
     }
 
     /// Membership, cached. Only positive answers are cached; a membership
-    /// event for the pair evicts it (see [`SendPath::forget_membership`]).
+    /// event for the pair evicts it (see [`SendPath::forget_membership`]),
+    /// also while a read of it is in flight (`chatpipe_membership`).
     async fn require_member(
         &self,
         conversation: &ConversationId,
         user: &UserId,
     ) -> Result<(), SendRefusal> {
         let key = (conversation.clone(), user.clone());
-        if self.membership.get(&key).await == Some(true) {
-            return Ok(());
-        }
         let member = self
-            .store
-            .is_member(conversation, user)
+            .membership
+            .get_or_load(&key, || async {
+                let member = self.store.is_member(conversation, user).await?;
+                Ok::<_, chatpipe_core::store::StoreError>(member.then_some(()))
+            })
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "membership lookup failed");
                 SendRefusal::unavailable("membership")
             })?;
-        if !member {
+        if member.into_value().is_none() {
             return Err(SendRefusal::new(
                 ErrorCode::Forbidden,
                 "not a member of this conversation (or it does not exist)",
             ));
         }
-        self.membership.insert(key, true).await;
         Ok(())
     }
 
