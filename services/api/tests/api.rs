@@ -385,6 +385,7 @@ fn message(
         ts: message_id.unix_ms(),
         edge_id: EdgeId::parse("edge-test").unwrap(),
         resend: false,
+        reply_to: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn record(
         ts: message_id.unix_ms(),
         edge_id: EdgeId::parse("edge-test").unwrap(),
         resend: false,
+        reply_to: None,
     }
 }
 
@@ -82,7 +83,7 @@ async fn schema_apply_is_idempotent() {
     let keyspace = format!("chatpipe_t{}", &unique()[..16]);
     let first = apply_schema(store.session(), &keyspace).await.unwrap();
     assert!(first.created_keyspace);
-    assert_eq!(first.created_tables.len(), 4, "{first:?}");
+    assert_eq!(first.created_tables.len(), 5, "{first:?}");
     let second = apply_schema(store.session(), &keyspace).await.unwrap();
     assert!(
         !second.changed_anything(),

@@ -42,6 +42,7 @@ async fn produce_attempts(producer: &ChatProducer, topic: &str) -> Vec<(i32, i64
             ts,
             edge_id: EdgeId::parse("edge-1").unwrap(),
             resend: attempt > 0 && send % 2 == 0,
+            reply_to: None,
         };
         let position = producer
             .send_json(

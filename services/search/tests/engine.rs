@@ -91,6 +91,7 @@ fn record(id: u64, conversation: &str, sender: &str, body: &str) -> MessageRecor
         ts: 1_700_000_000_000 + id,
         edge_id: EdgeId::parse("edge-1").unwrap(),
         resend: false,
+        reply_to: None,
     }
 }
 

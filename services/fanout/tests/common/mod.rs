@@ -274,6 +274,7 @@ impl Deployment {
             ts: now_unix_ms(),
             edge_id: EdgeId::parse("edge-producer").unwrap(),
             resend: false,
+            reply_to: None,
         }
     }
 

@@ -104,6 +104,7 @@ impl TestEnv {
             ts: 1_700_000_000_000 + id,
             edge_id: EdgeId::parse("edge-1").unwrap(),
             resend: false,
+            reply_to: None,
         }
     }
 

@@ -200,6 +200,7 @@ pub fn records(
                 ts: message_id.unix_ms(),
                 edge_id: EdgeId::parse("edge-test").unwrap(),
                 resend: false,
+                reply_to: None,
             }
         })
         .collect()
