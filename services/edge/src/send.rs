@@ -1,4 +1,11 @@
-//! The write path of a client frame: `send`, `typing`, `read`.
+//! The write path of a client frame: `send`, `edit`, `delete`, `typing`,
+//! `read`.
+//!
+//! An `edit` or `delete` is authorized against stored history (one read of
+//! the message's row, plus the conversation's row for a moderator's
+//! delete), then produced as a [`MessageChangeRecord`] on the message's
+//! partition and acknowledged once Kafka confirmed it. The plain `send`
+//! reads nothing of this.
 //!
 //! A `send` is acknowledged only after Kafka confirmed the record with
 //! `acks=all`, and costs nothing else: no consensus, no store write.
@@ -35,8 +42,11 @@ use std::time::{Duration, Instant};
 
 use chatpipe_core::dedup::{SendKey, SendKeyDigest};
 use chatpipe_core::ids::MessageIdGenerator;
-use chatpipe_core::records::{Event, EventRecord, MessageRecord, SCHEMA_VERSION, TopicNames};
-use chatpipe_core::store::MembershipStore;
+use chatpipe_core::records::{
+    CHANGE_SCHEMA_VERSION, Event, EventRecord, MessageChange, MessageChangeRecord, MessageRecord,
+    SCHEMA_VERSION, TopicNames,
+};
+use chatpipe_core::store::{EdgeStore, StoredMessageFacts};
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, ErrorCode, MessageId, UserId};
 use chatpipe_kafka::{ChatProducer, Delivery, Enqueue};
@@ -182,6 +192,9 @@ pub struct SendPath<S> {
     verdicts: Arc<VerdictWaiters>,
     deadline: Duration,
     metrics: EdgeMetrics,
+    /// The `ts` of this edge's latest message change (changes get strictly
+    /// increasing times).
+    last_change_ts: AtomicU64,
 }
 
 impl<S> std::fmt::Debug for SendPath<S> {
@@ -215,9 +228,20 @@ pub struct SendRequest {
     pub body: String,
     /// The client marked it as a retry.
     pub resend: bool,
+    /// The message of the same conversation this one replies to.
+    pub reply_to: Option<MessageId>,
 }
 
-impl<S: MembershipStore> SendPath<S> {
+/// One client `edit`, `delete`, `react` or `unreact`, as the send path
+/// takes it.
+#[derive(Debug, Clone)]
+pub struct ChangeRequest {
+    pub conversation_id: ConversationId,
+    pub message_id: MessageId,
+    pub change: MessageChange,
+}
+
+impl<S: EdgeStore> SendPath<S> {
     pub fn new(
         store: S,
         producer: ChatProducer,
@@ -243,6 +267,7 @@ impl<S: MembershipStore> SendPath<S> {
             verdicts: Arc::new(VerdictWaiters::default()),
             deadline: settings.deadline,
             metrics,
+            last_change_ts: AtomicU64::new(0),
         }
     }
 
@@ -298,6 +323,17 @@ impl<S: MembershipStore> SendPath<S> {
         let started = Instant::now();
         self.require_member(&request.conversation_id, sender)
             .await?;
+        // Only a reply reads history (a plain send reads nothing).
+        if let Some(reply_to) = request.reply_to {
+            self.stored_message(&request.conversation_id, reply_to, started)
+                .await?
+                .ok_or_else(|| {
+                    SendRefusal::new(
+                        ErrorCode::Invalid,
+                        "`reply_to` is not a message of this conversation",
+                    )
+                })?;
+        }
         let key = SendKey::new(
             request.conversation_id.clone(),
             sender.clone(),
@@ -346,6 +382,7 @@ impl<S: MembershipStore> SendPath<S> {
             ts: 0,
             edge_id: self.edge_id.clone(),
             resend: request.resend,
+            reply_to: request.reply_to,
         };
         // Registered before producing, so that a fast verdict is not missed.
         let mut wait = request.resend.then(|| self.verdicts.register(digest));
@@ -374,6 +411,140 @@ impl<S: MembershipStore> SendPath<S> {
                 tracing::debug!(%message_id, "no verdict for a marked resend within the deadline");
                 Err(SendRefusal::unavailable("the send's verdict"))
             }
+        }
+    }
+
+    /// Handles an `edit`, `delete`, `react` or `unreact` of
+    /// `request.message_id` by `actor`: only the sender edits; the sender
+    /// or a moderator of the conversation deletes; any member reacts to a
+    /// message that is not deleted. Resolves when Kafka confirmed the change
+    /// record; the `Accepted` names the changed message and the change's
+    /// time.
+    pub async fn change(
+        &self,
+        actor: &UserId,
+        request: ChangeRequest,
+    ) -> Result<Accepted, SendRefusal> {
+        let started = Instant::now();
+        self.require_member(&request.conversation_id, actor).await?;
+        let facts = self
+            .stored_message(&request.conversation_id, request.message_id, started)
+            .await?
+            .ok_or_else(|| {
+                SendRefusal::new(ErrorCode::Forbidden, "no such message in this conversation")
+            })?;
+        match &request.change {
+            MessageChange::Edit { .. } if facts.deleted => {
+                return Err(SendRefusal::new(
+                    ErrorCode::Forbidden,
+                    "the message is deleted",
+                ));
+            }
+            MessageChange::Edit { .. } if &facts.sender_id != actor => {
+                return Err(SendRefusal::new(
+                    ErrorCode::Forbidden,
+                    "only the sender may edit a message",
+                ));
+            }
+            MessageChange::Edit { .. } => {}
+            MessageChange::ReactionAdd { .. } | MessageChange::ReactionRemove { .. }
+                if facts.deleted =>
+            {
+                return Err(SendRefusal::new(
+                    ErrorCode::Forbidden,
+                    "the message is deleted",
+                ));
+            }
+            // Any member reacts to any message.
+            MessageChange::ReactionAdd { .. } | MessageChange::ReactionRemove { .. } => {}
+            MessageChange::Delete => {
+                let moderator = &facts.sender_id != actor
+                    && self
+                        .store
+                        .is_moderator(&request.conversation_id, actor)
+                        .await
+                        .map_err(|error| {
+                            tracing::warn!(%error, "role lookup failed");
+                            SendRefusal::unavailable("membership")
+                        })?;
+                if &facts.sender_id != actor && !moderator {
+                    return Err(SendRefusal::new(
+                        ErrorCode::Forbidden,
+                        "only the sender or the conversation's owner may delete a message",
+                    ));
+                }
+            }
+        }
+        // Later than the message and its latest edit, so that stores that
+        // keep the latest write (Cassandra's write time) keep this one even
+        // when edges' clocks disagree a little; and later than this edge's
+        // previous change, so that two changes within one millisecond (a
+        // reaction added and taken back) keep their order there too.
+        let floor = now_unix_ms()
+            .max(facts.ts + 1)
+            .max(facts.edited_at.map_or(0, |at| at + 1));
+        let previous = self
+            .last_change_ts
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(floor.max(last + 1))
+            })
+            .expect("the update always applies");
+        let ts = floor.max(previous + 1);
+        let record = MessageChangeRecord {
+            schema_version: CHANGE_SCHEMA_VERSION,
+            message_id: request.message_id,
+            conversation_id: request.conversation_id,
+            actor_id: actor.clone(),
+            change: request.change,
+            ts,
+            edge_id: self.edge_id.clone(),
+        };
+        self.producer
+            .send_json(
+                &self.topics.messages,
+                record.conversation_id.as_str(),
+                &record,
+                self.deadline,
+            )
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, message_id = %record.message_id, "kafka did not confirm a change");
+                SendRefusal::unavailable("kafka")
+            })?;
+        self.metrics.message_changes_acked.inc();
+        Ok(Accepted {
+            message_id: record.message_id,
+            ts,
+        })
+    }
+
+    /// The stored facts of a message. History is written a few
+    /// milliseconds after a send's ack (by the persist consumers), so a
+    /// message that is not there yet is looked up again, with growing
+    /// pauses, for up to half the send deadline before it counts as absent:
+    /// a client may edit or delete a message right after its ack.
+    async fn stored_message(
+        &self,
+        conversation: &ConversationId,
+        message_id: MessageId,
+        started: Instant,
+    ) -> Result<Option<StoredMessageFacts>, SendRefusal> {
+        let patience = self.deadline / 2;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            let found = self
+                .store
+                .message_facts(conversation, message_id)
+                .await
+                .map_err(|error| {
+                    tracing::warn!(%error, "message lookup failed");
+                    SendRefusal::unavailable("history")
+                })?;
+            if found.is_some() || started.elapsed() + pause > patience {
+                return Ok(found);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(400));
         }
     }
 

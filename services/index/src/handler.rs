@@ -1,14 +1,23 @@
 //! The consumer group's batch handler: decode, drop retries of earlier
 //! sends (the partition-order rule shared with fan-out and persist, see
-//! [`PartitionedSendDedup`]), bulk-index, dead-letter.
+//! [`PartitionedSendDedup`]; change records are not sends), bulk-index,
+//! apply the batch's edits and deletes, dead-letter.
+//!
+//! The documents of a batch are written before its changes: a message's
+//! record always precedes its changes in the partition, so no document is
+//! written over a later change to it.
 
 use std::time::Instant;
 
-use chatpipe_core::records::MessageRecord;
+use chatpipe_core::records::{
+    MessageChangeRecord, MessageRecord, MessagesTopicRecord, decode_messages_record,
+};
 use chatpipe_kafka::consumer::{BatchHandler, HandlerError};
 use chatpipe_kafka::{DeadLetterSink, PartitionedSendDedup, Record};
 use chatpipe_search::template::apply_template;
-use chatpipe_search::{BulkDoc, EsBulkSink, EsClient, MessageDocument, SearchEngineConfig};
+use chatpipe_search::{
+    BulkDoc, EsBulkSink, EsChangeSink, EsClient, MessageDocument, SearchEngineConfig,
+};
 
 use crate::metrics::IndexMetrics;
 
@@ -20,6 +29,8 @@ pub(crate) struct DecodedBatch {
     pub records: Vec<MessageRecord>,
     /// For each document, the index of its record in the batch.
     pub origins: Vec<usize>,
+    /// Edits and deletes, in batch order, with their index in the batch.
+    pub changes: Vec<(usize, MessageChangeRecord)>,
     /// Records that are not a message record: (index in the batch, why).
     pub undecodable: Vec<(usize, String)>,
 }
@@ -37,8 +48,9 @@ pub(crate) fn decode_batch<'a>(
             ));
             continue;
         };
-        match serde_json::from_slice::<MessageRecord>(bytes) {
-            Ok(record) => {
+        match decode_messages_record(bytes) {
+            Ok(MessagesTopicRecord::Change(change)) => decoded.changes.push((position, change)),
+            Ok(MessagesTopicRecord::Message(record)) => {
                 decoded
                     .docs
                     .push(BulkDoc::from_document(&MessageDocument::from_record(
@@ -47,9 +59,7 @@ pub(crate) fn decode_batch<'a>(
                 decoded.records.push(record);
                 decoded.origins.push(position);
             }
-            Err(error) => decoded
-                .undecodable
-                .push((position, format!("not a message record: {error}"))),
+            Err(error) => decoded.undecodable.push((position, error.to_string())),
         }
     }
     decoded
@@ -57,6 +67,7 @@ pub(crate) fn decode_batch<'a>(
 
 pub(crate) struct IndexHandler {
     pub client: EsClient,
+    pub changes: EsChangeSink,
     pub engine: SearchEngineConfig,
     pub template_ready: bool,
     pub sink: EsBulkSink,
@@ -128,6 +139,17 @@ impl BatchHandler for IndexHandler {
             .write(&decoded.docs)
             .await
             .map_err(|error| HandlerError::retriable(format!("bulk indexing: {error}")))?;
+        let changes: Vec<MessageChangeRecord> = decoded
+            .changes
+            .iter()
+            .map(|(_, change)| change.clone())
+            .collect();
+        let applied = self
+            .changes
+            .apply(&changes)
+            .await
+            .map_err(|error| HandlerError::retriable(format!("applying changes: {error}")))?;
+        self.metrics.changes_applied.inc_by(applied);
         for (position, reason) in &decoded.undecodable {
             self.dead_letter(&batch[*position], reason).await?;
             self.metrics.undecodable.inc();

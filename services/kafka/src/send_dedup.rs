@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use chatpipe_core::dedup::{SendDedupWindow, SendVerdict, record_digest};
-use chatpipe_core::records::MessageRecord;
+use chatpipe_core::records::{MessageRecord, MessagesTopicRecord, decode_messages_record};
 use chatpipe_runtime::metrics::Counter;
 use prometheus_client::registry::Registry;
 
@@ -179,8 +179,8 @@ impl PartitionedSendDedup {
         self.settings.window.as_millis() as u64
     }
 
-    /// Notes a record of the topic that is not a message record (it is
-    /// skipped by every consumer, so it judges nothing).
+    /// Notes a record of the topic that is not a message record (a change
+    /// record, or one no consumer can decode): it judges nothing.
     pub fn skip(&mut self, partition: i32, offset: i64) {
         if let Some(state) = self.partitions.get_mut(&partition)
             && state.next_offset == offset
@@ -261,9 +261,10 @@ impl PartitionedSendDedup {
                 until_offset,
                 state,
                 |state: &mut PartitionState, offset, payload| {
-                    // Undecodable records are skipped by every consumer.
-                    let Some(record) = payload
-                        .and_then(|bytes| serde_json::from_slice::<MessageRecord>(bytes).ok())
+                    // Only message records are sends: change records and
+                    // undecodable ones judge nothing, as in `skip`.
+                    let Some(MessagesTopicRecord::Message(record)) =
+                        payload.and_then(|bytes| decode_messages_record(bytes).ok())
                     else {
                         return;
                     };
