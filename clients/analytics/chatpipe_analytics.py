@@ -4,7 +4,8 @@ How an analytics team taps chatpipe: with a consumer group of its own on
 ``chat.messages`` and ``chat.events`` (never one of chatpipe's groups), so its
 offsets and pace are its own and chatpipe does not notice it. Every record is
 one JSON document described by the published JSON Schemas
-(``schemas/kafka/v1/message.json`` and ``event.json``); this program validates
+(``schemas/kafka/v1/message.json``, ``v2/message-change.json`` and
+``v1/event.json``); this program validates
 each record against them and counts the ones that do not match instead of
 trusting them.
 
@@ -39,9 +40,13 @@ from typing import Any, Iterable
 
 from jsonschema import Draft202012Validator
 
-REPO_SCHEMAS = Path(__file__).resolve().parent.parent.parent / "schemas" / "kafka" / "v1"
+REPO_SCHEMAS = Path(__file__).resolve().parent.parent.parent / "schemas" / "kafka"
 MESSAGES_TOPIC = "chat.messages"
 EVENTS_TOPIC = "chat.events"
+# chat.messages carries messages (schema_version 1) and, after them, the
+# changes to them (schema_version 2: edit, delete, reactions), which are
+# never counted as messages.
+MESSAGE_CHANGES = "chat.messages/v2"
 # The de-duplication window of the send path (schemas/README.md): a record
 # whose key had a first attempt at most this much earlier is a retry.
 DEDUP_WINDOW_MS = 10 * 60 * 1000
@@ -53,12 +58,17 @@ def minute_of(ts_ms: int) -> str:
 
 
 def load_validators(schema_dir: Path) -> dict[str, Draft202012Validator]:
-    """The validators of message and event records, from the published schemas."""
+    """The validators of message, change and event records, from the published
+    schemas (``schema_dir`` is ``schemas/kafka`` of the repository)."""
     validators = {}
-    for topic, file in ((MESSAGES_TOPIC, "message.json"), (EVENTS_TOPIC, "event.json")):
+    for kind, file in (
+        (MESSAGES_TOPIC, "v1/message.json"),
+        (MESSAGE_CHANGES, "v2/message-change.json"),
+        (EVENTS_TOPIC, "v1/event.json"),
+    ):
         schema = json.loads((schema_dir / file).read_text(encoding="utf-8"))
         Draft202012Validator.check_schema(schema)
-        validators[topic] = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+        validators[kind] = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
     return validators
 
 
@@ -70,6 +80,8 @@ class Aggregates:
     active: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     invalid: list[tuple[str, int, int, str]] = field(default_factory=list)
     duplicates: int = 0
+    # Changes to messages per (conversation, minute, kind): edits, deletes, reactions.
+    changes: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
     # Per partition: de-duplication key -> (message_id, ts) of its first attempt.
     _first_attempts: dict[tuple[str, int], dict[tuple[str, str, str], tuple[str, int]]] = field(
         default_factory=lambda: defaultdict(dict)
@@ -83,13 +95,18 @@ class Aggregates:
         except ValueError as error:
             self.invalid.append((topic, partition, offset, f"not JSON: {error}"))
             return
-        errors = sorted(validators[topic].iter_errors(record), key=lambda e: list(e.path))
+        kind = topic
+        if topic == MESSAGES_TOPIC and isinstance(record, dict) and record.get("schema_version") == 2:
+            kind = MESSAGE_CHANGES
+        errors = sorted(validators[kind].iter_errors(record), key=lambda e: list(e.path))
         if errors:
             first = errors[0]
             where = "/".join(str(p) for p in first.path) or "(record)"
             self.invalid.append((topic, partition, offset, f"{where}: {first.message}"))
             return
-        if topic == MESSAGES_TOPIC:
+        if kind == MESSAGE_CHANGES:
+            self.changes[(record["conversation_id"], minute_of(record["ts"]), record["kind"])] += 1
+        elif topic == MESSAGES_TOPIC:
             self.add_message(record, partition)
         else:
             self.add_event(record)
@@ -126,6 +143,8 @@ class Aggregates:
         out_dir.mkdir(parents=True, exist_ok=True)
         write(out_dir / "messages_per_minute.csv", ("conversation_id", "minute", "messages"), self.message_rows())
         write(out_dir / "active_users.csv", ("minute", "active_users"), self.active_rows())
+        write(out_dir / "message_changes_per_minute.csv", ("conversation_id", "minute", "kind", "changes"),
+              sorted((c, m, k, n) for (c, m, k), n in self.changes.items()))
         write(out_dir / "invalid_records.csv", ("topic", "partition", "offset", "error"), self.invalid)
 
 
@@ -191,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", default="chatpipe-analytics", help="this program's own consumer group")
     parser.add_argument("--topic-prefix", default="", help="prefix of the topic names (CHATPIPE_TOPIC_PREFIX)")
     parser.add_argument("--out", type=Path, default=Path("analytics-out"), help="directory of the CSV files")
-    parser.add_argument("--schemas", type=Path, default=REPO_SCHEMAS, help="schemas/kafka/v1 of the repository")
+    parser.add_argument("--schemas", type=Path, default=REPO_SCHEMAS, help="schemas/kafka of the repository")
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="stop after this long without a record")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="stop after this long in any case")
     args = parser.parse_args(argv)

@@ -64,6 +64,25 @@ def test_counts_messages_per_conversation_per_minute_once_each(validators):
     assert aggregates.active_rows() == [("2026-01-01T00:00Z", 3), ("2026-01-01T00:01Z", 1), ("2026-01-01T00:10Z", 1)]
 
 
+def test_changes_to_messages_are_counted_apart_never_as_messages(validators):
+    aggregates = analytics.Aggregates()
+    change = {"schema_version": 2, "message_id": "101", "conversation_id": "c1", "actor_id": "ann",
+              "ts": MINUTE + 2_000, "edge_id": "edge-1"}
+    feed(aggregates, analytics.MESSAGES_TOPIC, [
+        message("c1", "101", "ann", "k1", MINUTE + 1_000),
+        {**change, "kind": "edit", "body": "hello again"},
+        {**change, "kind": "reaction_add", "reaction": "+1"},
+        {**change, "kind": "delete"},
+    ], validators)
+    assert aggregates.invalid == []
+    assert aggregates.message_rows() == [("c1", "2026-01-01T00:00Z", 1)]
+    assert sorted(aggregates.changes.items()) == [
+        (("c1", "2026-01-01T00:00Z", "delete"), 1),
+        (("c1", "2026-01-01T00:00Z", "edit"), 1),
+        (("c1", "2026-01-01T00:00Z", "reaction_add"), 1),
+    ]
+
+
 def test_events_count_as_activity_but_going_offline_does_not(validators):
     aggregates = analytics.Aggregates()
     feed(aggregates, analytics.EVENTS_TOPIC, [
