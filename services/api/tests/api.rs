@@ -89,6 +89,7 @@ async fn start_with_producer_brokers(config: ApiConfig, producer_brokers: Option
         store: store.clone(),
         search: SearchEngineConfig::default(),
         token_keys: keys.clone(),
+        push_key: keys.derived_push_key(),
     };
     let shutdown = Shutdown::new();
     let role = roles::spawn(
