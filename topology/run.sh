@@ -4,8 +4,9 @@
 #
 #   1. checks the prerequisites (Java 17, Maven the first time, Rust, cc/make),
 #   2. starts the engines (`topology/engines.sh up`: Kafka, Cassandra,
-#      OpenSearch as local JVM processes; idempotent),
-#   3. builds the `chatpipe` binary in release mode,
+#      OpenSearch as local JVM processes; idempotent) in the background,
+#   3. meanwhile builds the `chatpipe` binary in the dev profile, the one
+#      `topology/test.sh` uses, so the test command reuses this build,
 #   4. creates the token secret on first use (`chatpipe secret init`: a random
 #      secret in $CHATPIPE_HOME/token-secret, mode 0600, kept afterwards;
 #      skipped when CHATPIPE_TOKEN_SECRET is set, which overrides the file),
@@ -28,15 +29,30 @@ source "$REPO/topology/prereqs.sh"
 
 check_prereqs
 
-say "starting the engines (topology/engines.sh up) ..."
-"$REPO/topology/engines.sh" up \
-  || prereq_fail "the engines did not start (see above); inspect them with: topology/engines.sh status / logs NAME"
-
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/chatpipe/target}
-say "building chatpipe (release; the first build takes ~10 min on 2 cores) into $CARGO_TARGET_DIR ..."
-(cd "$REPO" && cargo build --release -p chatpipe --bin chatpipe) \
-  || prereq_fail "cargo build failed (see above)"
-BIN=$CARGO_TARGET_DIR/release/chatpipe
+ENGINES_LOG=$(mktemp "${TMPDIR:-/tmp}/chatpipe-engines.XXXXXX")
+trap 'rm -f "$ENGINES_LOG"' EXIT
+# The engines start (JVMs, mostly waiting) while the binary builds.
+say "starting the engines (topology/engines.sh up) in the background, output after the build ..."
+"$REPO/topology/engines.sh" up </dev/null >"$ENGINES_LOG" 2>&1 &
+ENGINES_PID=$!
+
+# The dev profile, the one `topology/test.sh` builds and tests: the second
+# Quickstart command reuses this build. (Dependencies are optimized in the
+# dev profile; benches/run.sh builds release for the benchmark figures.)
+say "building chatpipe (the first build takes ~10 min on 2 cores) into $CARGO_TARGET_DIR ..."
+if ! (cd "$REPO" && cargo build -p chatpipe --bin chatpipe); then
+  wait "$ENGINES_PID" || true
+  prereq_fail "cargo build failed (see above)"
+fi
+say "waiting for the engines ..."
+ENGINES_RC=0
+wait "$ENGINES_PID" || ENGINES_RC=$?
+cat "$ENGINES_LOG" >&2
+rm -f "$ENGINES_LOG"
+((ENGINES_RC == 0)) \
+  || prereq_fail "the engines did not start (see above); inspect them with: topology/engines.sh status / logs NAME"
+BIN=$CARGO_TARGET_DIR/debug/chatpipe
 
 # There is no built-in token secret: make a random one the first time, keep
 # it (mode 0600) under the chatpipe home, where every role and

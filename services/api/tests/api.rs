@@ -10,9 +10,7 @@ use chatpipe_api::{ApiConfig, ApiMetrics};
 use chatpipe_cassandra::bucket::{bucket_of_unix_ms, bucket_start_unix_ms};
 use chatpipe_cassandra::{CassandraConfig, CassandraStore, CreateOutcome, NewConversation};
 use chatpipe_core::auth::TokenKeys;
-use chatpipe_core::ids::{
-    ClientMsgId, ConversationId, EdgeId, MessageId, MessageIdGenerator, UserId,
-};
+use chatpipe_core::ids::{ConversationId, MessageId, MessageIdGenerator, UserId};
 use chatpipe_core::records::{
     MembershipChange, MembershipRecord, MessageRecord, SCHEMA_VERSION, TopicNames,
 };
@@ -376,17 +374,11 @@ fn message(
     message_id: MessageId,
     index: usize,
 ) -> MessageRecord {
-    MessageRecord {
-        schema_version: SCHEMA_VERSION,
-        message_id,
-        conversation_id: conversation.clone(),
-        sender_id: sender.clone(),
-        client_msg_id: ClientMsgId::parse(format!("c{index}")).unwrap(),
-        body: format!("message {index}"),
-        ts: message_id.unix_ms(),
-        edge_id: EdgeId::parse("edge-test").unwrap(),
-        resend: false,
-    }
+    MessageRecord::builder(message_id, conversation)
+        .sender(sender)
+        .client_msg_id(format!("c{index}"))
+        .body(format!("message {index}"))
+        .build()
 }
 
 fn ids_of(page: &Value) -> Vec<MessageId> {

@@ -81,6 +81,71 @@ pub struct MessageRecord {
     pub resend: bool,
 }
 
+impl MessageRecord {
+    /// A builder of records **for tests, examples and tools** (production
+    /// records come from the edge's send path). Defaults: sender `alice`,
+    /// body `message {id}`, `client_msg_id` `m{id}`, `ts` the id's own
+    /// millisecond, edge `edge-test`, not a resend. The setters panic on an
+    /// invalid id: they take test input.
+    pub fn builder(
+        message_id: MessageId,
+        conversation_id: &ConversationId,
+    ) -> MessageRecordBuilder {
+        MessageRecordBuilder(MessageRecord {
+            schema_version: SCHEMA_VERSION,
+            message_id,
+            conversation_id: conversation_id.clone(),
+            sender_id: UserId::parse("alice").expect("a valid user id"),
+            client_msg_id: ClientMsgId::parse(format!("m{message_id}"))
+                .expect("a valid client_msg_id"),
+            body: format!("message {message_id}"),
+            ts: message_id.unix_ms(),
+            edge_id: EdgeId::parse("edge-test").expect("a valid edge id"),
+            resend: false,
+        })
+    }
+}
+
+/// See [`MessageRecord::builder`].
+#[derive(Debug, Clone)]
+pub struct MessageRecordBuilder(MessageRecord);
+
+impl MessageRecordBuilder {
+    pub fn sender(mut self, sender: &UserId) -> Self {
+        self.0.sender_id = sender.clone();
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.0.body = body.into();
+        self
+    }
+
+    pub fn client_msg_id(mut self, client_msg_id: impl Into<String>) -> Self {
+        self.0.client_msg_id = ClientMsgId::parse(client_msg_id).expect("a valid client_msg_id");
+        self
+    }
+
+    pub fn ts(mut self, ts: u64) -> Self {
+        self.0.ts = ts;
+        self
+    }
+
+    pub fn edge(mut self, edge_id: &str) -> Self {
+        self.0.edge_id = EdgeId::parse(edge_id).expect("a valid edge id");
+        self
+    }
+
+    pub fn resend(mut self, resend: bool) -> Self {
+        self.0.resend = resend;
+        self
+    }
+
+    pub fn build(self) -> MessageRecord {
+        self.0
+    }
+}
+
 /// Ephemeral events: delivered live like messages, never stored as history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {

@@ -19,6 +19,14 @@
 //!   ([`VerdictWaiters`]); the ack carries the first attempt's `message_id`
 //!   and `ts`. No verdict in time: `unavailable`, and the client retries,
 //!   still marked.
+//!
+//! Message ids follow partition order on an edge: the id is taken and the
+//! record handed to the producer in one critical section
+//! ([`SendPath::sequence`]), and the idempotent producer keeps a
+//! partition's enqueue order. Two edges take ids from two clocks, so two
+//! sends in one conversation that race on two edges can land in the
+//! opposite order of their ids; the consumers count such an inversion
+//! (`chatpipe_core::dedup`), see the README's "Guarantees".
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,11 +39,14 @@ use chatpipe_core::records::{Event, EventRecord, MessageRecord, SCHEMA_VERSION, 
 use chatpipe_core::store::MembershipStore;
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, ErrorCode, MessageId, UserId};
-use chatpipe_kafka::ChatProducer;
+use chatpipe_kafka::{ChatProducer, Delivery, Enqueue};
 use moka::future::Cache;
 use tokio::sync::oneshot;
 
 use crate::metrics::EdgeMetrics;
+
+/// Pause before trying again when the producer's bounded queue is full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 
 /// A refusal of a client frame, as it goes into an `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -322,33 +333,26 @@ impl<S: MembershipStore> SendPath<S> {
         digest: SendKeyDigest,
         started: Instant,
     ) -> Result<Accepted, SendRefusal> {
-        let ts = now_unix_ms();
-        let message_id = self.generator.lock().expect("generator lock").next_id(ts);
-        let record = MessageRecord {
+        let mut record = MessageRecord {
             schema_version: SCHEMA_VERSION,
-            message_id,
+            message_id: MessageId::from_u64(0),
             conversation_id: request.conversation_id,
             sender_id: sender.clone(),
             client_msg_id: request.client_msg_id,
             body: request.body,
-            ts,
+            ts: 0,
             edge_id: self.edge_id.clone(),
             resend: request.resend,
         };
         // Registered before producing, so that a fast verdict is not missed.
         let mut wait = request.resend.then(|| self.verdicts.register(digest));
-        self.producer
-            .send_json(
-                &self.topics.messages,
-                record.conversation_id.as_str(),
-                &record,
-                self.deadline,
-            )
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, %message_id, "kafka did not confirm a send");
-                SendRefusal::unavailable("kafka")
-            })?;
+        let delivery = self.sequence(&mut record, started).await?;
+        let (message_id, ts) = (record.message_id, record.ts);
+        let left = self.deadline.saturating_sub(started.elapsed());
+        delivery.wait(left).await.map_err(|error| {
+            tracing::warn!(%error, %message_id, "kafka did not confirm a send");
+            SendRefusal::unavailable("kafka")
+        })?;
         let produced = Accepted { message_id, ts };
         let Some(wait) = wait.as_mut() else {
             return Ok(produced);
@@ -366,6 +370,45 @@ impl<S: MembershipStore> SendPath<S> {
                 self.metrics.resend_verdict_timeouts.inc();
                 tracing::debug!(%message_id, "no verdict for a marked resend within the deadline");
                 Err(SendRefusal::unavailable("the send's verdict"))
+            }
+        }
+    }
+
+    /// Gives `record` its id and time and hands it to the producer in one
+    /// critical section, so that this edge's records reach their partition
+    /// in the order of their ids (the producer keeps a partition's enqueue
+    /// order). A full producer queue releases the lock, waits and takes a
+    /// fresh id, within the send's deadline.
+    async fn sequence(
+        &self,
+        record: &mut MessageRecord,
+        started: Instant,
+    ) -> Result<Delivery, SendRefusal> {
+        loop {
+            let enqueued = {
+                let mut generator = self.generator.lock().expect("generator lock");
+                record.ts = now_unix_ms();
+                record.message_id = generator.next_id(record.ts);
+                let payload = serde_json::to_vec(&*record).map_err(|error| {
+                    tracing::error!(%error, "a message record did not serialize");
+                    SendRefusal::unavailable("kafka")
+                })?;
+                self.producer.enqueue(
+                    &self.topics.messages,
+                    record.conversation_id.as_str(),
+                    Some(&payload),
+                )
+            };
+            match enqueued {
+                Ok(delivery) => return Ok(delivery),
+                Err(Enqueue::Full) if started.elapsed() + QUEUE_FULL_PAUSE < self.deadline => {
+                    tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                }
+                Err(Enqueue::Full) => return Err(SendRefusal::unavailable("kafka")),
+                Err(Enqueue::Failed(error)) => {
+                    tracing::warn!(%error, "kafka refused a send");
+                    return Err(SendRefusal::unavailable("kafka"));
+                }
             }
         }
     }

@@ -151,22 +151,18 @@ impl BatchHandler for IndexHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chatpipe_core::records::SCHEMA_VERSION;
-    use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
+    use chatpipe_core::{ConversationId, MessageId};
 
     #[test]
     fn batches_split_into_documents_and_poison() {
-        let record = MessageRecord {
-            schema_version: SCHEMA_VERSION,
-            message_id: MessageId::from_u64(5),
-            conversation_id: ConversationId::parse("c1").unwrap(),
-            sender_id: UserId::parse("alice").unwrap(),
-            client_msg_id: ClientMsgId::parse("m5").unwrap(),
-            body: "hello".to_owned(),
-            ts: 1,
-            edge_id: EdgeId::parse("e").unwrap(),
-            resend: false,
-        };
+        let record = MessageRecord::builder(
+            MessageId::from_u64(5),
+            &ConversationId::parse("c1").unwrap(),
+        )
+        .body("hello")
+        .ts(1)
+        .edge("e")
+        .build();
         let good = serde_json::to_vec(&record).unwrap();
         let bad_id = br#"{"schema_version":1,"message_id":"0","conversation_id":"c1","sender_id":"a","client_msg_id":"m","body":"x","ts":1,"edge_id":"e"}"#;
         let payloads: Vec<Option<&[u8]>> = vec![

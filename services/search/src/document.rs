@@ -68,21 +68,17 @@ impl MessageDocument {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chatpipe_core::records::SCHEMA_VERSION;
 
     #[test]
     fn documents_round_trip_to_views() {
-        let record = MessageRecord {
-            schema_version: SCHEMA_VERSION,
-            message_id: MessageId::from_u64(9_007_199_254_740_993),
-            conversation_id: ConversationId::parse("c1").unwrap(),
-            sender_id: UserId::parse("alice").unwrap(),
-            client_msg_id: ClientMsgId::parse("m1").unwrap(),
-            body: "hello".to_owned(),
-            ts: 1_700_000_000_000,
-            edge_id: EdgeId::parse("edge-1").unwrap(),
-            resend: false,
-        };
+        let record = MessageRecord::builder(
+            MessageId::from_u64(9_007_199_254_740_993),
+            &ConversationId::parse("c1").unwrap(),
+        )
+        .client_msg_id("m1")
+        .body("hello")
+        .ts(1_700_000_000_000)
+        .build();
         let document = MessageDocument::from_record(&record);
         let json = serde_json::to_value(&document).unwrap();
         // Above 2^53: must stay an exact integer, not a float.
