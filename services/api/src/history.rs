@@ -6,7 +6,9 @@
 //! `before=<last message id>`. With `after` it is the `limit` messages right
 //! after `after` (and older than `before` when given), still newest first:
 //! catching up, the next page is `after=<first message id>`. Pages cross
-//! the store's time buckets transparently.
+//! the store's time buckets transparently. In a conversation whose
+//! history visibility is `joined`, a member's history starts at the moment
+//! they joined: older messages are left out as if they did not exist.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -93,8 +95,9 @@ fn message_json(message: &StoredMessage) -> serde_json::Value {
     serde_json::to_value(message).unwrap_or(serde_json::Value::Null)
 }
 
-/// `GET /v1/conversations/{id}/messages`: members only; not a member or
-/// unknown conversation → the same 404; bad cursor or limit 400.
+/// `GET /v1/conversations/{id}/messages`: members only (from their join
+/// time on when the conversation's history visibility is `joined`); not a
+/// member or unknown conversation → the same 404; bad cursor or limit 400.
 pub async fn list_messages(
     State(state): State<ApiState>,
     Caller(caller): Caller,
@@ -107,10 +110,15 @@ pub async fn list_messages(
         state.config.history_default_limit,
         state.config.history_max_limit,
     )?;
-    let conversation = require_member(&state, &conversation_id, &caller).await?;
+    let membership = require_member(&state, &conversation_id, &caller).await?;
     let page = state
         .store
-        .read_history(&conversation, &query, now_unix_ms())
+        .read_history_visible(
+            &membership.conversation,
+            &query,
+            membership.visible_from(),
+            now_unix_ms(),
+        )
         .await?;
     let catching_up = query.after.is_some();
     let next_before = (!catching_up && page.has_more)

@@ -36,7 +36,9 @@ pub mod schema;
 pub mod store;
 
 pub use config::CassandraConfig;
-pub use conversations::{Conversation, ConversationSummary, CreateOutcome, NewConversation};
+pub use conversations::{
+    Conversation, ConversationSummary, CreateOutcome, Member, NewConversation,
+};
 pub use error::CassandraError;
 pub use messages::{HistoryPage, HistoryQuery, StoredMessage, WriteReport};
 pub use schema::{SchemaReport, apply_schema};

@@ -654,6 +654,12 @@ impl RoleConfig for ApiConfig {
         if self.rate_limit_per_second == 0 {
             return Err("rate_limit_per_second must be positive".into());
         }
+        if self.max_members_per_conversation < 2 {
+            return Err(format!(
+                "max_members_per_conversation ({}) must be at least 2 (a 1:1 conversation)",
+                self.max_members_per_conversation
+            ));
+        }
         Ok(())
     }
 

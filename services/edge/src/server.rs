@@ -498,7 +498,9 @@ async fn run_membership_tail<S: MembershipStore>(
                     .forget_membership(&record.conversation_id, user_id)
                     .await;
             }
-            MembershipChange::Created { .. } => {}
+            MembershipChange::Created { .. }
+            | MembershipChange::RoleChanged { .. }
+            | MembershipChange::SettingsChanged { .. } => {}
         }
     }
 }

@@ -186,6 +186,11 @@ impl<M: MembershipStore> MembershipCache<M> {
     /// read. Records of one conversation arrive in order, so a later
     /// `Added` or `Removed` evicts this entry again.
     pub async fn apply_record(&self, record: &MembershipRecord) {
+        // Role and settings changes leave the member list as it is: keep
+        // the cached list (a large group's would cost a full re-read).
+        if !record.change.changes_members() {
+            return;
+        }
         self.invalidate_conversation(&record.conversation_id).await;
         match &record.change {
             MembershipChange::Created { members, .. } => {
@@ -204,6 +209,7 @@ impl<M: MembershipStore> MembershipCache<M> {
             MembershipChange::Added { user_id } | MembershipChange::Removed { user_id } => {
                 self.invalidate_user(user_id).await;
             }
+            MembershipChange::RoleChanged { .. } | MembershipChange::SettingsChanged { .. } => {}
         }
         self.metrics.membership_invalidations.inc();
     }
@@ -289,6 +295,17 @@ pub(crate) mod tests {
             found.sort();
             Ok(found)
         }
+
+        async fn readable_conversations(
+            &self,
+            user: &UserId,
+        ) -> Result<Vec<chatpipe_core::store::ReadableConversation>, StoreError> {
+            let conversations = self.conversations_of(user).await?;
+            Ok(conversations
+                .into_iter()
+                .map(chatpipe_core::store::ReadableConversation::whole)
+                .collect())
+        }
     }
 
     fn names(members: &[UserId]) -> Vec<&str> {
@@ -324,6 +341,7 @@ pub(crate) mod tests {
                 change: MembershipChange::Created {
                     members: vec![UserId::parse("a").unwrap(), UserId::parse("b").unwrap()],
                     title: None,
+                    history_visibility: None,
                 },
                 actor_id: UserId::parse("a").unwrap(),
                 ts: 0,

@@ -85,6 +85,7 @@ fn index_config(common: &CommonArgs, group: &str, batching: &BatchingArgs) -> In
 fn api_config(args: &ApiArgs) -> ApiConfig {
     ApiConfig {
         listen_addr: args.api_listen.to_string(),
+        max_members_per_conversation: args.max_members_per_conversation,
         ..ApiConfig::default()
     }
 }
