@@ -6,9 +6,12 @@
 //! `before=<last message id>`. With `after` it is the `limit` messages right
 //! after `after` (and older than `before` when given), still newest first:
 //! catching up, the next page is `after=<first message id>`. Pages cross
-//! the store's time buckets transparently. In a conversation whose
-//! history visibility is `joined`, a member's history starts at the moment
-//! they joined: older messages are left out as if they did not exist.
+//! the store's time buckets transparently. Each message carries its
+//! reactions counted per reaction, the caller's own marked `me`; an edited
+//! one its `edited_at`; a deleted one is a tombstone (`deleted`, no body).
+//! In a conversation whose history visibility is `joined`, a member's
+//! history starts at the moment they joined: older messages are left out
+//! as if they did not exist.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -111,7 +114,7 @@ pub async fn list_messages(
         state.config.history_max_limit,
     )?;
     let membership = require_member(&state, &conversation_id, &caller).await?;
-    let page = state
+    let mut page = state
         .store
         .read_history_visible(
             &membership.conversation,
@@ -119,6 +122,10 @@ pub async fn list_messages(
             membership.visible_from(),
             now_unix_ms(),
         )
+        .await?;
+    state
+        .store
+        .attach_relations(&conversation_id, &mut page, &caller)
         .await?;
     let catching_up = query.after.is_some();
     let next_before = (!catching_up && page.has_more)

@@ -335,7 +335,8 @@ mod tests {
                 "conversations",
                 "members_by_conversation",
                 "conversations_by_user",
-                "messages"
+                "messages",
+                "message_relations"
             ]
         );
         let migrations: Vec<(&str, &str, &str)> = statements
