@@ -168,7 +168,27 @@ impl ApiClient {
             .ok_or_else(|| anyhow::anyhow!("no conversation_id in {answer}"))
     }
 
-    /// `POST /v1/conversations/{id}/members` as member `actor`.
+    /// `PATCH /v1/conversations/{id}/members/{user}` as owner `actor`:
+    /// gives member `user` the role `role` (`admin`, `owner`, `member`).
+    pub async fn set_role(
+        &self,
+        actor: &str,
+        conversation: &str,
+        user: &str,
+        role: &str,
+    ) -> anyhow::Result<()> {
+        let url = format!(
+            "{}/v1/conversations/{conversation}/members/{user}",
+            self.base
+        );
+        let body = json!({ "role": role });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        self.call(actor, deadline, |http| http.patch(&url).json(&body))
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/conversations/{id}/members` as `actor`, an owner or admin.
     pub async fn add_member(
         &self,
         actor: &str,

@@ -554,14 +554,45 @@ async fn create_conversations(
         let (index, id) = outcome?;
         ids[index] = id;
     }
-    // Members beyond the first request are added by members already in.
+    // Members beyond the first request are added by admins: only owners
+    // and admins add members, and each user has a rate limit of its own,
+    // so the creator (the owner) first promotes a few initial members, who
+    // then share the additions.
+    const ADDING_ADMINS: usize = 32;
+    let initial = PER_REQUEST + 1;
+    let mut promotions = Vec::new();
     let mut additions = Vec::new();
     for (index, conversation) in planned.iter().enumerate() {
-        let initial = PER_REQUEST + 1;
+        if conversation.members.len() <= initial {
+            continue;
+        }
+        let admins = &conversation.members[1..=ADDING_ADMINS.min(initial - 1)];
+        for admin in admins {
+            promotions.push((index, conversation.members[0], *admin));
+        }
         for (position, member) in conversation.members.iter().enumerate().skip(initial) {
-            let actor = conversation.members[position % initial];
+            let actor = admins[position % admins.len()];
             additions.push((index, actor, *member));
         }
+    }
+    let promoted: Vec<anyhow::Result<()>> = futures::stream::iter(promotions)
+        .map(|(index, owner, admin)| {
+            let conversation_id = ids[index].clone();
+            async move {
+                api.set_role(
+                    &user_name(run_id, owner),
+                    &conversation_id,
+                    &user_name(run_id, admin),
+                    "admin",
+                )
+                .await
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for outcome in promoted {
+        outcome?;
     }
     let added = additions.len();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(additions)

@@ -12,6 +12,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Most members in one `POST /v1/conversations`; more gets 413.
     pub max_members_per_request: usize,
+    /// Most members a conversation may have; an add beyond it (or a
+    /// creation with more) gets 409 `conflict`. The default leaves room for
+    /// the benchmarks' 15,000-member broadcast group.
+    pub max_members_per_conversation: u64,
     /// Longest conversation title, in characters; longer gets 400.
     pub max_title_chars: usize,
     /// History page size when `limit` is not given.
@@ -59,6 +63,7 @@ impl Default for ApiConfig {
             listen_addr: "127.0.0.1:8090".to_owned(),
             max_body_bytes: 64 * 1024,
             max_members_per_request: 500,
+            max_members_per_conversation: 20_000,
             max_title_chars: 200,
             history_default_limit: 50,
             history_max_limit: 200,

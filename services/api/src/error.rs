@@ -30,6 +30,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// Valid, but refused in the conversation's present state (the last
+    /// owner leaving, a conversation at its member cap): 409.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("rate limit exceeded; retry in {retry_after_secs} s")]
@@ -58,6 +62,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
             ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::TooLarge(_) => ErrorCode::TooLarge,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::Unavailable(_) | ApiError::TimedOut { .. } | ApiError::Overloaded => {
@@ -207,6 +212,11 @@ mod tests {
                 ApiError::NotFound("no such conversation".into()),
                 404,
                 "not_found",
+            ),
+            (
+                ApiError::Conflict("the last owner cannot leave".into()),
+                409,
+                "conflict",
             ),
             (
                 ApiError::TooLarge("too many members".into()),

@@ -9,6 +9,9 @@
 //! the store's time buckets transparently. Each message carries its
 //! reactions counted per reaction, the caller's own marked `me`; an edited
 //! one its `edited_at`; a deleted one is a tombstone (`deleted`, no body).
+//! In a conversation whose history visibility is `joined`, a member's
+//! history starts at the moment they joined: older messages are left out
+//! as if they did not exist.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -95,8 +98,9 @@ fn message_json(message: &StoredMessage) -> serde_json::Value {
     serde_json::to_value(message).unwrap_or(serde_json::Value::Null)
 }
 
-/// `GET /v1/conversations/{id}/messages`: members only; not a member or
-/// unknown conversation → the same 404; bad cursor or limit 400.
+/// `GET /v1/conversations/{id}/messages`: members only (from their join
+/// time on when the conversation's history visibility is `joined`); not a
+/// member or unknown conversation → the same 404; bad cursor or limit 400.
 pub async fn list_messages(
     State(state): State<ApiState>,
     Caller(caller): Caller,
@@ -109,10 +113,15 @@ pub async fn list_messages(
         state.config.history_default_limit,
         state.config.history_max_limit,
     )?;
-    let conversation = require_member(&state, &conversation_id, &caller).await?;
+    let membership = require_member(&state, &conversation_id, &caller).await?;
     let mut page = state
         .store
-        .read_history(&conversation, &query, now_unix_ms())
+        .read_history_visible(
+            &membership.conversation,
+            &query,
+            membership.visible_from(),
+            now_unix_ms(),
+        )
         .await?;
     state
         .store

@@ -8,9 +8,12 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/conversations` | create (1:1 or group) → `{"conversation_id"}` |
-//! | `GET /v1/conversations` | the caller's conversations |
-//! | `POST /v1/conversations/{id}/members` | add a member (members of a group) |
-//! | `DELETE /v1/conversations/{id}/members/{user_id}` | the owner removes a member; anyone leaves |
+//! | `GET /v1/conversations` | the caller's conversations (with the caller's role) |
+//! | `PATCH /v1/conversations/{id}` | settings (`history_visibility`; owners and admins) |
+//! | `GET /v1/conversations/{id}/members` | members and their roles, paged |
+//! | `POST /v1/conversations/{id}/members` | add a member (owners and admins of a group) |
+//! | `PATCH /v1/conversations/{id}/members/{user_id}` | change a member's role (owners) |
+//! | `DELETE /v1/conversations/{id}/members/{user_id}` | owners and admins remove; anyone leaves (the last owner hands over first) |
 //! | `GET /v1/conversations/{id}/messages` | history pages, newest first |
 //! | `GET /openapi.json` | the OpenAPI document (`schemas/openapi.json`) |
 //! | `POST /v1/dev/token` | development mode only (`dev_sign_in`, loopback bind): a token for a user name ([`dev`]) |
@@ -41,6 +44,7 @@ pub mod error;
 pub mod extract;
 pub mod history;
 pub mod limits;
+pub mod member_cap;
 pub mod metrics;
 pub mod openapi;
 pub mod search;
@@ -53,7 +57,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use chatpipe_runtime::health::ComponentState;
 use chatpipe_runtime::{Health, Shutdown};
 use prometheus_client::registry::Registry;
@@ -102,9 +106,24 @@ pub fn v1_routes() -> Vec<RouteSpec> {
             get(conversations::list_conversations),
         ),
         spec(
+            Method::PATCH,
+            "/v1/conversations/{id}",
+            patch(conversations::update_conversation),
+        ),
+        spec(
+            Method::GET,
+            "/v1/conversations/{id}/members",
+            get(conversations::list_members),
+        ),
+        spec(
             Method::POST,
             "/v1/conversations/{id}/members",
             post(conversations::add_member),
+        ),
+        spec(
+            Method::PATCH,
+            "/v1/conversations/{id}/members/{user_id}",
+            patch(conversations::set_member_role),
         ),
         spec(
             Method::DELETE,
@@ -371,19 +390,28 @@ mod tests {
                 );
             }
             // Every route naming a conversation can say 404 (unknown, or
-            // not the caller's: the same answer); only membership changes
-            // can say 403 (a 1:1, or not the owner), and nothing else may
-            // document it: a 403 would tell an outsider the id exists.
+            // not the caller's: the same answer); only changes (membership,
+            // roles, settings) can say 403 (a 1:1, or not an owner or
+            // admin), and no read may document it: a 403 would tell an
+            // outsider the id exists. Only changes may say 409 (the last
+            // owner, a full conversation).
             if route.path.contains("{id}") {
                 assert!(
                     responses["404"].is_object(),
                     "{route:?} does not document 404"
                 );
+                let change = route.method != Method::GET;
                 assert_eq!(
                     responses["403"].is_object(),
-                    route.path.contains("/members"),
-                    "{route:?}: 403 only for membership changes"
+                    change,
+                    "{route:?}: 403 only for changes"
                 );
+                if !change {
+                    assert!(
+                        !responses["409"].is_object(),
+                        "{route:?}: reads never conflict"
+                    );
+                }
             }
         }
         // Every `$ref` resolves.

@@ -6,7 +6,10 @@
 //! body as every other route.
 //!
 //! - The caller's memberships come from the [`MembershipStore`]
-//!   (`conversations_of`), cached per user for
+//!   (`readable_conversations`: each conversation with the moment the caller
+//!   may read it from, their join time where the conversation's history
+//!   visibility is `joined`, so search hides exactly what history hides),
+//!   cached per user for
 //!   [`SearchRouteConfig::membership_cache_ttl_ms`] (2 s by default) to spare
 //!   Cassandra a read per keystroke. A user removed from a conversation may
 //!   thus find its messages for up to that long; a user just *added* is
@@ -30,7 +33,7 @@ use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::routing::get;
-use chatpipe_core::store::MembershipStore;
+use chatpipe_core::store::{MembershipStore, ReadableConversation};
 use chatpipe_core::{ConversationId, UserId};
 use chatpipe_search::{MessageSearcher, SearchError, SearchPage, SearchParams, SearchSort};
 use serde::Deserialize;
@@ -61,7 +64,7 @@ impl Default for SearchRouteConfig {
 struct SearchState<M> {
     searcher: MessageSearcher,
     store: M,
-    memberships: Option<moka::future::Cache<UserId, Arc<Vec<ConversationId>>>>,
+    memberships: Option<moka::future::Cache<UserId, Arc<Vec<ReadableConversation>>>>,
 }
 
 /// The `/v1/search` route, its state applied (mount it with
@@ -74,11 +77,13 @@ pub fn router<M: MembershipStore>(
     let memberships = (config.membership_cache_ttl_ms > 0).then(|| {
         moka::future::Cache::builder()
             .max_capacity(config.membership_cache_max_ids)
-            .weigher(|_user: &UserId, conversations: &Arc<Vec<ConversationId>>| {
-                u32::try_from(conversations.len())
-                    .unwrap_or(u32::MAX)
-                    .max(1)
-            })
+            .weigher(
+                |_user: &UserId, conversations: &Arc<Vec<ReadableConversation>>| {
+                    u32::try_from(conversations.len())
+                        .unwrap_or(u32::MAX)
+                        .max(1)
+                },
+            )
             .time_to_live(Duration::from_millis(config.membership_cache_ttl_ms))
             .build()
     });
@@ -176,14 +181,17 @@ fn search_error(error: SearchError) -> ApiError {
 }
 
 impl<M: MembershipStore> SearchState<M> {
-    async fn conversations_of(&self, user: &UserId) -> Result<Arc<Vec<ConversationId>>, ApiError> {
+    async fn conversations_of(
+        &self,
+        user: &UserId,
+    ) -> Result<Arc<Vec<ReadableConversation>>, ApiError> {
         let Some(cache) = &self.memberships else {
-            return Ok(Arc::new(self.store.conversations_of(user).await?));
+            return Ok(Arc::new(self.store.readable_conversations(user).await?));
         };
         if let Some(cached) = cache.get(user).await {
             return Ok(cached);
         }
-        let fresh = Arc::new(self.store.conversations_of(user).await?);
+        let fresh = Arc::new(self.store.readable_conversations(user).await?);
         cache.insert(user.clone(), fresh.clone()).await;
         Ok(fresh)
     }
@@ -194,16 +202,18 @@ impl<M: MembershipStore> SearchState<M> {
         &self,
         user: &UserId,
         asked: Option<&ConversationId>,
-    ) -> Result<Arc<Vec<ConversationId>>, ApiError> {
+    ) -> Result<Arc<Vec<ReadableConversation>>, ApiError> {
         let conversations = self.conversations_of(user).await?;
         let Some(conversation) = asked else {
             return Ok(conversations);
         };
-        if conversations.contains(conversation) || !self.store.is_member(conversation, user).await?
-        {
+        let known = conversations
+            .iter()
+            .any(|entry| entry.conversation_id == *conversation);
+        if known || !self.store.is_member(conversation, user).await? {
             return Ok(conversations);
         }
-        let fresh = Arc::new(self.store.conversations_of(user).await?);
+        let fresh = Arc::new(self.store.readable_conversations(user).await?);
         if let Some(cache) = &self.memberships {
             cache.insert(user.clone(), fresh.clone()).await;
         }
@@ -221,7 +231,7 @@ async fn search<M: MembershipStore>(
     let conversations = state.scope(&user, params.conversation_id.as_ref()).await?;
     let page = state
         .searcher
-        .search(&params, &conversations)
+        .search_readable(&params, &conversations)
         .await
         .map_err(search_error)?;
     Ok(Json(page))
@@ -296,6 +306,17 @@ mod tests {
                 .iter()
                 .filter(|(_, users)| users.contains(user))
                 .map(|(conversation, _)| conversation.clone())
+                .collect())
+        }
+
+        async fn readable_conversations(
+            &self,
+            user: &UserId,
+        ) -> Result<Vec<ReadableConversation>, StoreError> {
+            let conversations = self.conversations_of(user).await?;
+            Ok(conversations
+                .into_iter()
+                .map(ReadableConversation::whole)
                 .collect())
         }
     }

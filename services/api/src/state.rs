@@ -9,6 +9,7 @@ use chatpipe_kafka::ChatProducer;
 
 use crate::auth::{UserRateLimiter, user_rate_limiter};
 use crate::config::ApiConfig;
+use crate::member_cap::MemberCap;
 use crate::metrics::ApiMetrics;
 
 /// The engines and keys the API role needs.
@@ -35,6 +36,8 @@ pub struct ApiState {
     pub token_keys: TokenKeys,
     pub metrics: ApiMetrics,
     pub rate_limiter: Arc<UserRateLimiter>,
+    /// Member counts of recently joined conversations, for the member cap.
+    pub member_cap: MemberCap,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -49,7 +52,9 @@ impl std::fmt::Debug for ApiState {
 impl ApiState {
     pub fn new(config: ApiConfig, deps: ApiDeps, metrics: ApiMetrics) -> Self {
         let rate_limiter = user_rate_limiter(config.rate_limit_per_second, config.rate_limit_burst);
+        let member_cap = MemberCap::new(config.max_members_per_conversation);
         Self {
+            member_cap,
             config: Arc::new(config),
             store: deps.store,
             producer: deps.producer,

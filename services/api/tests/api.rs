@@ -11,6 +11,7 @@ use chatpipe_cassandra::bucket::{bucket_of_unix_ms, bucket_start_unix_ms};
 use chatpipe_cassandra::{CassandraConfig, CassandraStore, CreateOutcome, NewConversation};
 use chatpipe_core::auth::TokenKeys;
 use chatpipe_core::ids::{ConversationId, MessageId, MessageIdGenerator, UserId};
+use chatpipe_core::membership::Role;
 use chatpipe_core::records::{
     MembershipChange, MembershipRecord, MessageRecord, SCHEMA_VERSION, TopicNames,
 };
@@ -222,13 +223,16 @@ async fn conversations_and_membership_both_ways_with_events() {
         .post(&dave, &members_path, json!({"user_id": dave.as_str()}))
         .await;
     assert_error(status, &body, 404, "not_found");
+    // Set-up (issue 11: only owners and admins add): bob is made an admin
+    // in the store directly, so that no record is published for it.
+    assert!(api.store.set_role(&id, &bob, Role::Admin).await.unwrap());
     let (status, body) = api
         .post(&bob, &members_path, json!({"user_id": carol.as_str()}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
-        json!({"conversation_id": id.as_str(), "user_id": carol.as_str()})
+        json!({"conversation_id": id.as_str(), "user_id": carol.as_str(), "role": "member"})
     );
     assert!(api.store.is_member(&id, &carol).await.unwrap());
     assert_eq!(
@@ -259,7 +263,9 @@ async fn conversations_and_membership_both_ways_with_events() {
     let (_, listed) = api.get(&bob, "/v1/conversations").await;
     assert_eq!(listed, json!({"conversations": []}));
     // Leaving; leaving again is a 404 (no longer a member) and publishes
-    // nothing.
+    // nothing. Set-up (issue 11: the last owner hands over before leaving):
+    // carol is made an owner in the store directly, publishing nothing.
+    assert!(api.store.set_role(&id, &carol, Role::Owner).await.unwrap());
     let (status, _) = api.delete(&alice, &format!("{members_path}/{alice}")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = api.delete(&alice, &format!("{members_path}/{alice}")).await;
@@ -308,7 +314,8 @@ async fn conversations_and_membership_both_ways_with_events() {
             (
                 MembershipChange::Created {
                     members: vec![alice.clone(), bob.clone()],
-                    title: Some("Trip".into())
+                    title: Some("Trip".into()),
+                    history_visibility: None,
                 },
                 alice.clone()
             ),

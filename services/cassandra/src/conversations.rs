@@ -16,7 +16,8 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::CqlValue;
 
 use chatpipe_core::ids::{ConversationId, UserId};
-use chatpipe_core::store::{MembershipStore, StoreError};
+use chatpipe_core::membership::{Headcount, HistoryVisibility, Role};
+use chatpipe_core::store::{MembershipStore, ReadableConversation, StoreError};
 
 use crate::bucket::{Bucket, first_bucket_for_creation};
 use crate::error::CassandraError;
@@ -38,6 +39,20 @@ pub struct Conversation {
     pub created_by: UserId,
     /// The oldest history bucket that can hold its messages.
     pub first_bucket: Bucket,
+    /// Which messages newcomers see (`shared` for rows written before the
+    /// setting existed).
+    pub history_visibility: HistoryVisibility,
+}
+
+/// One member of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub user_id: UserId,
+    /// The stored role, or for rows written before roles existed: owner
+    /// iff the user created the conversation ([`Role::resolve`]).
+    pub role: Role,
+    /// When the user (last) joined, unix ms.
+    pub joined_at_ms: u64,
 }
 
 /// A conversation to create.
@@ -70,6 +85,8 @@ pub struct ConversationSummary {
     pub member_count: u64,
     /// When the user joined (unix ms).
     pub joined_at_ms: u64,
+    /// The user's role in it.
+    pub role: Role,
 }
 
 type ConversationRow = (
@@ -78,10 +95,23 @@ type ConversationRow = (
     Option<i64>,
     Option<String>,
     Option<i32>,
+    Option<String>,
 );
 
+type MemberRow = (String, Option<String>, Option<i64>);
+
+fn decode_member(row: MemberRow, created_by: &UserId) -> Result<Member, CassandraError> {
+    let (raw, role, added_at) = row;
+    let user_id = parse_user(raw)?;
+    Ok(Member {
+        role: Role::resolve(role.as_deref(), &user_id, created_by),
+        joined_at_ms: added_at.unwrap_or(0).max(0) as u64,
+        user_id,
+    })
+}
+
 fn decode_conversation(row: ConversationRow) -> Result<Conversation, CassandraError> {
-    let (id, title, created_at, created_by, first_bucket) = row;
+    let (id, title, created_at, created_by, first_bucket, history_visibility) = row;
     let conversation_id = ConversationId::parse(id)
         .map_err(|error| CassandraError::InvalidData(error.to_string()))?;
     let created_by = created_by
@@ -98,6 +128,7 @@ fn decode_conversation(row: ConversationRow) -> Result<Conversation, CassandraEr
         title,
         created_at_ms,
         created_by,
+        history_visibility: HistoryVisibility::resolve(history_visibility.as_deref()),
     })
 }
 
@@ -106,11 +137,22 @@ fn parse_user(raw: String) -> Result<UserId, CassandraError> {
 }
 
 impl CassandraStore {
-    /// Creates a conversation with its members, or reports that its id is
-    /// taken. Idempotent for a given `NewConversation`.
+    /// Creates a conversation with its members (the creator as its owner,
+    /// everyone else as members) and the default settings, or reports that
+    /// its id is taken. Idempotent for a given `NewConversation`.
     pub async fn create_conversation(
         &self,
         new: &NewConversation,
+    ) -> Result<CreateOutcome, CassandraError> {
+        self.create_conversation_with(new, HistoryVisibility::default())
+            .await
+    }
+
+    /// [`Self::create_conversation`] with a history visibility.
+    pub async fn create_conversation_with(
+        &self,
+        new: &NewConversation,
+        history_visibility: HistoryVisibility,
     ) -> Result<CreateOutcome, CassandraError> {
         let statements = &self.inner.statements;
         let mut members: Vec<UserId> = Vec::with_capacity(new.members.len() + 1);
@@ -126,12 +168,18 @@ impl CassandraStore {
             batch.set_is_idempotent(true);
             let mut values: Vec<Vec<CqlValue>> = Vec::with_capacity(chunk.len() * 2);
             for member in chunk {
+                let role = if *member == new.created_by {
+                    Role::Owner
+                } else {
+                    Role::Member
+                };
                 batch.append_statement(statements.insert_member.clone());
                 values.push(vec![
                     CqlValue::Text(new.conversation_id.as_str().to_owned()),
                     CqlValue::Text(member.as_str().to_owned()),
                     CqlValue::BigInt(created_at),
                     CqlValue::Text(new.created_by.as_str().to_owned()),
+                    CqlValue::Text(role.as_str().to_owned()),
                 ]);
                 batch.append_statement(statements.insert_user_conversation.clone());
                 values.push(vec![
@@ -154,6 +202,7 @@ impl CassandraStore {
                     created_at,
                     new.created_by.as_str(),
                     first_bucket,
+                    history_visibility.as_str(),
                 ),
             )
             .await?;
@@ -165,6 +214,7 @@ impl CassandraStore {
                     created_at_ms: new.created_at_ms,
                     created_by: new.created_by.clone(),
                     first_bucket,
+                    history_visibility,
                 },
                 members,
             });
@@ -199,8 +249,9 @@ impl CassandraStore {
         }
     }
 
-    /// Adds `user` (idempotent: adding a member again changes nothing but
-    /// the recorded join time).
+    /// Adds `user` as a plain member, joining now. Writing a member again
+    /// resets their role and join time: callers that must keep them check
+    /// [`Self::member`] first (the API does).
     pub async fn add_member(
         &self,
         conversation: &ConversationId,
@@ -219,7 +270,13 @@ impl CassandraStore {
             .batch(
                 &batch,
                 (
-                    (conversation.as_str(), user.as_str(), now, added_by.as_str()),
+                    (
+                        conversation.as_str(),
+                        user.as_str(),
+                        now,
+                        added_by.as_str(),
+                        Role::Member.as_str(),
+                    ),
                     (user.as_str(), conversation.as_str(), now),
                 ),
             )
@@ -303,7 +360,9 @@ impl CassandraStore {
         let entries = self.user_conversation_entries(user).await?;
         let lookups: Vec<_> = entries
             .into_iter()
-            .map(|(conversation_id, joined_at_ms)| self.summary(conversation_id, joined_at_ms))
+            .map(|(conversation_id, joined_at_ms)| {
+                self.summary(user, conversation_id, joined_at_ms)
+            })
             .collect();
         let summaries: Vec<Option<ConversationSummary>> = futures::stream::iter(lookups)
             .buffered(LISTING_CONCURRENCY)
@@ -314,18 +373,196 @@ impl CassandraStore {
 
     async fn summary(
         &self,
+        user: &UserId,
         conversation_id: ConversationId,
         joined_at_ms: u64,
     ) -> Result<Option<ConversationSummary>, CassandraError> {
-        let (conversation, member_count) = futures::try_join!(
+        let (conversation, member_count, row) = futures::try_join!(
             self.conversation(&conversation_id),
-            self.member_count(&conversation_id)
+            self.member_count(&conversation_id),
+            self.member_row(&conversation_id, user)
         )?;
-        Ok(conversation.map(|conversation| ConversationSummary {
+        let (Some(conversation), Some(row)) = (conversation, row) else {
+            return Ok(None);
+        };
+        let member = decode_member(row, &conversation.created_by)?;
+        Ok(Some(ConversationSummary {
             conversation,
             member_count,
             joined_at_ms,
+            role: member.role,
         }))
+    }
+
+    /// The conversations `user` may read and from when (see
+    /// [`MembershipStore::readable_conversations`]).
+    async fn readable_entries(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<ReadableConversation>, CassandraError> {
+        let entries = self.user_conversation_entries(user).await?;
+        let lookups: Vec<_> = entries
+            .into_iter()
+            .map(|(conversation_id, joined_at_ms)| async move {
+                let row = self.conversation(&conversation_id).await?;
+                Ok::<_, CassandraError>(row.map(|row| ReadableConversation {
+                    visible_from_ms: row.history_visibility.visible_from_ms(joined_at_ms),
+                    conversation_id,
+                }))
+            })
+            .collect();
+        let readable: Vec<Option<ReadableConversation>> = futures::stream::iter(lookups)
+            .buffered(LISTING_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(readable.into_iter().flatten().collect())
+    }
+
+    async fn member_row(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+    ) -> Result<Option<MemberRow>, CassandraError> {
+        let rows = self
+            .inner
+            .session
+            .execute_unpaged(
+                &self.inner.statements.select_member,
+                (conversation.as_str(), user.as_str()),
+            )
+            .await?
+            .into_rows_result()?;
+        rows.maybe_first_row::<MemberRow>()
+            .map_err(|error| CassandraError::Decode(error.to_string()))
+    }
+
+    /// `user`'s membership of `conversation` (role, join time), or `None`
+    /// when not a member.
+    pub async fn member(
+        &self,
+        conversation: &Conversation,
+        user: &UserId,
+    ) -> Result<Option<Member>, CassandraError> {
+        self.member_row(&conversation.conversation_id, user)
+            .await?
+            .map(|row| decode_member(row, &conversation.created_by))
+            .transpose()
+    }
+
+    /// The conversation's row and `user`'s membership of it, read at once
+    /// (one round trip of latency): `None` when the conversation does not
+    /// exist, `Some((row, None))` when `user` is not a member.
+    pub async fn conversation_with_member(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+    ) -> Result<Option<(Conversation, Option<Member>)>, CassandraError> {
+        let (row, member) = futures::try_join!(
+            self.conversation(conversation),
+            self.member_row(conversation, user)
+        )?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let member = member
+            .map(|member| decode_member(member, &row.created_by))
+            .transpose()?;
+        Ok(Some((row, member)))
+    }
+
+    /// Up to `limit` members in user id order, after `after` (exclusive).
+    pub async fn members_page(
+        &self,
+        conversation: &Conversation,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Vec<Member>, CassandraError> {
+        let rows = self
+            .inner
+            .session
+            .execute_unpaged(
+                &self.inner.statements.select_member_page,
+                (
+                    conversation.conversation_id.as_str(),
+                    after.map_or("", UserId::as_str),
+                    i32::try_from(limit).unwrap_or(i32::MAX),
+                ),
+            )
+            .await?
+            .into_rows_result()?;
+        let mut members = Vec::with_capacity(limit);
+        for row in rows.rows::<MemberRow>()? {
+            let row = row.map_err(|error| CassandraError::Decode(error.to_string()))?;
+            members.push(decode_member(row, &conversation.created_by)?);
+        }
+        Ok(members)
+    }
+
+    /// How many members and owners `conversation` has. Reads every member
+    /// row: meant for the rare decisions that need it (an owner leaving or
+    /// stepping down), not for every request.
+    pub async fn headcount(
+        &self,
+        conversation: &Conversation,
+    ) -> Result<Headcount, CassandraError> {
+        let mut rows = self
+            .inner
+            .session
+            .execute_iter(
+                self.inner.statements.select_member_roles.clone(),
+                (conversation.conversation_id.as_str(),),
+            )
+            .await?
+            .rows_stream::<MemberRow>()
+            .map_err(|error| CassandraError::Decode(error.to_string()))?;
+        let mut headcount = Headcount {
+            owners: 0,
+            members: 0,
+        };
+        while let Some(row) = rows.try_next().await? {
+            headcount.members += 1;
+            if decode_member(row, &conversation.created_by)?.role == Role::Owner {
+                headcount.owners += 1;
+            }
+        }
+        Ok(headcount)
+    }
+
+    /// Gives member `user` the role `role`; false (and nothing written)
+    /// when `user` is not a member.
+    pub async fn set_role(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        role: Role,
+    ) -> Result<bool, CassandraError> {
+        let result = self
+            .inner
+            .session
+            .execute_unpaged(
+                &self.inner.statements.update_role_if_member,
+                (role.as_str(), conversation.as_str(), user.as_str()),
+            )
+            .await?;
+        lwt_applied(result)
+    }
+
+    /// Sets the conversation's history visibility; false when it does not
+    /// exist.
+    pub async fn set_history_visibility(
+        &self,
+        conversation: &ConversationId,
+        history_visibility: HistoryVisibility,
+    ) -> Result<bool, CassandraError> {
+        let result = self
+            .inner
+            .session
+            .execute_unpaged(
+                &self.inner.statements.update_history_visibility_if_exists,
+                (history_visibility.as_str(), conversation.as_str()),
+            )
+            .await?;
+        lwt_applied(result)
     }
 
     async fn member_ids(
@@ -354,16 +591,7 @@ impl CassandraStore {
         conversation: &ConversationId,
         user: &UserId,
     ) -> Result<bool, CassandraError> {
-        let rows = self
-            .inner
-            .session
-            .execute_unpaged(
-                &self.inner.statements.select_member,
-                (conversation.as_str(), user.as_str()),
-            )
-            .await?
-            .into_rows_result()?;
-        Ok(rows.rows_num() > 0)
+        Ok(self.member_row(conversation, user).await?.is_some())
     }
 }
 
@@ -410,5 +638,12 @@ impl MembershipStore for CassandraStore {
             .into_iter()
             .map(|(conversation, _)| conversation)
             .collect())
+    }
+
+    async fn readable_conversations(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<ReadableConversation>, StoreError> {
+        Ok(self.readable_entries(user).await?)
     }
 }

@@ -38,7 +38,9 @@ pub mod schema;
 pub mod store;
 
 pub use config::CassandraConfig;
-pub use conversations::{Conversation, ConversationSummary, CreateOutcome, NewConversation};
+pub use conversations::{
+    Conversation, ConversationSummary, CreateOutcome, Member, NewConversation,
+};
 pub use error::CassandraError;
 pub use messages::{
     DELETE_WRITE_TIMESTAMP_US, HistoryPage, HistoryQuery, ReactionCount, StoredMessage, WriteReport,

@@ -533,9 +533,29 @@ impl CassandraStore {
         query: &HistoryQuery,
         now_ms: u64,
     ) -> Result<HistoryPage, CassandraError> {
+        self.read_history_visible(conversation, query, None, now_ms)
+            .await
+    }
+
+    /// [`Self::read_history`] for a reader who may see only messages from
+    /// `visible_from` on (a newcomer of a conversation whose history
+    /// visibility is `joined`): older messages are treated as if they did
+    /// not exist, so pages end there and `has_more` says nothing of them.
+    pub async fn read_history_visible(
+        &self,
+        conversation: &Conversation,
+        query: &HistoryQuery,
+        visible_from: Option<MessageId>,
+        now_ms: u64,
+    ) -> Result<HistoryPage, CassandraError> {
         let limit = query.limit.max(1);
         let wanted = limit + 1;
-        let lower_exclusive = query.after.map(MessageId::as_i64).unwrap_or(0);
+        let floor_exclusive = visible_from.map_or(0, |from| from.as_i64().saturating_sub(1));
+        let lower_exclusive = query
+            .after
+            .map(MessageId::as_i64)
+            .unwrap_or(0)
+            .max(floor_exclusive);
         let upper_exclusive = query.before.map(MessageId::as_i64).unwrap_or(i64::MAX);
         let newest = newest_bucket_at(now_ms);
         let top = query
@@ -544,10 +564,10 @@ impl CassandraStore {
             .map_or(newest, |bucket| bucket.min(newest));
         let bottom = query
             .after
+            .into_iter()
+            .chain(visible_from)
             .map(bucket_of)
-            .map_or(conversation.first_bucket, |bucket| {
-                bucket.max(conversation.first_bucket)
-            });
+            .fold(conversation.first_bucket, Bucket::max);
         let mut messages: Vec<StoredMessage> = Vec::with_capacity(wanted);
         if lower_exclusive < upper_exclusive && bottom <= top {
             let ascending = query.after.is_some();

@@ -5,8 +5,11 @@
 //! only rewrite is the keyspace name in `CREATE KEYSPACE` and `USE`. Every
 //! statement is `IF NOT EXISTS`, and the apply compares `system_schema`
 //! before and after, so it reports exactly what it created: a second apply
-//! reports nothing. (It does not alter existing tables: schema evolution is
-//! done with explicit `ALTER` migrations.)
+//! reports nothing. Schema evolution is explicit: the file's
+//! `ALTER TABLE t ADD IF NOT EXISTS column type` migrations are run only
+//! when `system_schema.columns` lacks the column (and issued without
+//! `IF NOT EXISTS`, which not every engine version parses), so a deployment
+//! created by an older version gains its columns with no manual step.
 
 use std::collections::BTreeSet;
 
@@ -26,11 +29,13 @@ pub struct SchemaReport {
     pub keyspace: String,
     pub created_keyspace: bool,
     pub created_tables: Vec<String>,
+    /// `table.column` of every column a migration added.
+    pub added_columns: Vec<String>,
 }
 
 impl SchemaReport {
     pub fn changed_anything(&self) -> bool {
-        self.created_keyspace || !self.created_tables.is_empty()
+        self.created_keyspace || !self.created_tables.is_empty() || !self.added_columns.is_empty()
     }
 }
 
@@ -39,7 +44,24 @@ impl SchemaReport {
 enum SchemaStatement {
     CreateKeyspace(String),
     Use,
-    CreateTable { name: String, cql: String },
+    CreateTable {
+        name: String,
+        cql: String,
+    },
+    /// `ALTER TABLE table ADD IF NOT EXISTS column type`.
+    AddColumn {
+        table: String,
+        column: String,
+        cql_type: String,
+    },
+}
+
+/// Whether `name` is a plain unquoted CQL identifier (safe to splice).
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|character| character.is_ascii_alphanumeric() || character == '_')
 }
 
 /// Checks that `keyspace` is a plain unquoted CQL identifier, so it can be
@@ -108,9 +130,33 @@ fn parse_schema(cql: &str, keyspace: &str) -> Result<Vec<SchemaStatement>, Cassa
                 cql: format!("CREATE TABLE IF NOT EXISTS {keyspace}.{name}{body}"),
                 name,
             });
+        } else if upper.starts_with("ALTER TABLE ") {
+            let words: Vec<&str> = statement.split(' ').collect();
+            let shape_ok = words.len() == 9
+                && words[3..7]
+                    .iter()
+                    .map(|word| word.to_ascii_uppercase())
+                    .eq(["ADD", "IF", "NOT", "EXISTS"]);
+            let (table, column, cql_type) = (words.get(2), words.get(7), words.get(8));
+            match (shape_ok, table, column, cql_type) {
+                (true, Some(table), Some(column), Some(cql_type))
+                    if is_identifier(table) && is_identifier(column) && is_identifier(cql_type) =>
+                {
+                    statements.push(SchemaStatement::AddColumn {
+                        table: (*table).to_owned(),
+                        column: (*column).to_owned(),
+                        cql_type: (*cql_type).to_owned(),
+                    });
+                }
+                _ => {
+                    return Err(CassandraError::Config(format!(
+                        "schema migration not understood (only ALTER TABLE t ADD IF NOT EXISTS c type): {statement}"
+                    )));
+                }
+            }
         } else {
             return Err(CassandraError::Config(format!(
-                "schema statement not understood (only CREATE KEYSPACE/TABLE IF NOT EXISTS and USE): {statement}"
+                "schema statement not understood (only CREATE KEYSPACE/TABLE IF NOT EXISTS, ALTER TABLE … ADD IF NOT EXISTS and USE): {statement}"
             )));
         }
     }
@@ -144,8 +190,56 @@ async fn existing_schema(
     Ok((keyspace_exists, tables))
 }
 
-/// Creates the keyspace and tables that are missing, and reports what it
-/// created. Does not change the session's current keyspace.
+/// Whether `keyspace.table` has `column`.
+async fn has_column(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    column: &str,
+) -> Result<bool, CassandraError> {
+    let rows = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (keyspace, table, column),
+        )
+        .await?
+        .into_rows_result()?;
+    Ok(rows.rows_num() > 0)
+}
+
+/// Adds `column` unless it exists; true when this call added it. Another
+/// process applying the schema at the same moment may win the race: its
+/// column is as good as ours.
+async fn add_column(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    column: &str,
+    cql_type: &str,
+) -> Result<bool, CassandraError> {
+    if has_column(session, keyspace, table, column).await? {
+        return Ok(false);
+    }
+    let cql = format!("ALTER TABLE {keyspace}.{table} ADD {column} {cql_type}");
+    match session.query_unpaged(cql.as_str(), ()).await {
+        Ok(_) => {
+            tracing::info!(keyspace, table, column, cql_type, "cassandra column added");
+            Ok(true)
+        }
+        Err(error) => {
+            if has_column(session, keyspace, table, column).await? {
+                Ok(false)
+            } else {
+                Err(error.into())
+            }
+        }
+    }
+}
+
+/// Creates the keyspace and tables that are missing, adds the columns the
+/// migrations name, and reports what it did. Does not change the session's
+/// current keyspace.
 pub async fn apply_schema(
     session: &Session,
     keyspace: &str,
@@ -153,6 +247,7 @@ pub async fn apply_schema(
     validate_keyspace_name(keyspace)?;
     let statements = parse_schema(SCHEMA_CQL, keyspace)?;
     let (keyspace_existed, tables_before) = existing_schema(session, keyspace).await?;
+    let mut added_columns = Vec::new();
     for statement in &statements {
         match statement {
             SchemaStatement::CreateKeyspace(cql) => {
@@ -163,6 +258,15 @@ pub async fn apply_schema(
             SchemaStatement::Use => {}
             SchemaStatement::CreateTable { cql, .. } => {
                 session.query_unpaged(cql.as_str(), ()).await?;
+            }
+            SchemaStatement::AddColumn {
+                table,
+                column,
+                cql_type,
+            } => {
+                if add_column(session, keyspace, table, column, cql_type).await? {
+                    added_columns.push(format!("{table}.{column}"));
+                }
             }
         }
     }
@@ -192,9 +296,10 @@ pub async fn apply_schema(
             .filter(|name| !tables_before.contains(**name))
             .map(|name| (*name).to_owned())
             .collect(),
+        added_columns,
     };
     if report.changed_anything() {
-        tracing::info!(keyspace, created_keyspace = report.created_keyspace, created_tables = ?report.created_tables, "cassandra schema applied");
+        tracing::info!(keyspace, created_keyspace = report.created_keyspace, created_tables = ?report.created_tables, added_columns = ?report.added_columns, "cassandra schema applied");
     }
     Ok(report)
 }
@@ -234,6 +339,37 @@ mod tests {
                 "message_relations"
             ]
         );
+        let migrations: Vec<(&str, &str, &str)> = statements
+            .iter()
+            .filter_map(|statement| match statement {
+                SchemaStatement::AddColumn {
+                    table,
+                    column,
+                    cql_type,
+                } => Some((table.as_str(), column.as_str(), cql_type.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            migrations,
+            [
+                ("conversations", "history_visibility", "text"),
+                ("members_by_conversation", "role", "text")
+            ]
+        );
+    }
+
+    #[test]
+    fn migrations_must_be_plain_column_additions() {
+        for bad in [
+            "ALTER TABLE t DROP c;",
+            "ALTER TABLE t ADD c text;",
+            "ALTER TABLE t ADD IF NOT EXISTS c text, d text;",
+            "ALTER TABLE other.t ADD IF NOT EXISTS c text;",
+            "ALTER TABLE t ADD IF NOT EXISTS c map<text,text>;",
+        ] {
+            assert!(parse_schema(bad, "ks").is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub(crate) struct Statements {
     pub(crate) delete_user_conversation: PreparedStatement,
     pub(crate) select_member: PreparedStatement,
     pub(crate) select_members: PreparedStatement,
+    pub(crate) select_member_roles: PreparedStatement,
+    pub(crate) select_member_page: PreparedStatement,
+    pub(crate) update_role_if_member: PreparedStatement,
+    pub(crate) update_history_visibility_if_exists: PreparedStatement,
     pub(crate) count_members: PreparedStatement,
     pub(crate) select_user_conversations: PreparedStatement,
     pub(crate) insert_message: PreparedStatement,
@@ -81,8 +85,8 @@ impl Statements {
         Ok(Self {
             insert_conversation_if_absent: prepare(
                 format!(
-                    "INSERT INTO {ks}.conversations (conversation_id, title, created_at, created_by, first_bucket) \
-                     VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
+                    "INSERT INTO {ks}.conversations (conversation_id, title, created_at, created_by, first_bucket, history_visibility) \
+                     VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"
                 ),
                 false,
                 None,
@@ -90,7 +94,7 @@ impl Statements {
             .await?,
             select_conversation: prepare(
                 format!(
-                    "SELECT conversation_id, title, created_at, created_by, first_bucket \
+                    "SELECT conversation_id, title, created_at, created_by, first_bucket, history_visibility \
                      FROM {ks}.conversations WHERE conversation_id = ?"
                 ),
                 true,
@@ -99,8 +103,8 @@ impl Statements {
             .await?,
             insert_member: prepare(
                 format!(
-                    "INSERT INTO {ks}.members_by_conversation (conversation_id, user_id, added_at, added_by) \
-                     VALUES (?, ?, ?, ?)"
+                    "INSERT INTO {ks}.members_by_conversation (conversation_id, user_id, added_at, added_by, role) \
+                     VALUES (?, ?, ?, ?, ?)"
                 ),
                 true,
                 None,
@@ -128,7 +132,7 @@ impl Statements {
             .await?,
             select_member: prepare(
                 format!(
-                    "SELECT user_id FROM {ks}.members_by_conversation WHERE conversation_id = ? AND user_id = ?"
+                    "SELECT user_id, role, added_at FROM {ks}.members_by_conversation WHERE conversation_id = ? AND user_id = ?"
                 ),
                 true,
                 None,
@@ -138,6 +142,40 @@ impl Statements {
                 format!("SELECT user_id FROM {ks}.members_by_conversation WHERE conversation_id = ?"),
                 true,
                 Some(PAGE_ROWS),
+            )
+            .await?,
+            select_member_roles: prepare(
+                format!("SELECT user_id, role, added_at FROM {ks}.members_by_conversation WHERE conversation_id = ?"),
+                true,
+                Some(PAGE_ROWS),
+            )
+            .await?,
+            select_member_page: prepare(
+                format!(
+                    "SELECT user_id, role, added_at FROM {ks}.members_by_conversation \
+                     WHERE conversation_id = ? AND user_id > ? LIMIT ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            // Conditional: a plain UPDATE is an upsert and would bring back
+            // the row of a member removed a moment earlier, as a member.
+            update_role_if_member: prepare(
+                format!(
+                    "UPDATE {ks}.members_by_conversation SET role = ? \
+                     WHERE conversation_id = ? AND user_id = ? IF EXISTS"
+                ),
+                false,
+                None,
+            )
+            .await?,
+            update_history_visibility_if_exists: prepare(
+                format!(
+                    "UPDATE {ks}.conversations SET history_visibility = ? WHERE conversation_id = ? IF EXISTS"
+                ),
+                false,
+                None,
             )
             .await?,
             count_members: prepare(

@@ -7,10 +7,13 @@ use chatpipe_cassandra::bucket::{
 };
 use chatpipe_cassandra::conformance::membership_suite;
 use chatpipe_cassandra::{
-    CassandraConfig, CassandraStore, CreateOutcome, HistoryQuery, NewConversation, apply_schema,
+    CassandraConfig, CassandraStore, CreateOutcome, HistoryQuery, Member, NewConversation,
+    apply_schema,
 };
 use chatpipe_core::ids::{ConversationId, MessageId, MessageIdGenerator, UserId};
+use chatpipe_core::membership::{Headcount, HistoryVisibility, Role};
 use chatpipe_core::records::MessageRecord;
+use chatpipe_core::store::MembershipStore;
 use chatpipe_core::time::now_unix_ms;
 
 fn config() -> CassandraConfig {
@@ -274,4 +277,200 @@ async fn history_is_written_once_and_read_in_order_across_buckets() {
             .collect::<Vec<_>>(),
         vec![ids[4], ids[3], ids[2]]
     );
+}
+
+#[tokio::test]
+async fn roles_settings_and_join_times_are_stored_and_read_back() {
+    let store = store().await;
+    let unique = unique();
+    let user = |name: &str| UserId::parse(format!("{name}-{unique}")).unwrap();
+    let (alice, bob, carol, dave, stranger) = (
+        user("alice"),
+        user("bob"),
+        user("carol"),
+        user("dave"),
+        user("stranger"),
+    );
+    let group = ConversationId::parse(format!("r-{unique}")).unwrap();
+    let created_at = now_unix_ms();
+    let CreateOutcome::Created { conversation, .. } = store
+        .create_conversation_with(
+            &NewConversation {
+                conversation_id: group.clone(),
+                title: None,
+                created_by: alice.clone(),
+                members: vec![bob.clone(), carol.clone()],
+                created_at_ms: created_at,
+            },
+            HistoryVisibility::Joined,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("new conversation");
+    };
+    assert_eq!(conversation.history_visibility, HistoryVisibility::Joined);
+    assert_eq!(
+        store.conversation(&group).await.unwrap(),
+        Some(conversation.clone())
+    );
+    let member = |user: UserId, role: Role, joined_at_ms: u64| Member {
+        user_id: user,
+        role,
+        joined_at_ms,
+    };
+    assert_eq!(
+        store.member(&conversation, &alice).await.unwrap(),
+        Some(member(alice.clone(), Role::Owner, created_at))
+    );
+    assert_eq!(store.member(&conversation, &stranger).await.unwrap(), None);
+
+    // Roles change only for members: no row appears for anyone else.
+    assert!(store.set_role(&group, &bob, Role::Admin).await.unwrap());
+    assert!(
+        !store
+            .set_role(&group, &stranger, Role::Owner)
+            .await
+            .unwrap()
+    );
+    assert!(!store.is_member(&group, &stranger).await.unwrap());
+    assert_eq!(
+        store.headcount(&conversation).await.unwrap(),
+        Headcount {
+            owners: 1,
+            members: 3
+        }
+    );
+    let mut everyone = [
+        member(alice.clone(), Role::Owner, created_at),
+        member(bob.clone(), Role::Admin, created_at),
+        member(carol.clone(), Role::Member, created_at),
+    ];
+    everyone.sort_by(|left, right| left.user_id.cmp(&right.user_id));
+    let first = store.members_page(&conversation, None, 2).await.unwrap();
+    assert_eq!(first, everyone[..2]);
+    let rest = store
+        .members_page(&conversation, Some(&first[1].user_id), 2)
+        .await
+        .unwrap();
+    assert_eq!(rest, everyone[2..]);
+    let listed = store.list_conversations(&bob).await.unwrap();
+    assert_eq!(listed[0].role, Role::Admin);
+
+    // A newcomer reads from their join time on, until the setting is
+    // `shared` again; the members from the start were there anyway.
+    let joined_at = created_at + 60_000;
+    store
+        .add_member(&group, &dave, &alice, joined_at)
+        .await
+        .unwrap();
+    let readable = |user: UserId| {
+        let store = store.clone();
+        let group = group.clone();
+        async move {
+            store
+                .readable_conversations(&user)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|entry| entry.conversation_id == group)
+                .expect("readable")
+                .visible_from_ms
+        }
+    };
+    assert_eq!(readable(dave.clone()).await, Some(joined_at));
+    assert_eq!(readable(alice.clone()).await, Some(created_at));
+    let mut generator = MessageIdGenerator::new(3);
+    let early = generator.next_id(joined_at - 1_000);
+    let late = generator.next_id(joined_at + 1_000);
+    for id in [early, late] {
+        store
+            .write_message(&record(&group, &alice, id, "hello"))
+            .await
+            .unwrap();
+    }
+    let query = HistoryQuery {
+        before: None,
+        after: None,
+        limit: 10,
+    };
+    let ids = |page: chatpipe_cassandra::HistoryPage| {
+        page.messages
+            .iter()
+            .map(|message| message.message_id)
+            .collect::<Vec<_>>()
+    };
+    let floor = Some(MessageId::lower_bound_for_unix_ms(joined_at));
+    let now = joined_at + 2_000;
+    let newcomer = store
+        .read_history_visible(&conversation, &query, floor, now)
+        .await
+        .unwrap();
+    assert!(!newcomer.has_more);
+    assert_eq!(ids(newcomer), [late]);
+    let catching_up = HistoryQuery {
+        after: Some(MessageId::from_u64(1)),
+        ..query
+    };
+    assert_eq!(
+        ids(store
+            .read_history_visible(&conversation, &catching_up, floor, now)
+            .await
+            .unwrap()),
+        [late]
+    );
+    assert_eq!(
+        ids(store
+            .read_history(&conversation, &query, now)
+            .await
+            .unwrap()),
+        [late, early]
+    );
+    assert!(
+        store
+            .set_history_visibility(&group, HistoryVisibility::Shared)
+            .await
+            .unwrap()
+    );
+    assert_eq!(readable(dave.clone()).await, None);
+    assert!(
+        !store
+            .set_history_visibility(
+                &ConversationId::parse(format!("none-{unique}")).unwrap(),
+                HistoryVisibility::Joined
+            )
+            .await
+            .unwrap()
+    );
+
+    // Rows written before roles existed have none: the creator is the
+    // owner, anyone else a member.
+    for user in [&alice, &bob] {
+        store
+            .session()
+            .query_unpaged(
+                format!(
+                    "UPDATE {}.members_by_conversation SET role = null \
+                     WHERE conversation_id = ? AND user_id = ?",
+                    store.config().keyspace
+                ),
+                (group.as_str(), user.as_str()),
+            )
+            .await
+            .unwrap();
+    }
+    let role_of = |user: UserId| {
+        let store = store.clone();
+        let conversation = conversation.clone();
+        async move {
+            store
+                .member(&conversation, &user)
+                .await
+                .unwrap()
+                .unwrap()
+                .role
+        }
+    };
+    assert_eq!(role_of(alice.clone()).await, Role::Owner);
+    assert_eq!(role_of(bob.clone()).await, Role::Member);
 }

@@ -401,6 +401,14 @@ pub struct ApiArgs {
         default_value = defaults::API_OPS_LISTEN
     )]
     pub api_ops_listen: SocketAddr,
+    /// Most members a conversation may have; adding one more (or creating a
+    /// conversation with more) is refused with 409 `conflict`.
+    #[arg(
+        long = "max-members-per-conversation",
+        env = "CHATPIPE_API_MAX_MEMBERS_PER_CONVERSATION",
+        default_value_t = chatpipe_api::ApiConfig::default().max_members_per_conversation
+    )]
+    pub max_members_per_conversation: u64,
     /// Development mode: `POST /v1/dev/token` signs a token for any user
     /// name, without a password (the web app's sign-in on a local stack).
     /// Refused unless --api-listen is a loopback address. Never in production.

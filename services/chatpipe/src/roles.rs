@@ -663,6 +663,12 @@ impl RoleConfig for ApiConfig {
         if self.rate_limit_per_second == 0 {
             return Err("rate_limit_per_second must be positive".into());
         }
+        if self.max_members_per_conversation < 2 {
+            return Err(format!(
+                "max_members_per_conversation ({}) must be at least 2 (a 1:1 conversation)",
+                self.max_members_per_conversation
+            ));
+        }
         chatpipe_api::dev::check_dev_sign_in(self).map_err(|refused| refused.to_string())?;
         chatpipe_api::app::cors_layer(&self.cors_allowed_origins).map_err(|bad| bad.to_string())?;
         Ok(())

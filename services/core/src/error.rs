@@ -19,6 +19,10 @@ pub enum ErrorCode {
     Forbidden,
     /// Unknown conversation, member or route.
     NotFound,
+    /// The request is valid but the conversation's present state refuses
+    /// it (the last owner leaving, a conversation at its member cap).
+    /// HTTP only.
+    Conflict,
     /// The body or request exceeds a size limit.
     TooLarge,
     /// A rate limit refused the request; retry later.
@@ -37,6 +41,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
@@ -51,6 +56,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,

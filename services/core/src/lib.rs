@@ -13,6 +13,8 @@
 //!   typed client frames and back for server frames (schemas in `schemas/ws/`).
 //! - [`dedup`]: the send de-duplication rule every consumer applies to
 //!   partition order ([`dedup::SendDedupWindow`]).
+//! - [`membership`]: roles (owner, admin, member), history visibility, and
+//!   the pure rule deciding who may change whose membership.
 //! - [`auth`]: bearer tokens (HS256 JWT) — signing and verification.
 //! - [`error`]: the error codes users see, mapped once to WebSocket codes and
 //!   HTTP statuses.
@@ -26,6 +28,7 @@ pub mod dedup;
 pub mod error;
 pub mod frames;
 pub mod ids;
+pub mod membership;
 pub mod records;
 pub mod store;
 pub mod time;

@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
+use crate::membership::{HistoryVisibility, Role};
 
 /// Topic names, shared by producers, consumers and `topology apply`.
 pub mod topics {
@@ -342,6 +343,9 @@ pub enum MembershipChange {
         members: Vec<UserId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         title: Option<String>,
+        /// Absent: `shared` (the default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        history_visibility: Option<HistoryVisibility>,
     },
     Added {
         user_id: UserId,
@@ -349,6 +353,29 @@ pub enum MembershipChange {
     Removed {
         user_id: UserId,
     },
+    /// `user_id`, a member, now holds `role` (a promotion, a demotion, or
+    /// a handover of ownership). Membership itself did not change.
+    RoleChanged {
+        user_id: UserId,
+        role: Role,
+    },
+    /// The conversation's settings changed. Membership did not.
+    SettingsChanged {
+        history_visibility: HistoryVisibility,
+    },
+}
+
+impl MembershipChange {
+    /// Whether the change adds or removes members (what member caches
+    /// care about); role and settings changes do not.
+    pub fn changes_members(&self) -> bool {
+        matches!(
+            self,
+            MembershipChange::Created { .. }
+                | MembershipChange::Added { .. }
+                | MembershipChange::Removed { .. }
+        )
+    }
 }
 
 /// Keys of the compacted `chat.sessions` topic.

@@ -54,6 +54,35 @@ pub trait MembershipStore: Clone + Send + Sync + 'static {
         &self,
         user: &UserId,
     ) -> impl Future<Output = Result<Vec<ConversationId>, StoreError>> + Send;
+
+    /// Every conversation `user` may read, with the oldest moment each lets
+    /// them read from (their join time in a conversation whose
+    /// [`HistoryVisibility`](crate::membership::HistoryVisibility) is
+    /// `joined`). What search filters on: a store must not leave the floor
+    /// out, or newcomers would find what history hides from them.
+    fn readable_conversations(
+        &self,
+        user: &UserId,
+    ) -> impl Future<Output = Result<Vec<ReadableConversation>, StoreError>> + Send;
+}
+
+/// A conversation a user may read, and from when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadableConversation {
+    pub conversation_id: ConversationId,
+    /// Messages before this moment (unix ms) are hidden from the user;
+    /// `None`: every message is visible.
+    pub visible_from_ms: Option<u64>,
+}
+
+impl ReadableConversation {
+    /// A conversation readable in full.
+    pub fn whole(conversation_id: ConversationId) -> Self {
+        Self {
+            conversation_id,
+            visible_from_ms: None,
+        }
+    }
 }
 
 /// What the edge needs to know about a stored message to authorize a

@@ -29,6 +29,7 @@ use chatpipe_core::error::ErrorCode;
 use chatpipe_core::frames::{
     ClientFrame, ControlFrame, Deliverable, FrameLimits, MessageView, decode_client_frame,
 };
+use chatpipe_core::membership::{HistoryVisibility, Role};
 use chatpipe_core::records::{
     CHANGE_SCHEMA_VERSION, DeadLetterRecord, EdgeRecord, EdgeState, Event, EventRecord,
     MembershipChange, MembershipRecord, MessageChange, MessageChangeRecord, MessageRecord,
@@ -766,16 +767,25 @@ fn membership_records_match_their_schema() {
         MembershipChange::Created {
             members: vec![user("alice"), user("bob")],
             title: Some("Team ☕".to_owned()),
+            history_visibility: Some(HistoryVisibility::Joined),
         },
         MembershipChange::Created {
             members: vec![user("alice")],
             title: None,
+            history_visibility: None,
         },
         MembershipChange::Added {
             user_id: user("carol"),
         },
         MembershipChange::Removed {
             user_id: user("bob"),
+        },
+        MembershipChange::RoleChanged {
+            user_id: user("bob"),
+            role: Role::Admin,
+        },
+        MembershipChange::SettingsChanged {
+            history_visibility: HistoryVisibility::Shared,
         },
     ];
     let mut examples = Vec::new();
@@ -788,7 +798,12 @@ fn membership_records_match_their_schema() {
             ts: 1_767_225_600_000,
         };
         let value = to_value(&record);
-        schema.assert_produced_document(&value, &["title"]);
+        // Optional on `created`; required on `settings_changed`.
+        let optional: &[&str] = match &record.change {
+            MembershipChange::Created { .. } => &["title", "history_visibility"],
+            _ => &[],
+        };
+        schema.assert_produced_document(&value, optional);
         schema.assert_key_conforms(record.conversation_id.as_str());
         assert_eq!(
             serde_json::from_value::<MembershipRecord>(value.clone()).unwrap(),
@@ -1402,16 +1417,21 @@ fn is_websocket_error_code(code: ErrorCode) -> bool {
         | ErrorCode::Unavailable => true,
         // Token problems close the socket (4001) before any frame; membership
         // refusals say `forbidden` whether or not the conversation exists;
-        // internal failures of a send are reported as `unavailable`.
-        ErrorCode::Unauthorized | ErrorCode::NotFound | ErrorCode::Internal => false,
+        // internal failures of a send are reported as `unavailable`;
+        // `conflict` answers HTTP membership changes only.
+        ErrorCode::Unauthorized
+        | ErrorCode::NotFound
+        | ErrorCode::Conflict
+        | ErrorCode::Internal => false,
     }
 }
 
-const ALL_ERROR_CODES: [ErrorCode; 8] = [
+const ALL_ERROR_CODES: [ErrorCode; 9] = [
     ErrorCode::Invalid,
     ErrorCode::Unauthorized,
     ErrorCode::Forbidden,
     ErrorCode::NotFound,
+    ErrorCode::Conflict,
     ErrorCode::TooLarge,
     ErrorCode::RateLimited,
     ErrorCode::Unavailable,

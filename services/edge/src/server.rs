@@ -564,7 +564,9 @@ async fn run_membership_tail<S: EdgeStore>(
                     .forget_membership(&record.conversation_id, user_id)
                     .await;
             }
-            MembershipChange::Created { .. } => {}
+            MembershipChange::Created { .. }
+            | MembershipChange::RoleChanged { .. }
+            | MembershipChange::SettingsChanged { .. } => {}
         }
     }
 }

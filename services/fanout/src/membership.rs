@@ -134,6 +134,11 @@ impl<M: MembershipStore> MembershipCache<M> {
     /// read. Records of one conversation arrive in order, so a later
     /// `Added` or `Removed` evicts this entry again.
     pub async fn apply_record(&self, record: &MembershipRecord) {
+        // Role and settings changes leave the member list as it is: keep
+        // the cached list (a large group's would cost a full re-read).
+        if !record.change.changes_members() {
+            return;
+        }
         match &record.change {
             MembershipChange::Created { members, .. } => {
                 // A load that started earlier cannot overwrite this list.
@@ -151,6 +156,7 @@ impl<M: MembershipStore> MembershipCache<M> {
                 self.invalidate_conversation(&record.conversation_id).await;
                 self.invalidate_user(user_id).await;
             }
+            MembershipChange::RoleChanged { .. } | MembershipChange::SettingsChanged { .. } => {}
         }
         self.metrics.membership_invalidations.inc();
     }
@@ -237,6 +243,17 @@ pub(crate) mod tests {
             found.sort();
             Ok(found)
         }
+
+        async fn readable_conversations(
+            &self,
+            user: &UserId,
+        ) -> Result<Vec<chatpipe_core::store::ReadableConversation>, StoreError> {
+            let conversations = self.conversations_of(user).await?;
+            Ok(conversations
+                .into_iter()
+                .map(chatpipe_core::store::ReadableConversation::whole)
+                .collect())
+        }
     }
 
     fn names(members: &[UserId]) -> Vec<&str> {
@@ -272,6 +289,7 @@ pub(crate) mod tests {
                 change: MembershipChange::Created {
                     members: vec![UserId::parse("a").unwrap(), UserId::parse("b").unwrap()],
                     title: None,
+                    history_visibility: None,
                 },
                 actor_id: UserId::parse("a").unwrap(),
                 ts: 0,

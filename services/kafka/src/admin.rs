@@ -1,16 +1,19 @@
 //! Small administrative calls for tools and tests: create and delete a
-//! topic, list a consumer group's members. The deployment's own topics are
+//! topic, read and change a topic's configs, list a consumer group's
+//! members. The deployment's own topics are
 //! applied from data by [`crate::topology`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
 use crate::context::ChatpipeContext;
 use crate::error::KafkaAdapterError;
+use crate::topology::{CurrentConfig, alter_keeping_others, current_configs};
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -58,6 +61,38 @@ pub async fn delete_topics(kafka: &KafkaConfig, topics: &[&str]) -> Result<(), K
         }
     }
     Ok(())
+}
+
+/// Every config of `topic`, by key, as the broker reports it.
+pub async fn topic_configs(
+    kafka: &KafkaConfig,
+    topic: &str,
+) -> Result<BTreeMap<String, CurrentConfig>, KafkaAdapterError> {
+    let admin = admin_client(kafka)?;
+    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await?;
+    let resource = described
+        .into_iter()
+        .next()
+        .ok_or_else(|| KafkaAdapterError::Topology(format!("describing {topic}: no answer")))?
+        .map_err(|code| KafkaAdapterError::Topology(format!("describing {topic}: {code}")))?;
+    Ok(current_configs(resource))
+}
+
+/// Sets `changes` on `topic`, keeping its other configs (what an operator
+/// does with `kafka-configs --alter --add-config`).
+pub async fn set_topic_configs(
+    kafka: &KafkaConfig,
+    topic: &str,
+    changes: &[(&str, &str)],
+) -> Result<(), KafkaAdapterError> {
+    let current = topic_configs(kafka, topic).await?;
+    let admin = admin_client(kafka)?;
+    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let changes: BTreeMap<&str, &str> = changes.iter().copied().collect();
+    alter_keeping_others(&admin, &options, topic, &current, &changes).await
 }
 
 /// The member ids of consumer group `group`, as its coordinator sees them.

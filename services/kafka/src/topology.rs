@@ -3,14 +3,28 @@
 //! The source of truth is `topology/kafka/topics.json` (embedded in the
 //! binary). `apply` creates missing topics, grows partition counts that are
 //! below the file's (Kafka cannot shrink them; a lower number is reported,
-//! not applied), and sets each topic's listed configs. Running it twice
-//! changes nothing the second time.
+//! not applied), and sets each listed config of an existing topic only where
+//! it differs ([`decide_config`]). Running it twice changes nothing the
+//! second time.
+//!
+//! Existing topics belong to their operators as much as to this file. So
+//! `apply` never lowers a durability or retention setting an operator
+//! raised ([`NEVER_LOWERED`]: `min.insync.replicas`, `retention.ms`,
+//! `retention.bytes`, `delete.retention.ms`, whether raised on the topic or
+//! in the broker's configuration; Kafka's built-in defaults count as no
+//! one's choice), never changes an existing topic's replication (raising it
+//! is a partition reassignment, an operator's job; a factor below the
+//! file's is reported), and keeps every other dynamic config of the topic
+//! it does not list: Kafka's `AlterConfigs` replaces a topic's whole dynamic
+//! config, so the request carries the topic's current dynamic entries with
+//! only the differing keys changed. Each change and each kept value is
+//! logged and listed in the [`ApplyReport`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
+    AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier,
     TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
@@ -66,8 +80,76 @@ impl TopicsFile {
 pub struct ApplyReport {
     pub created: Vec<String>,
     pub partitions_grown: Vec<String>,
+    /// Topics whose configs were changed.
     pub configs_changed: Vec<String>,
+    /// Each key set on an existing topic: `topic: key=new (was old)`.
+    pub config_changes: Vec<String>,
+    /// Each listed key left as the operator raised it:
+    /// `topic: key=current (file: wanted)`.
+    pub configs_kept: Vec<String>,
     pub warnings: Vec<String>,
+}
+
+/// Config keys whose value an operator may raise above the file's (more
+/// durability, longer retention) and `apply` then keeps.
+pub const NEVER_LOWERED: [&str; 4] = [
+    "min.insync.replicas",
+    "retention.ms",
+    "retention.bytes",
+    "delete.retention.ms",
+];
+
+/// A topic config as the broker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentConfig {
+    /// The effective value (`None` for a sensitive one).
+    pub value: Option<String>,
+    /// Set on the topic itself (a dynamic topic config), rather than
+    /// inherited from the broker or Kafka's defaults.
+    pub set_on_topic: bool,
+    /// Kafka's built-in default, which no operator chose.
+    pub built_in_default: bool,
+}
+
+/// What `apply` does with one listed config key of an existing topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigDecision {
+    /// Set on the topic with the file's value already.
+    Unchanged,
+    /// Not set on the topic, or set to another value: set it to the file's.
+    Set,
+    /// An operator raised it (on the topic or broker-wide) above the file's
+    /// value: keep it.
+    KeepRaised,
+}
+
+/// A [`NEVER_LOWERED`] value as a number to compare; `-1` (no limit) is
+/// the largest of all.
+fn magnitude(key: &str, value: &str) -> Option<i128> {
+    let number: i128 = value.trim().parse().ok()?;
+    let unlimited = number < 0 && (key == "retention.ms" || key == "retention.bytes");
+    Some(if unlimited { i128::MAX } else { number })
+}
+
+/// Decides one key (pure; see the module documentation).
+pub fn decide_config(key: &str, wanted: &str, current: Option<&CurrentConfig>) -> ConfigDecision {
+    let Some(current) = current else {
+        return ConfigDecision::Set;
+    };
+    let value = current.value.as_deref();
+    if NEVER_LOWERED.contains(&key)
+        && !current.built_in_default
+        && let Some(value) = value
+        && let (Some(have), Some(want)) = (magnitude(key, value), magnitude(key, wanted))
+        && have > want
+    {
+        return ConfigDecision::KeepRaised;
+    }
+    if current.set_on_topic && value == Some(wanted) {
+        ConfigDecision::Unchanged
+    } else {
+        ConfigDecision::Set
+    }
 }
 
 impl ApplyReport {
@@ -76,6 +158,54 @@ impl ApplyReport {
             && self.partitions_grown.is_empty()
             && self.configs_changed.is_empty())
     }
+}
+
+/// The current configs of `described`, by key.
+pub(crate) fn current_configs(
+    described: rdkafka::admin::ConfigResource,
+) -> BTreeMap<String, CurrentConfig> {
+    described
+        .entries
+        .into_iter()
+        .map(|entry| {
+            (
+                entry.name,
+                CurrentConfig {
+                    value: entry.value,
+                    set_on_topic: matches!(entry.source, ConfigSource::DynamicTopic),
+                    built_in_default: matches!(entry.source, ConfigSource::Default),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Sets `changes` on `topic` and keeps its other dynamic configs:
+/// `AlterConfigs` replaces a topic's whole dynamic config, so the request
+/// carries what the topic has now (`current`) with only `changes` applied.
+pub(crate) async fn alter_keeping_others<C: rdkafka::client::ClientContext + 'static>(
+    admin: &AdminClient<C>,
+    options: &AdminOptions,
+    topic: &str,
+    current: &BTreeMap<String, CurrentConfig>,
+    changes: &BTreeMap<&str, &str>,
+) -> Result<(), KafkaAdapterError> {
+    let mut whole: BTreeMap<&str, &str> = current
+        .iter()
+        .filter(|(_, config)| config.set_on_topic)
+        .filter_map(|(key, config)| Some((key.as_str(), config.value.as_deref()?)))
+        .collect();
+    whole.extend(changes.iter().map(|(key, value)| (*key, *value)));
+    let alter = whole.iter().fold(
+        rdkafka::admin::AlterConfig::new(ResourceSpecifier::Topic(topic)),
+        |alter, (key, value)| alter.set(key, value),
+    );
+    for result in admin.alter_configs([&alter], options).await? {
+        result.map_err(|(_, code)| {
+            KafkaAdapterError::Topology(format!("configuring {topic}: {code}"))
+        })?;
+    }
+    Ok(())
 }
 
 /// Applies `file` to the cluster.
@@ -155,6 +285,22 @@ pub async fn apply(
         .iter()
         .filter(|spec| existing.contains_key(&spec.name))
         .collect();
+    for spec in &existing_specs {
+        let replication = metadata
+            .topics()
+            .iter()
+            .find(|topic| topic.name() == spec.name)
+            .and_then(|topic| topic.partitions().first())
+            .map(|partition| partition.replicas().len() as i32);
+        if let Some(replication) = replication
+            && replication < spec.replication_factor
+        {
+            report.warnings.push(format!(
+                "{} has replication factor {replication}, below the {} asked: apply never changes an existing topic's replication (reassign its partitions to raise it)",
+                spec.name, spec.replication_factor
+            ));
+        }
+    }
     if !existing_specs.is_empty() {
         let resources: Vec<ResourceSpecifier<'_>> = existing_specs
             .iter()
@@ -165,23 +311,35 @@ pub async fn apply(
             let resource = description.map_err(|code| {
                 KafkaAdapterError::Topology(format!("describing {}: {code}", spec.name))
             })?;
-            let differs = spec.configs.iter().any(|(key, wanted)| {
-                resource.get(key).and_then(|entry| entry.value.as_deref()) != Some(wanted.as_str())
-            });
-            if differs {
-                // AlterConfigs (non-incremental) replaces the topic's whole
-                // dynamic config with the file's: the file is the truth.
-                let alter = spec.configs.iter().fold(
-                    AlterConfig::new(ResourceSpecifier::Topic(&spec.name)),
-                    |alter, (key, value)| alter.set(key, value),
-                );
-                for result in admin.alter_configs([&alter], &options).await? {
-                    result.map_err(|(_, code)| {
-                        KafkaAdapterError::Topology(format!("configuring {}: {code}", spec.name))
-                    })?;
+            let current = current_configs(resource);
+            let mut changes: BTreeMap<&str, &str> = BTreeMap::new();
+            for (key, wanted) in &spec.configs {
+                let now = current.get(key);
+                let shown = now
+                    .and_then(|config| config.value.as_deref())
+                    .unwrap_or("unset");
+                match decide_config(key, wanted, now) {
+                    ConfigDecision::Unchanged => {}
+                    ConfigDecision::Set => {
+                        tracing::info!(topic = %spec.name, key = %key, from = shown, to = %wanted, "topic config set");
+                        report
+                            .config_changes
+                            .push(format!("{}: {key}={wanted} (was {shown})", spec.name));
+                        changes.insert(key, wanted);
+                    }
+                    ConfigDecision::KeepRaised => {
+                        tracing::info!(topic = %spec.name, key = %key, kept = shown, file = %wanted, "topic config raised by an operator, kept");
+                        report
+                            .configs_kept
+                            .push(format!("{}: {key}={shown} (file: {wanted})", spec.name));
+                    }
                 }
-                report.configs_changed.push(spec.name.clone());
             }
+            if changes.is_empty() {
+                continue;
+            }
+            alter_keeping_others(&admin, &options, &spec.name, &current, &changes).await?;
+            report.configs_changed.push(spec.name.clone());
         }
     }
     Ok(report)
@@ -221,5 +379,84 @@ mod tests {
             sessions.configs.get("cleanup.policy").map(String::as_str),
             Some("compact")
         );
+    }
+
+    #[test]
+    fn only_what_differs_is_set_and_raised_durability_or_retention_is_kept() {
+        let on_topic = |value: &str| CurrentConfig {
+            value: Some(value.to_owned()),
+            set_on_topic: true,
+            built_in_default: false,
+        };
+        let inherited = |value: &str| CurrentConfig {
+            value: Some(value.to_owned()),
+            set_on_topic: false,
+            built_in_default: false,
+        };
+        let kafka_default = |value: &str| CurrentConfig {
+            value: Some(value.to_owned()),
+            set_on_topic: false,
+            built_in_default: true,
+        };
+        use ConfigDecision::{KeepRaised, Set, Unchanged};
+        let cases = [
+            // Missing, or inherited from the broker: set (pinned on the topic).
+            ("retention.ms", "3600000", None, Set),
+            ("retention.ms", "3600000", Some(inherited("3600000")), Set),
+            ("cleanup.policy", "compact", Some(inherited("delete")), Set),
+            // Equal: nothing to do.
+            (
+                "retention.ms",
+                "3600000",
+                Some(on_topic("3600000")),
+                Unchanged,
+            ),
+            (
+                "cleanup.policy",
+                "delete",
+                Some(on_topic("delete")),
+                Unchanged,
+            ),
+            // Another value of a key without a direction: the file wins.
+            ("cleanup.policy", "delete", Some(on_topic("compact")), Set),
+            ("segment.ms", "600000", Some(on_topic("900000")), Set),
+            // Raised by an operator, on the topic or broker-wide: kept.
+            ("min.insync.replicas", "1", Some(on_topic("2")), KeepRaised),
+            ("min.insync.replicas", "1", Some(inherited("2")), KeepRaised),
+            // Kafka's own default is nobody's choice: the file's value wins.
+            (
+                "retention.ms",
+                "3600000",
+                Some(kafka_default("604800000")),
+                Set,
+            ),
+            (
+                "retention.ms",
+                "3600000",
+                Some(on_topic("86400000")),
+                KeepRaised,
+            ),
+            ("retention.ms", "3600000", Some(on_topic("-1")), KeepRaised),
+            ("retention.bytes", "1000", Some(on_topic("-1")), KeepRaised),
+            (
+                "delete.retention.ms",
+                "3600000",
+                Some(on_topic("7200000")),
+                KeepRaised,
+            ),
+            // Below the file's: raised to it.
+            ("min.insync.replicas", "2", Some(on_topic("1")), Set),
+            ("retention.ms", "604800000", Some(on_topic("3600000")), Set),
+            ("retention.ms", "-1", Some(on_topic("3600000")), Set),
+            // Unreadable numbers are not taken as raised.
+            ("retention.ms", "3600000", Some(on_topic("soon")), Set),
+        ];
+        for (key, wanted, current, expected) in cases {
+            assert_eq!(
+                decide_config(key, wanted, current.as_ref()),
+                expected,
+                "{key}: file {wanted}, topic {current:?}"
+            );
+        }
     }
 }

@@ -11,6 +11,10 @@
 //!   the caller is a member: [`SearchError::Forbidden`] otherwise). It sits
 //!   in `bool.filter`, not `post_filter`, so nothing outside the caller's
 //!   conversations is ever scored, highlighted or returned.
+//! - **History visibility.** A conversation the caller may read only from
+//!   a moment on (they joined a conversation whose history visibility is
+//!   `joined`) is filtered by `message_id ≥` the first id of that moment,
+//!   the same bound history applies ([`plan_search_readable`]).
 //! - **Many conversations.** A `terms` filter holds at most 65,536 values
 //!   (`index.max_terms_count`). A caller in more than
 //!   [`SearchLimits::max_terms_per_query`] conversations (default 10,000)
@@ -54,7 +58,8 @@ use std::collections::HashSet;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chatpipe_core::frames::MessageView;
-use chatpipe_core::{ConversationId, UserId};
+use chatpipe_core::store::ReadableConversation;
+use chatpipe_core::{ConversationId, MessageId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -259,11 +264,52 @@ pub struct PlannedSearch {
 /// The operators users may write in `q`.
 pub const QUERY_FLAGS: &str = "AND|OR|NOT|PHRASE|PRECEDENCE|WHITESPACE|ESCAPE";
 
+/// Conversations with a visibility floor per engine request: each is a
+/// `bool` clause of its own, and engines cap a query's clauses (1,024 by
+/// default).
+pub const FLOORED_CONVERSATIONS_PER_QUERY: usize = 500;
+
 /// Validates `params` against `limits` and the caller's membership, and
-/// builds the engine requests. Pure.
+/// builds the engine requests. Pure. Every conversation is searched in
+/// full; see [`plan_search_readable`] for conversations whose older
+/// messages the caller may not see.
 pub fn plan_search(
     params: &SearchParams,
     caller_conversations: &[ConversationId],
+    limits: &SearchLimits,
+) -> Result<PlannedSearch, SearchError> {
+    let readable: Vec<ReadableConversation> = caller_conversations
+        .iter()
+        .cloned()
+        .map(ReadableConversation::whole)
+        .collect();
+    plan_search_readable(params, &readable, limits)
+}
+
+/// The filter of one conversation readable from `floor` (a message id) on.
+fn floored_scope(conversation: &str, floor: u64) -> Value {
+    json!({ "bool": { "filter": [
+        { "term": { "conversation_id": conversation } },
+        { "range": { "message_id": { "gte": floor } } }
+    ] } })
+}
+
+/// The first message id a reader of `readable` may see, if limited.
+fn floor_of(readable: &ReadableConversation) -> Option<u64> {
+    readable
+        .visible_from_ms
+        .map(|unix_ms| MessageId::lower_bound_for_unix_ms(unix_ms).as_u64())
+}
+
+/// [`plan_search`] over the conversations the caller may read, each from
+/// its visibility floor on (a newcomer of a conversation whose history
+/// visibility is `joined` finds nothing sent before they joined, exactly
+/// as history hides it). Conversations readable in full share `terms`
+/// filters as before; each floored one is a `term` and a `message_id`
+/// range, [`FLOORED_CONVERSATIONS_PER_QUERY`] per request.
+pub fn plan_search_readable(
+    params: &SearchParams,
+    readable: &[ReadableConversation],
     limits: &SearchLimits,
 ) -> Result<PlannedSearch, SearchError> {
     let text = params.q.trim();
@@ -304,29 +350,54 @@ pub fn plan_search(
 
     let scopes: Vec<Value> = match &params.conversation_id {
         Some(conversation) => {
-            if !caller_conversations.contains(conversation) {
+            let Some(entry) = readable
+                .iter()
+                .find(|entry| entry.conversation_id == *conversation)
+            else {
                 return Err(SearchError::Forbidden(conversation.clone()));
+            };
+            match floor_of(entry) {
+                None => vec![json!({ "term": { "conversation_id": conversation.as_str() } })],
+                Some(floor) => vec![floored_scope(conversation.as_str(), floor)],
             }
-            vec![json!({ "term": { "conversation_id": conversation.as_str() } })]
         }
         None => {
-            let mut conversations: Vec<&str> = caller_conversations
-                .iter()
-                .map(ConversationId::as_str)
-                .collect();
+            let mut conversations: Vec<&str> = Vec::with_capacity(readable.len());
+            let mut floored: Vec<(&str, u64)> = Vec::new();
+            for entry in readable {
+                match floor_of(entry) {
+                    None => conversations.push(entry.conversation_id.as_str()),
+                    Some(floor) => floored.push((entry.conversation_id.as_str(), floor)),
+                }
+            }
             conversations.sort_unstable();
             conversations.dedup();
+            floored.sort_unstable();
+            floored.dedup();
             let chunk_size = limits.max_terms_per_query.max(1);
-            if conversations.len().div_ceil(chunk_size) > limits.max_split_queries {
+            let requests_needed = conversations.len().div_ceil(chunk_size)
+                + floored.len().div_ceil(FLOORED_CONVERSATIONS_PER_QUERY);
+            if requests_needed > limits.max_split_queries {
                 return Err(SearchError::Invalid(format!(
                     "you are a member of {} conversations, more than one search covers ({}); pass conversation_id",
-                    conversations.len(),
+                    conversations.len() + floored.len(),
                     chunk_size * limits.max_split_queries
                 )));
             }
             conversations
                 .chunks(chunk_size)
                 .map(|chunk| json!({ "terms": { "conversation_id": chunk } }))
+                .chain(
+                    floored
+                        .chunks(FLOORED_CONVERSATIONS_PER_QUERY)
+                        .map(|chunk| {
+                            let each: Vec<Value> = chunk
+                                .iter()
+                                .map(|(conversation, floor)| floored_scope(conversation, *floor))
+                                .collect();
+                            json!({ "bool": { "should": each, "minimum_should_match": 1 } })
+                        }),
+                )
                 .collect()
         }
     };
@@ -618,6 +689,57 @@ mod tests {
             plan(&asked),
             Err(SearchError::Forbidden(conversation("someone-elses")))
         );
+    }
+
+    #[test]
+    fn conversations_readable_from_a_moment_on_are_filtered_by_message_id() {
+        let joined_at = MessageId::EPOCH_UNIX_MS + 60_000;
+        let floor = MessageId::lower_bound_for_unix_ms(joined_at).as_u64();
+        let readable = vec![
+            ReadableConversation::whole(conversation("c1")),
+            ReadableConversation {
+                conversation_id: conversation("c2"),
+                visible_from_ms: Some(joined_at),
+            },
+        ];
+        let limits = SearchLimits::default();
+        let planned = plan_search_readable(&params("x"), &readable, &limits).unwrap();
+        assert_eq!(planned.requests.len(), 2);
+        let floored = json!({"bool": {"filter": [
+            {"term": {"conversation_id": "c2"}},
+            {"range": {"message_id": {"gte": floor}}}
+        ]}});
+        assert_eq!(
+            planned.requests[0].body["query"]["bool"]["filter"][0],
+            json!({"terms": {"conversation_id": ["c1"]}})
+        );
+        assert_eq!(
+            planned.requests[1].body["query"]["bool"]["filter"][0],
+            json!({"bool": {"should": [floored.clone()], "minimum_should_match": 1}})
+        );
+        // Named: the floor still applies.
+        let mut asked = params("x");
+        asked.conversation_id = Some(conversation("c2"));
+        let planned = plan_search_readable(&asked, &readable, &limits).unwrap();
+        assert_eq!(only_body(&planned)["query"]["bool"]["filter"][0], floored);
+        // Floored conversations are chunked so no request exceeds the
+        // engine's clause cap, and they count towards the split limit.
+        let many: Vec<ReadableConversation> = (0..FLOORED_CONVERSATIONS_PER_QUERY + 1)
+            .map(|index| ReadableConversation {
+                conversation_id: conversation(&format!("f{index}")),
+                visible_from_ms: Some(joined_at),
+            })
+            .collect();
+        let planned = plan_search_readable(&params("x"), &many, &limits).unwrap();
+        assert_eq!(planned.requests.len(), 2);
+        let one_request = SearchLimits {
+            max_split_queries: 1,
+            ..SearchLimits::default()
+        };
+        assert!(matches!(
+            plan_search_readable(&params("x"), &many, &one_request),
+            Err(SearchError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use chatpipe_core::ConversationId;
+use chatpipe_core::store::ReadableConversation;
 use chatpipe_runtime::metrics::ReasonLabel;
 use elasticsearch::http::Method;
 use futures::StreamExt;
@@ -12,7 +13,8 @@ use crate::config::IndexLayout;
 use crate::error::SearchError;
 use crate::metrics::SearchMetrics;
 use crate::query::{
-    PlannedRequest, SearchLimits, SearchPage, SearchParams, merge_pages, parse_hits, plan_search,
+    PlannedRequest, SearchLimits, SearchPage, SearchParams, merge_pages, parse_hits,
+    plan_search_readable,
 };
 
 /// Engine requests of one split search run at once.
@@ -51,14 +53,31 @@ impl MessageSearcher {
     }
 
     /// Searches the conversations in `caller_conversations` (the caller's
-    /// memberships, which the caller of this function is responsible for).
+    /// memberships, which the caller of this function is responsible for),
+    /// each in full.
     pub async fn search(
         &self,
         params: &SearchParams,
         caller_conversations: &[ConversationId],
     ) -> Result<SearchPage, SearchError> {
+        let readable: Vec<ReadableConversation> = caller_conversations
+            .iter()
+            .cloned()
+            .map(ReadableConversation::whole)
+            .collect();
+        self.search_readable(params, &readable).await
+    }
+
+    /// Searches what the caller may read: each conversation of `readable`
+    /// from its visibility floor on (see
+    /// [`crate::query::plan_search_readable`]).
+    pub async fn search_readable(
+        &self,
+        params: &SearchParams,
+        readable: &[ReadableConversation],
+    ) -> Result<SearchPage, SearchError> {
         let started = Instant::now();
-        let outcome = self.run(params, caller_conversations).await;
+        let outcome = self.run(params, readable).await;
         self.metrics.searches.inc();
         self.metrics
             .latency
@@ -78,9 +97,9 @@ impl MessageSearcher {
     async fn run(
         &self,
         params: &SearchParams,
-        caller_conversations: &[ConversationId],
+        readable: &[ReadableConversation],
     ) -> Result<SearchPage, SearchError> {
-        let plan = plan_search(params, caller_conversations, &self.limits)?;
+        let plan = plan_search_readable(params, readable, &self.limits)?;
         let sort = plan.sort;
         let pages: Vec<Result<_, SearchError>> = futures::stream::iter(plan.requests)
             .map(|request| self.run_one(request, sort))

@@ -127,6 +127,7 @@ fn index_config(common: &CommonArgs, group: &str, batching: &BatchingArgs) -> In
 fn api_config(args: &ApiArgs, default_ws_url: Option<String>) -> ApiConfig {
     ApiConfig {
         listen_addr: args.api_listen.to_string(),
+        max_members_per_conversation: args.max_members_per_conversation,
         dev_sign_in: args.dev,
         app_dir: args
             .app_dir

@@ -25,7 +25,7 @@ pub async fn apply(common: &CommonArgs, args: &TopologyArgs) -> anyhow::Result<(
     let file = file.with_prefix(&common.topic_prefix);
     let kafka = engines::kafka(common, "chatpipe-topology");
     let report = chatpipe_kafka::topology::apply(&kafka, &file).await?;
-    tracing::info!(created = ?report.created, grown = ?report.partitions_grown, configured = ?report.configs_changed, "kafka topics applied");
+    tracing::info!(created = ?report.created, grown = ?report.partitions_grown, configured = ?report.config_changes, kept = ?report.configs_kept, "kafka topics applied");
     for warning in &report.warnings {
         tracing::warn!("{warning}");
     }
