@@ -17,6 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use scylla::statement::batch::{Batch, BatchType};
 use serde::Serialize;
 
+use chatpipe_core::membership::Role;
 use chatpipe_core::ids::{ClientMsgId, ConversationId, MessageId, UserId};
 use chatpipe_core::records::{MessageChange, MessageChangeRecord, MessageRecord};
 use chatpipe_core::store::{MessageStore, StoreError, StoredMessageFacts};
@@ -646,12 +647,13 @@ impl MessageStore for CassandraStore {
         conversation: &ConversationId,
         user: &UserId,
     ) -> Result<bool, StoreError> {
-        // The conversation's owner is its creator (as for removing members).
-        // TODO(issue 12): admins, once membership roles are stored.
+        // Owners and admins moderate (as they remove members); a row
+        // written before roles existed makes the creator the owner.
         Ok(self
-            .conversation(conversation)
+            .conversation_with_member(conversation, user)
             .await?
-            .is_some_and(|found| &found.created_by == user))
+            .and_then(|(_, member)| member)
+            .is_some_and(|member| matches!(member.role, Role::Owner | Role::Admin)))
     }
 }
 

@@ -10,18 +10,41 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The caller's conversations, most recently joined first. */
+        /**
+         * The caller's conversations, most recently joined first.
+         * @description Each item carries the caller's `role` and the conversation's `history_visibility`.
+         */
         get: operations["listConversations"];
         put?: never;
         /**
          * Create a conversation (1:1 or group).
-         * @description The caller is always a member. Member ids are validated; duplicates are ignored. Exactly two distinct users (the caller and one other) and no title make a 1:1 conversation, whose id is derived from the pair: creating it again answers 200 with the existing id (`created: false`). Anything else creates a new group conversation (201). The membership is written to Cassandra, then a `created` membership record is published to `chat.membership`.
+         * @description The caller is always a member. Member ids are validated; duplicates are ignored. Exactly two distinct users (the caller and one other) and no title make a 1:1 conversation, whose id is derived from the pair: creating it again answers 200 with the existing id (`created: false`). Anything else creates a new group conversation (201). The membership is written to Cassandra, then a `created` membership record is published to `chat.membership`. The caller becomes the conversation's owner, everyone else a member. `history_visibility` (default `shared`) decides what members who join later see. More members than `max_members_per_conversation` is 409.
          */
         post: operations["createConversation"];
         delete?: never;
         options?: never;
         head?: never;
         patch?: never;
+        trace?: never;
+    };
+    "/v1/conversations/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * Change a group conversation's settings (owners and admins).
+         * @description Sets `history_visibility`: `shared` (every member sees every message) or `joined` (a member sees, in history and search, only messages sent from the moment they last joined). The setting applies at once to every member, to what they read from then on. Owners and admins only (403 for members, and in a 1:1 conversation, whose settings are fixed); a caller who is not a member gets 404. A `settings_changed` membership record is published.
+         */
+        patch: operations["updateConversation"];
         trace?: never;
     };
     "/v1/conversations/{id}/members": {
@@ -31,11 +54,15 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /**
+         * The members and their roles (members only).
+         * @description Pages of members in user id order: `limit` (default 100, at most 1000; larger is lowered) after the user id `after`; `next_after` is the next page's cursor. A caller who is not a member gets 404, exactly as for an unknown conversation.
+         */
+        get: operations["listMembers"];
         put?: never;
         /**
-         * Add a member (callers must be members of a group conversation).
-         * @description Members of a group conversation may add anyone; a 1:1 conversation has fixed membership (403). A caller who is not a member gets 404, exactly as for an unknown conversation. Idempotent: adding a member again answers 200 too. An `added` membership record is published after the write.
+         * Add a member (owners and admins of a group conversation).
+         * @description Owners and admins of a group conversation add anyone, as a plain member; members get 403, and a 1:1 conversation has fixed membership (403). A caller who is not a member gets 404, exactly as for an unknown conversation. Idempotent: adding a member again answers 200 too, with their role and join time unchanged. A conversation at its member cap (`max_members_per_conversation`, 20,000 by default) answers 409. An `added` membership record is published after the write.
          */
         post: operations["addMember"];
         delete?: never;
@@ -56,12 +83,16 @@ export interface paths {
         post?: never;
         /**
          * Remove a member, or leave (user_id = the caller).
-         * @description Anyone may remove themselves (leave); only the conversation's owner (its creator) removes other members, and nobody removes the other side of a 1:1 conversation (403). A caller who is not a member (leaving included) gets 404, exactly as for an unknown conversation, and nothing is published. Removing a non-member answers 204 (idempotent). The `removed` membership record is published first, then the membership is deleted from Cassandra, so a retry after a 503 finds the caller still a member and publishes again.
+         * @description Anyone may remove themselves (leave), except the last owner of a group that has other members (409: make another member an owner first). Owners remove anyone, admins plain members only, members nobody (403), and nobody removes the other side of a 1:1 conversation (403). A caller who is not a member (leaving included) gets 404, exactly as for an unknown conversation, and nothing is published. Removing a non-member answers 204 (idempotent). The `removed` membership record is published first, then the membership is deleted from Cassandra, so a retry after a 503 finds the caller still a member and publishes again.
          */
         delete: operations["removeMember"];
         options?: never;
         head?: never;
-        patch?: never;
+        /**
+         * Change a member's role (owners).
+         * @description Owners promote a member to `admin` or `owner` and demote (to `admin` or `member`); making another member an owner hands over ownership, and the caller stays an owner until they leave or step down. The last owner cannot step down (409). Admins and members get 403, as does a 1:1 conversation (no roles to change). A caller who is not a member gets 404 (as for an unknown conversation); a `user_id` who is not a member, 404 too. Idempotent. A `role_changed` membership record is published after the write.
+         */
+        patch: operations["setMemberRole"];
         trace?: never;
     };
     "/v1/conversations/{id}/messages": {
@@ -154,7 +185,7 @@ export interface components {
         Error: {
             error: {
                 /** @enum {string} */
-                code: "invalid" | "unauthorized" | "forbidden" | "not_found" | "too_large" | "rate_limited" | "unavailable" | "internal";
+                code: "invalid" | "unauthorized" | "forbidden" | "not_found" | "conflict" | "too_large" | "rate_limited" | "unavailable" | "internal";
                 message: string;
             };
         };
@@ -163,6 +194,8 @@ export interface components {
             members: components["schemas"]["UserId"][];
             /** @description Group title; a conversation with a title is never a 1:1. */
             title?: string | null;
+            /** @description Absent: `shared`. */
+            history_visibility?: components["schemas"]["HistoryVisibility"];
         };
         CreateConversationResponse: {
             conversation_id: components["schemas"]["ConversationId"];
@@ -178,6 +211,9 @@ export interface components {
             created_by: components["schemas"]["UserId"];
             /** @description When the caller joined, Unix ms. */
             joined_at: number;
+            /** @description The caller's role. */
+            role: components["schemas"]["Role"];
+            history_visibility: components["schemas"]["HistoryVisibility"];
         };
         ConversationList: {
             conversations: components["schemas"]["Conversation"][];
@@ -188,6 +224,8 @@ export interface components {
         Member: {
             conversation_id: components["schemas"]["ConversationId"];
             user_id: components["schemas"]["UserId"];
+            /** @description The member's role (after the change). */
+            role: components["schemas"]["Role"];
         };
         /** @description A message as clients see it: the same fields as the WebSocket `message` frame's `message`, plus, in history, `edited_at` for an edited message and `deleted` for a deleted one (a tombstone: it keeps its place, id, sender and time, but has no `body`). */
         Message: {
@@ -248,6 +286,41 @@ export interface components {
             /** @description When the token expires, Unix ms. */
             expires_at: number;
         };
+        /**
+         * @description A member's role. Owners add and remove anyone, change roles and settings; admins add members, remove plain members and change settings; members read and write.
+         * @enum {string}
+         */
+        Role: "owner" | "admin" | "member";
+        /**
+         * @description Which messages a member sees in history and search: `shared` (every message of the conversation, the default) or `joined` (only messages sent from the moment the member last joined). There is no inbox yet; it will follow the same setting.
+         * @enum {string}
+         */
+        HistoryVisibility: "shared" | "joined";
+        SetRoleRequest: {
+            /** @description The member's new role. `owner` hands over ownership: the caller stays an owner until they leave or step down. */
+            role: components["schemas"]["Role"];
+        };
+        /** @description The settings to change; at least one. */
+        UpdateConversationRequest: {
+            history_visibility?: components["schemas"]["HistoryVisibility"];
+        };
+        ConversationSettings: {
+            conversation_id: components["schemas"]["ConversationId"];
+            history_visibility: components["schemas"]["HistoryVisibility"];
+        };
+        MemberEntry: {
+            user_id: components["schemas"]["UserId"];
+            role: components["schemas"]["Role"];
+            /** @description When the member last joined, Unix ms. */
+            joined_at: number;
+        };
+        MemberList: {
+            conversation_id: components["schemas"]["ConversationId"];
+            /** @description In user id order. */
+            members: components["schemas"]["MemberEntry"][];
+            /** @description Cursor of the next page (`after=`); absent on the last page. */
+            next_after?: components["schemas"]["UserId"];
+        };
     };
     responses: {
         /** @description Malformed input (`invalid`): bad JSON, bad ids, bad cursor or limit. The message says what is wrong. */
@@ -270,7 +343,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description The conversation is visible to the caller, but the change is not allowed (`forbidden`): a 1:1 conversation has fixed membership, and only the owner (the creator) removes other members. */
+        /** @description The conversation is visible to the caller, but the change is not allowed (`forbidden`): a 1:1 conversation has fixed membership, roles and settings; only owners and admins add members, change settings and remove others (admins: plain members only); only owners change roles. */
         Forbidden: {
             headers: {
                 [name: string]: unknown;
@@ -281,6 +354,15 @@ export interface components {
         };
         /** @description Unknown conversation, a conversation the caller is not a member of (the same answer, so existence does not leak), or unknown route (`not_found`). */
         NotFound: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"];
+            };
+        };
+        /** @description The change is valid but the conversation's present state refuses it (`conflict`): the last owner of a group with other members cannot leave or step down (make another member an owner first), or the conversation has reached its member cap (`max_members_per_conversation`). */
+        Conflict: {
             headers: {
                 [name: string]: unknown;
             };
@@ -394,7 +476,76 @@ export interface operations {
             };
             400: components["responses"]["Invalid"];
             401: components["responses"]["Unauthorized"];
+            409: components["responses"]["Conflict"];
             413: components["responses"]["TooLarge"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    updateConversation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Conversation id. */
+                id: components["schemas"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateConversationRequest"];
+            };
+        };
+        responses: {
+            /** @description The conversation's settings now. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConversationSettings"];
+                };
+            };
+            400: components["responses"]["Invalid"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    listMembers: {
+        parameters: {
+            query?: {
+                /** @description Start after this user id. */
+                after?: components["schemas"]["UserId"];
+                /** @description Members per page (1-1000, default 100). */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                /** @description Conversation id. */
+                id: components["schemas"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page of members. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemberList"];
+                };
+            };
+            400: components["responses"]["Invalid"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
@@ -429,6 +580,7 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
             413: components["responses"]["TooLarge"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["Internal"];
@@ -460,6 +612,44 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    setMemberRole: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Conversation id. */
+                id: components["schemas"]["ConversationId"];
+                /** @description The member. */
+                user_id: components["schemas"]["UserId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SetRoleRequest"];
+            };
+        };
+        responses: {
+            /** @description The member's role now. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Member"];
+                };
+            };
+            400: components["responses"]["Invalid"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];

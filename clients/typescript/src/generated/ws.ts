@@ -89,7 +89,7 @@ export interface ClientEdit {
   client_msg_id?: string;
 }
 /**
- * Delete a message: the sender may delete their own, the conversation's owner (its creator) any. Answered like `edit`. Every member then receives `message_deleted`; history keeps a tombstone (`deleted: true`, no body) and search no longer finds the message. Repeating a delete is harmless.
+ * Delete a message: the sender may delete their own, the conversation's owners and admins any. Answered like `edit`. Every member then receives `message_deleted`; history keeps a tombstone (`deleted: true`, no body) and search no longer finds the message. Repeating a delete is harmless.
  */
 export interface ClientDelete {
   /**
