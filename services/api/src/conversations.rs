@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -25,7 +25,7 @@ use chatpipe_core::time::now_unix_ms;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, PathParams};
 use crate::state::ApiState;
 
 #[derive(Debug, Deserialize)]
@@ -316,7 +316,7 @@ pub async fn list_conversations(
 pub async fn add_member(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    Path(raw_id): Path<String>,
+    PathParams(raw_id): PathParams<String>,
     JsonBody(request): JsonBody<AddMemberRequest>,
 ) -> Result<Json<MemberView>, ApiError> {
     let conversation = parse_conversation_id(raw_id)?;
@@ -360,7 +360,7 @@ pub async fn add_member(
 pub async fn remove_member(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    Path((raw_id, raw_user)): Path<(String, String)>,
+    PathParams((raw_id, raw_user)): PathParams<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let conversation = parse_conversation_id(raw_id)?;
     let user =

@@ -9,7 +9,7 @@
 //! the store's time buckets transparently.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use chatpipe_cassandra::{HistoryQuery, StoredMessage};
@@ -19,6 +19,7 @@ use chatpipe_core::time::now_unix_ms;
 use crate::auth::Caller;
 use crate::conversations::{parse_conversation_id, require_member};
 use crate::error::ApiError;
+use crate::extract::{PathParams, QueryParams};
 use crate::state::ApiState;
 
 /// The raw query string; every field is checked by hand for useful 400s.
@@ -98,8 +99,8 @@ fn message_json(message: &StoredMessage) -> serde_json::Value {
 pub async fn list_messages(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    Path(raw_id): Path<String>,
-    Query(params): Query<HistoryParams>,
+    PathParams(raw_id): PathParams<String>,
+    QueryParams(params): QueryParams<HistoryParams>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
     let conversation_id = parse_conversation_id(raw_id)?;
     let query = parse_history_query(
@@ -178,6 +179,7 @@ mod tests {
 /// `benches/fuzz.sh`.
 #[cfg(test)]
 mod properties {
+    use axum::extract::Query;
     use axum::http::Uri;
     use proptest::prelude::*;
 
