@@ -129,12 +129,15 @@ wait_http "http://127.0.0.1:$((PORT_BASE + 14))/healthz" 120 \
   && wait_http "http://127.0.0.1:$((PORT_BASE + 12))/readyz" 120 \
   && wait_http "http://127.0.0.1:$((PORT_BASE + 13))/readyz" 120 || exit 1
 
-ALICE_TOKEN=$("$BIN" token --user fuzz-alice) || exit 1
-BOB_TOKEN=$("$BIN" token --user fuzz-bob) || exit 1
+# Users of this run only: the keyspace is kept between runs, and a 1:1
+# conversation's id follows from its two users.
+ALICE=alice-$TAG BOB=bob-$TAG
+ALICE_TOKEN=$("$BIN" token --user "$ALICE") || exit 1
+BOB_TOKEN=$("$BIN" token --user "$BOB") || exit 1
 
 # ---- 3. seed: one 1:1 conversation with messages, live in history and search.
 seed_started=$SECONDS
-CONVERSATION=$(ALICE_TOKEN=$ALICE_TOKEN BOB_TOKEN=$BOB_TOKEN API=$API WS=ws://$EDGE_LISTEN/ws \
+CONVERSATION=$(ALICE_TOKEN=$ALICE_TOKEN BOB_TOKEN=$BOB_TOKEN BOB=$BOB API=$API WS=ws://$EDGE_LISTEN/ws \
   "$VENV/bin/python" - <<'PY'
 import asyncio, json, os, sys, time, urllib.request
 
@@ -149,7 +152,7 @@ def call(method, path, token, body=None):
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read() or b"null")
 
-conversation = call("POST", "/v1/conversations", alice, {"members": ["fuzz-bob"]})["conversation_id"]
+conversation = call("POST", "/v1/conversations", alice, {"members": [os.environ["BOB"]]})["conversation_id"]
 bodies = [
     "fuzzword plain text", "fuzzword <b>markup</b> & \"quotes\"", "fuzzword émoji 👋 and 東京",
     "fuzzword line one\nline two", "  fuzzword padded  ",

@@ -9,7 +9,9 @@
 #               (each a step of its own: a failure fails the run, and the
 #               tests still run)
 #   engines     `topology/engines.sh up` (idempotent; fails loudly: the
-#               integration tests need real Kafka, Cassandra and OpenSearch)
+#               integration tests need real Kafka, Cassandra and OpenSearch),
+#               started in the background before the lint and waited for
+#               after it
 #   phase 1     cargo test --workspace --all-targets --no-fail-fast
 #               cargo test --workspace --doc --no-fail-fast
 #               (everything that shares the engines, in parallel)
@@ -20,6 +22,12 @@
 #               `ignore` is not a test)
 #   restore     `topology/engines.sh up`, so the engines are left running
 #               even if an outage test failed midway
+#   clients     clients/ci.sh: the TypeScript SDK (npm ci from the lockfile,
+#               generated-types drift check, unit tests, integration tests
+#               against a real `chatpipe all` with an edge killed midway),
+#               the web app in Debian's chromium, the Python analytics
+#               example against the real Kafka (uses the debug binary that
+#               phase 1 built; npm/pip caches under $CHATPIPE_HOME)
 #
 # Every phase runs even if an earlier one failed; a summary of each (per
 # test binary, failing tests, compile errors, totals) is printed at the end.
@@ -35,6 +43,7 @@
 #   CHATPIPE_TEST_PHASE2_MIN_SECS     time kept for phase 2, default 1200
 #   CHATPIPE_TEST_MIN_STEP_SECS       least time any cargo step gets, default 600
 #   CHATPIPE_TEST_LINT_SECS           limit of the clippy step, default 1500
+#   CHATPIPE_TEST_CLIENTS_SECS        time kept for the clients step, default 900
 #   CHATPIPE_TEST_LOG_DIR             full cargo output, default ~/.cache/chatpipe/test-logs/<time>
 #   plus topology/engines.sh's variables (CHATPIPE_HOME, ports, heaps).
 set -uo pipefail   # no -e on purpose: a failing phase must not hide the next
@@ -51,6 +60,7 @@ START=$SECONDS
 BUDGET=${CHATPIPE_TEST_BUDGET_SECS:-4800}
 PHASE2_MIN=${CHATPIPE_TEST_PHASE2_MIN_SECS:-1200}
 RESTORE_RESERVE=300
+CLIENTS_RESERVE=${CHATPIPE_TEST_CLIENTS_SECS:-900}
 MIN_PHASE=${CHATPIPE_TEST_MIN_STEP_SECS:-600}
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/chatpipe/target}
@@ -235,7 +245,13 @@ t0=$SECONDS
 bash "$REPO/topology/tests/precheck.sh"
 record "precheck" $? $((SECONDS - t0)) "README Quickstart, .ci/run, docker-compose.yml"
 
-# Lint before the engines start: neither step needs them.
+# The engines start in the background while the lint runs (neither lint
+# step needs them; their JVMs spend most of the start waiting).
+ENGINES_T0=$SECONDS
+say "engines: topology/engines.sh up in the background (its output is shown after the lint)"
+"$REPO/topology/engines.sh" up </dev/null >"$LOG_DIR/engines.log" 2>&1 &
+ENGINES_PID=$!
+
 t0=$SECONDS
 run_step fmt 300 cargo fmt --all --check
 record "fmt" "$STEP_RC" $((SECONDS - t0)) "cargo fmt --all --check"
@@ -245,10 +261,12 @@ if ((!INTERRUPTED)); then
   record "clippy" "$STEP_RC" $((SECONDS - t0)) "cargo clippy --workspace --all-targets -- -D warnings"
 fi
 
-banner "engines: topology/engines.sh up"
-t0=$SECONDS
-if ! "$REPO/topology/engines.sh" up </dev/null; then
-  record "engines" 1 $((SECONDS - t0)) "engines did not start: NO TESTS RUN (see above; topology/engines.sh logs NAME)"
+banner "engines: waiting for topology/engines.sh up"
+ENGINES_RC=0
+wait "$ENGINES_PID" || ENGINES_RC=$?
+cat "$LOG_DIR/engines.log" >&2
+if ((ENGINES_RC != 0)); then
+  record "engines" 1 $((SECONDS - ENGINES_T0)) "engines did not start: NO TESTS RUN (see above; topology/engines.sh logs NAME)"
   say "ERROR: the engines did not start; the integration tests need them, so no test was run"
   cat "$SUMMARY_FILE" >&2
   exit 1
@@ -258,7 +276,7 @@ fi
 trap on_signal INT TERM
 trap restore_engines EXIT
 "$REPO/topology/engines.sh" status </dev/null
-record "engines" 0 $((SECONDS - t0)) "Kafka, Cassandra, OpenSearch healthy"
+record "engines" 0 $((SECONDS - ENGINES_T0)) "Kafka, Cassandra, OpenSearch healthy (started during the lint)"
 
 if ((!INTERRUPTED)); then
   limit=$(at_least $(($(remaining) - PHASE2_MIN - RESTORE_RESERVE)) "$MIN_PHASE")
@@ -271,17 +289,30 @@ if ((!INTERRUPTED)); then
 fi
 
 if ((!INTERRUPTED)); then
-  limit=$(at_least $(($(remaining) - RESTORE_RESERVE)) "$MIN_PHASE")
+  limit=$(at_least $(($(remaining) - RESTORE_RESERVE - CLIENTS_RESERVE)) "$MIN_PHASE")
   cargo_phase phase2 "$limit" test --workspace --lib --bins --tests --no-fail-fast -- --ignored --test-threads=1
 fi
 
 restore_engines
+
+# The clients (clients/ci.sh) need the engines and the debug binary of
+# phase 1; they start their own chatpipe processes on ports 18000-18999.
+if ((!INTERRUPTED)); then
+  t0=$SECONDS
+  export CHATPIPE_CLIENTS_COUNTS_FILE=$LOG_DIR/clients-counts.txt
+  run_step clients "$(at_least "$(remaining)" 600)" bash "$REPO/clients/ci.sh"
+  record "clients" "$STEP_RC" $((SECONDS - t0)) "clients/ci.sh: $(grep -a '^clients: ' "$LOG_DIR/clients.log" | tail -1 || true)"
+fi
 
 banner "summary"
 {
   for step in phase1 phase1-doc phase2; do
     [[ -f $LOG_DIR/$step.log ]] && summarize_cargo "$step"
   done
+  if [[ -f $LOG_DIR/clients.log ]]; then
+    echo "  clients:"
+    sed -n '/^\[clients\] summary/,/^clients: /p' "$LOG_DIR/clients.log" | sed '1d; s/^/  /'
+  fi
   echo
   echo "  steps:"
   sed 's/^/    /' "$SUMMARY_FILE"
@@ -292,10 +323,13 @@ banner "summary"
 # One plain closing line over every phase: "tests: N passed, N failed".
 # (Tests ignored in phase 1 are the ones phase 2 runs, so they are counted
 # there, as passed or failed.)
+# The clients' counts (node:test and pytest) are added from clients/ci.sh.
 totals() {
+  local clients="0 0"
+  [[ -f $LOG_DIR/clients-counts.txt ]] && clients=$(cat "$LOG_DIR/clients-counts.txt")
   cat "$LOG_DIR"/phase1.log "$LOG_DIR"/phase1-doc.log "$LOG_DIR"/phase2.log 2>/dev/null |
-    awk '/^test result: / { for (i = 1; i < NF; i++) { if ($(i + 1) ~ /^passed/) p += $i; if ($(i + 1) ~ /^failed/) f += $i } }
-         END { printf "tests: %d passed, %d failed\n", p, f }'
+    awk -v clients="$clients" '/^test result: / { for (i = 1; i < NF; i++) { if ($(i + 1) ~ /^passed/) p += $i; if ($(i + 1) ~ /^failed/) f += $i } }
+         END { split(clients, c, " "); printf "tests: %d passed, %d failed\n", p + c[1], f + c[2] }'
 }
 
 if ((INTERRUPTED)); then

@@ -37,6 +37,7 @@ fn view(id: u64) -> MessageView {
         client_msg_id: ClientMsgId::parse("w0-123456").expect("valid id"),
         body: BODY.to_owned(),
         ts: 1_764_275_000_000,
+        reply_to: None,
     }
 }
 
@@ -63,7 +64,7 @@ fn frames(criterion: &mut Criterion) {
         bencher.iter(|| Deliverable::message(black_box(&message)))
     });
     let ack = ControlFrame::Ack {
-        client_msg_id: ClientMsgId::parse("w0-123456").expect("valid id"),
+        client_msg_id: Some(ClientMsgId::parse("w0-123456").expect("valid id")),
         message_id: MessageId::from_u64(123_456_789_012),
         ts: 1_764_275_000_000,
     };
@@ -84,6 +85,7 @@ fn records(criterion: &mut Criterion) {
         ts: 1_764_275_000_000,
         edge_id: EdgeId::parse("edge-1").expect("valid id"),
         resend: false,
+        reply_to: None,
     };
     let bytes = serde_json::to_vec(&record).expect("serializes");
     let mut group = criterion.benchmark_group("MessageRecord");

@@ -85,6 +85,7 @@ fn records(count: usize, body_bytes: usize) -> Vec<(String, Vec<u8>)> {
                 ts: 1_764_000_000_000 + index as u64,
                 edge_id: EdgeId::parse("edge-1").expect("valid"),
                 resend: false,
+                reply_to: None,
             };
             (
                 conversation,

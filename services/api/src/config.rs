@@ -33,6 +33,24 @@ pub struct ApiConfig {
     /// `unavailable` at once (shed, not queued) so a flood cannot pile up
     /// work and memory behind slow engines. `0` turns the limit off.
     pub max_concurrent_requests: usize,
+    /// Development mode: `POST /v1/dev/token` hands out a token for any
+    /// user name, with no password. Only for a developer's own machine: the
+    /// role refuses to start with it unless `listen_addr` is a loopback
+    /// address, and without it the route does not exist (404).
+    pub dev_sign_in: bool,
+    /// Lifetime of the tokens `POST /v1/dev/token` signs, in seconds.
+    pub dev_token_ttl_secs: u64,
+    /// A directory of static files (the web app's build, `clients/web/dist`)
+    /// served under `/app/`; `None`: no `/app/` route.
+    pub app_dir: Option<String>,
+    /// The WebSocket URL the web app connects to, served as
+    /// `/app/config.json` (`{"ws_url"}`) with `app_dir`; `None`: the app
+    /// guesses from its own address.
+    pub app_ws_url: Option<String>,
+    /// Origins allowed to call the API from a browser (CORS), e.g.
+    /// `http://localhost:5173`; `*` allows any. Empty: no CORS headers (the
+    /// API is then usable from pages of its own origin, like `/app/`).
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -49,6 +67,11 @@ impl Default for ApiConfig {
             kafka_send_timeout_ms: 10_000,
             request_timeout_ms: 15_000,
             max_concurrent_requests: 1_024,
+            dev_sign_in: false,
+            dev_token_ttl_secs: 86_400,
+            app_dir: None,
+            app_ws_url: None,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }

@@ -6,7 +6,9 @@
 //! `before=<last message id>`. With `after` it is the `limit` messages right
 //! after `after` (and older than `before` when given), still newest first:
 //! catching up, the next page is `after=<first message id>`. Pages cross
-//! the store's time buckets transparently.
+//! the store's time buckets transparently. Each message carries its
+//! reactions counted per reaction, the caller's own marked `me`; an edited
+//! one its `edited_at`; a deleted one is a tombstone (`deleted`, no body).
 
 use axum::Json;
 use axum::extract::State;
@@ -109,9 +111,13 @@ pub async fn list_messages(
         state.config.history_max_limit,
     )?;
     let conversation = require_member(&state, &conversation_id, &caller).await?;
-    let page = state
+    let mut page = state
         .store
         .read_history(&conversation, &query, now_unix_ms())
+        .await?;
+    state
+        .store
+        .attach_relations(&conversation_id, &mut page, &caller)
         .await?;
     let catching_up = query.after.is_some();
     let next_before = (!catching_up && page.has_more)

@@ -13,6 +13,8 @@
 //! | `DELETE /v1/conversations/{id}/members/{user_id}` | the owner removes a member; anyone leaves |
 //! | `GET /v1/conversations/{id}/messages` | history pages, newest first |
 //! | `GET /openapi.json` | the OpenAPI document (`schemas/openapi.json`) |
+//! | `POST /v1/dev/token` | development mode only (`dev_sign_in`, loopback bind): a token for a user name ([`dev`]) |
+//! | `GET /app/…` | the web app's files, with `app_dir` ([`app`]) |
 //!
 //! Every `/v1` call needs `Authorization: Bearer <token>` and is charged to
 //! the caller's rate limit. A conversation the caller is not in answers
@@ -20,7 +22,7 @@
 //! mapped in one place ([`ApiError`]).
 //!
 //! Metrics and health are not served here: the API's port serves only
-//! `/v1/…` and `/openapi.json`. Whoever starts the role (the `chatpipe`
+//! `/v1/…`, `/openapi.json` and (when configured) `/app/…`. Whoever starts the role (the `chatpipe`
 //! library) serves the registry and [`Health`] given to
 //! [`ApiServer::new`] / [`BoundApi::serve`] on the role's ops listener.
 //!
@@ -30,9 +32,11 @@
 //! clients retry 503s. History reads what the persist role wrote: a message
 //! is in history shortly after it was acked, not at the same instant.
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod conversations;
+pub mod dev;
 pub mod error;
 pub mod extract;
 pub mod history;
@@ -120,16 +124,24 @@ pub fn public_routes() -> Vec<(Method, &'static str)> {
     vec![(Method::GET, "/openapi.json")]
 }
 
+/// Routes that exist only in development mode ([`ApiConfig::dev_sign_in`]).
+pub fn dev_routes() -> Vec<(Method, &'static str)> {
+    vec![(Method::POST, dev::DEV_TOKEN_PATH)]
+}
+
 async fn unknown_route() -> ApiError {
     ApiError::NotFound("no such route".to_owned())
 }
 
 /// The whole router: `/v1` routes behind authentication and the rate limit
 /// (including `extra_v1`, already stated routers such as search), the
-/// OpenAPI document, a JSON 404 for unknown routes (`/metrics` and the
-/// health checks included: they live on the ops listener), the request
-/// deadline and concurrency limit ([`limits`]), request metrics and the
-/// body limit.
+/// OpenAPI document, in development mode the token route ([`dev`]), the
+/// web app's files ([`app`]), a JSON 404 for unknown routes (`/metrics` and
+/// the health checks included: they live on the ops listener), the request
+/// deadline and concurrency limit ([`limits`]), request metrics, the body
+/// limit and CORS (outermost, so preflights are answered before anything).
+///
+/// Panics on an invalid CORS origin: [`ApiServer::bind`] refuses those first.
 pub fn router(state: ApiState, extra_v1: Vec<Router>) -> Router {
     let mut v1: Router<ApiState> = Router::new();
     for route in v1_routes() {
@@ -142,9 +154,19 @@ pub fn router(state: ApiState, extra_v1: Vec<Router>) -> Router {
         v1 = v1.merge(extra.with_state::<ApiState>(()));
     }
     let v1 = v1.route_layer(from_fn_with_state(state.clone(), auth::authenticate));
-    Router::new()
+    let mut public = Router::new()
         .merge(v1)
-        .route("/openapi.json", get(openapi::serve_openapi))
+        .route("/openapi.json", get(openapi::serve_openapi));
+    if state.config.dev_sign_in {
+        // Outside the bearer-token guard: this is how a token is had.
+        public = public.route(dev::DEV_TOKEN_PATH, post(dev::issue_token));
+    }
+    if let Some(app) = app::app_routes(&state.config) {
+        public = public.merge(app);
+    }
+    let cors = app::cors_layer(&state.config.cors_allowed_origins)
+        .expect("CORS origins are checked before the router is built");
+    let router = public
         .fallback(unknown_route)
         // Inside the metrics layer, so shed and timed-out requests are
         // counted (503) like any other.
@@ -157,7 +179,11 @@ pub fn router(state: ApiState, extra_v1: Vec<Router>) -> Router {
             metrics::track_requests,
         ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// Why the API could not start or stopped.
@@ -171,6 +197,11 @@ pub enum ApiRunError {
     },
     #[error("http server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// Development sign-in asked for on an address that is not loopback.
+    #[error(transparent)]
+    DevSignInNotLoopback(#[from] dev::DevSignInRefused),
+    #[error(transparent)]
+    BadCorsOrigin(#[from] app::BadOrigin),
 }
 
 /// The API role: built with its metrics registered, then bound and served.
@@ -213,12 +244,29 @@ impl ApiServer {
         self.state.metrics.clone()
     }
 
-    /// Binds `config.listen_addr`.
+    /// Binds `config.listen_addr`. Refuses development sign-in on any
+    /// address but loopback (checked on the configured address, then on the
+    /// bound one whatever a name resolved to) and invalid CORS origins.
     pub async fn bind(self) -> Result<BoundApi, ApiRunError> {
-        let address = self.state.config.listen_addr.clone();
+        let config = &self.state.config;
+        dev::check_dev_sign_in(config)?;
+        app::cors_layer(&config.cors_allowed_origins)?;
+        let address = config.listen_addr.clone();
         let listener = TcpListener::bind(&address)
             .await
             .map_err(|source| ApiRunError::Bind { address, source })?;
+        if config.dev_sign_in {
+            let bound = listener.local_addr().map_err(|source| ApiRunError::Bind {
+                address: config.listen_addr.clone(),
+                source,
+            })?;
+            if !dev::is_loopback(bound.ip()) {
+                return Err(dev::DevSignInRefused {
+                    address: bound.to_string(),
+                }
+                .into());
+            }
+        }
         Ok(BoundApi {
             server: self,
             listener,
@@ -291,7 +339,8 @@ mod tests {
         let routes = v1_routes()
             .into_iter()
             .map(|route| (route.method, route.path))
-            .chain(public_routes());
+            .chain(public_routes())
+            .chain(dev_routes());
         for (method, path) in routes {
             let operation = &document["paths"][path][method.as_str().to_ascii_lowercase()];
             assert!(

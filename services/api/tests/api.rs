@@ -10,9 +10,7 @@ use chatpipe_api::{ApiConfig, ApiMetrics};
 use chatpipe_cassandra::bucket::{bucket_of_unix_ms, bucket_start_unix_ms};
 use chatpipe_cassandra::{CassandraConfig, CassandraStore, CreateOutcome, NewConversation};
 use chatpipe_core::auth::TokenKeys;
-use chatpipe_core::ids::{
-    ClientMsgId, ConversationId, EdgeId, MessageId, MessageIdGenerator, UserId,
-};
+use chatpipe_core::ids::{ConversationId, MessageId, MessageIdGenerator, UserId};
 use chatpipe_core::records::{
     MembershipChange, MembershipRecord, MessageRecord, SCHEMA_VERSION, TopicNames,
 };
@@ -55,6 +53,21 @@ async fn start(config: ApiConfig) -> Api {
 /// `producer_brokers` points the membership producer elsewhere (a dead
 /// address, to see 503s) without touching the shared engines.
 async fn start_with_producer_brokers(config: ApiConfig, producer_brokers: Option<&str>) -> Api {
+    let config = ApiConfig {
+        listen_addr: "127.0.0.1:0".into(),
+        ..config
+    };
+    try_start(config, producer_brokers)
+        .await
+        .expect("the api starts")
+}
+
+/// Starts the role at `config.listen_addr` as given (the refusals of
+/// development mode are tested through it).
+async fn try_start(
+    config: ApiConfig,
+    producer_brokers: Option<&str>,
+) -> Result<Api, chatpipe::roles::RoleError> {
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("t{unique}.");
     let brokers =
@@ -92,19 +105,15 @@ async fn start_with_producer_brokers(config: ApiConfig, producer_brokers: Option
     };
     let shutdown = Shutdown::new();
     let role = roles::spawn(
-        ApiConfig {
-            listen_addr: "127.0.0.1:0".into(),
-            ..config
-        },
+        config,
         &deps,
         RoleContext::new(&shutdown, "127.0.0.1:0".parse().unwrap()),
     )
-    .await
-    .expect("the api starts");
+    .await?;
     let address: SocketAddr = role.addr;
     let metrics = role.metrics().clone();
     let ops = format!("http://{}", role.ops_addr());
-    Api {
+    Ok(Api {
         unique,
         base: format!("http://{address}"),
         http: reqwest::Client::new(),
@@ -115,7 +124,7 @@ async fn start_with_producer_brokers(config: ApiConfig, producer_brokers: Option
         metrics,
         ops,
         _shutdown: ShutdownOnDrop(shutdown),
-    }
+    })
 }
 
 impl Api {
@@ -375,17 +384,11 @@ fn message(
     message_id: MessageId,
     index: usize,
 ) -> MessageRecord {
-    MessageRecord {
-        schema_version: SCHEMA_VERSION,
-        message_id,
-        conversation_id: conversation.clone(),
-        sender_id: sender.clone(),
-        client_msg_id: ClientMsgId::parse(format!("c{index}")).unwrap(),
-        body: format!("message {index}"),
-        ts: message_id.unix_ms(),
-        edge_id: EdgeId::parse("edge-test").unwrap(),
-        resend: false,
-    }
+    MessageRecord::builder(message_id, conversation)
+        .sender(sender)
+        .client_msg_id(format!("c{index}"))
+        .body(format!("message {index}"))
+        .build()
 }
 
 fn ids_of(page: &Value) -> Vec<MessageId> {
@@ -676,7 +679,10 @@ async fn openapi_and_operational_endpoints_are_served() {
         if path == "/v1/search" {
             continue; // mounted with the search engine (ApiServer::mount_v1)
         }
-        for method in item.as_object().unwrap().keys() {
+        for (method, operation) in item.as_object().unwrap() {
+            if operation["x-chatpipe-development-only"] == true {
+                continue; // routed only in development mode (tested below)
+            }
             let concrete = path
                 .replace("{id}", "some-id")
                 .replace("{user_id}", "someone");
@@ -987,4 +993,248 @@ async fn requests_over_the_concurrency_limit_are_shed_with_a_json_503() {
     // The slot is free again.
     let (status, body) = api.get(&bob, "/v1/conversations").await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn development_sign_in_exists_only_in_development_mode_on_a_loopback_bind() {
+    let dev = start(ApiConfig {
+        dev_sign_in: true,
+        ..ApiConfig::default()
+    })
+    .await;
+    let alice = dev.user("alice");
+    let response = dev
+        .http
+        .post(format!("{}/v1/dev/token", dev.base))
+        .json(&json!({"user_id": alice.as_str()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let issued: Value = response.json().await.unwrap();
+    assert_eq!(issued["user_id"], alice.as_str());
+    assert!(issued["expires_at"].as_u64().unwrap() > now_unix_ms());
+    // The token is a real one: the API takes it, and it names alice.
+    let token = issued["token"].as_str().unwrap();
+    assert_eq!(dev.keys.verify(token).unwrap(), alice);
+    let listed = dev
+        .http
+        .get(format!("{}/v1/conversations", dev.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    let (status, body) = {
+        let response = dev
+            .http
+            .post(format!("{}/v1/dev/token", dev.base))
+            .json(&json!({"user_id": "not a user id"}))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    assert_error(status, &body, 400, "invalid");
+
+    // Without development mode the route does not exist.
+    let production = start(ApiConfig::default()).await;
+    let response = production
+        .http
+        .post(format!("{}/v1/dev/token", production.base))
+        .json(&json!({"user_id": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "no such route", "{body}");
+
+    // Development mode on a non-loopback bind is refused at start.
+    for address in ["0.0.0.0:0", "[::]:0"] {
+        let refused = try_start(
+            ApiConfig {
+                listen_addr: address.into(),
+                dev_sign_in: true,
+                ..ApiConfig::default()
+            },
+            None,
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("development mode started on {address}"));
+        assert!(refused.to_string().contains("loopback"), "{refused}");
+    }
+}
+
+#[tokio::test]
+async fn the_web_app_is_served_under_app_with_its_config() {
+    let directory =
+        std::env::temp_dir().join(format!("chatpipe-app-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(directory.join("assets")).unwrap();
+    std::fs::write(
+        directory.join("index.html"),
+        "<!doctype html><title>chat</title>",
+    )
+    .unwrap();
+    std::fs::write(directory.join("assets/app.js"), "console.log(1)").unwrap();
+    let api = start(ApiConfig {
+        app_dir: Some(directory.to_string_lossy().into_owned()),
+        app_ws_url: Some("ws://127.0.0.1:18080/ws".into()),
+        ..ApiConfig::default()
+    })
+    .await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = no_redirects
+        .get(format!("{}/app", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_redirection(), "{}", response.status());
+    assert_eq!(response.headers()["location"], "/app/");
+    let index = api
+        .http
+        .get(format!("{}/app/", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(index.status(), StatusCode::OK);
+    assert!(
+        index.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert_eq!(
+        index.text().await.unwrap(),
+        "<!doctype html><title>chat</title>"
+    );
+    let script = api
+        .http
+        .get(format!("{}/app/assets/app.js", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), StatusCode::OK);
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("javascript")
+    );
+    let config: Value = api
+        .http
+        .get(format!("{}/app/config.json", api.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        config,
+        json!({"ws_url": "ws://127.0.0.1:18080/ws", "dev_sign_in": false})
+    );
+    // Nothing outside the directory, and missing files are 404.
+    for path in [
+        "/app/../Cargo.toml",
+        "/app/%2e%2e/Cargo.toml",
+        "/app/missing.js",
+    ] {
+        let response = api
+            .http
+            .get(format!("{}{path}", api.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    // Without an app directory there is no /app/.
+    let bare = start(ApiConfig::default()).await;
+    let response = bare
+        .http
+        .get(format!("{}/app/", bare.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[tokio::test]
+async fn cors_answers_only_the_configured_origins() {
+    let api = start(ApiConfig {
+        cors_allowed_origins: vec!["http://localhost:5173".into()],
+        ..ApiConfig::default()
+    })
+    .await;
+    let alice = api.user("alice");
+    let preflight = api
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/conversations", api.base),
+        )
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+    let allowed_headers = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        allowed_headers.contains("authorization"),
+        "{allowed_headers}"
+    );
+    let listed = api
+        .http
+        .get(format!("{}/v1/conversations", api.base))
+        .header("origin", "http://localhost:5173")
+        .bearer_auth(api.token(&alice))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    assert_eq!(
+        listed.headers()["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+    let other = api
+        .http
+        .get(format!("{}/v1/conversations", api.base))
+        .header("origin", "http://evil.example")
+        .bearer_auth(api.token(&alice))
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    // Off by default.
+    let plain = start(ApiConfig::default()).await;
+    let response = plain
+        .http
+        .get(format!("{}/openapi.json", plain.base))
+        .header("origin", "http://localhost:5173")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
 }

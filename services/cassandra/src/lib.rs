@@ -15,7 +15,9 @@
 //!   [`MembershipStore`](chatpipe_core::store::MembershipStore).
 //! - [`messages`]: history, partitioned by `(conversation_id, bucket)` with
 //!   [`bucket`] a 10-day window derived from the message id (Discord's
-//!   layout); idempotent batch writes and cursor pages across buckets.
+//!   layout); idempotent batch writes, edits and deletes (tombstones), and
+//!   cursor pages across buckets; implements
+//!   [`MessageStore`](chatpipe_core::store::MessageStore) for the edge.
 //! - [`conformance`]: the behaviour suites of the store traits, generic
 //!   over any implementation.
 //!
@@ -38,6 +40,8 @@ pub mod store;
 pub use config::CassandraConfig;
 pub use conversations::{Conversation, ConversationSummary, CreateOutcome, NewConversation};
 pub use error::CassandraError;
-pub use messages::{HistoryPage, HistoryQuery, StoredMessage, WriteReport};
+pub use messages::{
+    DELETE_WRITE_TIMESTAMP_US, HistoryPage, HistoryQuery, ReactionCount, StoredMessage, WriteReport,
+};
 pub use schema::{SchemaReport, apply_schema};
 pub use store::CassandraStore;

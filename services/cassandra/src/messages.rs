@@ -1,5 +1,15 @@
-//! History: writing messages idempotently and reading pages of them across
-//! bucket boundaries.
+//! History: writing messages and their changes (edits, deletes)
+//! idempotently and reading pages of them across bucket boundaries.
+//!
+//! Write times make the result independent of the order writes land in
+//! (a batch writes its rows concurrently; a replay writes them again): a
+//! message is written at its own time, an edit at the edit's time (always
+//! later), a delete at [`DELETE_WRITE_TIMESTAMP_US`], above them all. So
+//! the latest edit wins, and a deletion is final. Reactions and replies
+//! live in their own table (`message_relations`, same partition key):
+//! reactions are written at the reaction change's time, a reply's target
+//! with the message; a history page reads them with one range read per
+//! bucket ([`CassandraStore::attach_relations`]).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +18,8 @@ use scylla::statement::batch::{Batch, BatchType};
 use serde::Serialize;
 
 use chatpipe_core::ids::{ClientMsgId, ConversationId, MessageId, UserId};
-use chatpipe_core::records::MessageRecord;
+use chatpipe_core::records::{MessageChange, MessageChangeRecord, MessageRecord};
+use chatpipe_core::store::{MessageStore, StoreError, StoredMessageFacts};
 
 use crate::bucket::{Bucket, bucket_of, newest_bucket_at};
 use crate::conversations::Conversation;
@@ -19,20 +30,95 @@ use crate::store::CassandraStore;
 /// applies it as one mutation; the cap keeps mutations small.
 pub const MAX_ROWS_PER_BATCH: usize = 100;
 
-/// A message as history returns it.
+/// The write time (µs) of a deletion: far above any real write time
+/// (about the year 148,000), so nothing written later in real time undoes it.
+pub const DELETE_WRITE_TIMESTAMP_US: i64 = i64::MAX / 2;
+
+/// A message as history returns it. A deleted message is a tombstone:
+/// `deleted` is true and `body` is empty (and absent from its JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredMessage {
     pub message_id: MessageId,
     pub conversation_id: ConversationId,
     pub sender_id: UserId,
     pub client_msg_id: ClientMsgId,
+    /// Never empty for a message that is not deleted (blank bodies are
+    /// refused), empty for a tombstone.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub body: String,
     /// Unix ms at which the edge accepted the message.
     pub ts: u64,
+    /// Unix ms of the latest edit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edited_at: Option<u64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// The message this one replies to (see
+    /// [`CassandraStore::attach_relations`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+    /// Reactions, counted per reaction (see
+    /// [`CassandraStore::attach_relations`]; empty until attached, and for
+    /// a tombstone).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionCount>,
+}
+
+/// `message_relations.relation` of a reaction row.
+const RELATION_REACTION: &str = "reaction";
+/// `message_relations.relation` of a reply's target row.
+const RELATION_REPLY_TO: &str = "reply_to";
+
+/// How many users reacted to a message with one reaction, and whether the
+/// reader is one of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReactionCount {
+    pub reaction: String,
+    pub count: u64,
+    /// The user who reads history reacted so.
+    pub me: bool,
+}
+
+/// Most relation rows one history page reads per bucket; reactions beyond
+/// it (a page of very popular messages) are not counted.
+pub const MAX_RELATION_ROWS_PER_PAGE: i32 = 10_000;
+
+/// Counts reactions rows `(message, reaction, user)` per message and
+/// reaction, marking those of `reader`; most reacted first, then by
+/// reaction. Pure.
+pub fn count_reactions<'a>(
+    rows: impl IntoIterator<Item = (MessageId, &'a str, &'a str)>,
+    reader: &UserId,
+) -> BTreeMap<MessageId, Vec<ReactionCount>> {
+    let mut counted: BTreeMap<MessageId, BTreeMap<&str, (u64, bool)>> = BTreeMap::new();
+    for (message_id, reaction, user) in rows {
+        let entry = counted
+            .entry(message_id)
+            .or_default()
+            .entry(reaction)
+            .or_default();
+        entry.0 += 1;
+        entry.1 |= user == reader.as_str();
+    }
+    counted
+        .into_iter()
+        .map(|(message_id, reactions)| {
+            let mut list: Vec<ReactionCount> = reactions
+                .into_iter()
+                .map(|(reaction, (count, me))| ReactionCount {
+                    reaction: reaction.to_owned(),
+                    count,
+                    me,
+                })
+                .collect();
+            list.sort_by(|a, b| {
+                b.count
+                    .cmp(&a.count)
+                    .then_with(|| a.reaction.cmp(&b.reaction))
+            });
+            (message_id, list)
+        })
+        .collect()
 }
 
 /// Which page of history to read.
@@ -82,16 +168,33 @@ fn decode_message(conversation: &ConversationId, row: MessageRow) -> Option<Stor
     // landed before the message itself): not a message yet.
     let sender_id = UserId::parse(sender_id?).ok()?;
     let client_msg_id = ClientMsgId::parse(client_msg_id?).ok()?;
+    let deleted = deleted.unwrap_or(false);
     Some(StoredMessage {
         message_id,
         conversation_id: conversation.clone(),
         sender_id,
         client_msg_id,
-        body: body.unwrap_or_default(),
+        body: if deleted {
+            String::new()
+        } else {
+            body.unwrap_or_default()
+        },
         ts: ts.unwrap_or(0).max(0) as u64,
         edited_at: edited_at.map(|at| at.max(0) as u64),
-        deleted: deleted.unwrap_or(false),
+        deleted,
+        reply_to: None,
+        reactions: Vec::new(),
     })
+}
+
+/// The write time (µs) of a change record.
+fn change_write_time_us(record: &MessageChangeRecord) -> i64 {
+    match record.change {
+        MessageChange::Delete => DELETE_WRITE_TIMESTAMP_US,
+        MessageChange::Edit { .. }
+        | MessageChange::ReactionAdd { .. }
+        | MessageChange::ReactionRemove { .. } => (record.ts as i64).saturating_mul(1000),
+    }
 }
 
 impl CassandraStore {
@@ -181,6 +284,245 @@ impl CassandraStore {
         Ok(())
     }
 
+    /// Applies edits and deletes (see the module doc for why the order of
+    /// the writes does not matter), at most `max_in_flight` at once.
+    /// Idempotent. A change to a message history does not hold writes a
+    /// partial row that reads skip.
+    pub async fn write_changes(
+        &self,
+        records: &[MessageChangeRecord],
+        max_in_flight: usize,
+    ) -> Result<WriteReport, CassandraError> {
+        let writes: Vec<_> = records
+            .iter()
+            .map(|record| self.write_change(record))
+            .collect();
+        futures::stream::iter(writes)
+            .buffer_unordered(max_in_flight.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(WriteReport {
+            rows: records.len() as u64,
+            requests: records.len() as u64,
+        })
+    }
+
+    /// Applies one edit or delete.
+    pub async fn write_change(&self, record: &MessageChangeRecord) -> Result<(), CassandraError> {
+        let statements = &self.inner.statements;
+        let key = (
+            record.conversation_id.as_str(),
+            bucket_of(record.message_id),
+            record.message_id.as_i64(),
+        );
+        let written_at = change_write_time_us(record);
+        match &record.change {
+            MessageChange::Edit { body } => {
+                self.inner
+                    .session
+                    .execute_unpaged(
+                        &statements.edit_message,
+                        (
+                            written_at,
+                            body.as_str(),
+                            record.ts as i64,
+                            key.0,
+                            key.1,
+                            key.2,
+                        ),
+                    )
+                    .await?;
+            }
+            MessageChange::Delete => {
+                self.inner
+                    .session
+                    .execute_unpaged(
+                        &statements.delete_message,
+                        (written_at, key.0, key.1, key.2),
+                    )
+                    .await?;
+            }
+            MessageChange::ReactionAdd { reaction } => {
+                self.inner
+                    .session
+                    .execute_unpaged(
+                        &statements.insert_relation,
+                        (
+                            key.0,
+                            key.1,
+                            key.2,
+                            RELATION_REACTION,
+                            reaction.as_str(),
+                            record.actor_id.as_str(),
+                            written_at,
+                        ),
+                    )
+                    .await?;
+            }
+            MessageChange::ReactionRemove { reaction } => {
+                self.inner
+                    .session
+                    .execute_unpaged(
+                        &statements.delete_relation,
+                        (
+                            written_at,
+                            key.0,
+                            key.1,
+                            key.2,
+                            RELATION_REACTION,
+                            reaction.as_str(),
+                            record.actor_id.as_str(),
+                        ),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the reply targets of `records` that are replies (plain
+    /// messages cost nothing here), at the message's own write time.
+    /// Idempotent.
+    pub async fn write_replies(
+        &self,
+        records: &[MessageRecord],
+        max_in_flight: usize,
+    ) -> Result<u64, CassandraError> {
+        let writes: Vec<_> = records
+            .iter()
+            .filter_map(|record| Some((record, record.reply_to?)))
+            .map(|(record, reply_to)| async move {
+                self.inner
+                    .session
+                    .execute_unpaged(
+                        &self.inner.statements.insert_relation,
+                        (
+                            record.conversation_id.as_str(),
+                            bucket_of(record.message_id),
+                            record.message_id.as_i64(),
+                            RELATION_REPLY_TO,
+                            reply_to.to_string(),
+                            "",
+                            (record.message_id.unix_ms() as i64).saturating_mul(1000),
+                        ),
+                    )
+                    .await
+            })
+            .collect();
+        let written = writes.len() as u64;
+        futures::stream::iter(writes)
+            .buffer_unordered(max_in_flight.max(1))
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(written)
+    }
+
+    /// Fills in what points at the page's messages: reply targets, and
+    /// reactions counted per reaction with `reader`'s own marked
+    /// (tombstones keep neither): one range read per bucket the page spans.
+    pub async fn attach_relations(
+        &self,
+        conversation: &ConversationId,
+        page: &mut HistoryPage,
+        reader: &UserId,
+    ) -> Result<(), CassandraError> {
+        let mut ranges: BTreeMap<Bucket, (i64, i64)> = BTreeMap::new();
+        for message in page.messages.iter().filter(|message| !message.deleted) {
+            let id = message.message_id.as_i64();
+            let range = ranges
+                .entry(bucket_of(message.message_id))
+                .or_insert((id, id));
+            range.0 = range.0.min(id);
+            range.1 = range.1.max(id);
+        }
+        let mut reactions: Vec<(MessageId, String, String)> = Vec::new();
+        let mut replies: BTreeMap<MessageId, MessageId> = BTreeMap::new();
+        for (bucket, (lowest, highest)) in ranges {
+            let result = self
+                .inner
+                .session
+                .execute_unpaged(
+                    &self.inner.statements.select_relations,
+                    (
+                        conversation.as_str(),
+                        bucket,
+                        lowest,
+                        highest,
+                        MAX_RELATION_ROWS_PER_PAGE,
+                    ),
+                )
+                .await?
+                .into_rows_result()?;
+            for row in result.rows::<(i64, String, String, String)>()? {
+                let (message_id, relation, value, user) = row?;
+                let Ok(message_id) = MessageId::parse(&message_id.to_string()) else {
+                    continue;
+                };
+                match relation.as_str() {
+                    RELATION_REACTION => reactions.push((message_id, value, user)),
+                    RELATION_REPLY_TO => {
+                        if let Ok(target) = MessageId::parse(&value) {
+                            replies.insert(message_id, target);
+                        }
+                    }
+                    // Written by a newer version: not understood here.
+                    _ => {}
+                }
+            }
+        }
+        let mut counted = count_reactions(
+            reactions
+                .iter()
+                .map(|(id, reaction, user)| (*id, reaction.as_str(), user.as_str())),
+            reader,
+        );
+        for message in page.messages.iter_mut().filter(|message| !message.deleted) {
+            if let Some(found) = counted.remove(&message.message_id) {
+                message.reactions = found;
+            }
+            message.reply_to = replies.get(&message.message_id).copied();
+        }
+        Ok(())
+    }
+
+    /// The sender, time and state of one stored message.
+    pub async fn stored_message_facts(
+        &self,
+        conversation: &ConversationId,
+        message_id: MessageId,
+    ) -> Result<Option<StoredMessageFacts>, CassandraError> {
+        let rows = self
+            .inner
+            .session
+            .execute_unpaged(
+                &self.inner.statements.select_message_facts,
+                (
+                    conversation.as_str(),
+                    bucket_of(message_id),
+                    message_id.as_i64(),
+                ),
+            )
+            .await?
+            .into_rows_result()?;
+        type FactsRow = (Option<String>, Option<i64>, Option<i64>, Option<bool>);
+        let row = rows
+            .maybe_first_row::<FactsRow>()
+            .map_err(|error| CassandraError::Decode(error.to_string()))?;
+        // A partial row (a change whose message history does not hold) is
+        // no message.
+        let Some((Some(sender_id), ts, edited_at, deleted)) = row else {
+            return Ok(None);
+        };
+        let sender_id = UserId::parse(sender_id)
+            .map_err(|error| CassandraError::InvalidData(error.to_string()))?;
+        Ok(Some(StoredMessageFacts {
+            sender_id,
+            ts: ts.unwrap_or(0).max(0) as u64,
+            edited_at: edited_at.map(|at| at.max(0) as u64),
+            deleted: deleted.unwrap_or(false),
+        }))
+    }
+
     /// Reads one page of `conversation`'s history (see [`HistoryQuery`]),
     /// walking buckets from the one the cursor points into towards the
     /// conversation's first bucket (or, with `after`, towards now) until the
@@ -267,5 +609,68 @@ impl CassandraStore {
                 .all(|pair| pair[0].message_id > pair[1].message_id)
         );
         Ok(HistoryPage { messages, has_more })
+    }
+}
+
+impl MessageStore for CassandraStore {
+    async fn message_facts(
+        &self,
+        conversation: &ConversationId,
+        message_id: MessageId,
+    ) -> Result<Option<StoredMessageFacts>, StoreError> {
+        Ok(self.stored_message_facts(conversation, message_id).await?)
+    }
+
+    async fn is_moderator(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        // The conversation's owner is its creator (as for removing members).
+        // TODO(issue 12): admins, once membership roles are stored.
+        Ok(self
+            .conversation(conversation)
+            .await?
+            .is_some_and(|found| &found.created_by == user))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reactions_are_counted_per_message_with_the_readers_marked() {
+        let (m1, m2) = (MessageId::from_u64(1), MessageId::from_u64(2));
+        let rows = [
+            (m1, "👍", "ann"),
+            (m1, "👍", "bob"),
+            (m1, "+1", "bob"),
+            (m2, "🎉", "cid"),
+        ];
+        let counted = count_reactions(rows, &UserId::parse("bob").unwrap());
+        assert_eq!(
+            counted[&m1],
+            vec![
+                ReactionCount {
+                    reaction: "👍".into(),
+                    count: 2,
+                    me: true
+                },
+                ReactionCount {
+                    reaction: "+1".into(),
+                    count: 1,
+                    me: true
+                },
+            ]
+        );
+        assert_eq!(
+            counted[&m2],
+            vec![ReactionCount {
+                reaction: "🎉".into(),
+                count: 1,
+                me: false
+            }]
+        );
     }
 }

@@ -230,7 +230,8 @@ mod tests {
                 "conversations",
                 "members_by_conversation",
                 "conversations_by_user",
-                "messages"
+                "messages",
+                "message_relations"
             ]
         );
     }

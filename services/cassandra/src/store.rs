@@ -57,6 +57,12 @@ pub(crate) struct Statements {
     pub(crate) insert_message: PreparedStatement,
     pub(crate) select_messages_descending: PreparedStatement,
     pub(crate) select_messages_ascending: PreparedStatement,
+    pub(crate) select_message_facts: PreparedStatement,
+    pub(crate) edit_message: PreparedStatement,
+    pub(crate) delete_message: PreparedStatement,
+    pub(crate) insert_relation: PreparedStatement,
+    pub(crate) delete_relation: PreparedStatement,
+    pub(crate) select_relations: PreparedStatement,
 }
 
 const MESSAGE_COLUMNS: &str = "message_id, sender_id, client_msg_id, body, ts, edited_at, deleted";
@@ -174,6 +180,66 @@ impl Statements {
                     "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages \
                      WHERE conversation_id = ? AND bucket = ? AND message_id > ? AND message_id < ? \
                      ORDER BY message_id ASC LIMIT ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            select_message_facts: prepare(
+                format!(
+                    "SELECT sender_id, ts, edited_at, deleted FROM {ks}.messages \
+                     WHERE conversation_id = ? AND bucket = ? AND message_id = ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            // Written at the edit's own time (later than the message's, see
+            // the edge): the latest edit wins whatever order the writes
+            // land in, and a redelivered message cannot undo it.
+            edit_message: prepare(
+                format!(
+                    "UPDATE {ks}.messages USING TIMESTAMP ? SET body = ?, edited_at = ? \
+                     WHERE conversation_id = ? AND bucket = ? AND message_id = ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            // Written at DELETE_WRITE_TIMESTAMP_US, above every real write
+            // time: a deletion is final, no edit or redelivered message
+            // brings the body back. The row stays as a tombstone.
+            delete_message: prepare(
+                format!(
+                    "UPDATE {ks}.messages USING TIMESTAMP ? SET body = null, deleted = true \
+                     WHERE conversation_id = ? AND bucket = ? AND message_id = ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            insert_relation: prepare(
+                format!(
+                    "INSERT INTO {ks}.message_relations (conversation_id, bucket, message_id, relation, value, user_id) \
+                     VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            delete_relation: prepare(
+                format!(
+                    "DELETE FROM {ks}.message_relations USING TIMESTAMP ? \
+                     WHERE conversation_id = ? AND bucket = ? AND message_id = ? AND relation = ? AND value = ? AND user_id = ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            select_relations: prepare(
+                format!(
+                    "SELECT message_id, relation, value, user_id FROM {ks}.message_relations \
+                     WHERE conversation_id = ? AND bucket = ? AND message_id >= ? AND message_id <= ? LIMIT ?"
                 ),
                 true,
                 None,

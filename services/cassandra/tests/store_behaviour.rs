@@ -9,10 +9,8 @@ use chatpipe_cassandra::conformance::membership_suite;
 use chatpipe_cassandra::{
     CassandraConfig, CassandraStore, CreateOutcome, HistoryQuery, NewConversation, apply_schema,
 };
-use chatpipe_core::ids::{
-    ClientMsgId, ConversationId, EdgeId, MessageId, MessageIdGenerator, UserId,
-};
-use chatpipe_core::records::{MessageRecord, SCHEMA_VERSION};
+use chatpipe_core::ids::{ConversationId, MessageId, MessageIdGenerator, UserId};
+use chatpipe_core::records::MessageRecord;
 use chatpipe_core::time::now_unix_ms;
 
 fn config() -> CassandraConfig {
@@ -39,17 +37,11 @@ fn record(
     message_id: MessageId,
     body: &str,
 ) -> MessageRecord {
-    MessageRecord {
-        schema_version: SCHEMA_VERSION,
-        message_id,
-        conversation_id: conversation.clone(),
-        sender_id: sender.clone(),
-        client_msg_id: ClientMsgId::parse(format!("c{message_id}")).unwrap(),
-        body: body.to_owned(),
-        ts: message_id.unix_ms(),
-        edge_id: EdgeId::parse("edge-test").unwrap(),
-        resend: false,
-    }
+    MessageRecord::builder(message_id, conversation)
+        .sender(sender)
+        .client_msg_id(format!("c{message_id}"))
+        .body(body)
+        .build()
 }
 
 async fn create(
@@ -82,7 +74,7 @@ async fn schema_apply_is_idempotent() {
     let keyspace = format!("chatpipe_t{}", &unique()[..16]);
     let first = apply_schema(store.session(), &keyspace).await.unwrap();
     assert!(first.created_keyspace);
-    assert_eq!(first.created_tables.len(), 4, "{first:?}");
+    assert_eq!(first.created_tables.len(), 5, "{first:?}");
     let second = apply_schema(store.session(), &keyspace).await.unwrap();
     assert!(
         !second.changed_anything(),

@@ -320,6 +320,43 @@ pub struct ApiArgs {
         default_value = defaults::API_OPS_LISTEN
     )]
     pub api_ops_listen: SocketAddr,
+    /// Development mode: `POST /v1/dev/token` signs a token for any user
+    /// name, without a password (the web app's sign-in on a local stack).
+    /// Refused unless --api-listen is a loopback address. Never in production.
+    #[arg(long = "dev", env = "CHATPIPE_DEV")]
+    pub dev: bool,
+    /// Serve this directory (the web app's build, clients/web/dist) under
+    /// `/app/` on the API's port.
+    #[arg(long, env = "CHATPIPE_APP_DIR")]
+    pub app_dir: Option<std::path::PathBuf>,
+    /// The WebSocket URL the web app is told to use (`/app/config.json`);
+    /// `chatpipe all` defaults it to the first edge's `ws://<listen>/ws`.
+    #[arg(long, env = "CHATPIPE_APP_WS_URL")]
+    pub app_ws_url: Option<String>,
+    /// Origins allowed to call the API from a browser (CORS),
+    /// comma-separated (`http://localhost:5173`), or `*`; none by default.
+    #[arg(long, env = "CHATPIPE_API_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+}
+
+/// The consumer groups of the consumer-group roles in `chatpipe all` (the
+/// same variables as `chatpipe fanout|persist|index --group`): separate
+/// deployments on one Kafka cluster need their own.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerGroupArgs {
+    /// Fan-out consumer group.
+    #[arg(long, env = "CHATPIPE_FANOUT_GROUP", default_value = "chatpipe-fanout")]
+    pub fanout_group: String,
+    /// Persist consumer group.
+    #[arg(
+        long,
+        env = "CHATPIPE_PERSIST_GROUP",
+        default_value = "chatpipe-persist"
+    )]
+    pub persist_group: String,
+    /// Index consumer group.
+    #[arg(long, env = "CHATPIPE_INDEX_GROUP", default_value = "chatpipe-index")]
+    pub index_group: String,
 }
 
 /// The ops listeners of the consumer-group roles in `chatpipe all`.
@@ -368,6 +405,8 @@ pub struct AllArgs {
     #[command(flatten)]
     pub workers: WorkerOpsArgs,
     #[command(flatten)]
+    pub groups: WorkerGroupArgs,
+    #[command(flatten)]
     pub batching: BatchingArgs,
 }
 
@@ -415,6 +454,35 @@ mod tests {
         assert_eq!(
             args.api.api_ops_listen.to_string(),
             defaults::API_OPS_LISTEN
+        );
+    }
+
+    #[test]
+    fn development_mode_app_files_and_cors_are_off_unless_asked_for() {
+        let cli = Cli::try_parse_from(["chatpipe", "all"]).unwrap();
+        let Command::All(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        assert!(!args.api.dev && args.api.app_dir.is_none() && args.api.cors_origins.is_empty());
+        assert_eq!(args.groups.fanout_group, "chatpipe-fanout");
+        let cli = Cli::try_parse_from([
+            "chatpipe",
+            "api",
+            "--dev",
+            "--app-dir",
+            "clients/web/dist",
+            "--cors-origins",
+            "http://localhost:5173,https://chat.example",
+        ])
+        .unwrap();
+        let Command::Api(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        assert!(args.dev);
+        assert_eq!(args.app_dir.unwrap().to_str(), Some("clients/web/dist"));
+        assert_eq!(
+            args.cors_origins,
+            ["http://localhost:5173", "https://chat.example"]
         );
     }
 

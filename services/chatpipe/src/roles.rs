@@ -224,6 +224,9 @@ impl RoleError {
             RoleError::Index(error) => error.is_retriable(),
             RoleError::Api(ApiRunError::Bind { .. }) => false,
             RoleError::Api(ApiRunError::Serve(_)) => true,
+            RoleError::Api(
+                ApiRunError::DevSignInNotLoopback(_) | ApiRunError::BadCorsOrigin(_),
+            ) => false,
             RoleError::Search(_) => false,
         }
     }
@@ -654,6 +657,8 @@ impl RoleConfig for ApiConfig {
         if self.rate_limit_per_second == 0 {
             return Err("rate_limit_per_second must be positive".into());
         }
+        chatpipe_api::dev::check_dev_sign_in(self).map_err(|refused| refused.to_string())?;
+        chatpipe_api::app::cors_layer(&self.cors_allowed_origins).map_err(|bad| bad.to_string())?;
         Ok(())
     }
 

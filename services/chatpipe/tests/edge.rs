@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use chatpipe_core::UserId;
 use chatpipe_core::time::now_unix_ms;
-use chatpipe_kafka::{StartAt, TailConsumer, TailEvent, TailOptions};
 use chatpipe_proto::push::edge_push_client::EdgePushClient;
 use chatpipe_proto::push::{PushBatch, PushItem};
 use chatpipe_runtime::metrics::reason_count;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 async fn push(edge: &chatpipe_edge::EdgeHandle, recipients: &[&str], bodies: &[String]) {
     push_batch(edge, recipients, bodies, false).await;
@@ -51,33 +50,6 @@ async fn push_batch(
         })
         .await
         .expect("push accepted");
-}
-
-/// Every record of `topic`, read from the beginning until `count` arrived.
-async fn read_topic(stack: &Stack, topic: &str, count: usize) -> Vec<(i32, String, Value)> {
-    let tail = TailConsumer::new(
-        &stack.kafka,
-        &unique("reader"),
-        topic,
-        &TailOptions::default(),
-    )
-    .unwrap();
-    tail.assign(&StartAt::Beginning).await.unwrap();
-    let mut records = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while records.len() < count {
-        let event = tokio::time::timeout_at(deadline, tail.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {count} records in {topic}", records.len()))
-            .unwrap();
-        let TailEvent::Record(message) = event else {
-            continue;
-        };
-        let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
-        let value: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
-        records.push((message.partition(), key, value));
-    }
-    records
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

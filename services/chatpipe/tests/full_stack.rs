@@ -308,3 +308,83 @@ async fn a_message_sent_over_the_websocket_is_found_by_members_only() {
         assert!(status == 200 || status == 400, "{hostile}: {status} {page}");
     }
 }
+
+/// Issue 10's ordering defect, on one edge: many connections of one
+/// conversation sending at once (two runtime threads interleave them) still
+/// give ids in partition order, so the live order, the id order and the
+/// history order are one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_on_one_edge_get_ids_in_partition_order() {
+    const SENDERS: usize = 6;
+    const EACH: usize = 30;
+    let stack = Stack::new().await;
+    let full = stack.full().await;
+    let (edge, _e) = stack.edge(stack.edge_config("a")).await;
+    let (fanout, _f) = stack.fanout(&unique("fanout")).await;
+    let reader = unique("reader");
+    let senders: Vec<String> = (0..SENDERS).map(|_| unique("sender")).collect();
+    let mut members: Vec<&str> = senders.iter().map(String::as_str).collect();
+    members.push(&reader);
+    let conversation = stack.conversation(&members).await;
+    let mut receiver = Client::connect(&edge, &stack.token(&reader)).await;
+    stack.routed(&fanout, &reader, 1).await;
+
+    let mut clients = Vec::new();
+    for sender in &senders {
+        clients.push(Client::connect(&edge, &stack.token(sender)).await);
+    }
+    // Every sender fires its whole burst without waiting for acks, all at
+    // once, then collects its acks.
+    let bursts = clients.into_iter().map(|mut client| {
+        let conversation = conversation.as_str().to_owned();
+        tokio::spawn(async move {
+            for index in 0..EACH {
+                client
+                    .send_json(json!({"op":"send","conversation_id":conversation,"client_msg_id":format!("m{index}"),"body":format!("burst {index}")}))
+                    .await;
+            }
+            for index in 0..EACH {
+                let reference = format!("m{index}");
+                client
+                    .wait_for("ack", |frame| {
+                        frame["op"] == "ack" && frame["client_msg_id"] == reference.as_str()
+                    })
+                    .await;
+            }
+        })
+    });
+    for burst in futures::future::join_all(bursts).await {
+        burst.expect("sender finished");
+    }
+
+    let live = message_ids(
+        &receiver
+            .messages(conversation.as_str(), SENDERS * EACH)
+            .await,
+    );
+    let as_numbers: Vec<u64> = live.iter().map(|id| id.parse().unwrap()).collect();
+    let mut sorted = as_numbers.clone();
+    sorted.sort_unstable();
+    assert_eq!(as_numbers, sorted, "live (partition) order is id order");
+
+    let reader_token = stack.token(&reader);
+    let history = eventually("history holds every message", WAIT, || async {
+        let (status, page) = full
+            .get(
+                &reader_token,
+                &format!("/v1/conversations/{conversation}/messages?limit=200"),
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let mut messages = page["messages"].as_array().cloned().unwrap_or_default();
+        messages.reverse(); // newest first
+        (messages.len() == SENDERS * EACH).then_some(message_ids(&messages))
+    })
+    .await;
+    assert_eq!(history, live, "history order is the live order");
+    assert_eq!(
+        fanout.metrics().send_dedup.order_inversions.get(),
+        0,
+        "fan-out saw no inversion"
+    );
+}

@@ -157,6 +157,8 @@ pub struct SendDedupWindow {
     order: VecDeque<(u64, SendKeyDigest, i64)>,
     newest_ts: u64,
     last_offset: Option<i64>,
+    /// Per conversation (hashed): the largest message id seen, and its ts.
+    newest_id: HashMap<u64, (MessageId, u64)>,
 }
 
 impl SendDedupWindow {
@@ -171,6 +173,40 @@ impl SendDedupWindow {
             order: VecDeque::new(),
             newest_ts: 0,
             last_offset: None,
+            newest_id: HashMap::new(),
+        }
+    }
+
+    /// Notes a first attempt's id in partition order and answers whether it
+    /// is an **order inversion**: smaller than an id that came earlier in
+    /// the same conversation. One edge never produces one (it takes ids and
+    /// enqueues under one lock); two edges whose sends race can, because
+    /// their ids come from two clocks. Consumers count it; order stays the
+    /// partition's. Remembered for W, like the first attempts, and bounded
+    /// by the same key count.
+    pub fn is_inversion(&mut self, conversation: &str, message_id: MessageId, ts: u64) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        conversation.hash(&mut hasher);
+        let conversation = hasher.finish();
+        if self.newest_id.len() >= self.max_keys {
+            let oldest_kept = self.newest_ts.saturating_sub(self.window_ms);
+            self.newest_id
+                .retain(|_, (_, seen_ts)| *seen_ts >= oldest_kept);
+            if self.newest_id.len() >= self.max_keys {
+                self.newest_id.clear();
+            }
+        }
+        match self.newest_id.get_mut(&conversation) {
+            Some((newest, _)) if *newest > message_id => true,
+            Some(entry) => {
+                *entry = (message_id, ts);
+                false
+            }
+            None => {
+                self.newest_id.insert(conversation, (message_id, ts));
+                false
+            }
         }
     }
 
@@ -278,6 +314,19 @@ mod tests {
 
     fn id(raw: u64) -> MessageId {
         MessageId::from_u64(raw)
+    }
+
+    #[test]
+    fn an_id_smaller_than_an_earlier_one_of_its_conversation_is_an_inversion() {
+        let mut window = SendDedupWindow::new(W, 100);
+        assert!(!window.is_inversion("c1", id(10), 1));
+        assert!(!window.is_inversion("c1", id(12), 2));
+        // Another conversation has its own order.
+        assert!(!window.is_inversion("c2", id(11), 2));
+        assert!(window.is_inversion("c1", id(11), 3));
+        // The inversion does not lower the conversation's newest id.
+        assert!(window.is_inversion("c1", id(11), 3));
+        assert!(!window.is_inversion("c1", id(13), 4));
     }
 
     #[test]

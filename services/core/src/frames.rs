@@ -6,8 +6,8 @@
 //! [`FrameError`] (and, for a `send`, the `client_msg_id` to echo as `ref`)
 //! instead of a serde message.
 //!
-//! Server frames that belong to the per-session stream (`message`, `typing`,
-//! `read`, `presence`) carry a `seq` that differs per recipient session,
+//! Server frames that belong to the per-session stream (`message`,
+//! `message_edited`, `message_deleted`, `typing`, `read`, `presence`) carry a `seq` that differs per recipient session,
 //! while their content is the same for all recipients. Fan-out therefore
 //! ships the content once as a [`Deliverable`]; the edge encodes it once as
 //! a [`SequencedFrame`] shared by every recipient session, each session
@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
 use crate::ids::{ClientMsgId, ConversationId, MessageId, SessionId, UserId};
-use crate::records::{MessageRecord, PresenceStatus};
+use crate::records::{
+    MAX_REACTION_BYTES, MessageChange, MessageChangeRecord, MessageRecord, PresenceStatus,
+};
 
 /// Limits applied while decoding client frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,9 @@ pub enum ClientFrame {
         /// The client sent this `client_msg_id` before (a retry). Optional
         /// on the wire, false when absent.
         resend: bool,
+        /// The message of the same conversation this one replies to.
+        /// Optional.
+        reply_to: Option<MessageId>,
     },
     Typing {
         conversation_id: ConversationId,
@@ -56,10 +61,65 @@ pub enum ClientFrame {
         conversation_id: ConversationId,
         message_id: MessageId,
     },
+    /// Replace the body of one of the user's own messages.
+    Edit {
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        body: String,
+        /// The client's id for this request, echoed in its `ack` (and as
+        /// `ref` of an `error`). Optional.
+        client_msg_id: Option<ClientMsgId>,
+    },
+    /// Delete a message (the user's own, or any as a moderator).
+    Delete {
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        client_msg_id: Option<ClientMsgId>,
+    },
+    /// Add a reaction to a message (`react`) or take it back (`unreact`).
+    React {
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        reaction: String,
+        /// true for `react`, false for `unreact`.
+        add: bool,
+        client_msg_id: Option<ClientMsgId>,
+    },
     AckSeq {
         seq: u64,
     },
     Ping,
+}
+
+impl ClientFrame {
+    /// What a refusal of this frame echoes as `ref`: the `client_msg_id`
+    /// of a send, edit or delete, or else the `message_id` of an edit or
+    /// delete.
+    pub fn reference(&self) -> Option<String> {
+        match self {
+            ClientFrame::Send { client_msg_id, .. } => Some(client_msg_id.to_string()),
+            ClientFrame::Edit {
+                client_msg_id,
+                message_id,
+                ..
+            }
+            | ClientFrame::Delete {
+                client_msg_id,
+                message_id,
+                ..
+            }
+            | ClientFrame::React {
+                client_msg_id,
+                message_id,
+                ..
+            } => Some(
+                client_msg_id
+                    .as_ref()
+                    .map_or_else(|| message_id.to_string(), ToString::to_string),
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// Why a client frame was refused, with the `ref` to echo when known.
@@ -90,6 +150,8 @@ struct RawClientFrame {
     message_id: Option<serde_json::Value>,
     seq: Option<serde_json::Value>,
     resend: Option<serde_json::Value>,
+    reaction: Option<serde_json::Value>,
+    reply_to: Option<serde_json::Value>,
 }
 
 fn required_string(
@@ -120,6 +182,61 @@ fn parse_field<T, E: std::fmt::Display>(
         .map_err(|error| FrameError::invalid(format!("`{field}`: {error}"), reference.clone()))
 }
 
+fn required_message_id(
+    value: Option<serde_json::Value>,
+    reference: &Option<String>,
+) -> Result<MessageId, FrameError> {
+    match value {
+        Some(value) => serde_json::from_value::<MessageId>(value).map_err(|error| {
+            FrameError::invalid(format!("`message_id`: {error}"), reference.clone())
+        }),
+        None => Err(FrameError::invalid(
+            "missing field `message_id`",
+            reference.clone(),
+        )),
+    }
+}
+
+/// A message body: not blank, at most `max_body_bytes` (`too_large`).
+fn required_body(
+    value: Option<serde_json::Value>,
+    limits: &FrameLimits,
+    reference: &Option<String>,
+) -> Result<String, FrameError> {
+    let body = required_string("body", value, reference)?;
+    if body.len() > limits.max_body_bytes {
+        return Err(FrameError {
+            code: ErrorCode::TooLarge,
+            message: format!("body exceeds {} bytes", limits.max_body_bytes),
+            reference: reference.clone(),
+        });
+    }
+    if body.trim().is_empty() {
+        return Err(FrameError::invalid(
+            "`body` must not be empty",
+            reference.clone(),
+        ));
+    }
+    Ok(body)
+}
+
+/// The optional `client_msg_id` of an edit or delete.
+fn optional_client_msg_id(
+    value: Option<serde_json::Value>,
+    reference: &Option<String>,
+) -> Result<Option<ClientMsgId>, FrameError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(value) => parse_field(
+            "client_msg_id",
+            required_string("client_msg_id", Some(value), reference)?,
+            ClientMsgId::parse,
+            reference,
+        )
+        .map(Some),
+    }
+}
+
 /// Decodes one client text frame.
 pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFrame, FrameError> {
     if text.len() > limits.max_frame_bytes {
@@ -137,8 +254,17 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
     }
     let raw: RawClientFrame = serde_json::from_str(text)
         .map_err(|error| FrameError::invalid(format!("malformed JSON frame: {error}"), None))?;
-    let reference = match &raw.client_msg_id {
-        Some(serde_json::Value::String(id)) if id.len() <= ClientMsgId::MAX_LEN => Some(id.clone()),
+    let reference = match (&raw.client_msg_id, &raw.message_id, raw.op.as_deref()) {
+        (Some(serde_json::Value::String(id)), _, _) if id.len() <= ClientMsgId::MAX_LEN => {
+            Some(id.clone())
+        }
+        // An edit or delete without its own id is referred to by the
+        // message it targets.
+        (
+            None,
+            Some(serde_json::Value::String(id)),
+            Some("edit" | "delete" | "react" | "unreact"),
+        ) if id.len() <= ClientMsgId::MAX_LEN => Some(id.clone()),
         _ => None,
     };
     let Some(op) = raw.op else {
@@ -158,17 +284,7 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
                 ConversationId::parse,
                 &reference,
             )?;
-            let body = required_string("body", raw.body, &reference)?;
-            if body.len() > limits.max_body_bytes {
-                return Err(FrameError {
-                    code: ErrorCode::TooLarge,
-                    message: format!("body exceeds {} bytes", limits.max_body_bytes),
-                    reference,
-                });
-            }
-            if body.trim().is_empty() {
-                return Err(FrameError::invalid("`body` must not be empty", reference));
-            }
+            let body = required_body(raw.body, limits, &reference)?;
             let resend = match raw.resend {
                 None | Some(serde_json::Value::Null) => false,
                 Some(serde_json::Value::Bool(marked)) => marked,
@@ -176,11 +292,20 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
                     return Err(FrameError::invalid("`resend` must be a boolean", reference));
                 }
             };
+            let reply_to = match raw.reply_to {
+                None | Some(serde_json::Value::Null) => None,
+                Some(value) => {
+                    Some(serde_json::from_value::<MessageId>(value).map_err(|error| {
+                        FrameError::invalid(format!("`reply_to`: {error}"), reference.clone())
+                    })?)
+                }
+            };
             Ok(ClientFrame::Send {
                 conversation_id,
                 client_msg_id,
                 body,
                 resend,
+                reply_to,
             })
         }
         "typing" => Ok(ClientFrame::Typing {
@@ -206,6 +331,59 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
             Ok(ClientFrame::Read {
                 conversation_id,
                 message_id,
+            })
+        }
+        "react" | "unreact" => {
+            let conversation_id = parse_field(
+                "conversation_id",
+                required_string("conversation_id", raw.conversation_id, &reference)?,
+                ConversationId::parse,
+                &reference,
+            )?;
+            let message_id = required_message_id(raw.message_id, &reference)?;
+            let client_msg_id = optional_client_msg_id(raw.client_msg_id, &reference)?;
+            let reaction = required_string("reaction", raw.reaction, &reference)?;
+            if reaction.is_empty()
+                || reaction.len() > MAX_REACTION_BYTES
+                || reaction.chars().any(char::is_whitespace)
+            {
+                return Err(FrameError::invalid(
+                    format!(
+                        "`reaction` must be 1 to {MAX_REACTION_BYTES} bytes without whitespace"
+                    ),
+                    reference,
+                ));
+            }
+            Ok(ClientFrame::React {
+                conversation_id,
+                message_id,
+                reaction,
+                add: op == "react",
+                client_msg_id,
+            })
+        }
+        "edit" | "delete" => {
+            let conversation_id = parse_field(
+                "conversation_id",
+                required_string("conversation_id", raw.conversation_id, &reference)?,
+                ConversationId::parse,
+                &reference,
+            )?;
+            let message_id = required_message_id(raw.message_id, &reference)?;
+            let client_msg_id = optional_client_msg_id(raw.client_msg_id, &reference)?;
+            if op == "delete" {
+                return Ok(ClientFrame::Delete {
+                    conversation_id,
+                    message_id,
+                    client_msg_id,
+                });
+            }
+            let body = required_body(raw.body, limits, &reference)?;
+            Ok(ClientFrame::Edit {
+                conversation_id,
+                message_id,
+                body,
+                client_msg_id,
             })
         }
         "ack_seq" => match raw.seq.as_ref().and_then(serde_json::Value::as_u64) {
@@ -235,8 +413,12 @@ pub enum ControlFrame {
         heartbeat_ms: u64,
         resumed: bool,
     },
+    /// A `send` (always with its `client_msg_id`), or an `edit` or
+    /// `delete` (with the request's `client_msg_id` when it had one;
+    /// `message_id` is then the changed message and `ts` the change's).
     Ack {
-        client_msg_id: ClientMsgId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<ClientMsgId>,
         message_id: MessageId,
         ts: u64,
     },
@@ -275,6 +457,9 @@ pub struct MessageView {
     pub client_msg_id: ClientMsgId,
     pub body: String,
     pub ts: u64,
+    /// The message this one replies to, for a reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
 }
 
 impl From<&MessageRecord> for MessageView {
@@ -286,6 +471,7 @@ impl From<&MessageRecord> for MessageView {
             client_msg_id: record.client_msg_id.clone(),
             body: record.body.clone(),
             ts: record.ts,
+            reply_to: record.reply_to,
         }
     }
 }
@@ -295,15 +481,37 @@ impl From<&MessageRecord> for MessageView {
 #[serde(rename_all = "snake_case")]
 pub enum DeliverableOp {
     Message,
+    MessageEdited,
+    MessageDeleted,
+    Reaction,
     Typing,
     Read,
     Presence,
 }
 
 impl DeliverableOp {
+    /// Every op, for receivers that check what they are handed.
+    pub const ALL: [DeliverableOp; 7] = [
+        DeliverableOp::Message,
+        DeliverableOp::MessageEdited,
+        DeliverableOp::MessageDeleted,
+        DeliverableOp::Reaction,
+        DeliverableOp::Typing,
+        DeliverableOp::Read,
+        DeliverableOp::Presence,
+    ];
+
+    /// The op named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeliverableOp::Message => "message",
+            DeliverableOp::MessageEdited => "message_edited",
+            DeliverableOp::MessageDeleted => "message_deleted",
+            DeliverableOp::Reaction => "reaction",
             DeliverableOp::Typing => "typing",
             DeliverableOp::Read => "read",
             DeliverableOp::Presence => "presence",
@@ -324,6 +532,34 @@ pub struct Deliverable {
 #[derive(Serialize)]
 struct MessageFields<'a> {
     message: &'a MessageView,
+}
+
+#[derive(Serialize)]
+struct MessageEditedFields<'a> {
+    conversation_id: &'a ConversationId,
+    message_id: MessageId,
+    user_id: &'a UserId,
+    body: &'a str,
+    edited_at: u64,
+}
+
+#[derive(Serialize)]
+struct MessageDeletedFields<'a> {
+    conversation_id: &'a ConversationId,
+    message_id: MessageId,
+    user_id: &'a UserId,
+    deleted_at: u64,
+}
+
+#[derive(Serialize)]
+struct ReactionFields<'a> {
+    conversation_id: &'a ConversationId,
+    message_id: MessageId,
+    user_id: &'a UserId,
+    reaction: &'a str,
+    /// `add` or `remove`.
+    action: &'static str,
+    ts: u64,
 }
 
 #[derive(Serialize)]
@@ -354,6 +590,47 @@ impl Deliverable {
         Self {
             op: DeliverableOp::Message,
             fields_json: to_object(&MessageFields { message: view }),
+        }
+    }
+
+    /// The frame of a change record: `message_edited` or `message_deleted`.
+    pub fn message_change(record: &MessageChangeRecord) -> Self {
+        match &record.change {
+            MessageChange::Edit { body } => Self {
+                op: DeliverableOp::MessageEdited,
+                fields_json: to_object(&MessageEditedFields {
+                    conversation_id: &record.conversation_id,
+                    message_id: record.message_id,
+                    user_id: &record.actor_id,
+                    body,
+                    edited_at: record.ts,
+                }),
+            },
+            MessageChange::ReactionAdd { reaction }
+            | MessageChange::ReactionRemove { reaction } => Self {
+                op: DeliverableOp::Reaction,
+                fields_json: to_object(&ReactionFields {
+                    conversation_id: &record.conversation_id,
+                    message_id: record.message_id,
+                    user_id: &record.actor_id,
+                    reaction,
+                    action: if matches!(record.change, MessageChange::ReactionAdd { .. }) {
+                        "add"
+                    } else {
+                        "remove"
+                    },
+                    ts: record.ts,
+                }),
+            },
+            MessageChange::Delete => Self {
+                op: DeliverableOp::MessageDeleted,
+                fields_json: to_object(&MessageDeletedFields {
+                    conversation_id: &record.conversation_id,
+                    message_id: record.message_id,
+                    user_id: &record.actor_id,
+                    deleted_at: record.ts,
+                }),
+            },
         }
     }
 
@@ -540,6 +817,50 @@ mod tests {
             Ok(ClientFrame::Read { .. })
         ));
         assert_eq!(
+            decode_client_frame(
+                r#"{"op":"edit","conversation_id":"c1","message_id":"42","body":"fixed"}"#,
+                &limits()
+            ),
+            Ok(ClientFrame::Edit {
+                conversation_id: ConversationId::parse("c1").unwrap(),
+                message_id: MessageId::from_u64(42),
+                body: "fixed".into(),
+                client_msg_id: None,
+            })
+        );
+        assert_eq!(
+            decode_client_frame(
+                r#"{"op":"delete","conversation_id":"c1","message_id":"42","client_msg_id":"r1"}"#,
+                &limits()
+            ),
+            Ok(ClientFrame::Delete {
+                conversation_id: ConversationId::parse("c1").unwrap(),
+                message_id: MessageId::from_u64(42),
+                client_msg_id: Some(ClientMsgId::parse("r1").unwrap()),
+            })
+        );
+        assert_eq!(
+            decode_client_frame(
+                r#"{"op":"unreact","conversation_id":"c1","message_id":"42","reaction":"👍"}"#,
+                &limits()
+            ),
+            Ok(ClientFrame::React {
+                conversation_id: ConversationId::parse("c1").unwrap(),
+                message_id: MessageId::from_u64(42),
+                reaction: "👍".into(),
+                add: false,
+                client_msg_id: None,
+            })
+        );
+        for bad in ["", "a b", "x".repeat(MAX_REACTION_BYTES + 1).as_str()] {
+            let frame = serde_json::json!({"op":"react","conversation_id":"c1","message_id":"42","reaction":bad});
+            let error = decode_client_frame(&frame.to_string(), &limits()).unwrap_err();
+            assert_eq!(
+                (error.code, error.reference.as_deref()),
+                (ErrorCode::Invalid, Some("42"))
+            );
+        }
+        assert_eq!(
             decode_client_frame(r#"{"op":"ack_seq","seq":7}"#, &limits()),
             Ok(ClientFrame::AckSeq { seq: 7 })
         );
@@ -582,6 +903,24 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(wrong_type.code, ErrorCode::Invalid);
+        let blank_edit = decode_client_frame(
+            r#"{"op":"edit","conversation_id":"c1","message_id":"42","body":" "}"#,
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (blank_edit.code, blank_edit.reference.as_deref()),
+            (ErrorCode::Invalid, Some("42"))
+        );
+        let no_target = decode_client_frame(
+            r#"{"op":"delete","conversation_id":"c1","client_msg_id":"r2"}"#,
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (no_target.code, no_target.reference.as_deref()),
+            (ErrorCode::Invalid, Some("r2"))
+        );
         let bad_seq = decode_client_frame(r#"{"op":"ack_seq","seq":-1}"#, &limits()).unwrap_err();
         assert_eq!(bad_seq.code, ErrorCode::Invalid);
     }
@@ -595,6 +934,7 @@ mod tests {
             client_msg_id: ClientMsgId::parse("m").unwrap(),
             body: "hello \"world\"".into(),
             ts: 5,
+            reply_to: None,
         };
         let text = Deliverable::message(&view).encode_with_seq(3);
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -616,6 +956,7 @@ mod tests {
             client_msg_id: ClientMsgId::parse("m").unwrap(),
             body: "héllo \"x\"".into(),
             ts: 5,
+            reply_to: Some(MessageId::from_u64(3)),
         };
         let deliverable = Deliverable::message(&view);
         let shared = SequencedFrame::new(deliverable.op.as_str(), &deliverable.fields_json);

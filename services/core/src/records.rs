@@ -7,7 +7,7 @@
 //!
 //! | topic | key | value |
 //! |---|---|---|
-//! | `chat.messages` | conversation id | [`MessageRecord`] |
+//! | `chat.messages` | conversation id | [`MessageRecord`] (version 1) and [`MessageChangeRecord`] (version 2), told apart by [`decode_messages_record`] |
 //! | `chat.events` | conversation id (typing, read) or user id (presence) | [`EventRecord`] |
 //! | `chat.membership` | conversation id | [`MembershipRecord`] |
 //! | `chat.sessions` (compacted) | [`SessionKey`] | [`EdgeRecord`] / [`RouteRecord`], or a tombstone |
@@ -59,6 +59,15 @@ impl TopicNames {
 /// The schema version written by this code for every record type.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The schema version of [`MessageChangeRecord`]s. Change records share
+/// `chat.messages` with the messages they change (same key, same partition,
+/// so one order), and carry version 2 so that a reader of version 1 never
+/// takes one for a new message: a v1 reader that dispatches on
+/// `schema_version` skips them, and one that does not still fails to read
+/// them as a message (they have no `sender_id`, `client_msg_id` or `body`
+/// of a message) and dead-letters them.
+pub const CHANGE_SCHEMA_VERSION: u32 = 2;
+
 /// A chat message, as accepted by an edge. Key: `conversation_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRecord {
@@ -79,6 +88,199 @@ pub struct MessageRecord {
     /// partition's verdict to `edge_id`. Absent (false) on most records.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resend: bool,
+    /// The message of the same conversation this one replies to, when it
+    /// is a reply (checked by the edge). Absent on most records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+}
+
+/// The most bytes of UTF-8 a reaction may hold (an emoji sequence or a
+/// short name such as `+1`).
+pub const MAX_REACTION_BYTES: usize = 32;
+
+/// A later change to a message, as accepted by an edge (`schema_version`
+/// [`CHANGE_SCHEMA_VERSION`]). Key: `conversation_id`, like the message it
+/// changes, so that every reader sees the message before its changes and
+/// the changes in one order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageChangeRecord {
+    pub schema_version: u32,
+    /// The message changed.
+    pub message_id: MessageId,
+    pub conversation_id: ConversationId,
+    /// Who made the change (the sender for an edit; the sender or a
+    /// moderator of the conversation for a delete).
+    pub actor_id: UserId,
+    #[serde(flatten)]
+    pub change: MessageChange,
+    /// Unix milliseconds at which the edge accepted the change; always
+    /// later than the message's own `ts`, so it also orders the change
+    /// after the message in stores that keep the latest write.
+    pub ts: u64,
+    /// The edge that accepted it.
+    pub edge_id: EdgeId,
+}
+
+/// What a [`MessageChangeRecord`] does, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MessageChange {
+    /// The message's body is now `body`.
+    Edit { body: String },
+    /// The message is deleted: readers drop its body and keep a tombstone.
+    Delete,
+    /// `actor_id` reacted to the message with `reaction` (once per user and
+    /// reaction: adding it again changes nothing).
+    ReactionAdd { reaction: String },
+    /// `actor_id` took `reaction` back.
+    ReactionRemove { reaction: String },
+}
+
+impl MessageChange {
+    /// The `kind` as written in the record.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MessageChange::Edit { .. } => "edit",
+            MessageChange::Delete => "delete",
+            MessageChange::ReactionAdd { .. } => "reaction_add",
+            MessageChange::ReactionRemove { .. } => "reaction_remove",
+        }
+    }
+
+    /// The reaction and whether it is added, for reaction changes.
+    pub fn reaction(&self) -> Option<(&str, bool)> {
+        match self {
+            MessageChange::ReactionAdd { reaction } => Some((reaction, true)),
+            MessageChange::ReactionRemove { reaction } => Some((reaction, false)),
+            MessageChange::Edit { .. } | MessageChange::Delete => None,
+        }
+    }
+}
+
+/// A record of `chat.messages`, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessagesTopicRecord {
+    Message(MessageRecord),
+    Change(MessageChangeRecord),
+}
+
+/// Why a `chat.messages` value is neither a message nor a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessagesRecordError {
+    #[error("not a message record (MessageRecord): {0}")]
+    Message(String),
+    #[error("not a message change record (MessageChangeRecord): {0}")]
+    Change(String),
+    #[error("unknown schema_version {0} on the messages topic")]
+    UnknownVersion(u64),
+}
+
+/// Decodes a `chat.messages` value by its `schema_version`: 1 is a
+/// [`MessageRecord`], 2 a [`MessageChangeRecord`]. A message record (the
+/// common case) is parsed once; the version is looked at only when that
+/// parse fails or names another version.
+pub fn decode_messages_record(payload: &[u8]) -> Result<MessagesTopicRecord, MessagesRecordError> {
+    let message_error = match serde_json::from_slice::<MessageRecord>(payload) {
+        Ok(record) if record.schema_version == SCHEMA_VERSION => {
+            return Ok(MessagesTopicRecord::Message(record));
+        }
+        Ok(record) => {
+            return Err(MessagesRecordError::UnknownVersion(
+                record.schema_version.into(),
+            ));
+        }
+        Err(error) => error,
+    };
+    #[derive(Deserialize)]
+    struct Version {
+        schema_version: Option<u64>,
+    }
+    match serde_json::from_slice::<Version>(payload) {
+        Ok(Version {
+            schema_version: Some(version),
+        }) if version == u64::from(CHANGE_SCHEMA_VERSION) => {
+            serde_json::from_slice::<MessageChangeRecord>(payload)
+                .map(MessagesTopicRecord::Change)
+                .map_err(|error| MessagesRecordError::Change(error.to_string()))
+        }
+        Ok(Version {
+            schema_version: Some(version),
+        }) if version != u64::from(SCHEMA_VERSION) => {
+            Err(MessagesRecordError::UnknownVersion(version))
+        }
+        _ => Err(MessagesRecordError::Message(message_error.to_string())),
+    }
+}
+
+impl MessageRecord {
+    /// A builder of records **for tests, examples and tools** (production
+    /// records come from the edge's send path). Defaults: sender `alice`,
+    /// body `message {id}`, `client_msg_id` `m{id}`, `ts` the id's own
+    /// millisecond, edge `edge-test`, not a resend, not a reply. The setters panic on an
+    /// invalid id: they take test input.
+    pub fn builder(
+        message_id: MessageId,
+        conversation_id: &ConversationId,
+    ) -> MessageRecordBuilder {
+        MessageRecordBuilder(MessageRecord {
+            schema_version: SCHEMA_VERSION,
+            message_id,
+            conversation_id: conversation_id.clone(),
+            sender_id: UserId::parse("alice").expect("a valid user id"),
+            client_msg_id: ClientMsgId::parse(format!("m{message_id}"))
+                .expect("a valid client_msg_id"),
+            body: format!("message {message_id}"),
+            ts: message_id.unix_ms(),
+            edge_id: EdgeId::parse("edge-test").expect("a valid edge id"),
+            resend: false,
+            reply_to: None,
+        })
+    }
+}
+
+/// See [`MessageRecord::builder`].
+#[derive(Debug, Clone)]
+pub struct MessageRecordBuilder(MessageRecord);
+
+impl MessageRecordBuilder {
+    pub fn sender(mut self, sender: &UserId) -> Self {
+        self.0.sender_id = sender.clone();
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.0.body = body.into();
+        self
+    }
+
+    pub fn client_msg_id(mut self, client_msg_id: impl Into<String>) -> Self {
+        self.0.client_msg_id = ClientMsgId::parse(client_msg_id).expect("a valid client_msg_id");
+        self
+    }
+
+    pub fn ts(mut self, ts: u64) -> Self {
+        self.0.ts = ts;
+        self
+    }
+
+    pub fn edge(mut self, edge_id: &str) -> Self {
+        self.0.edge_id = EdgeId::parse(edge_id).expect("a valid edge id");
+        self
+    }
+
+    pub fn resend(mut self, resend: bool) -> Self {
+        self.0.resend = resend;
+        self
+    }
+
+    pub fn reply_to(mut self, reply_to: MessageId) -> Self {
+        self.0.reply_to = Some(reply_to);
+        self
+    }
+
+    pub fn build(self) -> MessageRecord {
+        self.0
+    }
 }
 
 /// Ephemeral events: delivered live like messages, never stored as history.
@@ -247,6 +449,76 @@ mod tests {
         assert_eq!(SessionKey::decode("route/a"), None);
         assert_eq!(SessionKey::decode("edge/a/b"), None);
         assert_eq!(SessionKey::decode("other/a"), None);
+    }
+
+    fn change(change: MessageChange) -> MessageChangeRecord {
+        MessageChangeRecord {
+            schema_version: CHANGE_SCHEMA_VERSION,
+            message_id: MessageId::from_u64(42),
+            conversation_id: ConversationId::parse("c1").unwrap(),
+            actor_id: UserId::parse("alice").unwrap(),
+            change,
+            ts: 7,
+            edge_id: EdgeId::parse("edge-1").unwrap(),
+        }
+    }
+
+    #[test]
+    fn change_records_are_never_read_as_messages() {
+        for record in [
+            change(MessageChange::Edit {
+                body: "fixed".into(),
+            }),
+            change(MessageChange::Delete),
+            change(MessageChange::ReactionAdd {
+                reaction: "👍".into(),
+            }),
+            change(MessageChange::ReactionRemove {
+                reaction: "+1".into(),
+            }),
+        ] {
+            let bytes = serde_json::to_vec(&record).unwrap();
+            // A v1 reader that does not look at the version still fails.
+            assert!(serde_json::from_slice::<MessageRecord>(&bytes).is_err());
+            assert_eq!(
+                decode_messages_record(&bytes),
+                Ok(MessagesTopicRecord::Change(record.clone()))
+            );
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(json["kind"], record.change.kind());
+            assert_eq!(json["schema_version"], 2);
+        }
+        let message = MessageRecord {
+            schema_version: SCHEMA_VERSION,
+            message_id: MessageId::from_u64(1),
+            conversation_id: ConversationId::parse("c1").unwrap(),
+            sender_id: UserId::parse("bob").unwrap(),
+            client_msg_id: ClientMsgId::parse("m1").unwrap(),
+            body: "hi".into(),
+            ts: 1,
+            edge_id: EdgeId::parse("e").unwrap(),
+            resend: false,
+            reply_to: None,
+        };
+        let bytes = serde_json::to_vec(&message).unwrap();
+        assert_eq!(
+            decode_messages_record(&bytes),
+            Ok(MessagesTopicRecord::Message(message.clone()))
+        );
+        let mut future = serde_json::to_value(&message).unwrap();
+        future["schema_version"] = 3.into();
+        assert_eq!(
+            decode_messages_record(&serde_json::to_vec(&future).unwrap()),
+            Err(MessagesRecordError::UnknownVersion(3))
+        );
+        assert!(matches!(
+            decode_messages_record(br#"{"schema_version":2,"kind":"dance"}"#),
+            Err(MessagesRecordError::Change(_))
+        ));
+        assert!(matches!(
+            decode_messages_record(b"not json"),
+            Err(MessagesRecordError::Message(_))
+        ));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 
-use crate::ids::{ConversationId, UserId};
+use crate::ids::{ConversationId, MessageId, UserId};
 
 /// A store failure. Retriable failures (timeouts, an engine that is down)
 /// become `unavailable` for users; others become `internal`.
@@ -55,3 +55,41 @@ pub trait MembershipStore: Clone + Send + Sync + 'static {
         user: &UserId,
     ) -> impl Future<Output = Result<Vec<ConversationId>, StoreError>> + Send;
 }
+
+/// What the edge needs to know about a stored message to authorize a
+/// change to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessageFacts {
+    pub sender_id: UserId,
+    /// Unix ms of the message (a change's `ts` must be later).
+    pub ts: u64,
+    /// The latest edit's time, if edited (a new edit's `ts` must be later).
+    pub edited_at: Option<u64>,
+    pub deleted: bool,
+}
+
+/// Messages as stored history sees them, read to authorize edits and
+/// deletes (never on the plain send path).
+pub trait MessageStore: Clone + Send + Sync + 'static {
+    /// The facts of message `message_id` in `conversation`, or `None` when
+    /// history does not hold it (yet).
+    fn message_facts(
+        &self,
+        conversation: &ConversationId,
+        message_id: MessageId,
+    ) -> impl Future<Output = Result<Option<StoredMessageFacts>, StoreError>> + Send;
+
+    /// Whether `user` may delete any message of `conversation` (its owner
+    /// or an admin).
+    fn is_moderator(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// Everything an edge reads: membership for every frame, messages for
+/// edits and deletes.
+pub trait EdgeStore: MembershipStore + MessageStore {}
+
+impl<S: MembershipStore + MessageStore> EdgeStore for S {}

@@ -210,6 +210,10 @@ fn client_msg_id() -> impl Strategy<Value = ClientMsgId> {
     "[A-Za-z0-9_.:@-]{1,128}".prop_map(|raw| ClientMsgId::parse(raw).expect("a valid id"))
 }
 
+fn message_id() -> impl Strategy<Value = MessageId> {
+    (1..=i64::MAX as u64).prop_map(MessageId::from_u64)
+}
+
 /// A body the decoder accepts: not blank, at most 4 KiB of UTF-8.
 fn body() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -231,14 +235,48 @@ fn body() -> impl Strategy<Value = String> {
 /// Any frame the decoder should accept.
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (conversation_id(), client_msg_id(), body(), any::<bool>()).prop_map(
-            |(conversation_id, client_msg_id, body, resend)| ClientFrame::Send {
-                conversation_id,
-                client_msg_id,
-                body,
-                resend,
-            }
-        ),
+        (
+            conversation_id(),
+            client_msg_id(),
+            body(),
+            any::<bool>(),
+            prop::option::of(message_id())
+        )
+            .prop_map(|(conversation_id, client_msg_id, body, resend, reply_to)| {
+                ClientFrame::Send {
+                    conversation_id,
+                    client_msg_id,
+                    body,
+                    resend,
+                    reply_to,
+                }
+            }),
+        (
+            conversation_id(),
+            message_id(),
+            body(),
+            prop::option::of(client_msg_id())
+        )
+            .prop_map(|(conversation_id, message_id, body, client_msg_id)| {
+                ClientFrame::Edit {
+                    conversation_id,
+                    message_id,
+                    body,
+                    client_msg_id,
+                }
+            }),
+        (
+            conversation_id(),
+            message_id(),
+            prop::option::of(client_msg_id())
+        )
+            .prop_map(|(conversation_id, message_id, client_msg_id)| {
+                ClientFrame::Delete {
+                    conversation_id,
+                    message_id,
+                    client_msg_id,
+                }
+            }),
         conversation_id().prop_map(|conversation_id| ClientFrame::Typing { conversation_id }),
         (conversation_id(), 1..=i64::MAX as u64).prop_map(|(conversation_id, id)| {
             ClientFrame::Read {
@@ -259,6 +297,7 @@ fn client_json(frame: &ClientFrame, explicit_resend: bool) -> Map<String, Value>
             client_msg_id,
             body,
             resend,
+            reply_to,
         } => {
             let mut value = json!({
                 "op": "send",
@@ -268,6 +307,59 @@ fn client_json(frame: &ClientFrame, explicit_resend: bool) -> Map<String, Value>
             });
             if *resend || explicit_resend {
                 value["resend"] = json!(resend);
+            }
+            if let Some(reply_to) = reply_to {
+                value["reply_to"] = json!(reply_to.to_string());
+            }
+            value
+        }
+        ClientFrame::Edit {
+            conversation_id,
+            message_id,
+            body,
+            client_msg_id,
+        } => {
+            let mut value = json!({
+                "op": "edit",
+                "conversation_id": conversation_id.as_str(),
+                "message_id": message_id.to_string(),
+                "body": body,
+            });
+            if let Some(client_msg_id) = client_msg_id {
+                value["client_msg_id"] = json!(client_msg_id.as_str());
+            }
+            value
+        }
+        ClientFrame::Delete {
+            conversation_id,
+            message_id,
+            client_msg_id,
+        } => {
+            let mut value = json!({
+                "op": "delete",
+                "conversation_id": conversation_id.as_str(),
+                "message_id": message_id.to_string(),
+            });
+            if let Some(client_msg_id) = client_msg_id {
+                value["client_msg_id"] = json!(client_msg_id.as_str());
+            }
+            value
+        }
+        ClientFrame::React {
+            conversation_id,
+            message_id,
+            reaction,
+            add,
+            client_msg_id,
+        } => {
+            let mut value = json!({
+                "op": if *add { "react" } else { "unreact" },
+                "conversation_id": conversation_id.as_str(),
+                "message_id": message_id.to_string(),
+                "reaction": reaction,
+            });
+            if let Some(client_msg_id) = client_msg_id {
+                value["client_msg_id"] = json!(client_msg_id.as_str());
             }
             value
         }
@@ -322,6 +414,14 @@ fn assert_typed_refusal(text: &str, refusal: &chatpipe_core::frames::FrameError)
     );
 }
 
+/// The message id a document wrote, as a string or a number.
+fn written_id(value: &Value) -> Option<u64> {
+    match value {
+        Value::String(text) => text.parse::<u64>().ok(),
+        other => other.as_u64(),
+    }
+}
+
 /// A decoded frame says exactly what its document said.
 fn assert_faithful(frame: &ClientFrame, document: &Value) {
     let op = match frame {
@@ -330,12 +430,48 @@ fn assert_faithful(frame: &ClientFrame, document: &Value) {
             client_msg_id,
             body,
             resend,
+            reply_to,
         } => {
             assert_eq!(conversation_id.as_str(), document["conversation_id"]);
             assert_eq!(client_msg_id.as_str(), document["client_msg_id"]);
             assert_eq!(body, &document["body"]);
             assert_eq!(*resend, document["resend"].as_bool().unwrap_or(false));
+            assert_eq!(reply_to.map(MessageId::as_u64), written_id(&document["reply_to"]));
             "send"
+        }
+        ClientFrame::Edit {
+            conversation_id,
+            message_id,
+            body,
+            client_msg_id,
+        } => {
+            assert_eq!(conversation_id.as_str(), document["conversation_id"]);
+            assert_eq!(Some(message_id.as_u64()), written_id(&document["message_id"]));
+            assert_eq!(body, &document["body"]);
+            assert_eq!(client_msg_id.as_ref().map(ClientMsgId::as_str), document["client_msg_id"].as_str());
+            "edit"
+        }
+        ClientFrame::Delete {
+            conversation_id,
+            message_id,
+            client_msg_id,
+        } => {
+            assert_eq!(conversation_id.as_str(), document["conversation_id"]);
+            assert_eq!(Some(message_id.as_u64()), written_id(&document["message_id"]));
+            assert_eq!(client_msg_id.as_ref().map(ClientMsgId::as_str), document["client_msg_id"].as_str());
+            "delete"
+        }
+        ClientFrame::React {
+            conversation_id,
+            message_id,
+            reaction,
+            add,
+            ..
+        } => {
+            assert_eq!(conversation_id.as_str(), document["conversation_id"]);
+            assert_eq!(Some(message_id.as_u64()), written_id(&document["message_id"]));
+            assert_eq!(reaction, &document["reaction"]);
+            if *add { "react" } else { "unreact" }
         }
         ClientFrame::Typing { conversation_id } => {
             assert_eq!(conversation_id.as_str(), document["conversation_id"]);
@@ -346,11 +482,7 @@ fn assert_faithful(frame: &ClientFrame, document: &Value) {
             message_id,
         } => {
             assert_eq!(conversation_id.as_str(), document["conversation_id"]);
-            let written = match &document["message_id"] {
-                Value::String(text) => text.parse::<u64>().ok(),
-                other => other.as_u64(),
-            };
-            assert_eq!(Some(message_id.as_u64()), written);
+            assert_eq!(Some(message_id.as_u64()), written_id(&document["message_id"]));
             "read"
         }
         ClientFrame::AckSeq { seq } => {

@@ -1,4 +1,5 @@
-//! The published JSON Schemas (`schemas/kafka/v1/`, `schemas/ws/v1/`) held
+//! The published JSON Schemas (`schemas/kafka/v1/`, `schemas/kafka/v2/`,
+//! `schemas/ws/v1/`) held
 //! against the Rust types that produce and consume those documents.
 //!
 //! The schemas are a public contract (analytics teams read the Kafka topics,
@@ -29,9 +30,10 @@ use chatpipe_core::frames::{
     ClientFrame, ControlFrame, Deliverable, FrameLimits, MessageView, decode_client_frame,
 };
 use chatpipe_core::records::{
-    DeadLetterRecord, EdgeRecord, EdgeState, Event, EventRecord, MembershipChange,
-    MembershipRecord, MessageRecord, PresenceStatus, RouteRecord, SCHEMA_VERSION, SessionKey,
-    topics,
+    CHANGE_SCHEMA_VERSION, DeadLetterRecord, EdgeRecord, EdgeState, Event, EventRecord,
+    MembershipChange, MembershipRecord, MessageChange, MessageChangeRecord, MessageRecord,
+    MessagesTopicRecord, PresenceStatus, RouteRecord, SCHEMA_VERSION, SessionKey,
+    decode_messages_record, topics,
 };
 use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, SessionId, UserId};
 use jsonschema::Validator;
@@ -46,6 +48,9 @@ const MEMBERSHIP_SCHEMA: &str = "kafka/v1/membership.json";
 const SESSION_EDGE_SCHEMA: &str = "kafka/v1/session-edge.json";
 const SESSION_ROUTE_SCHEMA: &str = "kafka/v1/session-route.json";
 const DEAD_LETTER_SCHEMA: &str = "kafka/v1/dead-letter.json";
+/// Version 2 of the messages topic: change records, next to version 1's
+/// messages.
+const MESSAGE_CHANGE_SCHEMA: &str = "kafka/v2/message-change.json";
 const CLIENT_FRAME_SCHEMA: &str = "ws/v1/client-frame.json";
 const SERVER_FRAME_SCHEMA: &str = "ws/v1/server-frame.json";
 
@@ -438,6 +443,7 @@ fn every_schema_file_is_a_described_draft_2020_12_schema() {
     }
     let expected: BTreeSet<String> = KAFKA_SCHEMAS
         .iter()
+        .chain([MESSAGE_CHANGE_SCHEMA].iter())
         .chain(WS_SCHEMAS.iter())
         .map(|path| (*path).to_owned())
         .collect();
@@ -447,7 +453,11 @@ fn every_schema_file_is_a_described_draft_2020_12_schema() {
     );
 
     let mut definitions: BTreeMap<String, (String, Value)> = BTreeMap::new();
-    for path in KAFKA_SCHEMAS.iter().chain(WS_SCHEMAS.iter()) {
+    for path in KAFKA_SCHEMAS
+        .iter()
+        .chain([MESSAGE_CHANGE_SCHEMA].iter())
+        .chain(WS_SCHEMAS.iter())
+    {
         let document = read_json(path);
         if let Err(error) = jsonschema::draft202012::meta::validate(&document) {
             panic!("{path} is not a valid draft 2020-12 schema: {error}");
@@ -512,6 +522,26 @@ fn every_schema_file_is_a_described_draft_2020_12_schema() {
             "{path}: schema_version is required"
         );
     }
+
+    // Version 2 of the messages topic says so in its own definition (a
+    // shared `$defs/schema_version` means the same in every file).
+    let change = read_json(MESSAGE_CHANGE_SCHEMA);
+    assert_eq!(change["x-kafka-topic"], topics::MESSAGES);
+    assert_eq!(
+        change["x-kafka-key"],
+        read_json(MESSAGE_SCHEMA)["x-kafka-key"]
+    );
+    assert_eq!(
+        change["properties"]["schema_version"]["$ref"],
+        "#/$defs/change_schema_version"
+    );
+    assert_eq!(
+        change["$defs"]["change_schema_version"]["const"],
+        json!(CHANGE_SCHEMA_VERSION)
+    );
+    let required = change["required"].as_array().expect("required");
+    assert!(required.contains(&json!("schema_version")));
+    assert!(required.contains(&json!("kind")));
 }
 
 // ---------------------------------------------------------------------------
@@ -528,6 +558,7 @@ fn message_record(message_id: u64, body: &str) -> MessageRecord {
         ts: 1_767_225_600_123,
         edge_id: edge("edge-1"),
         resend: false,
+        reply_to: None,
     }
 }
 
@@ -539,14 +570,15 @@ fn message_records_match_their_schema() {
         message_record(MAX_MESSAGE_ID, "héllo \"world\" 👋\nline two"),
         MessageRecord {
             resend: true,
-            ..message_record(2, "a marked retry")
+            reply_to: Some(MessageId::from_u64(1)),
+            ..message_record(2, "a marked retry of a reply")
         },
     ];
     let mut examples = Vec::new();
     for record in &records {
         let value = to_value(record);
-        // `resend` is written only when true.
-        schema.assert_produced_document(&value, &["resend"]);
+        // `resend` is written only when true, `reply_to` only for a reply.
+        schema.assert_produced_document(&value, &["resend", "reply_to"]);
         schema.assert_key_conforms(record.conversation_id.as_str());
         assert_eq!(
             &serde_json::from_value::<MessageRecord>(value.clone()).unwrap(),
@@ -590,6 +622,74 @@ fn message_records_match_their_schema() {
         !schema.key_validator().is_valid(&json!("conv 1")),
         "keys are conversation ids"
     );
+}
+
+fn change_record(change: MessageChange) -> MessageChangeRecord {
+    MessageChangeRecord {
+        schema_version: CHANGE_SCHEMA_VERSION,
+        message_id: MessageId::from_u64(MAX_MESSAGE_ID),
+        conversation_id: conversation("conv:team_a.b@example-1"),
+        actor_id: user("alice"),
+        change,
+        ts: 1_767_225_700_000,
+        edge_id: edge("edge-2"),
+    }
+}
+
+#[test]
+fn message_change_records_match_their_schema() {
+    let schema = Schema::load(MESSAGE_CHANGE_SCHEMA);
+    let message_schema = Schema::load(MESSAGE_SCHEMA);
+    let records = [
+        change_record(MessageChange::Edit {
+            body: "fixed 👋\nline two".to_owned(),
+        }),
+        change_record(MessageChange::Delete),
+        change_record(MessageChange::ReactionAdd {
+            reaction: "👍🏽".to_owned(),
+        }),
+        change_record(MessageChange::ReactionRemove {
+            reaction: "+1".to_owned(),
+        }),
+    ];
+    let mut examples = Vec::new();
+    for record in &records {
+        let value = to_value(record);
+        schema.assert_produced_document(&value, &[]);
+        schema.assert_key_conforms(record.conversation_id.as_str());
+        assert_eq!(
+            decode_messages_record(value.to_string().as_bytes()),
+            Ok(MessagesTopicRecord::Change(record.clone()))
+        );
+        // What a reader of version 1 sees: not a message.
+        message_schema.assert_rejects(&value, "a change is not a message");
+        assert!(serde_json::from_value::<MessageRecord>(value.clone()).is_err());
+        examples.push(value);
+    }
+    schema.assert_properties_covered_by(&examples);
+    let (edit, delete) = (&examples[0], &examples[1]);
+    schema.assert_rejects(&without(edit, "body"), "an edit has a body");
+    schema.assert_rejects(&with(delete, "body", json!("x")), "a delete has no body");
+    schema.assert_rejects(&with(edit, "body", json!("")), "empty body");
+    schema.assert_rejects(&with(edit, "schema_version", json!(1)), "version 1");
+    schema.assert_rejects(&with(edit, "kind", json!("react")), "unknown kind");
+    let reaction = &examples[2];
+    schema.assert_rejects(&without(reaction, "reaction"), "a reaction names it");
+    schema.assert_rejects(
+        &with(reaction, "body", json!("x")),
+        "a reaction has no body",
+    );
+    schema.assert_rejects(&with(reaction, "reaction", json!("a b")), "whitespace");
+    schema.assert_rejects(
+        &with(edit, "reaction", json!("x")),
+        "an edit has no reaction",
+    );
+    schema.assert_rejects(
+        &with(delete, "reaction", json!("x")),
+        "a delete has no reaction",
+    );
+    // And a message is not a change.
+    schema.assert_rejects(&to_value(&message_record(1, "hi")), "a message");
 }
 
 #[test]
@@ -887,6 +987,10 @@ fn op_name(frame: &ClientFrame) -> &'static str {
         ClientFrame::Send { .. } => "send",
         ClientFrame::Typing { .. } => "typing",
         ClientFrame::Read { .. } => "read",
+        ClientFrame::Edit { .. } => "edit",
+        ClientFrame::Delete { .. } => "delete",
+        ClientFrame::React { add: true, .. } => "react",
+        ClientFrame::React { add: false, .. } => "unreact",
         ClientFrame::AckSeq { .. } => "ack_seq",
         ClientFrame::Ping => "ping",
     }
@@ -918,7 +1022,19 @@ fn client_frames_valid_per_schema_decode() {
             .to_owned(),
         r#"{"op":"send","conversation_id":"c1","client_msg_id":"m4","body":"again","resend":true}"#
             .to_owned(),
+        r#"{"op":"send","conversation_id":"c1","client_msg_id":"m5","body":"yes","reply_to":"42"}"#
+            .to_owned(),
         r#"{"op":"typing","conversation_id":"c1"}"#.to_owned(),
+        r#"{"op":"edit","conversation_id":"c1","message_id":"42","body":"fixed"}"#.to_owned(),
+        format!(
+            r#"{{"op":"edit","conversation_id":"c1","message_id":"{MAX_MESSAGE_ID}","body":"{max_body}","client_msg_id":"e-1"}}"#
+        ),
+        r#"{"op":"delete","conversation_id":"c1","message_id":"42"}"#.to_owned(),
+        r#"{"op":"delete","conversation_id":"c1","message_id":"42","client_msg_id":"d-1"}"#
+            .to_owned(),
+        r#"{"op":"react","conversation_id":"c1","message_id":"42","reaction":"👍"}"#.to_owned(),
+        r#"{"op":"unreact","conversation_id":"c1","message_id":"42","reaction":"+1","client_msg_id":"u-1"}"#
+            .to_owned(),
         r#"{"op":"read","conversation_id":"c1","message_id":"1"}"#.to_owned(),
         format!(r#"{{"op":"read","conversation_id":"c1","message_id":"{MAX_MESSAGE_ID}"}}"#),
         r#"{"op":"ack_seq","seq":0}"#.to_owned(),
@@ -943,11 +1059,16 @@ fn client_frames_valid_per_schema_decode() {
                 client_msg_id,
                 body,
                 resend,
+                reply_to,
             } => {
                 assert_eq!(conversation_id.as_str(), value["conversation_id"]);
                 assert_eq!(client_msg_id.as_str(), value["client_msg_id"]);
                 assert_eq!(body, &value["body"]);
                 assert_eq!(*resend, value["resend"].as_bool().unwrap_or(false));
+                assert_eq!(
+                    reply_to.map(|id| json!(id.to_string())),
+                    value.get("reply_to").cloned()
+                );
             }
             ClientFrame::Typing { conversation_id } => {
                 assert_eq!(conversation_id.as_str(), value["conversation_id"]);
@@ -958,6 +1079,47 @@ fn client_frames_valid_per_schema_decode() {
             } => {
                 assert_eq!(conversation_id.as_str(), value["conversation_id"]);
                 assert_eq!(message_id.to_string(), value["message_id"]);
+            }
+            ClientFrame::Edit {
+                conversation_id,
+                message_id,
+                body,
+                client_msg_id,
+            } => {
+                assert_eq!(conversation_id.as_str(), value["conversation_id"]);
+                assert_eq!(message_id.to_string(), value["message_id"]);
+                assert_eq!(body, &value["body"]);
+                assert_eq!(
+                    client_msg_id.as_ref().map(|id| json!(id.as_str())),
+                    value.get("client_msg_id").cloned()
+                );
+            }
+            ClientFrame::Delete {
+                conversation_id,
+                message_id,
+                client_msg_id,
+            } => {
+                assert_eq!(conversation_id.as_str(), value["conversation_id"]);
+                assert_eq!(message_id.to_string(), value["message_id"]);
+                assert_eq!(
+                    client_msg_id.as_ref().map(|id| json!(id.as_str())),
+                    value.get("client_msg_id").cloned()
+                );
+            }
+            ClientFrame::React {
+                conversation_id,
+                message_id,
+                reaction,
+                add: _,
+                client_msg_id,
+            } => {
+                assert_eq!(conversation_id.as_str(), value["conversation_id"]);
+                assert_eq!(message_id.to_string(), value["message_id"]);
+                assert_eq!(reaction, &value["reaction"]);
+                assert_eq!(
+                    client_msg_id.as_ref().map(|id| json!(id.as_str())),
+                    value.get("client_msg_id").cloned()
+                );
             }
             ClientFrame::AckSeq { seq } => assert_eq!(json!(seq), value["seq"]),
             ClientFrame::Ping => {}
@@ -1064,6 +1226,64 @@ fn client_frames_invalid_per_schema_are_refused() {
         (
             r#"{"op":"read","message_id":"1"}"#.to_owned(),
             "read without conversation",
+        ),
+        (
+            r#"{"op":"edit","conversation_id":"c1","body":"x"}"#.to_owned(),
+            "edit without message_id",
+        ),
+        (
+            r#"{"op":"edit","conversation_id":"c1","message_id":"42"}"#.to_owned(),
+            "edit without body",
+        ),
+        (
+            r#"{"op":"edit","conversation_id":"c1","message_id":"42","body":"  "}"#.to_owned(),
+            "edit with a blank body",
+        ),
+        (
+            r#"{"op":"edit","message_id":"42","body":"x"}"#.to_owned(),
+            "edit without conversation",
+        ),
+        (
+            r#"{"op":"delete","conversation_id":"c1"}"#.to_owned(),
+            "delete without message_id",
+        ),
+        (
+            r#"{"op":"delete","conversation_id":"c1","message_id":"0"}"#.to_owned(),
+            "delete of message id 0",
+        ),
+        (
+            r#"{"op":"delete","conversation_id":"c1","message_id":"42","client_msg_id":"a b"}"#
+                .to_owned(),
+            "space in a change's client_msg_id",
+        ),
+        (
+            r#"{"op":"react","conversation_id":"c1","message_id":"42"}"#.to_owned(),
+            "react without reaction",
+        ),
+        (
+            r#"{"op":"react","conversation_id":"c1","message_id":"42","reaction":""}"#.to_owned(),
+            "empty reaction",
+        ),
+        (
+            r#"{"op":"unreact","conversation_id":"c1","message_id":"42","reaction":"thumbs up"}"#
+                .to_owned(),
+            "space in a reaction",
+        ),
+        (
+            format!(
+                r#"{{"op":"react","conversation_id":"c1","message_id":"42","reaction":"{}"}}"#,
+                "x".repeat(33)
+            ),
+            "reaction too long",
+        ),
+        (
+            r#"{"op":"unreact","conversation_id":"c1","reaction":"x"}"#.to_owned(),
+            "unreact without message_id",
+        ),
+        (
+            r#"{"op":"send","conversation_id":"c1","client_msg_id":"m1","body":"x","reply_to":"0"}"#
+                .to_owned(),
+            "reply to message id 0",
         ),
         (r#"{"op":"ack_seq"}"#.to_owned(), "ack_seq without seq"),
         (r#"{"op":"ack_seq","seq":-1}"#.to_owned(), "negative seq"),
@@ -1213,9 +1433,15 @@ fn server_frames_match_their_schema() {
             resumed: true,
         },
         ControlFrame::Ack {
-            client_msg_id: client_msg_id("m1"),
+            client_msg_id: Some(client_msg_id("m1")),
             message_id: MessageId::from_u64(MAX_MESSAGE_ID),
             ts: 1_767_225_600_000,
+        },
+        // The ack of an edit or delete sent without a `client_msg_id`.
+        ControlFrame::Ack {
+            client_msg_id: None,
+            message_id: MessageId::from_u64(42),
+            ts: 1_767_225_700_000,
         },
         ControlFrame::Pong,
         ControlFrame::Reconnect {
@@ -1241,13 +1467,24 @@ fn server_frames_match_their_schema() {
     }
     for frame in &control_frames {
         let text = frame.encode();
-        check(text.clone(), &["ref"]);
+        // `client_msg_id` is absent from the ack of a change sent without one.
+        check(text.clone(), &["ref", "client_msg_id"]);
         assert_eq!(&serde_json::from_str::<ControlFrame>(&text).unwrap(), frame);
     }
 
     let view = MessageView::from(&message_record(987_654_321, "hello \"world\" 👋"));
     let deliverables = [
         Deliverable::message(&view),
+        Deliverable::message_change(&change_record(MessageChange::Edit {
+            body: "fixed \"world\" 👋".to_owned(),
+        })),
+        Deliverable::message_change(&change_record(MessageChange::Delete)),
+        Deliverable::message_change(&change_record(MessageChange::ReactionAdd {
+            reaction: "👍".to_owned(),
+        })),
+        Deliverable::message_change(&change_record(MessageChange::ReactionRemove {
+            reaction: "+1".to_owned(),
+        })),
         Deliverable::typing(&conversation("c1"), &user("alice")),
         Deliverable::read(&conversation("c1"), &user("bob"), MessageId::from_u64(42)),
         Deliverable::presence(&user("carol"), PresenceStatus::Online),
@@ -1258,6 +1495,15 @@ fn server_frames_match_their_schema() {
             check(deliverable.encode_with_seq(seq), &[]);
         }
     }
+    // A reply names the message it answers (absent for other messages).
+    let reply = MessageView {
+        reply_to: Some(MessageId::from_u64(987_654_320)),
+        ..view.clone()
+    };
+    check(
+        Deliverable::message(&reply).encode_with_seq(9),
+        &["message.reply_to"],
+    );
     let message_frame = parse_text(&Deliverable::message(&view).encode_with_seq(5));
     assert_eq!(
         serde_json::from_value::<MessageView>(message_frame["message"].clone()).unwrap(),
@@ -1295,7 +1541,7 @@ fn server_frames_match_their_schema() {
         schema.assert_rejects(&parse_text(&frame.encode()), "not a WebSocket error code");
     }
 
-    let typing = parse_text(&deliverables[1].encode_with_seq(3));
+    let typing = parse_text(&deliverables[5].encode_with_seq(3));
     schema.assert_rejects(&with(&typing, "seq", json!(0)), "seq starts at 1");
     schema.assert_rejects(&without(&typing, "seq"), "stream frames carry seq");
     schema.assert_rejects(&with(&typing, "op", json!("typed")), "unknown op");

@@ -75,8 +75,10 @@ pub struct EdgeConfig {
     pub ws_write_buffer_bytes: usize,
     /// Lease of this edge's route record; renewed every third of it.
     pub lease_ms: u64,
-    /// Token lifetime accepted is set by the token; this bounds membership
-    /// cache staleness when no membership event arrives.
+    /// Time-to-live of cached membership (positive answers only), in ms: a
+    /// safety net behind the invalidation by the membership topic, which
+    /// evicts a pair as soon as its record arrives. Long, so that a
+    /// member's sends cost no store read.
     pub membership_cache_ttl_ms: u64,
     /// How long the edge's cache of recent sends (keyed by conversation,
     /// sender and `client_msg_id`) remembers a send: a retry on this edge
@@ -126,7 +128,7 @@ impl Default for EdgeConfig {
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
             lease_ms: 10_000,
-            membership_cache_ttl_ms: 30_000,
+            membership_cache_ttl_ms: 600_000,
             dedup_cache_ttl_ms: 600_000,
             producer_linger_ms: 5,
             push_member_sets_max_members: 500_000,

@@ -11,6 +11,10 @@
 //!   are coalesced on the edge and dropped by every consumer from partition
 //!   order; a retry marked `resend` is acked with the original id through
 //!   the verdict fan-out pushes back ([`send`], [`push`]);
+//! - turns `edit`, `delete`, `react` and `unreact` frames into change
+//!   records on the message's partition of `chat.messages`, after checking
+//!   the rules against stored history (only these read it, never a plain
+//!   send) ([`send`]);
 //! - publishes which users it holds to the compacted session-route topic, so
 //!   fan-out workers know where to push ([`routes`]);
 //! - receives batched pushes from fan-out over gRPC and queues each frame to

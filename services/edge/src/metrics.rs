@@ -34,6 +34,9 @@ pub struct EdgeMetrics {
     /// cache of recent sends (or an attempt in flight), or by a verdict
     /// naming an earlier attempt.
     pub sends_deduplicated: Counter,
+    /// Edits and deletes this edge produced and Kafka confirmed (refusals
+    /// are in `frames_rejected`).
+    pub message_changes_acked: Counter,
     /// Marked resends that waited for their partition's verdict.
     pub resend_verdict_waits: Counter,
     /// Of those, the ones answered `unavailable` because no verdict came
@@ -74,6 +77,7 @@ impl EdgeMetrics {
             frames_rejected: CounterByReason::default(),
             sends_acked: Counter::default(),
             sends_deduplicated: Counter::default(),
+            message_changes_acked: Counter::default(),
             resend_verdict_waits: Counter::default(),
             resend_verdict_timeouts: Counter::default(),
             verdicts_received: Counter::default(),
@@ -160,6 +164,11 @@ impl EdgeMetrics {
             "sends_deduplicated",
             "Retried sends answered with an earlier attempt's id (edge cache or verdict)",
             self.sends_deduplicated.clone(),
+        );
+        registry.register(
+            "message_changes_acked",
+            "Edits and deletes produced and confirmed by Kafka",
+            self.message_changes_acked.clone(),
         );
         registry.register(
             "resend_verdict_waits",

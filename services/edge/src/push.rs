@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use chatpipe_core::MessageId;
 use chatpipe_core::dedup::send_key_digest;
-use chatpipe_core::frames::{SequencedFrame, is_frame_fields};
+use chatpipe_core::frames::{DeliverableOp, SequencedFrame, is_frame_fields};
 use chatpipe_proto::push::edge_push_server::EdgePush;
 use chatpipe_proto::push::{MemberSetRef, PushBatch, PushReply};
 use tonic::{Request, Response, Status};
@@ -30,8 +30,6 @@ use tonic::{Request, Response, Status};
 use crate::metrics::EdgeMetrics;
 use crate::send::{Accepted, VerdictWaiters};
 use crate::sessions::SessionRegistry;
-
-const DELIVERABLE_OPS: [&str; 4] = ["message", "typing", "read", "presence"];
 
 /// A member set as fan-out names it: (conversation, set digest).
 type MemberSetKey = (String, u64);
@@ -122,7 +120,7 @@ impl PushService {
         let mut resolved = Vec::with_capacity(batch.items.len());
         let mut unknown: Vec<MemberSetRef> = Vec::new();
         for item in &batch.items {
-            if !DELIVERABLE_OPS.contains(&item.op.as_str()) {
+            if DeliverableOp::from_name(&item.op).is_none() {
                 return Err(Status::invalid_argument(format!(
                     "unknown op {:?}",
                     item.op

@@ -1,4 +1,11 @@
-//! The write path of a client frame: `send`, `typing`, `read`.
+//! The write path of a client frame: `send`, `edit`, `delete`, `typing`,
+//! `read`.
+//!
+//! An `edit` or `delete` is authorized against stored history (one read of
+//! the message's row, plus the conversation's row for a moderator's
+//! delete), then produced as a [`MessageChangeRecord`] on the message's
+//! partition and acknowledged once Kafka confirmed it. The plain `send`
+//! reads nothing of this.
 //!
 //! A `send` is acknowledged only after Kafka confirmed the record with
 //! `acks=all`, and costs nothing else: no consensus, no store write.
@@ -19,6 +26,14 @@
 //!   ([`VerdictWaiters`]); the ack carries the first attempt's `message_id`
 //!   and `ts`. No verdict in time: `unavailable`, and the client retries,
 //!   still marked.
+//!
+//! Message ids follow partition order on an edge: the id is taken and the
+//! record handed to the producer in one critical section
+//! ([`SendPath::sequence`]), and the idempotent producer keeps a
+//! partition's enqueue order. Two edges take ids from two clocks, so two
+//! sends in one conversation that race on two edges can land in the
+//! opposite order of their ids; the consumers count such an inversion
+//! (`chatpipe_core::dedup`), see the README's "Guarantees".
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,15 +42,22 @@ use std::time::{Duration, Instant};
 
 use chatpipe_core::dedup::{SendKey, SendKeyDigest};
 use chatpipe_core::ids::MessageIdGenerator;
-use chatpipe_core::records::{Event, EventRecord, MessageRecord, SCHEMA_VERSION, TopicNames};
-use chatpipe_core::store::MembershipStore;
+use chatpipe_core::records::{
+    CHANGE_SCHEMA_VERSION, Event, EventRecord, MessageChange, MessageChangeRecord, MessageRecord,
+    SCHEMA_VERSION, TopicNames,
+};
+use chatpipe_core::store::{EdgeStore, StoredMessageFacts};
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, ErrorCode, MessageId, UserId};
-use chatpipe_kafka::ChatProducer;
+use chatpipe_kafka::{ChatProducer, Delivery, Enqueue};
+use chatpipe_membership::InvalidatingCache;
 use moka::future::Cache;
 use tokio::sync::oneshot;
 
 use crate::metrics::EdgeMetrics;
+
+/// Pause before trying again when the producer's bounded queue is full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 
 /// A refusal of a client frame, as it goes into an `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,11 +187,14 @@ pub struct SendPath<S> {
     topics: TopicNames,
     edge_id: EdgeId,
     generator: Mutex<MessageIdGenerator>,
-    membership: Cache<(ConversationId, UserId), bool>,
+    membership: InvalidatingCache<(ConversationId, UserId), ()>,
     recent_sends: Cache<SendKey, Accepted>,
     verdicts: Arc<VerdictWaiters>,
     deadline: Duration,
     metrics: EdgeMetrics,
+    /// The `ts` of this edge's latest message change (changes get strictly
+    /// increasing times).
+    last_change_ts: AtomicU64,
 }
 
 impl<S> std::fmt::Debug for SendPath<S> {
@@ -203,9 +228,20 @@ pub struct SendRequest {
     pub body: String,
     /// The client marked it as a retry.
     pub resend: bool,
+    /// The message of the same conversation this one replies to.
+    pub reply_to: Option<MessageId>,
 }
 
-impl<S: MembershipStore> SendPath<S> {
+/// One client `edit`, `delete`, `react` or `unreact`, as the send path
+/// takes it.
+#[derive(Debug, Clone)]
+pub struct ChangeRequest {
+    pub conversation_id: ConversationId,
+    pub message_id: MessageId,
+    pub change: MessageChange,
+}
+
+impl<S: EdgeStore> SendPath<S> {
     pub fn new(
         store: S,
         producer: ChatProducer,
@@ -218,10 +254,12 @@ impl<S: MembershipStore> SendPath<S> {
             topics: settings.topics,
             edge_id: settings.edge_id,
             generator: Mutex::new(MessageIdGenerator::new(settings.worker_id)),
-            membership: Cache::builder()
-                .max_capacity(200_000)
-                .time_to_live(settings.membership_ttl)
-                .build(),
+            membership: InvalidatingCache::new(
+                Cache::builder()
+                    .max_capacity(200_000)
+                    .time_to_live(settings.membership_ttl)
+                    .build(),
+            ),
             recent_sends: Cache::builder()
                 .max_capacity(200_000)
                 .time_to_live(settings.dedup_ttl)
@@ -229,6 +267,7 @@ impl<S: MembershipStore> SendPath<S> {
             verdicts: Arc::new(VerdictWaiters::default()),
             deadline: settings.deadline,
             metrics,
+            last_change_ts: AtomicU64::new(0),
         }
     }
 
@@ -238,31 +277,31 @@ impl<S: MembershipStore> SendPath<S> {
     }
 
     /// Membership, cached. Only positive answers are cached; a membership
-    /// event for the pair evicts it (see [`SendPath::forget_membership`]).
+    /// event for the pair evicts it (see [`SendPath::forget_membership`]),
+    /// also while a read of it is in flight (`chatpipe_membership`).
     async fn require_member(
         &self,
         conversation: &ConversationId,
         user: &UserId,
     ) -> Result<(), SendRefusal> {
         let key = (conversation.clone(), user.clone());
-        if self.membership.get(&key).await == Some(true) {
-            return Ok(());
-        }
         let member = self
-            .store
-            .is_member(conversation, user)
+            .membership
+            .get_or_load(&key, || async {
+                let member = self.store.is_member(conversation, user).await?;
+                Ok::<_, chatpipe_core::store::StoreError>(member.then_some(()))
+            })
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "membership lookup failed");
                 SendRefusal::unavailable("membership")
             })?;
-        if !member {
+        if member.into_value().is_none() {
             return Err(SendRefusal::new(
                 ErrorCode::Forbidden,
                 "not a member of this conversation (or it does not exist)",
             ));
         }
-        self.membership.insert(key, true).await;
         Ok(())
     }
 
@@ -284,6 +323,17 @@ impl<S: MembershipStore> SendPath<S> {
         let started = Instant::now();
         self.require_member(&request.conversation_id, sender)
             .await?;
+        // Only a reply reads history (a plain send reads nothing).
+        if let Some(reply_to) = request.reply_to {
+            self.stored_message(&request.conversation_id, reply_to, started)
+                .await?
+                .ok_or_else(|| {
+                    SendRefusal::new(
+                        ErrorCode::Invalid,
+                        "`reply_to` is not a message of this conversation",
+                    )
+                })?;
+        }
         let key = SendKey::new(
             request.conversation_id.clone(),
             sender.clone(),
@@ -322,33 +372,27 @@ impl<S: MembershipStore> SendPath<S> {
         digest: SendKeyDigest,
         started: Instant,
     ) -> Result<Accepted, SendRefusal> {
-        let ts = now_unix_ms();
-        let message_id = self.generator.lock().expect("generator lock").next_id(ts);
-        let record = MessageRecord {
+        let mut record = MessageRecord {
             schema_version: SCHEMA_VERSION,
-            message_id,
+            message_id: MessageId::from_u64(0),
             conversation_id: request.conversation_id,
             sender_id: sender.clone(),
             client_msg_id: request.client_msg_id,
             body: request.body,
-            ts,
+            ts: 0,
             edge_id: self.edge_id.clone(),
             resend: request.resend,
+            reply_to: request.reply_to,
         };
         // Registered before producing, so that a fast verdict is not missed.
         let mut wait = request.resend.then(|| self.verdicts.register(digest));
-        self.producer
-            .send_json(
-                &self.topics.messages,
-                record.conversation_id.as_str(),
-                &record,
-                self.deadline,
-            )
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, %message_id, "kafka did not confirm a send");
-                SendRefusal::unavailable("kafka")
-            })?;
+        let delivery = self.sequence(&mut record, started).await?;
+        let (message_id, ts) = (record.message_id, record.ts);
+        let left = self.deadline.saturating_sub(started.elapsed());
+        delivery.wait(left).await.map_err(|error| {
+            tracing::warn!(%error, %message_id, "kafka did not confirm a send");
+            SendRefusal::unavailable("kafka")
+        })?;
         let produced = Accepted { message_id, ts };
         let Some(wait) = wait.as_mut() else {
             return Ok(produced);
@@ -366,6 +410,179 @@ impl<S: MembershipStore> SendPath<S> {
                 self.metrics.resend_verdict_timeouts.inc();
                 tracing::debug!(%message_id, "no verdict for a marked resend within the deadline");
                 Err(SendRefusal::unavailable("the send's verdict"))
+            }
+        }
+    }
+
+    /// Handles an `edit`, `delete`, `react` or `unreact` of
+    /// `request.message_id` by `actor`: only the sender edits; the sender
+    /// or a moderator of the conversation deletes; any member reacts to a
+    /// message that is not deleted. Resolves when Kafka confirmed the change
+    /// record; the `Accepted` names the changed message and the change's
+    /// time.
+    pub async fn change(
+        &self,
+        actor: &UserId,
+        request: ChangeRequest,
+    ) -> Result<Accepted, SendRefusal> {
+        let started = Instant::now();
+        self.require_member(&request.conversation_id, actor).await?;
+        let facts = self
+            .stored_message(&request.conversation_id, request.message_id, started)
+            .await?
+            .ok_or_else(|| {
+                SendRefusal::new(ErrorCode::Forbidden, "no such message in this conversation")
+            })?;
+        match &request.change {
+            MessageChange::Edit { .. } if facts.deleted => {
+                return Err(SendRefusal::new(
+                    ErrorCode::Forbidden,
+                    "the message is deleted",
+                ));
+            }
+            MessageChange::Edit { .. } if &facts.sender_id != actor => {
+                return Err(SendRefusal::new(
+                    ErrorCode::Forbidden,
+                    "only the sender may edit a message",
+                ));
+            }
+            MessageChange::Edit { .. } => {}
+            MessageChange::ReactionAdd { .. } | MessageChange::ReactionRemove { .. }
+                if facts.deleted =>
+            {
+                return Err(SendRefusal::new(
+                    ErrorCode::Forbidden,
+                    "the message is deleted",
+                ));
+            }
+            // Any member reacts to any message.
+            MessageChange::ReactionAdd { .. } | MessageChange::ReactionRemove { .. } => {}
+            MessageChange::Delete => {
+                let moderator = &facts.sender_id != actor
+                    && self
+                        .store
+                        .is_moderator(&request.conversation_id, actor)
+                        .await
+                        .map_err(|error| {
+                            tracing::warn!(%error, "role lookup failed");
+                            SendRefusal::unavailable("membership")
+                        })?;
+                if &facts.sender_id != actor && !moderator {
+                    return Err(SendRefusal::new(
+                        ErrorCode::Forbidden,
+                        "only the sender or the conversation's owner may delete a message",
+                    ));
+                }
+            }
+        }
+        // Later than the message and its latest edit, so that stores that
+        // keep the latest write (Cassandra's write time) keep this one even
+        // when edges' clocks disagree a little; and later than this edge's
+        // previous change, so that two changes within one millisecond (a
+        // reaction added and taken back) keep their order there too.
+        let floor = now_unix_ms()
+            .max(facts.ts + 1)
+            .max(facts.edited_at.map_or(0, |at| at + 1));
+        let previous = self
+            .last_change_ts
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(floor.max(last + 1))
+            })
+            .expect("the update always applies");
+        let ts = floor.max(previous + 1);
+        let record = MessageChangeRecord {
+            schema_version: CHANGE_SCHEMA_VERSION,
+            message_id: request.message_id,
+            conversation_id: request.conversation_id,
+            actor_id: actor.clone(),
+            change: request.change,
+            ts,
+            edge_id: self.edge_id.clone(),
+        };
+        self.producer
+            .send_json(
+                &self.topics.messages,
+                record.conversation_id.as_str(),
+                &record,
+                self.deadline,
+            )
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, message_id = %record.message_id, "kafka did not confirm a change");
+                SendRefusal::unavailable("kafka")
+            })?;
+        self.metrics.message_changes_acked.inc();
+        Ok(Accepted {
+            message_id: record.message_id,
+            ts,
+        })
+    }
+
+    /// The stored facts of a message. History is written a few
+    /// milliseconds after a send's ack (by the persist consumers), so a
+    /// message that is not there yet is looked up again, with growing
+    /// pauses, for up to half the send deadline before it counts as absent:
+    /// a client may edit or delete a message right after its ack.
+    async fn stored_message(
+        &self,
+        conversation: &ConversationId,
+        message_id: MessageId,
+        started: Instant,
+    ) -> Result<Option<StoredMessageFacts>, SendRefusal> {
+        let patience = self.deadline / 2;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            let found = self
+                .store
+                .message_facts(conversation, message_id)
+                .await
+                .map_err(|error| {
+                    tracing::warn!(%error, "message lookup failed");
+                    SendRefusal::unavailable("history")
+                })?;
+            if found.is_some() || started.elapsed() + pause > patience {
+                return Ok(found);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(400));
+        }
+    }
+
+    /// Gives `record` its id and time and hands it to the producer in one
+    /// critical section, so that this edge's records reach their partition
+    /// in the order of their ids (the producer keeps a partition's enqueue
+    /// order). A full producer queue releases the lock, waits and takes a
+    /// fresh id, within the send's deadline.
+    async fn sequence(
+        &self,
+        record: &mut MessageRecord,
+        started: Instant,
+    ) -> Result<Delivery, SendRefusal> {
+        loop {
+            let enqueued = {
+                let mut generator = self.generator.lock().expect("generator lock");
+                record.ts = now_unix_ms();
+                record.message_id = generator.next_id(record.ts);
+                let payload = serde_json::to_vec(&*record).map_err(|error| {
+                    tracing::error!(%error, "a message record did not serialize");
+                    SendRefusal::unavailable("kafka")
+                })?;
+                self.producer.enqueue(
+                    &self.topics.messages,
+                    record.conversation_id.as_str(),
+                    Some(&payload),
+                )
+            };
+            match enqueued {
+                Ok(delivery) => return Ok(delivery),
+                Err(Enqueue::Full) if started.elapsed() + QUEUE_FULL_PAUSE < self.deadline => {
+                    tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                }
+                Err(Enqueue::Full) => return Err(SendRefusal::unavailable("kafka")),
+                Err(Enqueue::Failed(error)) => {
+                    tracing::warn!(%error, "kafka refused a send");
+                    return Err(SendRefusal::unavailable("kafka"));
+                }
             }
         }
     }

@@ -26,7 +26,7 @@ use chatpipe_core::records::{
     EdgeState, Event, EventRecord, MembershipChange, MembershipRecord, PresenceStatus,
     SCHEMA_VERSION,
 };
-use chatpipe_core::store::MembershipStore;
+use chatpipe_core::store::EdgeStore;
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_kafka::{ChatProducer, KafkaConfig, StartAt, TailConsumer, TailEvent, TailOptions};
 use chatpipe_proto::push::edge_push_server::EdgePushServer;
@@ -118,7 +118,7 @@ fn quota(per_second: u32, burst: u32) -> Quota {
 /// Starts an edge; it runs until `shutdown` is cancelled, then drains. Its
 /// metrics are registered into `registry` and its components into `health`;
 /// whoever starts it serves both on an ops listener.
-pub async fn spawn_edge<S: MembershipStore>(
+pub async fn spawn_edge<S: EdgeStore>(
     config: EdgeConfig,
     keys: TokenKeys,
     store: S,
@@ -345,7 +345,7 @@ pub async fn spawn_edge<S: MembershipStore>(
 
 /// Publishes route and presence changes in order; renews the lease;
 /// expires detached sessions.
-async fn run_route_task<S: MembershipStore>(
+async fn run_route_task<S: EdgeStore>(
     edge: Arc<EdgeShared<S>>,
     announcer: RouteAnnouncer,
     mut jobs: mpsc::Receiver<RouteJob>,
@@ -409,7 +409,7 @@ const ROUTE_BATCH_MAX: usize = 1024;
 /// of one phase are handed to the producer in order before any is awaited,
 /// so they share Kafka round trips while records of one key keep their
 /// order (the producer is idempotent: order holds through retries).
-async fn apply_route_changes<S: MembershipStore>(
+async fn apply_route_changes<S: EdgeStore>(
     edge: &EdgeShared<S>,
     announcer: &RouteAnnouncer,
     changes: &[RouteChange],
@@ -443,7 +443,7 @@ async fn publish_routes<S>(
 }
 
 /// The presence events of `changes`, handed to the producer together.
-async fn publish_presence<S: MembershipStore>(edge: &EdgeShared<S>, changes: &[RouteChange]) {
+async fn publish_presence<S: EdgeStore>(edge: &EdgeShared<S>, changes: &[RouteChange]) {
     futures::future::join_all(changes.iter().map(|change| async move {
         let (user, status) = match change {
             RouteChange::UserArrived(user) => (user, PresenceStatus::Online),
@@ -466,7 +466,7 @@ async fn publish_presence<S: MembershipStore>(edge: &EdgeShared<S>, changes: &[R
 
 /// Evicts cached membership when a membership record arrives, so a removed
 /// member cannot keep sending on a cached answer.
-async fn run_membership_tail<S: MembershipStore>(
+async fn run_membership_tail<S: EdgeStore>(
     edge: Arc<EdgeShared<S>>,
     tail: TailConsumer,
     stop: CancellationToken,

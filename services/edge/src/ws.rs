@@ -26,15 +26,15 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use chatpipe_core::auth::bearer_token;
 use chatpipe_core::frames::{ClientFrame, ControlFrame, decode_client_frame};
-use chatpipe_core::records::Event;
-use chatpipe_core::store::MembershipStore;
+use chatpipe_core::records::{Event, MessageChange};
+use chatpipe_core::store::EdgeStore;
 use chatpipe_core::{ClientMsgId, ConversationId, SessionId, UserId};
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::send::SendRequest;
+use crate::send::{ChangeRequest, SendRequest};
 use crate::server::EdgeShared;
 use crate::sessions::{KickReason, ResumeOutcome, Session};
 
@@ -69,7 +69,7 @@ struct Refusal {
     reason: String,
 }
 
-pub async fn ws_handler<S: MembershipStore>(
+pub async fn ws_handler<S: EdgeStore>(
     State(edge): State<Arc<EdgeShared<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<ConnectParams>,
@@ -183,6 +183,12 @@ enum Job {
         client_msg_id: ClientMsgId,
         body: String,
         resend: bool,
+        reply_to: Option<chatpipe_core::MessageId>,
+    },
+    /// An edit, delete or reaction, with the `client_msg_id` its ack echoes.
+    Change {
+        request: ChangeRequest,
+        client_msg_id: Option<ClientMsgId>,
     },
     Event(Event),
 }
@@ -220,7 +226,7 @@ impl<S> Drop for OpenConnectionGuard<'_, S> {
     }
 }
 
-async fn connection<S: MembershipStore>(
+async fn connection<S: EdgeStore>(
     edge: Arc<EdgeShared<S>>,
     mut socket: WebSocket,
     user: UserId,
@@ -442,7 +448,7 @@ where
     }
 }
 
-async fn serve<S: MembershipStore>(
+async fn serve<S: EdgeStore>(
     edge: &Arc<EdgeShared<S>>,
     socket: &mut WebSocket,
     session: &Arc<Session>,
@@ -530,13 +536,10 @@ async fn serve<S: MembershipStore>(
                 // Every frame kind counts against the connection's rate, so
                 // that pings or acks cannot make the edge answer without end.
                 if limiter.check().is_err() {
-                    let reference = match &frame {
-                        ClientFrame::Send { client_msg_id, .. } => Some(client_msg_id.to_string()),
-                        _ => None,
-                    };
-                    if let Err(failed) = reject(edge, socket, reference, chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down", &ticket.kick, deadline).await { return ending_after(failed, ticket); }
+                    if let Err(failed) = reject(edge, socket, frame.reference(), chatpipe_core::ErrorCode::RateLimited, "too many frames; slow down", &ticket.kick, deadline).await { return ending_after(failed, ticket); }
                     continue;
                 }
+                let reference = frame.reference();
                 let job = match frame {
                     ClientFrame::Ping => {
                         if let Err(failed) = write(socket, Message::Text(ControlFrame::Pong.encode().into()), &ticket.kick, deadline).await {
@@ -548,13 +551,15 @@ async fn serve<S: MembershipStore>(
                         session.ack(seq);
                         continue;
                     }
-                    ClientFrame::Send { conversation_id, client_msg_id, body, resend } => Job::Send { conversation_id, client_msg_id, body, resend },
+                    ClientFrame::Send { conversation_id, client_msg_id, body, resend, reply_to } => Job::Send { conversation_id, client_msg_id, body, resend, reply_to },
                     ClientFrame::Typing { conversation_id } => Job::Event(Event::Typing { conversation_id, user_id: session.user.clone() }),
                     ClientFrame::Read { conversation_id, message_id } => Job::Event(Event::Read { conversation_id, user_id: session.user.clone(), message_id }),
-                };
-                let reference = match &job {
-                    Job::Send { client_msg_id, .. } => Some(client_msg_id.to_string()),
-                    Job::Event(_) => None,
+                    ClientFrame::Edit { conversation_id, message_id, body, client_msg_id } => Job::Change { request: ChangeRequest { conversation_id, message_id, change: MessageChange::Edit { body } }, client_msg_id },
+                    ClientFrame::Delete { conversation_id, message_id, client_msg_id } => Job::Change { request: ChangeRequest { conversation_id, message_id, change: MessageChange::Delete }, client_msg_id },
+                    ClientFrame::React { conversation_id, message_id, reaction, add, client_msg_id } => {
+                        let change = if add { MessageChange::ReactionAdd { reaction } } else { MessageChange::ReactionRemove { reaction } };
+                        Job::Change { request: ChangeRequest { conversation_id, message_id, change }, client_msg_id }
+                    }
                 };
                 let queue = &worker.get_or_insert_with(|| spawn_job_worker(edge.clone(), session.user.clone())).jobs;
                 if queue.try_send(job).is_err()
@@ -608,7 +613,7 @@ async fn next_reply(worker: &mut Option<JobWorker>) -> Option<ControlFrame> {
 
 /// Runs a connection's sends and events one at a time, in arrival order, so
 /// that a client's messages keep their order into Kafka.
-fn spawn_job_worker<S: MembershipStore>(edge: Arc<EdgeShared<S>>, user: UserId) -> JobWorker {
+fn spawn_job_worker<S: EdgeStore>(edge: Arc<EdgeShared<S>>, user: UserId) -> JobWorker {
     let (jobs_tx, mut jobs_rx) = mpsc::channel::<Job>(JOBS_PER_CONNECTION);
     let (control, replies) = mpsc::channel::<ControlFrame>(JOBS_PER_CONNECTION);
     tokio::spawn(async move {
@@ -619,6 +624,7 @@ fn spawn_job_worker<S: MembershipStore>(edge: Arc<EdgeShared<S>>, user: UserId) 
                     client_msg_id,
                     body,
                     resend,
+                    reply_to,
                 } => {
                     let reference = client_msg_id.to_string();
                     let request = SendRequest {
@@ -626,27 +632,20 @@ fn spawn_job_worker<S: MembershipStore>(edge: Arc<EdgeShared<S>>, user: UserId) 
                         client_msg_id: client_msg_id.clone(),
                         body,
                         resend,
+                        reply_to,
                     };
-                    match edge.send_path.send(&user, request).await {
-                        Ok(accepted) => Some(ControlFrame::Ack {
-                            client_msg_id,
-                            message_id: accepted.message_id,
-                            ts: accepted.ts,
-                        }),
-                        Err(refusal) => {
-                            edge.metrics
-                                .frames_rejected
-                                .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(
-                                    refusal.code.as_str(),
-                                ))
-                                .inc();
-                            Some(ControlFrame::Error {
-                                reference: Some(reference),
-                                code: refusal.code,
-                                message: refusal.message,
-                            })
-                        }
-                    }
+                    let outcome = edge.send_path.send(&user, request).await;
+                    Some(answer(&edge, outcome, Some(client_msg_id), reference))
+                }
+                Job::Change {
+                    request,
+                    client_msg_id,
+                } => {
+                    let reference = client_msg_id
+                        .as_ref()
+                        .map_or_else(|| request.message_id.to_string(), ToString::to_string);
+                    let outcome = edge.send_path.change(&user, request).await;
+                    Some(answer(&edge, outcome, client_msg_id, reference))
                 }
                 Job::Event(event) => match edge.send_path.publish_event(&user, event).await {
                     Ok(()) => None,
@@ -667,6 +666,35 @@ fn spawn_job_worker<S: MembershipStore>(edge: Arc<EdgeShared<S>>, user: UserId) 
     JobWorker {
         jobs: jobs_tx,
         replies,
+    }
+}
+
+/// The `ack` or `error` frame of a send, edit or delete.
+fn answer<S>(
+    edge: &EdgeShared<S>,
+    outcome: Result<crate::send::Accepted, crate::send::SendRefusal>,
+    client_msg_id: Option<ClientMsgId>,
+    reference: String,
+) -> ControlFrame {
+    match outcome {
+        Ok(accepted) => ControlFrame::Ack {
+            client_msg_id,
+            message_id: accepted.message_id,
+            ts: accepted.ts,
+        },
+        Err(refusal) => {
+            edge.metrics
+                .frames_rejected
+                .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(
+                    refusal.code.as_str(),
+                ))
+                .inc();
+            ControlFrame::Error {
+                reference: Some(reference),
+                code: refusal.code,
+                message: refusal.message,
+            }
+        }
     }
 }
 

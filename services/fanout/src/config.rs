@@ -90,7 +90,7 @@ impl Default for FanoutConfig {
             forget_dead_edge_after_ms: 10 * 60 * 1_000,
             membership_cache_max_members: 1_000_000,
             user_conversations_cache_max_entries: 1_000_000,
-            membership_cache_ttl_ms: 60_000,
+            membership_cache_ttl_ms: 600_000,
             resolve_concurrency: 32,
             presence_max_members: 500,
             send_dedup_window_ms: chatpipe_kafka::send_dedup::DEFAULT_SEND_DEDUP_WINDOW_MS,

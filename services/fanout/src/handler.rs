@@ -16,7 +16,10 @@ use std::sync::Arc;
 
 use chatpipe_core::EdgeId;
 use chatpipe_core::frames::{Deliverable, MessageView};
-use chatpipe_core::records::{Event, EventRecord, MessageRecord, TopicNames};
+use chatpipe_core::records::{
+    Event, EventRecord, MessageChangeRecord, MessageRecord, MessagesTopicRecord, TopicNames,
+    decode_messages_record,
+};
 use chatpipe_core::store::{MembershipStore, StoreError};
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_core::{ConversationId, UserId};
@@ -40,6 +43,8 @@ pub(crate) const EVENTS: &str = "events";
 #[derive(Debug)]
 enum Decoded {
     Message(MessageRecord),
+    /// An edit or delete: delivered to every member, like the message.
+    Change(MessageChangeRecord),
     Event(EventRecord),
 }
 
@@ -49,9 +54,11 @@ fn decode(message: &Record, topics: &TopicNames) -> Result<Decoded, String> {
         return Err("record has no value".to_owned());
     };
     if message.topic() == topics.messages {
-        serde_json::from_slice::<MessageRecord>(payload)
-            .map(Decoded::Message)
-            .map_err(|error| format!("not a MessageRecord: {error}"))
+        match decode_messages_record(payload) {
+            Ok(MessagesTopicRecord::Message(record)) => Ok(Decoded::Message(record)),
+            Ok(MessagesTopicRecord::Change(record)) => Ok(Decoded::Change(record)),
+            Err(error) => Err(error.to_string()),
+        }
     } else if message.topic() == topics.events {
         serde_json::from_slice::<EventRecord>(payload)
             .map(Decoded::Event)
@@ -99,6 +106,9 @@ impl<M: MembershipStore> FanoutHandler<M> {
             match record {
                 Decoded::Message(message) => {
                     conversations.insert(&message.conversation_id);
+                }
+                Decoded::Change(change) => {
+                    conversations.insert(&change.conversation_id);
                 }
                 Decoded::Event(event) => match &event.event {
                     Event::Typing {
@@ -171,6 +181,18 @@ impl<M: MembershipStore> FanoutHandler<M> {
                         recipients,
                         except: None,
                         member_set: member_set_of(&message.conversation_id),
+                    })
+                }
+                Decoded::Change(change) => {
+                    members_of(&change.conversation_id).map(|recipients| Delivery {
+                        deliverable: Deliverable::message_change(change),
+                        conversation_id: Some(change.conversation_id.clone()),
+                        // Not a message: edges do not count it as one.
+                        message_id: None,
+                        // The actor's other devices show the change too.
+                        recipients,
+                        except: None,
+                        member_set: member_set_of(&change.conversation_id),
                     })
                 }
                 Decoded::Event(event) => match &event.event {
@@ -261,6 +283,11 @@ impl<M: MembershipStore> BatchHandler for FanoutHandler<M> {
                     if !verdict.is_duplicate() {
                         decoded.push(Decoded::Message(record));
                     }
+                }
+                Ok(Decoded::Change(record)) => {
+                    // Not a send: judged by nobody, but the partition moves on.
+                    self.dedup.skip(message.partition(), message.offset());
+                    decoded.push(Decoded::Change(record));
                 }
                 Ok(record) => decoded.push(record),
                 Err(reason) => {

@@ -10,68 +10,29 @@
 //! soon as the record arrives, so a removed member stops receiving within
 //! the tail's latency (milliseconds), not the TTL.
 //!
-//! A read that started before an eviction must not put the stale answer back
-//! into the cache after it. Each key hashes to one of a fixed number of
-//! generation counters; an eviction bumps the counter *before* evicting, a
-//! loader reads it before reading the store, inserts only if it did not
-//! change, and re-checks after inserting (evicting again if it changed in
-//! between). Unrelated keys that share a counter only lose a cache fill.
+//! A read that started before an eviction never puts its stale answer back:
+//! both caches are `chatpipe_membership::InvalidatingCache`s.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use chatpipe_core::records::{MembershipChange, MembershipRecord};
 use chatpipe_core::store::{MembershipStore, StoreError};
 use chatpipe_core::{ConversationId, UserId};
+use chatpipe_membership::{InvalidatingCache, Lookup};
 use moka::future::Cache;
 
 use crate::config::FanoutConfig;
 use crate::metrics::FanoutMetrics;
 
-const GENERATION_SLOTS: usize = 1024;
-
 /// Members of a conversation, shared without copying.
 pub type Members = Arc<[UserId]>;
-
-/// Fixed-size table of generation counters, indexed by a key's hash.
-#[derive(Debug)]
-struct Generations {
-    slots: Box<[AtomicU64]>,
-    hasher: RandomState,
-}
-
-impl Generations {
-    fn new() -> Self {
-        Self {
-            slots: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            hasher: RandomState::new(),
-        }
-    }
-
-    fn slot<K: Hash>(&self, key: &K) -> &AtomicU64 {
-        let index = (self.hasher.hash_one(key) as usize) % self.slots.len();
-        &self.slots[index]
-    }
-
-    fn current<K: Hash>(&self, key: &K) -> u64 {
-        self.slot(key).load(Ordering::Acquire)
-    }
-
-    fn bump<K: Hash>(&self, key: &K) {
-        self.slot(key).fetch_add(1, Ordering::AcqRel);
-    }
-}
 
 /// The membership cache of one worker. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct MembershipCache<M> {
     store: M,
-    members: Cache<ConversationId, Members>,
-    conversations: Cache<UserId, Arc<[ConversationId]>>,
-    member_generations: Arc<Generations>,
-    user_generations: Arc<Generations>,
+    members: InvalidatingCache<ConversationId, Members>,
+    conversations: InvalidatingCache<UserId, Arc<[ConversationId]>>,
     metrics: FanoutMetrics,
 }
 
@@ -105,10 +66,8 @@ impl<M: MembershipStore> MembershipCache<M> {
             .build();
         Self {
             store,
-            members,
-            conversations,
-            member_generations: Arc::new(Generations::new()),
-            user_generations: Arc::new(Generations::new()),
+            members: InvalidatingCache::new(members),
+            conversations: InvalidatingCache::new(conversations),
             metrics,
         }
     }
@@ -119,26 +78,25 @@ impl<M: MembershipStore> MembershipCache<M> {
         &self,
         conversation: &ConversationId,
     ) -> Result<Option<Members>, StoreError> {
-        if let Some(found) = self.members.get(conversation).await {
+        let lookup = self
+            .members
+            .get_or_load(conversation, || async {
+                let loaded = self.store.members(conversation).await.inspect_err(|_| {
+                    self.metrics.membership_store_errors.inc();
+                })?;
+                Ok::<_, StoreError>(loaded.map(Members::from))
+            })
+            .await?;
+        self.count(&lookup);
+        Ok(lookup.into_value())
+    }
+
+    fn count<V>(&self, lookup: &Lookup<V>) {
+        if lookup.is_hit() {
             self.metrics.membership_cache_hits.inc();
-            return Ok(Some(found));
+        } else {
+            self.metrics.membership_cache_misses.inc();
         }
-        self.metrics.membership_cache_misses.inc();
-        let generation = self.member_generations.current(conversation);
-        let loaded = self.store.members(conversation).await.inspect_err(|_| {
-            self.metrics.membership_store_errors.inc();
-        })?;
-        let Some(list) = loaded else { return Ok(None) };
-        let members: Members = Arc::from(list);
-        if self.member_generations.current(conversation) == generation {
-            self.members
-                .insert(conversation.clone(), members.clone())
-                .await;
-            if self.member_generations.current(conversation) != generation {
-                self.members.invalidate(conversation).await;
-            }
-        }
-        Ok(Some(members))
     }
 
     /// Every conversation `user` is a member of.
@@ -146,36 +104,26 @@ impl<M: MembershipStore> MembershipCache<M> {
         &self,
         user: &UserId,
     ) -> Result<Arc<[ConversationId]>, StoreError> {
-        if let Some(found) = self.conversations.get(user).await {
-            self.metrics.membership_cache_hits.inc();
-            return Ok(found);
-        }
-        self.metrics.membership_cache_misses.inc();
-        let generation = self.user_generations.current(user);
-        let list = self.store.conversations_of(user).await.inspect_err(|_| {
-            self.metrics.membership_store_errors.inc();
-        })?;
-        let conversations: Arc<[ConversationId]> = Arc::from(list);
-        if self.user_generations.current(user) == generation {
-            self.conversations
-                .insert(user.clone(), conversations.clone())
-                .await;
-            if self.user_generations.current(user) != generation {
-                self.conversations.invalidate(user).await;
-            }
-        }
-        Ok(conversations)
+        let lookup = self
+            .conversations
+            .get_or_load(user, || async {
+                let list = self.store.conversations_of(user).await.inspect_err(|_| {
+                    self.metrics.membership_store_errors.inc();
+                })?;
+                Ok::<_, StoreError>(Some(Arc::<[ConversationId]>::from(list)))
+            })
+            .await?;
+        self.count(&lookup);
+        Ok(lookup.into_value().unwrap_or_else(|| Arc::from([])))
     }
 
     /// Evicts `conversation`'s members.
     pub async fn invalidate_conversation(&self, conversation: &ConversationId) {
-        self.member_generations.bump(conversation);
         self.members.invalidate(conversation).await;
     }
 
     /// Evicts `user`'s conversation list.
     pub async fn invalidate_user(&self, user: &UserId) {
-        self.user_generations.bump(user);
         self.conversations.invalidate(user).await;
     }
 
@@ -186,13 +134,11 @@ impl<M: MembershipStore> MembershipCache<M> {
     /// read. Records of one conversation arrive in order, so a later
     /// `Added` or `Removed` evicts this entry again.
     pub async fn apply_record(&self, record: &MembershipRecord) {
-        self.invalidate_conversation(&record.conversation_id).await;
         match &record.change {
             MembershipChange::Created { members, .. } => {
-                // After the eviction bumped the generation: a load that
-                // started earlier cannot overwrite this list.
+                // A load that started earlier cannot overwrite this list.
                 self.members
-                    .insert(
+                    .replace(
                         record.conversation_id.clone(),
                         Arc::from(members.as_slice()),
                     )
@@ -202,6 +148,7 @@ impl<M: MembershipStore> MembershipCache<M> {
                 }
             }
             MembershipChange::Added { user_id } | MembershipChange::Removed { user_id } => {
+                self.invalidate_conversation(&record.conversation_id).await;
                 self.invalidate_user(user_id).await;
             }
         }
@@ -213,6 +160,7 @@ impl<M: MembershipStore> MembershipCache<M> {
 pub(crate) mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use chatpipe_core::records::SCHEMA_VERSION;
     use tokio::sync::Notify;

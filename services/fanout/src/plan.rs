@@ -359,6 +359,7 @@ mod tests {
             client_msg_id: ClientMsgId::parse(format!("m{id}")).unwrap(),
             body: format!("body {id}"),
             ts: 1,
+            reply_to: None,
         };
         Delivery {
             deliverable: Deliverable::message(&view),

@@ -1,14 +1,23 @@
 //! The consumer group's batch handler: decode, drop retries of earlier
 //! sends (the partition-order rule shared with fan-out and persist, see
-//! [`PartitionedSendDedup`]), bulk-index, dead-letter.
+//! [`PartitionedSendDedup`]; change records are not sends), bulk-index,
+//! apply the batch's edits and deletes, dead-letter.
+//!
+//! The documents of a batch are written before its changes: a message's
+//! record always precedes its changes in the partition, so no document is
+//! written over a later change to it.
 
 use std::time::Instant;
 
-use chatpipe_core::records::MessageRecord;
+use chatpipe_core::records::{
+    MessageChangeRecord, MessageRecord, MessagesTopicRecord, decode_messages_record,
+};
 use chatpipe_kafka::consumer::{BatchHandler, HandlerError};
 use chatpipe_kafka::{DeadLetterSink, PartitionedSendDedup, Record};
 use chatpipe_search::template::apply_template;
-use chatpipe_search::{BulkDoc, EsBulkSink, EsClient, MessageDocument, SearchEngineConfig};
+use chatpipe_search::{
+    BulkDoc, EsBulkSink, EsChangeSink, EsClient, MessageDocument, SearchEngineConfig,
+};
 
 use crate::metrics::IndexMetrics;
 
@@ -20,6 +29,8 @@ pub(crate) struct DecodedBatch {
     pub records: Vec<MessageRecord>,
     /// For each document, the index of its record in the batch.
     pub origins: Vec<usize>,
+    /// Edits and deletes, in batch order, with their index in the batch.
+    pub changes: Vec<(usize, MessageChangeRecord)>,
     /// Records that are not a message record: (index in the batch, why).
     pub undecodable: Vec<(usize, String)>,
 }
@@ -37,8 +48,9 @@ pub(crate) fn decode_batch<'a>(
             ));
             continue;
         };
-        match serde_json::from_slice::<MessageRecord>(bytes) {
-            Ok(record) => {
+        match decode_messages_record(bytes) {
+            Ok(MessagesTopicRecord::Change(change)) => decoded.changes.push((position, change)),
+            Ok(MessagesTopicRecord::Message(record)) => {
                 decoded
                     .docs
                     .push(BulkDoc::from_document(&MessageDocument::from_record(
@@ -47,9 +59,7 @@ pub(crate) fn decode_batch<'a>(
                 decoded.records.push(record);
                 decoded.origins.push(position);
             }
-            Err(error) => decoded
-                .undecodable
-                .push((position, format!("not a message record: {error}"))),
+            Err(error) => decoded.undecodable.push((position, error.to_string())),
         }
     }
     decoded
@@ -57,6 +67,7 @@ pub(crate) fn decode_batch<'a>(
 
 pub(crate) struct IndexHandler {
     pub client: EsClient,
+    pub changes: EsChangeSink,
     pub engine: SearchEngineConfig,
     pub template_ready: bool,
     pub sink: EsBulkSink,
@@ -128,6 +139,17 @@ impl BatchHandler for IndexHandler {
             .write(&decoded.docs)
             .await
             .map_err(|error| HandlerError::retriable(format!("bulk indexing: {error}")))?;
+        let changes: Vec<MessageChangeRecord> = decoded
+            .changes
+            .iter()
+            .map(|(_, change)| change.clone())
+            .collect();
+        let applied = self
+            .changes
+            .apply(&changes)
+            .await
+            .map_err(|error| HandlerError::retriable(format!("applying changes: {error}")))?;
+        self.metrics.changes_applied.inc_by(applied);
         for (position, reason) in &decoded.undecodable {
             self.dead_letter(&batch[*position], reason).await?;
             self.metrics.undecodable.inc();
@@ -151,22 +173,18 @@ impl BatchHandler for IndexHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chatpipe_core::records::SCHEMA_VERSION;
-    use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
+    use chatpipe_core::{ConversationId, MessageId};
 
     #[test]
     fn batches_split_into_documents_and_poison() {
-        let record = MessageRecord {
-            schema_version: SCHEMA_VERSION,
-            message_id: MessageId::from_u64(5),
-            conversation_id: ConversationId::parse("c1").unwrap(),
-            sender_id: UserId::parse("alice").unwrap(),
-            client_msg_id: ClientMsgId::parse("m5").unwrap(),
-            body: "hello".to_owned(),
-            ts: 1,
-            edge_id: EdgeId::parse("e").unwrap(),
-            resend: false,
-        };
+        let record = MessageRecord::builder(
+            MessageId::from_u64(5),
+            &ConversationId::parse("c1").unwrap(),
+        )
+        .body("hello")
+        .ts(1)
+        .edge("e")
+        .build();
         let good = serde_json::to_vec(&record).unwrap();
         let bad_id = br#"{"schema_version":1,"message_id":"0","conversation_id":"c1","sender_id":"a","client_msg_id":"m","body":"x","ts":1,"edge_id":"e"}"#;
         let payloads: Vec<Option<&[u8]>> = vec![

@@ -13,8 +13,12 @@ pub struct IndexMetrics {
     /// Documents indexed, bulk requests and their latency, item failures by
     /// reason, rejected documents.
     pub bulk: BulkMetrics,
-    /// Records that were not a `MessageRecord` (dead-lettered).
+    /// Records that were neither a message nor a change record
+    /// (dead-lettered).
     pub undecodable: Counter,
+    /// Edits and deletes applied to the index (redeliveries counted again;
+    /// reactions are not indexed).
+    pub changes_applied: Counter,
     /// Documents the engine refused for good (dead-lettered).
     pub rejected_documents: Counter,
     /// Time to handle one batch end to end (decode, bulk, dead letters), seconds.
@@ -36,6 +40,7 @@ impl IndexMetrics {
             consumer: ConsumerMetrics::new(),
             bulk: BulkMetrics::default(),
             undecodable: Counter::default(),
+            changes_applied: Counter::default(),
             rejected_documents: Counter::default(),
             batch_latency: latency_histogram(),
             send_dedup: SendDedupMetrics::default(),
@@ -51,6 +56,11 @@ impl IndexMetrics {
             "undecodable",
             "Records that were not a message record",
             self.undecodable.clone(),
+        );
+        index.register(
+            "changes_applied",
+            "Edits and deletes applied to indexed messages",
+            self.changes_applied.clone(),
         );
         index.register(
             "rejected_documents",

@@ -10,7 +10,7 @@ use chatpipe_kafka::consumer::{ConsumerSettings, group_consumer};
 use chatpipe_kafka::{ChatProducer, DeadLetterSink, KafkaConfig, run_batches};
 use chatpipe_runtime::{Health, Shutdown};
 use chatpipe_search::template::{apply_template, rollover};
-use chatpipe_search::{EsBulkSink, EsClient};
+use chatpipe_search::{EsBulkSink, EsChangeSink, EsClient};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
@@ -68,6 +68,7 @@ impl IndexWorker {
         settings.max_backoff = Duration::from_millis(config.batch_max_backoff_ms);
         let consumer = group_consumer(&kafka, &settings, &metrics.consumer)?;
         let mut handler = IndexHandler {
+            changes: EsChangeSink::new(client.clone(), layout.search_alias.clone()),
             client: client.clone(),
             engine: config.engine.clone(),
             template_ready: false,

@@ -57,7 +57,7 @@ pub use consumer::{
 pub use dead_letter::DeadLetterSink;
 pub use error::KafkaAdapterError;
 pub use partitioned::{PartitionKey, partitioned_consumer, run_partitioned};
-pub use producer::ChatProducer;
+pub use producer::{ChatProducer, Delivery, Enqueue};
 pub use record::Record;
 pub use send_dedup::{PartitionedSendDedup, SendDedupMetrics, SendDedupSettings};
 pub use tail::{PartitionStart, StartAt, TailConsumer, TailEvent, TailOptions};

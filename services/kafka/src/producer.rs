@@ -29,6 +29,44 @@ pub struct RecordPosition {
     pub offset: i64,
 }
 
+/// Why [`ChatProducer::enqueue`] did not take a record.
+#[derive(Debug)]
+pub enum Enqueue {
+    /// The bounded in-memory queue is full: try again shortly.
+    Full,
+    /// Any other refusal (unknown topic, record too large, ...).
+    Failed(KafkaAdapterError),
+}
+
+/// A record in the producer's queue, waiting for Kafka's `acks=all`.
+#[derive(Debug)]
+pub struct Delivery {
+    delivered: oneshot::Receiver<Result<RecordPosition, KafkaError>>,
+}
+
+impl Delivery {
+    /// Waits for the confirmation until `deadline` has passed (the record
+    /// may still land later: callers that retry must be idempotent).
+    pub async fn wait(self, deadline: Duration) -> Result<RecordPosition, KafkaAdapterError> {
+        self.wait_until(tokio::time::Instant::now() + deadline, deadline)
+            .await
+    }
+
+    async fn wait_until(
+        self,
+        give_up: tokio::time::Instant,
+        deadline: Duration,
+    ) -> Result<RecordPosition, KafkaAdapterError> {
+        match tokio::time::timeout_at(give_up, self.delivered).await {
+            Err(_elapsed) => Err(KafkaAdapterError::Timeout(deadline)),
+            // The producer went away with the record (purged).
+            Ok(Err(_canceled)) => Err(KafkaError::Canceled.into()),
+            Ok(Ok(Err(error))) => Err(error.into()),
+            Ok(Ok(Ok(position))) => Ok(position),
+        }
+    }
+}
+
 /// How long the polling thread waits for a delivery report per poll; it is
 /// also how long a dropped producer's thread takes to notice.
 const POLL_WAIT: Duration = Duration::from_secs(1);
@@ -134,33 +172,45 @@ impl ChatProducer {
         deadline: Duration,
     ) -> Result<RecordPosition, KafkaAdapterError> {
         let give_up = tokio::time::Instant::now() + deadline;
+        loop {
+            match self.enqueue(topic, key, payload) {
+                Ok(delivery) => return delivery.wait_until(give_up, deadline).await,
+                Err(Enqueue::Full) => {
+                    // The bounded queue is full: wait for room, within the
+                    // deadline (backpressure, not growth).
+                    if tokio::time::Instant::now() + QUEUE_FULL_PAUSE >= give_up {
+                        return Err(KafkaAdapterError::Timeout(deadline));
+                    }
+                    tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                }
+                Err(Enqueue::Failed(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// Hands one record to the producer's queue without waiting: the order
+    /// of `enqueue` calls is the order of the records in their partition
+    /// (the idempotent producer never reorders a partition). A caller that
+    /// needs a partition order matching something it assigns (the edge's
+    /// message ids) assigns and enqueues under one lock.
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<Delivery, Enqueue> {
         let (sender, delivered) = oneshot::channel();
         let mut record: BaseRecord<'_, str, [u8], Box<DeliverySender>> =
             BaseRecord::with_opaque_to(topic, Box::new(sender)).key(key);
         if let Some(bytes) = payload {
             record = record.payload(bytes);
         }
-        loop {
-            match self.inner.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    // The bounded queue is full: wait for room, within the
-                    // deadline (backpressure, not growth).
-                    if tokio::time::Instant::now() + QUEUE_FULL_PAUSE >= give_up {
-                        return Err(KafkaAdapterError::Timeout(deadline));
-                    }
-                    record = returned;
-                    tokio::time::sleep(QUEUE_FULL_PAUSE).await;
-                }
-                Err((error, _returned)) => return Err(error.into()),
+        match self.inner.send(record) {
+            Ok(()) => Ok(Delivery { delivered }),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _returned)) => {
+                Err(Enqueue::Full)
             }
-        }
-        match tokio::time::timeout_at(give_up, delivered).await {
-            Err(_elapsed) => Err(KafkaAdapterError::Timeout(deadline)),
-            // The producer went away with the record (purged).
-            Ok(Err(_canceled)) => Err(KafkaError::Canceled.into()),
-            Ok(Ok(Err(error))) => Err(error.into()),
-            Ok(Ok(Ok(position))) => Ok(position),
+            Err((error, _returned)) => Err(Enqueue::Failed(error.into())),
         }
     }
 

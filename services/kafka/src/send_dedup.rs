@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use chatpipe_core::dedup::{SendDedupWindow, SendVerdict, record_digest};
-use chatpipe_core::records::MessageRecord;
+use chatpipe_core::records::{MessageRecord, MessagesTopicRecord, decode_messages_record};
 use chatpipe_runtime::metrics::Counter;
 use prometheus_client::registry::Registry;
 
@@ -80,6 +80,9 @@ pub struct SendDedupMetrics {
     pub replays: Counter,
     /// Records read by replays.
     pub replayed_records: Counter,
+    /// First attempts whose id is smaller than an earlier id of their
+    /// conversation (see `SendDedupWindow::is_inversion`).
+    pub order_inversions: Counter,
 }
 
 impl SendDedupMetrics {
@@ -98,6 +101,11 @@ impl SendDedupMetrics {
             "send_dedup_replayed_records",
             "Records read to rebuild de-duplication windows",
             self.replayed_records.clone(),
+        );
+        registry.register(
+            "message_id_order_inversions",
+            "Messages whose id is smaller than an earlier message id of their conversation in partition order (sends that raced on two edges); delivery, history and search keep partition order",
+            self.order_inversions.clone(),
         );
     }
 }
@@ -171,8 +179,8 @@ impl PartitionedSendDedup {
         self.settings.window.as_millis() as u64
     }
 
-    /// Notes a record of the topic that is not a message record (it is
-    /// skipped by every consumer, so it judges nothing).
+    /// Notes a record of the topic that is not a message record (a change
+    /// record, or one no consumer can decode): it judges nothing.
     pub fn skip(&mut self, partition: i32, offset: i64) {
         if let Some(state) = self.partitions.get_mut(&partition)
             && state.next_offset == offset
@@ -214,6 +222,17 @@ impl PartitionedSendDedup {
         state.remember(offset, verdict);
         if verdict.is_duplicate() {
             self.metrics.duplicates.inc();
+        } else if state.window.is_inversion(
+            record.conversation_id.as_str(),
+            record.message_id,
+            record.ts,
+        ) {
+            self.metrics.order_inversions.inc();
+            tracing::debug!(
+                message_id = %record.message_id,
+                conversation_id = %record.conversation_id,
+                "a message id smaller than an earlier one of its conversation (two edges raced)"
+            );
         }
         Ok(verdict)
     }
@@ -242,9 +261,10 @@ impl PartitionedSendDedup {
                 until_offset,
                 state,
                 |state: &mut PartitionState, offset, payload| {
-                    // Undecodable records are skipped by every consumer.
-                    let Some(record) = payload
-                        .and_then(|bytes| serde_json::from_slice::<MessageRecord>(bytes).ok())
+                    // Only message records are sends: change records and
+                    // undecodable ones judge nothing, as in `skip`.
+                    let Some(MessagesTopicRecord::Message(record)) =
+                        payload.and_then(|bytes| decode_messages_record(bytes).ok())
                     else {
                         return;
                     };
@@ -254,6 +274,15 @@ impl PartitionedSendDedup {
                         record.message_id,
                         record.ts,
                     );
+                    if !verdict.is_duplicate() {
+                        // Seeds the conversation's newest id (counted when
+                        // first judged, not again).
+                        state.window.is_inversion(
+                            record.conversation_id.as_str(),
+                            record.message_id,
+                            record.ts,
+                        );
+                    }
                     state.memo.push_back((offset, verdict));
                     if state.memo.len() > MEMO_PER_PARTITION {
                         state.memo.pop_front();

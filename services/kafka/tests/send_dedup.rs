@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use chatpipe_core::dedup::SendVerdict;
 use chatpipe_core::ids::MessageIdGenerator;
-use chatpipe_core::records::{MessageRecord, SCHEMA_VERSION};
+use chatpipe_core::records::MessageRecord;
 use chatpipe_core::time::now_unix_ms;
-use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, UserId};
+use chatpipe_core::{ConversationId, UserId};
 use chatpipe_kafka::{ChatProducer, PartitionedSendDedup, SendDedupMetrics, SendDedupSettings};
 use chatpipe_testkit::isolated_topics;
 
@@ -32,17 +32,14 @@ async fn produce_attempts(producer: &ChatProducer, topic: &str) -> Vec<(i32, i64
     let mut produced = Vec::new();
     for (send, attempt) in attempts {
         let ts = now_unix_ms();
-        let record = MessageRecord {
-            schema_version: SCHEMA_VERSION,
-            message_id: ids.next_id(ts),
-            conversation_id: conversation.clone(),
-            sender_id: sender.clone(),
-            client_msg_id: ClientMsgId::parse(format!("m-{send}")).unwrap(),
-            body: format!("send {send} attempt {attempt}"),
-            ts,
-            edge_id: EdgeId::parse("edge-1").unwrap(),
-            resend: attempt > 0 && send % 2 == 0,
-        };
+        let record = MessageRecord::builder(ids.next_id(ts), &conversation)
+            .sender(&sender)
+            .client_msg_id(format!("m-{send}"))
+            .body(format!("send {send} attempt {attempt}"))
+            .ts(ts)
+            .edge("edge-1")
+            .resend(attempt > 0 && send % 2 == 0)
+            .build();
         let position = producer
             .send_json(
                 topic,

@@ -3,7 +3,8 @@
 //! The persist role: a Kafka consumer group (default id
 //! `chatpipe-persist`) on `chat.messages` that writes every message to the
 //! Cassandra history (`chatpipe-cassandra`), which the API's history
-//! endpoint reads.
+//! endpoint reads, and applies the later changes to messages (edits,
+//! deletes as tombstones, reactions; records of schema version 2).
 //!
 //! ```text
 //! chat.messages ─▶ run_batches (at-least-once) ─▶ CassandraHistoryWriter ─▶ Cassandra messages

@@ -16,6 +16,9 @@ pub struct PersistMetrics {
     /// Message rows written (a redelivered record is written again and
     /// counted again; the write itself is idempotent).
     pub rows_written: Counter,
+    /// Edits and deletes applied to history (redeliveries counted again;
+    /// the writes are idempotent).
+    pub changes_written: Counter,
     /// Cassandra write requests (single-partition batches) issued.
     pub write_requests: Counter,
     /// Failed write rounds by `reason`: `retriable` (batch retried) or
@@ -32,6 +35,7 @@ impl PersistMetrics {
             consumer: ConsumerMetrics::new(),
             write_latency: latency_histogram(),
             rows_written: Counter::default(),
+            changes_written: Counter::default(),
             write_requests: Counter::default(),
             write_failures: CounterByReason::default(),
             send_dedup: SendDedupMetrics::default(),
@@ -52,6 +56,11 @@ impl PersistMetrics {
             "rows_written",
             "Message rows written to Cassandra",
             self.rows_written.clone(),
+        );
+        registry.register(
+            "changes_written",
+            "Edits and deletes applied to history rows",
+            self.changes_written.clone(),
         );
         registry.register(
             "write_requests",

@@ -5,11 +5,13 @@
 //! dead-letter topic and are skipped), drop the retries of earlier sends
 //! (the partition-order rule of `chatpipe_core::dedup`, shared with fan-out
 //! and index through [`PartitionedSendDedup`], so history holds exactly the
-//! attempt recipients saw), then write the decoded ones to
-//! Cassandra in one round (grouped by partition, bounded concurrency, see
-//! `CassandraStore::write_messages`). The batch is confirmed — and its
-//! offsets stored by the consumer loop — only when every record is written
-//! or dead-lettered.
+//! attempt recipients saw; change records are not sends and are never
+//! judged), then write the messages to Cassandra in one round (grouped by
+//! partition, bounded concurrency, see `CassandraStore::write_messages`)
+//! and the batch's edits and deletes after them
+//! (`CassandraStore::write_changes`; their write times make them land
+//! right in any order). The batch is confirmed — and its offsets stored by
+//! the consumer loop — only when every record is written or dead-lettered.
 //!
 //! Failures:
 //! - retriable (Cassandra down, timeouts): the whole batch fails
@@ -23,20 +25,20 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use chatpipe_cassandra::CassandraStore;
-use chatpipe_core::records::MessageRecord;
+use chatpipe_core::records::{MessageChangeRecord, MessagesTopicRecord, decode_messages_record};
 use chatpipe_kafka::consumer::HandlerError;
 use chatpipe_kafka::{BatchHandler, DeadLetterSink, PartitionedSendDedup, Record};
 use chatpipe_runtime::metrics::ReasonLabel;
 
 use crate::metrics::PersistMetrics;
 
-/// Why a record could not be decoded.
-pub fn decode_record(message: &Record) -> Result<MessageRecord, String> {
+/// Decodes a record of `chat.messages` (a message or a change), or says
+/// why it cannot be.
+pub fn decode_record(message: &Record) -> Result<MessagesTopicRecord, String> {
     let payload = message
         .payload()
         .ok_or_else(|| "record has no payload".to_owned())?;
-    serde_json::from_slice::<MessageRecord>(payload)
-        .map_err(|error| format!("not a MessageRecord: {error}"))
+    decode_messages_record(payload).map_err(|error| error.to_string())
 }
 
 /// Writes batches of `chat.messages` records to Cassandra.
@@ -102,17 +104,21 @@ impl CassandraHistoryWriter {
     }
 
     async fn write_batch(&mut self, batch: &[Record]) -> Result<(), HandlerError> {
-        let mut decoded: Vec<(&Record, MessageRecord)> = Vec::with_capacity(batch.len());
+        let mut decoded: Vec<(&Record, MessagesTopicRecord)> = Vec::with_capacity(batch.len());
         for message in batch {
             match decode_record(message) {
-                Ok(record) => {
+                Ok(MessagesTopicRecord::Message(record)) => {
                     let verdict = self
                         .dedup
                         .judge(message.partition(), message.offset(), &record)
                         .await?;
                     if !verdict.is_duplicate() {
-                        decoded.push((message, record));
+                        decoded.push((message, MessagesTopicRecord::Message(record)));
                     }
+                }
+                Ok(change) => {
+                    self.dedup.skip(message.partition(), message.offset());
+                    decoded.push((message, change));
                 }
                 Err(reason) => {
                     self.dedup.skip(message.partition(), message.offset());
@@ -123,20 +129,43 @@ impl CassandraHistoryWriter {
         if decoded.is_empty() {
             return Ok(());
         }
-        let records: Vec<MessageRecord> =
-            decoded.iter().map(|(_, record)| record.clone()).collect();
+        let mut records = Vec::with_capacity(decoded.len());
+        let mut changes: Vec<MessageChangeRecord> = Vec::new();
+        for (_, record) in &decoded {
+            match record {
+                MessagesTopicRecord::Message(message) => records.push(message.clone()),
+                MessagesTopicRecord::Change(change) => changes.push(change.clone()),
+            }
+        }
         let started = Instant::now();
-        match self
-            .store
-            .write_messages(&records, self.max_in_flight_writes)
-            .await
-        {
-            Ok(report) => {
+        let round = async {
+            let messages = self
+                .store
+                .write_messages(&records, self.max_in_flight_writes)
+                .await?;
+            // Replies only: a plain message writes nothing more.
+            self.store
+                .write_replies(&records, self.max_in_flight_writes)
+                .await?;
+            let changed = if changes.is_empty() {
+                Default::default()
+            } else {
+                self.store
+                    .write_changes(&changes, self.max_in_flight_writes)
+                    .await?
+            };
+            Ok::<_, chatpipe_cassandra::CassandraError>((messages, changed))
+        };
+        match round.await {
+            Ok((messages, changed)) => {
                 self.metrics
                     .write_latency
                     .observe(started.elapsed().as_secs_f64());
-                self.metrics.rows_written.inc_by(report.rows);
-                self.metrics.write_requests.inc_by(report.requests);
+                self.metrics.rows_written.inc_by(messages.rows);
+                self.metrics.changes_written.inc_by(changed.rows);
+                self.metrics
+                    .write_requests
+                    .inc_by(messages.requests + changed.requests);
                 Ok(())
             }
             Err(error) if error.is_retriable() => {
@@ -153,11 +182,31 @@ impl CassandraHistoryWriter {
                     .write_failures
                     .get_or_create(&ReasonLabel::new("non_retriable"))
                     .inc();
-                tracing::warn!(%error, records = records.len(), "cassandra refused a batch; isolating records");
+                tracing::warn!(%error, records = decoded.len(), "cassandra refused a batch; isolating records");
                 for (message, record) in &decoded {
-                    match self.store.write_message(record).await {
+                    let written = match record {
+                        MessagesTopicRecord::Message(record) => {
+                            match self.store.write_message(record).await {
+                                Ok(()) => self
+                                    .store
+                                    .write_replies(std::slice::from_ref(record), 1)
+                                    .await
+                                    .map(drop),
+                                Err(error) => Err(error),
+                            }
+                        }
+                        MessagesTopicRecord::Change(change) => {
+                            self.store.write_change(change).await
+                        }
+                    };
+                    match written {
                         Ok(()) => {
-                            self.metrics.rows_written.inc();
+                            match record {
+                                MessagesTopicRecord::Message(_) => self.metrics.rows_written.inc(),
+                                MessagesTopicRecord::Change(_) => {
+                                    self.metrics.changes_written.inc()
+                                }
+                            };
                             self.metrics.write_requests.inc();
                         }
                         Err(error) if error.is_retriable() => {

@@ -11,6 +11,7 @@
 //! | `body` | `text`, `standard` analyzer | words of Latin, Cyrillic, Greek… scripts; CJK as single characters |
 //! | `body.cjk` | `text`, `standard` tokenizer + `cjk_width` + `lowercase` + `cjk_bigram` (indexed with unigrams too; searched with bigrams only) | Chinese/Japanese/Korean as overlapping bigrams, which match words far better than single characters (`東京` must not match `京都と東北`), while a one-character query still finds its unigram; built in on both engines (ICU is a plugin that OpenSearch does not ship). Queries holding CJK characters go to this field, others to `body` |
 //! | `edge_id` | stored only | tracing |
+//! | `reply_to` | stored only (absent unless a reply) | the message a reply answers, shown with search hits |
 
 use chatpipe_core::frames::MessageView;
 use chatpipe_core::records::MessageRecord;
@@ -30,6 +31,9 @@ pub struct MessageDocument {
     pub ts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge_id: Option<EdgeId>,
+    /// The message this one replies to (stored, not indexed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
 }
 
 impl MessageDocument {
@@ -42,6 +46,7 @@ impl MessageDocument {
             body: record.body.clone(),
             ts: record.ts,
             edge_id: Some(record.edge_id.clone()),
+            reply_to: record.reply_to.map(MessageId::as_u64),
         }
     }
 
@@ -61,6 +66,9 @@ impl MessageDocument {
             client_msg_id: self.client_msg_id,
             body: self.body,
             ts: self.ts,
+            reply_to: self
+                .reply_to
+                .and_then(|id| MessageId::parse(&id.to_string()).ok()),
         })
     }
 }
@@ -68,21 +76,17 @@ impl MessageDocument {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chatpipe_core::records::SCHEMA_VERSION;
 
     #[test]
     fn documents_round_trip_to_views() {
-        let record = MessageRecord {
-            schema_version: SCHEMA_VERSION,
-            message_id: MessageId::from_u64(9_007_199_254_740_993),
-            conversation_id: ConversationId::parse("c1").unwrap(),
-            sender_id: UserId::parse("alice").unwrap(),
-            client_msg_id: ClientMsgId::parse("m1").unwrap(),
-            body: "hello".to_owned(),
-            ts: 1_700_000_000_000,
-            edge_id: EdgeId::parse("edge-1").unwrap(),
-            resend: false,
-        };
+        let record = MessageRecord::builder(
+            MessageId::from_u64(9_007_199_254_740_993),
+            &ConversationId::parse("c1").unwrap(),
+        )
+        .client_msg_id("m1")
+        .body("hello")
+        .ts(1_700_000_000_000)
+        .build();
         let document = MessageDocument::from_record(&record);
         let json = serde_json::to_value(&document).unwrap();
         // Above 2^53: must stay an exact integer, not a float.

@@ -20,6 +20,8 @@
 //! - [`bulk`]: NDJSON `_bulk` bodies and per-item results (pure), and
 //!   [`EsBulkSink`], which retries retriable items and hands rejected ones
 //!   back to its caller for dead-lettering.
+//! - [`changes`]: edits and deletes of indexed messages, by query through
+//!   the search alias ([`EsChangeSink`]).
 //! - [`query`]: the search request as a pure function of the caller's
 //!   conversations and parameters (authorization is a filter inside the
 //!   query), opaque cursors, and the merge of split queries.
@@ -28,9 +30,12 @@
 //! Delivery semantics: the document id is the message id and the routing key
 //! is the conversation id, so re-indexing a re-delivered record overwrites
 //! the same document (exactly-once effect under at-least-once delivery,
-//! within one backing index; see [`template`] for rollover).
+//! within one backing index; see [`template`] for rollover). Edits and
+//! deletes are applied in partition order after the documents of the
+//! messages before them, so a replay converges to the same documents.
 
 pub mod bulk;
+pub mod changes;
 pub mod client;
 pub mod config;
 pub mod document;
@@ -41,6 +46,7 @@ pub mod searcher;
 pub mod template;
 
 pub use bulk::{BulkDoc, BulkReport, EsBulkSink, ItemFailure};
+pub use changes::EsChangeSink;
 pub use client::EsClient;
 pub use config::{IndexLayout, SearchEngineConfig};
 pub use document::MessageDocument;

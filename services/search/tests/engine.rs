@@ -6,8 +6,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chatpipe_core::records::{MessageRecord, SCHEMA_VERSION};
-use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
+use chatpipe_core::records::MessageRecord;
+use chatpipe_core::{ConversationId, MessageId, UserId};
 use chatpipe_search::bulk::BulkSinkSettings;
 use chatpipe_search::template::{self, RolloverConditions, TemplateOutcome};
 use chatpipe_search::{
@@ -81,17 +81,14 @@ impl Deployment {
 }
 
 fn record(id: u64, conversation: &str, sender: &str, body: &str) -> MessageRecord {
-    MessageRecord {
-        schema_version: SCHEMA_VERSION,
-        message_id: MessageId::from_u64(id),
-        conversation_id: ConversationId::parse(conversation).unwrap(),
-        sender_id: UserId::parse(sender).unwrap(),
-        client_msg_id: ClientMsgId::parse(format!("m{id}")).unwrap(),
-        body: body.to_owned(),
-        ts: 1_700_000_000_000 + id,
-        edge_id: EdgeId::parse("edge-1").unwrap(),
-        resend: false,
-    }
+    MessageRecord::builder(
+        MessageId::from_u64(id),
+        &ConversationId::parse(conversation).unwrap(),
+    )
+    .sender(&UserId::parse(sender).unwrap())
+    .body(body)
+    .ts(1_700_000_000_000 + id)
+    .build()
 }
 
 fn conversations(raw: &[&str]) -> Vec<ConversationId> {

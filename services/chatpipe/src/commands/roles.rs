@@ -82,9 +82,16 @@ fn index_config(common: &CommonArgs, group: &str, batching: &BatchingArgs) -> In
     }
 }
 
-fn api_config(args: &ApiArgs) -> ApiConfig {
+fn api_config(args: &ApiArgs, default_ws_url: Option<String>) -> ApiConfig {
     ApiConfig {
         listen_addr: args.api_listen.to_string(),
+        dev_sign_in: args.dev,
+        app_dir: args
+            .app_dir
+            .as_ref()
+            .map(|dir| dir.to_string_lossy().into_owned()),
+        app_ws_url: args.app_ws_url.clone().or(default_ws_url),
+        cors_allowed_origins: args.cors_origins.clone(),
         ..ApiConfig::default()
     }
 }
@@ -150,7 +157,7 @@ pub async fn run_index(common: &CommonArgs, args: &IndexArgs) -> anyhow::Result<
 }
 
 pub async fn run_api(common: &CommonArgs, args: &ApiArgs) -> anyhow::Result<()> {
-    run_one(common, api_config(args), args.api_ops_listen).await
+    run_one(common, api_config(args, None), args.api_ops_listen).await
 }
 
 /// Moves `addr`'s port up by `offset` (the N-th edge of `chatpipe all`).
@@ -171,20 +178,26 @@ pub async fn run_all(common: &CommonArgs, args: &AllArgs) -> anyhow::Result<()> 
     }
     let deps = engines::role_deps(common).await?;
     let mut set = RoleSet::new();
+    // The web app talks to the first edge unless told otherwise (an
+    // unspecified address like 0.0.0.0 is no URL: the app then guesses).
+    let first_edge = args.edge.listen;
+    let default_ws_url =
+        (!first_edge.ip().is_unspecified()).then(|| format!("ws://{first_edge}/ws"));
     start(
         &mut set,
-        api_config(&args.api),
+        api_config(&args.api, default_ws_url),
         &deps,
         &root,
         args.api.api_ops_listen,
     )
     .await?;
     let workers = &args.workers;
-    let fanout = fanout_config(common, "chatpipe-fanout");
+    let groups = &args.groups;
+    let fanout = fanout_config(common, &groups.fanout_group);
     start(&mut set, fanout, &deps, &root, workers.fanout_ops_listen).await?;
-    let persist = persist_config("chatpipe-persist", &args.batching);
+    let persist = persist_config(&groups.persist_group, &args.batching);
     start(&mut set, persist, &deps, &root, workers.persist_ops_listen).await?;
-    let index = index_config(common, "chatpipe-index", &args.batching);
+    let index = index_config(common, &groups.index_group, &args.batching);
     start(&mut set, index, &deps, &root, workers.index_ops_listen).await?;
     for number in 0..args.edges.max(1) {
         let mut edge_args = args.edge.clone();
@@ -202,5 +215,8 @@ pub async fn run_all(common: &CommonArgs, args: &AllArgs) -> anyhow::Result<()> 
         "chatpipe is up: API http://{} · Ctrl+C to stop",
         args.api.api_listen
     );
+    if args.api.app_dir.is_some() {
+        println!("web app: http://{}/app/", args.api.api_listen);
+    }
     Ok(supervise(root, set).await?)
 }

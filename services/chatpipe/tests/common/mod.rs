@@ -24,8 +24,8 @@ use chatpipe_core::{ConversationId, EdgeId, UserId};
 use chatpipe_edge::{EdgeConfig, EdgeHandle};
 use chatpipe_fanout::FanoutWorker;
 use chatpipe_index::IndexWorker;
-use chatpipe_kafka::KafkaConfig;
 use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile};
+use chatpipe_kafka::{KafkaConfig, StartAt, TailConsumer, TailEvent, TailOptions};
 use chatpipe_runtime::Shutdown;
 use chatpipe_search::SearchEngineConfig;
 use futures::{SinkExt, StreamExt};
@@ -532,6 +532,33 @@ impl Client {
         let seq = self.last_seq;
         self.send_json(json!({"op":"ack_seq","seq":seq})).await;
     }
+}
+
+/// Every record of `topic`, read from the beginning until `count` arrived.
+pub async fn read_topic(stack: &Stack, topic: &str, count: usize) -> Vec<(i32, String, Value)> {
+    let tail = TailConsumer::new(
+        &stack.kafka,
+        &unique("reader"),
+        topic,
+        &TailOptions::default(),
+    )
+    .unwrap();
+    tail.assign(&StartAt::Beginning).await.unwrap();
+    let mut records = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while records.len() < count {
+        let event = tokio::time::timeout_at(deadline, tail.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} records in {topic}", records.len()))
+            .unwrap();
+        let TailEvent::Record(message) = event else {
+            continue;
+        };
+        let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+        let value: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        records.push((message.partition(), key, value));
+    }
+    records
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout`.

@@ -18,7 +18,7 @@ use chatpipe_core::records::{
     RouteRecord, SCHEMA_VERSION, SessionKey, TopicNames,
 };
 use chatpipe_core::time::now_unix_ms;
-use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
+use chatpipe_core::{ConversationId, EdgeId, MessageId, UserId};
 use chatpipe_fanout::{FanoutConfig, FanoutWorker};
 use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
 use chatpipe_kafka::{ChatProducer, KafkaConfig};
@@ -264,17 +264,13 @@ impl Deployment {
         body: &str,
     ) -> MessageRecord {
         let message_id = self.ids.lock().unwrap().next_id(now_unix_ms());
-        MessageRecord {
-            schema_version: SCHEMA_VERSION,
-            message_id,
-            conversation_id: conversation.clone(),
-            sender_id: sender.clone(),
-            client_msg_id: ClientMsgId::parse(format!("c{message_id}")).unwrap(),
-            body: body.to_owned(),
-            ts: now_unix_ms(),
-            edge_id: EdgeId::parse("edge-producer").unwrap(),
-            resend: false,
-        }
+        MessageRecord::builder(message_id, conversation)
+            .sender(sender)
+            .client_msg_id(format!("c{message_id}"))
+            .body(body)
+            .ts(now_unix_ms())
+            .edge("edge-producer")
+            .build()
     }
 
     pub async fn send(&self, record: &MessageRecord) {

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use chatpipe_core::records::{MessageRecord, SCHEMA_VERSION, TopicNames};
-use chatpipe_core::{ClientMsgId, ConversationId, EdgeId, MessageId, UserId};
+use chatpipe_core::records::{MessageRecord, TopicNames};
+use chatpipe_core::{ConversationId, MessageId};
 use chatpipe_index::{IndexConfig, IndexWorker};
 use chatpipe_kafka::{ChatProducer, KafkaConfig};
 use chatpipe_runtime::{Health, Shutdown};
@@ -94,17 +94,10 @@ impl TestEnv {
     }
 
     pub fn record(&self, id: u64, conversation: &ConversationId, body: &str) -> MessageRecord {
-        MessageRecord {
-            schema_version: SCHEMA_VERSION,
-            message_id: MessageId::from_u64(id),
-            conversation_id: conversation.clone(),
-            sender_id: UserId::parse("alice").unwrap(),
-            client_msg_id: ClientMsgId::parse(format!("m{id}")).unwrap(),
-            body: body.to_owned(),
-            ts: 1_700_000_000_000 + id,
-            edge_id: EdgeId::parse("edge-1").unwrap(),
-            resend: false,
-        }
+        MessageRecord::builder(MessageId::from_u64(id), conversation)
+            .body(body)
+            .ts(1_700_000_000_000 + id)
+            .build()
     }
 
     pub async fn produce(&self, record: &MessageRecord) {

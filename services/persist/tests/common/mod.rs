@@ -7,10 +7,8 @@ use std::time::Duration;
 use chatpipe_cassandra::{
     CassandraConfig, CassandraStore, Conversation, CreateOutcome, HistoryQuery, NewConversation,
 };
-use chatpipe_core::ids::{
-    ClientMsgId, ConversationId, EdgeId, MessageId, MessageIdGenerator, UserId,
-};
-use chatpipe_core::records::{MessageRecord, SCHEMA_VERSION, TopicNames};
+use chatpipe_core::ids::{ConversationId, MessageId, MessageIdGenerator, UserId};
+use chatpipe_core::records::{MessageRecord, TopicNames};
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_kafka::{ChatProducer, KafkaConfig};
 use chatpipe_persist::{PersistConfig, PersistError, PersistMetrics, PersistRole};
@@ -189,18 +187,11 @@ pub fn records(
 ) -> Vec<MessageRecord> {
     (0..count)
         .map(|index| {
-            let message_id = generator.next_id(now_unix_ms());
-            MessageRecord {
-                schema_version: SCHEMA_VERSION,
-                message_id,
-                conversation_id: conversation.clone(),
-                sender_id: sender.clone(),
-                client_msg_id: ClientMsgId::parse(format!("{tag}-{index}")).unwrap(),
-                body: format!("{tag}-{index}"),
-                ts: message_id.unix_ms(),
-                edge_id: EdgeId::parse("edge-test").unwrap(),
-                resend: false,
-            }
+            MessageRecord::builder(generator.next_id(now_unix_ms()), conversation)
+                .sender(sender)
+                .client_msg_id(format!("{tag}-{index}"))
+                .body(format!("{tag}-{index}"))
+                .build()
         })
         .collect()
 }

@@ -1,0 +1,41 @@
+/**
+ * The contract's types, under short names. Everything here comes from the
+ * generated files (`src/generated/`, from `schemas/ws/v1` and
+ * `schemas/openapi.json`): the SDK adds no wire type of its own.
+ */
+import type { components } from './generated/api.js';
+import type * as Ws from './generated/ws.js';
+
+export type { components, paths, operations } from './generated/api.js';
+export type * from './generated/ws.js';
+
+type Schemas = components['schemas'];
+
+/** A message as history, search and the `message` frame carry it. */
+export type Message = Schemas['Message'];
+export type Conversation = Schemas['Conversation'];
+export type ConversationList = Schemas['ConversationList'];
+export type CreateConversationRequest = Schemas['CreateConversationRequest'];
+export type CreateConversationResponse = Schemas['CreateConversationResponse'];
+export type HistoryPage = Schemas['HistoryPage'];
+export type SearchHit = Schemas['SearchHit'];
+export type SearchPage = Schemas['SearchPage'];
+export type ApiErrorBody = Schemas['Error'];
+export type ApiErrorCode = Schemas['Error']['error']['code'];
+
+/** Every frame a client may send. */
+export type ClientFrame = Ws.ClientSend | Ws.ClientTyping | Ws.ClientRead | Ws.ClientAckSeq | Ws.ClientPing;
+/** Every frame an edge may send (unknown `op`s are ignored by the client). */
+export type ServerFrame =
+  | Ws.ServerHello
+  | Ws.ServerAck
+  | Ws.ServerError
+  | Ws.ServerPong
+  | Ws.ServerReconnect
+  | Ws.ServerMessage
+  | Ws.ServerTyping
+  | Ws.ServerRead
+  | Ws.ServerPresence;
+/** The frames of the session stream: they carry `seq`. */
+export type SequencedFrame = Ws.ServerMessage | Ws.ServerTyping | Ws.ServerRead | Ws.ServerPresence;
+export type WsErrorCode = Ws.ServerError['code'];
