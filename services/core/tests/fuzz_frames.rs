@@ -436,7 +436,10 @@ fn assert_faithful(frame: &ClientFrame, document: &Value) {
             assert_eq!(client_msg_id.as_str(), document["client_msg_id"]);
             assert_eq!(body, &document["body"]);
             assert_eq!(*resend, document["resend"].as_bool().unwrap_or(false));
-            assert_eq!(reply_to.map(MessageId::as_u64), written_id(&document["reply_to"]));
+            assert_eq!(
+                reply_to.map(MessageId::as_u64),
+                written_id(&document["reply_to"])
+            );
             "send"
         }
         ClientFrame::Edit {
@@ -446,9 +449,15 @@ fn assert_faithful(frame: &ClientFrame, document: &Value) {
             client_msg_id,
         } => {
             assert_eq!(conversation_id.as_str(), document["conversation_id"]);
-            assert_eq!(Some(message_id.as_u64()), written_id(&document["message_id"]));
+            assert_eq!(
+                Some(message_id.as_u64()),
+                written_id(&document["message_id"])
+            );
             assert_eq!(body, &document["body"]);
-            assert_eq!(client_msg_id.as_ref().map(ClientMsgId::as_str), document["client_msg_id"].as_str());
+            assert_eq!(
+                client_msg_id.as_ref().map(ClientMsgId::as_str),
+                document["client_msg_id"].as_str()
+            );
             "edit"
         }
         ClientFrame::Delete {
@@ -457,8 +466,14 @@ fn assert_faithful(frame: &ClientFrame, document: &Value) {
             client_msg_id,
         } => {
             assert_eq!(conversation_id.as_str(), document["conversation_id"]);
-            assert_eq!(Some(message_id.as_u64()), written_id(&document["message_id"]));
-            assert_eq!(client_msg_id.as_ref().map(ClientMsgId::as_str), document["client_msg_id"].as_str());
+            assert_eq!(
+                Some(message_id.as_u64()),
+                written_id(&document["message_id"])
+            );
+            assert_eq!(
+                client_msg_id.as_ref().map(ClientMsgId::as_str),
+                document["client_msg_id"].as_str()
+            );
             "delete"
         }
         ClientFrame::React {
@@ -469,7 +484,10 @@ fn assert_faithful(frame: &ClientFrame, document: &Value) {
             ..
         } => {
             assert_eq!(conversation_id.as_str(), document["conversation_id"]);
-            assert_eq!(Some(message_id.as_u64()), written_id(&document["message_id"]));
+            assert_eq!(
+                Some(message_id.as_u64()),
+                written_id(&document["message_id"])
+            );
             assert_eq!(reaction, &document["reaction"]);
             if *add { "react" } else { "unreact" }
         }
@@ -482,7 +500,10 @@ fn assert_faithful(frame: &ClientFrame, document: &Value) {
             message_id,
         } => {
             assert_eq!(conversation_id.as_str(), document["conversation_id"]);
-            assert_eq!(Some(message_id.as_u64()), written_id(&document["message_id"]));
+            assert_eq!(
+                Some(message_id.as_u64()),
+                written_id(&document["message_id"])
+            );
             "read"
         }
         ClientFrame::AckSeq { seq } => {
