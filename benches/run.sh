@@ -147,9 +147,11 @@ FANOUT_OPS=http://$FANOUT_OPS_LISTEN
 PERSIST_OPS=http://$PERSIST_OPS_LISTEN
 INDEX_OPS=http://$INDEX_OPS_LISTEN
 # The load generator's clients share few source addresses; the edge's
-# per-IP connect limit (100/s by default) is meant for real clients, so the
-# benchmarks keep the edge-wide budget per address.
+# per-IP limits (100 connects/s, 1,000 concurrent connections by default)
+# are meant for real clients, so the benchmarks keep the edge-wide budget
+# per address and lift the per-address connection cap.
 export CHATPIPE_EDGE_CONNECTS_PER_SECOND_PER_IP="${CHATPIPE_EDGE_CONNECTS_PER_SECOND_PER_IP:-2000}"
+export CHATPIPE_EDGE_MAX_CONNECTIONS_PER_IP="${CHATPIPE_EDGE_MAX_CONNECTIONS_PER_IP:-0}"
 export CHATPIPE_LOADGEN_WS_URL=ws://$EDGE_LISTEN/ws
 export CHATPIPE_LOADGEN_API_URL=http://$API_LISTEN
 export CHATPIPE_LOADGEN_EDGE_METRICS_URL=$EDGE_OPS/metrics

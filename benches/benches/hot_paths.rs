@@ -120,6 +120,7 @@ fn route_table(users: &[UserId], edges: usize) -> RouteTable {
             push_addr: format!("127.0.0.1:{}", 8180 + index),
             state: EdgeState::Serving,
             lease_expires_ms: u64::MAX / 2,
+            worker_id: None,
             ts: 0,
         };
         apply_json(&mut table, &SessionKey::Edge(edge_id.clone()), &record);

@@ -36,6 +36,9 @@ import type {
   ServerPresence,
   ServerRead,
   ServerTyping,
+  ServerMessageEdited,
+  ServerMessageDeleted,
+  ServerReaction,
 } from './types.js';
 
 /** The subset of the WebSocket API the client uses (browser `WebSocket`, or the `ws` package in Node). */
@@ -108,6 +111,12 @@ export interface ChatEvents {
   typing: ServerTyping;
   read: ServerRead;
   presence: ServerPresence;
+  /** A message's body was edited (by its sender). */
+  messageEdited: ServerMessageEdited;
+  /** A message was deleted: drop its body, keep a placeholder. */
+  messageDeleted: ServerMessageDeleted;
+  /** A user added or removed a reaction. */
+  reaction: ServerReaction;
   /** An `error` frame not tied to a send, or a catch-up failure. */
   error: ServerError | { op: 'client_error'; message: string };
   /** A catch-up finished. */
@@ -477,7 +486,11 @@ export class ChatClient extends Emitter<ChatEvents> {
         this.onHello(frame);
         return;
       case 'ack':
-        this.onAck(frame.client_msg_id, frame.message_id, frame.ts);
+        // An ack without `client_msg_id` answers an edit, delete or
+        // reaction sent without a request id: nothing to settle.
+        if (frame.client_msg_id !== undefined) this.onAck(frame.client_msg_id, frame.message_id, frame.ts);
+        return;
+      case 'refreshed':
         return;
       case 'error':
         this.onError(frame);
@@ -491,11 +504,17 @@ export class ChatClient extends Emitter<ChatEvents> {
       case 'typing':
       case 'read':
       case 'presence':
+      case 'message_edited':
+      case 'message_deleted':
+      case 'reaction':
         if (!this.sequenced(frame.seq)) return;
         if (frame.op === 'message') this.onMessage(frame.message);
         else if (frame.op === 'typing') this.emit('typing', frame);
         else if (frame.op === 'read') this.emit('read', frame);
-        else this.emit('presence', frame);
+        else if (frame.op === 'presence') this.emit('presence', frame);
+        else if (frame.op === 'message_edited') this.emit('messageEdited', frame);
+        else if (frame.op === 'message_deleted') this.emit('messageDeleted', frame);
+        else this.emit('reaction', frame);
         return;
       default:
         // A newer edge's frame: ignore (additive protocol changes).

@@ -11,6 +11,7 @@
  * | 4008 | slow consumer | reconnect and resume |
  * | 4009 | taken over by a newer connection | stop: another tab/device owns the session |
  * | 4010 | resync: frames were lost upstream | reconnect without resume and catch up from history |
+ * | 4011 | the token expired (no `refresh` frame came in time) | get a fresh token, then resume at once |
  * | 4029 | too many sessions on this edge | wait (long backoff) and retry |
  * | other (1006 abnormal, network) | | exponential backoff with jitter, resume |
  */
@@ -37,6 +38,7 @@ export const CLOSE = {
   SLOW_CONSUMER: 4008,
   TAKEN_OVER: 4009,
   RESYNC: 4010,
+  TOKEN_EXPIRED: 4011,
   TOO_MANY_SESSIONS: 4029,
 } as const;
 
@@ -82,6 +84,9 @@ export function closeAction(
       return { kind: 'stop', reason: 'taken_over' };
     case CLOSE.RESYNC:
       return { kind: 'resync', delayMs: attempt === 0 ? 0 : backoffDelay(attempt, backoff) };
+    case CLOSE.TOKEN_EXPIRED:
+      // The session stays resumable: only the token is stale.
+      return { kind: 'resume', delayMs: 0, refreshToken: true };
     case CLOSE.TOO_MANY_SESSIONS:
       return { kind: 'resume', delayMs: backoffDelay(attempt + 4, backoff), refreshToken: false };
     default:

@@ -35,7 +35,18 @@ export type ServerFrame =
   | Ws.ServerMessage
   | Ws.ServerTyping
   | Ws.ServerRead
-  | Ws.ServerPresence;
+  | Ws.ServerPresence
+  | Ws.ServerRefreshed
+  | Ws.ServerMessageEdited
+  | Ws.ServerMessageDeleted
+  | Ws.ServerReaction;
 /** The frames of the session stream: they carry `seq`. */
-export type SequencedFrame = Ws.ServerMessage | Ws.ServerTyping | Ws.ServerRead | Ws.ServerPresence;
+export type SequencedFrame =
+  | Ws.ServerMessage
+  | Ws.ServerTyping
+  | Ws.ServerRead
+  | Ws.ServerPresence
+  | Ws.ServerMessageEdited
+  | Ws.ServerMessageDeleted
+  | Ws.ServerReaction;
 export type WsErrorCode = Ws.ServerError['code'];

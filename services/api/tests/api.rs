@@ -102,6 +102,7 @@ async fn try_start(
         store: store.clone(),
         search: SearchEngineConfig::default(),
         token_keys: keys.clone(),
+        push_key: keys.derived_push_key(),
     };
     let shutdown = Shutdown::new();
     let role = roles::spawn(

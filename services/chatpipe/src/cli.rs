@@ -3,9 +3,11 @@
 //! [`chatpipe::roles::defaults`] (defined once, shared with the tests).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use chatpipe::roles::defaults;
+use chatpipe_core::auth::DEFAULT_MAX_TOKEN_LIFETIME_SECS;
 use chatpipe_edge::EdgeConfig;
 use clap::{Args, Parser, Subcommand};
 
@@ -83,6 +85,55 @@ pub struct CommonArgs {
         global = true
     )]
     pub token_secret: Option<String>,
+    /// `kid` of the token secret's key: tokens `chatpipe token` signs carry
+    /// it, and tokens naming it verify with the secret. Name keys to rotate
+    /// them (README, "Security").
+    #[arg(long, env = "CHATPIPE_TOKEN_KID", global = true)]
+    pub token_kid: Option<String>,
+    /// A JWKS file (`{"keys":[…]}`) of further keys that verify tokens, each
+    /// selected by its `kid`: HS256 (`"kty":"oct"`), RS256 (`"kty":"RSA"`),
+    /// ES256 (`"kty":"EC"`, P-256). The old key during a rotation; an
+    /// identity provider's public keys.
+    #[arg(long, env = "CHATPIPE_TOKEN_JWKS_FILE", global = true)]
+    pub token_jwks_file: Option<PathBuf>,
+    /// Accepted token issuers (`iss`), comma-separated. Unset: `iss` is not
+    /// checked; set: a token must name one of them.
+    #[arg(
+        long,
+        env = "CHATPIPE_TOKEN_ISSUER",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub token_issuer: Vec<String>,
+    /// Accepted token audiences (`aud`), comma-separated. Unset: `aud` is
+    /// not checked; set: a token must name one of them.
+    #[arg(
+        long,
+        env = "CHATPIPE_TOKEN_AUDIENCE",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub token_audience: Vec<String>,
+    /// Longest token lifetime accepted, in seconds: a token whose
+    /// `exp − iat` or `exp − now` is longer is refused. 0: no limit.
+    #[arg(
+        long,
+        env = "CHATPIPE_TOKEN_MAX_LIFETIME_SECS",
+        default_value_t = DEFAULT_MAX_TOKEN_LIFETIME_SECS,
+        global = true
+    )]
+    pub token_max_lifetime_secs: u64,
+    /// Secret of the edges' gRPC push service (at least 32 bytes), shared
+    /// by every edge and fan-out worker. Unset or empty: the push key is
+    /// derived from the token secret (a domain-separated HMAC), so nothing
+    /// more needs configuring. Never logged.
+    #[arg(
+        long,
+        env = "CHATPIPE_PUSH_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub push_secret: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,8 +172,9 @@ pub struct TokenArgs {
     /// The user id (the token's `sub`).
     #[arg(long)]
     pub user: String,
-    /// Lifetime of the token, in seconds.
-    #[arg(long, default_value_t = 86_400)]
+    /// Lifetime of the token, in seconds (at most the configured maximum,
+    /// `--token-max-lifetime-secs`).
+    #[arg(long, default_value_t = DEFAULT_MAX_TOKEN_LIFETIME_SECS)]
     pub ttl_secs: u64,
 }
 
@@ -152,12 +204,16 @@ pub struct TopologyArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct EdgeArgs {
-    /// This edge's id; unique per edge process.
-    #[arg(long, env = "CHATPIPE_EDGE_ID", default_value = "edge-1")]
-    pub edge_id: String,
-    /// Snowflake worker id of message ids; unique per edge (0–1023).
-    #[arg(long, env = "CHATPIPE_EDGE_WORKER_ID", default_value_t = EDGE_DEFAULTS.worker_id)]
-    pub worker_id: u16,
+    /// This edge's id; unique among live edges (a start under the id of a
+    /// live edge elsewhere is refused). Unset: `edge-<host>-<push port>`,
+    /// unique per process.
+    #[arg(long, env = "CHATPIPE_EDGE_ID")]
+    pub edge_id: Option<String>,
+    /// Snowflake worker id of message ids (0–1023); unique among live
+    /// edges (one a live edge holds is refused). Unset: a free one is
+    /// taken at start and held in the edge's lease.
+    #[arg(long, env = "CHATPIPE_EDGE_WORKER_ID")]
+    pub worker_id: Option<u16>,
     /// WebSocket listener (`/ws` only).
     #[arg(long, env = "CHATPIPE_EDGE_LISTEN", default_value = defaults::EDGE_LISTEN)]
     pub listen: SocketAddr,
@@ -202,6 +258,31 @@ pub struct EdgeArgs {
     /// Most concurrent connections.
     #[arg(long, env = "CHATPIPE_EDGE_MAX_CONNECTIONS", default_value_t = EDGE_DEFAULTS.max_connections)]
     pub max_connections: usize,
+    /// Most concurrent connections from one client address (0: no cap).
+    #[arg(
+        long,
+        env = "CHATPIPE_EDGE_MAX_CONNECTIONS_PER_IP",
+        default_value_t = EDGE_DEFAULTS.max_connections_per_ip
+    )]
+    pub max_connections_per_ip: usize,
+    /// Failed authentications per minute from one client address before
+    /// it is refused for a minute (its tokens are then not even checked).
+    #[arg(
+        long,
+        env = "CHATPIPE_EDGE_AUTH_FAILURES_PER_IP_PER_MINUTE",
+        default_value_t = EDGE_DEFAULTS.auth_failures_per_ip_per_minute
+    )]
+    pub auth_failures_per_ip_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` is believed, comma-separated
+    /// addresses or networks (`10.0.0.0/8,192.0.2.7`). Unset: the header
+    /// is ignored and the TCP peer is the client.
+    #[arg(
+        long,
+        env = "CHATPIPE_EDGE_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = chatpipe_edge::admission::parse_network
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Longest a write to a client may take before it is closed as a slow consumer, ms.
     #[arg(long, env = "CHATPIPE_EDGE_WRITE_TIMEOUT_MS", default_value_t = EDGE_DEFAULTS.write_timeout_ms)]
     pub write_timeout_ms: u64,
@@ -509,6 +590,62 @@ mod tests {
                 (Some(80), Some(2500))
             );
         }
+    }
+
+    #[test]
+    fn edge_identity_and_admission_flags() {
+        let cli = Cli::try_parse_from(["chatpipe", "edge"]).unwrap();
+        let Command::Edge(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        assert_eq!((args.edge_id, args.worker_id), (None, None));
+        assert!(args.trusted_proxies.is_empty());
+        let cli = Cli::try_parse_from([
+            "chatpipe",
+            "edge",
+            "--trusted-proxies",
+            "10.0.0.0/8,192.0.2.7",
+            "--max-connections-per-ip",
+            "50",
+            "--worker-id",
+            "9",
+        ])
+        .unwrap();
+        let Command::Edge(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        assert_eq!(args.trusted_proxies.len(), 2);
+        assert_eq!((args.max_connections_per_ip, args.worker_id), (50, Some(9)));
+        assert!(Cli::try_parse_from(["chatpipe", "edge", "--trusted-proxies", "a-name"]).is_err());
+    }
+
+    #[test]
+    fn token_options_are_flags_with_documented_defaults() {
+        let cli = Cli::try_parse_from(["chatpipe", "edge"]).unwrap();
+        assert_eq!(
+            cli.common.token_max_lifetime_secs,
+            DEFAULT_MAX_TOKEN_LIFETIME_SECS
+        );
+        assert!(cli.common.token_issuer.is_empty() && cli.common.push_secret.is_none());
+        let cli = Cli::try_parse_from([
+            "chatpipe",
+            "all",
+            "--token-issuer",
+            "https://a.example,https://b.example",
+            "--token-audience",
+            "chatpipe",
+            "--token-kid",
+            "2026-01",
+            "--token-jwks-file",
+            "/etc/chatpipe/jwks.json",
+            "--token-max-lifetime-secs",
+            "3600",
+        ])
+        .unwrap();
+        assert_eq!(cli.common.token_issuer.len(), 2);
+        assert_eq!(cli.common.token_audience, vec!["chatpipe".to_owned()]);
+        assert_eq!(cli.common.token_kid.as_deref(), Some("2026-01"));
+        assert_eq!(cli.common.token_max_lifetime_secs, 3600);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! One way to start every role.
 //!
 //! ```text
-//! let deps = RoleDeps { kafka, topics, store, search, token_keys };
+//! let deps = RoleDeps { kafka, topics, store, search, token_keys, push_key };
 //! let edge = roles::spawn(edge_config, &deps, RoleContext::new(&root, ops_addr)).await?;
 //! edge.ops_addr();       // where /metrics, /healthz, /readyz answer
 //! edge.public_addr();    // where /ws answers
@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use chatpipe_api::{ApiConfig, ApiDeps, ApiMetrics, ApiRunError, ApiServer};
 use chatpipe_cassandra::CassandraStore;
-use chatpipe_core::auth::TokenKeys;
+use chatpipe_core::auth::{PushKey, TokenKeys};
 use chatpipe_core::records::TopicNames;
 use chatpipe_edge::{EdgeConfig, EdgeError, EdgeHandle, spawn_edge};
 use chatpipe_fanout::{FanoutConfig, FanoutError, FanoutWorker};
@@ -113,7 +113,7 @@ impl std::fmt::Display for RoleKind {
     }
 }
 
-/// What roles share: the engines and the token keys.
+/// What roles share: the engines, the token keys and the push key.
 #[derive(Clone)]
 pub struct RoleDeps {
     /// Kafka brokers; `client_id` is a prefix, each role appends its name.
@@ -127,6 +127,9 @@ pub struct RoleDeps {
     pub search: SearchEngineConfig,
     /// Verify (and, for the API, nothing else) bearer tokens.
     pub token_keys: TokenKeys,
+    /// What fan-out presents on every push and edges require (derived from
+    /// the token secret unless `CHATPIPE_PUSH_SECRET` is set).
+    pub push_key: PushKey,
 }
 
 impl std::fmt::Debug for RoleDeps {
@@ -445,10 +448,11 @@ pub fn validate_edge(config: &EdgeConfig) -> Result<(), String> {
             config.heartbeat_timeout_ms, config.heartbeat_interval_ms
         ));
     }
-    if config.worker_id > 1023 {
+    if let Some(worker_id) = config.worker_id
+        && worker_id > chatpipe_core::MessageId::MAX_WORKER
+    {
         return Err(format!(
-            "worker_id {} does not fit in 10 bits (0-1023)",
-            config.worker_id
+            "worker_id {worker_id} does not fit in 10 bits (0-1023)"
         ));
     }
     if config.max_connections == 0 || config.session_buffer_frames == 0 {
@@ -477,6 +481,7 @@ impl RoleConfig for EdgeConfig {
         Ok(spawn_edge(
             self,
             deps.token_keys.clone(),
+            deps.push_key.clone(),
             deps.store.clone(),
             &kafka,
             &mut scaffold.registry,
@@ -521,6 +526,7 @@ impl RoleConfig for FanoutConfig {
             self,
             deps.kafka_for("fanout"),
             deps.store.clone(),
+            deps.push_key.clone(),
             &mut scaffold.registry,
             scaffold.health.clone(),
             scaffold.shutdown.clone(),
@@ -734,7 +740,7 @@ mod tests {
         };
         assert!(validate_edge(&late_timeout).is_err());
         let wide_worker = EdgeConfig {
-            worker_id: 1024,
+            worker_id: Some(1024),
             ..EdgeConfig::default()
         };
         assert!(validate_edge(&wide_worker).is_err());

@@ -12,11 +12,16 @@
 //!
 //! An empty secret counts as none, and any secret chatpipe once shipped
 //! built in is refused (see `chatpipe_core::auth::FORMER_BUILT_IN_SECRETS`).
+//!
+//! The keys are then configured ([`configure_token_keys`]): the secret's
+//! `kid`, a JWKS file of further keys, the issuer, audience and lifetime
+//! policy. The push key ([`load_push_key`]) is `CHATPIPE_PUSH_SECRET`'s
+//! when set, else derived from the token secret.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use chatpipe_core::auth::{SecretError, TokenKeys};
+use chatpipe_core::auth::{KeySetError, PushKey, SecretError, TokenKeys, TokenPolicy};
 
 /// Name of the secret file under the chatpipe home.
 pub const SECRET_FILE_NAME: &str = "token-secret";
@@ -60,6 +65,87 @@ pub enum SecretLoadError {
         #[source]
         source: SecretError,
     },
+    #[error("the token key set {}: {source}", file.display())]
+    KeySet {
+        file: PathBuf,
+        #[source]
+        source: KeySetError,
+    },
+}
+
+/// How tokens are verified besides the secret itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenOptions {
+    /// The secret's `kid` (empty: none).
+    pub kid: Option<String>,
+    /// A JWKS document of further keys.
+    pub jwks_file: Option<PathBuf>,
+    /// Issuers, audiences and the longest lifetime accepted.
+    pub policy: TokenPolicy,
+}
+
+/// Applies `options` to keys made from the secret: the policy, the
+/// secret's `kid`, and the keys of the JWKS file. Empty strings count as
+/// unset (an empty environment variable).
+pub fn configure_token_keys(
+    keys: TokenKeys,
+    options: &TokenOptions,
+) -> Result<TokenKeys, SecretLoadError> {
+    let non_empty = |values: &[String]| -> Vec<String> {
+        values
+            .iter()
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty())
+            .collect()
+    };
+    let policy = TokenPolicy {
+        issuers: non_empty(&options.policy.issuers),
+        audiences: non_empty(&options.policy.audiences),
+        max_lifetime_secs: options.policy.max_lifetime_secs,
+    };
+    let mut keys = keys.with_policy(policy);
+    if let Some(kid) = options
+        .kid
+        .as_deref()
+        .map(str::trim)
+        .filter(|kid| !kid.is_empty())
+    {
+        keys = keys.with_kid(kid);
+    }
+    if let Some(file) = options
+        .jwks_file
+        .as_ref()
+        .filter(|file| !file.as_os_str().is_empty())
+    {
+        let document = std::fs::read_to_string(file).map_err(|source| SecretLoadError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        keys = keys
+            .with_key_set(&document)
+            .map_err(|source| SecretLoadError::KeySet {
+                file: file.clone(),
+                source,
+            })?;
+    }
+    Ok(keys)
+}
+
+/// The push key: from `CHATPIPE_PUSH_SECRET` / `--push-secret` when set
+/// and not empty (at least 32 bytes), else derived from the token secret.
+pub fn load_push_key(
+    configured: Option<&str>,
+    keys: &TokenKeys,
+) -> Result<PushKey, SecretLoadError> {
+    match configured.filter(|secret| !secret.trim().is_empty()) {
+        Some(secret) => PushKey::from_configured_secret(secret.as_bytes()).map_err(|source| {
+            SecretLoadError::Refused {
+                from: "CHATPIPE_PUSH_SECRET / --push-secret".to_owned(),
+                source,
+            }
+        }),
+        None => Ok(keys.derived_push_key()),
+    }
 }
 
 impl SecretLoadError {
@@ -235,12 +321,85 @@ mod tests {
         assert_eq!(source, SecretSource::File(secret_file(&home)));
         let written = std::fs::read_to_string(secret_file(&home)).unwrap();
         let alice = UserId::parse("alice").unwrap();
-        let token = from_file.sign(&alice, 1_700_000_000, 10_000_000_000);
+        let now = chatpipe_core::time::now_unix_ms() / 1000;
+        let token = from_file.sign(&alice, now, 3600);
         let by_hand = TokenKeys::from_secret(written.trim().as_bytes());
         assert_eq!(by_hand.verify(&token), Ok(alice.clone()));
         let (configured, source) = load_token_keys(Some("from-the-environment"), &home).unwrap();
         assert_eq!(source, SecretSource::Configured);
         assert!(configured.verify(&token).is_err());
+    }
+
+    #[test]
+    fn token_options_name_the_secret_add_a_key_set_and_set_the_policy() {
+        let home = scratch_home();
+        let jwks = home.join("jwks.json");
+        // "old-secret" as a JWK `k` (base64url).
+        std::fs::write(
+            &jwks,
+            r#"{"keys":[{"kty":"oct","kid":"old","k":"b2xkLXNlY3JldA"}]}"#,
+        )
+        .unwrap();
+        let options = TokenOptions {
+            kid: Some("new".into()),
+            jwks_file: Some(jwks.clone()),
+            policy: TokenPolicy {
+                issuers: vec![String::new()],
+                audiences: vec![" chatpipe ".into()],
+                max_lifetime_secs: 600,
+            },
+        };
+        let keys = configure_token_keys(TokenKeys::from_secret(b"new-secret"), &options).unwrap();
+        assert_eq!(
+            keys.policy().issuers,
+            Vec::<String>::new(),
+            "empty means unset"
+        );
+        assert_eq!(keys.policy().audiences, vec!["chatpipe".to_owned()]);
+        let alice = UserId::parse("alice").unwrap();
+        let now = chatpipe_core::time::now_unix_ms() / 1000;
+        assert_eq!(keys.verify(&keys.sign(&alice, now, 600)), Ok(alice.clone()));
+        assert!(keys.verify(&keys.sign(&alice, now, 601)).is_err());
+        // A token of the old key verifies through the key set.
+        let old = configure_token_keys(
+            TokenKeys::from_secret(b"old-secret"),
+            &TokenOptions {
+                kid: Some("old".into()),
+                policy: keys.policy().clone(),
+                ..TokenOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(keys.verify(&old.sign(&alice, now, 60)), Ok(alice));
+        // A broken or missing key set stops the role.
+        std::fs::write(&jwks, "{").unwrap();
+        assert!(matches!(
+            configure_token_keys(TokenKeys::from_secret(b"s"), &options),
+            Err(SecretLoadError::KeySet { .. })
+        ));
+        std::fs::remove_file(&jwks).unwrap();
+        assert!(matches!(
+            configure_token_keys(TokenKeys::from_secret(b"s"), &options),
+            Err(SecretLoadError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn the_push_key_is_derived_unless_a_push_secret_is_configured() {
+        let keys = TokenKeys::from_secret(b"token-secret");
+        for unset in [None, Some(""), Some("  ")] {
+            assert_eq!(
+                load_push_key(unset, &keys).unwrap(),
+                keys.derived_push_key()
+            );
+        }
+        let configured = "p".repeat(chatpipe_core::auth::MIN_PUSH_SECRET_BYTES);
+        let separate = load_push_key(Some(&configured), &keys).unwrap();
+        assert_ne!(separate, keys.derived_push_key());
+        assert!(matches!(
+            load_push_key(Some("too-short"), &keys),
+            Err(SecretLoadError::Refused { .. })
+        ));
     }
 
     #[test]

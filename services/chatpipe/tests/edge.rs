@@ -8,25 +8,28 @@ use std::time::Duration;
 
 use chatpipe_core::UserId;
 use chatpipe_core::time::now_unix_ms;
-use chatpipe_proto::push::edge_push_client::EdgePushClient;
 use chatpipe_proto::push::{PushBatch, PushItem};
 use chatpipe_runtime::metrics::reason_count;
 use common::*;
 use serde_json::json;
 
-async fn push(edge: &chatpipe_edge::EdgeHandle, recipients: &[&str], bodies: &[String]) {
-    push_batch(edge, recipients, bodies, false).await;
+async fn push(
+    stack: &Stack,
+    edge: &chatpipe_edge::EdgeHandle,
+    recipients: &[&str],
+    bodies: &[String],
+) {
+    push_batch(stack, edge, recipients, bodies, false).await;
 }
 
 async fn push_batch(
+    stack: &Stack,
     edge: &chatpipe_edge::EdgeHandle,
     recipients: &[&str],
     bodies: &[String],
     resync: bool,
 ) {
-    let mut client = EdgePushClient::connect(format!("http://{}", edge.push_addr))
-        .await
-        .expect("push connects");
+    let mut client = stack.push_client(edge).await;
     let items = bodies
         .iter()
         .map(|body| PushItem {
@@ -333,7 +336,7 @@ async fn frames_queued_for_a_detached_session_show_in_the_queue_gauge() {
         (edge.metrics.connections.get() == 0).then_some(())
     })
     .await;
-    push(&edge, &[&user], &["q1".into(), "q2".into()]).await;
+    push(&stack, &edge, &[&user], &["q1".into(), "q2".into()]).await;
     eventually("two frames queued", WAIT, || async {
         (edge.metrics.queued_frames.get() == 2).then_some(())
     })
@@ -353,7 +356,13 @@ async fn resume_on_the_same_edge_replays_exactly_what_came_after_last_seq() {
     let user = unique("u");
     let token = stack.token(&user);
     let mut client = Client::connect(&edge, &token).await;
-    push(&edge, &[&user], &["s1".into(), "s2".into(), "s3".into()]).await;
+    push(
+        &stack,
+        &edge,
+        &[&user],
+        &["s1".into(), "s2".into(), "s3".into()],
+    )
+    .await;
     for expected in ["s1", "s2", "s3"] {
         let frame = client
             .wait_for("presence", |frame| frame["op"] == "presence")
@@ -368,7 +377,7 @@ async fn resume_on_the_same_edge_replays_exactly_what_came_after_last_seq() {
         (edge.metrics.connections.get() == 0).then_some(())
     })
     .await;
-    push(&edge, &[&user], &["s4".into(), "s5".into()]).await;
+    push(&stack, &edge, &[&user], &["s4".into(), "s5".into()]).await;
 
     let mut resumed = Client::resume(&edge, &token, &session, 2).await;
     assert!(resumed.resumed);
@@ -412,7 +421,7 @@ async fn a_resync_push_makes_every_session_start_over_from_history() {
         (edge.metrics.connections.get() == 1).then_some(())
     })
     .await;
-    push(&edge, &[&attached_user], &["before".into()]).await;
+    push(&stack, &edge, &[&attached_user], &["before".into()]).await;
     attached
         .wait_for("a frame before the resync", |frame| {
             frame["op"] == "presence"
@@ -421,7 +430,7 @@ async fn a_resync_push_makes_every_session_start_over_from_history() {
     let attached_session = attached.session_id.clone();
     let attached_seq = attached.last_seq;
 
-    push_batch(&edge, &[&attached_user], &["after".into()], true).await;
+    push_batch(&stack, &edge, &[&attached_user], &["after".into()], true).await;
     while attached.read_frame(WAIT).await.is_some() {}
     let close = attached
         .wait_for("the resync close", |frame| frame["op"] == "__close")
@@ -442,7 +451,7 @@ async fn a_resync_push_makes_every_session_start_over_from_history() {
     // A session opened after the resync is served normally.
     let fresh_user = unique("u");
     let mut fresh = Client::connect(&edge, &stack.token(&fresh_user)).await;
-    push(&edge, &[&fresh_user], &["later".into()]).await;
+    push(&stack, &edge, &[&fresh_user], &["later".into()]).await;
     let frame = fresh
         .wait_for("a frame after the resync", |frame| {
             frame["op"] == "presence"
@@ -462,7 +471,7 @@ async fn a_slow_reader_is_closed_and_its_buffer_stays_bounded() {
     let _never_reads = Client::connect(&edge, &stack.token(&user)).await;
     let big = "y".repeat(3_000);
     for _ in 0..40 {
-        push(&edge, &[&user], &vec![big.clone(); 50]).await;
+        push(&stack, &edge, &[&user], &vec![big.clone(); 50]).await;
     }
     eventually("slow-consumer close", WAIT, || async {
         (edge.metrics.slow_consumer_closes.get() == 1).then_some(())

@@ -89,6 +89,11 @@ pub enum ClientFrame {
         seq: u64,
     },
     Ping,
+    /// A fresh token for the same user, sent before the current one
+    /// expires: the connection then lives until the new token's `exp`.
+    Refresh {
+        token: String,
+    },
 }
 
 impl ClientFrame {
@@ -152,6 +157,7 @@ struct RawClientFrame {
     resend: Option<serde_json::Value>,
     reaction: Option<serde_json::Value>,
     reply_to: Option<serde_json::Value>,
+    token: Option<serde_json::Value>,
 }
 
 fn required_string(
@@ -394,6 +400,13 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
             )),
         },
         "ping" => Ok(ClientFrame::Ping),
+        "refresh" => {
+            let token = required_string("token", raw.token, &None)?;
+            if token.trim().is_empty() {
+                return Err(FrameError::invalid("`token` must not be empty", None));
+            }
+            Ok(ClientFrame::Refresh { token })
+        }
         other => Err(FrameError::invalid(
             format!(
                 "unknown op `{}`",
@@ -431,6 +444,11 @@ pub enum ControlFrame {
     Pong,
     Reconnect {
         reason: String,
+    },
+    /// The answer to a `refresh` that was accepted: the connection now
+    /// lives until `expires_at` (Unix seconds, the new token's `exp`).
+    Refreshed {
+        expires_at: u64,
     },
 }
 
@@ -867,6 +885,36 @@ mod tests {
         assert_eq!(
             decode_client_frame(r#"{"op":"ping"}"#, &limits()),
             Ok(ClientFrame::Ping)
+        );
+        assert_eq!(
+            decode_client_frame(r#"{"op":"refresh","token":"a.b.c"}"#, &limits()),
+            Ok(ClientFrame::Refresh {
+                token: "a.b.c".into()
+            })
+        );
+    }
+
+    #[test]
+    fn refresh_needs_a_token_string() {
+        for frame in [
+            r#"{"op":"refresh"}"#,
+            r#"{"op":"refresh","token":7}"#,
+            r#"{"op":"refresh","token":"  "}"#,
+        ] {
+            let refused = decode_client_frame(frame, &limits()).unwrap_err();
+            assert_eq!(refused.code, ErrorCode::Invalid, "{frame}");
+            assert!(
+                refused.message.contains("token"),
+                "{frame}: {}",
+                refused.message
+            );
+        }
+        assert_eq!(
+            ControlFrame::Refreshed {
+                expires_at: 1_700_000_000
+            }
+            .encode(),
+            r#"{"op":"refreshed","expires_at":1700000000}"#
         );
     }
 

@@ -392,6 +392,10 @@ pub struct EdgeRecord {
     pub state: EdgeState,
     /// Unix ms after which the edge is presumed dead unless renewed.
     pub lease_expires_ms: u64,
+    /// The message-id worker id the edge holds while its lease is live
+    /// (so that no other edge takes it); absent from older edges' leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<u16>,
     pub ts: u64,
 }
 

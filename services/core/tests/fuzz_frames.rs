@@ -376,6 +376,7 @@ fn client_json(frame: &ClientFrame, explicit_resend: bool) -> Map<String, Value>
         }),
         ClientFrame::AckSeq { seq } => json!({"op": "ack_seq", "seq": seq}),
         ClientFrame::Ping => json!({"op": "ping"}),
+        ClientFrame::Refresh { token } => json!({"op": "refresh", "token": token}),
     };
     match value {
         Value::Object(map) => map,
@@ -511,6 +512,10 @@ fn assert_faithful(frame: &ClientFrame, document: &Value) {
             "ack_seq"
         }
         ClientFrame::Ping => "ping",
+        ClientFrame::Refresh { token } => {
+            assert_eq!(token, &document["token"]);
+            "refresh"
+        }
     };
     assert_eq!(document["op"], op);
 }

@@ -833,10 +833,11 @@ fn session_records_and_keys_match_their_schemas() {
             push_addr: "10.0.0.7:9100".to_owned(),
             state,
             lease_expires_ms: 1_767_225_630_000,
+            worker_id: Some(1023),
             ts: 1_767_225_600_000,
         };
         let value = to_value(&record);
-        edge_schema.assert_produced_document(&value, &[]);
+        edge_schema.assert_produced_document(&value, &["worker_id"]);
         assert_eq!(
             serde_json::from_value::<EdgeRecord>(value.clone()).unwrap(),
             record
@@ -993,6 +994,7 @@ fn op_name(frame: &ClientFrame) -> &'static str {
         ClientFrame::React { add: false, .. } => "unreact",
         ClientFrame::AckSeq { .. } => "ack_seq",
         ClientFrame::Ping => "ping",
+        ClientFrame::Refresh { .. } => "refresh",
     }
 }
 
@@ -1041,6 +1043,7 @@ fn client_frames_valid_per_schema_decode() {
         r#"{"op":"ack_seq","seq":7}"#.to_owned(),
         format!(r#"{{"op":"ack_seq","seq":{}}}"#, u64::MAX),
         r#"{"op":"ping"}"#.to_owned(),
+        r#"{"op":"refresh","token":"eyJhbGciOiJIUzI1NiJ9.e30.c2ln"}"#.to_owned(),
     ];
     let mut examples = Vec::new();
     for text in &valid {
@@ -1123,6 +1126,7 @@ fn client_frames_valid_per_schema_decode() {
             }
             ClientFrame::AckSeq { seq } => assert_eq!(json!(seq), value["seq"]),
             ClientFrame::Ping => {}
+            ClientFrame::Refresh { token } => assert_eq!(token, &value["token"]),
         }
         if !text.contains("from_a_newer_client") {
             examples.push(value);
@@ -1149,6 +1153,13 @@ fn client_frames_invalid_per_schema_are_refused() {
         (r#""ping""#.to_owned(), "not an object"),
         ("{}".to_owned(), "no op"),
         (r#"{"op":"dance"}"#.to_owned(), "unknown op"),
+        (r#"{"op":"refresh"}"#.to_owned(), "refresh without a token"),
+        (r#"{"op":"refresh","token":""}"#.to_owned(), "empty token"),
+        (r#"{"op":"refresh","token":" "}"#.to_owned(), "blank token"),
+        (
+            r#"{"op":"refresh","token":42}"#.to_owned(),
+            "token is not a string",
+        ),
         (r#"{"op":5}"#.to_owned(), "op is not a string"),
         (
             r#"{"op":"SEND","conversation_id":"c1","client_msg_id":"m1","body":"x"}"#.to_owned(),
@@ -1444,6 +1455,9 @@ fn server_frames_match_their_schema() {
             ts: 1_767_225_700_000,
         },
         ControlFrame::Pong,
+        ControlFrame::Refreshed {
+            expires_at: 1_767_225_600,
+        },
         ControlFrame::Reconnect {
             reason: "edge draining; reconnect and resume".to_owned(),
         },

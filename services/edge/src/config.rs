@@ -7,13 +7,18 @@ use std::net::SocketAddr;
 use chatpipe_core::EdgeId;
 use chatpipe_core::frames::FrameLimits;
 use chatpipe_core::records::TopicNames;
+use ipnet::IpNet;
 
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
-    /// This edge's id in the session-route topic; unique per edge process.
+    /// This edge's id in the session-route topic; unique per edge process:
+    /// a start under the id of a live edge elsewhere is refused (see
+    /// [`crate::identity`]).
     pub edge_id: EdgeId,
-    /// Snowflake worker id for message ids; unique per edge (10 bits).
-    pub worker_id: u16,
+    /// Snowflake worker id for message ids (10 bits); unique among live
+    /// edges: a configured one that a live edge holds is refused at start,
+    /// and `None` takes a free one.
+    pub worker_id: Option<u16>,
     /// WebSocket listener (`/ws` only; ops endpoints are on the role's ops
     /// listener).
     pub http_addr: SocketAddr,
@@ -64,6 +69,21 @@ pub struct EdgeConfig {
     pub write_timeout_ms: u64,
     /// Most concurrent WebSocket connections this edge holds.
     pub max_connections: usize,
+    /// Most concurrent WebSocket connections from one client address (0:
+    /// no cap); past it a connection is closed with 1013. Generous by
+    /// default, as many users can share an address behind a NAT.
+    pub max_connections_per_ip: usize,
+    /// Failed authentications (bad, expired or missing tokens) one client
+    /// address may have per minute; past it the address is refused (1013)
+    /// for `auth_failure_penalty_ms` before its tokens are even verified.
+    pub auth_failures_per_ip_per_minute: u32,
+    pub auth_failure_penalty_ms: u64,
+    /// Proxies (addresses or networks) whose `X-Forwarded-For` is believed:
+    /// a connection from one of them is charged to the client address the
+    /// header names (its rightmost entry that is not a trusted proxy) for
+    /// every per-IP limit. Empty (the default): the header is ignored, and
+    /// the TCP peer is the client.
+    pub trusted_proxies: Vec<IpNet>,
     /// WebSocket read buffer per connection (tungstenite's default is 128 KiB;
     /// small buffers are what keep idle connections cheap).
     pub ws_read_buffer_bytes: usize,
@@ -104,7 +124,7 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
             edge_id: EdgeId::parse("edge-1").expect("valid literal"),
-            worker_id: 1,
+            worker_id: None,
             http_addr: "127.0.0.1:8080".parse().expect("valid literal"),
             push_addr: "127.0.0.1:8180".parse().expect("valid literal"),
             advertised_push_addr: None,
@@ -125,6 +145,10 @@ impl Default for EdgeConfig {
             max_sessions_per_user: 16,
             write_timeout_ms: 10_000,
             max_connections: 20_000,
+            max_connections_per_ip: 1_000,
+            auth_failures_per_ip_per_minute: 60,
+            auth_failure_penalty_ms: 60_000,
+            trusted_proxies: Vec::new(),
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
             lease_ms: 10_000,

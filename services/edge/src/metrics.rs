@@ -17,7 +17,8 @@ pub struct EdgeMetrics {
     pub route_queue_depth: Gauge,
     pub connections_accepted: Counter,
     /// Connection attempts refused, by reason (`rate_limited_global`,
-    /// `rate_limited_ip`, `capacity`, `draining`).
+    /// `rate_limited_ip`, `capacity`, `draining`, `too_many_sessions`,
+    /// `connections_per_ip`, `auth_failures_ip`). Never labelled by address.
     pub connections_rejected: CounterByReason,
     /// Token refusals, by reason (`missing`, `malformed`, `expired`, …).
     pub auth_failures: CounterByReason,
@@ -57,6 +58,13 @@ pub struct EdgeMetrics {
     pub push_deliveries: Counter,
     /// Push recipients that hold no session here.
     pub push_absent_recipients: Counter,
+    /// Push calls refused for want of the cluster's push key, by reason
+    /// (`missing`, `wrong`): nothing of them was delivered.
+    pub push_refused: CounterByReason,
+    /// Connections closed because their token expired without a refresh.
+    pub token_expiry_closes: Counter,
+    /// `refresh` frames, by outcome (`accepted`, `invalid`, `forbidden`).
+    pub token_refreshes: CounterByReason,
     pub route_publish_failures: Counter,
 }
 
@@ -89,6 +97,9 @@ impl EdgeMetrics {
             resyncs: Counter::default(),
             push_deliveries: Counter::default(),
             push_absent_recipients: Counter::default(),
+            push_refused: CounterByReason::default(),
+            token_expiry_closes: Counter::default(),
+            token_refreshes: CounterByReason::default(),
             route_publish_failures: Counter::default(),
         }
     }
@@ -224,6 +235,21 @@ impl EdgeMetrics {
             "push_absent_recipients",
             "Pushed recipients with no session here",
             self.push_absent_recipients.clone(),
+        );
+        registry.register(
+            "push_refused",
+            "Push calls refused without a valid push key, by reason",
+            self.push_refused.clone(),
+        );
+        registry.register(
+            "token_expiry_closes",
+            "Connections closed at their token's expiry (4011)",
+            self.token_expiry_closes.clone(),
+        );
+        registry.register(
+            "token_refreshes",
+            "refresh frames, by outcome",
+            self.token_refreshes.clone(),
         );
         registry.register(
             "route_publish_failures",

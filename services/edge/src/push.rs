@@ -16,15 +16,26 @@
 //!
 //! A batch may also carry verdicts on marked resends this edge accepted;
 //! each is handed to the send waiting for it (see [`crate::send`]).
+//!
+//! Every call must carry the cluster's push key ([`RequirePushKey`], see
+//! `chatpipe_proto::auth`): whoever reaches the push port without it could
+//! otherwise inject frames under any `sender_id`, or `resync` every session
+//! away. A call without it, or with another key, is answered
+//! `UNAUTHENTICATED` before the service sees it, and counted in
+//! `push_refused`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use chatpipe_core::MessageId;
+use chatpipe_core::auth::PushKey;
 use chatpipe_core::dedup::send_key_digest;
 use chatpipe_core::frames::{DeliverableOp, SequencedFrame, is_frame_fields};
+use chatpipe_proto::auth::presented_bearer;
 use chatpipe_proto::push::edge_push_server::EdgePush;
 use chatpipe_proto::push::{MemberSetRef, PushBatch, PushReply};
+use chatpipe_runtime::metrics::ReasonLabel;
+use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::EdgeMetrics;
@@ -97,6 +108,43 @@ impl MemberSets {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Lets through only calls that present the cluster's push key.
+#[derive(Clone)]
+pub struct RequirePushKey {
+    key: PushKey,
+    metrics: EdgeMetrics,
+}
+
+impl std::fmt::Debug for RequirePushKey {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("RequirePushKey")
+    }
+}
+
+impl RequirePushKey {
+    pub fn new(key: PushKey, metrics: EdgeMetrics) -> Self {
+        Self { key, metrics }
+    }
+}
+
+impl Interceptor for RequirePushKey {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let reason = match presented_bearer(&request) {
+            Some(bearer) if self.key.accepts(bearer) => return Ok(request),
+            Some(_) => "wrong",
+            None => "missing",
+        };
+        self.metrics
+            .push_refused
+            .get_or_create(&ReasonLabel::new(reason))
+            .inc();
+        // Debug only: a caller at the port could otherwise fill the logs;
+        // the counter tells operators. The presented value is never logged.
+        tracing::debug!(reason, peer = ?request.remote_addr(), "push call refused: no valid push key");
+        Err(Status::unauthenticated("a valid push key is required"))
     }
 }
 
@@ -285,6 +333,34 @@ mod tests {
             resync: false,
             ..PushBatch::default()
         })
+    }
+
+    #[test]
+    fn only_calls_with_the_push_key_pass() {
+        let key = PushKey::derive(b"cluster-secret");
+        let metrics = EdgeMetrics::new();
+        let mut gate = RequirePushKey::new(key.clone(), metrics.clone());
+        let credentials = |key: &PushKey| {
+            chatpipe_proto::auth::PushCredentials::new(key)
+                .call(Request::new(()))
+                .unwrap()
+        };
+        assert!(gate.call(credentials(&key)).is_ok());
+        let refused = gate.call(Request::new(())).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(
+            gate.call(credentials(&PushKey::derive(b"another")))
+                .is_err()
+        );
+        let mut raw = Request::new(());
+        raw.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", "cluster-secret").parse().unwrap(),
+        );
+        assert!(gate.call(raw).is_err());
+        assert!(!format!("{gate:?}").contains(&key.bearer()));
+        let count = |reason| chatpipe_runtime::metrics::reason_count(&metrics.push_refused, reason);
+        assert_eq!((count("missing"), count("wrong")), (1, 2));
     }
 
     #[tokio::test]

@@ -23,6 +23,8 @@ pub struct RouteAnnouncer {
     topic: String,
     edge_id: EdgeId,
     push_addr: String,
+    /// The message-id worker id this edge holds (see [`crate::identity`]).
+    worker_id: u16,
     lease: Duration,
 }
 
@@ -34,6 +36,7 @@ impl RouteAnnouncer {
         topic: String,
         edge_id: EdgeId,
         push_addr: String,
+        worker_id: u16,
         lease: Duration,
     ) -> Self {
         Self {
@@ -41,6 +44,7 @@ impl RouteAnnouncer {
             topic,
             edge_id,
             push_addr,
+            worker_id,
             lease,
         }
     }
@@ -49,8 +53,9 @@ impl RouteAnnouncer {
         self.lease
     }
 
-    /// Publishes (or renews) this edge's lease in `state`.
-    pub async fn announce_edge(&self, state: EdgeState) -> Result<(), KafkaAdapterError> {
+    /// Publishes (or renews) this edge's lease in `state`; returns the
+    /// record's `ts`.
+    pub async fn announce_edge(&self, state: EdgeState) -> Result<u64, KafkaAdapterError> {
         let now = now_unix_ms();
         let record = EdgeRecord {
             schema_version: SCHEMA_VERSION,
@@ -58,13 +63,14 @@ impl RouteAnnouncer {
             push_addr: self.push_addr.clone(),
             state,
             lease_expires_ms: now + self.lease.as_millis() as u64,
+            worker_id: Some(self.worker_id),
             ts: now,
         };
         let key = SessionKey::Edge(self.edge_id.clone()).encode();
         self.producer
             .send_json(&self.topic, &key, &record, PUBLISH_DEADLINE)
             .await?;
-        Ok(())
+        Ok(now)
     }
 
     /// Removes this edge's lease (graceful exit).

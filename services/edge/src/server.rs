@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use chatpipe_core::auth::TokenKeys;
+use chatpipe_core::auth::{PushKey, TokenKeys};
 use chatpipe_core::records::{
     EdgeState, Event, EventRecord, MembershipChange, MembershipRecord, PresenceStatus,
     SCHEMA_VERSION,
@@ -38,9 +38,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{AuthFailureGate, IpConnections};
 use crate::config::EdgeConfig;
+use crate::identity::{self, IdentityError};
 use crate::metrics::EdgeMetrics;
-use crate::push::PushService;
+use crate::push::{PushService, RequirePushKey};
 use crate::routes::RouteAnnouncer;
 use crate::send::{SendPath, SendPathSettings};
 use crate::sessions::{RouteChange, SessionRegistry};
@@ -57,7 +59,12 @@ pub enum EdgeError {
     },
     #[error(transparent)]
     Kafka(#[from] chatpipe_kafka::KafkaAdapterError),
+    #[error("edge identity: {0}")]
+    Identity(#[from] IdentityError),
 }
+
+/// How long reading the edge leases at start may take.
+const IDENTITY_READ_DEADLINE: Duration = Duration::from_secs(15);
 
 type RouteJob = (RouteChange, Option<oneshot::Sender<()>>);
 
@@ -70,6 +77,10 @@ pub struct EdgeShared<S> {
     pub(crate) metrics: EdgeMetrics,
     pub(crate) connect_global: DefaultDirectRateLimiter,
     pub(crate) connect_per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    /// Concurrent connections per client address.
+    pub(crate) ip_connections: Arc<IpConnections>,
+    /// Failed authentications per client address.
+    pub(crate) auth_failures: AuthFailureGate,
     pub(crate) open_connections: AtomicUsize,
     pub(crate) next_connection: AtomicU64,
     /// Cancelled when the drain starts.
@@ -92,6 +103,9 @@ impl<S> EdgeShared<S> {
 /// A running edge.
 pub struct EdgeHandle {
     pub metrics: EdgeMetrics,
+    /// The edge's id, and the message-id worker id it claimed.
+    pub edge_id: chatpipe_core::EdgeId,
+    pub worker_id: u16,
     pub sessions: Arc<SessionRegistry>,
     /// Where `/ws` listens (the real port when configured with port 0).
     pub http_addr: SocketAddr,
@@ -117,10 +131,13 @@ fn quota(per_second: u32, burst: u32) -> Quota {
 
 /// Starts an edge; it runs until `shutdown` is cancelled, then drains. Its
 /// metrics are registered into `registry` and its components into `health`;
-/// whoever starts it serves both on an ops listener.
+/// whoever starts it serves both on an ops listener. `keys` verify client
+/// tokens; `push_key` is what every push call must present.
+#[allow(clippy::too_many_arguments)]
 pub async fn spawn_edge<S: EdgeStore>(
     config: EdgeConfig,
     keys: TokenKeys,
+    push_key: PushKey,
     store: S,
     kafka: &KafkaConfig,
     registry: &mut Registry,
@@ -161,18 +178,49 @@ pub async fn spawn_edge<S: EdgeStore>(
             source,
         })?;
 
+    // The edge id and worker id are claimed against the live leases before
+    // anything is published, then checked once more (see `identity`).
+    let announced_push_addr = config
+        .advertised_push_addr
+        .clone()
+        .unwrap_or_else(|| push_addr.to_string());
+    let live =
+        identity::read_live_edges(kafka, &config.topics.sessions, IDENTITY_READ_DEADLINE).await??;
+    let worker_id = identity::claim(
+        &config.edge_id,
+        &announced_push_addr,
+        config.worker_id,
+        &live,
+    )?;
     let producer = ChatProducer::new(kafka, config.producer_linger_ms)?;
     let announcer = RouteAnnouncer::new(
         producer.clone(),
         config.topics.sessions.clone(),
         config.edge_id.clone(),
-        config
-            .advertised_push_addr
-            .clone()
-            .unwrap_or_else(|| push_addr.to_string()),
+        announced_push_addr.clone(),
+        worker_id,
         Duration::from_millis(config.lease_ms),
     );
-    announcer.announce_edge(EdgeState::Serving).await?;
+    let announced_ts = announcer.announce_edge(EdgeState::Serving).await?;
+    let live =
+        identity::read_live_edges(kafka, &config.topics.sessions, IDENTITY_READ_DEADLINE).await??;
+    if let Some(lost) = identity::lost_claim(
+        &config.edge_id,
+        &announced_push_addr,
+        worker_id,
+        announced_ts,
+        &live,
+    ) {
+        // A lost worker id: this edge's own lease goes. A lost edge id: the
+        // lease under it is the winner's, and stays.
+        if matches!(lost, IdentityError::DuplicateWorkerId { .. })
+            && let Err(error) = announcer.retire_edge().await
+        {
+            tracing::warn!(%error, "could not retire the lease of a refused start");
+        }
+        return Err(lost.into());
+    }
+    tracing::info!(edge = %config.edge_id, worker_id, "edge id and worker id claimed");
 
     let sessions = Arc::new(
         SessionRegistry::new(config.session_buffer_frames, config.max_unwritten_frames)
@@ -183,7 +231,7 @@ pub async fn spawn_edge<S: EdgeStore>(
         producer.clone(),
         SendPathSettings {
             edge_id: config.edge_id.clone(),
-            worker_id: config.worker_id,
+            worker_id,
             topics: config.topics.clone(),
             deadline: Duration::from_millis(config.send_deadline_ms),
             membership_ttl: Duration::from_millis(config.membership_cache_ttl_ms),
@@ -204,6 +252,11 @@ pub async fn spawn_edge<S: EdgeStore>(
             config.connects_per_second_per_ip,
             config.connects_burst_per_ip,
         )),
+        ip_connections: IpConnections::new(config.max_connections_per_ip),
+        auth_failures: AuthFailureGate::new(
+            config.auth_failures_per_ip_per_minute,
+            Duration::from_millis(config.auth_failure_penalty_ms),
+        ),
         config,
         keys,
         sessions: sessions.clone(),
@@ -252,15 +305,19 @@ pub async fn spawn_edge<S: EdgeStore>(
         verdicts: edge.send_path.verdict_waiters(),
         member_sets,
     };
+    let push_gate = RequirePushKey::new(push_key, metrics.clone());
     let push_task = {
         let push_stop = push_stop.clone();
         tokio::spawn(async move {
             let incoming =
                 tonic::transport::server::TcpIncoming::from(push_listener).with_nodelay(Some(true));
+            // The gate runs before the service decodes anything it acts on.
+            let service = tonic::service::interceptor::InterceptedService::new(
+                EdgePushServer::new(push_service).max_decoding_message_size(64 * 1024 * 1024),
+                push_gate,
+            );
             let served = tonic::transport::Server::builder()
-                .add_service(
-                    EdgePushServer::new(push_service).max_decoding_message_size(64 * 1024 * 1024),
-                )
+                .add_service(service)
                 .serve_with_incoming_shutdown(incoming, push_stop.cancelled_owned())
                 .await;
             if let Err(error) = served {
@@ -290,6 +347,7 @@ pub async fn spawn_edge<S: EdgeStore>(
     listener_component.set(ComponentState::Ready);
     tracing::info!(edge = %edge.config.edge_id, %http_addr, %push_addr, "edge serving");
 
+    let edge_id = edge.config.edge_id.clone();
     let stop_signal = shutdown.clone();
     let task = shutdown.spawn(async move {
         stop_signal.cancelled().await;
@@ -336,6 +394,8 @@ pub async fn spawn_edge<S: EdgeStore>(
 
     Ok(EdgeHandle {
         metrics,
+        edge_id,
+        worker_id,
         sessions,
         http_addr,
         push_addr,
@@ -354,6 +414,7 @@ async fn run_route_task<S: EdgeStore>(
 ) {
     let mut renew = tokio::time::interval(announcer.lease() / 3);
     let mut sweep = tokio::time::interval(Duration::from_millis(500));
+    let mut forget = tokio::time::interval(Duration::from_secs(60));
     let resume_window = Duration::from_millis(edge.config.resume_window_ms);
     component.set(ComponentState::Ready);
     loop {
@@ -379,7 +440,7 @@ async fn run_route_task<S: EdgeStore>(
             _ = renew.tick() => {
                 let state = if edge.draining.is_cancelled() { EdgeState::Draining } else { EdgeState::Serving };
                 match announcer.announce_edge(state).await {
-                    Ok(()) => component.set(ComponentState::Ready),
+                    Ok(_) => component.set(ComponentState::Ready),
                     Err(error) => {
                         edge.metrics.route_publish_failures.inc();
                         component.set(ComponentState::Degraded(format!("lease renewal failed: {error}")));
@@ -394,6 +455,11 @@ async fn run_route_task<S: EdgeStore>(
                 edge.metrics.sessions.set(edge.sessions.session_count() as i64);
                 edge.metrics.queued_frames.set(edge.sessions.queued_frames() as i64);
                 edge.metrics.route_queue_depth.set(jobs.len() as i64);
+            }
+            _ = forget.tick() => {
+                // Per-address limiter state follows live addresses only.
+                edge.connect_per_ip.retain_recent();
+                edge.auth_failures.forget_idle();
             }
         }
     }

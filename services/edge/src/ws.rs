@@ -8,12 +8,20 @@
 //! |---|---|
 //! | 1001 | the edge is draining; a `reconnect` frame came first — resume elsewhere |
 //! | 1009 | a frame over 4 × `max_frame_bytes` (64 KiB): too big to read at all |
-//! | 1013 | try again later: connection rate limit or capacity; the reason says `retry_after_ms=N` |
+//! | 1013 | try again later: connection rate limit, capacity, too many connections from the address, or too many failed authentications from it; the reason says `retry_after_ms=N` |
 //! | 4001 | unauthorized: the token is missing, malformed, expired or wrongly signed |
 //! | 4008 | slow consumer: the client did not read its frames (backlog over the limit, or a write over `write_timeout_ms`); resume to continue |
 //! | 4009 | session taken over by a newer connection that resumed it |
 //! | 4010 | resync: frames meant for the session were lost upstream |
+//! | 4011 | token expired: the connection's token reached its `exp` and no `refresh` came first; reconnect (and resume) with a fresh token |
 //! | 4029 | too many sessions: the user holds `max_sessions_per_user` attached sessions here |
+//!
+//! A connection lives until its token's `exp`. A client keeps it open by
+//! sending `{"op":"refresh","token":…}` with a fresh token of the same user
+//! before then: the edge answers `{"op":"refreshed","expires_at":…}` and
+//! the deadline moves to the new token's `exp`. A token that does not
+//! verify is answered with an `error` frame `invalid`, another user's with
+//! `forbidden`; the old deadline stays.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -24,7 +32,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use chatpipe_core::auth::bearer_token;
+use chatpipe_core::auth::{VerifiedToken, bearer_token};
 use chatpipe_core::frames::{ClientFrame, ControlFrame, decode_client_frame};
 use chatpipe_core::records::{Event, MessageChange};
 use chatpipe_core::store::EdgeStore;
@@ -34,6 +42,7 @@ use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::admission::{IpSlot, client_ip};
 use crate::send::{ChangeRequest, SendRequest};
 use crate::server::EdgeShared;
 use crate::sessions::{KickReason, ResumeOutcome, Session};
@@ -52,6 +61,21 @@ pub const CLOSE_TOO_MANY_SESSIONS: u16 = 4029;
 /// Frames meant for the session were lost upstream: reconnect (a resume is
 /// answered `resumed:false`) and catch up from history.
 pub const CLOSE_RESYNC: u16 = 4010;
+/// The connection's token reached its `exp` without a `refresh`: reconnect
+/// (and resume the session) with a fresh token.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4011;
+
+/// Longest a token deadline is waited for (a far `exp`, with the lifetime
+/// check turned off, must not overflow the timer).
+const MAX_TOKEN_WAIT: Duration = Duration::from_secs(400 * 86_400);
+
+/// The timer instant of a token's `exp` (Unix seconds).
+fn token_deadline(expires_at_unix_s: u64) -> tokio::time::Instant {
+    let left_ms = expires_at_unix_s
+        .saturating_mul(1000)
+        .saturating_sub(chatpipe_core::time::now_unix_ms());
+    tokio::time::Instant::now() + Duration::from_millis(left_ms).min(MAX_TOKEN_WAIT)
+}
 
 /// Sends and events a connection may have queued before it is told to slow down.
 const JOBS_PER_CONNECTION: usize = 64;
@@ -82,7 +106,12 @@ pub async fn ws_handler<S: EdgeStore>(
         .max_message_size(edge.config.frame_limits.max_frame_bytes * 4)
         .max_frame_size(edge.config.frame_limits.max_frame_bytes * 4);
     let deadline = Duration::from_millis(edge.config.write_timeout_ms);
-    match admit(&edge, peer.ip(), &params, &headers) {
+    let forwarded_for = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    let ip = client_ip(peer.ip(), forwarded_for, &edge.config.trusted_proxies);
+    match admit(&edge, ip, &params, &headers) {
         Err(refusal) => upgrade.on_upgrade(move |mut socket| async move {
             let close = CloseFrame {
                 code: refusal.code,
@@ -90,9 +119,13 @@ pub async fn ws_handler<S: EdgeStore>(
             };
             let _ = tokio::time::timeout(deadline, socket.send(Message::Close(Some(close)))).await;
         }),
-        Ok(user) => {
+        Ok((token, slot)) => {
             let resume = parse_resume(&params);
-            upgrade.on_upgrade(move |socket| connection(edge, socket, user, resume))
+            upgrade.on_upgrade(move |socket| async move {
+                // The address's slot is held for the connection's life.
+                let _slot = slot;
+                connection(edge, socket, token, resume).await;
+            })
         }
     }
 }
@@ -117,7 +150,7 @@ fn admit<S>(
     ip: IpAddr,
     params: &ConnectParams,
     headers: &HeaderMap,
-) -> Result<UserId, Refusal> {
+) -> Result<(VerifiedToken, IpSlot), Refusal> {
     let rejected = |reason: &str| {
         edge.metrics
             .connections_rejected
@@ -138,20 +171,32 @@ fn admit<S>(
             reason: "capacity; retry_after_ms=5000".into(),
         });
     }
+    // An address that failed too often is refused before any token work.
+    if edge.auth_failures.is_refused(ip) {
+        rejected("auth_failures_ip");
+        return Err(Refusal {
+            code: CLOSE_TRY_AGAIN_LATER,
+            reason: format!(
+                "too many failed authentications from this address; retry_after_ms={}",
+                edge.config.auth_failure_penalty_ms
+            ),
+        });
+    }
     // The token first: a bad one is refused before any connect budget is
     // charged, so a tokenless flood costs others nothing. Its failures are
-    // charged to the sender's own per-IP budget only.
+    // charged to the sender's own per-IP budgets only.
     let header_token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(bearer_token);
     let token = header_token.or(params.token.as_deref()).unwrap_or("");
-    let user = edge.keys.verify(token).map_err(|error| {
+    let verified = edge.keys.verify_token(token).map_err(|error| {
         edge.metrics
             .auth_failures
             .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(error.label()))
             .inc();
         let _ = edge.connect_per_ip.check_key(&ip);
+        edge.auth_failures.record_failure(ip);
         Refusal {
             code: CLOSE_UNAUTHORIZED,
             reason: format!("unauthorized: {error}"),
@@ -173,7 +218,14 @@ fn admit<S>(
             reason: retry_hint(not_until.wait_time_from(DefaultClock::default().now())),
         });
     }
-    Ok(user)
+    let Some(slot) = edge.ip_connections.try_hold(ip) else {
+        rejected("connections_per_ip");
+        return Err(Refusal {
+            code: CLOSE_TRY_AGAIN_LATER,
+            reason: "too many connections from this address; retry_after_ms=5000".into(),
+        });
+    };
+    Ok((verified, slot))
 }
 
 /// Work a connection hands to its (lazily started) job worker, in order.
@@ -203,6 +255,8 @@ enum Ending {
     /// The client sent a frame over `max_frame_bytes * 4`, which the
     /// WebSocket layer refuses to read.
     TooBig,
+    /// The connection's token reached its `exp` without a `refresh`.
+    TokenExpired,
 }
 
 /// Whether a read failed because the client's frame or message was larger
@@ -229,9 +283,13 @@ impl<S> Drop for OpenConnectionGuard<'_, S> {
 async fn connection<S: EdgeStore>(
     edge: Arc<EdgeShared<S>>,
     mut socket: WebSocket,
-    user: UserId,
+    token: VerifiedToken,
     resume: Option<(SessionId, u64)>,
 ) {
+    let VerifiedToken {
+        user,
+        expires_at_unix_s,
+    } = token;
     edge.open_connections.fetch_add(1, Ordering::Relaxed);
     edge.metrics.connections.inc();
     edge.metrics.connections_accepted.inc();
@@ -315,7 +373,7 @@ async fn connection<S: EdgeStore>(
     }
     .await;
     let ending = match greeted {
-        Ok(()) => serve(&edge, &mut socket, &session, &ticket).await,
+        Ok(()) => serve(&edge, &mut socket, &session, &ticket, expires_at_unix_s).await,
         Err(failed) => ending_after(failed, &ticket),
     };
 
@@ -355,6 +413,15 @@ async fn connection<S: EdgeStore>(
                 edge.config.frame_limits.max_frame_bytes * 4
             );
             close_with(&mut socket, CLOSE_MESSAGE_TOO_BIG, &reason).await;
+        }
+        Ending::TokenExpired => {
+            edge.metrics.token_expiry_closes.inc();
+            close_with(
+                &mut socket,
+                CLOSE_TOKEN_EXPIRED,
+                "token expired: reconnect with a fresh token (send refresh before exp to stay connected)",
+            )
+            .await;
         }
         Ending::HeartbeatTimeout => {
             edge.metrics.heartbeat_timeouts.inc();
@@ -453,7 +520,11 @@ async fn serve<S: EdgeStore>(
     socket: &mut WebSocket,
     session: &Arc<Session>,
     ticket: &crate::sessions::AttachTicket,
+    expires_at_unix_s: u64,
 ) -> Ending {
+    // The token's expiry closes the connection, unless a `refresh` moves it.
+    let token_expiry = tokio::time::sleep_until(token_deadline(expires_at_unix_s));
+    tokio::pin!(token_expiry);
     let heartbeat_interval = Duration::from_millis(edge.config.heartbeat_interval_ms);
     let heartbeat_timeout = Duration::from_millis(edge.config.heartbeat_timeout_ms);
     let mut heartbeat = tokio::time::interval_at(
@@ -480,6 +551,7 @@ async fn serve<S: EdgeStore>(
             _ = edge.draining.cancelled() => {
                 return drain_connection(edge, socket, session, ticket, worker.take()).await;
             }
+            () = &mut token_expiry => return Ending::TokenExpired,
             Some(frame) = next_reply(&mut worker) => {
                 if let Err(failed) = write(socket, Message::Text(frame.encode().into()), &ticket.kick, deadline).await {
                     return ending_after(failed, ticket);
@@ -551,6 +623,19 @@ async fn serve<S: EdgeStore>(
                         session.ack(seq);
                         continue;
                     }
+                    ClientFrame::Refresh { token } => {
+                        let written = match refresh(edge, &session.user, &token) {
+                            Ok(expires_at) => {
+                                token_expiry.as_mut().reset(token_deadline(expires_at));
+                                write(socket, Message::Text(ControlFrame::Refreshed { expires_at }.encode().into()), &ticket.kick, deadline).await
+                            }
+                            Err((code, message)) => reject(edge, socket, None, code, &message, &ticket.kick, deadline).await,
+                        };
+                        if let Err(failed) = written {
+                            return ending_after(failed, ticket);
+                        }
+                        continue;
+                    }
                     ClientFrame::Send { conversation_id, client_msg_id, body, resend, reply_to } => Job::Send { conversation_id, client_msg_id, body, resend, reply_to },
                     ClientFrame::Typing { conversation_id } => Job::Event(Event::Typing { conversation_id, user_id: session.user.clone() }),
                     ClientFrame::Read { conversation_id, message_id } => Job::Event(Event::Read { conversation_id, user_id: session.user.clone(), message_id }),
@@ -570,6 +655,41 @@ async fn serve<S: EdgeStore>(
             }
         }
     }
+}
+
+/// Judges a `refresh`: the new token's `exp` when it verifies and is the
+/// connection's user's, else the error to answer (the deadline stays).
+fn refresh<S>(
+    edge: &EdgeShared<S>,
+    user: &UserId,
+    token: &str,
+) -> Result<u64, (chatpipe_core::ErrorCode, String)> {
+    let outcome = match edge.keys.verify_token(token) {
+        Ok(verified) if verified.user == *user => Ok(verified.expires_at_unix_s),
+        Ok(_) => Err((
+            chatpipe_core::ErrorCode::Forbidden,
+            "refresh: the token is another user's; the connection keeps its deadline".to_owned(),
+        )),
+        Err(error) => {
+            edge.metrics
+                .auth_failures
+                .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(error.label()))
+                .inc();
+            Err((
+                chatpipe_core::ErrorCode::Invalid,
+                format!("refresh: {error}; the connection keeps its deadline"),
+            ))
+        }
+    };
+    let label = match &outcome {
+        Ok(_) => "accepted",
+        Err((code, _)) => code.as_str(),
+    };
+    edge.metrics
+        .token_refreshes
+        .get_or_create(&chatpipe_runtime::metrics::ReasonLabel::new(label))
+        .inc();
+    outcome
 }
 
 fn nonzero(value: u32) -> std::num::NonZeroU32 {

@@ -16,7 +16,9 @@
 //! - [`routes`]: the pure [`RouteTable`] built from the sessions topic.
 //! - [`membership`]: the bounded, self-invalidating [`MembershipCache`].
 //! - [`plan`]: pure grouping of a batch's items into one push per edge.
-//! - [`push`]: tonic channels per edge, cutting, retries, give-up and resync.
+//! - [`push`]: tonic channels per edge, cutting, retries, give-up and resync;
+//!   every call presents the cluster's push key (`chatpipe_proto::auth`),
+//!   without which edges refuse it.
 //! - `tails`: the two assignment consumers that feed the table and the cache.
 //! - `handler`: the consumer group's batch handler; it drops retries of
 //!   earlier sends (`chatpipe_kafka::send_dedup`, the rule persist and

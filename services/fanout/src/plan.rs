@@ -312,6 +312,7 @@ mod tests {
                 push_addr: format!("{edge_name}:1"),
                 state: EdgeState::Serving,
                 lease_expires_ms: *lease_expires_ms,
+                worker_id: None,
                 ts: 0,
             };
             let key = SessionKey::Edge(edge_id).encode();

@@ -32,12 +32,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chatpipe_core::EdgeId;
+use chatpipe_core::auth::PushKey;
+use chatpipe_proto::auth::{AuthenticatedPushClient, authenticated_client};
 use chatpipe_proto::push::PushReply;
-use chatpipe_proto::push::edge_push_client::EdgePushClient;
 use chatpipe_proto::push::{PushBatch, PushItem};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::metrics::{FanoutMetrics, PushOutcome};
 use crate::plan::{EdgeMemberSet, MemberSetKey, item_weight};
@@ -72,7 +73,9 @@ pub struct PushSettings {
 pub struct EdgePushers {
     source: String,
     settings: PushSettings,
-    channels: Mutex<HashMap<Arc<str>, EdgePushClient<Channel>>>,
+    /// Presented on every call (edges refuse calls without it).
+    push_key: PushKey,
+    channels: Mutex<HashMap<Arc<str>, AuthenticatedPushClient>>,
     suspects: Mutex<HashMap<EdgeId, Instant>>,
     /// Edges this worker gave up on since their last successful push.
     missed: Mutex<HashSet<EdgeId>>,
@@ -214,10 +217,16 @@ fn is_connection_refused(status: &tonic::Status) -> bool {
 }
 
 impl EdgePushers {
-    pub fn new(source: impl Into<String>, settings: PushSettings, metrics: FanoutMetrics) -> Self {
+    pub fn new(
+        source: impl Into<String>,
+        settings: PushSettings,
+        push_key: PushKey,
+        metrics: FanoutMetrics,
+    ) -> Self {
         Self {
             source: source.into(),
             settings,
+            push_key,
             channels: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
             missed: Mutex::new(HashSet::new()),
@@ -293,7 +302,7 @@ impl EdgePushers {
     fn client(
         &self,
         push_addr: &Arc<str>,
-    ) -> Result<EdgePushClient<Channel>, tonic::transport::Error> {
+    ) -> Result<AuthenticatedPushClient, tonic::transport::Error> {
         let mut channels = self.channels.lock().expect("channels lock poisoned");
         if let Some(client) = channels.get(push_addr) {
             return Ok(client.clone());
@@ -304,7 +313,7 @@ impl EdgePushers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(connect_timeout.max(Duration::from_secs(1)));
-        let client = EdgePushClient::new(endpoint.connect_lazy());
+        let client = authenticated_client(endpoint.connect_lazy(), &self.push_key);
         channels.insert(push_addr.clone(), client.clone());
         Ok(client)
     }
@@ -682,6 +691,7 @@ mod tests {
                 max_bytes: 1 << 20,
                 max_recipients: 1_000,
             },
+            PushKey::derive(b"test"),
             FanoutMetrics::new(),
         );
         let deadlines: Vec<u128> = (0..5)

@@ -303,6 +303,7 @@ mod tests {
             push_addr: format!("127.0.0.1:{}", 7000 + name.len()),
             state: EdgeState::Serving,
             lease_expires_ms,
+            worker_id: None,
             ts: 0,
         })
         .unwrap()

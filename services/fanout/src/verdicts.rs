@@ -17,12 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chatpipe_core::EdgeId;
+use chatpipe_core::auth::PushKey;
 use chatpipe_core::dedup::SendVerdict;
 use chatpipe_core::records::MessageRecord;
 use chatpipe_core::time::now_unix_ms;
-use chatpipe_proto::push::edge_push_client::EdgePushClient;
+use chatpipe_proto::auth::{AuthenticatedPushClient, authenticated_client};
 use chatpipe_proto::push::{self as proto, PushBatch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::metrics::FanoutMetrics;
 use crate::routes::SharedRouteTable;
@@ -45,15 +46,23 @@ pub(crate) fn verdict_for(record: &MessageRecord, verdict: SendVerdict) -> proto
 pub(crate) struct VerdictPusher {
     source: String,
     timeout: Duration,
-    channels: Mutex<HashMap<Arc<str>, EdgePushClient<Channel>>>,
+    /// Presented on every call (edges refuse calls without it).
+    push_key: PushKey,
+    channels: Mutex<HashMap<Arc<str>, AuthenticatedPushClient>>,
     metrics: FanoutMetrics,
 }
 
 impl VerdictPusher {
-    pub(crate) fn new(source: String, timeout: Duration, metrics: FanoutMetrics) -> Self {
+    pub(crate) fn new(
+        source: String,
+        timeout: Duration,
+        push_key: PushKey,
+        metrics: FanoutMetrics,
+    ) -> Self {
         Self {
             source,
             timeout,
+            push_key,
             channels: Mutex::new(HashMap::new()),
             metrics,
         }
@@ -62,7 +71,7 @@ impl VerdictPusher {
     fn client(
         &self,
         push_addr: &Arc<str>,
-    ) -> Result<EdgePushClient<Channel>, tonic::transport::Error> {
+    ) -> Result<AuthenticatedPushClient, tonic::transport::Error> {
         let mut channels = self.channels.lock().expect("verdict channels lock");
         if let Some(client) = channels.get(push_addr) {
             return Ok(client.clone());
@@ -71,7 +80,7 @@ impl VerdictPusher {
             .connect_timeout(self.timeout)
             .tcp_nodelay(true)
             .connect_lazy();
-        let client = EdgePushClient::new(channel);
+        let client = authenticated_client(channel, &self.push_key);
         // Edges come and go; a few stale channels cost nothing, but do
         // not let the map grow without bound.
         if channels.len() >= 4096 {

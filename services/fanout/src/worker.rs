@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatpipe_core::auth::PushKey;
 use chatpipe_core::store::MembershipStore;
 use chatpipe_kafka::consumer::ConsumerSettings;
 use chatpipe_kafka::{
@@ -53,11 +54,13 @@ impl FanoutWorker {
     /// Starts a worker on the current Tokio runtime and returns at once.
     /// Its metrics are registered into `registry` under `chatpipe_fanout_`;
     /// its components into `health`. It stops when `shutdown` is cancelled
-    /// (after the consumer committed what it stored).
+    /// (after the consumer committed what it stored). Every push carries
+    /// `push_key`.
     pub fn spawn<M: MembershipStore>(
         config: FanoutConfig,
         kafka: KafkaConfig,
         store: M,
+        push_key: PushKey,
         registry: &mut Registry,
         health: Health,
         shutdown: Shutdown,
@@ -69,6 +72,7 @@ impl FanoutWorker {
         let pushers = Arc::new(EdgePushers::new(
             config.worker_id.clone(),
             config.push_settings(),
+            push_key.clone(),
             metrics.clone(),
         ));
         let membership = MembershipCache::new(store, &config, metrics.clone());
@@ -130,6 +134,7 @@ impl FanoutWorker {
             verdicts: Arc::new(crate::verdicts::VerdictPusher::new(
                 config.worker_id.clone(),
                 config.push_timeout(),
+                push_key,
                 metrics.clone(),
             )),
         };
@@ -187,11 +192,12 @@ pub async fn run<M: MembershipStore>(
     config: FanoutConfig,
     kafka: KafkaConfig,
     store: M,
+    push_key: PushKey,
     registry: &mut Registry,
     health: Health,
     shutdown: Shutdown,
 ) -> Result<(), FanoutError> {
-    FanoutWorker::spawn(config, kafka, store, registry, health, shutdown)?
+    FanoutWorker::spawn(config, kafka, store, push_key, registry, health, shutdown)?
         .join()
         .await
 }

@@ -178,6 +178,29 @@ mod tests {
         Ok(value)
     }
 
+    type Loading = tokio::task::JoinHandle<Result<Lookup<u32>, ()>>;
+
+    /// Starts a load of `"a"` (answering 1) that has read the store and
+    /// waits, until the returned sender fires, before it may cache.
+    async fn load_held_open(
+        cache: &InvalidatingCache<&'static str, u32>,
+    ) -> (Loading, oneshot::Sender<()>) {
+        let (started_tx, started_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let cache = cache.clone();
+        let loading = tokio::spawn(async move {
+            cache
+                .get_or_load(&"a", || async move {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.await;
+                    Ok::<_, ()>(Some(1))
+                })
+                .await
+        });
+        started_rx.await.unwrap();
+        (loading, release_tx)
+    }
+
     #[tokio::test]
     async fn a_found_value_is_cached_and_a_missing_one_is_not() {
         let cache = cache();
@@ -207,22 +230,8 @@ mod tests {
     #[tokio::test]
     async fn an_eviction_during_a_load_keeps_the_stale_answer_out() {
         let cache = cache();
-        let (started_tx, started_rx) = oneshot::channel();
-        let (release_tx, release_rx) = oneshot::channel::<()>();
-        let loading = {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                cache
-                    .get_or_load(&"a", || async move {
-                        // Read from the store before the eviction...
-                        let _ = started_tx.send(());
-                        let _ = release_rx.await;
-                        Ok::<_, ()>(Some(1))
-                    })
-                    .await
-            })
-        };
-        started_rx.await.unwrap();
+        // A read of the store that started before the eviction...
+        let (loading, release_tx) = load_held_open(&cache).await;
         // ...the membership record evicts while the read is in flight...
         cache.invalidate(&"a").await;
         release_tx.send(()).unwrap();
@@ -241,21 +250,7 @@ mod tests {
     #[tokio::test]
     async fn a_replaced_value_wins_over_an_earlier_load() {
         let cache = cache();
-        let (started_tx, started_rx) = oneshot::channel();
-        let (release_tx, release_rx) = oneshot::channel::<()>();
-        let loading = {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                cache
-                    .get_or_load(&"a", || async move {
-                        let _ = started_tx.send(());
-                        let _ = release_rx.await;
-                        Ok::<_, ()>(Some(1))
-                    })
-                    .await
-            })
-        };
-        started_rx.await.unwrap();
+        let (loading, release_tx) = load_held_open(&cache).await;
         cache.replace("a", 7).await;
         release_tx.send(()).unwrap();
         loading.await.unwrap().unwrap();

@@ -7,9 +7,79 @@
 //! worker retries a failed push while the edge's lease is live (clients
 //! de-duplicate by `message_id`), and when it has to give up, its next push
 //! that reaches the edge carries `resync`.
+//!
+//! Every call carries the cluster's push key ([`auth`]); an edge refuses
+//! calls without it.
 
 #![allow(clippy::derive_partial_eq_without_eq)]
 
 pub mod push {
     tonic::include_proto!("chatpipe.push.v1");
+}
+
+pub mod auth {
+    //! The push service's credential on the wire: every call carries
+    //! `authorization: Bearer <push key>` in its gRPC metadata (see
+    //! [`chatpipe_core::auth::PushKey`] for where the key comes from). The
+    //! caller's side is the [`PushCredentials`] interceptor; the edge checks
+    //! [`presented_bearer`] against its own key in constant time and answers
+    //! `UNAUTHENTICATED` to anything else.
+
+    use chatpipe_core::auth::PushKey;
+    use tonic::metadata::AsciiMetadataValue;
+    use tonic::service::Interceptor;
+    use tonic::service::interceptor::InterceptedService;
+    use tonic::transport::Channel;
+    use tonic::{Request, Status};
+
+    use crate::push::edge_push_client::EdgePushClient;
+
+    /// The metadata key of the credential.
+    pub const AUTHORIZATION: &str = "authorization";
+
+    /// Adds the push key to every call of a client.
+    #[derive(Clone)]
+    pub struct PushCredentials {
+        value: AsciiMetadataValue,
+    }
+
+    impl std::fmt::Debug for PushCredentials {
+        fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("PushCredentials(<redacted>)")
+        }
+    }
+
+    impl PushCredentials {
+        pub fn new(key: &PushKey) -> Self {
+            let mut value: AsciiMetadataValue = format!("Bearer {}", key.bearer())
+                .parse()
+                .expect("a hex key is a valid metadata value");
+            // Kept out of HPACK's dynamic table, like any credential.
+            value.set_sensitive(true);
+            Self { value }
+        }
+    }
+
+    impl Interceptor for PushCredentials {
+        fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+            request
+                .metadata_mut()
+                .insert(AUTHORIZATION, self.value.clone());
+            Ok(request)
+        }
+    }
+
+    /// A push client that authenticates every call.
+    pub type AuthenticatedPushClient = EdgePushClient<InterceptedService<Channel, PushCredentials>>;
+
+    /// A client of the push service over `channel`, carrying `key`.
+    pub fn authenticated_client(channel: Channel, key: &PushKey) -> AuthenticatedPushClient {
+        EdgePushClient::with_interceptor(channel, PushCredentials::new(key))
+    }
+
+    /// The bearer value a call presents, if it carries one.
+    pub fn presented_bearer<T>(request: &Request<T>) -> Option<&str> {
+        let value = request.metadata().get(AUTHORIZATION)?.to_str().ok()?;
+        chatpipe_core::auth::bearer_token(value)
+    }
 }

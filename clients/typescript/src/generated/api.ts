@@ -189,19 +189,31 @@ export interface components {
             conversation_id: components["schemas"]["ConversationId"];
             user_id: components["schemas"]["UserId"];
         };
-        /** @description A message as clients see it: the same fields as the WebSocket `message` frame's `message`. */
+        /** @description A message as clients see it: the same fields as the WebSocket `message` frame's `message`, plus, in history, `edited_at` for an edited message and `deleted` for a deleted one (a tombstone: it keeps its place, id, sender and time, but has no `body`). */
         Message: {
             message_id: components["schemas"]["MessageId"];
             conversation_id: components["schemas"]["ConversationId"];
             sender_id: components["schemas"]["UserId"];
             client_msg_id: components["schemas"]["ClientMsgId"];
-            body: string;
+            /** @description The message text (the latest edit's for an edited message). Absent only for a deleted message in history (`deleted: true`); search never returns deleted messages. */
+            body?: string;
             /** @description Unix ms at which the edge accepted the message. */
             ts: number;
-            /** @description Unix ms of the last edit (reserved; absent when never edited). */
+            /** @description Unix ms of the latest edit (an `edit` frame of the sender); absent when never edited. The body is then the edited one. */
             edited_at?: number;
-            /** @description Present and true for a deleted message (reserved). */
+            /** @description Present and true for a deleted message (a `delete` frame of its sender or the conversation's owner): a tombstone without `body`, kept so that catch-up merges by message id stay exact. */
             deleted?: boolean;
+            /** @description History only: the message's reactions, one item per reaction, most used first (absent when none, and for a deleted message). */
+            reactions?: {
+                /** @description The reaction (an emoji or a short name). */
+                reaction: string;
+                /** @description How many members reacted so. */
+                count: number;
+                /** @description The caller is one of them. */
+                me: boolean;
+            }[];
+            /** @description Present for a reply: the message of the same conversation it replies to. */
+            reply_to?: components["schemas"]["MessageId"];
         };
         HistoryPage: {
             conversation_id: components["schemas"]["ConversationId"];

@@ -3,15 +3,36 @@
 // Do not edit: change the schema, then `npm run generate` (CI runs `npm run check`).
 
 /**
- * A frame a client sends to an edge on `/ws`: one JSON object per WebSocket text frame (binary frames are refused with an `invalid` error). `op` names the frame and decides the other properties. A text frame longer than the edge's `max_frame_bytes` (16384 bytes by default) is refused with `too_large`. A frame the edge refuses is answered with an `error` frame (see `server-frame.json`); for a `send` its `ref` is the `client_msg_id`. The edge ignores properties it does not know, but clients should not send them. Rust: decoded by `chatpipe_core::frames::decode_client_frame` into `ClientFrame`.
+ * A frame a client sends to an edge on `/ws`: one JSON object per WebSocket text frame (binary frames are refused with an `invalid` error). `op` names the frame and decides the other properties. A text frame longer than the edge's `max_frame_bytes` (16384 bytes by default) is refused with `too_large`. A frame the edge refuses is answered with an `error` frame (see `server-frame.json`); for a `send` its `ref` is the `client_msg_id`; for an `edit`, `delete`, `react` or `unreact` it is the `client_msg_id` when the frame has one, else the `message_id`. The edge ignores properties it does not know, but clients should not send them. Rust: decoded by `chatpipe_core::frames::decode_client_frame` into `ClientFrame`.
  */
 export type ClientFrameSchema = {
   /**
    * Which frame this is; decides the other properties (see `oneOf`). Any other value is refused with `invalid`.
    */
-  op: 'send' | 'typing' | 'read' | 'ack_seq' | 'ping';
+  op:
+    | 'send'
+    | 'edit'
+    | 'delete'
+    | 'react'
+    | 'unreact'
+    | 'typing'
+    | 'read'
+    | 'ack_seq'
+    | 'ping'
+    | 'refresh';
   [k: string]: unknown | undefined;
-} & (ClientSend | ClientTyping | ClientRead | ClientAckSeq | ClientPing);
+} & (
+  | ClientSend
+  | ClientEdit
+  | ClientDelete
+  | ClientReact
+  | ClientUnreact
+  | ClientTyping
+  | ClientRead
+  | ClientAckSeq
+  | ClientPing
+  | ClientRefresh
+);
 
 /**
  * Send a message to a conversation the user is a member of. Answered with `ack` once Kafka has made the message durable, or with `error` (`ref` = `client_msg_id`). Sending again with the same `client_msg_id` in the same conversation (after a timeout, an error or a reconnect; within the de-duplication window, 10 minutes by default, of the first attempt) is safe: the message exists once, with the first attempt's body. Mark every such retry with `resend: true`: a marked retry's `ack` carries the original `message_id` and `ts`, on whichever edge it lands.
@@ -37,6 +58,106 @@ export interface ClientSend {
    * Optional, false when absent. Set it whenever this `client_msg_id` was sent before (a retry). Unmarked sends cost one Kafka round trip and are still de-duplicated, but only a marked retry that reaches another edge (or the same edge after it forgot the send) is acked with the original `message_id`; it may wait for the partition's verdict, and answers `unavailable` (retry, still marked) if the verdict does not come within the send deadline.
    */
   resend?: boolean;
+  /**
+   * Optional: the `message_id` of the message of the same conversation this one replies to. Refused with `invalid` when history does not hold such a message (a message acked a moment ago is waited for, up to half the edge's send deadline). Only a reply costs the edge a history read.
+   */
+  reply_to?: string;
+}
+/**
+ * Replace the body of one of the user's own messages (only the sender may edit; a deleted message cannot be edited). Answered with `ack` (`message_id` = the edited message, `ts` = the edit's time, `client_msg_id` when the frame had one) once the change is durable in Kafka, or with `error`: `forbidden` when the user is not a member, not the sender, or the message is deleted or not in the conversation's history (the edge waits up to half its send deadline, 2.5 s by default, for a message sent a moment ago to reach history, so a change right after the message's `ack` works). Every member then receives `message_edited`; history returns the new body with `edited_at`. Repeating an edit is harmless.
+ */
+export interface ClientEdit {
+  /**
+   * Discriminator: `edit`.
+   */
+  op: 'edit';
+  /**
+   * The conversation of the message.
+   */
+  conversation_id: string;
+  /**
+   * The message to edit, as received in its `ack` or `message` frame.
+   */
+  message_id: string;
+  /**
+   * The new text: the same rules as a `send` body (not blank, at most `max_body_bytes` bytes of UTF-8; `too_large` beyond).
+   */
+  body: string;
+  /**
+   * Optional: the client's own id for this request, echoed in its `ack` and as `ref` of an `error`.
+   */
+  client_msg_id?: string;
+}
+/**
+ * Delete a message: the sender may delete their own, the conversation's owner (its creator) any. Answered like `edit`. Every member then receives `message_deleted`; history keeps a tombstone (`deleted: true`, no body) and search no longer finds the message. Repeating a delete is harmless.
+ */
+export interface ClientDelete {
+  /**
+   * Discriminator: `delete`.
+   */
+  op: 'delete';
+  /**
+   * The conversation of the message.
+   */
+  conversation_id: string;
+  /**
+   * The message to delete.
+   */
+  message_id: string;
+  /**
+   * Optional: the client's own id for this request, echoed in its `ack` and as `ref` of an `error`.
+   */
+  client_msg_id?: string;
+}
+/**
+ * Add a reaction to a message of the conversation (any member, to any message that is not deleted; once per user and reaction: reacting again changes nothing). Answered like `edit` (`ack` with the message's `message_id` and the change's `ts`, or `error`: `forbidden` when not a member or the message is deleted or not in history). Every member then receives a `reaction` frame; history counts reactions per message with the reader's own marked.
+ */
+export interface ClientReact {
+  /**
+   * Discriminator: `react`.
+   */
+  op: 'react';
+  /**
+   * The conversation of the message.
+   */
+  conversation_id: string;
+  /**
+   * The message reacted to.
+   */
+  message_id: string;
+  /**
+   * The reaction: an emoji (sequence) or a short name such as `+1`, 1 to 32 bytes of UTF-8 without whitespace (`maxLength` counts characters; the edge counts bytes).
+   */
+  reaction: string;
+  /**
+   * Optional: the client's own id for this request, echoed in its `ack` and as `ref` of an `error`.
+   */
+  client_msg_id?: string;
+}
+/**
+ * Take back one of the user's reactions to a message (nothing happens if the user had not reacted so). Answered like `edit` (`ack` with the message's `message_id` and the change's `ts`, or `error`: `forbidden` when not a member or the message is deleted or not in history). Every member then receives a `reaction` frame; history counts reactions per message with the reader's own marked.
+ */
+export interface ClientUnreact {
+  /**
+   * Discriminator: `unreact`.
+   */
+  op: 'unreact';
+  /**
+   * The conversation of the message.
+   */
+  conversation_id: string;
+  /**
+   * The message reacted to.
+   */
+  message_id: string;
+  /**
+   * The reaction: an emoji (sequence) or a short name such as `+1`, 1 to 32 bytes of UTF-8 without whitespace (`maxLength` counts characters; the edge counts bytes).
+   */
+  reaction: string;
+  /**
+   * Optional: the client's own id for this request, echoed in its `ack` and as `ref` of an `error`.
+   */
+  client_msg_id?: string;
 }
 /**
  * The user is typing in a conversation; relayed to the other members as a `typing` frame. Not answered unless refused.
@@ -90,15 +211,41 @@ export interface ClientPing {
    */
   op: 'ping';
 }
+/**
+ * Hand the edge a fresh token for the same user before the current one expires. The edge closes a connection when its token's `exp` passes (close code 4011, `token expired`), unless a `refresh` with a valid token of the same user arrived first: that is answered with `refreshed` and moves the deadline to the new token's `exp`. A token that does not verify (bad signature, expired, wrong issuer or audience, lifetime over the edge's maximum) is answered with an `error` frame with code `invalid`; a valid token of another user with code `forbidden`. Either way the connection keeps its old deadline. Counts against the connection's frame rate like any frame.
+ */
+export interface ClientRefresh {
+  /**
+   * Discriminator: `refresh`.
+   */
+  op: 'refresh';
+  /**
+   * A bearer token (the same kind as on connect) whose `sub` is the connection's user. Never logged.
+   */
+  token: string;
+}
 
 /**
- * A frame an edge sends to a client on `/ws`: one JSON object per WebSocket text frame; `op` names the frame and decides the other properties. The first frame of every connection is `hello`. The frames of the session's stream (`message`, `typing`, `read`, `presence`) carry `seq`, increasing by 1 within a session (from 1) and kept across resumes: acknowledge them with `ack_seq`, and resume with `last_seq` = the highest `seq` received. The other frames (`hello`, `ack`, `error`, `pong`, `reconnect`) carry no `seq` and are not replayed. Clients must ignore properties they do not know, and should ignore frames whose `op` they do not know (a new `op` is an additive change). Rust: `chatpipe_core::frames::ControlFrame::encode` (no `seq`) and `Deliverable::encode_with_seq` (with `seq`).
+ * A frame an edge sends to a client on `/ws`: one JSON object per WebSocket text frame; `op` names the frame and decides the other properties. The first frame of every connection is `hello`. The frames of the session's stream (`message`, `message_edited`, `message_deleted`, `reaction`, `typing`, `read`, `presence`) carry `seq`, increasing by 1 within a session (from 1) and kept across resumes: acknowledge them with `ack_seq`, and resume with `last_seq` = the highest `seq` received. The other frames (`hello`, `ack`, `error`, `pong`, `reconnect`, `refreshed`) carry no `seq` and are not replayed. Clients must ignore properties they do not know, and should ignore frames whose `op` they do not know (a new `op` is an additive change). Rust: `chatpipe_core::frames::ControlFrame::encode` (no `seq`) and `Deliverable::encode_with_seq` (with `seq`).
  */
 export type ServerFrameSchema = {
   /**
    * Which frame this is; decides the other properties (see `oneOf`).
    */
-  op: 'hello' | 'ack' | 'error' | 'pong' | 'reconnect' | 'message' | 'typing' | 'read' | 'presence';
+  op:
+    | 'hello'
+    | 'ack'
+    | 'error'
+    | 'pong'
+    | 'reconnect'
+    | 'refreshed'
+    | 'message'
+    | 'message_edited'
+    | 'message_deleted'
+    | 'reaction'
+    | 'typing'
+    | 'read'
+    | 'presence';
   [k: string]: unknown | undefined;
 } & (
   | ServerHello
@@ -106,7 +253,11 @@ export type ServerFrameSchema = {
   | ServerError
   | ServerPong
   | ServerReconnect
+  | ServerRefreshed
   | ServerMessage
+  | ServerMessageEdited
+  | ServerMessageDeleted
+  | ServerReaction
   | ServerTyping
   | ServerRead
   | ServerPresence
@@ -134,7 +285,7 @@ export interface ServerHello {
   resumed: boolean;
 }
 /**
- * A `send` is durable (accepted by Kafka with acks=all). Retried sends with the same `client_msg_id` get the same `message_id` and `ts`.
+ * A `send`, `edit`, `delete`, `react` or `unreact` is durable (accepted by Kafka with acks=all). Retried sends with the same `client_msg_id` get the same `message_id` and `ts`. The ack of a `send` always carries its `client_msg_id`; the ack of an `edit`, `delete`, `react` or `unreact` carries the request's `client_msg_id` when it had one, the changed message's `message_id`, and the change's `ts`.
  */
 export interface ServerAck {
   /**
@@ -142,15 +293,15 @@ export interface ServerAck {
    */
   op: 'ack';
   /**
-   * The `client_msg_id` of the acknowledged `send`.
+   * The `client_msg_id` of the acknowledged `send` (always present for a send), or of the acknowledged `edit`, `delete`, `react` or `unreact` (present when the request had one).
    */
-  client_msg_id: string;
+  client_msg_id?: string;
   /**
-   * The id the message got.
+   * The id the message got (a send), or the id of the changed message (an edit, delete or reaction).
    */
   message_id: string;
   /**
-   * When the edge accepted the message, in Unix milliseconds (UTC).
+   * When the edge accepted the message or the change, in Unix milliseconds (UTC).
    */
   ts: number;
 }
@@ -198,6 +349,19 @@ export interface ServerReconnect {
   reason: string;
 }
 /**
+ * The answer to an accepted `refresh`: the connection now stays open until `expires_at`, the new token's `exp`; send another `refresh` before then, or the edge closes the connection with close code 4011.
+ */
+export interface ServerRefreshed {
+  /**
+   * Discriminator: `refreshed`.
+   */
+  op: 'refreshed';
+  /**
+   * The connection's new deadline, in Unix seconds (UTC).
+   */
+  expires_at: number;
+}
+/**
  * A message in one of the user's conversations (including the user's own messages, possibly sent from another device). After a resume or a retry the same message may arrive twice: de-duplicate by `message.message_id`.
  */
 export interface ServerMessage {
@@ -239,7 +403,110 @@ export interface MessageView {
    * When the edge accepted the message, in Unix milliseconds (UTC).
    */
   ts: number;
+  /**
+   * Present for a reply: the `message_id` of the message of the same conversation it replies to.
+   */
+  reply_to?: string;
   [k: string]: unknown | undefined;
+}
+/**
+ * A message's body was replaced by its sender. Sent to every member (the editor's own sessions included), in the conversation's order: after the message itself. Replace the body shown and mark the message edited; history returns the same body with `edited_at`.
+ */
+export interface ServerMessageEdited {
+  /**
+   * Discriminator: `message_edited`.
+   */
+  op: 'message_edited';
+  /**
+   * The frame's position in the session's stream.
+   */
+  seq: number;
+  /**
+   * The conversation of the message.
+   */
+  conversation_id: string;
+  /**
+   * The edited message.
+   */
+  message_id: string;
+  /**
+   * Who edited it (its sender).
+   */
+  user_id: string;
+  /**
+   * The new text, never blank.
+   */
+  body: string;
+  /**
+   * When the edge accepted the edit, in Unix milliseconds (UTC); later than the message's `ts`.
+   */
+  edited_at: number;
+}
+/**
+ * A message was deleted (by its sender or the conversation's owner). Sent to every member, in the conversation's order. Drop the body shown (keep a placeholder if you like); history returns the message as a tombstone (`deleted: true`, no body).
+ */
+export interface ServerMessageDeleted {
+  /**
+   * Discriminator: `message_deleted`.
+   */
+  op: 'message_deleted';
+  /**
+   * The frame's position in the session's stream.
+   */
+  seq: number;
+  /**
+   * The conversation of the message.
+   */
+  conversation_id: string;
+  /**
+   * The deleted message.
+   */
+  message_id: string;
+  /**
+   * Who deleted it.
+   */
+  user_id: string;
+  /**
+   * When the edge accepted the deletion, in Unix milliseconds (UTC).
+   */
+  deleted_at: number;
+}
+/**
+ * A member added (`action` `add`) or took back (`remove`) a reaction to a message. Sent to every member (the reacting user's sessions included), in the conversation's order. Adjust the count shown for `reaction` on `message_id`; history returns the counts.
+ */
+export interface ServerReaction {
+  /**
+   * Discriminator: `reaction`.
+   */
+  op: 'reaction';
+  /**
+   * The frame's position in the session's stream.
+   */
+  seq: number;
+  /**
+   * The conversation of the message.
+   */
+  conversation_id: string;
+  /**
+   * The message reacted to.
+   */
+  message_id: string;
+  /**
+   * Who reacted.
+   */
+  user_id: string;
+  /**
+   * The reaction (1 to 32 bytes of UTF-8 without whitespace).
+   */
+  reaction: string;
+  /**
+   * `add`: the user reacted so; `remove`: the user took it back.
+   */
+  action: 'add' | 'remove';
+  /**
+   * When the edge accepted the reaction, in Unix milliseconds (UTC).
+   */
+  ts: number;
 }
 /**
  * `user_id` is typing in `conversation_id`.

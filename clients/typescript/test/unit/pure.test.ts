@@ -53,6 +53,11 @@ describe('close policy', () => {
     const unauthorized = closeAction(CLOSE.UNAUTHORIZED, '', 0, 1, backoff);
     assert.equal(unauthorized.kind === 'resume' && unauthorized.refreshToken, true);
     assert.deepEqual(closeAction(CLOSE.UNAUTHORIZED, '', 2, 3, backoff), { kind: 'stop', reason: 'unauthorized' });
+    assert.deepEqual(closeAction(CLOSE.TOKEN_EXPIRED, 'token expired', 0, 0, backoff), {
+      kind: 'resume',
+      delayMs: 0,
+      refreshToken: true,
+    });
   });
 
   it('backs off exponentially up to the ceiling on network failures', () => {

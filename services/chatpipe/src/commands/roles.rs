@@ -20,10 +20,49 @@ use crate::cli::{
 };
 use crate::commands::{engines, topology};
 
+/// The edge id when none is configured: `edge-<host>-<push port>`. No two
+/// edge processes share it (one host cannot bind one port twice), and an
+/// edge restarted in place keeps it (and so takes its old lease over).
+fn default_edge_id(push_port: u16) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|host| !host.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|character| {
+            if character.is_ascii_alphanumeric() || "_.:@-".contains(character) {
+                character
+            } else {
+                '-'
+            }
+        })
+        .take(EdgeId::MAX_LEN - 16)
+        .collect();
+    let host = if host.is_empty() {
+        "host".to_owned()
+    } else {
+        host
+    };
+    // Port 0 (any free port) is not known yet: the process id stands in.
+    let port = if push_port == 0 {
+        format!("pid{}", std::process::id())
+    } else {
+        push_port.to_string()
+    };
+    format!("edge-{host}-{port}")
+}
+
 pub fn edge_config(common: &CommonArgs, args: &EdgeArgs) -> anyhow::Result<EdgeConfig> {
+    let edge_id = args
+        .edge_id
+        .clone()
+        .filter(|edge_id| !edge_id.trim().is_empty())
+        .unwrap_or_else(|| default_edge_id(args.push_listen.port()));
     Ok(EdgeConfig {
-        edge_id: EdgeId::parse(args.edge_id.as_str())
-            .map_err(|error| anyhow::anyhow!("--edge-id: {error}"))?,
+        edge_id: EdgeId::parse(edge_id).map_err(|error| anyhow::anyhow!("--edge-id: {error}"))?,
         worker_id: args.worker_id,
         http_addr: args.listen,
         push_addr: args.push_listen,
@@ -33,6 +72,9 @@ pub fn edge_config(common: &CommonArgs, args: &EdgeArgs) -> anyhow::Result<EdgeC
         heartbeat_timeout_ms: args.heartbeat_timeout_ms,
         resume_window_ms: args.resume_window_ms,
         max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        auth_failures_per_ip_per_minute: args.auth_failures_per_ip_per_minute,
+        trusted_proxies: args.trusted_proxies.clone(),
         max_sessions_per_user: args.max_sessions_per_user,
         write_timeout_ms: args.write_timeout_ms,
         connects_per_second_global: args.connects_per_second,
@@ -201,14 +243,22 @@ pub async fn run_all(common: &CommonArgs, args: &AllArgs) -> anyhow::Result<()> 
     start(&mut set, index, &deps, &root, workers.index_ops_listen).await?;
     for number in 0..args.edges.max(1) {
         let mut edge_args = args.edge.clone();
-        edge_args.edge_id = format!("edge-{}", number + 1);
-        edge_args.worker_id = number + 1;
+        // Each edge its own id (`--edge-id` gets a `-N` suffix past the
+        // first; unset, each derives one from its push port) and worker id
+        // (`--worker-id` + N; unset, each claims a free one).
+        if number > 0 {
+            edge_args.edge_id = edge_args
+                .edge_id
+                .map(|edge_id| format!("{edge_id}-{}", number + 1));
+        }
+        edge_args.worker_id = edge_args.worker_id.map(|worker_id| worker_id + number);
         edge_args.listen = shifted(edge_args.listen, 2 * number);
         edge_args.push_listen = shifted(edge_args.push_listen, number);
         let ops = shifted(edge_args.ops_listen, 2 * number);
         let config = edge_config(common, &edge_args)?;
+        let edge_id = config.edge_id.clone();
         if let Some(addr) = start(&mut set, config, &deps, &root, ops).await? {
-            println!("edge-{} listening on ws://{addr}/ws", number + 1);
+            println!("{edge_id} listening on ws://{addr}/ws");
         }
     }
     println!(
@@ -219,4 +269,45 @@ pub async fn run_all(common: &CommonArgs, args: &AllArgs) -> anyhow::Result<()> 
         println!("web app: http://{}/app/", args.api.api_listen);
     }
     Ok(supervise(root, set).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn edge_args(extra: &[&str]) -> (CommonArgs, EdgeArgs) {
+        let cli = Cli::try_parse_from(["chatpipe", "edge"].iter().chain(extra)).unwrap();
+        let Command::Edge(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        (cli.common, args)
+    }
+
+    #[test]
+    fn edges_started_with_defaults_get_distinct_valid_ids() {
+        let (common, first) = edge_args(&[]);
+        let (_, second) = edge_args(&["--push-listen", "127.0.0.1:8181"]);
+        let first = edge_config(&common, &first).unwrap();
+        let second = edge_config(&common, &second).unwrap();
+        assert_ne!(first.edge_id, second.edge_id);
+        assert!(first.edge_id.as_str().starts_with("edge-"));
+        assert!(
+            first.edge_id.as_str().ends_with("-8180"),
+            "{}",
+            first.edge_id
+        );
+        // No worker id configured: each claims a free one at start.
+        assert_eq!((first.worker_id, second.worker_id), (None, None));
+        assert!(default_edge_id(0).contains(&format!("pid{}", std::process::id())));
+        // A configured id is kept as given.
+        let (_, named) = edge_args(&["--edge-id", "edge-eu-1", "--worker-id", "7"]);
+        let named = edge_config(&common, &named).unwrap();
+        assert_eq!(
+            (named.edge_id.as_str(), named.worker_id),
+            ("edge-eu-1", Some(7))
+        );
+    }
 }

@@ -10,7 +10,15 @@ use crate::commands::engines::token_keys;
 pub fn run(common: &CommonArgs, args: &TokenArgs) -> anyhow::Result<()> {
     let user =
         UserId::parse(args.user.as_str()).map_err(|error| anyhow::anyhow!("--user: {error}"))?;
-    let token = token_keys(common)?.sign(&user, now_unix_ms() / 1000, args.ttl_secs);
+    let keys = token_keys(common)?;
+    let max = keys.policy().max_lifetime_secs;
+    if max > 0 && args.ttl_secs > max {
+        anyhow::bail!(
+            "--ttl-secs {} exceeds the longest token lifetime accepted ({max} s, --token-max-lifetime-secs)",
+            args.ttl_secs
+        );
+    }
+    let token = keys.sign(&user, now_unix_ms() / 1000, args.ttl_secs);
     println!("{token}");
     Ok(())
 }

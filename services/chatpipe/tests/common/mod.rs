@@ -129,6 +129,7 @@ impl Stack {
             store: self.store.clone(),
             search: self.search.clone(),
             token_keys: self.keys.clone(),
+            push_key: self.keys.derived_push_key(),
         }
     }
 
@@ -164,15 +165,30 @@ impl Stack {
     }
 
     pub fn edge_config(&self, name: &str) -> EdgeConfig {
-        let mut config = EdgeConfig::default();
-        config.edge_id =
-            EdgeId::parse(format!("{}{name}", self.prefix.trim_end_matches('.'))).unwrap();
-        config.worker_id = chatpipe_core::ids::worker_id_from_name(config.edge_id.as_str());
-        config.http_addr = "127.0.0.1:0".parse().unwrap();
-        config.push_addr = "127.0.0.1:0".parse().unwrap();
-        config.topics = self.topics.clone();
-        config.drain_deadline_ms = 5_000;
-        config
+        EdgeConfig {
+            edge_id: EdgeId::parse(format!("{}{name}", self.prefix.trim_end_matches('.'))).unwrap(),
+            // Claimed at start: the edges of a test never share one.
+            worker_id: None,
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            push_addr: "127.0.0.1:0".parse().unwrap(),
+            topics: self.topics.clone(),
+            drain_deadline_ms: 5_000,
+            ..EdgeConfig::default()
+        }
+    }
+
+    /// A push client of `edge` that presents this stack's push key, as a
+    /// fan-out worker of the deployment does.
+    pub async fn push_client(
+        &self,
+        edge: &EdgeHandle,
+    ) -> chatpipe_proto::auth::AuthenticatedPushClient {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", edge.push_addr))
+            .expect("valid push address")
+            .connect()
+            .await
+            .expect("push connects");
+        chatpipe_proto::auth::authenticated_client(channel, &self.keys.derived_push_key())
     }
 
     /// Starts an edge; cancelling the returned shutdown drains it.
@@ -372,7 +388,20 @@ impl Client {
     }
 
     pub async fn try_connect(url: &str) -> Connect {
-        let (mut socket, _response) = tokio_tungstenite::connect_async(url)
+        Client::try_connect_with(url, &[]).await
+    }
+
+    /// [`Client::try_connect`] with extra request headers (a proxy's
+    /// `X-Forwarded-For`, an `Authorization`).
+    pub async fn try_connect_with(url: &str, headers: &[(&'static str, String)]) -> Connect {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().expect("a WebSocket URL");
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .append(*name, value.parse().expect("a header value"));
+        }
+        let (mut socket, _response) = tokio_tungstenite::connect_async(request)
             .await
             .expect("handshake");
         let first = tokio::time::timeout(WAIT, socket.next())

@@ -136,6 +136,8 @@ impl Deployment {
             config,
             self.kafka.clone(),
             self.store.clone(),
+            // The recorder edge below does not check it.
+            chatpipe_core::auth::PushKey::derive(b"fanout-tests"),
             &mut registry,
             health.clone(),
             shutdown.clone(),
@@ -168,6 +170,7 @@ impl Deployment {
             push_addr: push_addr.to_owned(),
             state: EdgeState::Serving,
             lease_expires_ms,
+            worker_id: None,
             ts: now_unix_ms(),
         };
         self.publish_session(
