@@ -4,7 +4,7 @@
 #
 #   benches/run.sh                       # everything (about 40 minutes, see RESULTS.md "Run time")
 #   SCENARIOS="idle broadcast" benches/run.sh
-#   SKIP="criterion kafka persist index centrifugo idle-cpu" benches/run.sh
+#   SKIP="criterion kafka persist index centrifugo idle-cpu fuzz fuzz-api" benches/run.sh
 #   QUICK=1 benches/run.sh               # smoke pass (a few minutes, see below)
 #
 # 1. builds chatpipe and the benches (release; QUICK: the dev profile);
@@ -21,6 +21,8 @@
 # 6. the Kafka produce path next to kafka-producer-perf-test, the persist and
 #    index roles next to their raw baselines (their examples print JSON),
 #    the criterion micro-benchmarks;
+#    then the fuzzing passes (benches/fuzz.sh: property tests with a
+#    million cases each; benches/fuzz-api.sh: schemathesis on the API);
 # 7. bench-report: RESULTS.md and the plots, from the JSON results (and
 #    results/timings.json: how long each step took).
 #
@@ -309,6 +311,21 @@ fi
 if ! skipped criterion; then
   log "criterion micro-benchmarks"
   timed criterion criterion_bench || status=1
+fi
+
+# The long fuzzing passes (issue 14): the property tests with many cases
+# (QUICK: 2,000 per property) and the HTTP API against its OpenAPI document
+# (QUICK: 10 examples per operation and phase), each on its own isolated
+# deployment and ports (benches/fuzz.sh, benches/fuzz-api.sh).
+if ! skipped fuzz; then
+  log "fuzzing: property tests"
+  FUZZ_CASES="${FUZZ_CASES:-${QUICK:+2000}}" CHATPIPE_BENCH_RESULTS="$RESULTS" \
+    timed fuzz benches/fuzz.sh || status=1
+fi
+if ! skipped fuzz-api; then
+  log "fuzzing: HTTP API (schemathesis)"
+  FUZZ_API_EXAMPLES="${FUZZ_API_EXAMPLES:-${QUICK:+10}}" CHATPIPE_BENCH_RESULTS="$RESULTS" \
+    CHATPIPE_BIN="$BIN/chatpipe" timed fuzz-api benches/fuzz-api.sh || status=1
 fi
 
 log "report"

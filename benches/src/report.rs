@@ -8,7 +8,9 @@
 //! rates, verification, CPU per process), `idle-cpu.json` (the stack with
 //! no client), `kafka-produce.json`, the role examples'
 //! `persist.json` and `index.json` (their stdout), `timings.json` (how long
-//! each step of `run.sh` took) and criterion's estimates.
+//! each step of `run.sh` took), the fuzzing passes' `fuzz.json`
+//! (`benches/fuzz.sh`) and `fuzz-api.json` (`benches/fuzz-api.sh`) and
+//! criterion's estimates.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -93,6 +95,60 @@ pub struct RunTimings {
     pub total_seconds: f64,
 }
 
+/// One crate's properties in the long fuzzing pass (`fuzz.json`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FuzzTarget {
+    #[serde(rename = "crate")]
+    pub crate_name: String,
+    /// What its properties cover.
+    pub what: String,
+    /// The properties that held for every case.
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    /// Inputs run: passed properties × cases per property.
+    pub cases: u64,
+    pub seconds: f64,
+}
+
+/// The long property-test pass (`benches/fuzz.sh`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FuzzRun {
+    pub cases_per_property: u64,
+    /// Cargo profile the properties ran in.
+    pub profile: String,
+    pub targets: Vec<FuzzTarget>,
+    pub total_cases: u64,
+    pub total_seconds: f64,
+}
+
+/// One `st run` of the API fuzzing (`fuzz-api.json`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ApiFuzzRunPart {
+    pub name: String,
+    /// `st run`'s exit status.
+    pub status: i32,
+    pub seconds: f64,
+    pub operations_tested: Option<u64>,
+    pub test_cases: Option<u64>,
+    pub unique_failures: Option<u64>,
+    #[serde(default)]
+    pub failures: Vec<String>,
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+/// The HTTP API fuzzed against its OpenAPI document (`benches/fuzz-api.sh`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ApiFuzzRun {
+    /// The schemathesis version.
+    pub schemathesis: String,
+    pub seed: u64,
+    pub max_examples: u64,
+    pub checks: String,
+    pub seconds: f64,
+    pub runs: Vec<ApiFuzzRunPart>,
+}
+
 /// Everything one report is made of.
 #[derive(Debug, Default)]
 pub struct Inputs {
@@ -102,6 +158,8 @@ pub struct Inputs {
     pub index: Option<IndexRun>,
     pub idle_cpu: Option<IdleCpuResults>,
     pub timings: Option<RunTimings>,
+    pub fuzz: Option<FuzzRun>,
+    pub fuzz_api: Option<ApiFuzzRun>,
     /// `(benchmark, median ns)` from criterion.
     pub criterion: Vec<(String, f64)>,
     pub notes: String,
@@ -141,6 +199,8 @@ pub fn load(results_dir: &Path, criterion_dir: Option<&Path>, notes: Option<&Pat
         .and_then(|text| parse_example_output(&text));
     inputs.idle_cpu = read_json(&results_dir.join("idle-cpu.json"));
     inputs.timings = read_json(&results_dir.join("timings.json"));
+    inputs.fuzz = read_json(&results_dir.join("fuzz.json"));
+    inputs.fuzz_api = read_json(&results_dir.join("fuzz-api.json"));
     if let Some(dir) = criterion_dir {
         inputs.criterion = criterion_estimates(dir);
     }
@@ -665,6 +725,7 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
         }
         let _ = writeln!(out);
     }
+    fuzz_section(&mut out, inputs);
     timings_section(&mut out, inputs);
     if !inputs.notes.is_empty() {
         let _ = writeln!(out, "{}", inputs.notes.trim());
@@ -919,6 +980,85 @@ fn idle_cpu_section(out: &mut String, inputs: &Inputs) {
         let _ = writeln!(out, "| **{label}** | {} |", cells.join(" | "));
     }
     let _ = writeln!(out);
+}
+
+/// Thousands separators, for counts of inputs.
+fn grouped(count: u64) -> String {
+    let digits = count.to_string();
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// The fuzzing passes: inputs run per target, and the API's schemathesis runs.
+fn fuzz_section(out: &mut String, inputs: &Inputs) {
+    if inputs.fuzz.is_none() && inputs.fuzz_api.is_none() {
+        return;
+    }
+    let _ = writeln!(out, "## Fuzzing\n");
+    if let Some(fuzz) = &inputs.fuzz {
+        let _ = writeln!(
+            out,
+            "Property tests (`proptest`, stable Rust) run by `benches/fuzz.sh` with {} cases per property ({} profile); every `cargo test` runs the same properties with 256 cases each.\n\n| crate | what | properties held | failed | inputs run | seconds |\n|---|---|---|---|---|---|",
+            grouped(fuzz.cases_per_property),
+            fuzz.profile
+        );
+        for target in &fuzz.targets {
+            let failed = if target.failed.is_empty() {
+                "none".to_owned()
+            } else {
+                target.failed.join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {failed} | {} | {:.0} |",
+                target.crate_name,
+                target.what,
+                target.passed.len(),
+                grouped(target.cases),
+                target.seconds
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| **total** | | | | {} | {:.0} |\n",
+            grouped(fuzz.total_cases),
+            fuzz.total_seconds
+        );
+    }
+    if let Some(api) = &inputs.fuzz_api {
+        let _ = writeln!(
+            out,
+            "The HTTP API against its own OpenAPI document: schemathesis {} (`benches/fuzz-api.sh`, seed {}, up to {} examples per operation and phase, positive and negative data), checks `{}`.\n\n| run | operations | test cases | unique failures | seconds | result |\n|---|---|---|---|---|---|",
+            api.schemathesis, api.seed, api.max_examples, api.checks
+        );
+        let shown = |count: Option<u64>| count.map_or_else(|| "—".to_owned(), grouped);
+        for run in &api.runs {
+            let mut result = if run.status == 0 {
+                "passed".to_owned()
+            } else {
+                format!("exit {}", run.status)
+            };
+            for problem in run.failures.iter().chain(&run.errors) {
+                let _ = write!(result, "; {problem}");
+            }
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.0} | {result} |",
+                run.name,
+                shown(run.operations_tested),
+                shown(run.test_cases),
+                shown(run.unique_failures),
+                run.seconds
+            );
+        }
+        let _ = writeln!(out);
+    }
 }
 
 /// How long each step of `run.sh` took.
@@ -1580,7 +1720,7 @@ mod tests {
         // Phases and drain: 5 stack CPU s for 10,000 acks; the load
         // generator's 4 s apart.
         assert!(
-            text.contains("| whole-stack CPU per 1,000 acked messages, chat (phases and drain; engines + chatpipe, load generator apart) | 0.50 CPU s | load generator 0.40 CPU s |"),
+            text.contains("| whole-stack CPU per 1,000 acked messages, chat (all phases and the drain; engines + chatpipe, load generator apart) | 0.50 CPU s | load generator 0.40 CPU s |"),
             "{text}"
         );
         // The phase: 5 stack CPU s over 10 s for 5,000 acks.
@@ -1609,6 +1749,37 @@ mod tests {
         assert!(std::fs::metadata(&path).unwrap().len() > 1_000);
         assert!(plot_cpu(&Inputs::default(), &dir).unwrap().is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reports_the_fuzzing_passes() {
+        let fuzz: FuzzRun = serde_json::from_str(
+            r#"{"cases_per_property":1000000,"profile":"debug","targets":[{"crate":"chatpipe-core","what":"frames","passed":["properties::a","properties::b"],"failed":[],"cases":2000000,"seconds":61,"status":0}],"total_cases":2000000,"total_seconds":70,"finished_unix_s":1}"#,
+        )
+        .unwrap();
+        let api: ApiFuzzRun = serde_json::from_str(
+            r#"{"schemathesis":"4.32.5","seed":7,"max_examples":100,"checks":"not_a_server_error","seconds":300,"runs":[{"name":"all-operations","status":0,"seconds":250,"operations_tested":6,"test_cases":1234,"unique_failures":0,"errored":0,"failures":[],"errors":[],"phases":{}}],"finished_unix_s":1}"#,
+        )
+        .unwrap();
+        let inputs = Inputs {
+            fuzz: Some(fuzz),
+            fuzz_api: Some(api),
+            ..Inputs::default()
+        };
+        let text = markdown(&inputs, &[], Path::new("."));
+        assert!(text.contains("## Fuzzing"), "{text}");
+        assert!(
+            text.contains("| chatpipe-core | frames | 2 | none | 2,000,000 | 61 |"),
+            "{text}"
+        );
+        assert!(text.contains("with 1,000,000 cases per property"), "{text}");
+        assert!(
+            text.contains("| all-operations | 6 | 1,234 | 0 | 250 | passed |"),
+            "{text}"
+        );
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1_000), "1,000");
     }
 
     #[test]

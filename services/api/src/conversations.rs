@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -36,7 +36,7 @@ use chatpipe_core::time::now_unix_ms;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::member_cap::conversation_full;
 use crate::state::ApiState;
 
@@ -422,7 +422,7 @@ pub async fn list_conversations(
 pub async fn update_conversation(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    Path(raw_id): Path<String>,
+    PathParams(raw_id): PathParams<String>,
     JsonBody(request): JsonBody<UpdateConversationRequest>,
 ) -> Result<Json<ConversationSettingsView>, ApiError> {
     let conversation = parse_conversation_id(raw_id)?;
@@ -485,8 +485,8 @@ pub fn parse_member_list_params(
 pub async fn list_members(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    Path(raw_id): Path<String>,
-    Query(params): Query<MemberListParams>,
+    PathParams(raw_id): PathParams<String>,
+    QueryParams(params): QueryParams<MemberListParams>,
 ) -> Result<Json<MemberList>, ApiError> {
     let conversation = parse_conversation_id(raw_id)?;
     let (after, limit) = parse_member_list_params(&params)?;
@@ -524,7 +524,7 @@ pub async fn list_members(
 pub async fn add_member(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    Path(raw_id): Path<String>,
+    PathParams(raw_id): PathParams<String>,
     JsonBody(request): JsonBody<AddMemberRequest>,
 ) -> Result<Json<MemberView>, ApiError> {
     let conversation = parse_conversation_id(raw_id)?;
@@ -585,7 +585,7 @@ pub async fn add_member(
 pub async fn set_member_role(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    Path((raw_id, raw_user)): Path<(String, String)>,
+    PathParams((raw_id, raw_user)): PathParams<(String, String)>,
     JsonBody(request): JsonBody<SetRoleRequest>,
 ) -> Result<Json<MemberView>, ApiError> {
     let conversation = parse_conversation_id(raw_id)?;
@@ -665,7 +665,7 @@ pub async fn set_member_role(
 pub async fn remove_member(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    Path((raw_id, raw_user)): Path<(String, String)>,
+    PathParams((raw_id, raw_user)): PathParams<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let conversation = parse_conversation_id(raw_id)?;
     let user = parse_user_id(raw_user)?;

@@ -14,7 +14,7 @@
 //! as if they did not exist.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use chatpipe_cassandra::{HistoryQuery, StoredMessage};
@@ -24,6 +24,7 @@ use chatpipe_core::time::now_unix_ms;
 use crate::auth::Caller;
 use crate::conversations::{parse_conversation_id, require_member};
 use crate::error::ApiError;
+use crate::extract::{PathParams, QueryParams};
 use crate::state::ApiState;
 
 /// The raw query string; every field is checked by hand for useful 400s.
@@ -104,8 +105,8 @@ fn message_json(message: &StoredMessage) -> serde_json::Value {
 pub async fn list_messages(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    Path(raw_id): Path<String>,
-    Query(params): Query<HistoryParams>,
+    PathParams(raw_id): PathParams<String>,
+    QueryParams(params): QueryParams<HistoryParams>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
     let conversation_id = parse_conversation_id(raw_id)?;
     let query = parse_history_query(
@@ -184,6 +185,104 @@ mod tests {
                 ),
                 "{bad:?}"
             );
+        }
+    }
+}
+
+/// Property tests of the history cursors (`before=` / `after=` message ids)
+/// and `limit`: short pass in every `cargo test`, long pass in
+/// `benches/fuzz.sh`.
+#[cfg(test)]
+mod properties {
+    use axum::extract::Query;
+    use axum::http::Uri;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The cursor pattern the OpenAPI document publishes (`MessageId`).
+    fn matches_documented_pattern(text: &str) -> bool {
+        let bytes = text.as_bytes();
+        (1..=19).contains(&bytes.len()) && bytes[0] != b'0' && bytes.iter().all(u8::is_ascii_digit)
+    }
+
+    fn cursor_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (1..=i64::MAX as u64).prop_map(|id| id.to_string()),
+            "[ +-]?0{0,2}[0-9]{0,21} ?",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        /// Any `before`, `after` and `limit`: a query within the documented
+        /// bounds, or a 400 (`Invalid`); never a panic or another error.
+        #[test]
+        fn any_history_query_is_valid_or_a_400(
+            before in prop::option::of(cursor_text()),
+            after in prop::option::of(cursor_text()),
+            limit in prop::option::of(prop_oneof![
+                any::<u64>().prop_map(|limit| limit.to_string()),
+                "[ +-]?[0-9]{0,22}",
+                any::<String>(),
+            ]),
+        ) {
+            let params = HistoryParams { before: before.clone(), after: after.clone(), limit };
+            match parse_history_query(&params, 50, 200) {
+                Ok(query) => {
+                    prop_assert!((1..=200).contains(&query.limit));
+                    for (parsed, raw) in [(query.before, &before), (query.after, &after)] {
+                        let trimmed = raw.as_deref().map(str::trim).filter(|text| !text.is_empty());
+                        prop_assert_eq!(parsed.is_some(), trimmed.is_some());
+                        if let (Some(id), Some(text)) = (parsed, trimmed) {
+                            // The id is the number written, in range.
+                            prop_assert_eq!(text.trim_start_matches('0').parse::<u64>().ok(), Some(id.as_u64()));
+                            prop_assert!(id.as_u64() >= 1 && id.as_u64() <= i64::MAX as u64);
+                            // A parsed cursor re-serializes to itself when it
+                            // was written the documented way.
+                            if matches_documented_pattern(text) {
+                                prop_assert_eq!(id.to_string(), text);
+                            }
+                        }
+                    }
+                    if let (Some(before), Some(after)) = (query.before, query.after) {
+                        prop_assert!(after < before);
+                    }
+                }
+                Err(error) => prop_assert!(matches!(error, ApiError::Invalid(_)), "{:?}", error),
+            }
+        }
+
+        /// Every cursor the API hands out (`next_before`, `next_after`, a
+        /// message's id) is accepted back as the same position, and is
+        /// written as the OpenAPI pattern says.
+        #[test]
+        fn cursors_handed_out_are_accepted_back(
+            raw_id in 1..=i64::MAX as u64,
+            catching_up in any::<bool>(),
+        ) {
+            let id = MessageId::from_u64(raw_id);
+            let page = HistoryResponse {
+                conversation_id: ConversationId::parse("c1").unwrap(),
+                messages: Vec::new(),
+                has_more: true,
+                next_before: (!catching_up).then_some(id),
+                next_after: catching_up.then_some(id),
+            };
+            let json = serde_json::to_value(&page).unwrap();
+            let field = if catching_up { "next_after" } else { "next_before" };
+            let text = json[field].as_str().expect("a cursor is a string").to_owned();
+            prop_assert!(matches_documented_pattern(&text), "{}", text);
+            prop_assert_eq!(serde_json::from_value::<HistoryResponse>(json).unwrap(), page);
+            // Through the query string, as a client sends it back.
+            let uri: Uri = format!("/v1/conversations/c1/messages?{}={text}&limit=7", if catching_up { "after" } else { "before" })
+                .parse()
+                .unwrap();
+            let Query(params) = Query::<HistoryParams>::try_from_uri(&uri).unwrap();
+            let query = parse_history_query(&params, 50, 200).unwrap();
+            let position = if catching_up { query.after } else { query.before };
+            prop_assert_eq!(position, Some(id));
+            prop_assert_eq!(query.limit, 7);
         }
     }
 }

@@ -237,6 +237,97 @@ async fn search<M: MembershipStore>(
     Ok(Json(page))
 }
 
+/// Property tests of the search query string: whatever a client sends,
+/// the answer is a plan or a 400/404, never a 5xx. Short pass in every
+/// `cargo test`, long pass in `benches/fuzz.sh`.
+#[cfg(test)]
+mod properties {
+    use axum::http::Uri;
+    use chatpipe_search::SearchLimits;
+    use chatpipe_search::query::plan_search;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NAMES: [&str; 9] = [
+        "q",
+        "conversation_id",
+        "sender_id",
+        "since",
+        "until",
+        "limit",
+        "sort",
+        "cursor",
+        "other",
+    ];
+
+    fn encode(text: &str) -> String {
+        text.bytes()
+            .map(|byte| {
+                if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                    char::from(byte).to_string()
+                } else {
+                    format!("%{byte:02X}")
+                }
+            })
+            .collect()
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9]{0,21}",
+            "[a-c][0-9]?",
+            prop::sample::select(vec!["relevance", "newest", "oldest", "", "-1", "0"])
+                .prop_map(str::to_owned),
+            "[ -~]{0,30}",
+            any::<String>(),
+        ]
+    }
+
+    fn query_string() -> impl Strategy<Value = String> {
+        prop_oneof![
+            // Well-formed pairs (duplicates included) with hostile values.
+            prop::collection::vec((prop::sample::select(NAMES.to_vec()), value()), 0..8).prop_map(
+                |pairs| {
+                    pairs
+                        .iter()
+                        .map(|(name, value)| format!("{name}={}", encode(value)))
+                        .collect::<Vec<_>>()
+                        .join("&")
+                }
+            ),
+            // Raw text, percent signs and all.
+            "[!-~]{0,80}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_search_query_string_is_planned_or_a_client_error(
+            query in query_string(),
+            mine in prop::collection::vec("[a-c][0-9]?", 0..5),
+        ) {
+            let Ok(uri) = format!("/v1/search?{query}").parse::<Uri>() else {
+                return Ok(());
+            };
+            let mine: Vec<ConversationId> = mine
+                .into_iter()
+                .map(|raw| ConversationId::parse(raw).unwrap())
+                .collect();
+            let outcome = Query::<RawSearchQuery>::try_from_uri(&uri)
+                .map_err(ApiError::from)
+                .and_then(|Query(raw)| raw.into_params())
+                .and_then(|params| {
+                    plan_search(&params, &mine, &SearchLimits::default()).map_err(search_error)
+                });
+            if let Err(error) = outcome {
+                let status = error.code().http_status();
+                prop_assert!(status == 400 || status == 404, "{:?} for {}", error, query);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The route with an in-memory membership store; the engine is the real

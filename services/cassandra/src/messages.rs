@@ -17,8 +17,8 @@ use futures::{StreamExt, TryStreamExt};
 use scylla::statement::batch::{Batch, BatchType};
 use serde::Serialize;
 
-use chatpipe_core::membership::Role;
 use chatpipe_core::ids::{ClientMsgId, ConversationId, MessageId, UserId};
+use chatpipe_core::membership::Role;
 use chatpipe_core::records::{MessageChange, MessageChangeRecord, MessageRecord};
 use chatpipe_core::store::{MessageStore, StoreError, StoredMessageFacts};
 

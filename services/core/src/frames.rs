@@ -252,6 +252,12 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
             reference: None,
         });
     }
+    // serde's derived struct decoding also takes a JSON array of the
+    // fields in declaration order (`["ping",null,null,null,null,null,null]`
+    // was a ping); a frame is an object, as the schema says.
+    if !text.trim_start().starts_with('{') {
+        return Err(FrameError::invalid("a frame must be a JSON object", None));
+    }
     let raw: RawClientFrame = serde_json::from_str(text)
         .map_err(|error| FrameError::invalid(format!("malformed JSON frame: {error}"), None))?;
     let reference = match (&raw.client_msg_id, &raw.message_id, raw.op.as_deref()) {
@@ -759,11 +765,31 @@ impl SequencedFrame {
     }
 }
 
-/// Whether `text` is a serialized JSON object (cheap shape check used on
-/// fields that arrive over gRPC before splicing them).
+/// Whether `text` (trimmed) is one serialized JSON object: the check on
+/// fields that arrive over gRPC before they are spliced into the frame every
+/// recipient reads. A full parse (without building anything), because a
+/// shape check on the first and last character let `{x}` or `{}}` through
+/// and the edge then sent broken JSON to every recipient (found by the
+/// property tests in `tests/fuzz_frames.rs`).
 pub fn is_json_object(text: &str) -> bool {
     let trimmed = text.trim();
-    trimmed.len() >= 2 && trimmed.starts_with('{') && trimmed.ends_with('}')
+    trimmed.starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_ok()
+}
+
+/// Whether `text` can be the fields of a per-session frame: one JSON object
+/// (see [`is_json_object`]) without `op` or `seq` at its top level, which
+/// would repeat the keys the frame puts first and leave each reader to pick
+/// one of two `seq`s (found by the property tests in `tests/fuzz_frames.rs`).
+pub fn is_frame_fields(text: &str) -> bool {
+    let trimmed = text.trim();
+    if !trimmed.starts_with('{') {
+        return false;
+    }
+    match serde_json::from_str::<std::collections::HashMap<String, serde::de::IgnoredAny>>(trimmed)
+    {
+        Ok(fields) => !fields.contains_key("op") && !fields.contains_key("seq"),
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]

@@ -177,7 +177,13 @@ impl MessageId {
         (self.0 >> (Self::WORKER_BITS + Self::SEQUENCE_BITS)) + Self::EPOCH_UNIX_MS
     }
 
+    /// Reads a decimal id. Only digits: `u64::from_str` alone would also
+    /// take a leading `+`, which the published schemas refuse (leading
+    /// zeros stay tolerated, as `schemas/ws/v1/client-frame.json` says).
     pub fn parse(raw: &str) -> Result<Self, IdError> {
+        if !raw.bytes().all(|byte| byte.is_ascii_digit()) {
+            return Err(IdError::BadMessageId);
+        }
         match raw.parse::<u64>() {
             Ok(value) if value > 0 && value <= i64::MAX as u64 => Ok(Self(value)),
             _ => Err(IdError::BadMessageId),
@@ -332,6 +338,9 @@ mod tests {
         );
         assert!(serde_json::from_str::<MessageId>("\"-1\"").is_err());
         assert!(serde_json::from_str::<MessageId>("\"0\"").is_err());
+        // Found by fuzzing: `u64::from_str` takes a sign.
+        assert_eq!(MessageId::parse("+5"), Err(IdError::BadMessageId));
+        assert_eq!(MessageId::parse("0042"), Ok(MessageId::from_u64(42)));
     }
 
     #[test]

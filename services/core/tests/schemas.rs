@@ -1392,6 +1392,10 @@ fn known_divergences_between_client_schema_and_decoder() {
             r#"{"op":"read","conversation_id":"c1","message_id":"0042"}"#,
             "leading zeros in a message id",
         ),
+        (
+            r#"{"op":"send","conversation_id":"c1","client_msg_id":"m1","body":"x","resend":null}"#,
+            "resend: null read as absent",
+        ),
     ];
     for (text, why) in tolerated_by_the_edge {
         assert!(

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use chatpipe_core::MessageId;
 use chatpipe_core::auth::PushKey;
 use chatpipe_core::dedup::send_key_digest;
-use chatpipe_core::frames::{DeliverableOp, SequencedFrame, is_json_object};
+use chatpipe_core::frames::{DeliverableOp, SequencedFrame, is_frame_fields};
 use chatpipe_proto::auth::presented_bearer;
 use chatpipe_proto::push::edge_push_server::EdgePush;
 use chatpipe_proto::push::{MemberSetRef, PushBatch, PushReply};
@@ -174,9 +174,9 @@ impl PushService {
                     item.op
                 )));
             }
-            if !is_json_object(&item.fields_json) {
+            if !is_frame_fields(&item.fields_json) {
                 return Err(Status::invalid_argument(
-                    "fields_json must be a JSON object",
+                    "fields_json must be a JSON object without `op` or `seq`",
                 ));
             }
             if item.member_set == 0 {

@@ -994,3 +994,150 @@ mod tests {
         }
     }
 }
+
+/// Property tests of the resume parameters (`?resume=<session_id>&last_seq=N`):
+/// the query string as axum extracts it, then [`parse_resume`], then the
+/// session stream's replay. Short pass in every `cargo test`; long pass in
+/// `benches/fuzz.sh`.
+#[cfg(test)]
+mod properties {
+    use std::sync::Arc;
+
+    use axum::http::Uri;
+    use chatpipe_core::frames::SequencedFrame;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::stream::{OutboundStream, Replay};
+
+    /// Percent-encodes every byte that is not unreserved, as a client's URL
+    /// library would.
+    fn encode(text: &str) -> String {
+        text.bytes()
+            .map(|byte| {
+                if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                    char::from(byte).to_string()
+                } else {
+                    format!("%{byte:02X}")
+                }
+            })
+            .collect()
+    }
+
+    fn connect_params(query: &str) -> Option<ConnectParams> {
+        let uri: Uri = format!("/ws?{query}").parse().ok()?;
+        Query::<ConnectParams>::try_from_uri(&uri)
+            .ok()
+            .map(|Query(params)| params)
+    }
+
+    fn session_id() -> impl Strategy<Value = SessionId> {
+        prop_oneof!["[0-9a-f]{32}", "[A-Za-z0-9_.:@-]{1,64}",]
+            .prop_map(|raw| SessionId::parse(raw).expect("a valid session id"))
+    }
+
+    fn param_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[+-]?0{0,2}[0-9]{0,21}",
+            "[A-Za-z0-9_.:@ %&=+/-]{0,70}",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        /// Any query string: extracted or refused by axum (a 400 before the
+        /// upgrade), then resumed or treated as a new session; never a panic.
+        #[test]
+        fn any_query_string_is_a_resume_a_new_session_or_a_400(
+            raw_query in "[ -~]{0,120}",
+        ) {
+            if let Some(params) = connect_params(&raw_query) {
+                let resume = parse_resume(&params);
+                if let Some((session, last_seq)) = resume {
+                    prop_assert_eq!(Some(session.as_str()), params.resume.as_deref());
+                    prop_assert_eq!(
+                        last_seq,
+                        params.last_seq.as_deref().map_or(Ok(0), str::parse::<u64>).unwrap()
+                    );
+                }
+            }
+        }
+
+        /// Resume values as a client encodes them: a valid session id and
+        /// `last_seq` come back exactly; anything else means no resume.
+        #[test]
+        fn resume_values_round_trip_through_the_query_string(
+            resume in prop::option::of(prop_oneof![
+                session_id().prop_map(SessionId::into_string),
+                param_value(),
+            ]),
+            last_seq in prop::option::of(prop_oneof![
+                any::<u64>().prop_map(|seq| seq.to_string()),
+                param_value(),
+            ]),
+            token in prop::option::of("[A-Za-z0-9._-]{0,40}"),
+            reverse in any::<bool>(),
+        ) {
+            let mut pairs = Vec::new();
+            for (name, value) in [("token", &token), ("resume", &resume), ("last_seq", &last_seq)] {
+                if let Some(value) = value {
+                    pairs.push(format!("{name}={}", encode(value)));
+                }
+            }
+            if reverse {
+                pairs.reverse();
+            }
+            let params = connect_params(&pairs.join("&")).expect("an encoded query extracts");
+            prop_assert_eq!(&params.resume, &resume);
+            prop_assert_eq!(&params.last_seq, &last_seq);
+            prop_assert_eq!(&params.token, &token);
+            let expected = resume.as_deref().and_then(|raw| SessionId::parse(raw).ok()).and_then(|session| {
+                let seq = match last_seq.as_deref() {
+                    None => 0,
+                    Some(text) => text.parse::<u64>().ok()?,
+                };
+                Some((session, seq))
+            });
+            prop_assert_eq!(parse_resume(&params), expected);
+        }
+
+        /// Whatever `last_seq` a client claims, the replay is exactly the
+        /// frames after it (or after what it acknowledged), or a refusal
+        /// when they are gone or were never sent.
+        #[test]
+        fn a_resume_replays_exactly_what_came_after_last_seq_or_refuses(
+            capacity in 1usize..16,
+            pushes in 0u64..40,
+            acked in prop::option::of(0u64..48),
+            last_seq in prop_oneof![0u64..48, any::<u64>()],
+            lost in prop::bool::weighted(0.1),
+        ) {
+            let body = Arc::new(SequencedFrame::new("presence", r#"{"user_id":"u","status":"online"}"#));
+            let mut stream = OutboundStream::new(capacity);
+            for _ in 0..pushes {
+                stream.push(&body);
+            }
+            stream.take_unwritten();
+            if let Some(acked) = acked {
+                stream.ack(acked);
+            }
+            if lost {
+                stream.mark_lost();
+            }
+            let evicted_upto = pushes.saturating_sub(capacity as u64);
+            let replay = stream.resume_after(last_seq);
+            match replay {
+                Replay::Frames(frames) => {
+                    prop_assert!(!lost && last_seq <= pushes && last_seq >= evicted_upto);
+                    let from = last_seq.max(acked.unwrap_or(0)).min(pushes);
+                    let seqs: Vec<u64> = frames.iter().map(|frame| frame.seq).collect();
+                    prop_assert_eq!(seqs, ((from + 1)..=pushes).collect::<Vec<u64>>());
+                    prop_assert_eq!(stream.unwritten(), 0);
+                }
+                Replay::Gap => {
+                    prop_assert!(lost || last_seq > pushes || last_seq < evicted_upto);
+                }
+            }
+        }
+    }
+}

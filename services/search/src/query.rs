@@ -175,8 +175,12 @@ const CURSOR_VERSION: u32 = 1;
 
 impl Cursor {
     pub fn encode(&self) -> String {
+        // The score as text (shortest round-trip form): serde_json's default
+        // float parsing may land one ULP off (found by the property tests),
+        // and a cursor one ULP off skips or repeats hits around it. Rust's
+        // `str::parse::<f64>` reads it back exactly.
         let values = match self.score {
-            Some(score) => vec![json!(score), json!(self.message_id)],
+            Some(score) => vec![json!(format!("{score:e}")), json!(self.message_id)],
             None => vec![json!(self.message_id)],
         };
         let wire = CursorWire {
@@ -215,10 +219,15 @@ impl Cursor {
         };
         match (sort, wire.a.as_slice()) {
             (SearchSort::Relevance, [score, id]) => {
-                let score = score
-                    .as_f64()
-                    .filter(|score| score.is_finite())
-                    .ok_or_else(invalid)?;
+                // Text since scores are written exactly; a number from a
+                // cursor that an older replica wrote.
+                let score = match score {
+                    Value::String(text) if text.len() <= 32 => text.parse::<f64>().ok(),
+                    Value::Number(number) => number.as_f64(),
+                    _ => None,
+                }
+                .filter(|score| score.is_finite())
+                .ok_or_else(invalid)?;
                 Ok(Cursor {
                     sort,
                     score: Some(score),
@@ -966,6 +975,39 @@ mod tests {
         );
     }
 
+    #[test]
+    fn cursor_scores_round_trip_exactly() {
+        // Found by the property tests: as a JSON number this score came
+        // back as 2.0368568537889783e30.
+        let cursor = Cursor {
+            sort: SearchSort::Relevance,
+            score: Some(2.0368568537889785e30),
+            message_id: 1,
+        };
+        assert_eq!(
+            Cursor::decode(&cursor.encode(), SearchSort::Relevance, 512),
+            Ok(cursor)
+        );
+        // Cursors written with the score as a number are still read.
+        let older = URL_SAFE_NO_PAD.encode(r#"{"v":1,"s":"relevance","a":[1.5,7]}"#);
+        assert_eq!(
+            Cursor::decode(&older, SearchSort::Relevance, 512).map(|cursor| cursor.score),
+            Ok(Some(1.5))
+        );
+        for garbage in [
+            r#"["inf",7]"#,
+            r#"["NaN",7]"#,
+            r#"["1e400",7]"#,
+            r#"["",7]"#,
+        ] {
+            let raw = URL_SAFE_NO_PAD.encode(format!(r#"{{"v":1,"s":"relevance","a":{garbage}}}"#));
+            assert!(
+                Cursor::decode(&raw, SearchSort::Relevance, 512).is_err(),
+                "{garbage}"
+            );
+        }
+    }
+
     fn answer_hit(id: u64, score: f64, sort: Value) -> Value {
         json!({
             "_id": id.to_string(),
@@ -1017,5 +1059,187 @@ mod tests {
         let hits = parse_hits(&answer, SearchSort::Newest).unwrap();
         assert_eq!(hits.len(), 1);
         assert!(parse_hits(&json!({"error": "x"}), SearchSort::Newest).is_err());
+    }
+}
+
+/// Property tests of the query builder and the cursor codec: short pass in
+/// every `cargo test`, long pass in `benches/fuzz.sh`.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn sort() -> impl Strategy<Value = SearchSort> {
+        prop::sample::select(vec![
+            SearchSort::Relevance,
+            SearchSort::Newest,
+            SearchSort::Oldest,
+        ])
+    }
+
+    fn cursor() -> impl Strategy<Value = Cursor> {
+        (
+            sort(),
+            prop_oneof![
+                any::<f64>(),
+                // Scores as the engine writes them: f32 values.
+                any::<f32>().prop_map(f64::from),
+                (0u32..100_000).prop_map(|score| f64::from(score) / 1000.0),
+            ],
+            1..=i64::MAX as u64,
+        )
+            .prop_map(|(sort, score, message_id)| Cursor {
+                sort,
+                score: (sort == SearchSort::Relevance).then_some(if score.is_finite() {
+                    score
+                } else {
+                    1.0
+                }),
+                message_id,
+            })
+    }
+
+    fn conversation_ids() -> impl Strategy<Value = Vec<ConversationId>> {
+        prop::collection::vec(
+            "[a-c][0-9]{0,2}".prop_map(|raw| ConversationId::parse(raw).unwrap()),
+            0..12,
+        )
+    }
+
+    /// Raw cursors: valid ones, base64 of arbitrary JSON, arbitrary text.
+    fn raw_cursor() -> impl Strategy<Value = String> {
+        prop_oneof![
+            cursor().prop_map(|cursor| cursor.encode()),
+            (
+                0u32..3,
+                prop::collection::vec(
+                    prop_oneof![
+                        any::<i64>().prop_map(|number| json!(number)),
+                        any::<f64>().prop_map(|number| json!(number)),
+                        "[0-9a-z]{0,4}".prop_map(|text| json!(text)),
+                    ],
+                    0..4
+                ),
+                prop::sample::select(vec!["relevance", "newest", "oldest", "x"])
+            )
+                .prop_map(|(version, values, sort)| {
+                    URL_SAFE_NO_PAD
+                        .encode(json!({"v": version, "s": sort, "a": values}).to_string())
+                }),
+            "[A-Za-z0-9_=-]{0,80}",
+            any::<String>(),
+        ]
+    }
+
+    fn params() -> impl Strategy<Value = SearchParams> {
+        (
+            prop_oneof![any::<String>(), "[ a-z\"()|+\\\\*~-]{0,40}", "\\PC{0,600}"],
+            prop::option::of("[a-c][0-9]{0,2}".prop_map(|raw| ConversationId::parse(raw).unwrap())),
+            prop::option::of("[a-z]{1,8}".prop_map(|raw| UserId::parse(raw).unwrap())),
+            prop::option::of(any::<u64>()),
+            prop::option::of(any::<u64>()),
+            prop::option::of(prop_oneof![0usize..300, any::<usize>()]),
+            sort(),
+            prop::option::of(raw_cursor()),
+        )
+            .prop_map(
+                |(q, conversation_id, sender_id, since, until, limit, sort, cursor)| SearchParams {
+                    q,
+                    conversation_id,
+                    sender_id,
+                    since_unix_ms: since,
+                    until_unix_ms: until,
+                    limit,
+                    sort,
+                    cursor,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn cursors_round_trip(cursor in cursor()) {
+            let encoded = cursor.encode();
+            prop_assert!(encoded.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'));
+            let decoded = Cursor::decode(&encoded, cursor.sort, 512);
+            prop_assert_eq!(&decoded, &Ok(cursor));
+            // A parsed cursor re-serializes to itself.
+            prop_assert_eq!(decoded.unwrap().encode(), encoded);
+        }
+
+        /// Any text as a cursor: a 400, or a position that re-encodes to a
+        /// cursor of the same position.
+        #[test]
+        fn any_cursor_text_is_a_position_or_invalid(raw in raw_cursor(), sort in sort()) {
+            match Cursor::decode(&raw, sort, 512) {
+                Ok(cursor) => {
+                    prop_assert_eq!(cursor.sort, sort);
+                    prop_assert!(cursor.message_id >= 1 && cursor.message_id <= i64::MAX as u64);
+                    prop_assert_eq!(cursor.score.is_some(), sort == SearchSort::Relevance);
+                    prop_assert!(cursor.score.is_none_or(f64::is_finite));
+                    prop_assert_eq!(Cursor::decode(&cursor.encode(), sort, 512), Ok(cursor));
+                }
+                Err(error) => prop_assert!(matches!(error, SearchError::Invalid(_))),
+            }
+        }
+
+        /// Any search: refused as invalid (400) or forbidden (404), or a
+        /// plan whose every request keeps the user's text a JSON string
+        /// value, is limited to the caller's conversations, and asks for
+        /// one more hit than the page size.
+        #[test]
+        fn any_search_is_planned_within_its_bounds_or_refused(
+            params in params(),
+            mine in conversation_ids(),
+        ) {
+            let limits = SearchLimits {
+                max_terms_per_query: 4,
+                max_split_queries: 2,
+                ..SearchLimits::default()
+            };
+            match plan_search(&params, &mine, &limits) {
+                Ok(plan) => {
+                    prop_assert!((1..=limits.max_limit).contains(&plan.limit));
+                    prop_assert!(params.q.len() <= limits.max_query_bytes && !params.q.trim().is_empty());
+                    if let Some(asked) = &params.conversation_id {
+                        prop_assert!(mine.contains(asked));
+                        prop_assert_eq!(plan.requests.len(), 1);
+                    } else {
+                        let distinct: HashSet<&ConversationId> = mine.iter().collect();
+                        prop_assert_eq!(plan.requests.len(), distinct.len().div_ceil(4));
+                    }
+                    let mut covered = HashSet::new();
+                    for request in &plan.requests {
+                        let body = &request.body;
+                        prop_assert_eq!(&body["size"], &json!(plan.limit + 1));
+                        let text = &body["query"]["bool"]["must"][0]["simple_query_string"];
+                        prop_assert_eq!(&text["query"], &json!(params.q.trim()));
+                        prop_assert_eq!(&text["flags"], &json!(QUERY_FLAGS));
+                        let scope = &body["query"]["bool"]["filter"][0];
+                        let scoped: Vec<&str> = match (&scope["terms"]["conversation_id"], &scope["term"]["conversation_id"]) {
+                            (Value::Array(ids), _) => ids.iter().filter_map(Value::as_str).collect(),
+                            (_, Value::String(id)) => vec![id.as_str()],
+                            _ => Vec::new(),
+                        };
+                        prop_assert!(!scoped.is_empty());
+                        for id in scoped {
+                            prop_assert!(mine.iter().any(|own| own.as_str() == id), "{} is not the caller's", id);
+                            covered.insert(id.to_owned());
+                        }
+                        prop_assert_eq!(body.get("search_after").is_some(), params.cursor.is_some());
+                    }
+                    if params.conversation_id.is_none() {
+                        prop_assert_eq!(covered.len(), mine.iter().collect::<HashSet<_>>().len());
+                    }
+                }
+                Err(SearchError::Invalid(message)) => prop_assert!(!message.is_empty()),
+                Err(SearchError::Forbidden(conversation)) => {
+                    prop_assert_eq!(Some(&conversation), params.conversation_id.as_ref());
+                    prop_assert!(!mine.contains(&conversation));
+                }
+                Err(other) => prop_assert!(false, "user input gave {:?}", other),
+            }
+        }
     }
 }
