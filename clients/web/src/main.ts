@@ -278,7 +278,8 @@ function messageItem(message: Message, readers: string[] | undefined): HTMLLIEle
   const body = document.createElement('span');
   body.className = 'body';
   // Message bodies are text: never HTML.
-  body.textContent = message.body;
+  // A deleted message keeps its place without its body.
+  body.textContent = message.deleted ? '(deleted)' : (message.body ?? '');
   item.append(sender, body);
   if (readers && readers.length > 0) {
     const marker = document.createElement('span');
@@ -335,7 +336,7 @@ async function search(query: string): Promise<void> {
       text.className = 'highlight';
       // Only <em> survives as markup; everything else is escaped.
       if (hit.highlights.length > 0) text.innerHTML = hit.highlights.map(highlightToHtml).join(' … ');
-      else text.textContent = hit.message.body;
+      else text.textContent = hit.message.body ?? '';
       item.append(where, text);
       item.addEventListener('click', () => void open(hit.message.conversation_id));
       results.append(item);

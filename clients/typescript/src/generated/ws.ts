@@ -51,11 +51,11 @@ export interface ClientSend {
    */
   client_msg_id: string;
   /**
-   * The message text: not blank, and at most the edge's `max_body_bytes` bytes of UTF-8 (4096 by default; `too_large` beyond). JSON Schema's `maxLength` counts characters, not bytes, so non-ASCII text reaches the limit before `maxLength` says so.
+   * The message text: not blank (it holds a character other than Unicode White_Space, the characters the pattern lists; `\S` is not used because regular-expression engines disagree on it, e.g. on U+2028 and U+FEFF), and at most the edge's `max_body_bytes` bytes of UTF-8 (4096 by default; `too_large` beyond). JSON Schema's `maxLength` counts characters, not bytes, so non-ASCII text reaches the limit before `maxLength` says so.
    */
   body: string;
   /**
-   * Optional, false when absent. Set it whenever this `client_msg_id` was sent before (a retry). Unmarked sends cost one Kafka round trip and are still de-duplicated, but only a marked retry that reaches another edge (or the same edge after it forgot the send) is acked with the original `message_id`; it may wait for the partition's verdict, and answers `unavailable` (retry, still marked) if the verdict does not come within the send deadline.
+   * Optional, false when absent (the edge also reads `null` as absent, though this schema does not allow it). Set it whenever this `client_msg_id` was sent before (a retry). Unmarked sends cost one Kafka round trip and are still de-duplicated, but only a marked retry that reaches another edge (or the same edge after it forgot the send) is acked with the original `message_id`; it may wait for the partition's verdict, and answers `unavailable` (retry, still marked) if the verdict does not come within the send deadline.
    */
   resend?: boolean;
   /**
