@@ -141,15 +141,7 @@ async fn a_client_that_cannot_resume_catches_up_from_history_without_gap_or_dupl
 
     // History holds every message exactly once, newest first.
     let history = eventually("history complete", WAIT, || async {
-        let (status, page) = full
-            .get(
-                &bob_token,
-                &format!("/v1/conversations/{conversation}/messages?limit=200"),
-            )
-            .await;
-        assert_eq!(status, 200);
-        let mut history = message_ids(page["messages"].as_array().unwrap());
-        history.reverse();
+        let history = message_ids(&full.latest_history(&bob_token, &conversation).await);
         (history.len() >= sent.len()).then_some(history)
     })
     .await;
@@ -369,15 +361,9 @@ async fn concurrent_senders_on_one_edge_get_ids_in_partition_order() {
 
     let reader_token = stack.token(&reader);
     let history = eventually("history holds every message", WAIT, || async {
-        let (status, page) = full
-            .get(
-                &reader_token,
-                &format!("/v1/conversations/{conversation}/messages?limit=200"),
-            )
+        let messages = full
+            .latest_history(&reader_token, conversation.as_str())
             .await;
-        assert_eq!(status, 200, "{page}");
-        let mut messages = page["messages"].as_array().cloned().unwrap_or_default();
-        messages.reverse(); // newest first
         (messages.len() == SENDERS * EACH).then_some(message_ids(&messages))
     })
     .await;

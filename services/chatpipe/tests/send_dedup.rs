@@ -105,15 +105,7 @@ async fn history_until(
     sentinel_id: &str,
 ) -> Vec<Value> {
     eventually("sentinel in history", WAIT, || async {
-        let (status, page) = full
-            .get(
-                token,
-                &format!("/v1/conversations/{conversation}/messages?limit=200"),
-            )
-            .await;
-        assert_eq!(status, 200, "{page}");
-        let mut rows = page["messages"].as_array().cloned().unwrap_or_default();
-        rows.reverse();
+        let rows = full.latest_history(token, conversation).await;
         rows.iter()
             .any(|row| row["message_id"] == sentinel_id)
             .then_some(rows)

@@ -323,6 +323,22 @@ impl FullStack {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The newest 200 messages of `conversation` as `token` reads them,
+    /// oldest first (pages come newest first); panics unless the read is a
+    /// 200.
+    pub async fn latest_history(&self, token: &str, conversation: &str) -> Vec<Value> {
+        let (status, page) = self
+            .get(
+                token,
+                &format!("/v1/conversations/{conversation}/messages?limit=200"),
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let mut messages = page["messages"].as_array().cloned().unwrap_or_default();
+        messages.reverse();
+        messages
+    }
+
     pub async fn delete(&self, token: &str, path: &str) -> u16 {
         let response = self
             .http

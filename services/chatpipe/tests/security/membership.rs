@@ -88,6 +88,11 @@ impl<'a> Api<'a> {
         self.call(user, Method::PATCH, path, Some(body)).await
     }
 
+    /// `PATCH {member_path}` with `{"role": role}` as `user`.
+    async fn set_role(&self, user: &str, member_path: &str, role: &str) -> (u16, Value) {
+        self.patch(user, member_path, json!({ "role": role })).await
+    }
+
     async fn delete(&self, user: &str, path: &str) -> (u16, Value) {
         self.call(user, Method::DELETE, path, None).await
     }
@@ -181,11 +186,7 @@ async fn only_owners_and_admins_add_and_admins_remove_only_plain_members() {
     assert_refused(status, &body, 403, "forbidden");
     assert!(!stack.store.is_member(&id, &user(&dave)).await.unwrap());
     let (status, body) = api
-        .patch(
-            &bob,
-            &format!("{members}/{carol}"),
-            json!({"role": "admin"}),
-        )
+        .set_role(&bob, &format!("{members}/{carol}"), "admin")
         .await;
     assert_refused(status, &body, 403, "forbidden");
     let (status, body) = api
@@ -199,11 +200,7 @@ async fn only_owners_and_admins_add_and_admins_remove_only_plain_members() {
 
     // The owner makes bob an admin; an admin adds, but promotes nobody.
     let (status, body) = api
-        .patch(
-            &alice,
-            &format!("{members}/{bob}"),
-            json!({"role": "admin"}),
-        )
+        .set_role(&alice, &format!("{members}/{bob}"), "admin")
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["role"], "admin");
@@ -211,7 +208,7 @@ async fn only_owners_and_admins_add_and_admins_remove_only_plain_members() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["role"], "member");
     let (status, body) = api
-        .patch(&bob, &format!("{members}/{dave}"), json!({"role": "admin"}))
+        .set_role(&bob, &format!("{members}/{dave}"), "admin")
         .await;
     assert_refused(status, &body, 403, "forbidden");
     assert_eq!(
@@ -243,11 +240,7 @@ async fn only_owners_and_admins_add_and_admins_remove_only_plain_members() {
     );
     // A user who is not a member has no role to change.
     let (status, body) = api
-        .patch(
-            &alice,
-            &format!("{members}/{erin}"),
-            json!({"role": "admin"}),
-        )
+        .set_role(&alice, &format!("{members}/{erin}"), "admin")
         .await;
     assert_refused(status, &body, 404, "not_found");
 
@@ -258,10 +251,10 @@ async fn only_owners_and_admins_add_and_admins_remove_only_plain_members() {
     assert_eq!(status, 201, "{created}");
     let direct = created["conversation_id"].as_str().unwrap();
     let (status, body) = api
-        .patch(
+        .set_role(
             &alice,
             &format!("/v1/conversations/{direct}/members/{erin}"),
-            json!({"role": "admin"}),
+            "admin",
         )
         .await;
     assert_refused(status, &body, 403, "forbidden");
@@ -284,21 +277,13 @@ async fn the_last_owner_hands_over_before_leaving() {
         "{body}"
     );
     let (status, body) = api
-        .patch(
-            &alice,
-            &format!("{members}/{alice}"),
-            json!({"role": "member"}),
-        )
+        .set_role(&alice, &format!("{members}/{alice}"), "member")
         .await;
     assert_refused(status, &body, 409, "conflict");
 
     // Handing over: bob becomes an owner; then alice may leave.
     let (status, body) = api
-        .patch(
-            &alice,
-            &format!("{members}/{bob}"),
-            json!({"role": "owner"}),
-        )
+        .set_role(&alice, &format!("{members}/{bob}"), "owner")
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -621,13 +606,9 @@ async fn the_creator_of_a_conversation_made_before_roles_is_its_owner() {
     let (status, body) = api.delete(&alice, &format!("{members}/{alice}")).await;
     assert_refused(status, &body, 409, "conflict");
     assert_eq!(
-        api.patch(
-            &alice,
-            &format!("{members}/{bob}"),
-            json!({"role": "owner"})
-        )
-        .await
-        .0,
+        api.set_role(&alice, &format!("{members}/{bob}"), "owner")
+            .await
+            .0,
         200
     );
     assert_eq!(
