@@ -44,6 +44,14 @@
 #   CHATPIPE_BENCH_MODE           roles (default: one process per role) | all
 #   CHATPIPE_BENCH_IDLE_S         length of each idle CPU window (default 30; QUICK 5)
 #   CHATPIPE_BENCH_LOADGEN_ARGS   extra chatpipe-loadgen arguments for every scenario
+#   CHATPIPE_BENCH_FAULTS         a fault schedule applied during every scenario
+#                                 (roles mode): `kill9:ROLE@SECONDS` items, e.g.
+#                                 "kill9:fanout@30 kill9:persist@50"; the role is
+#                                 killed with SIGKILL that long after the load
+#                                 generator starts, checked dead, and restarted
+#                                 with the same arguments 2 s later; what was
+#                                 applied goes to $RESULTS/faults-<scenario>.json
+#                                 (benches/faults.sh runs the whole schedule)
 #
 # Exit status: non-zero when a scenario's verification found a lost message
 # (or a step failed). Every process started here is stopped on exit.
@@ -68,7 +76,10 @@ else
   MODE_NAME=full
   PROFILE="${CHATPIPE_BENCH_PROFILE:-release}"
   RESULTS="${CHATPIPE_BENCH_RESULTS:-benches/results}"
+  # A run into another results directory (a profile, a fault run) reports
+  # there and leaves the published report alone.
   REPORT=benches/RESULTS.md
+  if [[ -n ${CHATPIPE_BENCH_RESULTS:-} ]]; then REPORT="$RESULTS/RESULTS.md"; fi
   SCENARIOS="${SCENARIOS:-idle broadcast chat storm}"
   SKIP="${SKIP:-}"
   IDLE_S="${CHATPIPE_BENCH_IDLE_S:-30}"
@@ -164,6 +175,10 @@ stack_names=()
 
 stop_chatpipe() {
   local pid
+  if [[ -f $RESTARTED_PIDS ]]; then
+    while read -r _ pid; do stack_pids+=("$pid"); done <"$RESTARTED_PIDS"
+    rm -f "$RESTARTED_PIDS"
+  fi
   for pid in "${stack_pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for pid in "${stack_pids[@]}"; do
     for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
@@ -176,11 +191,66 @@ stop_chatpipe() {
 }
 trap 'stop_chatpipe; write_timings' EXIT
 
+declare -A role_args=() role_ops=()
 start_role() { # name log-name args...
   local name=$1 log_name=$2; shift 2
   "$BIN/chatpipe" "$@" >"$RESULTS/logs/$log_name.log" 2>&1 &
   stack_pids+=($!)
   stack_names+=("$name")
+  role_args[$name]="$log_name $(printf '%q ' "$@")"
+}
+
+# Restarted roles (started by the fault schedule, in a background job) are
+# not in stack_pids: their pids go to this file, which stop_chatpipe reads.
+RESTARTED_PIDS="$RESULTS/restarted.pids"
+
+# Applies CHATPIPE_BENCH_FAULTS to the running deployment of scenario $1;
+# writes one JSON object per fault to $RESULTS/faults-$1.json.
+apply_faults() { # scenario
+  local out="$RESULTS/faults-$1.json" started=$SECONDS item kind role at pid i rows=()
+  for item in $CHATPIPE_BENCH_FAULTS; do
+    kind=${item%%:*} role=${item#*:} at=${role#*@} role=${role%@*}
+    [[ $kind == kill9 ]] || { echo "run.sh: unknown fault $item" >&2; continue; }
+    while ((SECONDS - started < at)); do sleep 0.2; done
+    # The role's latest process: a restarted one, else the one started first.
+    pid=""
+    [[ -f $RESTARTED_PIDS ]] && pid=$(awk -v r="$role" '$1 == r { p = $2 } END { print p }' "$RESTARTED_PIDS")
+    if [[ -z $pid ]]; then
+      for i in "${!stack_names[@]}"; do [[ ${stack_names[$i]} == "$role" ]] && pid=${stack_pids[$i]}; done
+    fi
+    [[ -n $pid ]] || { echo "run.sh: no running $role to fault" >&2; continue; }
+    local killed_at=$((SECONDS - started)) died=false restarted="" ready_s=-1
+    kill -KILL "$pid" 2>/dev/null
+    # Dead means gone from the process table (or a zombie of this shell).
+    for _ in $(seq 1 50); do
+      if ! kill -0 "$pid" 2>/dev/null || [[ $(ps -o stat= -p "$pid" 2>/dev/null) == Z* ]]; then died=true; break; fi
+      sleep 0.1
+    done
+    echo "[faults] $(date +%T) kill -9 $role (pid $pid) at ${killed_at}s: died=$died" >&2
+    sleep 2
+    local args; read -r -a args <<<"${role_args[$role]}"
+    local log_name=${args[0]}; args=("${args[@]:1}")
+    # `exec`: the background job is the role itself, so $! is its pid.
+    eval "exec \"\$BIN/chatpipe\" ${args[*]}" >>"$RESULTS/logs/$log_name.log" 2>&1 &
+    restarted=$!
+    echo "$role $restarted" >>"$RESTARTED_PIDS"
+    local restart_ms ops=${role_ops[$role]:-}
+    restart_ms=$(date +%s%3N)
+    if [[ -n $ops ]]; then
+      for _ in $(seq 1 600); do
+        # Ready, and from the restarted process (not a leftover).
+        if kill -0 "$restarted" 2>/dev/null && curl -fsS -o /dev/null "$ops/readyz" 2>/dev/null; then
+          ready_s=$(awk -v a="$restart_ms" -v b="$(date +%s%3N)" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
+          break
+        fi
+        sleep 0.1
+      done
+    fi
+    echo "[faults] $(date +%T) $role restarted (pid $restarted), ready after ${ready_s}s" >&2
+    rows+=("{\"fault\":\"$item\",\"role\":\"$role\",\"at_s\":$killed_at,\"pid\":$pid,\"died\":$died,\"restarted_pid\":$restarted,\"ready_after_s\":$ready_s}")
+  done
+  local IFS=,
+  printf '[%s]\n' "${rows[*]}" >"$out"
 }
 
 # `--process NAME=PID` for every running chatpipe process (its CPU is read).
@@ -206,6 +276,7 @@ start_chatpipe() { # tag
   start_role persist "persist-$1" persist --ops-listen "$PERSIST_OPS_LISTEN" --group "$tag-persist"
   start_role index "index-$1" index --ops-listen "$INDEX_OPS_LISTEN" --group "$tag-index"
   start_role api "api-$1" api --api-listen "$API_LISTEN" --api-ops-listen "$API_OPS_LISTEN"
+  role_ops=([edge]=$EDGE_OPS [fanout]=$FANOUT_OPS [persist]=$PERSIST_OPS [index]=$INDEX_OPS [api]=$API_OPS)
   wait_http "$EDGE_OPS/readyz" 180 && wait_http "$API_OPS/healthz" 60 \
     && wait_http "$FANOUT_OPS/readyz" 120 && wait_http "$PERSIST_OPS/readyz" 120 \
     && wait_http "$INDEX_OPS/readyz" 120
@@ -245,10 +316,18 @@ idle_cpu() {
 scenario() { # name
   start_chatpipe "$1" || { stop_chatpipe; return 1; }
   local processes; mapfile -t processes < <(process_args)
+  local faults_job=""
+  if [[ -n ${CHATPIPE_BENCH_FAULTS:-} && $MODE == roles ]]; then
+    rm -f "$RESTARTED_PIDS"
+    apply_faults "$1" &
+    faults_job=$!
+  fi
   "$BIN/chatpipe-loadgen" --scenario "benches/scenarios/$1.toml" --edge-pid "$chatpipe_pid" \
     --out-dir "$RESULTS" "${processes[@]}" "${centrifugo_flag[@]}" "${QUICK_LOADGEN[@]}" "${EXTRA_LOADGEN[@]}" \
     2>&1 | tee "$RESULTS/logs/$1.log"
   local rc=${PIPESTATUS[0]}
+  # The schedule's times lie inside the run; its record is complete here.
+  if [[ -n $faults_job ]]; then wait "$faults_job" || rc=1; fi
   stop_chatpipe
   return "$rc"
 }
@@ -328,8 +407,10 @@ if ! skipped fuzz-api; then
     CHATPIPE_BIN="$BIN/chatpipe" timed fuzz-api benches/fuzz-api.sh || status=1
 fi
 
-log "report"
 write_timings
-"$BIN/bench-report" --results-dir "$RESULTS" --output "$REPORT" \
-  --criterion-dir "$CARGO_TARGET_DIR/criterion" --notes benches/NOTES.md || status=1
+if ! skipped report; then
+  log "report"
+  "$BIN/bench-report" --results-dir "$RESULTS" --output "$REPORT" \
+    --criterion-dir "$CARGO_TARGET_DIR/criterion" --notes benches/NOTES.md || status=1
+fi
 exit $status

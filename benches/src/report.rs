@@ -165,6 +165,50 @@ pub struct ApiFuzzRun {
     pub runs: Vec<ApiFuzzRunPart>,
 }
 
+/// One run of the fault runner (`benches/faults.sh`): a fault schedule
+/// applied under load, and what the load generator verified afterwards.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FaultRun {
+    pub run: String,
+    #[serde(default)]
+    pub faults: Vec<String>,
+    /// Every fault was applied for real: the process was gone before its
+    /// restart, and the restarted role reported ready.
+    #[serde(default)]
+    pub all_applied: bool,
+    /// Seconds from each restart until the role reported ready.
+    #[serde(default)]
+    pub ready_after_s: Vec<f64>,
+    #[serde(default)]
+    pub acked: u64,
+    #[serde(default)]
+    pub delivered_by_catch_up: u64,
+    /// Acked messages delivered neither live nor by catch-up.
+    #[serde(default)]
+    pub lost_live: u64,
+    /// Conversations whose history was not every acked message exactly
+    /// once, in the order recipients saw live.
+    #[serde(default)]
+    pub history_failures: u64,
+    #[serde(default)]
+    pub search_checked: u64,
+    #[serde(default)]
+    pub search_missing: u64,
+    #[serde(default)]
+    pub deliver_p99_ms: Option<f64>,
+    #[serde(default)]
+    pub passed: bool,
+    /// Set when the run left no result to read.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `benches/results/faults.json`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FaultRuns {
+    pub runs: Vec<FaultRun>,
+}
+
 /// Everything one report is made of.
 #[derive(Debug, Default)]
 pub struct Inputs {
@@ -176,6 +220,7 @@ pub struct Inputs {
     pub timings: Option<RunTimings>,
     pub fuzz: Option<FuzzRun>,
     pub fuzz_api: Option<ApiFuzzRun>,
+    pub faults: Option<FaultRuns>,
     /// `(benchmark, median ns)` from criterion.
     pub criterion: Vec<(String, f64)>,
     pub notes: String,
@@ -217,6 +262,7 @@ pub fn load(results_dir: &Path, criterion_dir: Option<&Path>, notes: Option<&Pat
     inputs.timings = read_json(&results_dir.join("timings.json"));
     inputs.fuzz = read_json(&results_dir.join("fuzz.json"));
     inputs.fuzz_api = read_json(&results_dir.join("fuzz-api.json"));
+    inputs.faults = read_json(&results_dir.join("faults.json"));
     if let Some(dir) = criterion_dir {
         inputs.criterion = criterion_estimates(dir);
     }
@@ -756,6 +802,7 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
         let _ = writeln!(out);
     }
     fuzz_section(&mut out, inputs);
+    faults_section(&mut out, inputs);
     timings_section(&mut out, inputs);
     if !inputs.notes.is_empty() {
         let _ = writeln!(out, "{}", inputs.notes.trim());
@@ -1089,6 +1136,46 @@ fn fuzz_section(out: &mut String, inputs: &Inputs) {
         }
         let _ = writeln!(out);
     }
+}
+
+/// The fault runner's table: one row per fault schedule.
+fn faults_section(out: &mut String, inputs: &Inputs) {
+    let Some(faults) = &inputs.faults else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "## Faults\n\n`benches/faults.sh`: `benches/scenarios/faults.toml` (3,000 clients, 300 msg/s for 90 s, each role its own process) with one fault schedule per run; a killed role is checked gone, restarted 2 s later with the same arguments, and must report ready again. Then the load generator's full verification. Target: zero loss in every row.\n\n| run | faults | applied | messages acked | lost live (neither live nor by catch-up) | by catch-up | history: conversations not exactly once in live order | search: missing of checked | role ready after restart | send→deliver p99 | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for run in &faults.runs {
+        if let Some(error) = &run.error {
+            let _ = writeln!(out, "| {} | | | | | | | | | | {error} |", run.run);
+            continue;
+        }
+        let ready: Vec<String> = run.ready_after_s.iter().map(|s| format!("{s:.1} s")).collect();
+        let _ = writeln!(
+            out,
+            "| {} | `{}` | {} | {} | {} | {} | {} | {} of {} | {} | {} | {} |",
+            run.run,
+            run.faults.join(" "),
+            if run.all_applied { "yes" } else { "**no**" },
+            grouped(run.acked),
+            run.lost_live,
+            run.delivered_by_catch_up,
+            run.history_failures,
+            run.search_missing,
+            run.search_checked,
+            ready.join(", "),
+            run.deliver_p99_ms
+                .map_or_else(|| "—".to_owned(), |ms| format!("{ms:.0} ms")),
+            if run.passed && run.all_applied {
+                "passed"
+            } else {
+                "**failed**"
+            }
+        );
+    }
+    let _ = writeln!(out);
 }
 
 /// How long each step of `run.sh` took.
@@ -1779,6 +1866,25 @@ mod tests {
         assert!(std::fs::metadata(&path).unwrap().len() > 1_000);
         assert!(plot_cpu(&Inputs::default(), &dir).unwrap().is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reports_the_fault_runs_one_row_each() {
+        let faults: FaultRuns = serde_json::from_str(
+            r#"{"runs":[{"run":"fanout","faults":["kill9:fanout@40"],"all_applied":true,"ready_after_s":[3.2],"acked":26000,"delivered_live":90000,"delivered_by_catch_up":0,"lost_live":0,"duplicate_acked_ids":0,"history_failures":0,"search_checked":500,"search_missing":0,"deliver_p99_ms":80.5,"passed":true},{"run":"edge","error":"no result"}]}"#,
+        )
+        .unwrap();
+        let inputs = Inputs {
+            faults: Some(faults),
+            ..Inputs::default()
+        };
+        let mut out = String::new();
+        faults_section(&mut out, &inputs);
+        assert!(out.contains("| fanout | `kill9:fanout@40` | yes | 26,000 | 0 | 0 | 0 | 0 of 500 | 3.2 s | 80 ms | passed |"), "{out}");
+        assert!(
+            out.contains("| edge | | | | | | | | | | no result |"),
+            "{out}"
+        );
     }
 
     #[test]
