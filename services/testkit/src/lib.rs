@@ -2,13 +2,14 @@
 //!
 //! Set-up shared by the integration tests of the role crates (a
 //! dev-dependency only): unique names so that tests can share one set of
-//! engines, an isolated set of topics on the **real** Kafka, and polling
-//! until a condition holds. Nothing here fakes an engine; every helper talks
+//! engines, an isolated set of topics on the **real** Kafka, a store on the
+//! **real** Cassandra, and polling until a condition holds. Nothing here fakes an engine; every helper talks
 //! to what `topology/engines.sh` runs and fails loudly when it is not there.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use chatpipe_cassandra::{CassandraConfig, CassandraStore};
 use chatpipe_core::records::TopicNames;
 use chatpipe_kafka::KafkaConfig;
 use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
@@ -22,6 +23,26 @@ pub fn unique() -> String {
 /// default the contract's `127.0.0.1:9092`).
 pub fn kafka_brokers() -> String {
     std::env::var("CHATPIPE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// The test Cassandra: `CHATPIPE_CASSANDRA` (comma-separated `host:port`,
+/// as the binary reads it), by default the contract's `127.0.0.1:9042`.
+pub fn cassandra_config() -> CassandraConfig {
+    let mut config = CassandraConfig::default();
+    if let Ok(addresses) = std::env::var("CHATPIPE_CASSANDRA")
+        && !addresses.is_empty()
+    {
+        config.contact_points = addresses.split(',').map(str::to_owned).collect();
+    }
+    config
+}
+
+/// A store on the test Cassandra ([`cassandra_config`]). Panics when
+/// Cassandra cannot be reached.
+pub async fn cassandra_store() -> CassandraStore {
+    CassandraStore::connect(&cassandra_config())
+        .await
+        .expect("Cassandra must be reachable (topology/engines.sh up cassandra)")
 }
 
 /// Every topic of the deployment under a prefix no other test uses.

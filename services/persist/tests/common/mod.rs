@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chatpipe_cassandra::{
-    CassandraConfig, CassandraStore, Conversation, CreateOutcome, HistoryQuery, NewConversation,
+    CassandraStore, Conversation, CreateOutcome, HistoryQuery, NewConversation,
 };
 use chatpipe_core::ids::{ConversationId, MessageId, MessageIdGenerator, UserId};
 use chatpipe_core::records::{MessageRecord, TopicNames};
@@ -29,13 +29,7 @@ impl TestEnv {
     /// Topics under a fresh prefix (`partitions` each), and a store.
     pub async fn new(partitions: i32) -> Self {
         let isolated = chatpipe_testkit::isolated_topics("persist-test", partitions).await;
-        let mut cassandra = CassandraConfig::default();
-        if let Ok(address) = std::env::var("CHATPIPE_CASSANDRA") {
-            cassandra.contact_points = vec![address];
-        }
-        let store = CassandraStore::connect(&cassandra)
-            .await
-            .expect("Cassandra must be reachable (topology/engines.sh up cassandra)");
+        let store = chatpipe_testkit::cassandra_store().await;
         let producer = ChatProducer::new(&isolated.kafka, 1).unwrap();
         Self {
             topics: isolated.topics,
