@@ -83,6 +83,13 @@ impl ApiClient {
         Ok(self.http.send_retrying(&token, request, deadline).await?)
     }
 
+    /// A membership change as `actor`, retried for up to two minutes.
+    async fn change(&self, actor: &str, request: &ApiRequest<'_>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        self.call(actor, deadline, request).await?;
+        Ok(())
+    }
+
     /// `POST /v1/conversations` as `creator` with `others` (≤ the API's
     /// per-request limit) and an optional title; returns the id.
     pub async fn create_conversation(
@@ -119,11 +126,8 @@ impl ApiClient {
         role: &str,
     ) -> anyhow::Result<()> {
         let path = format!("/v1/conversations/{conversation}/members/{user}");
-        let body = json!({ "role": role });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        self.call(actor, deadline, &ApiRequest::patch(&path, &body))
-            .await?;
-        Ok(())
+        self.change(actor, &ApiRequest::patch(&path, &json!({ "role": role })))
+            .await
     }
 
     /// `POST /v1/conversations/{id}/members` as `actor`, an owner or admin.
@@ -134,11 +138,8 @@ impl ApiClient {
         user: &str,
     ) -> anyhow::Result<()> {
         let path = format!("/v1/conversations/{conversation}/members");
-        let body = json!({ "user_id": user });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        self.call(actor, deadline, &ApiRequest::post(&path, &body))
-            .await?;
-        Ok(())
+        self.change(actor, &ApiRequest::post(&path, &json!({ "user_id": user })))
+            .await
     }
 
     /// Every message of `conversation` newer than `after` (all when `None`),

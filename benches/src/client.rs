@@ -105,6 +105,21 @@ impl ClientShared {
         *errors.entry(code.to_owned()).or_default() += 1;
     }
 
+    /// Counts a connection; the first one of a client also marks it
+    /// online (its report's first hello, the worker's `online` signal).
+    fn connected(&self, report: &mut ClientReport, online: &mut Option<oneshot::Sender<bool>>) {
+        self.counters.connects.fetch_add(1, Ordering::Relaxed);
+        self.counters.open.fetch_add(1, Ordering::Relaxed);
+        if report.first_online_unix_us != 0 {
+            return;
+        }
+        report.first_online_unix_us = crate::now_unix_us();
+        self.counters.first_connects.fetch_add(1, Ordering::Relaxed);
+        if let Some(online) = online.take() {
+            let _ = online.send(true);
+        }
+    }
+
     fn record_ack(&self, micros: u64) {
         let mut latencies = self.latencies.lock().expect("not poisoned");
         stats::record(&mut latencies.ack, micros);
@@ -350,18 +365,7 @@ pub async fn run_chatpipe_client(
             }
         };
         backoff = Duration::from_millis(100);
-        shared.counters.connects.fetch_add(1, Ordering::Relaxed);
-        shared.counters.open.fetch_add(1, Ordering::Relaxed);
-        if state.report.first_online_unix_us == 0 {
-            state.report.first_online_unix_us = crate::now_unix_us();
-            shared
-                .counters
-                .first_connects
-                .fetch_add(1, Ordering::Relaxed);
-            if let Some(online) = online.take() {
-                let _ = online.send(true);
-            }
-        }
+        shared.connected(&mut state.report, &mut online);
         if resuming.is_some() {
             if connection.hello().resumed {
                 shared.counters.resumed.fetch_add(1, Ordering::Relaxed);
@@ -736,18 +740,7 @@ pub async fn run_baseline_client(
                 _ => continue,
             },
         };
-        shared.counters.connects.fetch_add(1, Ordering::Relaxed);
-        shared.counters.open.fetch_add(1, Ordering::Relaxed);
-        if report.first_online_unix_us == 0 {
-            report.first_online_unix_us = crate::now_unix_us();
-            shared
-                .counters
-                .first_connects
-                .fetch_add(1, Ordering::Relaxed);
-            if let Some(online) = online.take() {
-                let _ = online.send(true);
-            }
-        }
+        shared.connected(&mut report, &mut online);
         let finished = loop {
             tokio::select! {
                 command = commands.recv() => match command {

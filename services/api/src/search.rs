@@ -261,17 +261,7 @@ mod properties {
         "other",
     ];
 
-    fn encode(text: &str) -> String {
-        text.bytes()
-            .map(|byte| {
-                if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-                    char::from(byte).to_string()
-                } else {
-                    format!("%{byte:02X}")
-                }
-            })
-            .collect()
-    }
+    use chatpipe_testkit::percent_encode as encode;
 
     fn value() -> impl Strategy<Value = String> {
         prop_oneof![
@@ -336,8 +326,6 @@ mod tests {
 
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
-    use chatpipe_core::MessageId;
-    use chatpipe_core::records::MessageRecord;
     use chatpipe_core::store::memory::MemoryStore;
     use chatpipe_search::bulk::BulkSinkSettings;
     use chatpipe_search::template::{apply_template, delete_deployment};
@@ -396,16 +384,7 @@ mod tests {
         )
     }
 
-    fn record(id: u64, conversation: &str, sender: &str, body: &str) -> MessageRecord {
-        MessageRecord::builder(
-            MessageId::from_u64(id),
-            &ConversationId::parse(conversation).unwrap(),
-        )
-        .sender(&UserId::parse(sender).unwrap())
-        .body(body)
-        .ts(1_700_000_000_000 + id)
-        .build()
-    }
+    use chatpipe_testkit::message_record as record;
 
     #[tokio::test]
     async fn search_over_http_honours_membership_and_validates_input() {

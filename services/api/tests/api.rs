@@ -158,14 +158,7 @@ impl Api {
 }
 
 fn assert_error(status: StatusCode, body: &Value, expected_status: u16, code: &str) {
-    assert_eq!(status.as_u16(), expected_status, "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|message| !message.is_empty()),
-        "{body}"
-    );
+    chatpipe_testkit::assert_api_error(status.as_u16(), body, expected_status, code);
 }
 
 #[tokio::test]

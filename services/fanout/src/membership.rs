@@ -170,6 +170,15 @@ pub(crate) mod tests {
 
     use super::*;
 
+    /// A cache over `store` with the default settings.
+    fn cache_of(store: &MemoryStore) -> MembershipCache<MemoryStore> {
+        MembershipCache::new(
+            store.clone(),
+            &FanoutConfig::default(),
+            FanoutMetrics::new(),
+        )
+    }
+
     fn names(members: &[UserId]) -> Vec<&str> {
         members.iter().map(UserId::as_str).collect()
     }
@@ -190,11 +199,7 @@ pub(crate) mod tests {
     async fn a_created_record_fills_the_cache_and_a_later_change_evicts_it() {
         let store = MemoryStore::new();
         store.set_members("c1", &["a", "b"]);
-        let cache = MembershipCache::new(
-            store.clone(),
-            &FanoutConfig::default(),
-            FanoutMetrics::new(),
-        );
+        let cache = cache_of(&store);
         let conversation = ConversationId::parse("c1").unwrap();
         cache
             .apply_record(&MembershipRecord {
@@ -282,11 +287,7 @@ pub(crate) mod tests {
             })
         }));
         store.set_members("c1", &["a", "b"]);
-        let cache = MembershipCache::new(
-            store.clone(),
-            &FanoutConfig::default(),
-            FanoutMetrics::new(),
-        );
+        let cache = cache_of(&store);
         let conversation = ConversationId::parse("c1").unwrap();
         let reader = {
             let cache = cache.clone();

@@ -235,7 +235,6 @@ impl Stack {
 
 /// The HTTP API, with search, and the history and search consumers.
 pub struct FullStack {
-    pub api: String,
     pub client: ApiClient,
     pub index_prefix: String,
     /// The running roles; they stop with the stack's shutdown.
@@ -276,7 +275,6 @@ impl Stack {
             .await
             .expect("index starts");
         FullStack {
-            api: format!("http://{}", api_role.addr),
             client: ApiClient::new(&format!("http://{}", api_role.addr)),
             index_prefix: self.search.index_prefix.clone(),
             api_role,
@@ -318,6 +316,14 @@ impl FullStack {
 
     pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
         self.call(token, &ApiRequest::post(path, &body)).await
+    }
+
+    /// `POST /v1/conversations` with `body` as `token`: the new
+    /// conversation's id; panics unless the API answered 200 or 201.
+    pub async fn create_conversation(&self, token: &str, body: Value) -> String {
+        let (status, created) = self.post(token, "/v1/conversations", body).await;
+        assert!(status == 201 || status == 200, "{created}");
+        created["conversation_id"].as_str().unwrap().to_owned()
     }
 
     /// The newest 200 messages of `conversation` as `token` reads them,
@@ -558,6 +564,21 @@ impl Client {
             .await
             .expect("send frame");
     }
+}
+
+/// The `message_id` of each message (of a history page or of deliveries).
+pub fn message_ids(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|message| message["message_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The message ids a search page found, in its order.
+pub fn hit_ids(page: &Value) -> Vec<String> {
+    let hits = page["hits"].as_array().expect("a search page lists hits");
+    let messages: Vec<Value> = hits.iter().map(|hit| hit["message"].clone()).collect();
+    message_ids(&messages)
 }
 
 /// Every record of `topic`, read from the beginning until `count` arrived.

@@ -133,16 +133,7 @@ impl<'a> Api<'a> {
     }
 }
 
-fn assert_refused(status: u16, body: &Value, expected: u16, code: &str) {
-    assert_eq!(status, expected, "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|message| !message.is_empty()),
-        "{body}"
-    );
-}
+use chatpipe_testkit::assert_api_error as assert_refused;
 
 fn roles_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -393,12 +384,7 @@ async fn search_ids(api: &Api<'_>, user: &str, q: &str, conversation: Option<&st
     };
     let (status, page) = api.get(user, &path).await;
     assert_eq!(status, 200, "{page}");
-    page["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|hit| hit["message"]["message_id"].as_str().unwrap().to_owned())
-        .collect()
+    hit_ids(&page)
 }
 
 /// The message ids of `conversation`'s newest history page, as `user`.
@@ -407,12 +393,7 @@ async fn history_ids(api: &Api<'_>, user: &str, conversation: &str) -> Vec<Strin
         .get(user, &format!("/v1/conversations/{conversation}/messages"))
         .await;
     assert_eq!(status, 200, "{page}");
-    page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|message| message["message_id"].as_str().unwrap().to_owned())
-        .collect()
+    message_ids(page["messages"].as_array().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
