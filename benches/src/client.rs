@@ -8,7 +8,8 @@
 //! `resumed:false` they catch up from history with `after=` per
 //! conversation. Sends that saw no `ack` are re-sent after a reconnect with
 //! the same `client_msg_id` (the edge answers them from its de-duplication
-//! window).
+//! window). The connection and the frames are `chatpipe-client`'s; what
+//! is here is the behaviour of a user and what it counts.
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;

@@ -198,6 +198,25 @@ fn change_write_time_us(record: &MessageChangeRecord) -> i64 {
     }
 }
 
+/// Runs `writes`, at most `max_in_flight` (at least one) at once; the
+/// first failure ends the run. Callers build the futures up front (not in a
+/// stream closure), which keeps their own future `Send` for callers that
+/// spawn it.
+async fn at_most_in_flight<T, E, F>(
+    writes: Vec<F>,
+    max_in_flight: usize,
+) -> Result<(), CassandraError>
+where
+    F: Future<Output = Result<T, E>>,
+    CassandraError: From<E>,
+{
+    futures::stream::iter(writes)
+        .buffer_unordered(max_in_flight.max(1))
+        .try_collect::<Vec<T>>()
+        .await?;
+    Ok(())
+}
+
 impl CassandraStore {
     /// Writes `records`, grouped by partition `(conversation, bucket)` into
     /// single-partition unlogged batches of at most [`MAX_ROWS_PER_BATCH`]
@@ -227,16 +246,11 @@ impl CassandraStore {
             })
             .collect();
         let requests = chunks.len() as u64;
-        // Futures built up front (not in a stream closure) keep the returned
-        // future `Send` for callers that spawn it.
         let writes: Vec<_> = chunks
             .into_iter()
             .map(|(bucket, chunk)| self.write_partition_chunk(bucket, chunk))
             .collect();
-        futures::stream::iter(writes)
-            .buffer_unordered(max_in_flight.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        at_most_in_flight(writes, max_in_flight).await?;
         Ok(WriteReport {
             rows: records.len() as u64,
             requests,
@@ -298,10 +312,7 @@ impl CassandraStore {
             .iter()
             .map(|record| self.write_change(record))
             .collect();
-        futures::stream::iter(writes)
-            .buffer_unordered(max_in_flight.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        at_most_in_flight(writes, max_in_flight).await?;
         Ok(WriteReport {
             rows: records.len() as u64,
             requests: records.len() as u64,
@@ -411,10 +422,7 @@ impl CassandraStore {
             })
             .collect();
         let written = writes.len() as u64;
-        futures::stream::iter(writes)
-            .buffer_unordered(max_in_flight.max(1))
-            .try_collect::<Vec<_>>()
-            .await?;
+        at_most_in_flight(writes, max_in_flight).await?;
         Ok(written)
     }
 
