@@ -395,6 +395,9 @@ mod tests {
 
     /// A one-connection server on 127.0.0.1:0 that checks the request,
     /// answers `first`, then echoes text frames until the client closes.
+    // The handshake callback's `Result` type is tungstenite's, large error
+    // variant included.
+    #[allow(clippy::result_large_err)]
     async fn server(first: Message) -> (String, tokio::task::JoinHandle<Option<String>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}/ws", listener.local_addr().unwrap());
