@@ -374,6 +374,12 @@ pub struct BatchingArgs {
     /// committed, in ms (default 1000).
     #[arg(long, env = "CHATPIPE_COMMIT_INTERVAL_MS")]
     pub commit_interval_ms: Option<u64>,
+    /// Index: bytes a Kafka fetch waits for, up to its 500 ms long poll
+    /// (default 65536; 1 fetches on the first record). Bounds how many
+    /// fetches the indexer makes under load; at low rates a document is
+    /// searchable up to 500 ms later.
+    #[arg(long, env = "CHATPIPE_INDEX_FETCH_MIN_BYTES")]
+    pub index_fetch_min_bytes: Option<usize>,
 }
 
 worker_args!(
