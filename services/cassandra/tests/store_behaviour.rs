@@ -17,11 +17,7 @@ use chatpipe_core::store::MembershipStore;
 use chatpipe_core::time::now_unix_ms;
 
 fn config() -> CassandraConfig {
-    let mut config = CassandraConfig::default();
-    if let Ok(address) = std::env::var("CHATPIPE_CASSANDRA") {
-        config.contact_points = vec![address];
-    }
-    config
+    chatpipe_testkit::cassandra_config()
 }
 
 async fn store() -> CassandraStore {

@@ -188,6 +188,19 @@ fn parse_field<T, E: std::fmt::Display>(
         .map_err(|error| FrameError::invalid(format!("`{field}`: {error}"), reference.clone()))
 }
 
+/// The `conversation_id` every frame about a conversation carries.
+fn required_conversation_id(
+    value: Option<serde_json::Value>,
+    reference: &Option<String>,
+) -> Result<ConversationId, FrameError> {
+    parse_field(
+        "conversation_id",
+        required_string("conversation_id", value, reference)?,
+        ConversationId::parse,
+        reference,
+    )
+}
+
 fn required_message_id(
     value: Option<serde_json::Value>,
     reference: &Option<String>,
@@ -284,12 +297,7 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
                 ClientMsgId::parse,
                 &reference,
             )?;
-            let conversation_id = parse_field(
-                "conversation_id",
-                required_string("conversation_id", raw.conversation_id, &reference)?,
-                ConversationId::parse,
-                &reference,
-            )?;
+            let conversation_id = required_conversation_id(raw.conversation_id, &reference)?;
             let body = required_body(raw.body, limits, &reference)?;
             let resend = match raw.resend {
                 None | Some(serde_json::Value::Null) => false,
@@ -315,20 +323,10 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
             })
         }
         "typing" => Ok(ClientFrame::Typing {
-            conversation_id: parse_field(
-                "conversation_id",
-                required_string("conversation_id", raw.conversation_id, &reference)?,
-                ConversationId::parse,
-                &reference,
-            )?,
+            conversation_id: required_conversation_id(raw.conversation_id, &reference)?,
         }),
         "read" => {
-            let conversation_id = parse_field(
-                "conversation_id",
-                required_string("conversation_id", raw.conversation_id, &reference)?,
-                ConversationId::parse,
-                &reference,
-            )?;
+            let conversation_id = required_conversation_id(raw.conversation_id, &reference)?;
             let message_id = match raw.message_id {
                 Some(value) => serde_json::from_value::<MessageId>(value)
                     .map_err(|error| FrameError::invalid(format!("`message_id`: {error}"), None))?,
@@ -340,12 +338,7 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
             })
         }
         "react" | "unreact" => {
-            let conversation_id = parse_field(
-                "conversation_id",
-                required_string("conversation_id", raw.conversation_id, &reference)?,
-                ConversationId::parse,
-                &reference,
-            )?;
+            let conversation_id = required_conversation_id(raw.conversation_id, &reference)?;
             let message_id = required_message_id(raw.message_id, &reference)?;
             let client_msg_id = optional_client_msg_id(raw.client_msg_id, &reference)?;
             let reaction = required_string("reaction", raw.reaction, &reference)?;
@@ -369,12 +362,7 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
             })
         }
         "edit" | "delete" => {
-            let conversation_id = parse_field(
-                "conversation_id",
-                required_string("conversation_id", raw.conversation_id, &reference)?,
-                ConversationId::parse,
-                &reference,
-            )?;
+            let conversation_id = required_conversation_id(raw.conversation_id, &reference)?;
             let message_id = required_message_id(raw.message_id, &reference)?;
             let client_msg_id = optional_client_msg_id(raw.client_msg_id, &reference)?;
             if op == "delete" {

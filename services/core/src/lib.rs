@@ -18,12 +18,14 @@
 //! - [`auth`]: bearer tokens (HS256 JWT) — signing and verification.
 //! - [`error`]: the error codes users see, mapped once to WebSocket codes and
 //!   HTTP statuses.
+//! - [`debug_fields!`]: the `Debug` of structs that show only some fields.
 //!
 //! Delivery semantics are not decided here, but the types carry what the
 //! pipeline needs for them: a message's id is its idempotency key everywhere
 //! (Kafka consumers, Cassandra primary key, search document id).
 
 pub mod auth;
+pub mod debug;
 pub mod dedup;
 pub mod error;
 pub mod frames;

@@ -197,14 +197,7 @@ pub struct SendPath<S> {
     last_change_ts: AtomicU64,
 }
 
-impl<S> std::fmt::Debug for SendPath<S> {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("SendPath")
-            .field("edge_id", &self.edge_id)
-            .finish_non_exhaustive()
-    }
-}
+chatpipe_core::debug_fields!(SendPath<S> { edge_id });
 
 /// Settings of the send path.
 #[derive(Debug, Clone)]

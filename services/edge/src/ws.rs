@@ -1010,19 +1010,7 @@ mod properties {
     use super::*;
     use crate::stream::{OutboundStream, Replay};
 
-    /// Percent-encodes every byte that is not unreserved, as a client's URL
-    /// library would.
-    fn encode(text: &str) -> String {
-        text.bytes()
-            .map(|byte| {
-                if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-                    char::from(byte).to_string()
-                } else {
-                    format!("%{byte:02X}")
-                }
-            })
-            .collect()
-    }
+    use chatpipe_testkit::percent_encode as encode;
 
     fn connect_params(query: &str) -> Option<ConnectParams> {
         let uri: Uri = format!("/ws?{query}").parse().ok()?;

@@ -53,14 +53,9 @@ pub struct CassandraHistoryWriter {
     dead_lettered_in_batch: HashSet<(String, i32, i64)>,
 }
 
-impl std::fmt::Debug for CassandraHistoryWriter {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("CassandraHistoryWriter")
-            .field("max_in_flight_writes", &self.max_in_flight_writes)
-            .finish_non_exhaustive()
-    }
-}
+chatpipe_core::debug_fields!(CassandraHistoryWriter {
+    max_in_flight_writes
+});
 
 fn coordinates(message: &Record) -> (String, i32, i64) {
     (
