@@ -77,7 +77,7 @@ async fn schema_apply_is_idempotent() {
     let keyspace = format!("chatpipe_t{}", &unique()[..16]);
     let first = apply_schema(store.session(), &keyspace).await.unwrap();
     assert!(first.created_keyspace);
-    assert_eq!(first.created_tables.len(), 5, "{first:?}");
+    assert_eq!(first.created_tables.len(), 8, "{first:?}");
     let second = apply_schema(store.session(), &keyspace).await.unwrap();
     assert!(
         !second.changed_anything(),
