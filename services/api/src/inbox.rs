@@ -186,10 +186,10 @@ pub fn inbox_page<'a>(
     (page, next)
 }
 
-/// The caller's read state in one conversation.
+/// The caller's read marker and counts in a conversation (flattened into
+/// both [`ReadStateView`] and [`InboxItem`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadStateView {
-    pub conversation_id: ConversationId,
+pub struct ReadCountsView {
     /// The newest message the caller has read (absent: never read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_marker: Option<MessageId>,
@@ -203,15 +203,9 @@ pub struct ReadStateView {
     pub mention_count_exact: bool,
 }
 
-impl ReadStateView {
-    fn new(
-        conversation_id: ConversationId,
-        read_marker: Option<MessageId>,
-        unread: CappedCount,
-        mentions: CappedCount,
-    ) -> Self {
+impl ReadCountsView {
+    fn new(read_marker: Option<MessageId>, unread: CappedCount, mentions: CappedCount) -> Self {
         Self {
-            conversation_id,
             read_marker,
             unread_count: unread.count,
             unread_count_exact: unread.exact,
@@ -219,6 +213,14 @@ impl ReadStateView {
             mention_count_exact: mentions.exact,
         }
     }
+}
+
+/// `GET /v1/conversations/{id}/read-state`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadStateView {
+    pub conversation_id: ConversationId,
+    #[serde(flatten)]
+    pub counts: ReadCountsView,
 }
 
 /// One inbox item: the conversation (the fields the listing always had),
@@ -242,12 +244,8 @@ pub struct InboxItem {
     /// tombstone when deleted); absent when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_message: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read_marker: Option<MessageId>,
-    pub unread_count: u64,
-    pub unread_count_exact: bool,
-    pub mention_count: u64,
-    pub mention_count_exact: bool,
+    #[serde(flatten)]
+    pub counts: ReadCountsView,
 }
 
 /// `GET /v1/conversations`'s answer.
@@ -261,12 +259,12 @@ pub struct InboxPage {
 
 /// The caller's marker and counts in `conversation`, whose row and the
 /// caller's join time are known.
-async fn read_state_of(
+async fn read_counts_of(
     state: &ApiState,
     caller: &UserId,
     conversation: &chatpipe_cassandra::Conversation,
     joined_at_ms: u64,
-) -> Result<ReadStateView, ApiError> {
+) -> Result<ReadCountsView, ApiError> {
     let marker = state
         .store
         .read_marker(caller, &conversation.conversation_id)
@@ -280,12 +278,7 @@ async fn read_state_of(
             now_unix_ms(),
         )
         .await?;
-    Ok(ReadStateView::new(
-        conversation.conversation_id.clone(),
-        marker,
-        counts.unread,
-        counts.mentions,
-    ))
+    Ok(ReadCountsView::new(marker, counts.unread, counts.mentions))
 }
 
 /// The details of one page entry; `None` when the conversation is gone
@@ -326,7 +319,7 @@ async fn inbox_item(
         }
         None => None,
     };
-    let read_state = read_state_of(state, caller, conversation, summary.joined_at_ms).await?;
+    let counts = read_counts_of(state, caller, conversation, summary.joined_at_ms).await?;
     Ok(Some(InboxItem {
         conversation_id: conversation.conversation_id.clone(),
         title: conversation.title.clone(),
@@ -338,11 +331,7 @@ async fn inbox_item(
         history_visibility: conversation.history_visibility,
         last_activity_at: entry.activity.unix_ms(),
         last_message,
-        read_marker: read_state.read_marker,
-        unread_count: read_state.unread_count,
-        unread_count_exact: read_state.unread_count_exact,
-        mention_count: read_state.mention_count,
-        mention_count_exact: read_state.mention_count_exact,
+        counts,
     }))
 }
 
@@ -386,15 +375,17 @@ pub async fn read_state(
 ) -> Result<Json<ReadStateView>, ApiError> {
     let conversation_id = parse_conversation_id(raw_id)?;
     let membership = require_member(&state, &conversation_id, &caller).await?;
-    Ok(Json(
-        read_state_of(
-            &state,
-            &caller,
-            &membership.conversation,
-            membership.member.joined_at_ms,
-        )
-        .await?,
-    ))
+    let counts = read_counts_of(
+        &state,
+        &caller,
+        &membership.conversation,
+        membership.member.joined_at_ms,
+    )
+    .await?;
+    Ok(Json(ReadStateView {
+        conversation_id,
+        counts,
+    }))
 }
 
 #[cfg(test)]
