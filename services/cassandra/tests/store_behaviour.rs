@@ -519,13 +519,13 @@ async fn read_markers_only_move_forward_and_counts_follow_history() {
     assert_eq!((counts.mentions.count, counts.mentions.exact), (3, true));
     // The newest message is the last activity, whatever the write order.
     let activity = store
-        .last_activities(&[conversation.clone()])
+        .last_activities(std::slice::from_ref(&conversation))
         .await
         .unwrap();
     assert_eq!(activity.get(&conversation), Some(&ids[5]));
     store.write_read_state(&records[..2], 4).await.unwrap();
     let activity = store
-        .last_activities(&[conversation.clone()])
+        .last_activities(std::slice::from_ref(&conversation))
         .await
         .unwrap();
     assert_eq!(
