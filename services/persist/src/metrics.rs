@@ -26,7 +26,8 @@ pub struct PersistMetrics {
     /// Mention rows and last-activity rows written (one activity row per
     /// conversation and batch).
     pub read_state_rows_written: Counter,
-    /// Cassandra write requests (single-partition batches) issued.
+    /// Cassandra write requests (batches of one partition, or of several
+    /// small ones sharing a replica) issued.
     pub write_requests: Counter,
     /// Failed write rounds by `reason`: `retriable` (batch retried) or
     /// `non_retriable` (records isolated, failures dead-lettered).
@@ -83,7 +84,7 @@ impl PersistMetrics {
         );
         registry.register(
             "write_requests",
-            "Cassandra write requests (single-partition batches)",
+            "Cassandra write requests (batches of one partition or of small partitions sharing a replica)",
             self.write_requests.clone(),
         );
         registry.register(
