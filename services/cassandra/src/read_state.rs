@@ -5,8 +5,10 @@
 //! Nothing here is written per recipient: a message writes its mention
 //! rows (one per mentioned user, at most
 //! [`MAX_MENTIONS`](chatpipe_core::read_state::MAX_MENTIONS)) and, once per
-//! conversation and batch, the conversation's activity; a `read` writes
-//! one marker. Unread and mention counts are counted when asked, from
+//! conversation and batch, the conversation's activity (rows of
+//! conversations sharing a replica packed into one unlogged batch, with
+//! [`pack_write_requests`](crate::messages::pack_write_requests)); a
+//! `read` writes one marker. Unread and mention counts are counted when asked, from
 //! history and the mention rows after the member's marker
 //! ([`CassandraStore::read_counts`]), so they are exact under retries and
 //! replays (history holds each send once) and cost nothing per message.
@@ -19,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::{StreamExt, TryStreamExt};
+use scylla::statement::batch::{Batch, BatchType};
 
 use chatpipe_core::ids::{ConversationId, MessageId, UserId};
 use chatpipe_core::read_state::{COUNT_CAP, CappedCount, UnreadRow, tally_unread};
@@ -27,7 +30,7 @@ use chatpipe_core::records::MessageRecord;
 use crate::bucket::{bucket_of, newest_bucket_at};
 use crate::conversations::Conversation;
 use crate::error::CassandraError;
-use crate::messages::WriteReport;
+use crate::messages::{WriteReport, pack_write_requests};
 use crate::store::CassandraStore;
 
 /// Most history rows one unread count reads (past it the count is
@@ -123,14 +126,27 @@ impl CassandraStore {
                 .iter()
                 .map(|record| (&record.conversation_id, record.message_id)),
         );
-        let activity_writes: Vec<_> = activity
+        // Activity rows of conversations sharing a replica go in one
+        // unlogged batch (as history's small partitions do): one request
+        // per few conversations, not one per conversation.
+        let ring = session.get_cluster_state();
+        let keyspace = self.inner.config.keyspace.as_str();
+        let by_replica = activity.iter().map(|(conversation, newest)| {
+            let replica = ring
+                .get_endpoints(keyspace, "conversation_activity", &(conversation.as_str(),))
+                .ok()
+                .and_then(|replicas| replicas.first().map(|(node, _)| node.host_id))
+                .unwrap_or_default();
+            (replica, vec![(conversation.as_str(), *newest)])
+        });
+        let activity_requests = pack_write_requests(
+            by_replica,
+            self.inner.config.max_partitions_per_batch,
+            |(conversation, _)| conversation.len() + 16,
+        );
+        let activity_writes: Vec<_> = activity_requests
             .iter()
-            .map(|(conversation, newest)| {
-                session.execute_unpaged(
-                    &statements.upsert_activity,
-                    (conversation.as_str(), newest.as_i64(), newest.as_i64()),
-                )
-            })
+            .map(|rows| self.write_activity_rows(rows))
             .collect();
         let mention_writes: Vec<_> = records
             .iter()
@@ -150,19 +166,45 @@ impl CassandraStore {
             })
             .collect();
         let requests = (activity_writes.len() + mention_writes.len()) as u64;
+        let rows = (activity.len() + mention_writes.len()) as u64;
         let in_flight = max_in_flight.max(2) / 2;
         futures::try_join!(
             futures::stream::iter(activity_writes)
                 .buffer_unordered(in_flight)
                 .try_collect::<Vec<_>>(),
-            futures::stream::iter(mention_writes)
-                .buffer_unordered(in_flight)
-                .try_collect::<Vec<_>>(),
+            async {
+                futures::stream::iter(mention_writes)
+                    .buffer_unordered(in_flight)
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map_err(CassandraError::from)
+            },
         )?;
-        Ok(WriteReport {
-            rows: requests,
-            requests,
-        })
+        Ok(WriteReport { rows, requests })
+    }
+
+    /// Upserts last-activity rows `(conversation, newest message)` in one
+    /// request: a single statement for one row, else an unlogged batch.
+    async fn write_activity_rows(&self, rows: &[(&str, MessageId)]) -> Result<(), CassandraError> {
+        let statement = &self.inner.statements.upsert_activity;
+        fn values<'a>(&(conversation, newest): &(&'a str, MessageId)) -> (&'a str, i64, i64) {
+            (conversation, newest.as_i64(), newest.as_i64())
+        }
+        if let [single] = rows {
+            self.inner
+                .session
+                .execute_unpaged(statement, values(single))
+                .await?;
+            return Ok(());
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_is_idempotent(true);
+        for _ in rows {
+            batch.append_statement(statement.clone());
+        }
+        let values: Vec<_> = rows.iter().map(values).collect();
+        self.inner.session.batch(&batch, values).await?;
+        Ok(())
     }
 
     /// The newest message of each of `conversations` that has one.

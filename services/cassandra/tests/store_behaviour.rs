@@ -583,6 +583,27 @@ async fn read_markers_only_move_forward_and_counts_follow_history() {
         "an older replay never wins"
     );
 
+    // Several conversations in one call: their activity rows are packed
+    // per replica, each keeps its own newest message.
+    let others: Vec<ConversationId> = (0..12)
+        .map(|index| ConversationId::parse(format!("c{index}{}", unique())).unwrap())
+        .collect();
+    let spread: Vec<MessageRecord> = others
+        .iter()
+        .enumerate()
+        .flat_map(|(index, other)| {
+            [ids[index % 6], ids[(index + 1) % 6]]
+                .map(|id| MessageRecord::builder(id, other).sender(&ann).build())
+        })
+        .collect();
+    let report = store.write_read_state(&spread, 4).await.unwrap();
+    assert_eq!(report.rows, 12);
+    assert!(report.requests <= 12);
+    let found = store.last_activities(&others).await.unwrap();
+    for (index, other) in others.iter().enumerate() {
+        assert_eq!(found[other], ids[index % 6].max(ids[(index + 1) % 6]));
+    }
+
     // Markers: the highest wins, a lower one later changes nothing.
     assert_eq!(store.read_marker(&bob, &conversation).await.unwrap(), None);
     store
