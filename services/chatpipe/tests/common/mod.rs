@@ -258,13 +258,7 @@ impl Stack {
         let api_role = roles::spawn(api_config, &deps, self.context())
             .await
             .expect("api starts");
-        let persist_config = chatpipe_persist::PersistConfig {
-            group_id: unique("persist"),
-            ..Default::default()
-        };
-        let persist = roles::spawn(persist_config, &deps, self.context())
-            .await
-            .expect("persist starts");
+        let persist = self.persist(&unique("persist")).await;
         let index_config = chatpipe_index::IndexConfig {
             group_id: unique("index"),
             topics: self.topics.clone(),
@@ -281,6 +275,20 @@ impl Stack {
             persist,
             index,
         }
+    }
+}
+
+impl Stack {
+    /// Starts a persist role in consumer group `group` (a second one in
+    /// the same group, after the first stopped, resumes where it left off).
+    pub async fn persist(&self, group: &str) -> RoleHandle<PersistHandle> {
+        let config = chatpipe_persist::PersistConfig {
+            group_id: group.to_owned(),
+            ..Default::default()
+        };
+        roles::spawn(config, &self.deps(), self.context())
+            .await
+            .expect("persist starts")
     }
 }
 
