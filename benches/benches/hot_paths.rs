@@ -38,6 +38,7 @@ fn view(id: u64) -> MessageView {
         body: BODY.to_owned(),
         ts: 1_764_275_000_000,
         reply_to: None,
+        mentions: Vec::new(),
     }
 }
 
@@ -86,6 +87,7 @@ fn records(criterion: &mut Criterion) {
         edge_id: EdgeId::parse("edge-1").expect("valid id"),
         resend: false,
         reply_to: None,
+        mentions: Vec::new(),
     };
     let bytes = serde_json::to_vec(&record).expect("serializes");
     let mut group = criterion.benchmark_group("MessageRecord");

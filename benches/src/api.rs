@@ -1,25 +1,25 @@
 //! The HTTP API as the load generator uses it: creating conversations,
 //! adding members, reading history and searching — each call retried on
-//! 429/503 and transport errors until a deadline, as a polite client would.
+//! 429/5xx and transport errors until a deadline, as a polite client would
+//! ([`chatpipe_client::ApiClient::send_retrying`]), as the user it acts for.
 
 use std::time::{Duration, Instant};
 
+use chatpipe_client::http::{ApiRequest, HistoryCursor, HistoryPage, history_path, message_id_of};
 use chatpipe_core::UserId;
 use chatpipe_core::auth::TokenKeys;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// An API client that signs a token for whichever user it acts as.
 #[derive(Clone)]
 pub struct ApiClient {
-    http: reqwest::Client,
-    base: String,
+    http: chatpipe_client::ApiClient,
     keys: TokenKeys,
 }
 
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(formatter, "ApiClient({})", self.base)
+        write!(formatter, "ApiClient({})", self.http.base())
     }
 }
 
@@ -29,17 +29,6 @@ pub struct HistoryItem {
     pub message_id: u64,
     pub sender_id: String,
     pub body: String,
-}
-
-#[derive(Deserialize)]
-struct HistoryPage {
-    messages: Vec<Value>,
-    #[serde(default)]
-    has_more: bool,
-    #[serde(default)]
-    next_before: Option<String>,
-    #[serde(default)]
-    next_after: Option<String>,
 }
 
 /// Token keys from a secret; when empty, from the secret file the roles read
@@ -66,14 +55,6 @@ pub fn token_for(keys: &TokenKeys, user: &str) -> String {
     keys.sign(&user, crate::now_unix_us() / 1_000_000, 6 * 3600)
 }
 
-fn message_id_of(value: &Value) -> Option<u64> {
-    match value {
-        Value::String(text) => text.parse().ok(),
-        Value::Number(number) => number.as_u64(),
-        _ => None,
-    }
-}
-
 impl ApiClient {
     pub fn new(base: &str, secret: &str) -> Self {
         let http = reqwest::Client::builder()
@@ -82,8 +63,7 @@ impl ApiClient {
             .build()
             .expect("http client builds");
         Self {
-            http,
-            base: base.trim_end_matches('/').to_owned(),
+            http: chatpipe_client::ApiClient::with_http(base, http),
             keys: token_keys(secret),
         }
     }
@@ -92,57 +72,22 @@ impl ApiClient {
         &self.keys
     }
 
-    /// Sends a request built by `build` as `user`, retrying 429, 5xx and
-    /// transport errors (honouring `Retry-After`) until `deadline`.
+    /// `request` as `user`, retried until `deadline`.
     async fn call(
         &self,
         user: &str,
         deadline: Instant,
-        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        request: &ApiRequest<'_>,
     ) -> anyhow::Result<Value> {
         let token = token_for(&self.keys, user);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let outcome = build(&self.http).bearer_auth(&token).send().await;
-            let retry_in = match outcome {
-                Ok(response) if response.status().is_success() => {
-                    let text = response.text().await?;
-                    return Ok(if text.is_empty() {
-                        Value::Null
-                    } else {
-                        serde_json::from_str(&text)?
-                    });
-                }
-                Ok(response)
-                    if response.status().as_u16() == 429 || response.status().is_server_error() =>
-                {
-                    response
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|value| value.to_str().ok())
-                        .and_then(|value| value.parse::<u64>().ok())
-                        .map(Duration::from_secs)
-                        .unwrap_or(backoff)
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    let text = response.text().await.unwrap_or_default();
-                    anyhow::bail!(
-                        "HTTP {status}: {}",
-                        text.chars().take(300).collect::<String>()
-                    );
-                }
-                Err(error) if Instant::now() >= deadline => return Err(error.into()),
-                Err(_) => backoff,
-            };
-            if Instant::now() + retry_in >= deadline {
-                anyhow::bail!("gave up after retries (deadline)");
-            }
-            let jitter =
-                Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
-            tokio::time::sleep(retry_in + jitter).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
+        Ok(self.http.send_retrying(&token, request, deadline).await?)
+    }
+
+    /// A membership change as `actor`, retried for up to two minutes.
+    async fn change(&self, actor: &str, request: &ApiRequest<'_>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        self.call(actor, deadline, request).await?;
+        Ok(())
     }
 
     /// `POST /v1/conversations` as `creator` with `others` (≤ the API's
@@ -153,14 +98,17 @@ impl ApiClient {
         others: &[String],
         title: Option<&str>,
     ) -> anyhow::Result<String> {
-        let url = format!("{}/v1/conversations", self.base);
         let mut body = json!({ "members": others });
         if let Some(title) = title {
             body["title"] = json!(title);
         }
         let deadline = Instant::now() + Duration::from_secs(120);
         let answer = self
-            .call(creator, deadline, |http| http.post(&url).json(&body))
+            .call(
+                creator,
+                deadline,
+                &ApiRequest::post("/v1/conversations", &body),
+            )
             .await?;
         answer["conversation_id"]
             .as_str()
@@ -177,15 +125,9 @@ impl ApiClient {
         user: &str,
         role: &str,
     ) -> anyhow::Result<()> {
-        let url = format!(
-            "{}/v1/conversations/{conversation}/members/{user}",
-            self.base
-        );
-        let body = json!({ "role": role });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        self.call(actor, deadline, |http| http.patch(&url).json(&body))
-            .await?;
-        Ok(())
+        let path = format!("/v1/conversations/{conversation}/members/{user}");
+        self.change(actor, &ApiRequest::patch(&path, &json!({ "role": role })))
+            .await
     }
 
     /// `POST /v1/conversations/{id}/members` as `actor`, an owner or admin.
@@ -195,12 +137,9 @@ impl ApiClient {
         conversation: &str,
         user: &str,
     ) -> anyhow::Result<()> {
-        let url = format!("{}/v1/conversations/{conversation}/members", self.base);
-        let body = json!({ "user_id": user });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        self.call(actor, deadline, |http| http.post(&url).json(&body))
-            .await?;
-        Ok(())
+        let path = format!("/v1/conversations/{conversation}/members");
+        self.change(actor, &ApiRequest::post(&path, &json!({ "user_id": user })))
+            .await
     }
 
     /// Every message of `conversation` newer than `after` (all when `None`),
@@ -211,36 +150,14 @@ impl ApiClient {
         conversation: &str,
         after: Option<u64>,
     ) -> anyhow::Result<Vec<HistoryItem>> {
-        let mut cursor = after;
-        let mut items = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let mut url = format!(
-                "{}/v1/conversations/{conversation}/messages?limit=200",
-                self.base
-            );
-            if let Some(after) = cursor {
-                url.push_str(&format!("&after={after}"));
-            } else {
-                url.push_str("&after=1");
-            }
-            let answer = self.call(user, deadline, |http| http.get(&url)).await?;
-            let page: HistoryPage = serde_json::from_value(answer)?;
-            let mut page_items = parse_items(&page.messages);
-            // Pages are newest first; a catch-up consumes them oldest first.
-            page_items.reverse();
-            let newest = page_items.last().map(|item| item.message_id);
-            items.extend(page_items);
-            let next = page
-                .next_after
-                .as_deref()
-                .and_then(|text| text.parse().ok())
-                .or(newest);
-            if !page.has_more || next.is_none() || next == cursor {
-                return Ok(items);
-            }
-            cursor = next;
-        }
+        self.pages(
+            user,
+            conversation,
+            HistoryCursor::After(after.unwrap_or(1)),
+            deadline,
+        )
+        .await
     }
 
     /// The whole history of `conversation`, exactly as the API returns it:
@@ -250,28 +167,50 @@ impl ApiClient {
         user: &str,
         conversation: &str,
     ) -> anyhow::Result<Vec<HistoryItem>> {
-        let mut cursor: Option<u64> = None;
-        let mut items = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(300);
+        self.pages(user, conversation, HistoryCursor::Newest, deadline)
+            .await
+    }
+
+    /// History pages from `start` on, following `after=` cursors (items
+    /// oldest first: pages come newest first and are reversed) or else
+    /// `before=` cursors (items newest first, as the API returns them).
+    async fn pages(
+        &self,
+        user: &str,
+        conversation: &str,
+        start: HistoryCursor,
+        deadline: Instant,
+    ) -> anyhow::Result<Vec<HistoryItem>> {
+        let forward = matches!(start, HistoryCursor::After(_));
+        let mut cursor = start;
+        let mut items = Vec::new();
         loop {
-            let mut url = format!(
-                "{}/v1/conversations/{conversation}/messages?limit=200",
-                self.base
-            );
-            if let Some(before) = cursor {
-                url.push_str(&format!("&before={before}"));
-            }
-            let answer = self.call(user, deadline, |http| http.get(&url)).await?;
+            let path = history_path(conversation, 200, cursor);
+            let answer = self.call(user, deadline, &ApiRequest::get(&path)).await?;
             let page: HistoryPage = serde_json::from_value(answer)?;
-            let page_items = parse_items(&page.messages);
-            let oldest = page_items.last().map(|item| item.message_id);
+            let mut page_items = parse_items(&page.messages);
+            if forward {
+                page_items.reverse();
+            }
+            // The last item is the newest (forward) or the oldest (back).
+            let last = page_items.last().map(|item| item.message_id);
             items.extend(page_items);
-            let next = page
-                .next_before
+            let next_cursor = if forward {
+                &page.next_after
+            } else {
+                &page.next_before
+            };
+            let next = next_cursor
                 .as_deref()
                 .and_then(|text| text.parse().ok())
-                .or(oldest);
-            if !page.has_more || next.is_none() || next == cursor {
+                .or(last);
+            let next = match next {
+                Some(id) if forward => HistoryCursor::After(id),
+                Some(id) => HistoryCursor::Before(id),
+                None => return Ok(items),
+            };
+            if !page.has_more || next == cursor {
                 return Ok(items);
             }
             cursor = next;
@@ -285,7 +224,6 @@ impl ApiClient {
         query: &str,
         conversation: &str,
     ) -> anyhow::Result<Vec<u64>> {
-        let url = format!("{}/v1/search", self.base);
         let deadline = Instant::now() + Duration::from_secs(60);
         let params = [
             ("q", query),
@@ -293,7 +231,11 @@ impl ApiClient {
             ("limit", "50"),
         ];
         let answer = self
-            .call(user, deadline, |http| http.get(&url).query(&params))
+            .call(
+                user,
+                deadline,
+                &ApiRequest::get("/v1/search").query(&params),
+            )
             .await?;
         let hits = answer["hits"].as_array().cloned().unwrap_or_default();
         Ok(hits

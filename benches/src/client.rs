@@ -8,30 +8,31 @@
 //! `resumed:false` they catch up from history with `after=` per
 //! conversation. Sends that saw no `ack` are re-sent after a reconnect with
 //! the same `client_msg_id` (the edge answers them from its de-duplication
-//! window).
+//! window). The connection and the frames are `chatpipe-client`'s; what
+//! is here is the behaviour of a user and what it counts.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use chatpipe_client::frames;
+use chatpipe_client::ws::{self, WebSocketConfig};
+use chatpipe_client::{ConnectError, ConnectOptions, Connection, Received, Resume};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{RwLock, mpsc, oneshot};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::api::ApiClient;
 use crate::plan::WorkerTarget;
 use crate::stats;
 use crate::wire;
 
-pub type Socket = WebSocketStream<TcpStream>;
+/// A baseline server's socket (no chatpipe `hello`).
+pub type Socket = ws::Socket;
 
 /// Counters of one worker process, cumulative (the coordinator computes
 /// rates from successive snapshots).
@@ -103,6 +104,21 @@ impl ClientShared {
     fn error(&self, code: &str) {
         let mut errors = self.errors_by_code.lock().expect("not poisoned");
         *errors.entry(code.to_owned()).or_default() += 1;
+    }
+
+    /// Counts a connection; the first one of a client also marks it
+    /// online (its report's first hello, the worker's `online` signal).
+    fn connected(&self, report: &mut ClientReport, online: &mut Option<oneshot::Sender<bool>>) {
+        self.counters.connects.fetch_add(1, Ordering::Relaxed);
+        self.counters.open.fetch_add(1, Ordering::Relaxed);
+        if report.first_online_unix_us != 0 {
+            return;
+        }
+        report.first_online_unix_us = crate::now_unix_us();
+        self.counters.first_connects.fetch_add(1, Ordering::Relaxed);
+        if let Some(online) = online.take() {
+            let _ = online.send(true);
+        }
     }
 
     fn record_ack(&self, micros: u64) {
@@ -207,56 +223,26 @@ pub struct ClientSpec {
     pub conversations: Vec<u32>,
 }
 
-/// Why a connection attempt failed.
-#[derive(Debug)]
-enum ConnectError {
-    /// Closed before `hello` with a code (1013: retry hint in ms).
-    Refused {
-        code: u16,
-        retry_after_ms: Option<u64>,
-    },
-    Transport(String),
-}
-
-fn client_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0)
-        .max_message_size(Some(1 << 20))
-        .max_frame_size(Some(1 << 20))
+/// How every simulated client connects: from its own loopback source
+/// address, with small buffers (thousands of clients per process).
+fn connect_options(source: Ipv4Addr) -> ConnectOptions {
+    ConnectOptions {
+        source: Some(source.into()),
+        websocket: WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(1 << 20))
+            .max_frame_size(Some(1 << 20)),
+        ..ConnectOptions::default()
+    }
 }
 
 /// TCP connect from `source` (port chosen by the kernel), then the
-/// WebSocket handshake.
+/// WebSocket handshake: for the baselines, which send no `hello`.
 pub async fn open_socket(url: &str, source: Ipv4Addr) -> Result<Socket, String> {
-    let request = url
-        .into_client_request()
-        .map_err(|error| error.to_string())?;
-    let host = request.uri().host().ok_or("no host")?.to_owned();
-    let port = request.uri().port_u16().unwrap_or(80);
-    let address: SocketAddr = format!("{host}:{port}")
-        .parse()
-        .map_err(|error| format!("{error}"))?;
-    let socket = TcpSocket::new_v4().map_err(|error| error.to_string())?;
-    socket
-        .set_reuseaddr(true)
-        .map_err(|error| error.to_string())?;
-    socket
-        .bind(SocketAddr::new(source.into(), 0))
-        .map_err(|error| format!("bind {source}: {error}"))?;
-    let stream = tokio::time::timeout(Duration::from_secs(15), socket.connect(address))
+    ws::open_socket(url, &connect_options(source))
         .await
-        .map_err(|_| "tcp connect timeout".to_owned())?
-        .map_err(|error| format!("tcp connect: {error}"))?;
-    let _ = stream.set_nodelay(true);
-    let (socket, _response) = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio_tungstenite::client_async_with_config(request, stream, Some(client_config())),
-    )
-    .await
-    .map_err(|_| "handshake timeout".to_owned())?
-    .map_err(|error| format!("handshake: {error}"))?;
-    Ok(socket)
+        .map_err(|error| error.to_string())
 }
 
 struct Pending {
@@ -311,32 +297,21 @@ pub async fn run_chatpipe_client(
     };
     let mut online = Some(online);
     let mut backoff = Duration::from_millis(100);
-    let mut finishing = false;
+    let options = connect_options(state.spec.source);
     'connections: loop {
-        let mut url = format!("{ws_url}?token={}", state.spec.token);
-        let resuming = state.session.clone();
-        if let Some(session) = &resuming {
-            url.push_str(&format!("&resume={session}&last_seq={}", state.last_seq));
-        }
-        let source = state.spec.source;
-        let url_ref = &url;
-        let attempt = async move {
-            let mut socket = open_socket(url_ref, source)
-                .await
-                .map_err(ConnectError::Transport)?;
-            let hello = read_hello(&mut socket).await?;
-            Ok::<_, ConnectError>((socket, hello))
-        };
+        let resuming = state.session.clone().map(|session_id| Resume {
+            session_id,
+            last_seq: state.last_seq,
+        });
+        let url = ws::connect_url(ws_url, &state.spec.token, resuming.as_ref());
+        let attempt = Connection::connect(&url, &options);
         tokio::pin!(attempt);
         // While (re)connecting, sends are queued as pending and Finish ends the client.
         let outcome = loop {
             tokio::select! {
-                outcome = &mut attempt => break outcome,
+                outcome = &mut attempt => break Some(outcome),
                 command = commands.recv() => match command {
-                    None | Some(ClientCommand::Finish) => {
-                        finishing = true;
-                        break Err(ConnectError::Transport("finishing".into()));
-                    }
+                    None | Some(ClientCommand::Finish) => break None,
                     Some(ClientCommand::Send { conversation }) => {
                         queue_send(&shared, &mut state, conversation).await;
                     }
@@ -344,22 +319,22 @@ pub async fn run_chatpipe_client(
                 },
             }
         };
-        if finishing {
+        let Some(outcome) = outcome else {
             break 'connections;
-        }
-        let (mut socket, (session_id, resumed)) = match outcome {
-            Ok(connected) => connected,
+        };
+        let mut connection = match outcome {
+            Ok(connection) => connection,
             Err(error) => {
-                let wait = match error {
-                    ConnectError::Refused {
-                        code: 1013,
-                        retry_after_ms,
-                    } => {
+                let wait = match &error {
+                    ConnectError::Refused { code: 1013, .. } => {
                         shared
                             .counters
                             .refused_try_later
                             .fetch_add(1, Ordering::Relaxed);
-                        retry_after_ms.map(Duration::from_millis).unwrap_or(backoff)
+                        error
+                            .retry_after_ms()
+                            .map(Duration::from_millis)
+                            .unwrap_or(backoff)
                     }
                     ConnectError::Refused { code, .. } => {
                         shared
@@ -369,7 +344,7 @@ pub async fn run_chatpipe_client(
                         shared.error(&format!("close_{code}"));
                         backoff
                     }
-                    ConnectError::Transport(reason) => {
+                    reason => {
                         if shared
                             .counters
                             .connect_errors
@@ -391,20 +366,9 @@ pub async fn run_chatpipe_client(
             }
         };
         backoff = Duration::from_millis(100);
-        shared.counters.connects.fetch_add(1, Ordering::Relaxed);
-        shared.counters.open.fetch_add(1, Ordering::Relaxed);
-        if state.report.first_online_unix_us == 0 {
-            state.report.first_online_unix_us = crate::now_unix_us();
-            shared
-                .counters
-                .first_connects
-                .fetch_add(1, Ordering::Relaxed);
-            if let Some(online) = online.take() {
-                let _ = online.send(true);
-            }
-        }
+        shared.connected(&mut state.report, &mut online);
         if resuming.is_some() {
-            if resumed {
+            if connection.hello().resumed {
                 shared.counters.resumed.fetch_add(1, Ordering::Relaxed);
             } else {
                 shared
@@ -416,60 +380,48 @@ pub async fn run_chatpipe_client(
                 catch_up(&shared, &mut state).await;
             }
         }
-        state.session = Some(session_id);
+        state.session = Some(connection.hello().session_id.to_string());
         // Sends that saw no ack go again, same client_msg_id, marked.
         let mut writable = true;
         let resend: Vec<String> = state
             .pending
             .values()
-            .map(|pending| wire::mark_resend(&pending.frame))
+            .map(|pending| frames::mark_resend(&pending.frame))
             .collect();
         for frame in resend {
             shared.counters.resends.fetch_add(1, Ordering::Relaxed);
-            if socket.send(Message::Text(frame.into())).await.is_err() {
+            if connection.send_text(frame).await.is_err() {
                 writable = false;
                 break;
             }
         }
         let ended = if writable {
-            serve(&shared, &mut state, &mut socket, &mut commands).await
+            serve(&shared, &mut state, &mut connection, &mut commands).await
         } else {
             Ended::Lost
         };
         shared.counters.open.fetch_sub(1, Ordering::Relaxed);
         match ended {
             Ended::Finish => {
-                let _ = socket
-                    .send(Message::Text(wire::ack_seq_frame(state.last_seq).into()))
-                    .await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
+                let _ = connection.ack_seq(state.last_seq).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), connection.close()).await;
                 break 'connections;
             }
             Ended::Storm(delay) => {
-                drop(socket);
+                // No close handshake: the edge sees the TCP connection drop.
+                drop(connection);
                 if wait_or_finish(&shared, &mut state, &mut commands, delay).await {
                     break 'connections;
                 }
             }
-            Ended::Closed(code) => {
-                match code {
-                    Some(4008) => shared
-                        .counters
-                        .closes_slow_consumer
-                        .fetch_add(1, Ordering::Relaxed),
-                    Some(1001) => shared
-                        .counters
-                        .closes_draining
-                        .fetch_add(1, Ordering::Relaxed),
-                    _ => shared.counters.closes_other.fetch_add(1, Ordering::Relaxed),
+            Ended::Closed(_) | Ended::Lost => {
+                let closes = &shared.counters;
+                let counter = match ended {
+                    Ended::Closed(Some(4008)) => &closes.closes_slow_consumer,
+                    Ended::Closed(Some(1001)) => &closes.closes_draining,
+                    _ => &closes.closes_other,
                 };
-                let pause = Duration::from_millis(rand::random_range(50..300));
-                if wait_or_finish(&shared, &mut state, &mut commands, pause).await {
-                    break 'connections;
-                }
-            }
-            Ended::Lost => {
-                shared.counters.closes_other.fetch_add(1, Ordering::Relaxed);
+                counter.fetch_add(1, Ordering::Relaxed);
                 let pause = Duration::from_millis(rand::random_range(50..300));
                 if wait_or_finish(&shared, &mut state, &mut commands, pause).await {
                     break 'connections;
@@ -510,44 +462,6 @@ async fn wait_or_finish(
     }
 }
 
-async fn read_hello(socket: &mut Socket) -> Result<(String, bool), ConnectError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let next = tokio::time::timeout_at(deadline, socket.next())
-            .await
-            .map_err(|_| ConnectError::Transport("no hello in time".into()))?;
-        match next {
-            Some(Ok(Message::Text(text))) => {
-                let frame = wire::parse_server_frame(text.as_str())
-                    .ok_or_else(|| ConnectError::Transport("undecodable first frame".into()))?;
-                if frame.op == "hello" {
-                    let session = frame
-                        .session_id
-                        .map(|id| id.into_owned())
-                        .unwrap_or_default();
-                    return Ok((session, frame.resumed.unwrap_or(false)));
-                }
-                return Err(ConnectError::Transport(format!(
-                    "first frame was {}",
-                    frame.op
-                )));
-            }
-            Some(Ok(Message::Close(close))) => {
-                let (code, reason) = close
-                    .map(|frame| (u16::from(frame.code), frame.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
-                return Err(ConnectError::Refused {
-                    code,
-                    retry_after_ms: wire::retry_after_ms(&reason),
-                });
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(error)) => return Err(ConnectError::Transport(error.to_string())),
-            None => return Err(ConnectError::Transport("closed before hello".into())),
-        }
-    }
-}
-
 /// Builds a send and records it as pending (written by the caller, or by
 /// the resend after the next connect).
 async fn queue_send(
@@ -575,7 +489,7 @@ async fn queue_send(
     );
     let sent_unix_us = crate::now_unix_us();
     let body = wire::message_body(sent_unix_us, &token, shared.body_bytes);
-    let frame = wire::send_frame(conversation_id, &client_msg_id, &body);
+    let frame = frames::send_frame(conversation_id, &client_msg_id, &body);
     state.pending.insert(
         client_msg_id,
         Pending {
@@ -600,7 +514,7 @@ enum Ended {
 async fn serve(
     shared: &Arc<ClientShared>,
     state: &mut State,
-    socket: &mut Socket,
+    connection: &mut Connection,
     commands: &mut mpsc::Receiver<ClientCommand>,
 ) -> Ended {
     let mut ack_tick = tokio::time::interval(Duration::from_millis(250));
@@ -612,23 +526,22 @@ async fn serve(
                 Some(ClientCommand::Storm { delay }) => return Ended::Storm(delay),
                 Some(ClientCommand::Send { conversation }) => {
                     if let Some(frame) = queue_send(shared, state, conversation).await
-                        && socket.send(Message::Text(frame.into())).await.is_err()
+                        && connection.send_text(frame).await.is_err()
                     {
                         return Ended::Lost;
                     }
                 }
             },
-            incoming = socket.next() => {
+            incoming = connection.recv() => {
                 let text = match incoming {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Close(close))) => return Ended::Closed(close.map(|frame| u16::from(frame.code))),
-                    Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => return Ended::Lost,
+                    Received::Text(text) => text,
+                    Received::Closed(close) => return Ended::Closed(close.map(|close| close.code)),
+                    Received::Lost => return Ended::Lost,
                 };
                 handle_frame(shared, state, text.as_str());
                 if state.last_seq >= state.acked_seq + shared.ack_every_frames {
                     state.acked_seq = state.last_seq;
-                    if socket.send(Message::Text(wire::ack_seq_frame(state.last_seq).into())).await.is_err() {
+                    if connection.ack_seq(state.last_seq).await.is_err() {
                         return Ended::Lost;
                     }
                 }
@@ -637,7 +550,7 @@ async fn serve(
                 state.local.flush(shared);
                 if state.last_seq > state.acked_seq {
                     state.acked_seq = state.last_seq;
-                    if socket.send(Message::Text(wire::ack_seq_frame(state.last_seq).into())).await.is_err() {
+                    if connection.ack_seq(state.last_seq).await.is_err() {
                         return Ended::Lost;
                     }
                 }
@@ -647,7 +560,7 @@ async fn serve(
 }
 
 fn handle_frame(shared: &Arc<ClientShared>, state: &mut State, text: &str) {
-    let Some(frame) = wire::parse_server_frame(text) else {
+    let Some(frame) = frames::parse_server_frame(text) else {
         shared.error("undecodable_frame");
         return;
     };
@@ -658,7 +571,7 @@ fn handle_frame(shared: &Arc<ClientShared>, state: &mut State, text: &str) {
     }
     match frame.op.as_ref() {
         "message" => {
-            let Some(message) = frame.message.and_then(wire::parse_message) else {
+            let Some(message) = frame.message.and_then(frames::parse_message) else {
                 shared.error("undecodable_message");
                 return;
             };
@@ -828,18 +741,7 @@ pub async fn run_baseline_client(
                 _ => continue,
             },
         };
-        shared.counters.connects.fetch_add(1, Ordering::Relaxed);
-        shared.counters.open.fetch_add(1, Ordering::Relaxed);
-        if report.first_online_unix_us == 0 {
-            report.first_online_unix_us = crate::now_unix_us();
-            shared
-                .counters
-                .first_connects
-                .fetch_add(1, Ordering::Relaxed);
-            if let Some(online) = online.take() {
-                let _ = online.send(true);
-            }
-        }
+        shared.connected(&mut report, &mut online);
         let finished = loop {
             tokio::select! {
                 command = commands.recv() => match command {

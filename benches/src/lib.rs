@@ -11,7 +11,9 @@
 //!   and **verifies** at the end that every acknowledged message reached
 //!   every member that was online for it, history (exactly once, in order)
 //!   and search. The same workers drive the baselines: the bare
-//!   tokio-tungstenite server (`bare-ws`) and Centrifugo.
+//!   tokio-tungstenite server (`bare-ws`) and Centrifugo. Clients speak
+//!   the contract through `chatpipe-client` (connect, hello, frames, the
+//!   HTTP API), the Rust client the integration tests use too.
 //! - `bare-ws`: the bare broadcast server baseline ([`bare`]).
 //! - `kafka-produce-bench`: chatpipe's producer next to Kafka's own perf tool.
 //! - CPU of every process of the stack (engines, each chatpipe role) and,

@@ -86,6 +86,7 @@ fn records(count: usize, body_bytes: usize) -> Vec<(String, Vec<u8>)> {
                 edge_id: EdgeId::parse("edge-1").expect("valid"),
                 resend: false,
                 reply_to: None,
+                mentions: Vec::new(),
             };
             (
                 conversation,

@@ -37,6 +37,9 @@ async function wsTypes() {
       bannerComment: '',
       additionalProperties: false,
       strictIndexSignatures: true,
+      // Bounded lists (`mentions`, at most 20) stay plain arrays, not
+      // unions of tuples of every length.
+      maxItems: -1,
       format: true,
       style: { singleQuote: true, printWidth: 100 },
     }));

@@ -109,7 +109,10 @@ export interface ChatEvents {
   /** A pending send changed (queued, sending, failed, or settled: `pending` undefined). */
   pending: { conversationId: string; clientMsgId: string; pending: PendingMessage | undefined };
   typing: ServerTyping;
+  /** A read receipt of another member, or of this user from another device (then `readMarker` follows). */
   read: ServerRead;
+  /** This user's read marker moved forward on another device: `readPosition()` now says so. */
+  readMarker: { conversationId: string; messageId: string };
   presence: ServerPresence;
   /** A message's body was edited (by its sender). */
   messageEdited: ServerMessageEdited;
@@ -358,6 +361,19 @@ export class ChatClient extends Emitter<ChatEvents> {
     return this.readWanted.get(conversationId);
   }
 
+  /** A `read` frame: another member's receipt, or this user's marker from another device. */
+  private onRead(frame: ServerRead): void {
+    this.emit('read', frame);
+    if (frame.user_id !== this.userId) return;
+    const known = this.readWanted.get(frame.conversation_id);
+    // Markers only move forward: an older one (it may overtake a newer one) changes nothing.
+    if (known !== undefined && compareMessageIds(frame.message_id, known) <= 0) return;
+    this.readWanted.set(frame.conversation_id, frame.message_id);
+    // Already stored by the server: nothing to send for it.
+    this.readSent.set(frame.conversation_id, maxMessageId(this.readSent.get(frame.conversation_id), frame.message_id)!);
+    this.emit('readMarker', { conversationId: frame.conversation_id, messageId: frame.message_id });
+  }
+
   private flushRead(conversationId: string): void {
     const wanted = this.readWanted.get(conversationId);
     if (wanted === undefined) return;
@@ -510,7 +526,7 @@ export class ChatClient extends Emitter<ChatEvents> {
         if (!this.sequenced(frame.seq)) return;
         if (frame.op === 'message') this.onMessage(frame.message);
         else if (frame.op === 'typing') this.emit('typing', frame);
-        else if (frame.op === 'read') this.emit('read', frame);
+        else if (frame.op === 'read') this.onRead(frame);
         else if (frame.op === 'presence') this.emit('presence', frame);
         else if (frame.op === 'message_edited') this.emit('messageEdited', frame);
         else if (frame.op === 'message_deleted') this.emit('messageDeleted', frame);

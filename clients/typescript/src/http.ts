@@ -6,9 +6,11 @@
 import type {
   ApiErrorCode,
   Conversation,
+  ConversationList,
   CreateConversationResponse,
   HistoryPage,
   Message,
+  ReadState,
   SearchHit,
   SearchPage,
 } from './types.js';
@@ -97,8 +99,32 @@ export class ApiClient {
     return this.request('POST', '/v1/conversations', title === undefined ? { members } : { members, title });
   }
 
+  /** Every conversation of the caller (all inbox pages), by last activity, newest first. */
   async listConversations(): Promise<Conversation[]> {
-    return (await this.request<{ conversations: Conversation[] }>('GET', '/v1/conversations')).conversations;
+    const all: Conversation[] = [];
+    for await (const page of this.inbox()) all.push(...page);
+    return all;
+  }
+
+  /** One inbox page: conversations by last activity, with last message, read marker, unread and mention counts. */
+  inboxPage(query: { limit?: number; cursor?: string } = {}): Promise<ConversationList> {
+    return this.request('GET', `/v1/conversations${qs(query)}`);
+  }
+
+  /** The inbox, page by page (`next_cursor` followed until the last page). */
+  async *inbox(options: { pageSize?: number } = {}): AsyncGenerator<Conversation[], void, undefined> {
+    let cursor: string | undefined;
+    for (;;) {
+      const page = await this.inboxPage({ limit: options.pageSize ?? 200, cursor });
+      yield page.conversations;
+      if (!page.next_cursor) return;
+      cursor = page.next_cursor;
+    }
+  }
+
+  /** The caller's read marker, unread and mention counts in one conversation. */
+  readState(conversationId: string): Promise<ReadState> {
+    return this.request('GET', `/v1/conversations/${enc(conversationId)}/read-state`);
   }
 
   addMember(conversationId: string, userId: string): Promise<unknown> {

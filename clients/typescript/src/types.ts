@@ -15,6 +15,7 @@ type Schemas = components['schemas'];
 export type Message = Schemas['Message'];
 export type Conversation = Schemas['Conversation'];
 export type ConversationList = Schemas['ConversationList'];
+export type ReadState = Schemas['ReadState'];
 export type CreateConversationRequest = Schemas['CreateConversationRequest'];
 export type CreateConversationResponse = Schemas['CreateConversationResponse'];
 export type HistoryPage = Schemas['HistoryPage'];

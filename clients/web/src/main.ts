@@ -123,6 +123,8 @@ function wire(chat: ChatClient): void {
     if (frame.conversation_id === current) renderTyping();
   });
   chat.on('read', (frame) => {
+    // Our own marker from another device is not a receipt to show.
+    if (frame.user_id === me) return;
     let users = readBy.get(frame.conversation_id);
     if (!users) readBy.set(frame.conversation_id, (users = new Map()));
     const previous = users.get(frame.user_id);

@@ -1,4 +1,5 @@
-//! `POST /v1/conversations`, `GET /v1/conversations`,
+//! `POST /v1/conversations` (the listing, `GET`, is the inbox: see
+//! [`crate::inbox`]),
 //! `PATCH /v1/conversations/{id}` (settings),
 //! `GET /v1/conversations/{id}/members`,
 //! `POST /v1/conversations/{id}/members`,
@@ -61,25 +62,6 @@ pub struct CreateConversationResponse {
     pub conversation_id: ConversationId,
     /// `false` when the 1:1 conversation of these two users existed already.
     pub created: bool,
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ConversationView {
-    pub conversation_id: ConversationId,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    pub member_count: u64,
-    pub created_at: u64,
-    pub created_by: UserId,
-    pub joined_at: u64,
-    /// The caller's role.
-    pub role: Role,
-    pub history_visibility: HistoryVisibility,
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ConversationList {
-    pub conversations: Vec<ConversationView>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,36 +366,6 @@ pub async fn create_conversation(
             }),
         )),
     }
-}
-
-/// `GET /v1/conversations`: the caller's conversations, most recently
-/// joined first, each with the caller's role and the history visibility.
-pub async fn list_conversations(
-    State(state): State<ApiState>,
-    Caller(caller): Caller,
-) -> Result<Json<ConversationList>, ApiError> {
-    let mut summaries = state.store.list_conversations(&caller).await?;
-    summaries.sort_by(|left, right| {
-        right.joined_at_ms.cmp(&left.joined_at_ms).then_with(|| {
-            left.conversation
-                .conversation_id
-                .cmp(&right.conversation.conversation_id)
-        })
-    });
-    let conversations = summaries
-        .into_iter()
-        .map(|summary| ConversationView {
-            conversation_id: summary.conversation.conversation_id,
-            title: summary.conversation.title,
-            member_count: summary.member_count,
-            created_at: summary.conversation.created_at_ms,
-            created_by: summary.conversation.created_by,
-            joined_at: summary.joined_at_ms,
-            role: summary.role,
-            history_visibility: summary.conversation.history_visibility,
-        })
-        .collect();
-    Ok(Json(ConversationList { conversations }))
 }
 
 /// `PATCH /v1/conversations/{id}` `{"history_visibility"}`: owners and

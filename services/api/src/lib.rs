@@ -8,13 +8,14 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/conversations` | create (1:1 or group) → `{"conversation_id"}` |
-//! | `GET /v1/conversations` | the caller's conversations (with the caller's role) |
+//! | `GET /v1/conversations` | the inbox: the caller's conversations by last activity, with role, last message, read marker, unread and mention counts, paged ([`inbox`]) |
 //! | `PATCH /v1/conversations/{id}` | settings (`history_visibility`; owners and admins) |
 //! | `GET /v1/conversations/{id}/members` | members and their roles, paged |
 //! | `POST /v1/conversations/{id}/members` | add a member (owners and admins of a group) |
 //! | `PATCH /v1/conversations/{id}/members/{user_id}` | change a member's role (owners) |
 //! | `DELETE /v1/conversations/{id}/members/{user_id}` | owners and admins remove; anyone leaves (the last owner hands over first) |
 //! | `GET /v1/conversations/{id}/messages` | history pages, newest first |
+//! | `GET /v1/conversations/{id}/read-state` | the caller's read marker, unread and mention counts ([`inbox`]) |
 //! | `GET /openapi.json` | the OpenAPI document (`schemas/openapi.json`) |
 //! | `POST /v1/dev/token` | development mode only (`dev_sign_in`, loopback bind): a token for a user name ([`dev`]) |
 //! | `GET /app/…` | the web app's files, with `app_dir` ([`app`]) |
@@ -43,6 +44,7 @@ pub mod dev;
 pub mod error;
 pub mod extract;
 pub mod history;
+pub mod inbox;
 pub mod limits;
 pub mod member_cap;
 pub mod metrics;
@@ -103,7 +105,7 @@ pub fn v1_routes() -> Vec<RouteSpec> {
         spec(
             Method::GET,
             "/v1/conversations",
-            get(conversations::list_conversations),
+            get(inbox::list_conversations),
         ),
         spec(
             Method::PATCH,
@@ -134,6 +136,11 @@ pub fn v1_routes() -> Vec<RouteSpec> {
             Method::GET,
             "/v1/conversations/{id}/messages",
             get(history::list_messages),
+        ),
+        spec(
+            Method::GET,
+            "/v1/conversations/{id}/read-state",
+            get(inbox::read_state),
         ),
     ]
 }

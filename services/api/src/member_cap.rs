@@ -31,14 +31,7 @@ pub struct MemberCap {
     counts: moka::future::Cache<ConversationId, Arc<AtomicU64>>,
 }
 
-impl std::fmt::Debug for MemberCap {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("MemberCap")
-            .field("max_members", &self.max_members)
-            .finish_non_exhaustive()
-    }
-}
+chatpipe_core::debug_fields!(MemberCap { max_members });
 
 /// The refusal text: says the cap, so a client knows why.
 pub fn conversation_full(max_members: u64) -> ApiError {

@@ -261,17 +261,7 @@ mod properties {
         "other",
     ];
 
-    fn encode(text: &str) -> String {
-        text.bytes()
-            .map(|byte| {
-                if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-                    char::from(byte).to_string()
-                } else {
-                    format!("%{byte:02X}")
-                }
-            })
-            .collect()
-    }
+    use chatpipe_testkit::percent_encode as encode;
 
     fn value() -> impl Strategy<Value = String> {
         prop_oneof![
@@ -330,18 +320,13 @@ mod properties {
 
 #[cfg(test)]
 mod tests {
-    //! The route with an in-memory membership store; the engine is the real
+    //! The route with the in-memory membership store; the engine is the real
     //! one on `CHATPIPE_ELASTICSEARCH_URL` (default http://127.0.0.1:9200), except for
     //! the outage case.
 
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
-    use chatpipe_core::MessageId;
-    use chatpipe_core::records::MessageRecord;
-    use chatpipe_core::store::StoreError;
+    use chatpipe_core::store::memory::MemoryStore;
     use chatpipe_search::bulk::BulkSinkSettings;
     use chatpipe_search::template::{apply_template, delete_deployment};
     use chatpipe_search::{
@@ -353,63 +338,12 @@ mod tests {
 
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct FakeMembership {
-        members: Arc<Mutex<HashMap<ConversationId, Vec<UserId>>>>,
-        reads: Arc<Mutex<u64>>,
-    }
-
-    impl FakeMembership {
-        fn add(&self, conversation: &str, user: &str) {
-            let mut members = self.members.lock().unwrap();
-            members
-                .entry(ConversationId::parse(conversation).unwrap())
-                .or_default()
-                .push(UserId::parse(user).unwrap());
-        }
-    }
-
-    impl MembershipStore for FakeMembership {
-        async fn is_member(
-            &self,
-            conversation: &ConversationId,
-            user: &UserId,
-        ) -> Result<bool, StoreError> {
-            Ok(self
-                .members
-                .lock()
-                .unwrap()
-                .get(conversation)
-                .is_some_and(|members| members.contains(user)))
-        }
-
-        async fn members(
-            &self,
-            conversation: &ConversationId,
-        ) -> Result<Option<Vec<UserId>>, StoreError> {
-            Ok(self.members.lock().unwrap().get(conversation).cloned())
-        }
-
-        async fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, StoreError> {
-            *self.reads.lock().unwrap() += 1;
-            let members = self.members.lock().unwrap();
-            Ok(members
-                .iter()
-                .filter(|(_, users)| users.contains(user))
-                .map(|(conversation, _)| conversation.clone())
-                .collect())
-        }
-
-        async fn readable_conversations(
-            &self,
-            user: &UserId,
-        ) -> Result<Vec<ReadableConversation>, StoreError> {
-            let conversations = self.conversations_of(user).await?;
-            Ok(conversations
-                .into_iter()
-                .map(ReadableConversation::whole)
-                .collect())
-        }
+    /// Adds `user` to `conversation` in the in-memory store.
+    fn add(store: &MemoryStore, conversation: &str, user: &str) {
+        store.add_member(
+            &ConversationId::parse(conversation).unwrap(),
+            &UserId::parse(user).unwrap(),
+        );
     }
 
     fn engine_config(prefix: String, url: Option<&str>) -> SearchEngineConfig {
@@ -450,16 +384,7 @@ mod tests {
         )
     }
 
-    fn record(id: u64, conversation: &str, sender: &str, body: &str) -> MessageRecord {
-        MessageRecord::builder(
-            MessageId::from_u64(id),
-            &ConversationId::parse(conversation).unwrap(),
-        )
-        .sender(&UserId::parse(sender).unwrap())
-        .body(body)
-        .ts(1_700_000_000_000 + id)
-        .build()
-    }
+    use chatpipe_testkit::message_record as record;
 
     #[tokio::test]
     async fn search_over_http_honours_membership_and_validates_input() {
@@ -487,10 +412,10 @@ mod tests {
         assert_eq!(sink.write(&docs).await.unwrap().indexed, 3);
         client.refresh(&config.layout().search_alias).await.unwrap();
 
-        let store = FakeMembership::default();
-        store.add("room-a", "alice");
-        store.add("room-a", "bob");
-        store.add("room-b", "carol");
+        let store = MemoryStore::new();
+        add(&store, "room-a", "alice");
+        add(&store, "room-a", "bob");
+        add(&store, "room-b", "carol");
         let app = router(
             searcher(&config),
             store.clone(),
@@ -569,7 +494,7 @@ mod tests {
         );
 
         // Added a moment ago: not refused because of the cached list.
-        store.add("room-b", "alice");
+        add(&store, "room-b", "alice");
         let (status, body) = get_as(
             &app,
             "alice",
@@ -623,8 +548,8 @@ mod tests {
     #[tokio::test]
     async fn an_engine_that_is_down_is_a_503() {
         let config = engine_config("chat-messages".to_owned(), Some("http://127.0.0.1:1"));
-        let store = FakeMembership::default();
-        store.add("room-a", "alice");
+        let store = MemoryStore::new();
+        add(&store, "room-a", "alice");
         let app = router(
             searcher(&config),
             store.clone(),
@@ -646,6 +571,6 @@ mod tests {
         );
         // Memberships were read once and cached.
         get_as(&app, "alice", "/v1/search?q=again").await;
-        assert_eq!(*store.reads.lock().unwrap(), 1);
+        assert_eq!(store.reads(), 1);
     }
 }

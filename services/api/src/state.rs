@@ -40,14 +40,7 @@ pub struct ApiState {
     pub member_cap: MemberCap,
 }
 
-impl std::fmt::Debug for ApiState {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("ApiState")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
+chatpipe_core::debug_fields!(ApiState { config });
 
 impl ApiState {
     pub fn new(config: ApiConfig, deps: ApiDeps, metrics: ApiMetrics) -> Self {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use chatpipe::roles::{self, RoleContext, RoleDeps};
 use chatpipe_api::{ApiConfig, ApiMetrics};
 use chatpipe_cassandra::bucket::{bucket_of_unix_ms, bucket_start_unix_ms};
-use chatpipe_cassandra::{CassandraConfig, CassandraStore, CreateOutcome, NewConversation};
+use chatpipe_cassandra::{CassandraStore, CreateOutcome, NewConversation};
+use chatpipe_client::ApiClient;
+use chatpipe_client::http::ApiRequest;
 use chatpipe_core::auth::TokenKeys;
 use chatpipe_core::ids::{ConversationId, MessageId, MessageIdGenerator, UserId};
 use chatpipe_core::membership::Role;
@@ -18,7 +20,6 @@ use chatpipe_core::records::{
 use chatpipe_core::store::MembershipStore;
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_kafka::consumer::{ConsumerSettings, group_consumer};
-use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile, apply};
 use chatpipe_kafka::{ConsumerMetrics, KafkaConfig};
 use chatpipe_runtime::Shutdown;
 use chatpipe_search::SearchEngineConfig;
@@ -29,6 +30,8 @@ struct Api {
     unique: String,
     base: String,
     http: reqwest::Client,
+    /// The contract's client, for the calls of a user.
+    client: ApiClient,
     keys: TokenKeys,
     store: CassandraStore,
     kafka: KafkaConfig,
@@ -69,28 +72,12 @@ async fn try_start(
     config: ApiConfig,
     producer_brokers: Option<&str>,
 ) -> Result<Api, chatpipe::roles::RoleError> {
-    let unique = uuid::Uuid::new_v4().simple().to_string();
-    let prefix = format!("t{unique}.");
-    let brokers =
-        std::env::var("CHATPIPE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let kafka = KafkaConfig::new(brokers, format!("api-test-{unique}"));
-    let mut topics_file = TopicsFile::parse(DEFAULT_TOPICS_JSON)
-        .unwrap()
-        .with_prefix(&prefix);
-    for topic in &mut topics_file.topics {
-        topic.partitions = 1;
-    }
-    apply(&kafka, &topics_file)
-        .await
-        .expect("Kafka must be reachable (topology/engines.sh up kafka)");
-    let topics = TopicNames::with_prefix(&prefix);
-    let mut cassandra = CassandraConfig::default();
-    if let Ok(address) = std::env::var("CHATPIPE_CASSANDRA") {
-        cassandra.contact_points = vec![address];
-    }
-    let store = CassandraStore::connect(&cassandra)
-        .await
-        .expect("Cassandra must be reachable (topology/engines.sh up cassandra)");
+    let chatpipe_testkit::IsolatedTopics {
+        unique,
+        kafka,
+        topics,
+    } = chatpipe_testkit::isolated_topics("api-test", 1).await;
+    let store = chatpipe_testkit::cassandra_store().await;
     let keys = TokenKeys::from_configured_secret(format!("secret-{unique}").as_bytes()).unwrap();
     // The role is started the way the binary starts it (chatpipe::roles),
     // with its ops listener on a free loopback port.
@@ -119,6 +106,7 @@ async fn try_start(
         unique,
         base: format!("http://{address}"),
         http: reqwest::Client::new(),
+        client: ApiClient::new(&format!("http://{address}")),
         keys,
         store,
         kafka,
@@ -145,22 +133,14 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(self.token(user));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        };
-        (status, value)
+        let mut request = ApiRequest::new(method, path);
+        request.body = body.as_ref();
+        let response = self
+            .client
+            .send(&self.token(user), &request)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        (response.status, response.body)
     }
 
     async fn get(&self, user: &UserId, path: &str) -> (StatusCode, Value) {
@@ -178,14 +158,7 @@ impl Api {
 }
 
 fn assert_error(status: StatusCode, body: &Value, expected_status: u16, code: &str) {
-    assert_eq!(status.as_u16(), expected_status, "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|message| !message.is_empty()),
-        "{body}"
-    );
+    chatpipe_testkit::assert_api_error(status.as_u16(), body, expected_status, code);
 }
 
 #[tokio::test]

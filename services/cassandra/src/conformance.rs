@@ -1,7 +1,8 @@
 //! The behaviour every implementation of the store seams must have, written
 //! once and generic over the traits of `chatpipe_core::store` (the tansu
-//! pattern). `tests/store_behaviour.rs` runs it against Cassandra; an
-//! in-memory fake in another crate's unit tests can run the same functions.
+//! pattern). `tests/store_behaviour.rs` runs it against Cassandra, and the
+//! unit tests below against chatpipe-core's in-memory
+//! [`MemoryStore`], which the roles' engine-free unit tests use.
 //!
 //! The suites panic on the first violated expectation. `unique` must differ
 //! per run (a uuid): every id the suites create is derived from it, so runs
@@ -10,6 +11,7 @@
 use std::future::Future;
 
 use chatpipe_core::ids::{ConversationId, UserId};
+use chatpipe_core::store::memory::MemoryStore;
 use chatpipe_core::store::{MembershipStore, StoreError};
 use chatpipe_core::time::now_unix_ms;
 
@@ -75,6 +77,37 @@ impl MembershipFixture for CassandraStore {
         user: &UserId,
     ) -> Result<(), StoreError> {
         Ok(self.remove_member(conversation, user).await?)
+    }
+}
+
+impl MembershipFixture for MemoryStore {
+    async fn create_conversation_for_test(
+        &self,
+        conversation: &ConversationId,
+        creator: &UserId,
+        members: &[UserId],
+    ) -> Result<(), StoreError> {
+        self.create_conversation(conversation, creator, members);
+        Ok(())
+    }
+
+    async fn add_member_for_test(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        _actor: &UserId,
+    ) -> Result<(), StoreError> {
+        self.add_member(conversation, user);
+        Ok(())
+    }
+
+    async fn remove_member_for_test(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+    ) -> Result<(), StoreError> {
+        self.remove_member(conversation, user);
+        Ok(())
     }
 }
 
@@ -169,4 +202,15 @@ pub async fn membership_suite<S: MembershipFixture>(store: &S, unique: &str) {
     store.remove_member_for_test(&other, &bob).await.unwrap();
     assert_eq!(store.members(&other).await.unwrap(), Some(vec![]));
     assert!(store.conversations_of(&bob).await.unwrap().is_empty());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-memory store behaves as Cassandra does (no engine needed).
+    #[tokio::test]
+    async fn the_memory_store_passes_the_membership_suite() {
+        membership_suite(&MemoryStore::new(), "memory").await;
+    }
 }

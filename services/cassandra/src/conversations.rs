@@ -326,8 +326,9 @@ impl CassandraStore {
     }
 
     /// The `(conversation, joined_at)` entries of `user`, in id order,
-    /// including any left over from a failed creation.
-    async fn user_conversation_entries(
+    /// including any left over from a failed creation (whose
+    /// [`Self::summary`] is `None`).
+    pub async fn user_conversation_entries(
         &self,
         user: &UserId,
     ) -> Result<Vec<(ConversationId, u64)>, CassandraError> {
@@ -371,7 +372,10 @@ impl CassandraStore {
         Ok(summaries.into_iter().flatten().collect())
     }
 
-    async fn summary(
+    /// One entry of `user`'s conversation list: the conversation's row,
+    /// its member count and `user`'s role; `None` when the conversation
+    /// does not exist or `user` is not a member.
+    pub async fn summary(
         &self,
         user: &UserId,
         conversation_id: ConversationId,

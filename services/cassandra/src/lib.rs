@@ -18,6 +18,9 @@
 //!   layout); idempotent batch writes, edits and deletes (tombstones), and
 //!   cursor pages across buckets; implements
 //!   [`MessageStore`](chatpipe_core::store::MessageStore) for the edge.
+//! - [`read_state`]: read markers, mention rows and last activity (written
+//!   by persist in batches), and the unread and mention counts the inbox
+//!   reads; nothing is written per recipient.
 //! - [`conformance`]: the behaviour suites of the store traits, generic
 //!   over any implementation.
 //!
@@ -34,6 +37,7 @@ pub mod conformance;
 pub mod conversations;
 pub mod error;
 pub mod messages;
+pub mod read_state;
 pub mod schema;
 pub mod store;
 
@@ -45,5 +49,6 @@ pub use error::CassandraError;
 pub use messages::{
     DELETE_WRITE_TIMESTAMP_US, HistoryPage, HistoryQuery, ReactionCount, StoredMessage, WriteReport,
 };
+pub use read_state::ReadCounts;
 pub use schema::{SchemaReport, apply_schema};
 pub use store::CassandraStore;

@@ -216,6 +216,25 @@ fn change_write_time_us(record: &MessageChangeRecord) -> i64 {
     }
 }
 
+/// Runs `writes`, at most `max_in_flight` (at least one) at once; the
+/// first failure ends the run. Callers build the futures up front (not in a
+/// stream closure), which keeps their own future `Send` for callers that
+/// spawn it.
+async fn at_most_in_flight<T, E, F>(
+    writes: Vec<F>,
+    max_in_flight: usize,
+) -> Result<(), CassandraError>
+where
+    F: Future<Output = Result<T, E>>,
+    CassandraError: From<E>,
+{
+    futures::stream::iter(writes)
+        .buffer_unordered(max_in_flight.max(1))
+        .try_collect::<Vec<T>>()
+        .await?;
+    Ok(())
+}
+
 /// A history row's estimated share of a batch's size (see
 /// [`MAX_MULTI_PARTITION_BATCH_BYTES`]).
 fn estimated_row_bytes(record: &MessageRecord) -> usize {
@@ -342,13 +361,8 @@ impl CassandraStore {
             rows: records.len() as u64,
             requests: requests.len() as u64,
         };
-        // Futures built up front (not in a stream closure) keep the returned
-        // future `Send` for callers that spawn it.
         let writes: Vec<_> = requests.iter().map(|rows| self.write_rows(rows)).collect();
-        futures::stream::iter(writes)
-            .buffer_unordered(max_in_flight.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        at_most_in_flight(writes, max_in_flight).await?;
         Ok(report)
     }
 
@@ -405,10 +419,7 @@ impl CassandraStore {
             .iter()
             .map(|record| self.write_change(record))
             .collect();
-        futures::stream::iter(writes)
-            .buffer_unordered(max_in_flight.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        at_most_in_flight(writes, max_in_flight).await?;
         Ok(WriteReport {
             rows: records.len() as u64,
             requests: records.len() as u64,
@@ -518,10 +529,7 @@ impl CassandraStore {
             })
             .collect();
         let written = writes.len() as u64;
-        futures::stream::iter(writes)
-            .buffer_unordered(max_in_flight.max(1))
-            .try_collect::<Vec<_>>()
-            .await?;
+        at_most_in_flight(writes, max_in_flight).await?;
         Ok(written)
     }
 

@@ -336,7 +336,10 @@ mod tests {
                 "members_by_conversation",
                 "conversations_by_user",
                 "messages",
-                "message_relations"
+                "message_relations",
+                "read_markers",
+                "mentions",
+                "conversation_activity"
             ]
         );
         let migrations: Vec<(&str, &str, &str)> = statements

@@ -67,6 +67,13 @@ pub(crate) struct Statements {
     pub(crate) insert_relation: PreparedStatement,
     pub(crate) delete_relation: PreparedStatement,
     pub(crate) select_relations: PreparedStatement,
+    pub(crate) upsert_read_marker: PreparedStatement,
+    pub(crate) select_read_marker: PreparedStatement,
+    pub(crate) insert_mention: PreparedStatement,
+    pub(crate) select_mentions_after: PreparedStatement,
+    pub(crate) upsert_activity: PreparedStatement,
+    pub(crate) select_activities: PreparedStatement,
+    pub(crate) select_unread_rows: PreparedStatement,
 }
 
 const MESSAGE_COLUMNS: &str = "message_id, sender_id, client_msg_id, body, ts, edited_at, deleted";
@@ -278,6 +285,72 @@ impl Statements {
                 format!(
                     "SELECT message_id, relation, value, user_id FROM {ks}.message_relations \
                      WHERE conversation_id = ? AND bucket = ? AND message_id >= ? AND message_id <= ? LIMIT ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            // Written with the marker itself as write time: the highest
+            // marker wins, a lower one never moves it back.
+            upsert_read_marker: prepare(
+                format!(
+                    "INSERT INTO {ks}.read_markers (user_id, conversation_id, message_id) \
+                     VALUES (?, ?, ?) USING TIMESTAMP ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            select_read_marker: prepare(
+                format!(
+                    "SELECT message_id FROM {ks}.read_markers WHERE user_id = ? AND conversation_id = ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            insert_mention: prepare(
+                format!(
+                    "INSERT INTO {ks}.mentions (user_id, conversation_id, message_id) \
+                     VALUES (?, ?, ?) USING TIMESTAMP ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            select_mentions_after: prepare(
+                format!(
+                    "SELECT message_id FROM {ks}.mentions \
+                     WHERE user_id = ? AND conversation_id = ? AND message_id > ? LIMIT ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            // Written with the newest message id as write time: an older
+            // message (a replay, a late batch) never wins.
+            upsert_activity: prepare(
+                format!(
+                    "INSERT INTO {ks}.conversation_activity (conversation_id, last_message_id) \
+                     VALUES (?, ?) USING TIMESTAMP ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            select_activities: prepare(
+                format!(
+                    "SELECT conversation_id, last_message_id FROM {ks}.conversation_activity \
+                     WHERE conversation_id IN ?"
+                ),
+                true,
+                None,
+            )
+            .await?,
+            select_unread_rows: prepare(
+                format!(
+                    "SELECT message_id, sender_id, deleted FROM {ks}.messages \
+                     WHERE conversation_id = ? AND bucket = ? AND message_id > ? LIMIT ?"
                 ),
                 true,
                 None,

@@ -17,11 +17,7 @@ use chatpipe_core::store::MembershipStore;
 use chatpipe_core::time::now_unix_ms;
 
 fn config() -> CassandraConfig {
-    let mut config = CassandraConfig::default();
-    if let Ok(address) = std::env::var("CHATPIPE_CASSANDRA") {
-        config.contact_points = vec![address];
-    }
-    config
+    chatpipe_testkit::cassandra_config()
 }
 
 async fn store() -> CassandraStore {
@@ -77,7 +73,7 @@ async fn schema_apply_is_idempotent() {
     let keyspace = format!("chatpipe_t{}", &unique()[..16]);
     let first = apply_schema(store.session(), &keyspace).await.unwrap();
     assert!(first.created_keyspace);
-    assert_eq!(first.created_tables.len(), 5, "{first:?}");
+    assert_eq!(first.created_tables.len(), 8, "{first:?}");
     let second = apply_schema(store.session(), &keyspace).await.unwrap();
     assert!(
         !second.changed_anything(),
@@ -522,4 +518,118 @@ async fn roles_settings_and_join_times_are_stored_and_read_back() {
     };
     assert_eq!(role_of(alice.clone()).await, Role::Owner);
     assert_eq!(role_of(bob.clone()).await, Role::Member);
+}
+
+#[tokio::test]
+async fn read_markers_only_move_forward_and_counts_follow_history() {
+    let store = store().await;
+    let conversation = ConversationId::parse(format!("c{}", unique())).unwrap();
+    let (ann, bob) = (
+        UserId::parse(format!("ann{}", &unique()[..8])).unwrap(),
+        UserId::parse(format!("bob{}", &unique()[..8])).unwrap(),
+    );
+    let now = now_unix_ms();
+    create(&store, &conversation, &ann, now - 60_000).await;
+    let row = store.conversation(&conversation).await.unwrap().unwrap();
+    let mut generator = MessageIdGenerator::new(7);
+    let ids: Vec<MessageId> = (0..6)
+        .map(|step| generator.next_id(now - 10_000 + step))
+        .collect();
+    let records: Vec<MessageRecord> = ids
+        .iter()
+        .enumerate()
+        .map(|(index, id)| {
+            let sender = if index == 3 { &bob } else { &ann };
+            let builder = MessageRecord::builder(*id, &conversation)
+                .sender(sender)
+                .client_msg_id(format!("c{id}"));
+            if index % 2 == 0 {
+                builder.mentions(&[bob.as_str()]).build()
+            } else {
+                builder.build()
+            }
+        })
+        .collect();
+    store.write_messages(&records, 4).await.unwrap();
+    // Written twice (a replay), in reverse order: nothing changes.
+    for _ in 0..2 {
+        let mut reversed = records.clone();
+        reversed.reverse();
+        store.write_read_state(&reversed, 4).await.unwrap();
+    }
+    let floor = MessageId::from_u64(1);
+    let counts = store.read_counts(&row, &bob, floor, now).await.unwrap();
+    // Bob sent one of the six; three mention him.
+    assert_eq!((counts.unread.count, counts.unread.exact), (5, true));
+    assert_eq!((counts.mentions.count, counts.mentions.exact), (3, true));
+    // The newest message is the last activity, whatever the write order.
+    let activity = store
+        .last_activities(std::slice::from_ref(&conversation))
+        .await
+        .unwrap();
+    assert_eq!(activity.get(&conversation), Some(&ids[5]));
+    store.write_read_state(&records[..2], 4).await.unwrap();
+    let activity = store
+        .last_activities(std::slice::from_ref(&conversation))
+        .await
+        .unwrap();
+    assert_eq!(
+        activity.get(&conversation),
+        Some(&ids[5]),
+        "an older replay never wins"
+    );
+
+    // Several conversations in one call: their activity rows are packed
+    // per replica, each keeps its own newest message.
+    let others: Vec<ConversationId> = (0..12)
+        .map(|index| ConversationId::parse(format!("c{index}{}", unique())).unwrap())
+        .collect();
+    let spread: Vec<MessageRecord> = others
+        .iter()
+        .enumerate()
+        .flat_map(|(index, other)| {
+            [ids[index % 6], ids[(index + 1) % 6]]
+                .map(|id| MessageRecord::builder(id, other).sender(&ann).build())
+        })
+        .collect();
+    let report = store.write_read_state(&spread, 4).await.unwrap();
+    assert_eq!(report.rows, 12);
+    assert!(report.requests <= 12);
+    let found = store.last_activities(&others).await.unwrap();
+    for (index, other) in others.iter().enumerate() {
+        assert_eq!(found[other], ids[index % 6].max(ids[(index + 1) % 6]));
+    }
+
+    // Markers: the highest wins, a lower one later changes nothing.
+    assert_eq!(store.read_marker(&bob, &conversation).await.unwrap(), None);
+    store
+        .write_read_markers(&[(&bob, &conversation, ids[2])], 2)
+        .await
+        .unwrap();
+    store
+        .write_read_markers(&[(&bob, &conversation, ids[0])], 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_marker(&bob, &conversation).await.unwrap(),
+        Some(ids[2])
+    );
+    let counts = store.read_counts(&row, &bob, ids[2], now).await.unwrap();
+    // After the third: ids 3 (Bob's own), 4 (mentions him), 5.
+    assert_eq!((counts.unread.count, counts.mentions.count), (2, 1));
+    // A deleted message counts neither as unread nor as a mention.
+    store
+        .write_change(&chatpipe_core::records::MessageChangeRecord {
+            schema_version: chatpipe_core::records::CHANGE_SCHEMA_VERSION,
+            message_id: ids[4],
+            conversation_id: conversation.clone(),
+            actor_id: ann.clone(),
+            change: chatpipe_core::records::MessageChange::Delete,
+            ts: now,
+            edge_id: chatpipe_core::EdgeId::parse("edge-test").unwrap(),
+        })
+        .await
+        .unwrap();
+    let counts = store.read_counts(&row, &bob, ids[2], now).await.unwrap();
+    assert_eq!((counts.unread.count, counts.mentions.count), (1, 0));
 }

@@ -132,16 +132,11 @@ pub struct RoleDeps {
     pub push_key: PushKey,
 }
 
-impl std::fmt::Debug for RoleDeps {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("RoleDeps")
-            .field("kafka", &self.kafka)
-            .field("topics", &self.topics)
-            .field("search", &self.search)
-            .finish_non_exhaustive()
-    }
-}
+chatpipe_core::debug_fields!(RoleDeps {
+    kafka,
+    topics,
+    search
+});
 
 impl RoleDeps {
     /// The Kafka config of one role instance (`<client_id>-<name>`).
@@ -288,15 +283,7 @@ pub struct RoleHandle<R> {
     ops_task: JoinHandle<Result<(), RoleError>>,
 }
 
-impl<R> std::fmt::Debug for RoleHandle<R> {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("RoleHandle")
-            .field("kind", &self.kind)
-            .field("ops_addr", &self.ops_addr)
-            .finish_non_exhaustive()
-    }
-}
+chatpipe_core::debug_fields!(RoleHandle<R> { kind, ops_addr });
 
 impl<R> Deref for RoleHandle<R> {
     type Target = R;

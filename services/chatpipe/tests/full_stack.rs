@@ -10,13 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-fn message_ids(messages: &[Value]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|message| message["message_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// The README's catch-up algorithm: page `after` the last seen id until
 /// history holds `expected` (bounded wait: persist lags by milliseconds).
 async fn catch_up(
@@ -62,15 +55,9 @@ async fn a_client_that_cannot_resume_catches_up_from_history_without_gap_or_dupl
     let (fanout, _f) = stack.fanout(&unique("fanout")).await;
     let (alice, bob) = (unique("alice"), unique("bob"));
     let (alice_token, bob_token) = (stack.token(&alice), stack.token(&bob));
-    let (status, created) = full
-        .post(
-            &alice_token,
-            "/v1/conversations",
-            json!({"members":[bob], "title":"catch-up"}),
-        )
+    let conversation = full
+        .create_conversation(&alice_token, json!({"members":[bob], "title":"catch-up"}))
         .await;
-    assert!(status == 201 || status == 200, "{created}");
-    let conversation = created["conversation_id"].as_str().unwrap().to_owned();
 
     let mut sender = Client::connect(&edge_a, &alice_token).await;
     let mut receiver = Client::connect(&edge_a, &bob_token).await;

@@ -33,12 +33,7 @@ async fn history(full: &FullStack, token: &str, conversation: &str) -> Vec<Value
 async fn search_ids(full: &FullStack, token: &str, q: &str) -> Vec<String> {
     let (status, page) = full.get(token, &format!("/v1/search?q={q}")).await;
     assert_eq!(status, 200, "{page}");
-    page["hits"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|hit| hit["message"]["message_id"].as_str().unwrap().to_owned())
-        .collect()
+    hit_ids(&page)
 }
 
 /// Sends an `edit` or `delete` and returns its answer (`ack` or `error`),
@@ -73,15 +68,12 @@ async fn edits_and_deletes_reach_members_history_search_and_kafka() {
     let (fanout, _fanout) = stack.fanout(&unique("fanout")).await;
     let (alice, bob) = (unique("alice"), unique("bob"));
     let (alice_token, bob_token) = (stack.token(&alice), stack.token(&bob));
-    let (status, created) = full
-        .post(
+    let conversation = full
+        .create_conversation(
             &alice_token,
-            "/v1/conversations",
             json!({"members": [bob], "title": "lifecycle"}),
         )
         .await;
-    assert!(status == 201 || status == 200, "{created}");
-    let conversation = created["conversation_id"].as_str().unwrap().to_owned();
     let mut alice_ws = Client::connect(&edge, &alice_token).await;
     let mut bob_ws = Client::connect(&edge, &bob_token).await;
     stack.routed(&fanout, &alice, 1).await;
@@ -290,15 +282,12 @@ async fn reactions_and_replies_reach_members_history_and_kafka() {
     let (fanout, _fanout) = stack.fanout(&unique("fanout")).await;
     let (alice, bob, carol) = (unique("alice"), unique("bob"), unique("carol"));
     let tokens = [stack.token(&alice), stack.token(&bob), stack.token(&carol)];
-    let (status, created) = full
-        .post(
+    let conversation = full
+        .create_conversation(
             &tokens[0],
-            "/v1/conversations",
             json!({"members": [bob, carol], "title": "reactions"}),
         )
         .await;
-    assert!(status == 201 || status == 200, "{created}");
-    let conversation = created["conversation_id"].as_str().unwrap().to_owned();
     let mut clients = Vec::new();
     for token in &tokens {
         clients.push(Client::connect(&edge, token).await);

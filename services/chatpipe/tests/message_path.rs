@@ -6,14 +6,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use serde_json::{Value, json};
-
-fn ids(messages: &[Value]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|message| message["message_id"].as_str().unwrap().to_owned())
-        .collect()
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_reach_every_online_member_on_every_device_in_order() {
@@ -60,7 +53,11 @@ async fn messages_reach_every_online_member_on_every_device_in_order() {
         ("carol", &mut carol_client),
     ] {
         let received = client.messages(group.as_str(), 20).await;
-        assert_eq!(ids(&received), acked, "{name} got the group in order");
+        assert_eq!(
+            message_ids(&received),
+            acked,
+            "{name} got the group in order"
+        );
         assert_eq!(received[0]["body"], "group 0");
         assert_eq!(received[0]["client_msg_id"], "g0");
         assert_eq!(received[0]["sender_id"], alice.as_str());
@@ -173,7 +170,7 @@ async fn a_killed_fanout_worker_loses_nothing_after_the_group_rebalances() {
     }
     let received = receiver.messages(conversation.as_str(), 60).await;
     assert_eq!(
-        ids(&received),
+        message_ids(&received),
         acked,
         "every message, first occurrences in order"
     );

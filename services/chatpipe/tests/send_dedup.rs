@@ -129,13 +129,7 @@ async fn search_until(
             )
             .await;
         assert_eq!(status, 200, "{page}");
-        let ids: Vec<String> = page["hits"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|hit| hit["message"]["message_id"].as_str().unwrap().to_owned())
-            .collect();
+        let ids = hit_ids(&page);
         ids.iter().any(|id| id == sentinel_id).then_some(ids)
     })
     .await

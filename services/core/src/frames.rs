@@ -53,6 +53,10 @@ pub enum ClientFrame {
         /// The message of the same conversation this one replies to.
         /// Optional.
         reply_to: Option<MessageId>,
+        /// Users the message mentions (at most
+        /// [`MAX_MENTIONS`](crate::read_state::MAX_MENTIONS), each once).
+        /// Optional on the wire, empty when absent.
+        mentions: Vec<UserId>,
     },
     Typing {
         conversation_id: ConversationId,
@@ -157,6 +161,7 @@ struct RawClientFrame {
     resend: Option<serde_json::Value>,
     reaction: Option<serde_json::Value>,
     reply_to: Option<serde_json::Value>,
+    mentions: Option<serde_json::Value>,
     token: Option<serde_json::Value>,
 }
 
@@ -186,6 +191,19 @@ fn parse_field<T, E: std::fmt::Display>(
 ) -> Result<T, FrameError> {
     parse(raw)
         .map_err(|error| FrameError::invalid(format!("`{field}`: {error}"), reference.clone()))
+}
+
+/// The `conversation_id` every frame about a conversation carries.
+fn required_conversation_id(
+    value: Option<serde_json::Value>,
+    reference: &Option<String>,
+) -> Result<ConversationId, FrameError> {
+    parse_field(
+        "conversation_id",
+        required_string("conversation_id", value, reference)?,
+        ConversationId::parse,
+        reference,
+    )
 }
 
 fn required_message_id(
@@ -243,6 +261,45 @@ fn optional_client_msg_id(
     }
 }
 
+/// The optional `mentions` of a send: a list of at most
+/// [`MAX_MENTIONS`](crate::read_state::MAX_MENTIONS) user ids, kept once
+/// each in the order given.
+fn optional_mentions(
+    value: Option<serde_json::Value>,
+    reference: &Option<String>,
+) -> Result<Vec<UserId>, FrameError> {
+    let max = crate::read_state::MAX_MENTIONS;
+    let items = match value {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => items,
+        Some(_) => {
+            return Err(FrameError::invalid(
+                "`mentions` must be a list of user ids",
+                reference.clone(),
+            ));
+        }
+    };
+    if items.len() > max {
+        return Err(FrameError::invalid(
+            format!("`mentions` may name at most {max} users"),
+            reference.clone(),
+        ));
+    }
+    let mut mentions: Vec<UserId> = Vec::with_capacity(items.len());
+    for item in items {
+        let user = parse_field(
+            "mentions",
+            required_string("mentions", Some(item), reference)?,
+            UserId::parse,
+            reference,
+        )?;
+        if !mentions.contains(&user) {
+            mentions.push(user);
+        }
+    }
+    Ok(mentions)
+}
+
 /// Decodes one client text frame.
 pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFrame, FrameError> {
     if text.len() > limits.max_frame_bytes {
@@ -284,12 +341,7 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
                 ClientMsgId::parse,
                 &reference,
             )?;
-            let conversation_id = parse_field(
-                "conversation_id",
-                required_string("conversation_id", raw.conversation_id, &reference)?,
-                ConversationId::parse,
-                &reference,
-            )?;
+            let conversation_id = required_conversation_id(raw.conversation_id, &reference)?;
             let body = required_body(raw.body, limits, &reference)?;
             let resend = match raw.resend {
                 None | Some(serde_json::Value::Null) => false,
@@ -306,29 +358,21 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
                     })?)
                 }
             };
+            let mentions = optional_mentions(raw.mentions, &reference)?;
             Ok(ClientFrame::Send {
                 conversation_id,
                 client_msg_id,
                 body,
                 resend,
                 reply_to,
+                mentions,
             })
         }
         "typing" => Ok(ClientFrame::Typing {
-            conversation_id: parse_field(
-                "conversation_id",
-                required_string("conversation_id", raw.conversation_id, &reference)?,
-                ConversationId::parse,
-                &reference,
-            )?,
+            conversation_id: required_conversation_id(raw.conversation_id, &reference)?,
         }),
         "read" => {
-            let conversation_id = parse_field(
-                "conversation_id",
-                required_string("conversation_id", raw.conversation_id, &reference)?,
-                ConversationId::parse,
-                &reference,
-            )?;
+            let conversation_id = required_conversation_id(raw.conversation_id, &reference)?;
             let message_id = match raw.message_id {
                 Some(value) => serde_json::from_value::<MessageId>(value)
                     .map_err(|error| FrameError::invalid(format!("`message_id`: {error}"), None))?,
@@ -340,12 +384,7 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
             })
         }
         "react" | "unreact" => {
-            let conversation_id = parse_field(
-                "conversation_id",
-                required_string("conversation_id", raw.conversation_id, &reference)?,
-                ConversationId::parse,
-                &reference,
-            )?;
+            let conversation_id = required_conversation_id(raw.conversation_id, &reference)?;
             let message_id = required_message_id(raw.message_id, &reference)?;
             let client_msg_id = optional_client_msg_id(raw.client_msg_id, &reference)?;
             let reaction = required_string("reaction", raw.reaction, &reference)?;
@@ -369,12 +408,7 @@ pub fn decode_client_frame(text: &str, limits: &FrameLimits) -> Result<ClientFra
             })
         }
         "edit" | "delete" => {
-            let conversation_id = parse_field(
-                "conversation_id",
-                required_string("conversation_id", raw.conversation_id, &reference)?,
-                ConversationId::parse,
-                &reference,
-            )?;
+            let conversation_id = required_conversation_id(raw.conversation_id, &reference)?;
             let message_id = required_message_id(raw.message_id, &reference)?;
             let client_msg_id = optional_client_msg_id(raw.client_msg_id, &reference)?;
             if op == "delete" {
@@ -478,6 +512,9 @@ pub struct MessageView {
     /// The message this one replies to, for a reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<MessageId>,
+    /// The users the message mentions; absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
 }
 
 impl From<&MessageRecord> for MessageView {
@@ -490,6 +527,7 @@ impl From<&MessageRecord> for MessageView {
             body: record.body.clone(),
             ts: record.ts,
             reply_to: record.reply_to,
+            mentions: record.mentions.clone(),
         }
     }
 }
@@ -983,6 +1021,7 @@ mod tests {
             body: "hello \"world\"".into(),
             ts: 5,
             reply_to: None,
+            mentions: Vec::new(),
         };
         let text = Deliverable::message(&view).encode_with_seq(3);
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -1005,6 +1044,7 @@ mod tests {
             body: "héllo \"x\"".into(),
             ts: 5,
             reply_to: Some(MessageId::from_u64(3)),
+            mentions: Vec::new(),
         };
         let deliverable = Deliverable::message(&view);
         let shared = SequencedFrame::new(deliverable.op.as_str(), &deliverable.fields_json);

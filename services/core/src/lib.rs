@@ -15,20 +15,27 @@
 //!   partition order ([`dedup::SendDedupWindow`]).
 //! - [`membership`]: roles (owner, admin, member), history visibility, and
 //!   the pure rule deciding who may change whose membership.
+//! - [`read_state`]: mentions, read markers, unread and mention counts
+//!   (the rules that keep them exact without a write per recipient).
+//! - [`cursor`]: the opaque cursor codec of paginated routes.
 //! - [`auth`]: bearer tokens (HS256 JWT) — signing and verification.
 //! - [`error`]: the error codes users see, mapped once to WebSocket codes and
 //!   HTTP statuses.
+//! - [`debug_fields!`]: the `Debug` of structs that show only some fields.
 //!
 //! Delivery semantics are not decided here, but the types carry what the
 //! pipeline needs for them: a message's id is its idempotency key everywhere
 //! (Kafka consumers, Cassandra primary key, search document id).
 
 pub mod auth;
+pub mod cursor;
+pub mod debug;
 pub mod dedup;
 pub mod error;
 pub mod frames;
 pub mod ids;
 pub mod membership;
+pub mod read_state;
 pub mod records;
 pub mod store;
 pub mod time;

@@ -93,6 +93,12 @@ pub struct MessageRecord {
     /// is a reply (checked by the edge). Absent on most records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<MessageId>,
+    /// The users the message mentions (each once, never the sender, at
+    /// most [`MAX_MENTIONS`](crate::read_state::MAX_MENTIONS)); absent
+    /// when none. Added within version 1 (an optional field): readers of
+    /// records without it see no mentions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
 }
 
 /// The most bytes of UTF-8 a reaction may hold (an emoji sequence or a
@@ -235,6 +241,7 @@ impl MessageRecord {
             edge_id: EdgeId::parse("edge-test").expect("a valid edge id"),
             resend: false,
             reply_to: None,
+            mentions: Vec::new(),
         })
     }
 }
@@ -276,6 +283,15 @@ impl MessageRecordBuilder {
 
     pub fn reply_to(mut self, reply_to: MessageId) -> Self {
         self.0.reply_to = Some(reply_to);
+        self
+    }
+
+    /// The users the message mentions (panics on an invalid id).
+    pub fn mentions(mut self, users: &[&str]) -> Self {
+        self.0.mentions = users
+            .iter()
+            .map(|user| UserId::parse(*user).expect("a valid user id"))
+            .collect();
         self
     }
 
@@ -530,6 +546,7 @@ mod tests {
             edge_id: EdgeId::parse("e").unwrap(),
             resend: false,
             reply_to: None,
+            mentions: Vec::new(),
         };
         let bytes = serde_json::to_vec(&message).unwrap();
         assert_eq!(

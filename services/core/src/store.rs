@@ -1,12 +1,15 @@
 //! The seams between the roles and the stores they read, as traits.
 //!
 //! Roles are generic over these traits; `chatpipe-cassandra` implements them
-//! for Cassandra/ScyllaDB, and one behaviour test suite (in that crate) runs
-//! against the real engine. Unit tests of the roles use in-memory fakes.
+//! for Cassandra/ScyllaDB and [`memory::MemoryStore`] in memory, and one
+//! behaviour test suite (`chatpipe_cassandra::conformance`) runs against
+//! both. Unit tests of the roles use the in-memory store: no engine.
 
 use std::future::Future;
 
 use crate::ids::{ConversationId, MessageId, UserId};
+
+pub mod memory;
 
 /// A store failure. Retriable failures (timeouts, an engine that is down)
 /// become `unavailable` for users; others become `internal`.

@@ -249,6 +249,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                     body,
                     resend,
                     reply_to,
+                    mentions: Vec::new(),
                 }
             }),
         (
@@ -298,6 +299,7 @@ fn client_json(frame: &ClientFrame, explicit_resend: bool) -> Map<String, Value>
             body,
             resend,
             reply_to,
+            mentions,
         } => {
             let mut value = json!({
                 "op": "send",
@@ -310,6 +312,14 @@ fn client_json(frame: &ClientFrame, explicit_resend: bool) -> Map<String, Value>
             }
             if let Some(reply_to) = reply_to {
                 value["reply_to"] = json!(reply_to.to_string());
+            }
+            if !mentions.is_empty() {
+                value["mentions"] = json!(
+                    mentions
+                        .iter()
+                        .map(|user| user.as_str())
+                        .collect::<Vec<_>>()
+                );
             }
             value
         }
@@ -432,8 +442,20 @@ fn assert_faithful(frame: &ClientFrame, document: &Value) {
             body,
             resend,
             reply_to,
+            mentions,
         } => {
             assert_eq!(conversation_id.as_str(), document["conversation_id"]);
+            let written: Vec<&str> = document["mentions"]
+                .as_array()
+                .map(|list| list.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            assert_eq!(
+                mentions
+                    .iter()
+                    .map(|user| user.as_str())
+                    .collect::<Vec<_>>(),
+                written
+            );
             assert_eq!(client_msg_id.as_str(), document["client_msg_id"]);
             assert_eq!(body, &document["body"]);
             assert_eq!(*resend, document["resend"].as_bool().unwrap_or(false));

@@ -560,6 +560,7 @@ fn message_record(message_id: u64, body: &str) -> MessageRecord {
         edge_id: edge("edge-1"),
         resend: false,
         reply_to: None,
+        mentions: Vec::new(),
     }
 }
 
@@ -574,12 +575,17 @@ fn message_records_match_their_schema() {
             reply_to: Some(MessageId::from_u64(1)),
             ..message_record(2, "a marked retry of a reply")
         },
+        MessageRecord {
+            mentions: vec![user("bob"), user("carol.c@x")],
+            ..message_record(3, "@bob @carol.c@x lunch?")
+        },
     ];
     let mut examples = Vec::new();
     for record in &records {
         let value = to_value(record);
-        // `resend` is written only when true, `reply_to` only for a reply.
-        schema.assert_produced_document(&value, &["resend", "reply_to"]);
+        // `resend` is written only when true, `reply_to` only for a reply,
+        // `mentions` only when there are some.
+        schema.assert_produced_document(&value, &["resend", "reply_to", "mentions"]);
         schema.assert_key_conforms(record.conversation_id.as_str());
         assert_eq!(
             &serde_json::from_value::<MessageRecord>(value.clone()).unwrap(),
@@ -1041,6 +1047,12 @@ fn client_frames_valid_per_schema_decode() {
             .to_owned(),
         r#"{"op":"send","conversation_id":"c1","client_msg_id":"m5","body":"yes","reply_to":"42"}"#
             .to_owned(),
+        r#"{"op":"send","conversation_id":"c1","client_msg_id":"m6","body":"@bob","mentions":["bob","carol.c@x"]}"#
+            .to_owned(),
+        format!(
+            r#"{{"op":"send","conversation_id":"c1","client_msg_id":"m7","body":"all","mentions":[{}]}}"#,
+            (0..20).map(|index| format!("\"u{index}\"")).collect::<Vec<_>>().join(",")
+        ),
         r#"{"op":"typing","conversation_id":"c1"}"#.to_owned(),
         r#"{"op":"edit","conversation_id":"c1","message_id":"42","body":"fixed"}"#.to_owned(),
         format!(
@@ -1078,8 +1090,20 @@ fn client_frames_valid_per_schema_decode() {
                 body,
                 resend,
                 reply_to,
+                mentions,
             } => {
                 assert_eq!(conversation_id.as_str(), value["conversation_id"]);
+                let listed: Vec<&str> = value["mentions"]
+                    .as_array()
+                    .map(|list| list.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                assert_eq!(
+                    mentions
+                        .iter()
+                        .map(|user| user.as_str())
+                        .collect::<Vec<_>>(),
+                    listed
+                );
                 assert_eq!(client_msg_id.as_str(), value["client_msg_id"]);
                 assert_eq!(body, &value["body"]);
                 assert_eq!(*resend, value["resend"].as_bool().unwrap_or(false));
@@ -1311,6 +1335,23 @@ fn client_frames_invalid_per_schema_are_refused() {
                 .to_owned(),
             "reply to message id 0",
         ),
+        (
+            format!(
+                r#"{{"op":"send","conversation_id":"c1","client_msg_id":"m1","body":"x","mentions":[{}]}}"#,
+                (0..21).map(|index| format!("\"u{index}\"")).collect::<Vec<_>>().join(",")
+            ),
+            "21 mentions",
+        ),
+        (
+            r#"{"op":"send","conversation_id":"c1","client_msg_id":"m1","body":"x","mentions":"bob"}"#
+                .to_owned(),
+            "mentions not a list",
+        ),
+        (
+            r#"{"op":"send","conversation_id":"c1","client_msg_id":"m1","body":"x","mentions":["b o b"]}"#
+                .to_owned(),
+            "mention of an invalid user id",
+        ),
         (r#"{"op":"ack_seq"}"#.to_owned(), "ack_seq without seq"),
         (r#"{"op":"ack_seq","seq":-1}"#.to_owned(), "negative seq"),
         (
@@ -1537,6 +1578,14 @@ fn server_frames_match_their_schema() {
     check(
         Deliverable::message(&reply).encode_with_seq(9),
         &["message.reply_to"],
+    );
+    let mentioning = MessageView {
+        mentions: vec![user("bob")],
+        ..view.clone()
+    };
+    check(
+        Deliverable::message(&mentioning).encode_with_seq(10),
+        &["message.mentions"],
     );
     let message_frame = parse_text(&Deliverable::message(&view).encode_with_seq(5));
     assert_eq!(

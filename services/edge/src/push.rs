@@ -40,7 +40,7 @@ use tonic::{Request, Response, Status};
 
 use crate::metrics::EdgeMetrics;
 use crate::send::{Accepted, VerdictWaiters};
-use crate::sessions::SessionRegistry;
+use crate::sessions::{ReadMarkerFrame, SessionRegistry};
 
 /// A member set as fan-out names it: (conversation, set digest).
 type MemberSetKey = (String, u64);
@@ -262,24 +262,32 @@ impl EdgePush for PushService {
         for (item, members) in batch.items.iter().zip(member_lists) {
             // Encoded once; every recipient session shares it and adds its seq.
             let body = Arc::new(SequencedFrame::new(&item.op, item.fields_json.trim()));
+            // A read receipt also goes to the reader's own devices; the
+            // session that sent it is left out.
+            let read_marker = (item.op == "read")
+                .then(|| serde_json::from_str::<ReadMarkerFrame>(&item.fields_json).ok())
+                .flatten();
             match members {
                 Some(members) => {
                     // Most members of a large group are on other edges: no
                     // absent count for them.
                     let except = item.except_user.as_str();
-                    let (sessions, _) = self.sessions.deliver_to_all(
+                    let (sessions, _) = self.sessions.deliver_to_all_but(
                         members
                             .iter()
                             .map(String::as_str)
                             .filter(|member| *member != except),
                         &body,
+                        read_marker.as_ref(),
                     );
                     delivered += sessions as u32;
                 }
                 None => {
-                    let (sessions, missing) = self
-                        .sessions
-                        .deliver_to_all(item.recipients.iter().map(String::as_str), &body);
+                    let (sessions, missing) = self.sessions.deliver_to_all_but(
+                        item.recipients.iter().map(String::as_str),
+                        &body,
+                        read_marker.as_ref(),
+                    );
                     delivered += sessions as u32;
                     absent += missing as u32;
                 }

@@ -197,14 +197,7 @@ pub struct SendPath<S> {
     last_change_ts: AtomicU64,
 }
 
-impl<S> std::fmt::Debug for SendPath<S> {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("SendPath")
-            .field("edge_id", &self.edge_id)
-            .finish_non_exhaustive()
-    }
-}
+chatpipe_core::debug_fields!(SendPath<S> { edge_id });
 
 /// Settings of the send path.
 #[derive(Debug, Clone)]
@@ -230,6 +223,9 @@ pub struct SendRequest {
     pub resend: bool,
     /// The message of the same conversation this one replies to.
     pub reply_to: Option<MessageId>,
+    /// Users the message mentions, as the client listed them (the record
+    /// keeps them once each, without the sender).
+    pub mentions: Vec<UserId>,
 }
 
 /// One client `edit`, `delete`, `react` or `unreact`, as the send path
@@ -383,6 +379,7 @@ impl<S: EdgeStore> SendPath<S> {
             edge_id: self.edge_id.clone(),
             resend: request.resend,
             reply_to: request.reply_to,
+            mentions: chatpipe_core::read_state::normalize_mentions(sender, request.mentions),
         };
         // Registered before producing, so that a fast verdict is not missed.
         let mut wait = request.resend.then(|| self.verdicts.register(digest));
@@ -603,6 +600,14 @@ impl<S: EdgeStore> SendPath<S> {
                 ));
             }
         };
+        if let Event::Read { message_id, .. } = &event
+            && !chatpipe_core::read_state::marker_is_plausible(*message_id, now_unix_ms())
+        {
+            return Err(SendRefusal::new(
+                ErrorCode::Invalid,
+                "`message_id` of a read is a message id from the future",
+            ));
+        }
         self.require_member(&conversation, user).await?;
         let record = EventRecord {
             schema_version: SCHEMA_VERSION,

@@ -113,15 +113,10 @@ pub struct EdgeHandle {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-impl std::fmt::Debug for EdgeHandle {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("EdgeHandle")
-            .field("http_addr", &self.http_addr)
-            .field("push_addr", &self.push_addr)
-            .finish_non_exhaustive()
-    }
-}
+chatpipe_core::debug_fields!(EdgeHandle {
+    http_addr,
+    push_addr
+});
 
 fn quota(per_second: u32, burst: u32) -> Quota {
     let rate = std::num::NonZeroU32::new(per_second.max(1)).expect("at least one");

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatpipe_core::frames::SequencedFrame;
-use chatpipe_core::{SessionId, UserId};
+use chatpipe_core::{ConversationId, MessageId, SessionId, UserId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +51,50 @@ pub struct Session {
     /// Wakes the connection's writer when frames arrive.
     pub wake: Notify,
     attachment: Mutex<Attachment>,
+    /// The read markers this session's client sent, so that the copy of
+    /// its own `read` that fan-out sends to the reader's devices (to keep
+    /// them in sync) is not echoed back to it.
+    read_markers: Mutex<SentReadMarkers>,
+}
+
+/// Conversations whose read marker one session remembers; past it the
+/// memory starts over (the cost: one harmless echo of an own marker).
+pub const MAX_REMEMBERED_READ_MARKERS: usize = 256;
+
+/// The highest read marker a session sent, per conversation (bounded by
+/// [`MAX_REMEMBERED_READ_MARKERS`]). Pure.
+#[derive(Debug, Default)]
+pub struct SentReadMarkers {
+    highest: HashMap<ConversationId, MessageId>,
+}
+
+impl SentReadMarkers {
+    /// Remembers that the client sent `marker` for `conversation`.
+    pub fn note(&mut self, conversation: &ConversationId, marker: MessageId) {
+        if self.highest.len() >= MAX_REMEMBERED_READ_MARKERS
+            && !self.highest.contains_key(conversation)
+        {
+            self.highest.clear();
+        }
+        let entry = self.highest.entry(conversation.clone()).or_insert(marker);
+        *entry = (*entry).max(marker);
+    }
+
+    /// Whether the client already has `marker` (it sent it, or a later one).
+    pub fn covers(&self, conversation: &ConversationId, marker: MessageId) -> bool {
+        self.highest
+            .get(conversation)
+            .is_some_and(|highest| *highest >= marker)
+    }
+}
+
+/// A `read` frame to deliver: whose marker it is, so that the reader's
+/// session that sent it (or a later one) skips it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ReadMarkerFrame {
+    pub conversation_id: ConversationId,
+    pub user_id: UserId,
+    pub message_id: MessageId,
 }
 
 /// What a connection holds while it is attached to a session.
@@ -77,7 +121,27 @@ impl Session {
             attachment: Mutex::new(Attachment::Detached {
                 since: Instant::now(),
             }),
+            read_markers: Mutex::new(SentReadMarkers::default()),
         }
+    }
+
+    /// Remembers a read marker this session's client sent.
+    pub fn note_read_marker(&self, conversation: &ConversationId, marker: MessageId) {
+        self.read_markers
+            .lock()
+            .expect("read markers lock")
+            .note(conversation, marker);
+    }
+
+    /// Whether `frame` is this session's own marker (or an older one of
+    /// its user), which its client already knows.
+    fn knows_read_marker(&self, frame: &ReadMarkerFrame) -> bool {
+        self.user == frame.user_id
+            && self
+                .read_markers
+                .lock()
+                .expect("read markers lock")
+                .covers(&frame.conversation_id, frame.message_id)
     }
 
     /// Attaches a connection, kicking any previous one.
@@ -376,6 +440,18 @@ impl SessionRegistry {
         recipients: impl IntoIterator<Item = &'a str>,
         body: &Arc<SequencedFrame>,
     ) -> (usize, usize) {
+        self.deliver_to_all_but(recipients, body, None)
+    }
+
+    /// [`Self::deliver_to_all`], leaving out, for a `read` frame, the
+    /// reader's sessions that already know the marker (the one that sent
+    /// it).
+    pub fn deliver_to_all_but<'a>(
+        &self,
+        recipients: impl IntoIterator<Item = &'a str>,
+        body: &Arc<SequencedFrame>,
+        read_marker: Option<&ReadMarkerFrame>,
+    ) -> (usize, usize) {
         let recipients = recipients.into_iter();
         let mut targets: Vec<Arc<Session>> = Vec::with_capacity(recipients.size_hint().0);
         let mut absent = 0;
@@ -389,6 +465,9 @@ impl SessionRegistry {
                     None => absent += 1,
                 }
             }
+        }
+        if let Some(frame) = read_marker {
+            targets.retain(|session| !session.knows_read_marker(frame));
         }
         for session in &targets {
             session.enqueue(body, self.max_unwritten);
@@ -500,6 +579,49 @@ mod tests {
             registry.resume(&laptop.id, &user("mallory"), 0, 4),
             ResumeOutcome::Refused
         ));
+    }
+
+    #[test]
+    fn a_read_marker_reaches_the_readers_other_devices_but_not_its_sender() {
+        let registry = SessionRegistry::new(16, 8);
+        let (phone, _, _) = registry.open(&user("bob"), 1).unwrap();
+        let (laptop, _, _) = registry.open(&user("bob"), 2).unwrap();
+        let (alice, _, _) = registry.open(&user("alice"), 3).unwrap();
+        let conversation = ConversationId::parse("c1").unwrap();
+        // Alice read further in the same conversation: her marker does not
+        // hide Bob's receipt from her.
+        alice.note_read_marker(&conversation, MessageId::from_u64(90));
+        phone.note_read_marker(&conversation, MessageId::from_u64(50));
+        let marker = |id: u64| ReadMarkerFrame {
+            conversation_id: conversation.clone(),
+            user_id: user("bob"),
+            message_id: MessageId::from_u64(id),
+        };
+        let frame = body();
+        let (sessions, _) =
+            registry.deliver_to_all_but(["bob", "alice"], &frame, Some(&marker(50)));
+        assert_eq!(sessions, 2);
+        assert_eq!(phone.unwritten(), 0, "the sender knows its own marker");
+        assert_eq!((laptop.unwritten(), alice.unwritten()), (1, 1));
+        // An older marker of Bob's (sent from the laptop before) is not
+        // news to the phone either; a newer one is.
+        registry.deliver_to_all_but(["bob"], &frame, Some(&marker(40)));
+        assert_eq!(phone.unwritten(), 0);
+        registry.deliver_to_all_but(["bob"], &frame, Some(&marker(60)));
+        assert_eq!(phone.unwritten(), 1);
+    }
+
+    #[test]
+    fn remembered_markers_are_bounded() {
+        let mut markers = SentReadMarkers::default();
+        for index in 0..=MAX_REMEMBERED_READ_MARKERS {
+            let conversation = ConversationId::parse(format!("c{index}")).unwrap();
+            markers.note(&conversation, MessageId::from_u64(7));
+        }
+        assert!(markers.highest.len() <= MAX_REMEMBERED_READ_MARKERS);
+        let last = ConversationId::parse(format!("c{MAX_REMEMBERED_READ_MARKERS}")).unwrap();
+        assert!(markers.covers(&last, MessageId::from_u64(7)));
+        assert!(!markers.covers(&last, MessageId::from_u64(8)));
     }
 
     #[test]

@@ -236,6 +236,7 @@ enum Job {
         body: String,
         resend: bool,
         reply_to: Option<chatpipe_core::MessageId>,
+        mentions: Vec<chatpipe_core::UserId>,
     },
     /// An edit, delete or reaction, with the `client_msg_id` its ack echoes.
     Change {
@@ -636,9 +637,14 @@ async fn serve<S: EdgeStore>(
                         }
                         continue;
                     }
-                    ClientFrame::Send { conversation_id, client_msg_id, body, resend, reply_to } => Job::Send { conversation_id, client_msg_id, body, resend, reply_to },
+                    ClientFrame::Send { conversation_id, client_msg_id, body, resend, reply_to, mentions } => Job::Send { conversation_id, client_msg_id, body, resend, reply_to, mentions },
                     ClientFrame::Typing { conversation_id } => Job::Event(Event::Typing { conversation_id, user_id: session.user.clone() }),
-                    ClientFrame::Read { conversation_id, message_id } => Job::Event(Event::Read { conversation_id, user_id: session.user.clone(), message_id }),
+                    ClientFrame::Read { conversation_id, message_id } => {
+                        // This session knows its own marker: the copy fan-out
+                        // sends to the reader's devices skips it.
+                        session.note_read_marker(&conversation_id, message_id);
+                        Job::Event(Event::Read { conversation_id, user_id: session.user.clone(), message_id })
+                    }
                     ClientFrame::Edit { conversation_id, message_id, body, client_msg_id } => Job::Change { request: ChangeRequest { conversation_id, message_id, change: MessageChange::Edit { body } }, client_msg_id },
                     ClientFrame::Delete { conversation_id, message_id, client_msg_id } => Job::Change { request: ChangeRequest { conversation_id, message_id, change: MessageChange::Delete }, client_msg_id },
                     ClientFrame::React { conversation_id, message_id, reaction, add, client_msg_id } => {
@@ -745,6 +751,7 @@ fn spawn_job_worker<S: EdgeStore>(edge: Arc<EdgeShared<S>>, user: UserId) -> Job
                     body,
                     resend,
                     reply_to,
+                    mentions,
                 } => {
                     let reference = client_msg_id.to_string();
                     let request = SendRequest {
@@ -753,6 +760,7 @@ fn spawn_job_worker<S: EdgeStore>(edge: Arc<EdgeShared<S>>, user: UserId) -> Job
                         body,
                         resend,
                         reply_to,
+                        mentions,
                     };
                     let outcome = edge.send_path.send(&user, request).await;
                     Some(answer(&edge, outcome, Some(client_msg_id), reference))
@@ -1010,19 +1018,7 @@ mod properties {
     use super::*;
     use crate::stream::{OutboundStream, Replay};
 
-    /// Percent-encodes every byte that is not unreserved, as a client's URL
-    /// library would.
-    fn encode(text: &str) -> String {
-        text.bytes()
-            .map(|byte| {
-                if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-                    char::from(byte).to_string()
-                } else {
-                    format!("%{byte:02X}")
-                }
-            })
-            .collect()
-    }
+    use chatpipe_testkit::percent_encode as encode;
 
     fn connect_params(query: &str) -> Option<ConnectParams> {
         let uri: Uri = format!("/ws?{query}").parse().ok()?;

@@ -216,7 +216,10 @@ impl<M: MembershipStore> FanoutHandler<M> {
                         conversation_id: Some(conversation_id.clone()),
                         message_id: None,
                         recipients,
-                        except: Some(user_id.clone()),
+                        // The reader too: their other devices move their
+                        // marker (the edge leaves out the session that
+                        // sent it, which knows it already).
+                        except: None,
                         member_set: member_set_of(conversation_id),
                     }),
                     Event::Presence { user_id, status } => {

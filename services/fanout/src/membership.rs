@@ -164,96 +164,19 @@ impl<M: MembershipStore> MembershipCache<M> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use chatpipe_core::records::SCHEMA_VERSION;
+    use chatpipe_core::store::memory::MemoryStore;
     use tokio::sync::Notify;
 
     use super::*;
 
-    /// In-memory membership, with an optional gate that holds `members`
-    /// reads until released (to interleave a read with an eviction).
-    #[derive(Clone, Default)]
-    pub(crate) struct FakeMembership {
-        pub(crate) conversations: Arc<Mutex<HashMap<ConversationId, Vec<UserId>>>>,
-        pub(crate) reads: Arc<AtomicU64>,
-        pub(crate) gate: Option<Arc<(Notify, Notify)>>,
-        pub(crate) failing: Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl FakeMembership {
-        pub(crate) fn set(&self, conversation: &str, members: &[&str]) {
-            self.conversations.lock().unwrap().insert(
-                ConversationId::parse(conversation).unwrap(),
-                members
-                    .iter()
-                    .map(|name| UserId::parse(*name).unwrap())
-                    .collect(),
-            );
-        }
-    }
-
-    impl MembershipStore for FakeMembership {
-        async fn is_member(
-            &self,
-            conversation: &ConversationId,
-            user: &UserId,
-        ) -> Result<bool, StoreError> {
-            Ok(self
-                .conversations
-                .lock()
-                .unwrap()
-                .get(conversation)
-                .is_some_and(|members| members.contains(user)))
-        }
-
-        async fn members(
-            &self,
-            conversation: &ConversationId,
-        ) -> Result<Option<Vec<UserId>>, StoreError> {
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(StoreError::unavailable("store down"));
-            }
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            let snapshot = self
-                .conversations
-                .lock()
-                .unwrap()
-                .get(conversation)
-                .cloned();
-            if let Some(gate) = &self.gate {
-                gate.0.notify_one();
-                gate.1.notified().await;
-            }
-            Ok(snapshot)
-        }
-
-        async fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, StoreError> {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            let mut found: Vec<ConversationId> = self
-                .conversations
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(_, members)| members.contains(user))
-                .map(|(conversation, _)| conversation.clone())
-                .collect();
-            found.sort();
-            Ok(found)
-        }
-
-        async fn readable_conversations(
-            &self,
-            user: &UserId,
-        ) -> Result<Vec<chatpipe_core::store::ReadableConversation>, StoreError> {
-            let conversations = self.conversations_of(user).await?;
-            Ok(conversations
-                .into_iter()
-                .map(chatpipe_core::store::ReadableConversation::whole)
-                .collect())
-        }
+    /// A cache over `store` with the default settings.
+    fn cache_of(store: &MemoryStore) -> MembershipCache<MemoryStore> {
+        MembershipCache::new(
+            store.clone(),
+            &FanoutConfig::default(),
+            FanoutMetrics::new(),
+        )
     }
 
     fn names(members: &[UserId]) -> Vec<&str> {
@@ -274,13 +197,9 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_created_record_fills_the_cache_and_a_later_change_evicts_it() {
-        let store = FakeMembership::default();
-        store.set("c1", &["a", "b"]);
-        let cache = MembershipCache::new(
-            store.clone(),
-            &FanoutConfig::default(),
-            FanoutMetrics::new(),
-        );
+        let store = MemoryStore::new();
+        store.set_members("c1", &["a", "b"]);
+        let cache = cache_of(&store);
         let conversation = ConversationId::parse("c1").unwrap();
         cache
             .apply_record(&MembershipRecord {
@@ -299,29 +218,21 @@ pub(crate) mod tests {
             names(&cache.members(&conversation).await.unwrap().unwrap()),
             vec!["a", "b"]
         );
-        assert_eq!(
-            store.reads.load(Ordering::SeqCst),
-            0,
-            "served from the record"
-        );
+        assert_eq!(store.reads(), 0, "served from the record");
 
-        store.set("c1", &["a"]);
+        store.set_members("c1", &["a"]);
         cache.apply_record(&removed("c1", "b")).await;
         assert_eq!(
             names(&cache.members(&conversation).await.unwrap().unwrap()),
             vec!["a"]
         );
-        assert_eq!(
-            store.reads.load(Ordering::SeqCst),
-            1,
-            "reloaded after the removal"
-        );
+        assert_eq!(store.reads(), 1, "reloaded after the removal");
     }
 
     #[tokio::test]
     async fn caches_until_a_membership_record_evicts() {
-        let store = FakeMembership::default();
-        store.set("c1", &["a", "b"]);
+        let store = MemoryStore::new();
+        store.set_members("c1", &["a", "b"]);
         let metrics = FanoutMetrics::new();
         let cache = MembershipCache::new(store.clone(), &FanoutConfig::default(), metrics.clone());
         let conversation = ConversationId::parse("c1").unwrap();
@@ -339,7 +250,7 @@ pub(crate) mod tests {
             (1, 1)
         );
 
-        store.set("c1", &["a"]);
+        store.set_members("c1", &["a"]);
         assert_eq!(
             cache
                 .conversations_of(&UserId::parse("b").unwrap())
@@ -353,7 +264,7 @@ pub(crate) mod tests {
             names(&cache.members(&conversation).await.unwrap().unwrap()),
             vec!["a"]
         );
-        assert_eq!(store.reads.load(Ordering::SeqCst), 3);
+        assert_eq!(store.reads(), 3);
         assert!(
             cache
                 .members(&ConversationId::parse("nope").unwrap())
@@ -366,16 +277,17 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_read_racing_an_eviction_does_not_cache_the_stale_answer() {
         let gate = Arc::new((Notify::new(), Notify::new()));
-        let store = FakeMembership {
-            gate: Some(gate.clone()),
-            ..FakeMembership::default()
-        };
-        store.set("c1", &["a", "b"]);
-        let cache = MembershipCache::new(
-            store.clone(),
-            &FanoutConfig::default(),
-            FanoutMetrics::new(),
-        );
+        // Every read waits, after its snapshot, until the test releases it.
+        let hook_gate = gate.clone();
+        let store = MemoryStore::new().with_read_hook(Arc::new(move || {
+            let gate = hook_gate.clone();
+            Box::pin(async move {
+                gate.0.notify_one();
+                gate.1.notified().await;
+            })
+        }));
+        store.set_members("c1", &["a", "b"]);
+        let cache = cache_of(&store);
         let conversation = ConversationId::parse("c1").unwrap();
         let reader = {
             let cache = cache.clone();
@@ -384,7 +296,7 @@ pub(crate) mod tests {
         };
         // The read took its snapshot {a, b}; now b is removed and evicted.
         gate.0.notified().await;
-        store.set("c1", &["a"]);
+        store.set_members("c1", &["a"]);
         cache.apply_record(&removed("c1", "b")).await;
         gate.1.notify_one();
         let stale = reader.await.unwrap().unwrap().unwrap();
@@ -406,8 +318,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn store_failures_are_counted_and_returned() {
-        let store = FakeMembership::default();
-        store.failing.store(true, Ordering::SeqCst);
+        let store = MemoryStore::new();
+        store.set_unavailable(true);
         let metrics = FanoutMetrics::new();
         let cache = MembershipCache::new(store, &FanoutConfig::default(), metrics.clone());
         let error = cache

@@ -361,6 +361,7 @@ mod tests {
             body: format!("body {id}"),
             ts: 1,
             reply_to: None,
+            mentions: Vec::new(),
         };
         Delivery {
             deliverable: Deliverable::message(&view),

@@ -326,24 +326,25 @@ mod tests {
             .unwrap();
     }
 
+    /// Applies edge `name`'s lease record, valid until `lease_expires_ms`.
+    fn announce_edge(table: &mut RouteTable, name: &str, lease_expires_ms: u64) {
+        let record = edge_record(name, lease_expires_ms);
+        apply(table, &SessionKey::Edge(edge(name)), Some(record));
+    }
+
+    /// Applies the route record of `user_name` on `edge_name`.
+    fn announce_route(table: &mut RouteTable, user_name: &str, edge_name: &str, sessions: u32) {
+        let record = route_record(user_name, edge_name, sessions);
+        let key = SessionKey::Route(user(user_name), edge(edge_name));
+        apply(table, &key, Some(record));
+    }
+
     #[test]
     fn routes_count_only_while_the_edge_lease_holds() {
         let mut table = RouteTable::new(0);
-        apply(
-            &mut table,
-            &SessionKey::Edge(edge("e1")),
-            Some(edge_record("e1", 1_000)),
-        );
-        apply(
-            &mut table,
-            &SessionKey::Route(user("alice"), edge("e1")),
-            Some(route_record("alice", "e1", 1)),
-        );
-        apply(
-            &mut table,
-            &SessionKey::Route(user("alice"), edge("e2")),
-            Some(route_record("alice", "e2", 2)),
-        );
+        announce_edge(&mut table, "e1", 1_000);
+        announce_route(&mut table, "alice", "e1", 1);
+        announce_route(&mut table, "alice", "e2", 2);
         // e2 never announced a lease: its route is not live.
         let live = table.live_edges(&user("alice"), 500);
         assert_eq!(live.len(), 1);
@@ -361,16 +362,8 @@ mod tests {
     #[test]
     fn lease_grace_tolerates_skew() {
         let mut table = RouteTable::new(100);
-        apply(
-            &mut table,
-            &SessionKey::Edge(edge("e1")),
-            Some(edge_record("e1", 1_000)),
-        );
-        apply(
-            &mut table,
-            &SessionKey::Route(user("bob"), edge("e1")),
-            Some(route_record("bob", "e1", 1)),
-        );
+        announce_edge(&mut table, "e1", 1_000);
+        announce_route(&mut table, "bob", "e1", 1);
         assert_eq!(table.live_edges(&user("bob"), 1_100).len(), 1);
         assert!(table.live_edges(&user("bob"), 1_101).is_empty());
     }
@@ -378,37 +371,17 @@ mod tests {
     #[test]
     fn tombstones_and_zero_sessions_remove_routes() {
         let mut table = RouteTable::new(0);
-        apply(
-            &mut table,
-            &SessionKey::Edge(edge("e1")),
-            Some(edge_record("e1", u64::MAX / 2)),
-        );
-        apply(
-            &mut table,
-            &SessionKey::Route(user("a"), edge("e1")),
-            Some(route_record("a", "e1", 1)),
-        );
-        apply(
-            &mut table,
-            &SessionKey::Route(user("a"), edge("e1")),
-            Some(route_record("a", "e1", 3)),
-        );
+        announce_edge(&mut table, "e1", u64::MAX / 2);
+        announce_route(&mut table, "a", "e1", 1);
+        announce_route(&mut table, "a", "e1", 3);
         assert_eq!(
             table.route_count(),
             1,
             "re-announcing a route does not duplicate it"
         );
-        apply(
-            &mut table,
-            &SessionKey::Route(user("b"), edge("e1")),
-            Some(route_record("b", "e1", 1)),
-        );
+        announce_route(&mut table, "b", "e1", 1);
         apply(&mut table, &SessionKey::Route(user("a"), edge("e1")), None);
-        apply(
-            &mut table,
-            &SessionKey::Route(user("b"), edge("e1")),
-            Some(route_record("b", "e1", 0)),
-        );
+        announce_route(&mut table, "b", "e1", 0);
         assert_eq!((table.route_count(), table.user_count()), (0, 0));
         apply(&mut table, &SessionKey::Edge(edge("e1")), None);
         assert_eq!(table.edge_count(), 0);
@@ -439,31 +412,11 @@ mod tests {
     #[test]
     fn long_dead_edges_are_forgotten_with_their_routes() {
         let mut table = RouteTable::new(0);
-        apply(
-            &mut table,
-            &SessionKey::Edge(edge("dead")),
-            Some(edge_record("dead", 1_000)),
-        );
-        apply(
-            &mut table,
-            &SessionKey::Edge(edge("live")),
-            Some(edge_record("live", 100_000)),
-        );
-        apply(
-            &mut table,
-            &SessionKey::Route(user("a"), edge("dead")),
-            Some(route_record("a", "dead", 1)),
-        );
-        apply(
-            &mut table,
-            &SessionKey::Route(user("a"), edge("live")),
-            Some(route_record("a", "live", 1)),
-        );
-        apply(
-            &mut table,
-            &SessionKey::Route(user("b"), edge("dead")),
-            Some(route_record("b", "dead", 1)),
-        );
+        announce_edge(&mut table, "dead", 1_000);
+        announce_edge(&mut table, "live", 100_000);
+        announce_route(&mut table, "a", "dead", 1);
+        announce_route(&mut table, "a", "live", 1);
+        announce_route(&mut table, "b", "dead", 1);
         assert!(
             table.forget_dead_edges(5_000, 10_000).is_empty(),
             "not dead long enough"

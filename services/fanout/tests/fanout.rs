@@ -582,10 +582,13 @@ async fn typing_read_and_presence_reach_the_right_members() {
         names(&[&bob]),
         "not the typist"
     );
+    // A read receipt is also the reader's read marker: it goes to the
+    // reader's own sessions too (their other devices; the edge leaves out
+    // the session that sent it), unlike typing.
     assert_eq!(
         sorted_recipients(&of("read")),
-        names(&[&bob]),
-        "not the reader"
+        names(&[&alice, &bob]),
+        "the other members and the reader's devices"
     );
     assert_eq!(
         sorted_recipients(&of("presence")),

@@ -183,14 +183,7 @@ pub struct GroupConsumer {
     group_id: String,
 }
 
-impl std::fmt::Debug for GroupConsumer {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("GroupConsumer")
-            .field("group_id", &self.group_id)
-            .finish_non_exhaustive()
-    }
-}
+chatpipe_core::debug_fields!(GroupConsumer { group_id });
 
 /// The client settings of every group consumer (the at-least-once loop and
 /// the per-partition loop): stored offsets committed on a cadence, long

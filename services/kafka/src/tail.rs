@@ -110,14 +110,7 @@ pub struct TailConsumer {
     topics: TopicInterner,
 }
 
-impl std::fmt::Debug for TailConsumer {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("TailConsumer")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
-}
+chatpipe_core::debug_fields!(TailConsumer { topic });
 
 impl TailConsumer {
     /// Creates the client (no I/O yet); `name` suffixes its `client.id`.

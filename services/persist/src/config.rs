@@ -66,12 +66,10 @@ impl Default for PersistConfig {
 }
 
 impl PersistConfig {
-    pub(crate) fn consumer_settings(
-        &self,
-        messages_topic: &str,
-    ) -> chatpipe_kafka::ConsumerSettings {
-        let mut settings =
-            chatpipe_kafka::ConsumerSettings::new(self.group_id.clone(), &[messages_topic]);
+    /// Settings of the group's consumer of `topics` (`chat.messages`, and
+    /// `chat.events` for the read markers).
+    pub(crate) fn consumer_settings(&self, topics: &[&str]) -> chatpipe_kafka::ConsumerSettings {
+        let mut settings = chatpipe_kafka::ConsumerSettings::new(self.group_id.clone(), topics);
         settings.max_batch_records = self.max_batch_records.max(1);
         settings.batch_linger = Duration::from_millis(self.batch_linger_ms);
         settings.commit_interval = Duration::from_millis(self.commit_interval_ms.max(1));

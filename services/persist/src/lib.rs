@@ -4,11 +4,18 @@
 //! `chatpipe-persist`) on `chat.messages` that writes every message to the
 //! Cassandra history (`chatpipe-cassandra`), which the API's history
 //! endpoint reads, and applies the later changes to messages (edits,
-//! deletes as tombstones, reactions; records of schema version 2).
+//! deletes as tombstones, reactions; records of schema version 2). The
+//! same batches carry the read state: each message's mention rows and its
+//! conversation's last activity, and, from the `read` events of
+//! `chat.events` (the same consumer subscribes to both topics), the
+//! members' read markers (see `chatpipe_cassandra::read_state`; nothing is
+//! written per recipient).
 //!
 //! ```text
-//! chat.messages ─▶ run_batches (at-least-once) ─▶ CassandraHistoryWriter ─▶ Cassandra messages
-//!                                                   └─ undecodable ─▶ chat.deadletter
+//! chat.messages ─┬▶ run_batches (at-least-once) ─▶ CassandraHistoryWriter ─▶ messages, relations,
+//! chat.events ───┘   (read events only)              │                       mentions, activity,
+//!                                                     │                       read markers
+//!                                                     └─ undecodable message records ─▶ chat.deadletter
 //! ```
 //!
 //! Delivery semantics: at-least-once consumption, exactly-once effect.
@@ -110,7 +117,9 @@ impl PersistRole {
     /// then commits what was confirmed. Registers the `persist` component in
     /// `health`.
     pub async fn run(self, health: Health, shutdown: Shutdown) -> Result<(), PersistError> {
-        let settings = self.config.consumer_settings(&self.topics.messages);
+        let settings = self
+            .config
+            .consumer_settings(&[&self.topics.messages, &self.topics.events]);
         let component = health.component("persist");
         let consumer = group_consumer(&self.kafka, &settings, &self.metrics.consumer)?;
         let dead_letters = DeadLetterSink::new(
@@ -131,8 +140,9 @@ impl PersistRole {
             self.metrics.clone(),
             self.config.max_in_flight_writes,
             dedup,
-        );
-        tracing::info!(group = %settings.group_id, topic = %self.topics.messages, "persist consuming");
+        )
+        .with_events_topic(self.topics.events.clone());
+        tracing::info!(group = %settings.group_id, topic = %self.topics.messages, events = %self.topics.events, "persist consuming");
         run_batches(
             consumer,
             settings,

@@ -19,6 +19,13 @@ pub struct PersistMetrics {
     /// Edits and deletes applied to history (redeliveries counted again;
     /// the writes are idempotent).
     pub changes_written: Counter,
+    /// Read markers stored (the highest per member and conversation of a
+    /// batch; a redelivered one is written and counted again, and a lower
+    /// one than stored changes nothing).
+    pub read_markers_written: Counter,
+    /// Mention rows and last-activity rows written (one activity row per
+    /// conversation and batch).
+    pub read_state_rows_written: Counter,
     /// Cassandra write requests (batches of one partition, or of several
     /// small ones sharing a replica) issued.
     pub write_requests: Counter,
@@ -37,6 +44,8 @@ impl PersistMetrics {
             write_latency: latency_histogram(),
             rows_written: Counter::default(),
             changes_written: Counter::default(),
+            read_markers_written: Counter::default(),
+            read_state_rows_written: Counter::default(),
             write_requests: Counter::default(),
             write_failures: CounterByReason::default(),
             send_dedup: SendDedupMetrics::default(),
@@ -62,6 +71,16 @@ impl PersistMetrics {
             "changes_written",
             "Edits and deletes applied to history rows",
             self.changes_written.clone(),
+        );
+        registry.register(
+            "read_markers_written",
+            "Read markers written to Cassandra",
+            self.read_markers_written.clone(),
+        );
+        registry.register(
+            "read_state_rows_written",
+            "Mention and last-activity rows written to Cassandra",
+            self.read_state_rows_written.clone(),
         );
         registry.register(
             "write_requests",

@@ -10,7 +10,12 @@
 //! partition, bounded concurrency, see `CassandraStore::write_messages`)
 //! and the batch's edits and deletes after them
 //! (`CassandraStore::write_changes`; their write times make them land
-//! right in any order). The batch is confirmed — and its offsets stored by
+//! right in any order), then the batch's read state: the messages' mention
+//! rows and each conversation's newest message as its last activity, and
+//! the highest read marker per (member, conversation) among the batch's
+//! `read` events (records of `chat.events`; typing and presence are
+//! skipped, and an event that does not decode is fan-out's business, not
+//! dead-lettered here). The batch is confirmed — and its offsets stored by
 //! the consumer loop — only when every record is written or dead-lettered.
 //!
 //! Failures:
@@ -25,7 +30,12 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use chatpipe_cassandra::CassandraStore;
-use chatpipe_core::records::{MessageChangeRecord, MessagesTopicRecord, decode_messages_record};
+use chatpipe_core::ids::{ConversationId, MessageId, UserId};
+use chatpipe_core::read_state::{coalesce_markers, marker_is_plausible};
+use chatpipe_core::records::{
+    Event, EventRecord, MessageChangeRecord, MessageRecord, MessagesTopicRecord,
+    decode_messages_record,
+};
 use chatpipe_kafka::consumer::HandlerError;
 use chatpipe_kafka::{BatchHandler, DeadLetterSink, PartitionedSendDedup, Record};
 use chatpipe_runtime::metrics::ReasonLabel;
@@ -41,9 +51,29 @@ pub fn decode_record(message: &Record) -> Result<MessagesTopicRecord, String> {
     decode_messages_record(payload).map_err(|error| error.to_string())
 }
 
-/// Writes batches of `chat.messages` records to Cassandra.
+/// The read marker of a `chat.events` record, when it is a plausible
+/// `read` event (see [`marker_is_plausible`]); `None` for anything else.
+pub fn read_marker_of(message: &Record) -> Option<(UserId, ConversationId, MessageId)> {
+    let record: EventRecord = serde_json::from_slice(message.payload()?).ok()?;
+    match record.event {
+        Event::Read {
+            conversation_id,
+            user_id,
+            message_id,
+        } if marker_is_plausible(message_id, record.ts) => {
+            Some((user_id, conversation_id, message_id))
+        }
+        _ => None,
+    }
+}
+
+/// Writes batches of `chat.messages` records (and the read markers of
+/// `chat.events`) to Cassandra.
 pub struct CassandraHistoryWriter {
     store: CassandraStore,
+    /// The events topic, whose `read` events carry read markers; other
+    /// topics' records are messages and changes.
+    events_topic: Option<String>,
     dead_letters: DeadLetterSink,
     metrics: PersistMetrics,
     max_in_flight_writes: usize,
@@ -53,14 +83,9 @@ pub struct CassandraHistoryWriter {
     dead_lettered_in_batch: HashSet<(String, i32, i64)>,
 }
 
-impl std::fmt::Debug for CassandraHistoryWriter {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("CassandraHistoryWriter")
-            .field("max_in_flight_writes", &self.max_in_flight_writes)
-            .finish_non_exhaustive()
-    }
-}
+chatpipe_core::debug_fields!(CassandraHistoryWriter {
+    max_in_flight_writes
+});
 
 fn coordinates(message: &Record) -> (String, i32, i64) {
     (
@@ -80,12 +105,47 @@ impl CassandraHistoryWriter {
     ) -> Self {
         Self {
             store,
+            events_topic: None,
             dead_letters,
             metrics,
             max_in_flight_writes: max_in_flight_writes.max(1),
             dedup,
             dead_lettered_in_batch: HashSet::new(),
         }
+    }
+
+    /// Takes the read markers of `read` events from `topic` too.
+    pub fn with_events_topic(mut self, topic: String) -> Self {
+        self.events_topic = Some(topic);
+        self
+    }
+
+    /// Stores the batch's read state: mentions and last activity of
+    /// `records`, and the highest of `markers` per member and conversation.
+    async fn write_read_state(
+        &self,
+        records: &[MessageRecord],
+        markers: &[(UserId, ConversationId, MessageId)],
+    ) -> Result<u64, chatpipe_cassandra::CassandraError> {
+        let state = self
+            .store
+            .write_read_state(records, self.max_in_flight_writes)
+            .await?;
+        let highest: Vec<(&UserId, &ConversationId, MessageId)> = coalesce_markers(
+            markers
+                .iter()
+                .map(|(user, conversation, marker)| (user, conversation, *marker)),
+        )
+        .into_iter()
+        .map(|((user, conversation), marker)| (user, conversation, marker))
+        .collect();
+        let written = self
+            .store
+            .write_read_markers(&highest, self.max_in_flight_writes)
+            .await?;
+        self.metrics.read_markers_written.inc_by(written.rows);
+        self.metrics.read_state_rows_written.inc_by(state.rows);
+        Ok(state.requests + written.requests)
     }
 
     async fn dead_letter(&mut self, message: &Record, error: &str) -> Result<(), HandlerError> {
@@ -105,7 +165,12 @@ impl CassandraHistoryWriter {
 
     async fn write_batch(&mut self, batch: &[Record]) -> Result<(), HandlerError> {
         let mut decoded: Vec<(&Record, MessagesTopicRecord)> = Vec::with_capacity(batch.len());
+        let mut markers: Vec<(UserId, ConversationId, MessageId)> = Vec::new();
         for message in batch {
+            if self.events_topic.as_deref() == Some(message.topic()) {
+                markers.extend(read_marker_of(message));
+                continue;
+            }
             match decode_record(message) {
                 Ok(MessagesTopicRecord::Message(record)) => {
                     let verdict = self
@@ -126,7 +191,7 @@ impl CassandraHistoryWriter {
                 }
             }
         }
-        if decoded.is_empty() {
+        if decoded.is_empty() && markers.is_empty() {
             return Ok(());
         }
         let mut records = Vec::with_capacity(decoded.len());
@@ -154,10 +219,13 @@ impl CassandraHistoryWriter {
                     .write_changes(&changes, self.max_in_flight_writes)
                     .await?
             };
-            Ok::<_, chatpipe_cassandra::CassandraError>((messages, changed))
+            // After the messages: an inbox never counts or shows a message
+            // history does not hold yet.
+            let read_state_requests = self.write_read_state(&records, &markers).await?;
+            Ok::<_, chatpipe_cassandra::CassandraError>((messages, changed, read_state_requests))
         };
         match round.await {
-            Ok((messages, changed)) => {
+            Ok((messages, changed, read_state_requests)) => {
                 self.metrics
                     .write_latency
                     .observe(started.elapsed().as_secs_f64());
@@ -165,7 +233,7 @@ impl CassandraHistoryWriter {
                 self.metrics.changes_written.inc_by(changed.rows);
                 self.metrics
                     .write_requests
-                    .inc_by(messages.requests + changed.requests);
+                    .inc_by(messages.requests + changed.requests + read_state_requests);
                 Ok(())
             }
             Err(error) if error.is_retriable() => {
@@ -187,11 +255,17 @@ impl CassandraHistoryWriter {
                     let written = match record {
                         MessagesTopicRecord::Message(record) => {
                             match self.store.write_message(record).await {
-                                Ok(()) => self
+                                Ok(()) => match self
                                     .store
                                     .write_replies(std::slice::from_ref(record), 1)
                                     .await
-                                    .map(drop),
+                                {
+                                    Ok(_) => self
+                                        .write_read_state(std::slice::from_ref(record), &[])
+                                        .await
+                                        .map(drop),
+                                    Err(error) => Err(error),
+                                },
                                 Err(error) => Err(error),
                             }
                         }
@@ -223,6 +297,13 @@ impl CassandraHistoryWriter {
                         }
                     }
                 }
+                // Markers are plain upserts of valid ids: a failure here
+                // is the engine's, retried with the batch.
+                self.write_read_state(&[], &markers)
+                    .await
+                    .map_err(|error| {
+                        HandlerError::retriable(format!("cassandra write failed: {error}"))
+                    })?;
                 Ok(())
             }
         }

@@ -15,7 +15,7 @@ use chatpipe_core::ids::{MessageIdGenerator, worker_id_from_name};
 use chatpipe_kafka::KafkaConfig;
 use chatpipe_persist::PersistConfig;
 use chatpipe_runtime::ComponentState;
-use common::{TestEnv, eventually, records};
+use common::{TestEnv, eventually, newest_first, records};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -178,18 +178,8 @@ async fn cassandra_outage_loses_and_duplicates_nothing() {
     })
     .await;
 
-    let history = env.history(&conversation).await;
-    let expected: Vec<_> = before
-        .iter()
-        .chain(&during)
-        .chain(&after)
-        .rev()
-        .map(|record| (record.message_id, record.body.clone()))
-        .collect();
-    let actual: Vec<_> = history
-        .iter()
-        .map(|view| (view.message_id, view.body.clone()))
-        .collect();
+    let expected = newest_first(before.iter().chain(&during).chain(&after));
+    let actual = env.history_pairs(&conversation).await;
     assert_eq!(actual.len(), 600, "nothing lost, nothing duplicated");
     assert_eq!(actual, expected);
     assert_eq!(

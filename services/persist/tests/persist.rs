@@ -11,7 +11,7 @@ use chatpipe_core::records::DeadLetterRecord;
 use chatpipe_kafka::ConsumerMetrics;
 use chatpipe_kafka::consumer::{ConsumerSettings, group_consumer};
 use chatpipe_persist::PersistConfig;
-use common::{TestEnv, eventually, records};
+use common::{TestEnv, eventually, newest_first, records};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_lands_once_in_order_despite_redelivery() {
@@ -45,16 +45,8 @@ async fn every_message_lands_once_in_order_despite_redelivery() {
         let conversations = &conversations;
         async move {
             for (conversation, batch) in conversations {
-                let history = env.history(conversation).await;
-                let expected: Vec<_> = batch
-                    .iter()
-                    .rev()
-                    .map(|record| (record.message_id, record.body.clone()))
-                    .collect();
-                let actual: Vec<_> = history
-                    .iter()
-                    .map(|view| (view.message_id, view.body.clone()))
-                    .collect();
+                let expected = newest_first(batch.iter());
+                let actual = env.history_pairs(conversation).await;
                 assert_eq!(
                     actual, expected,
                     "{label}: history of {}",

@@ -25,14 +25,7 @@ pub struct EsClient {
     timeout: Duration,
 }
 
-impl std::fmt::Debug for EsClient {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("EsClient")
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
+chatpipe_core::debug_fields!(EsClient { timeout });
 
 /// An answer of the engine: HTTP status and JSON body (`Null` when empty).
 #[derive(Debug, Clone)]

@@ -69,6 +69,7 @@ impl MessageDocument {
             reply_to: self
                 .reply_to
                 .and_then(|id| MessageId::parse(&id.to_string()).ok()),
+            mentions: Vec::new(),
         })
     }
 }

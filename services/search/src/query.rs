@@ -55,8 +55,6 @@
 
 use std::collections::HashSet;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chatpipe_core::frames::MessageView;
 use chatpipe_core::store::ReadableConversation;
 use chatpipe_core::{ConversationId, MessageId, UserId};
@@ -188,20 +186,15 @@ impl Cursor {
             s: self.sort,
             a: values,
         };
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&wire).expect("a cursor serializes"))
+        chatpipe_core::cursor::encode_cursor(&wire)
     }
 
     /// Decodes a cursor of `sort`; anything else is [`SearchError::Invalid`].
     pub fn decode(raw: &str, sort: SearchSort, max_bytes: usize) -> Result<Self, SearchError> {
         let invalid =
             || SearchError::Invalid("cursor is not a cursor returned by this search".to_owned());
-        if raw.len() > max_bytes {
-            return Err(invalid());
-        }
-        let bytes = URL_SAFE_NO_PAD
-            .decode(raw.trim_end_matches('='))
-            .map_err(|_| invalid())?;
-        let wire: CursorWire = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+        let wire: CursorWire =
+            chatpipe_core::cursor::decode_cursor(raw, max_bytes).ok_or_else(invalid)?;
         if wire.v != CURSOR_VERSION {
             return Err(invalid());
         }
@@ -635,6 +628,9 @@ pub fn merge_pages(pages: Vec<Vec<SearchHit>>, sort: SearchSort, limit: usize) -
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     fn conversation(raw: &str) -> ConversationId {
@@ -1066,6 +1062,8 @@ mod tests {
 /// every `cargo test`, long pass in `benches/fuzz.sh`.
 #[cfg(test)]
 mod properties {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use proptest::prelude::*;
 
     use super::*;

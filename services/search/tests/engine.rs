@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chatpipe_core::records::MessageRecord;
-use chatpipe_core::{ConversationId, MessageId, UserId};
+use chatpipe_core::{ConversationId, UserId};
 use chatpipe_search::bulk::BulkSinkSettings;
 use chatpipe_search::template::{self, RolloverConditions, TemplateOutcome};
 use chatpipe_search::{
@@ -80,16 +80,7 @@ impl Deployment {
     }
 }
 
-fn record(id: u64, conversation: &str, sender: &str, body: &str) -> MessageRecord {
-    MessageRecord::builder(
-        MessageId::from_u64(id),
-        &ConversationId::parse(conversation).unwrap(),
-    )
-    .sender(&UserId::parse(sender).unwrap())
-    .body(body)
-    .ts(1_700_000_000_000 + id)
-    .build()
-}
+use chatpipe_testkit::message_record as record;
 
 fn conversations(raw: &[&str]) -> Vec<ConversationId> {
     raw.iter()

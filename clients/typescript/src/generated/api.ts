@@ -11,8 +11,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * The caller's conversations, most recently joined first.
-         * @description Each item carries the caller's `role` and the conversation's `history_visibility`.
+         * The caller's inbox: conversations by last activity, newest first, with last message, role and unread and mention counts; paged.
+         * @description Each item carries the caller's `role`, the conversation's `history_visibility`, the last message the caller may see (a tombstone when it was deleted), the caller's `read_marker`, and `unread_count` and `mention_count`. Order: `last_activity_at` (the newest message, or the caller's join time when later), newest first, then `conversation_id`. Pages: at most `limit` items; when there are more, `next_cursor` is set: pass it back as `cursor` for the next page. A conversation whose activity changes while paging moves to the top (read the first page again to see it). Counts: `unread_count` is the number of messages after the caller's read marker (and after the caller joined) that others sent and that are not deleted; `mention_count` the number of those that mention the caller (`mentions` of `send`). Both stop at 100 (`…_exact: false` beyond, shown as "100+"); counting reads at most 1,000 messages after the marker. They are counted when asked, from history, so they follow what persist has written (a message is counted shortly after its `ack`). At most 5,000 conversations of a user are listed (the most recently joined, if the user has more).
          */
         get: operations["listConversations"];
         put?: never;
@@ -115,6 +115,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/conversations/{id}/read-state": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The caller's read marker, unread and mention counts in one conversation.
+         * @description The same read state as the conversation's inbox item (see `GET /v1/conversations`). Members only: a caller who is not a member gets 404, exactly as for an unknown conversation. The marker is set by `read` frames on the WebSocket.
+         */
+        get: operations["getReadState"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/search": {
         parameters: {
             query?: never;
@@ -202,6 +222,7 @@ export interface components {
             /** @description false when an existing 1:1 conversation was returned. */
             created: boolean;
         };
+        /** @description One item of the inbox: the conversation, the caller's role, its last message and the caller's read state. */
         Conversation: {
             conversation_id: components["schemas"]["ConversationId"];
             title?: string;
@@ -214,9 +235,25 @@ export interface components {
             /** @description The caller's role. */
             role: components["schemas"]["Role"];
             history_visibility: components["schemas"]["HistoryVisibility"];
+            /** @description Unix ms of the conversation's last activity: its newest message, or the caller's join time when later. The inbox's order. */
+            last_activity_at: number;
+            /** @description The newest message the caller may see, as history returns it (a tombstone, `deleted: true` without `body`, when it was deleted); absent when there is none. */
+            last_message?: components["schemas"]["Message"];
+            /** @description The newest message the caller has read (their `read` frames; it only moves forward); absent when the caller never sent one. */
+            read_marker?: components["schemas"]["MessageId"];
+            /** @description Messages after `read_marker` (and after the caller joined) sent by others and not deleted, at most 100. */
+            unread_count: number;
+            /** @description `false` when there are more unread messages than `unread_count` (show "100+"). */
+            unread_count_exact: boolean;
+            /** @description Messages after `read_marker` that mention the caller and are not deleted, at most 100. */
+            mention_count: number;
+            /** @description `false` when there are more mentions than `mention_count`. */
+            mention_count_exact: boolean;
         };
         ConversationList: {
             conversations: components["schemas"]["Conversation"][];
+            /** @description Cursor of the next page (pass it as `cursor`); absent on the last page. */
+            next_cursor?: string;
         };
         AddMemberRequest: {
             user_id: components["schemas"]["UserId"];
@@ -321,6 +358,20 @@ export interface components {
             /** @description Cursor of the next page (`after=`); absent on the last page. */
             next_after?: components["schemas"]["UserId"];
         };
+        /** @description The caller's read state in one conversation. */
+        ReadState: {
+            conversation_id: components["schemas"]["ConversationId"];
+            /** @description The newest message the caller has read (their `read` frames; it only moves forward); absent when the caller never sent one. */
+            read_marker?: components["schemas"]["MessageId"];
+            /** @description Messages after `read_marker` (and after the caller joined) sent by others and not deleted, at most 100. */
+            unread_count: number;
+            /** @description `false` when there are more unread messages than `unread_count` (show "100+"). */
+            unread_count_exact: boolean;
+            /** @description Messages after `read_marker` that mention the caller and are not deleted, at most 100. */
+            mention_count: number;
+            /** @description `false` when there are more mentions than `mention_count`. */
+            mention_count_exact: boolean;
+        };
     };
     responses: {
         /** @description Malformed input (`invalid`): bad JSON, bad ids, bad cursor or limit. The message says what is wrong. */
@@ -420,14 +471,19 @@ export type $defs = Record<string, never>;
 export interface operations {
     listConversations: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Page size, 1 to 200 (larger values are lowered to 200). Default 50. */
+                limit?: number;
+                /** @description `next_cursor` of the previous page (opaque); absent for the first page. Anything else is 400. */
+                cursor?: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description The caller's conversations. */
+            /** @description One page of the caller's inbox. */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -681,6 +737,35 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HistoryPage"];
+                };
+            };
+            400: components["responses"]["Invalid"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    getReadState: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Conversation id. */
+                id: components["schemas"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The caller's read state. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReadState"];
                 };
             };
             400: components["responses"]["Invalid"];

@@ -62,6 +62,12 @@ export interface ClientSend {
    * Optional: the `message_id` of the message of the same conversation this one replies to. Refused with `invalid` when history does not hold such a message (a message acked a moment ago is waited for, up to half the edge's send deadline). Only a reply costs the edge a history read.
    */
   reply_to?: string;
+  /**
+   * Optional: the users this message mentions, at most 20 (`invalid` beyond), each a user id; duplicates and the sender are dropped. Each mentioned user who is a member of the conversation (and joined before the message) counts it in the `mention_count` of their inbox until their read marker passes it. Nobody's membership is checked on the send path (it costs no store read): a mention of a non-member is carried on the record and counted for nobody.
+   *
+   * @maxItems 20
+   */
+  mentions?: string[];
 }
 /**
  * Replace the body of one of the user's own messages (only the sender may edit; a deleted message cannot be edited). Answered with `ack` (`message_id` = the edited message, `ts` = the edit's time, `client_msg_id` when the frame had one) once the change is durable in Kafka, or with `error`: `forbidden` when the user is not a member, not the sender, or the message is deleted or not in the conversation's history (the edge waits up to half its send deadline, 2.5 s by default, for a message sent a moment ago to reach history, so a change right after the message's `ack` works). Every member then receives `message_edited`; history returns the new body with `edited_at`. Repeating an edit is harmless.
@@ -173,7 +179,7 @@ export interface ClientTyping {
   conversation_id: string;
 }
 /**
- * A read receipt: the user has read the conversation up to and including `message_id`; relayed to the other members as a `read` frame. Not answered unless refused.
+ * A read receipt and the user's read marker: the user has read the conversation up to and including `message_id`. The marker is stored (persist keeps the highest marker per member and conversation: a lower one than stored is accepted and changes nothing, it never moves the marker back) and drives the unread and mention counts of `GET /v1/conversations`; it is relayed as a `read` frame to the other members and to the user's own other sessions (devices), on any edge, but not back to the session that sent it. Not answered unless refused: `forbidden` for a non-member, `invalid` for a `message_id` whose embedded time is more than 60 s in the future.
  */
 export interface ClientRead {
   /**
@@ -262,6 +268,10 @@ export type ServerFrameSchema = {
   | ServerRead
   | ServerPresence
 );
+/**
+ * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
+ */
+export type UserId = string;
 
 /**
  * The first frame of every connection.
@@ -407,6 +417,12 @@ export interface MessageView {
    * Present for a reply: the `message_id` of the message of the same conversation it replies to.
    */
   reply_to?: string;
+  /**
+   * The users the message mentions (each once, never the sender); absent when none.
+   *
+   * @maxItems 20
+   */
+  mentions?: UserId[];
   [k: string]: unknown | undefined;
 }
 /**
@@ -430,7 +446,7 @@ export interface ServerMessageEdited {
    */
   message_id: string;
   /**
-   * Who edited it (its sender).
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
    */
   user_id: string;
   /**
@@ -463,7 +479,7 @@ export interface ServerMessageDeleted {
    */
   message_id: string;
   /**
-   * Who deleted it.
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
    */
   user_id: string;
   /**
@@ -492,7 +508,7 @@ export interface ServerReaction {
    */
   message_id: string;
   /**
-   * Who reacted.
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
    */
   user_id: string;
   /**
@@ -525,12 +541,12 @@ export interface ServerTyping {
    */
   conversation_id: string;
   /**
-   * The user who is typing.
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
    */
   user_id: string;
 }
 /**
- * A read receipt: `user_id` has read `conversation_id` up to and including `message_id`.
+ * A read receipt: `user_id` has read `conversation_id` up to and including `message_id`. Sent to the conversation's other members, and, when `user_id` is the user themself, to their other sessions (devices) so that they move their read marker (a session never gets back its own `read`). Markers only move forward: a client keeps the highest `message_id` it saw per conversation (an older marker may arrive after a newer one, and the stored marker ignores it).
  */
 export interface ServerRead {
   /**
@@ -546,7 +562,7 @@ export interface ServerRead {
    */
   conversation_id: string;
   /**
-   * The reader.
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
    */
   user_id: string;
   /**
@@ -567,7 +583,7 @@ export interface ServerPresence {
    */
   seq: number;
   /**
-   * The user whose presence changed.
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
    */
   user_id: string;
   /**

@@ -278,6 +278,60 @@ describe('typing and read', () => {
   });
 });
 
+describe('read markers from other devices', () => {
+  it('moves readPosition forward, never back, and sends nothing for it', async () => {
+    const client = newClient({ readDebounceMs: 20 });
+    const markers: string[] = [];
+    client.on('readMarker', ({ conversationId, messageId }) => markers.push(`${conversationId} ${messageId}`));
+    const connection = await connected(client);
+    connection.send({ op: 'read', seq: 1, conversation_id: 'c1', user_id: 'alice', message_id: '20' });
+    // Another member's receipt is not this user's marker.
+    connection.send({ op: 'read', seq: 2, conversation_id: 'c1', user_id: 'bob', message_id: '30' });
+    // An older marker of this user arriving late changes nothing.
+    connection.send({ op: 'read', seq: 3, conversation_id: 'c1', user_id: 'alice', message_id: '9' });
+    connection.send({ op: 'read', seq: 4, conversation_id: 'c2', user_id: 'alice', message_id: '5' });
+    await until(() => markers.length === 2);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(markers, ['c1 20', 'c2 5']);
+    assert.equal(client.readPosition('c1'), '20');
+    // Marking an older message read sends nothing; a newer one is sent.
+    client.markRead('c1', '15');
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    assert.equal(frames(connection, 'read').length, 0);
+    client.markRead('c1', '21');
+    await until(() => frames(connection, 'read').length === 1);
+    assert.deepEqual(frames(connection, 'read'), [{ op: 'read', conversation_id: 'c1', message_id: '21' }]);
+  });
+});
+
+describe('inbox', () => {
+  it('pages the inbox with next_cursor, and listConversations reads every page', async () => {
+    const all = ['c5', 'c4', 'c3', 'c2', 'c1'];
+    edge.route = (_request, url) => {
+      if (url.pathname === '/v1/conversations') {
+        const start = Number(url.searchParams.get('cursor') ?? '0');
+        const limit = Number(url.searchParams.get('limit'));
+        const page = all.slice(start, start + limit);
+        const next = start + limit < all.length ? String(start + limit) : undefined;
+        const conversations = page.map((id) => ({ conversation_id: id, unread_count: 1, unread_count_exact: true, mention_count: 0, mention_count_exact: true }));
+        return { status: 200, body: next ? { conversations, next_cursor: next } : { conversations } };
+      }
+      if (url.pathname === '/v1/conversations/c1/read-state') {
+        return { status: 200, body: { conversation_id: 'c1', read_marker: '7', unread_count: 3, unread_count_exact: true, mention_count: 1, mention_count_exact: true } };
+      }
+      return undefined;
+    };
+    const client = newClient();
+    const pages: string[][] = [];
+    for await (const page of client.api.inbox({ pageSize: 2 })) pages.push(page.map((item) => item.conversation_id));
+    assert.deepEqual(pages, [['c5', 'c4'], ['c3', 'c2'], ['c1']]);
+    assert.deepEqual((await client.api.listConversations()).map((item) => item.conversation_id), all);
+    const state = await client.api.readState('c1');
+    assert.equal(state.unread_count, 3);
+    assert.equal(state.read_marker, '7');
+  });
+});
+
 describe('paging iterators', () => {
   it('scroll back through history and search page by page', async () => {
     const ids = Array.from({ length: 7 }, (_, i) => String(i + 1));

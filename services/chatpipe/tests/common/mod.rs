@@ -2,7 +2,8 @@
 //! test needs it), chatpipe's roles started in-process on port 0 through
 //! the same [`chatpipe::roles::spawn`] as the binary (public and ops
 //! listeners included), and a WebSocket test client that speaks the
-//! contract's frames.
+//! contract's frames over [`chatpipe_client`] (the Rust client the load
+//! generator uses too), asserting as it reads (`seq` increases).
 //!
 //! Each test gets its own Kafka topic prefix and unique ids, so tests run in
 //! parallel on the shared engines without seeing each other's records.
@@ -17,6 +18,8 @@ use chatpipe::roles::{
     self, ApiHandle, PersistHandle, RoleContext, RoleDeps, RoleHandle, defaults,
 };
 use chatpipe_cassandra::{CassandraConfig, CassandraStore, NewConversation};
+use chatpipe_client::http::{ApiRequest, ApiResponse, HttpError};
+use chatpipe_client::{ApiClient, ConnectError, ConnectOptions, Connection, Received, Resume};
 use chatpipe_core::auth::TokenKeys;
 use chatpipe_core::records::TopicNames;
 use chatpipe_core::time::now_unix_ms;
@@ -28,12 +31,8 @@ use chatpipe_kafka::topology::{DEFAULT_TOPICS_JSON, TopicsFile};
 use chatpipe_kafka::{KafkaConfig, StartAt, TailConsumer, TailEvent, TailOptions};
 use chatpipe_runtime::Shutdown;
 use chatpipe_search::SearchEngineConfig;
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// An engine address from the binary's own variable (the same names as
 /// `chatpipe --help`), else the contract's default.
@@ -236,8 +235,7 @@ impl Stack {
 
 /// The HTTP API, with search, and the history and search consumers.
 pub struct FullStack {
-    pub api: String,
-    pub http: reqwest::Client,
+    pub client: ApiClient,
     pub index_prefix: String,
     /// The running roles; they stop with the stack's shutdown.
     pub api_role: RoleHandle<ApiHandle>,
@@ -260,13 +258,7 @@ impl Stack {
         let api_role = roles::spawn(api_config, &deps, self.context())
             .await
             .expect("api starts");
-        let persist_config = chatpipe_persist::PersistConfig {
-            group_id: unique("persist"),
-            ..Default::default()
-        };
-        let persist = roles::spawn(persist_config, &deps, self.context())
-            .await
-            .expect("persist starts");
+        let persist = self.persist(&unique("persist")).await;
         let index_config = chatpipe_index::IndexConfig {
             group_id: unique("index"),
             topics: self.topics.clone(),
@@ -277,13 +269,26 @@ impl Stack {
             .await
             .expect("index starts");
         FullStack {
-            api: format!("http://{}", api_role.addr),
-            http: reqwest::Client::new(),
+            client: ApiClient::new(&format!("http://{}", api_role.addr)),
             index_prefix: self.search.index_prefix.clone(),
             api_role,
             persist,
             index,
         }
+    }
+}
+
+impl Stack {
+    /// Starts a persist role in consumer group `group` (a second one in
+    /// the same group, after the first stopped, resumes where it left off).
+    pub async fn persist(&self, group: &str) -> RoleHandle<PersistHandle> {
+        let config = chatpipe_persist::PersistConfig {
+            group_id: group.to_owned(),
+            ..Default::default()
+        };
+        roles::spawn(config, &self.deps(), self.context())
+            .await
+            .expect("persist starts")
     }
 }
 
@@ -296,43 +301,49 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
+/// A call's status and JSON body (`Null` when empty or not JSON); panics
+/// when the API did not answer.
+pub fn answered(result: Result<ApiResponse, HttpError>) -> (u16, Value) {
+    match result {
+        Ok(response) => (response.status.as_u16(), response.body),
+        Err(HttpError::NotJson { status, .. }) => (status.as_u16(), Value::Null),
+        Err(error) => panic!("api answers: {error}"),
+    }
+}
+
 impl FullStack {
+    /// `request` as `token`: (status, JSON body).
+    pub async fn call(&self, token: &str, request: &ApiRequest<'_>) -> (u16, Value) {
+        answered(self.client.send(token, request).await)
+    }
+
     /// `GET path` as `token`: (status, JSON body).
     pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.api))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("api answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.call(token, &ApiRequest::get(path)).await
     }
 
     pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.api))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("api answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.call(token, &ApiRequest::post(path, &body)).await
+    }
+
+    /// `POST /v1/conversations` with `body` as `token`: the new
+    /// conversation's id; panics unless the API answered 200 or 201.
+    pub async fn create_conversation(&self, token: &str, body: Value) -> String {
+        let (status, created) = self.post(token, "/v1/conversations", body).await;
+        assert!(status == 201 || status == 200, "{created}");
+        created["conversation_id"].as_str().unwrap().to_owned()
     }
 
     /// The newest 200 messages of `conversation` as `token` reads them,
     /// oldest first (pages come newest first); panics unless the read is a
     /// 200.
     pub async fn latest_history(&self, token: &str, conversation: &str) -> Vec<Value> {
-        let (status, page) = self
-            .get(
-                token,
-                &format!("/v1/conversations/{conversation}/messages?limit=200"),
-            )
-            .await;
+        let path = chatpipe_client::http::history_path(
+            conversation,
+            200,
+            chatpipe_client::http::HistoryCursor::Newest,
+        );
+        let (status, page) = self.get(token, &path).await;
         assert_eq!(status, 200, "{page}");
         let mut messages = page["messages"].as_array().cloned().unwrap_or_default();
         messages.reverse();
@@ -340,14 +351,7 @@ impl FullStack {
     }
 
     pub async fn delete(&self, token: &str, path: &str) -> u16 {
-        let response = self
-            .http
-            .delete(format!("{}{path}", self.api))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("api answers");
-        response.status().as_u16()
+        self.call(token, &ApiRequest::delete(path)).await.0
     }
 }
 
@@ -357,12 +361,11 @@ impl Drop for Stack {
     }
 }
 
-pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A WebSocket client of the contract.
+/// A WebSocket client of the contract, for assertions: frames as JSON
+/// values, kept until a `wait_for` consumes them.
 #[derive(Debug)]
 pub struct Client {
-    pub socket: Socket,
+    pub connection: Connection,
     pub session_id: String,
     pub resumed: bool,
     /// Highest `seq` seen.
@@ -386,17 +389,19 @@ pub enum Connect {
 
 impl Client {
     pub async fn connect(edge: &EdgeHandle, token: &str) -> Client {
-        match Client::try_connect(&format!("{}?token={token}", ws_url(edge))).await {
+        let url = chatpipe_client::ws::connect_url(&ws_url(edge), token, None);
+        match Client::try_connect(&url).await {
             Connect::Accepted(client) => *client,
             Connect::Closed { code, reason } => panic!("connection refused: {code} {reason}"),
         }
     }
 
     pub async fn resume(edge: &EdgeHandle, token: &str, session_id: &str, last_seq: u64) -> Client {
-        let url = format!(
-            "{}?token={token}&resume={session_id}&last_seq={last_seq}",
-            ws_url(edge)
-        );
+        let resume = Resume {
+            session_id: session_id.to_owned(),
+            last_seq,
+        };
+        let url = chatpipe_client::ws::connect_url(&ws_url(edge), token, Some(&resume));
         match Client::try_connect(&url).await {
             Connect::Accepted(client) => *client,
             Connect::Closed { code, reason } => panic!("resume refused: {code} {reason}"),
@@ -410,37 +415,27 @@ impl Client {
     /// [`Client::try_connect`] with extra request headers (a proxy's
     /// `X-Forwarded-For`, an `Authorization`).
     pub async fn try_connect_with(url: &str, headers: &[(&'static str, String)]) -> Connect {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut request = url.into_client_request().expect("a WebSocket URL");
-        for (name, value) in headers {
-            request
-                .headers_mut()
-                .append(*name, value.parse().expect("a header value"));
-        }
-        let (mut socket, _response) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("handshake");
-        let first = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("first frame in time");
-        match first {
-            Some(Ok(Message::Text(text))) => {
-                let hello: Value = serde_json::from_str(&text).expect("json hello");
-                assert_eq!(hello["op"], "hello", "first frame is hello: {hello}");
-                assert!(hello["heartbeat_ms"].as_u64().is_some());
+        let options = ConnectOptions {
+            headers: headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.clone()))
+                .collect(),
+            hello_timeout: WAIT,
+            ..ConnectOptions::default()
+        };
+        match Connection::connect(url, &options).await {
+            Ok(connection) => {
+                let hello = connection.hello();
                 Connect::Accepted(Box::new(Client {
-                    socket,
-                    session_id: hello["session_id"].as_str().unwrap().to_owned(),
-                    resumed: hello["resumed"].as_bool().unwrap(),
+                    session_id: hello.session_id.to_string(),
+                    resumed: hello.resumed,
+                    connection,
                     last_seq: 0,
                     pending: Vec::new(),
                 }))
             }
-            Some(Ok(Message::Close(Some(frame)))) => Connect::Closed {
-                code: u16::from(frame.code),
-                reason: frame.reason.to_string(),
-            },
-            other => panic!("unexpected first frame: {other:?}"),
+            Err(ConnectError::Refused { code, reason }) => Connect::Closed { code, reason },
+            Err(other) => panic!("no hello and no refusal: {other}"),
         }
     }
 
@@ -449,39 +444,35 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: String) {
-        self.socket
-            .send(Message::Text(text.into()))
-            .await
-            .expect("send frame");
+        self.connection.send_text(text).await.expect("send frame");
     }
 
     /// Reads one frame (skipping pings), or `None` on close or timeout.
     pub async fn read_frame(&mut self, timeout: Duration) -> Option<Value> {
-        loop {
-            let next = tokio::time::timeout(timeout, self.socket.next())
-                .await
-                .ok()??;
-            match next {
-                Ok(Message::Text(text)) => {
-                    let frame: Value = serde_json::from_str(&text).expect("server frames are JSON");
-                    if let Some(seq) = frame["seq"].as_u64() {
-                        assert!(
-                            seq > self.last_seq,
-                            "seq must increase: {seq} after {}",
-                            self.last_seq
-                        );
-                        self.last_seq = seq;
-                    }
-                    return Some(frame);
+        let next = tokio::time::timeout(timeout, self.connection.recv())
+            .await
+            .ok()?;
+        match next {
+            Received::Text(text) => {
+                let frame: Value =
+                    serde_json::from_str(text.as_str()).expect("server frames are JSON");
+                if let Some(seq) = frame["seq"].as_u64() {
+                    assert!(
+                        seq > self.last_seq,
+                        "seq must increase: {seq} after {}",
+                        self.last_seq
+                    );
+                    self.last_seq = seq;
                 }
-                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
-                Ok(Message::Close(frame)) => {
-                    self.pending.push(json!({"op": "__close", "code": frame.as_ref().map(|f| u16::from(f.code)), "reason": frame.map(|f| f.reason.to_string())}));
-                    return None;
-                }
-                Ok(_) => continue,
-                Err(_) => return None,
+                Some(frame)
             }
+            Received::Closed(close) => {
+                let (code, reason) = close.map(|close| (close.code, close.reason)).unzip();
+                self.pending
+                    .push(json!({"op": "__close", "code": code, "reason": reason}));
+                None
+            }
+            Received::Lost => None,
         }
     }
 
@@ -515,8 +506,8 @@ impl Client {
     }
 
     pub async fn socket_send_binary(&mut self) {
-        self.socket
-            .send(Message::Binary(vec![1, 2, 3].into()))
+        self.connection
+            .send_binary(vec![1, 2, 3])
             .await
             .expect("send binary");
     }
@@ -528,8 +519,10 @@ impl Client {
         client_msg_id: &str,
         body: &str,
     ) -> Value {
-        self.send_json(json!({"op":"send","conversation_id":conversation,"client_msg_id":client_msg_id,"body":body}))
-            .await;
+        self.connection
+            .send_message(conversation, client_msg_id, body)
+            .await
+            .expect("send frame");
         let reference = client_msg_id.to_owned();
         self.wait_for("ack or error", move |frame| {
             (frame["op"] == "ack" && frame["client_msg_id"] == reference.as_str())
@@ -574,9 +567,26 @@ impl Client {
     }
 
     pub async fn ack_seq(&mut self) {
-        let seq = self.last_seq;
-        self.send_json(json!({"op":"ack_seq","seq":seq})).await;
+        self.connection
+            .ack_seq(self.last_seq)
+            .await
+            .expect("send frame");
     }
+}
+
+/// The `message_id` of each message (of a history page or of deliveries).
+pub fn message_ids(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|message| message["message_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The message ids a search page found, in its order.
+pub fn hit_ids(page: &Value) -> Vec<String> {
+    let hits = page["hits"].as_array().expect("a search page lists hits");
+    let messages: Vec<Value> = hits.iter().map(|hit| hit["message"].clone()).collect();
+    message_ids(&messages)
 }
 
 /// Every record of `topic`, read from the beginning until `count` arrived.

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use chatpipe::roles::{self, ApiHandle, RoleHandle};
 use chatpipe_api::ApiConfig;
+use chatpipe_client::ApiClient;
+use chatpipe_client::http::{ApiRequest, Method};
 use chatpipe_core::records::{MembershipChange, MembershipRecord};
 use chatpipe_core::store::MembershipStore;
 use chatpipe_core::time::now_unix_ms;
 use chatpipe_kafka::ConsumerMetrics;
 use chatpipe_kafka::consumer::{ConsumerSettings, group_consumer};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::*;
@@ -20,8 +21,7 @@ use crate::common::*;
 /// The HTTP API of a [`Stack`], as one user or another.
 struct Api<'a> {
     stack: &'a Stack,
-    base: String,
-    http: reqwest::Client,
+    client: ApiClient,
     /// Kept so an API started here stops with the test.
     _role: Option<RoleHandle<ApiHandle>>,
 }
@@ -41,8 +41,7 @@ impl<'a> Api<'a> {
         .expect("api starts");
         Api {
             stack,
-            base: format!("http://{}", role.addr),
-            http: reqwest::Client::new(),
+            client: ApiClient::new(&format!("http://{}", role.addr)),
             _role: Some(role),
         }
     }
@@ -51,8 +50,7 @@ impl<'a> Api<'a> {
     fn of(stack: &'a Stack, full: &FullStack) -> Api<'a> {
         Api {
             stack,
-            base: full.api.clone(),
-            http: reqwest::Client::new(),
+            client: full.client.clone(),
             _role: None,
         }
     }
@@ -64,16 +62,9 @@ impl<'a> Api<'a> {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(self.stack.token(user));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("api answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let mut request = ApiRequest::new(method, path);
+        request.body = body.as_ref();
+        answered(self.client.send(&self.stack.token(user), &request).await)
     }
 
     async fn get(&self, user: &str, path: &str) -> (u16, Value) {
@@ -142,16 +133,7 @@ impl<'a> Api<'a> {
     }
 }
 
-fn assert_refused(status: u16, body: &Value, expected: u16, code: &str) {
-    assert_eq!(status, expected, "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|message| !message.is_empty()),
-        "{body}"
-    );
-}
+use chatpipe_testkit::assert_api_error as assert_refused;
 
 fn roles_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -402,12 +384,7 @@ async fn search_ids(api: &Api<'_>, user: &str, q: &str, conversation: Option<&st
     };
     let (status, page) = api.get(user, &path).await;
     assert_eq!(status, 200, "{page}");
-    page["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|hit| hit["message"]["message_id"].as_str().unwrap().to_owned())
-        .collect()
+    hit_ids(&page)
 }
 
 /// The message ids of `conversation`'s newest history page, as `user`.
@@ -416,12 +393,7 @@ async fn history_ids(api: &Api<'_>, user: &str, conversation: &str) -> Vec<Strin
         .get(user, &format!("/v1/conversations/{conversation}/messages"))
         .await;
     assert_eq!(status, 200, "{page}");
-    page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|message| message["message_id"].as_str().unwrap().to_owned())
-        .collect()
+    message_ids(page["messages"].as_array().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chatpipe_cassandra::{CassandraConfig, CassandraStore, CreateOutcome, NewConversation};
+use chatpipe_cassandra::{CassandraStore, CreateOutcome, NewConversation};
 use chatpipe_core::ids::MessageIdGenerator;
 use chatpipe_core::records::{
     EdgeRecord, EdgeState, Event, EventRecord, MembershipChange, MembershipRecord, MessageRecord,
@@ -87,13 +87,7 @@ impl Deployment {
             .await
             .expect("Kafka must be reachable (topology/engines.sh up kafka)");
         let producer = ChatProducer::new(&kafka, 1).unwrap();
-        let mut cassandra = CassandraConfig::default();
-        if let Ok(address) = std::env::var("CHATPIPE_CASSANDRA") {
-            cassandra.contact_points = vec![address];
-        }
-        let store = CassandraStore::connect(&cassandra)
-            .await
-            .expect("Cassandra must be reachable (topology/engines.sh up cassandra)");
+        let store = chatpipe_testkit::cassandra_store().await;
         let worker_bits = u16::from_str_radix(&id[..3], 16).unwrap() % 1024;
         Self {
             id,

@@ -101,15 +101,7 @@ impl TestEnv {
     }
 
     pub async fn produce(&self, record: &MessageRecord) {
-        self.producer
-            .send_json(
-                &self.topics.messages,
-                record.conversation_id.as_str(),
-                record,
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
+        chatpipe_testkit::produce_record(&self.producer, &self.topics.messages, record).await;
     }
 
     pub async fn produce_raw(&self, key: &str, payload: &[u8]) {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chatpipe_cassandra::{
-    CassandraConfig, CassandraStore, Conversation, CreateOutcome, HistoryQuery, NewConversation,
+    CassandraStore, Conversation, CreateOutcome, HistoryQuery, NewConversation,
 };
 use chatpipe_core::ids::{ConversationId, MessageId, MessageIdGenerator, UserId};
 use chatpipe_core::records::{MessageRecord, TopicNames};
@@ -25,17 +25,22 @@ pub struct TestEnv {
 
 pub use chatpipe_testkit::eventually;
 
+/// `records` (produced oldest first) as history should hold them:
+/// `(message id, body)`, newest first.
+pub fn newest_first<'a>(
+    records: impl DoubleEndedIterator<Item = &'a MessageRecord>,
+) -> Vec<(MessageId, String)> {
+    records
+        .rev()
+        .map(|record| (record.message_id, record.body.clone()))
+        .collect()
+}
+
 impl TestEnv {
     /// Topics under a fresh prefix (`partitions` each), and a store.
     pub async fn new(partitions: i32) -> Self {
         let isolated = chatpipe_testkit::isolated_topics("persist-test", partitions).await;
-        let mut cassandra = CassandraConfig::default();
-        if let Ok(address) = std::env::var("CHATPIPE_CASSANDRA") {
-            cassandra.contact_points = vec![address];
-        }
-        let store = CassandraStore::connect(&cassandra)
-            .await
-            .expect("Cassandra must be reachable (topology/engines.sh up cassandra)");
+        let store = chatpipe_testkit::cassandra_store().await;
         let producer = ChatProducer::new(&isolated.kafka, 1).unwrap();
         Self {
             topics: isolated.topics,
@@ -77,15 +82,7 @@ impl TestEnv {
         &self,
         record: &MessageRecord,
     ) -> chatpipe_kafka::producer::RecordPosition {
-        self.producer
-            .send_json(
-                &self.topics.messages,
-                record.conversation_id.as_str(),
-                record,
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap()
+        chatpipe_testkit::produce_record(&self.producer, &self.topics.messages, record).await
     }
 
     /// Starts a persist role in-process with its own consumer group.
@@ -118,6 +115,15 @@ impl TestEnv {
     /// The whole history of `conversation`, newest first, read page by page.
     pub async fn history(&self, conversation: &Conversation) -> Vec<MessageRecordView> {
         self.try_history(conversation).await.unwrap()
+    }
+
+    /// [`Self::history`] as `(message id, body)`, newest first.
+    pub async fn history_pairs(&self, conversation: &Conversation) -> Vec<(MessageId, String)> {
+        self.history(conversation)
+            .await
+            .iter()
+            .map(|view| (view.message_id, view.body.clone()))
+            .collect()
     }
 
     /// [`Self::history`], or the store's error (Cassandra restarting).
