@@ -1152,7 +1152,11 @@ fn faults_section(out: &mut String, inputs: &Inputs) {
             let _ = writeln!(out, "| {} | | | | | | | | | | {error} |", run.run);
             continue;
         }
-        let ready: Vec<String> = run.ready_after_s.iter().map(|s| format!("{s:.1} s")).collect();
+        let ready: Vec<String> = run
+            .ready_after_s
+            .iter()
+            .map(|s| format!("{s:.1} s"))
+            .collect();
         let _ = writeln!(
             out,
             "| {} | `{}` | {} | {} | {} | {} | {} | {} of {} | {} | {} | {} |",

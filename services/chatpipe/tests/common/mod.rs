@@ -55,6 +55,8 @@ pub struct Stack {
     pub prefix: String,
     pub store: CassandraStore,
     pub keys: TokenKeys,
+    /// The token secret `keys` come from, for roles run as processes.
+    pub secret: String,
     pub root: Shutdown,
     /// The search engine and index names of this deployment.
     pub search: SearchEngineConfig,
@@ -99,16 +101,16 @@ impl Stack {
                 store.apply_schema().await.expect("schema applies");
             })
             .await;
+        // A fresh random secret per test: no secret is built into the
+        // tests either.
+        let secret = uuid::Uuid::new_v4().simple().to_string();
         Stack {
             kafka,
             topics: TopicNames::with_prefix(&prefix),
             store,
-            // A fresh random secret per test: no secret is built into the
-            // tests either.
-            keys: TokenKeys::from_configured_secret(
-                uuid::Uuid::new_v4().simple().to_string().as_bytes(),
-            )
-            .expect("a random secret is accepted"),
+            keys: TokenKeys::from_configured_secret(secret.as_bytes())
+                .expect("a random secret is accepted"),
+            secret,
             root: Shutdown::new(),
             search: SearchEngineConfig {
                 url: engine_env("CHATPIPE_ELASTICSEARCH_URL", defaults::ELASTICSEARCH_URL),
