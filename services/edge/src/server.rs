@@ -520,6 +520,9 @@ async fn publish_presence<S: EdgeStore>(edge: &EdgeShared<S>, changes: &[RouteCh
             event: Event::Presence {
                 user_id: user.clone(),
                 status,
+                // Per edge: fan-out reports the user offline only once no
+                // edge holds them any more.
+                edge_id: Some(edge.config.edge_id.clone()),
             },
             ts: now_unix_ms(),
         };

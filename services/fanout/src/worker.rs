@@ -6,7 +6,8 @@
 //!       │ keeps tailing              │ keeps evicting              │ one task + FanoutHandler per partition
 //! ```
 //!
-//! Each assigned partition of `chat.messages` and `chat.events` is driven by
+//! Each assigned partition of `chat.messages`, `chat.events` and
+//! `chat.membership` is driven by
 //! its own task (see [`chatpipe_kafka::partitioned`]): a push that waits for a
 //! slow edge holds up only the partition whose batch it belongs to, while
 //! conversations of the other partitions keep flowing.
@@ -109,6 +110,7 @@ impl FanoutWorker {
             &[
                 config.topics.messages.as_str(),
                 config.topics.events.as_str(),
+                config.topics.membership.as_str(),
             ],
         );
         settings.max_batch_records = config.max_batch_records;
@@ -131,6 +133,9 @@ impl FanoutWorker {
                 chatpipe_kafka::SendDedupSettings::with_window_ms(config.send_dedup_window_ms),
                 metrics.send_dedup.clone(),
             ),
+            presence: crate::presence::PresenceTracker::new(config.presence_tracked_users_max),
+            presence_judged: Default::default(),
+            membership_event_max_age_ms: config.membership_event_max_age_ms,
             verdicts: Arc::new(crate::verdicts::VerdictPusher::new(
                 config.worker_id.clone(),
                 config.push_timeout(),

@@ -564,6 +564,7 @@ async fn typing_read_and_presence_reach_the_right_members() {
             Event::Presence {
                 user_id: alice.clone(),
                 status: PresenceStatus::Online,
+                edge_id: None,
             },
         )
         .await;
