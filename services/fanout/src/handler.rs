@@ -232,7 +232,7 @@ impl<M: MembershipStore> FanoutHandler<M> {
         let members: HashMap<ConversationId, Option<Members>> =
             futures::stream::iter(all_conversations)
                 .map(|conversation: ConversationId| async move {
-                    let found = membership.members(&conversation).await?;
+                    let found = membership.recipients(&conversation).await?;
                     Ok::<_, StoreError>((conversation, found))
                 })
                 .buffer_unordered(self.resolve_concurrency)

@@ -311,9 +311,26 @@ impl FullStack {
     }
 
     pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        self.send_json(reqwest::Method::POST, token, path, body)
+            .await
+    }
+
+    pub async fn patch(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        self.send_json(reqwest::Method::PATCH, token, path, body)
+            .await
+    }
+
+    /// `method path` with a JSON `body` as `token`: (status, JSON body).
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
         let response = self
             .http
-            .post(format!("{}{path}", self.api))
+            .request(method, format!("{}{path}", self.api))
             .bearer_auth(token)
             .json(&body)
             .send()
