@@ -39,7 +39,15 @@ export type ServerFrame =
   | Ws.ServerRefreshed
   | Ws.ServerMessageEdited
   | Ws.ServerMessageDeleted
-  | Ws.ServerReaction;
+  | Ws.ServerReaction
+  | MembershipFrame;
+/** The membership frames: a conversation created, a member added, removed or given a role, settings changed. */
+export type MembershipFrame =
+  | Ws.ServerConversationCreated
+  | Ws.ServerMemberAdded
+  | Ws.ServerMemberRemoved
+  | Ws.ServerMemberRoleChanged
+  | Ws.ServerConversationUpdated;
 /** The frames of the session stream: they carry `seq`. */
 export type SequencedFrame =
   | Ws.ServerMessage
@@ -48,5 +56,6 @@ export type SequencedFrame =
   | Ws.ServerPresence
   | Ws.ServerMessageEdited
   | Ws.ServerMessageDeleted
-  | Ws.ServerReaction;
+  | Ws.ServerReaction
+  | MembershipFrame;
 export type WsErrorCode = Ws.ServerError['code'];
