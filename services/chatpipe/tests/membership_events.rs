@@ -272,3 +272,98 @@ async fn a_user_on_two_edges_stays_online_until_the_last_session_closes() {
     stack.routed(&fanout, &alice, 0).await;
     let _ = edge_b;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_whose_only_edge_crashed_goes_offline_when_its_lease_runs_out() {
+    use chatpipe_core::records::{
+        EdgeRecord, EdgeState, Event, EventRecord, PresenceStatus, RouteRecord, SCHEMA_VERSION,
+        SessionKey,
+    };
+    use chatpipe_core::time::now_unix_ms;
+    use chatpipe_core::{EdgeId, UserId};
+
+    let stack = Stack::new().await;
+    let (edge, _edge_stop) = stack.edge(stack.edge_config("a")).await;
+    let (fanout, _fanout_stop) = stack.fanout(&unique("fanout")).await;
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    stack.conversation(&[&alice, &bob]).await;
+    let mut watcher = Client::connect(&edge, &stack.token(&bob)).await;
+    stack.routed(&fanout, &bob, 1).await;
+
+    // An edge that held alice and died without a word: its short lease,
+    // her route and its `online` report are all it ever wrote.
+    let producer = chatpipe_kafka::ChatProducer::new(&stack.kafka, 0).expect("producer");
+    let deadline = Duration::from_secs(10);
+    let crashed = EdgeId::parse(format!("{}crashed", stack.prefix.trim_end_matches('.'))).unwrap();
+    let alice_id = UserId::parse(&alice).unwrap();
+    let now = now_unix_ms();
+    let lease = EdgeRecord {
+        schema_version: SCHEMA_VERSION,
+        edge_id: crashed.clone(),
+        // Nothing listens there: nothing is pushed to it in this test.
+        push_addr: "127.0.0.1:9".to_owned(),
+        state: EdgeState::Serving,
+        lease_expires_ms: now + 2_000,
+        worker_id: None,
+        ts: now,
+    };
+    let route = RouteRecord {
+        schema_version: SCHEMA_VERSION,
+        user_id: alice_id.clone(),
+        edge_id: crashed.clone(),
+        sessions: 1,
+        ts: now,
+    };
+    let online = EventRecord {
+        schema_version: SCHEMA_VERSION,
+        event: Event::Presence {
+            user_id: alice_id.clone(),
+            status: PresenceStatus::Online,
+            edge_id: Some(crashed.clone()),
+        },
+        ts: now,
+    };
+    let sessions = &stack.topics.sessions;
+    producer
+        .send_json(
+            sessions,
+            &SessionKey::Edge(crashed.clone()).encode(),
+            &lease,
+            deadline,
+        )
+        .await
+        .expect("lease written");
+    producer
+        .send_json(
+            sessions,
+            &SessionKey::Route(alice_id.clone(), crashed.clone()).encode(),
+            &route,
+            deadline,
+        )
+        .await
+        .expect("route written");
+    producer
+        .send_json(&stack.topics.events, &alice, &online, deadline)
+        .await
+        .expect("presence written");
+    let is_alice = |status: &'static str| {
+        let alice = alice.clone();
+        move |frame: &Value| {
+            frame["op"] == "presence"
+                && frame["user_id"] == alice.as_str()
+                && frame["status"] == status
+        }
+    };
+    watcher.wait_for("alice online", is_alice("online")).await;
+
+    // Within a maintenance round (10 s) of the lease's end, fan-out reports
+    // her offline, once.
+    watcher.wait_for("alice offline", is_alice("offline")).await;
+    assert_eq!(fanout.metrics().edges_expired.get(), 1);
+    assert_eq!(fanout.metrics().expired_edge_offline_reports.get(), 1);
+    let heard = drain_frames(&mut watcher).await;
+    assert!(
+        !heard.iter().any(is_alice("offline")),
+        "one offline only: {heard:?}"
+    );
+}

@@ -40,7 +40,8 @@ use crate::push::EdgePushers;
 use crate::routes::{RouteTable, SharedRouteTable};
 use crate::tails::{MembershipTail, SessionsTail};
 
-/// The dead-letter producer lingers a little: dead letters are rare.
+/// The producer (dead letters, offline reports of expired edges) lingers a
+/// little: what it writes is rare.
 const DEAD_LETTER_LINGER_MS: u32 = 5;
 
 /// A running fan-out worker.
@@ -81,6 +82,7 @@ impl FanoutWorker {
         let routes_component = health.component("fanout.routes");
         let membership_component = health.component("fanout.membership");
         let consumer_component = health.component("fanout.consumer");
+        let producer = ChatProducer::new(&kafka, DEAD_LETTER_LINGER_MS)?;
         let (sessions_tail, caught_up) = SessionsTail::new(
             &kafka,
             &config.worker_id,
@@ -90,6 +92,10 @@ impl FanoutWorker {
             metrics.clone(),
             routes_component,
             config.forget_dead_edge_after_ms,
+            crate::tails::OfflineReports {
+                producer: producer.clone(),
+                events_topic: config.topics.events.clone(),
+            },
         )?;
         let membership_tail = MembershipTail::new(
             &kafka,
@@ -98,7 +104,6 @@ impl FanoutWorker {
             membership.clone(),
             membership_component,
         )?;
-        let producer = ChatProducer::new(&kafka, DEAD_LETTER_LINGER_MS)?;
         let dead_letters = DeadLetterSink::new(
             producer,
             config.topics.dead_letter.clone(),
