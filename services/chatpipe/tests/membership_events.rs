@@ -37,6 +37,14 @@ async fn membership_frame(
     frame
 }
 
+/// Matches a `presence` frame saying `user` is `status`.
+fn presence_of(user: &str, status: &'static str) -> impl Fn(&Value) -> bool + use<> {
+    let user = user.to_owned();
+    move |frame: &Value| {
+        frame["op"] == "presence" && frame["user_id"] == user.as_str() && frame["status"] == status
+    }
+}
+
 /// Frames that arrive within [`QUIET`] (and the ones already pending).
 async fn drain_frames(client: &mut Client) -> Vec<Value> {
     let mut frames = std::mem::take(&mut client.pending);
@@ -44,13 +52,6 @@ async fn drain_frames(client: &mut Client) -> Vec<Value> {
         frames.push(frame);
     }
     frames
-}
-
-fn ids(messages: &[Value]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|message| message["message_id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,14 +128,18 @@ async fn members_and_the_user_concerned_get_every_membership_change() {
     assert_eq!(ids(&carol_history), ids(&live));
 
     // Settings changed: every member is told; carol now sees all history.
-    let (status, body) = full
-        .patch(
-            &alice_token,
-            &format!("/v1/conversations/{conversation}"),
-            json!({"history_visibility": "shared"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let patched = |path: String, body: Value| {
+        let (full, token) = (&full, &alice_token);
+        async move {
+            let (status, answer) = full.patch(token, &path, body).await;
+            assert_eq!(status, 200, "{answer}");
+        }
+    };
+    patched(
+        format!("/v1/conversations/{conversation}"),
+        json!({"history_visibility": "shared"}),
+    )
+    .await;
     for client in [&mut alice_client, &mut bob_client, &mut carol_client] {
         let frame = membership_frame(client, "conversation_updated", &conversation, None).await;
         assert_eq!(frame["history_visibility"], "shared");
@@ -148,14 +153,7 @@ async fn members_and_the_user_concerned_get_every_membership_change() {
     );
 
     // Role changed: every member is told.
-    let (status, body) = full
-        .patch(
-            &alice_token,
-            &format!("{members}/{carol}"),
-            json!({"role": "admin"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    patched(format!("{members}/{carol}"), json!({"role": "admin"})).await;
     for client in [&mut alice_client, &mut bob_client, &mut carol_client] {
         let frame =
             membership_frame(client, "member_role_changed", &conversation, Some(&carol)).await;
@@ -225,14 +223,7 @@ async fn a_user_on_two_edges_stays_online_until_the_last_session_closes() {
     stack.conversation(&[&alice, &bob]).await;
     let mut watcher = Client::connect(&edge_a, &stack.token(&bob)).await;
     stack.routed(&fanout, &bob, 1).await;
-    let is_alice = |status: &'static str| {
-        let alice = alice.clone();
-        move |frame: &Value| {
-            frame["op"] == "presence"
-                && frame["user_id"] == alice.as_str()
-                && frame["status"] == status
-        }
-    };
+    let is_alice = |status: &'static str| presence_of(&alice, status);
     let unchanged = || fanout.metrics().items_skipped_for("presence_unchanged");
 
     // Online on a, then on b as well: one `online`.
@@ -346,14 +337,7 @@ async fn a_user_whose_only_edge_crashed_goes_offline_when_its_lease_runs_out() {
         .send_json(&stack.topics.events, &alice, &online, deadline)
         .await
         .expect("presence written");
-    let is_alice = |status: &'static str| {
-        let alice = alice.clone();
-        move |frame: &Value| {
-            frame["op"] == "presence"
-                && frame["user_id"] == alice.as_str()
-                && frame["status"] == status
-        }
-    };
+    let is_alice = |status: &'static str| presence_of(&alice, status);
     watcher.wait_for("alice online", is_alice("online")).await;
 
     // Within a maintenance round (10 s) of the lease's end, fan-out reports

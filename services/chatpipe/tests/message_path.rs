@@ -6,14 +6,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use serde_json::{Value, json};
-
-fn ids(messages: &[Value]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|message| message["message_id"].as_str().unwrap().to_owned())
-        .collect()
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_reach_every_online_member_on_every_device_in_order() {

@@ -334,6 +334,22 @@ pub(crate) mod tests {
         members.iter().map(UserId::as_str).collect()
     }
 
+    /// A store holding `conversations`, and a cache over it.
+    fn cache_over(
+        conversations: &[(&str, &[&str])],
+    ) -> (FakeMembership, MembershipCache<FakeMembership>) {
+        let store = FakeMembership::default();
+        for (conversation, members) in conversations {
+            store.set(conversation, members);
+        }
+        let cache = MembershipCache::new(
+            store.clone(),
+            &FanoutConfig::default(),
+            FanoutMetrics::new(),
+        );
+        (store, cache)
+    }
+
     fn removed(conversation: &str, user: &str) -> MembershipRecord {
         MembershipRecord {
             schema_version: SCHEMA_VERSION,
@@ -348,13 +364,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_created_record_fills_the_cache_and_a_later_change_evicts_it() {
-        let store = FakeMembership::default();
-        store.set("c1", &["a", "b"]);
-        let cache = MembershipCache::new(
-            store.clone(),
-            &FanoutConfig::default(),
-            FanoutMetrics::new(),
-        );
+        let (store, cache) = cache_over(&[("c1", &["a", "b"])]);
         let conversation = ConversationId::parse("c1").unwrap();
         cache
             .apply_record(&MembershipRecord {
@@ -394,13 +404,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_removed_member_is_left_out_even_before_the_store_forgets_them() {
-        let store = FakeMembership::default();
-        store.set("c1", &["a", "b"]);
-        let cache = MembershipCache::new(
-            store.clone(),
-            &FanoutConfig::default(),
-            FanoutMetrics::new(),
-        );
+        let (_store, cache) = cache_over(&[("c1", &["a", "b"])]);
         let conversation = ConversationId::parse("c1").unwrap();
         // The API published the removal; its store delete has not landed.
         cache.apply_record(&removed("c1", "b")).await;

@@ -623,6 +623,14 @@ pub async fn read_topic(stack: &Stack, topic: &str, count: usize) -> Vec<(i32, S
     records
 }
 
+/// The `message_id`s of messages (as frames or history carry them), in order.
+pub fn ids(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|message| message["message_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Polls `check` until it returns `Some`, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
