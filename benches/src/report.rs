@@ -52,6 +52,22 @@ pub struct PersistRun {
     pub plain_insert_rows_per_s: f64,
     /// The writer's grouping without Kafka.
     pub grouped_write_rows_per_s: f64,
+    /// Chat-shaped rounds (50 rows over 50 conversations), every
+    /// partition its own request, side by side with `…_packed_…`: small
+    /// partitions sharing a replica packed into one request. Absent from
+    /// runs before the packing existed.
+    #[serde(default)]
+    pub chat_rounds_unpacked_rows_per_s: Option<f64>,
+    #[serde(default)]
+    pub chat_rounds_unpacked_requests: Option<u64>,
+    #[serde(default)]
+    pub chat_rounds_unpacked_cassandra_cpu_ms_per_1000_rows: Option<f64>,
+    #[serde(default)]
+    pub chat_rounds_packed_rows_per_s: Option<f64>,
+    #[serde(default)]
+    pub chat_rounds_packed_requests: Option<u64>,
+    #[serde(default)]
+    pub chat_rounds_packed_cassandra_cpu_ms_per_1000_rows: Option<f64>,
 }
 
 /// The index example's output (`cargo run -p chatpipe-index --example
@@ -688,6 +704,20 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
             persist.plain_insert_rows_per_s,
             persist.grouped_write_rows_per_s
         );
+        if let (Some(unpacked), Some(packed)) = (
+            persist.chat_rounds_unpacked_rows_per_s,
+            persist.chat_rounds_packed_rows_per_s,
+        ) {
+            let cpu = |ms: Option<f64>| ms.map_or("–".to_owned(), |ms| format!("{ms:.0}"));
+            let _ = writeln!(
+                out,
+                "Chat-shaped write rounds (what persist sees under chat traffic: 50 rows over 50 conversations, 8 rounds in flight), side by side, medians of three passes each:\n\n| requests | rows/s | Cassandra CPU ms per 1,000 rows |\n|---|---|---|\n| one per partition ({}) | {unpacked:.0} | {} |\n| small partitions packed per replica ({}) | {packed:.0} | {} |\n",
+                persist.chat_rounds_unpacked_requests.unwrap_or(0),
+                cpu(persist.chat_rounds_unpacked_cassandra_cpu_ms_per_1000_rows),
+                persist.chat_rounds_packed_requests.unwrap_or(0),
+                cpu(persist.chat_rounds_packed_cassandra_cpu_ms_per_1000_rows),
+            );
+        }
     }
     if let Some(index) = &inputs.index {
         let _ = writeln!(

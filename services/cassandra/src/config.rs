@@ -18,6 +18,12 @@ pub struct CassandraConfig {
     pub request_timeout_ms: u64,
     /// Deadline for opening a connection to a node.
     pub connect_timeout_ms: u64,
+    /// Most partitions one history write request may cover (an unlogged
+    /// batch of small partitions sharing a replica; see
+    /// `CassandraStore::write_messages`). Keep it at or under the cluster's
+    /// `unlogged_batch_across_partitions_warn_threshold` (10 by default);
+    /// 1 writes every partition with its own request.
+    pub max_partitions_per_batch: usize,
 }
 
 impl Default for CassandraConfig {
@@ -28,6 +34,7 @@ impl Default for CassandraConfig {
             apply_schema_on_connect: true,
             request_timeout_ms: 10_000,
             connect_timeout_ms: 5_000,
+            max_partitions_per_batch: crate::messages::MAX_PARTITIONS_PER_BATCH,
         }
     }
 }

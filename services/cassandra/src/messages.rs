@@ -27,9 +27,27 @@ use crate::conversations::Conversation;
 use crate::error::CassandraError;
 use crate::store::CassandraStore;
 
-/// Rows per unlogged batch. Every batch targets one partition, so Cassandra
-/// applies it as one mutation; the cap keeps mutations small.
+/// Rows per unlogged batch; the cap keeps mutations small.
 pub const MAX_ROWS_PER_BATCH: usize = 100;
+
+/// Default of `CassandraConfig::max_partitions_per_batch`: most
+/// partitions one multi-partition unlogged batch covers. Cassandra
+/// logs a warning (and warns the client) for an unlogged batch over more
+/// partitions than `unlogged_batch_across_partitions_warn_threshold`,
+/// 10 by default.
+pub const MAX_PARTITIONS_PER_BATCH: usize = 10;
+
+/// Most estimated bytes of a batch covering more than one partition.
+/// Cassandra warns above `batch_size_warn_threshold` (5 KiB by default)
+/// and refuses above `batch_size_fail_threshold` (50 KiB); a partition
+/// whose rows alone are larger is written on its own (single-partition
+/// batches are exempt from both).
+pub const MAX_MULTI_PARTITION_BATCH_BYTES: usize = 4 * 1024;
+
+/// Bytes a history row adds to a mutation besides its text columns
+/// (message id, timestamps, cell overhead): a generous estimate, so that
+/// [`MAX_MULTI_PARTITION_BATCH_BYTES`] stays under Cassandra's own count.
+const ROW_OVERHEAD_BYTES: usize = 64;
 
 /// The write time (µs) of a deletion: far above any real write time
 /// (about the year 148,000), so nothing written later in real time undoes it.
@@ -198,64 +216,153 @@ fn change_write_time_us(record: &MessageChangeRecord) -> i64 {
     }
 }
 
+/// A history row's estimated share of a batch's size (see
+/// [`MAX_MULTI_PARTITION_BATCH_BYTES`]).
+fn estimated_row_bytes(record: &MessageRecord) -> usize {
+    ROW_OVERHEAD_BYTES
+        + record.body.len()
+        + record.sender_id.as_str().len()
+        + record.client_msg_id.as_str().len()
+        + record.edge_id.as_str().len()
+}
+
+/// Plans the write requests of a round: `partitions` are the rows of each
+/// partition with the replica that owns it, `size` a row's estimated bytes.
+/// A partition's rows are cut into chunks of [`MAX_ROWS_PER_BATCH`]; a full
+/// chunk, or one over [`MAX_MULTI_PARTITION_BATCH_BYTES`], is a request of
+/// its own, and the other chunks are packed per replica, in order, into
+/// requests of at most `max_partitions` partitions (at least 1),
+/// [`MAX_ROWS_PER_BATCH`] rows and [`MAX_MULTI_PARTITION_BATCH_BYTES`].
+/// A partition's rows are never split across packed requests. Pure.
+pub fn pack_write_requests<R: Ord, T: Copy>(
+    partitions: impl IntoIterator<Item = (R, Vec<T>)>,
+    max_partitions: usize,
+    size: impl Fn(T) -> usize,
+) -> Vec<Vec<T>> {
+    let max_partitions = max_partitions.max(1);
+    struct Pack<T> {
+        rows: Vec<T>,
+        partitions: usize,
+        bytes: usize,
+    }
+    let mut requests = Vec::new();
+    let mut open: BTreeMap<R, Pack<T>> = BTreeMap::new();
+    for (replica, rows) in partitions {
+        let mut replica = Some(replica);
+        for chunk in rows.chunks(MAX_ROWS_PER_BATCH) {
+            let bytes: usize = chunk.iter().map(|&row| size(row)).sum();
+            if chunk.len() == MAX_ROWS_PER_BATCH || bytes > MAX_MULTI_PARTITION_BATCH_BYTES {
+                requests.push(chunk.to_vec());
+                continue;
+            }
+            // Only a partition's last chunk can be short, so this runs at
+            // most once per partition.
+            let Some(replica) = replica.take() else {
+                requests.push(chunk.to_vec());
+                continue;
+            };
+            let pack = open.entry(replica).or_insert_with(|| Pack {
+                rows: Vec::new(),
+                partitions: 0,
+                bytes: 0,
+            });
+            if pack.partitions == max_partitions
+                || pack.rows.len() + chunk.len() > MAX_ROWS_PER_BATCH
+                || pack.bytes + bytes > MAX_MULTI_PARTITION_BATCH_BYTES
+            {
+                requests.push(std::mem::take(&mut pack.rows));
+                pack.partitions = 0;
+                pack.bytes = 0;
+            }
+            pack.rows.extend_from_slice(chunk);
+            pack.partitions += 1;
+            pack.bytes += bytes;
+        }
+    }
+    requests.extend(
+        open.into_values()
+            .map(|pack| pack.rows)
+            .filter(|rows| !rows.is_empty()),
+    );
+    requests
+}
+
 impl CassandraStore {
-    /// Writes `records`, grouped by partition `(conversation, bucket)` into
-    /// single-partition unlogged batches of at most [`MAX_ROWS_PER_BATCH`]
-    /// rows, with at most `max_in_flight` requests at once. Idempotent by
-    /// message id. On error some groups may be written and others not;
-    /// writing the same records again is always safe.
+    /// Writes `records` in as few requests as Cassandra takes without
+    /// complaint, with at most `max_in_flight` requests at once.
+    ///
+    /// Rows are grouped by partition `(conversation, bucket)`; a partition
+    /// with [`MAX_ROWS_PER_BATCH`] rows (or more bytes than a
+    /// multi-partition batch may hold) is a single-partition batch of its
+    /// own, and the small partitions that share a replica (the first of
+    /// the token's replicas, as the driver sees the ring) are packed into
+    /// unlogged batches of up to `max_partitions_per_batch` (the config's)
+    /// partitions (see [`pack_write_requests`]). The driver routes a batch by its first
+    /// statement's token, so every packed batch goes to a replica of all
+    /// its partitions. Under chat traffic (a row or two per conversation in
+    /// a write round) this is what turns one request per message into one
+    /// per ten: Cassandra's cost is per request far more than per row.
+    ///
+    /// Idempotent by message id. On error some requests may be written and
+    /// others not; writing the same records again is always safe.
     pub async fn write_messages(
         &self,
         records: &[MessageRecord],
         max_in_flight: usize,
     ) -> Result<WriteReport, CassandraError> {
-        let mut partitions: BTreeMap<(&str, Bucket), Vec<&MessageRecord>> = BTreeMap::new();
+        let mut partitions: BTreeMap<(&str, Bucket), Vec<(Bucket, &MessageRecord)>> =
+            BTreeMap::new();
         for record in records {
+            let bucket = bucket_of(record.message_id);
             partitions
-                .entry((
-                    record.conversation_id.as_str(),
-                    bucket_of(record.message_id),
-                ))
+                .entry((record.conversation_id.as_str(), bucket))
                 .or_default()
-                .push(record);
+                .push((bucket, record));
         }
-        let chunks: Vec<(Bucket, &[&MessageRecord])> = partitions
-            .iter()
-            .flat_map(|((_, bucket), rows)| {
-                rows.chunks(MAX_ROWS_PER_BATCH)
-                    .map(|chunk| (*bucket, chunk))
-            })
-            .collect();
-        let requests = chunks.len() as u64;
+        let ring = self.inner.session.get_cluster_state();
+        let keyspace = self.inner.config.keyspace.as_str();
+        let by_replica = partitions
+            .into_iter()
+            .map(|((conversation, bucket), rows)| {
+                // A ring the driver cannot place the key on (metadata not yet
+                // read) only costs locality: the batch is still correct.
+                let replica = ring
+                    .get_endpoints(keyspace, "messages", &(conversation, bucket))
+                    .ok()
+                    .and_then(|replicas| replicas.first().map(|(node, _)| node.host_id))
+                    .unwrap_or_default();
+                (replica, rows)
+            });
+        let requests = pack_write_requests(
+            by_replica,
+            self.inner.config.max_partitions_per_batch,
+            |(_, record)| estimated_row_bytes(record),
+        );
+        let report = WriteReport {
+            rows: records.len() as u64,
+            requests: requests.len() as u64,
+        };
         // Futures built up front (not in a stream closure) keep the returned
         // future `Send` for callers that spawn it.
-        let writes: Vec<_> = chunks
-            .into_iter()
-            .map(|(bucket, chunk)| self.write_partition_chunk(bucket, chunk))
-            .collect();
+        let writes: Vec<_> = requests.iter().map(|rows| self.write_rows(rows)).collect();
         futures::stream::iter(writes)
             .buffer_unordered(max_in_flight.max(1))
             .try_collect::<Vec<()>>()
             .await?;
-        Ok(WriteReport {
-            rows: records.len() as u64,
-            requests,
-        })
+        Ok(report)
     }
 
     /// Writes one message (used to isolate a record that fails on its own).
     pub async fn write_message(&self, record: &MessageRecord) -> Result<(), CassandraError> {
-        self.write_partition_chunk(bucket_of(record.message_id), &[record])
+        self.write_rows(&[(bucket_of(record.message_id), record)])
             .await
     }
 
-    async fn write_partition_chunk(
-        &self,
-        bucket: Bucket,
-        chunk: &[&MessageRecord],
-    ) -> Result<(), CassandraError> {
+    /// Writes rows in one request: a single statement for one row, else an
+    /// unlogged batch.
+    async fn write_rows(&self, rows: &[(Bucket, &MessageRecord)]) -> Result<(), CassandraError> {
         let statement = &self.inner.statements.insert_message;
-        let values = |record: &MessageRecord| {
+        let values = |&(bucket, record): &(Bucket, &MessageRecord)| {
             (
                 record.conversation_id.as_str().to_owned(),
                 bucket,
@@ -268,7 +375,7 @@ impl CassandraStore {
                 (record.message_id.unix_ms() as i64).saturating_mul(1000),
             )
         };
-        if let [single] = chunk {
+        if let [single] = rows {
             self.inner
                 .session
                 .execute_unpaged(statement, values(single))
@@ -277,11 +384,11 @@ impl CassandraStore {
         }
         let mut batch = Batch::new(BatchType::Unlogged);
         batch.set_is_idempotent(true);
-        for _ in chunk {
+        for _ in rows {
             batch.append_statement(statement.clone());
         }
-        let rows: Vec<_> = chunk.iter().map(|record| values(record)).collect();
-        self.inner.session.batch(&batch, rows).await?;
+        let values: Vec<_> = rows.iter().map(values).collect();
+        self.inner.session.batch(&batch, values).await?;
         Ok(())
     }
 
@@ -694,5 +801,76 @@ mod tests {
                 me: false
             }]
         );
+    }
+
+    /// Rows as `(partition, row)` so a plan shows which partition each
+    /// row came from; every row weighs `bytes`.
+    fn plan(partitions: &[(u8, u32, usize)], bytes: usize) -> Vec<Vec<(u32, usize)>> {
+        pack_write_requests(
+            partitions.iter().map(|&(replica, partition, rows)| {
+                (replica, (0..rows).map(|row| (partition, row)).collect())
+            }),
+            MAX_PARTITIONS_PER_BATCH,
+            |_| bytes,
+        )
+    }
+
+    fn partitions_of(request: &[(u32, usize)]) -> Vec<u32> {
+        let mut partitions: Vec<u32> = request.iter().map(|&(p, _)| p).collect();
+        partitions.dedup();
+        partitions
+    }
+
+    #[test]
+    fn small_partitions_of_one_replica_share_requests_of_at_most_ten_partitions() {
+        let partitions: Vec<(u8, u32, usize)> = (0..25).map(|p| (0, p, 1)).collect();
+        let requests = plan(&partitions, 100);
+        assert_eq!(
+            requests.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [10, 10, 5]
+        );
+        let rows: usize = requests.iter().map(Vec::len).sum();
+        assert_eq!(rows, 25);
+    }
+
+    #[test]
+    fn one_partition_per_request_when_packing_is_off() {
+        let requests = pack_write_requests((0..5).map(|p| (0, vec![p, p])), 1, |_| 1);
+        assert_eq!(requests, [[0, 0], [1, 1], [2, 2], [3, 3], [4, 4]]);
+    }
+
+    #[test]
+    fn partitions_of_different_replicas_never_share_a_request() {
+        let partitions = [(0, 1, 2), (1, 2, 2), (0, 3, 2), (1, 4, 2)];
+        let requests = plan(&partitions, 100);
+        let mut grouped: Vec<Vec<u32>> = requests.iter().map(|r| partitions_of(r)).collect();
+        grouped.sort();
+        assert_eq!(grouped, [vec![1, 3], vec![2, 4]]);
+    }
+
+    #[test]
+    fn a_full_partition_is_its_own_request_and_its_rest_is_packed_whole() {
+        let requests = plan(&[(0, 1, MAX_ROWS_PER_BATCH + 3), (0, 2, 2)], 10);
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[0].len(), MAX_ROWS_PER_BATCH);
+        assert_eq!(partitions_of(&requests[0]), [1]);
+        assert_eq!(partitions_of(&requests[1]), [1, 2]);
+        assert_eq!(requests[1].len(), 5);
+    }
+
+    #[test]
+    fn packed_requests_stay_under_the_multi_partition_size_and_row_caps() {
+        // 1 KiB rows: four fit under the byte cap.
+        let partitions: Vec<(u8, u32, usize)> = (0..9).map(|p| (0, p, 1)).collect();
+        for request in plan(&partitions, 1024) {
+            assert!(request.len() * 1024 <= MAX_MULTI_PARTITION_BATCH_BYTES);
+        }
+        // A partition too big to pack goes alone, whatever its row count.
+        let big = plan(&[(0, 1, 2), (0, 2, 1)], MAX_MULTI_PARTITION_BATCH_BYTES);
+        assert!(big.iter().any(|r| partitions_of(r) == [1] && r.len() == 2));
+        // Rows: 60 + 60 exceed one batch's rows, so two requests.
+        let rows = plan(&[(0, 1, 60), (0, 2, 60)], 1);
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|r| r.len() <= MAX_ROWS_PER_BATCH));
     }
 }

@@ -280,6 +280,55 @@ async fn history_is_written_once_and_read_in_order_across_buckets() {
 }
 
 #[tokio::test]
+async fn a_round_over_many_conversations_is_packed_into_few_requests_and_reads_back_whole() {
+    let store = store().await;
+    let unique = unique();
+    let alice = UserId::parse(format!("alice-{unique}")).unwrap();
+    let now = now_unix_ms();
+    let mut generator = MessageIdGenerator::new(11);
+    // 25 conversations with one message each (chat traffic), and one
+    // with 103 (a busy room): 10 + 10 + 5 packed, 100 + 3 on their own
+    // or packed with the rest.
+    let mut rooms = Vec::new();
+    let mut records = Vec::new();
+    for index in 0..26 {
+        let room = ConversationId::parse(format!("p{index}-{unique}")).unwrap();
+        create(&store, &room, &alice, now - 1_000).await;
+        let count = if index == 25 { 103 } else { 1 };
+        for n in 0..count {
+            let id = generator.next_id(now);
+            records.push(record(&room, &alice, id, &format!("{index}/{n}")));
+        }
+        rooms.push((room, count));
+    }
+    let report = store.write_messages(&records, 8).await.unwrap();
+    assert_eq!(report.rows, 128);
+    // One request per message would be 26 + 2 (the 103 rows need two);
+    // packed, the 25 single rows and the busy room's tail share 3.
+    assert!(
+        report.requests <= 4,
+        "{} requests for 26 conversations",
+        report.requests
+    );
+    for (room, count) in &rooms {
+        let conversation = store.conversation(room).await.unwrap().unwrap();
+        let page = store
+            .read_history(
+                &conversation,
+                &HistoryQuery {
+                    before: None,
+                    after: None,
+                    limit: 200,
+                },
+                now_unix_ms(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.messages.len(), *count, "{room}");
+    }
+}
+
+#[tokio::test]
 async fn roles_settings_and_join_times_are_stored_and_read_back() {
     let store = store().await;
     let unique = unique();

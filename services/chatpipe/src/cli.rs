@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 use chatpipe::roles::defaults;
 use chatpipe_core::auth::DEFAULT_MAX_TOKEN_LIFETIME_SECS;
 use chatpipe_edge::EdgeConfig;
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 
 /// The edge's defaults are its config's (`EdgeConfig::default`), written once.
@@ -55,6 +56,18 @@ pub struct CommonArgs {
         global = true
     )]
     pub cassandra_keyspace: String,
+    /// Most partitions one history write request covers (small partitions
+    /// sharing a replica are packed into one unlogged batch). At most the
+    /// cluster's `unlogged_batch_across_partitions_warn_threshold`; 1
+    /// writes each partition with its own request.
+    #[arg(
+        long,
+        env = "CHATPIPE_CASSANDRA_MAX_PARTITIONS_PER_BATCH",
+        default_value_t = chatpipe_cassandra::messages::MAX_PARTITIONS_PER_BATCH,
+        value_parser = clap::value_parser!(u16).range(1..=100).map(usize::from),
+        global = true
+    )]
+    pub cassandra_max_partitions_per_batch: usize,
     /// Elasticsearch-API engine URL (Elasticsearch 8 or OpenSearch 2).
     #[arg(
         long,
@@ -361,6 +374,12 @@ pub struct BatchingArgs {
     /// committed, in ms (default 1000).
     #[arg(long, env = "CHATPIPE_COMMIT_INTERVAL_MS")]
     pub commit_interval_ms: Option<u64>,
+    /// Index: bytes a Kafka fetch waits for, up to its 500 ms long poll
+    /// (default 65536; 1 fetches on the first record). Bounds how many
+    /// fetches the indexer makes under load; at low rates a document is
+    /// searchable up to 500 ms later.
+    #[arg(long, env = "CHATPIPE_INDEX_FETCH_MIN_BYTES")]
+    pub index_fetch_min_bytes: Option<usize>,
 }
 
 worker_args!(

@@ -148,7 +148,9 @@ pub async fn read_live_edges(
         topic,
         &TailOptions {
             report_partition_end: true,
-            ..TailOptions::default()
+            // The end of a partition shows in the fetch after its last
+            // record: a short wait keeps the start-up read quick.
+            fetch_wait_max: chatpipe_kafka::config::LONG_POLL,
         },
     )?;
     let until = tokio::time::Instant::now() + deadline;

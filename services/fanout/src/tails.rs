@@ -111,7 +111,10 @@ impl SessionsTail {
     ) -> Result<(Self, watch::Receiver<bool>), KafkaAdapterError> {
         let options = TailOptions {
             report_partition_end: true,
-            ..TailOptions::default()
+            // The end of a partition (the route table caught up, fan-out
+            // ready) shows in the fetch after its last record: the group
+            // consumers' shorter wait keeps start-up quick.
+            fetch_wait_max: chatpipe_kafka::config::LONG_POLL,
         };
         let tail = TailConsumer::new(kafka, &format!("{worker_id}-routes"), topic, &options)?;
         let (caught_up, caught_up_receiver) = watch::channel(false);

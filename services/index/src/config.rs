@@ -10,6 +10,10 @@ use chatpipe_search::template::RolloverConditions;
 
 /// Default of [`IndexConfig::batch_linger_ms`].
 pub const DEFAULT_BATCH_LINGER_MS: u64 = 50;
+/// Default of [`IndexConfig::fetch_min_bytes`]: at chat rates (~300 bytes
+/// a record) a fetch then carries a few hundred records, and at low rates
+/// it returns after the long poll (500 ms) with what there is.
+pub const DEFAULT_FETCH_MIN_BYTES: usize = 64 * 1024;
 /// Default of [`IndexConfig::commit_interval_ms`].
 pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1_000;
 
@@ -30,6 +34,12 @@ pub struct IndexConfig {
     /// of one request per document. Small next to the engine's refresh
     /// interval, which bounds how soon a document is searchable anyway.
     pub batch_linger_ms: u64,
+    /// Bytes a Kafka fetch waits for, up to the long poll (500 ms): under
+    /// load one fetch (and one `_bulk`) carries hundreds of records rather
+    /// than one fetch per producer batch; at low rates a document becomes
+    /// searchable up to 500 ms later, next to the engine's 1 s refresh.
+    /// 1 fetches on the first record.
+    pub fetch_min_bytes: usize,
     /// How often the offsets of indexed batches are committed, in ms. Only
     /// indexed records are ever committed; a crash re-indexes at most this
     /// long's worth (idempotently, by document id).
@@ -71,6 +81,7 @@ impl Default for IndexConfig {
             engine: SearchEngineConfig::default(),
             max_batch_records: 1_000,
             batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
+            fetch_min_bytes: DEFAULT_FETCH_MIN_BYTES,
             commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
             max_bulk_bytes: 5 * 1024 * 1024,
             bulk_max_attempts: 4,

@@ -63,6 +63,7 @@ impl IndexWorker {
             ConsumerSettings::new(config.group_id.clone(), &[config.topics.messages.as_str()]);
         settings.max_batch_records = config.max_batch_records;
         settings.batch_linger = Duration::from_millis(config.batch_linger_ms);
+        settings.fetch_min_bytes = config.fetch_min_bytes;
         settings.commit_interval = Duration::from_millis(config.commit_interval_ms);
         settings.initial_backoff = Duration::from_millis(config.batch_initial_backoff_ms);
         settings.max_backoff = Duration::from_millis(config.batch_max_backoff_ms);

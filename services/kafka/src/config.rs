@@ -10,6 +10,13 @@ use std::time::Duration;
 /// (issue 10: "no idle burn").
 pub const LONG_POLL: Duration = Duration::from_millis(500);
 
+/// [`LONG_POLL`] of a tail (a consumer that assigns every partition of its
+/// topic once and never rebalances). A group consumer keeps the shorter
+/// wait because partitions it gains in a rebalance join its fetches only
+/// when the fetch in flight returns; a tail never gains any, so its wait
+/// is only the idle cadence: one fetch every 5 s per tail.
+pub const TAIL_LONG_POLL: Duration = Duration::from_secs(5);
+
 /// Where Kafka is and how this process names itself to it.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {

@@ -52,6 +52,13 @@ pub struct ConsumerSettings {
     pub commit_interval: Duration,
     /// How long a fetch waits at the broker for data (see [`LONG_POLL`]).
     pub fetch_wait_max: Duration,
+    /// How many bytes a fetch waits for (`fetch.min.bytes`), at most
+    /// `fetch_wait_max`. 1 (the default) answers on the first record: what
+    /// a consumer on the latency path wants. A consumer whose output is
+    /// not read within milliseconds anyway (the search index refreshes
+    /// once a second) asks for more, so that under load one fetch carries
+    /// many records instead of one fetch per producer batch.
+    pub fetch_min_bytes: usize,
     /// First retry delay of a failed batch; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -69,6 +76,7 @@ impl ConsumerSettings {
             batch_linger: Duration::from_millis(5),
             commit_interval: Duration::from_secs(1),
             fetch_wait_max: LONG_POLL,
+            fetch_min_bytes: 1,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             max_poll_interval: Duration::from_secs(3600),
@@ -217,6 +225,10 @@ pub(crate) fn group_client_config(
         .set(
             "fetch.wait.max.ms",
             settings.fetch_wait_max.as_millis().max(1).to_string(),
+        )
+        .set(
+            "fetch.min.bytes",
+            settings.fetch_min_bytes.max(1).to_string(),
         );
     config
 }
@@ -385,6 +397,21 @@ async fn fill_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_consumers_long_poll_and_wait_for_the_configured_bytes() {
+        let kafka = KafkaConfig::new("127.0.0.1:9092", "test");
+        let mut settings = ConsumerSettings::new("g", &["t"]);
+        let config = group_client_config(&kafka, &settings);
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("500"));
+        assert_eq!(config.get("fetch.min.bytes"), Some("1"));
+        settings.fetch_min_bytes = 65_536;
+        let config = group_client_config(&kafka, &settings);
+        assert_eq!(config.get("fetch.min.bytes"), Some("65536"));
+        // Stored offsets only, committed on the cadence.
+        assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(config.get("auto.commit.interval.ms"), Some("1000"));
+    }
 
     #[test]
     fn offsets_to_commit_are_one_past_each_partitions_highest_record() {

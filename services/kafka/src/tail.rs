@@ -22,7 +22,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::{KafkaConfig, LONG_POLL};
+use crate::config::{KafkaConfig, TAIL_LONG_POLL};
 use crate::context::ChatpipeContext;
 use crate::error::KafkaAdapterError;
 use crate::record::{Record, TopicInterner};
@@ -85,8 +85,12 @@ pub enum TailEvent {
 #[derive(Debug, Clone)]
 pub struct TailOptions {
     /// Report [`TailEvent::PartitionEnd`] when a partition is caught up.
+    /// librdkafka sees the end in the fetch *after* the one that brought a
+    /// partition's last record, which waits up to `fetch_wait_max` when
+    /// nothing new arrives: a tail that waits for the end wants a short one.
     pub report_partition_end: bool,
-    /// How long a fetch waits at the broker for data (see [`LONG_POLL`]).
+    /// How long a fetch waits at the broker for data (see
+    /// [`TAIL_LONG_POLL`]).
     pub fetch_wait_max: Duration,
 }
 
@@ -94,7 +98,7 @@ impl Default for TailOptions {
     fn default() -> Self {
         Self {
             report_partition_end: false,
-            fetch_wait_max: LONG_POLL,
+            fetch_wait_max: TAIL_LONG_POLL,
         }
     }
 }

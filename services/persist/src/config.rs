@@ -31,7 +31,8 @@ pub struct PersistConfig {
     /// long's worth (idempotently).
     pub commit_interval_ms: u64,
     /// Most Cassandra write requests in flight at once (each request is a
-    /// single-partition batch of up to 100 rows).
+    /// batch of up to 100 rows: one partition, or up to ten small ones
+    /// that share a replica).
     pub max_in_flight_writes: usize,
     /// First delay before retrying a batch that failed with a retriable
     /// Cassandra error; doubles up to `max_backoff_ms`.

@@ -19,7 +19,8 @@ pub struct PersistMetrics {
     /// Edits and deletes applied to history (redeliveries counted again;
     /// the writes are idempotent).
     pub changes_written: Counter,
-    /// Cassandra write requests (single-partition batches) issued.
+    /// Cassandra write requests (batches of one partition, or of several
+    /// small ones sharing a replica) issued.
     pub write_requests: Counter,
     /// Failed write rounds by `reason`: `retriable` (batch retried) or
     /// `non_retriable` (records isolated, failures dead-lettered).
@@ -64,7 +65,7 @@ impl PersistMetrics {
         );
         registry.register(
             "write_requests",
-            "Cassandra write requests (single-partition batches)",
+            "Cassandra write requests (batches of one partition or of small partitions sharing a replica)",
             self.write_requests.clone(),
         );
         registry.register(

@@ -62,6 +62,7 @@ pub fn cassandra_config(common: &CommonArgs) -> CassandraConfig {
     CassandraConfig {
         contact_points: common.cassandra.clone(),
         keyspace: common.cassandra_keyspace.clone(),
+        max_partitions_per_batch: common.cassandra_max_partitions_per_batch,
         ..CassandraConfig::default()
     }
 }

@@ -117,6 +117,9 @@ fn index_config(common: &CommonArgs, group: &str, batching: &BatchingArgs) -> In
         topics: engines::topics(common),
         engine: engines::search_engine_config(common),
         batch_linger_ms: batching.batch_linger_ms.unwrap_or(defaults.batch_linger_ms),
+        fetch_min_bytes: batching
+            .index_fetch_min_bytes
+            .unwrap_or(defaults.fetch_min_bytes),
         commit_interval_ms: batching
             .commit_interval_ms
             .unwrap_or(defaults.commit_interval_ms),
