@@ -26,9 +26,10 @@ import { Emitter } from './emitter.js';
 import { ApiClient, type TokenProvider } from './http.js';
 import { compareMessageIds, isMessageId, maxMessageId, newClientMsgId } from './ids.js';
 import { Outbox, type SendResult } from './outbox.js';
-import { ConversationStore, type MessageSource, type PendingMessage } from './store.js';
+import { ConversationStore, membershipEffect, type MessageSource, type PendingMessage } from './store.js';
 import type {
   ClientFrame,
+  MembershipFrame,
   Message,
   ServerError,
   ServerFrame,
@@ -120,6 +121,19 @@ export interface ChatEvents {
   messageDeleted: ServerMessageDeleted;
   /** A user added or removed a reaction. */
   reaction: ServerReaction;
+  /**
+   * A conversation this client had not seen appeared: it was created with
+   * this user, this user was added to it (`via: 'membership'`), or a
+   * message of it arrived first (`via: 'message'`: a message sent at the
+   * moment of the add may overtake `member_added`). Emitted before the
+   * frame that revealed it; fetch the conversation to show it.
+   */
+  conversation: { conversationId: string; via: 'membership' | 'message' };
+  /**
+   * A membership frame. When it removes this user, the store has already
+   * dropped the conversation (no further message of it is delivered).
+   */
+  membership: MembershipFrame;
   /** An `error` frame not tied to a send, or a catch-up failure. */
   error: ServerError | { op: 'client_error'; message: string };
   /** A catch-up finished. */
@@ -523,6 +537,11 @@ export class ChatClient extends Emitter<ChatEvents> {
       case 'message_edited':
       case 'message_deleted':
       case 'reaction':
+      case 'conversation_created':
+      case 'member_added':
+      case 'member_removed':
+      case 'member_role_changed':
+      case 'conversation_updated':
         if (!this.sequenced(frame.seq)) return;
         if (frame.op === 'message') this.onMessage(frame.message);
         else if (frame.op === 'typing') this.emit('typing', frame);
@@ -530,7 +549,8 @@ export class ChatClient extends Emitter<ChatEvents> {
         else if (frame.op === 'presence') this.emit('presence', frame);
         else if (frame.op === 'message_edited') this.emit('messageEdited', frame);
         else if (frame.op === 'message_deleted') this.emit('messageDeleted', frame);
-        else this.emit('reaction', frame);
+        else if (frame.op === 'reaction') this.emit('reaction', frame);
+        else this.onMembership(frame);
         return;
       default:
         // A newer edge's frame: ignore (additive protocol changes).
@@ -625,11 +645,33 @@ export class ChatClient extends Emitter<ChatEvents> {
     if (this.lastSeq > this.lastAckedSeq && this.write({ op: 'ack_seq', seq: this.lastSeq })) this.lastAckedSeq = this.lastSeq;
   }
 
+  private onMembership(frame: MembershipFrame): void {
+    const effect = membershipEffect(frame, this.userId);
+    if (effect === 'joined') {
+      this.discovered(frame.conversation_id, 'membership');
+    } else if (effect === 'left') {
+      this.tracked.delete(frame.conversation_id);
+      this.store.forget(frame.conversation_id);
+    }
+    this.emit('membership', frame);
+  }
+
+  /**
+   * Emits `conversation` the first time a conversation shows up, and
+   * tracks it (caught up after a reconnect like the others).
+   */
+  private discovered(conversationId: string, via: 'membership' | 'message'): void {
+    if (this.tracked.has(conversationId) || this.store.holds(conversationId)) return;
+    this.tracked.add(conversationId);
+    this.emit('conversation', { conversationId, via });
+  }
+
   private onMessage(message: Message): void {
     if (!isMessageId(message.message_id)) {
       this.emit('error', { op: 'client_error', message: `message with an unreadable id ${String(message.message_id)}` });
       return;
     }
+    this.discovered(message.conversation_id, 'message');
     if (this.catchingUp) {
       this.liveBuffer.push(message);
       return;

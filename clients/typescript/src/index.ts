@@ -20,7 +20,7 @@ export { ApiClient, ApiError, devSignIn } from './http.js';
 export type { ApiClientOptions, HistoryOptions, SearchOptions, TokenProvider } from './http.js';
 export { Outbox, SendFailed } from './outbox.js';
 export type { OutboxEntry, OutboxOptions, SendResult } from './outbox.js';
-export { ConversationStore } from './store.js';
+export { ConversationStore, membershipEffect } from './store.js';
 export type { MessageSource, PendingMessage } from './store.js';
 export { CLOSE, backoffDelay, closeAction, retryAfterMs } from './close-policy.js';
 export type { BackoffOptions, CloseAction } from './close-policy.js';

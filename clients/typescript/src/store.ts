@@ -5,7 +5,25 @@
  * `client_msg_id` when the server's copy arrives. Pure: no I/O, no timers.
  */
 import { compareMessageIds } from './ids.js';
-import type { Message } from './types.js';
+import type { MembershipFrame, Message } from './types.js';
+
+/**
+ * What a membership frame means to the client of `userId`: it is now a
+ * member (`joined`), it is not any more (`left`), or the change concerns
+ * other members or the settings (`changed`).
+ */
+export function membershipEffect(frame: MembershipFrame, userId: string): 'joined' | 'left' | 'changed' {
+  switch (frame.op) {
+    case 'conversation_created':
+      return 'joined';
+    case 'member_added':
+      return frame.user_id === userId ? 'joined' : 'changed';
+    case 'member_removed':
+      return frame.user_id === userId ? 'left' : 'changed';
+    default:
+      return 'changed';
+  }
+}
 
 /** Where a message entered the store. */
 export type MessageSource = 'live' | 'history' | 'catch-up' | 'ack';
@@ -41,6 +59,16 @@ export class ConversationStore {
       this.conversations.set(conversationId, state);
     }
     return state;
+  }
+
+  /** Whether the store holds anything (messages or pending sends) for a conversation. */
+  holds(conversationId: string): boolean {
+    return this.conversations.has(conversationId);
+  }
+
+  /** Drops everything held for a conversation (the user left it). */
+  forget(conversationId: string): void {
+    this.conversations.delete(conversationId);
   }
 
   /** Conversations the store holds anything for. */

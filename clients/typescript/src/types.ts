@@ -40,7 +40,15 @@ export type ServerFrame =
   | Ws.ServerRefreshed
   | Ws.ServerMessageEdited
   | Ws.ServerMessageDeleted
-  | Ws.ServerReaction;
+  | Ws.ServerReaction
+  | MembershipFrame;
+/** The membership frames: a conversation created, a member added, removed or given a role, settings changed. */
+export type MembershipFrame =
+  | Ws.ServerConversationCreated
+  | Ws.ServerMemberAdded
+  | Ws.ServerMemberRemoved
+  | Ws.ServerMemberRoleChanged
+  | Ws.ServerConversationUpdated;
 /** The frames of the session stream: they carry `seq`. */
 export type SequencedFrame =
   | Ws.ServerMessage
@@ -49,5 +57,6 @@ export type SequencedFrame =
   | Ws.ServerPresence
   | Ws.ServerMessageEdited
   | Ws.ServerMessageDeleted
-  | Ws.ServerReaction;
+  | Ws.ServerReaction
+  | MembershipFrame;
 export type WsErrorCode = Ws.ServerError['code'];

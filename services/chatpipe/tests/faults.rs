@@ -9,7 +9,6 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use common::*;
 use tokio::process::{Child, Command};

@@ -7,7 +7,10 @@
 //! instead of a serde message.
 //!
 //! Server frames that belong to the per-session stream (`message`,
-//! `message_edited`, `message_deleted`, `typing`, `read`, `presence`) carry a `seq` that differs per recipient session,
+//! `message_edited`, `message_deleted`, `typing`, `read`, `presence`, and
+//! the membership frames `conversation_created`, `member_added`,
+//! `member_removed`, `member_role_changed`, `conversation_updated`) carry a
+//! `seq` that differs per recipient session,
 //! while their content is the same for all recipients. Fan-out therefore
 //! ships the content once as a [`Deliverable`]; the edge encodes it once as
 //! a [`SequencedFrame`] shared by every recipient session, each session
@@ -18,8 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
 use crate::ids::{ClientMsgId, ConversationId, MessageId, SessionId, UserId};
+use crate::membership::{HistoryVisibility, Role};
 use crate::records::{
-    MAX_REACTION_BYTES, MessageChange, MessageChangeRecord, MessageRecord, PresenceStatus,
+    MAX_REACTION_BYTES, MembershipChange, MembershipRecord, MessageChange, MessageChangeRecord,
+    MessageRecord, PresenceStatus,
 };
 
 /// Limits applied while decoding client frames.
@@ -543,11 +548,18 @@ pub enum DeliverableOp {
     Typing,
     Read,
     Presence,
+    /// A conversation the recipient is a member of was created.
+    ConversationCreated,
+    MemberAdded,
+    MemberRemoved,
+    MemberRoleChanged,
+    /// A conversation's settings changed (`history_visibility`).
+    ConversationUpdated,
 }
 
 impl DeliverableOp {
     /// Every op, for receivers that check what they are handed.
-    pub const ALL: [DeliverableOp; 7] = [
+    pub const ALL: [DeliverableOp; 12] = [
         DeliverableOp::Message,
         DeliverableOp::MessageEdited,
         DeliverableOp::MessageDeleted,
@@ -555,6 +567,11 @@ impl DeliverableOp {
         DeliverableOp::Typing,
         DeliverableOp::Read,
         DeliverableOp::Presence,
+        DeliverableOp::ConversationCreated,
+        DeliverableOp::MemberAdded,
+        DeliverableOp::MemberRemoved,
+        DeliverableOp::MemberRoleChanged,
+        DeliverableOp::ConversationUpdated,
     ];
 
     /// The op named `name`, if any.
@@ -571,6 +588,11 @@ impl DeliverableOp {
             DeliverableOp::Typing => "typing",
             DeliverableOp::Read => "read",
             DeliverableOp::Presence => "presence",
+            DeliverableOp::ConversationCreated => "conversation_created",
+            DeliverableOp::MemberAdded => "member_added",
+            DeliverableOp::MemberRemoved => "member_removed",
+            DeliverableOp::MemberRoleChanged => "member_role_changed",
+            DeliverableOp::ConversationUpdated => "conversation_updated",
         }
     }
 }
@@ -635,6 +657,38 @@ struct ReadFields<'a> {
 struct PresenceFields<'a> {
     user_id: &'a UserId,
     status: PresenceStatus,
+}
+
+#[derive(Serialize)]
+struct ConversationCreatedFields<'a> {
+    conversation_id: &'a ConversationId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    history_visibility: HistoryVisibility,
+    /// How many members it was created with (the list itself is one
+    /// `GET /v1/conversations/{id}` away: a 20,000-member list in a frame
+    /// to each of 20,000 members would cost 20,000² ids).
+    member_count: usize,
+    actor_id: &'a UserId,
+    ts: u64,
+}
+
+#[derive(Serialize)]
+struct MemberFields<'a> {
+    conversation_id: &'a ConversationId,
+    user_id: &'a UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
+    actor_id: &'a UserId,
+    ts: u64,
+}
+
+#[derive(Serialize)]
+struct ConversationUpdatedFields<'a> {
+    conversation_id: &'a ConversationId,
+    history_visibility: HistoryVisibility,
+    actor_id: &'a UserId,
+    ts: u64,
 }
 
 fn to_object<T: Serialize>(fields: &T) -> String {
@@ -715,6 +769,56 @@ impl Deliverable {
         Self {
             op: DeliverableOp::Presence,
             fields_json: to_object(&PresenceFields { user_id, status }),
+        }
+    }
+
+    /// The frame of a membership record: the same content for every
+    /// recipient (the members, and the user the change names).
+    pub fn membership(record: &MembershipRecord) -> Self {
+        let member = |op: DeliverableOp, user_id: &UserId, role: Option<Role>| Self {
+            op,
+            fields_json: to_object(&MemberFields {
+                conversation_id: &record.conversation_id,
+                user_id,
+                role,
+                actor_id: &record.actor_id,
+                ts: record.ts,
+            }),
+        };
+        match &record.change {
+            MembershipChange::Created {
+                members,
+                title,
+                history_visibility,
+            } => Self {
+                op: DeliverableOp::ConversationCreated,
+                fields_json: to_object(&ConversationCreatedFields {
+                    conversation_id: &record.conversation_id,
+                    title: title.as_deref(),
+                    history_visibility: history_visibility.unwrap_or_default(),
+                    member_count: members.len(),
+                    actor_id: &record.actor_id,
+                    ts: record.ts,
+                }),
+            },
+            MembershipChange::Added { user_id } => {
+                member(DeliverableOp::MemberAdded, user_id, None)
+            }
+            MembershipChange::Removed { user_id } => {
+                member(DeliverableOp::MemberRemoved, user_id, None)
+            }
+            MembershipChange::RoleChanged { user_id, role } => {
+                member(DeliverableOp::MemberRoleChanged, user_id, Some(*role))
+            }
+            MembershipChange::SettingsChanged { history_visibility } => Self {
+                op: DeliverableOp::ConversationUpdated,
+                fields_json: to_object(&ConversationUpdatedFields {
+                    conversation_id: &record.conversation_id,
+                    history_visibility: *history_visibility,
+                    actor_id: &record.actor_id,
+                    ts: record.ts,
+                }),
+            },
         }
     }
 

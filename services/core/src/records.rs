@@ -328,6 +328,13 @@ pub enum Event {
     Presence {
         user_id: UserId,
         status: PresenceStatus,
+        /// The edge whose sessions of the user changed: `online` when the
+        /// user's first session there opened, `offline` when the last one
+        /// there ended. Fan-out reports the user offline only when no edge
+        /// holds a session of them any more. Absent from older edges
+        /// (their presence is delivered as it comes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edge_id: Option<EdgeId>,
     },
 }
 
@@ -576,6 +583,7 @@ mod tests {
             event: Event::Presence {
                 user_id: UserId::parse("bob").unwrap(),
                 status: PresenceStatus::Online,
+                edge_id: None,
             },
             ts: 1,
         };

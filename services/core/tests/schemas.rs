@@ -715,10 +715,12 @@ fn event_records_match_their_schema() {
         Event::Presence {
             user_id: user("carol"),
             status: PresenceStatus::Online,
+            edge_id: Some(edge("edge-1")),
         },
         Event::Presence {
             user_id: user("carol"),
             status: PresenceStatus::Offline,
+            edge_id: None,
         },
     ];
     let mut examples = Vec::new();
@@ -738,7 +740,7 @@ fn event_records_match_their_schema() {
             ts: 1_767_225_600_000,
         };
         let value = to_value(&record);
-        schema.assert_produced_document(&value, &[]);
+        schema.assert_produced_document(&value, &["edge_id"]);
         schema.assert_key_conforms(&key);
         assert_eq!(
             serde_json::from_value::<EventRecord>(value.clone()).unwrap(),
@@ -766,10 +768,10 @@ fn event_records_match_their_schema() {
     );
 }
 
-#[test]
-fn membership_records_match_their_schema() {
-    let schema = Schema::load(MEMBERSHIP_SCHEMA);
-    let changes = [
+/// One membership record of every kind (optional fields present and
+/// absent), for the record schema and the frames made from them.
+fn membership_records() -> Vec<MembershipRecord> {
+    [
         MembershipChange::Created {
             members: vec![user("alice"), user("bob")],
             title: Some("Team ☕".to_owned()),
@@ -793,16 +795,23 @@ fn membership_records_match_their_schema() {
         MembershipChange::SettingsChanged {
             history_visibility: HistoryVisibility::Shared,
         },
-    ];
+    ]
+    .into_iter()
+    .map(|change| MembershipRecord {
+        schema_version: SCHEMA_VERSION,
+        conversation_id: conversation("c1"),
+        change,
+        actor_id: user("alice"),
+        ts: 1_767_225_600_000,
+    })
+    .collect()
+}
+
+#[test]
+fn membership_records_match_their_schema() {
+    let schema = Schema::load(MEMBERSHIP_SCHEMA);
     let mut examples = Vec::new();
-    for change in changes {
-        let record = MembershipRecord {
-            schema_version: SCHEMA_VERSION,
-            conversation_id: conversation("c1"),
-            change,
-            actor_id: user("alice"),
-            ts: 1_767_225_600_000,
-        };
+    for record in membership_records() {
         let value = to_value(&record);
         // Optional on `created`; required on `settings_changed`.
         let optional: &[&str] = match &record.change {
@@ -1569,6 +1578,14 @@ fn server_frames_match_their_schema() {
         for seq in [1, 2, u64::MAX] {
             check(deliverable.encode_with_seq(seq), &[]);
         }
+    }
+    // Membership frames, one per kind of record; a created conversation's
+    // title is optional.
+    for record in membership_records() {
+        check(
+            Deliverable::membership(&record).encode_with_seq(3),
+            &["title"],
+        );
     }
     // A reply names the message it answers (absent for other messages).
     let reply = MessageView {

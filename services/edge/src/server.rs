@@ -11,8 +11,10 @@
 //! Drain (SIGTERM, or the shutdown tree): readiness turns `draining`, the
 //! lease says `draining`, the listener stops accepting, every connection
 //! finishes its in-flight sends, gets `reconnect` and is closed; then the
-//! edge removes its routes and lease, flushes the producer and stops the
-//! push listener — all within `drain_deadline_ms`.
+//! edge removes its routes (and reports its users offline here: fan-out
+//! tells the members only about users no other edge holds) and lease,
+//! flushes the producer and stops the push listener — all within
+//! `drain_deadline_ms`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -369,8 +371,11 @@ pub async fn spawn_edge<S: EdgeStore>(
             .into_iter()
             .map(RouteChange::UserLeft)
             .collect();
+        // Routes, then presence: each user's `offline` names this edge, and
+        // fan-out passes it on only if no other edge holds the user (the
+        // clients told to reconnect are usually on another one by now).
         for changes in leaving.chunks(ROUTE_BATCH_MAX) {
-            publish_routes(&edge, &announcer, changes).await;
+            apply_route_changes(&edge, &announcer, changes).await;
         }
         if let Err(error) = announcer.retire_edge().await {
             tracing::warn!(%error, "could not retire edge lease");
@@ -515,6 +520,9 @@ async fn publish_presence<S: EdgeStore>(edge: &EdgeShared<S>, changes: &[RouteCh
             event: Event::Presence {
                 user_id: user.clone(),
                 status,
+                // Per edge: fan-out reports the user offline only once no
+                // edge holds them any more.
+                edge_id: Some(edge.config.edge_id.clone()),
             },
             ts: now_unix_ms(),
         };

@@ -8,8 +8,9 @@ use chatpipe_core::records::TopicNames;
 /// How a fan-out worker consumes, resolves and pushes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FanoutConfig {
-    /// Kafka consumer group of the fan-out workers on `chat.messages` and
-    /// `chat.events`. Workers in one group share the partitions.
+    /// Kafka consumer group of the fan-out workers on `chat.messages`,
+    /// `chat.events` and `chat.membership`. Workers in one group share the
+    /// partitions.
     pub group_id: String,
     /// This worker's name: the `source` of its pushes, and a suffix of its
     /// Kafka `client.id`s. Should be unique per process.
@@ -71,6 +72,14 @@ pub struct FanoutConfig {
     /// delivers to its local sessions of those members (see
     /// `schemas/proto/push.proto`). Smaller ones carry their recipients.
     pub member_set_min_members: usize,
+    /// Users whose presence across edges one partition handler tracks (see
+    /// `presence`); past it, offline users are forgotten first, and a
+    /// forgotten user's state is rebuilt from the route table.
+    pub presence_tracked_users_max: usize,
+    /// Membership records older than this, in ms, update nothing for
+    /// clients (they still evict caches): a group that starts reading the
+    /// topic from its beginning must not replay weeks of membership frames.
+    pub membership_event_max_age_ms: u64,
 }
 
 impl Default for FanoutConfig {
@@ -95,6 +104,8 @@ impl Default for FanoutConfig {
             presence_max_members: 500,
             send_dedup_window_ms: chatpipe_kafka::send_dedup::DEFAULT_SEND_DEDUP_WINDOW_MS,
             member_set_min_members: 1_000,
+            presence_tracked_users_max: 200_000,
+            membership_event_max_age_ms: 10 * 60 * 1_000,
         }
     }
 }

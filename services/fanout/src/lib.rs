@@ -1,13 +1,14 @@
 //! # chatpipe-fanout
 //!
-//! The fan-out role: it turns the records of `chat.messages` and
-//! `chat.events` into pushes to the edges that hold the recipients' live
-//! sessions.
+//! The fan-out role: it turns the records of `chat.messages`,
+//! `chat.events` and `chat.membership` into pushes to the edges that hold
+//! the recipients' live sessions.
 //!
 //! ```text
 //!  chat.sessions (compacted, read in full) ──▶ RouteTable: user → live edges
 //!  chat.membership (tail)                  ──▶ MembershipCache eviction
-//!  chat.messages + chat.events (group)     ──▶ FanoutHandler:
+//!  chat.messages + chat.events
+//!    + chat.membership (group)             ──▶ FanoutHandler:
 //!       decode ─▶ members (cache → MembershipStore) ─▶ route ─▶ one PushBatch per edge ─▶ gRPC
 //! ```
 //!
@@ -16,6 +17,8 @@
 //! - [`routes`]: the pure [`RouteTable`] built from the sessions topic.
 //! - [`membership`]: the bounded, self-invalidating [`MembershipCache`].
 //! - [`plan`]: pure grouping of a batch's items into one push per edge.
+//! - [`presence`]: pure judging of presence across edges (a user is online
+//!   while any edge holds a session of theirs).
 //! - [`push`]: tonic channels per edge, cutting, retries, give-up and resync;
 //!   every call presents the cluster's push key (`chatpipe_proto::auth`),
 //!   without which edges refuse it.
@@ -52,7 +55,15 @@
 //!   edges are forgotten from memory only.
 //! - **Membership** is cached per conversation, evicted by the membership
 //!   topic as soon as a change arrives (the API writes the store first), with
-//!   a TTL as a safety net.
+//!   a TTL as a safety net. The consumer group also delivers each
+//!   membership record as a frame (`conversation_created`, `member_added`,
+//!   `member_removed`, `member_role_changed`, `conversation_updated`) to the
+//!   conversation's members and to the user the change names, in the
+//!   conversation's order of changes (one partition of `chat.membership`).
+//!   It travels apart from the messages (another topic), so its order
+//!   against them is not guaranteed: see the README's "Membership events".
+//! - **Presence** reports are per edge; a user's `offline` reaches members
+//!   only when no live edge holds the user any more (see [`presence`]).
 //!
 //! ## Head-of-line blocking
 //!
@@ -72,6 +83,7 @@ mod handler;
 pub mod membership;
 pub mod metrics;
 pub mod plan;
+pub mod presence;
 pub mod push;
 pub mod routes;
 mod tails;

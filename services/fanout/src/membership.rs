@@ -12,8 +12,19 @@
 //!
 //! A read that started before an eviction never puts its stale answer back:
 //! both caches are `chatpipe_membership::InvalidatingCache`s.
+//!
+//! A removal needs one more rule. The API publishes `removed` *before* it
+//! deletes the member from the store (so that a failure errs towards
+//! taking access away), so a read right after the eviction can still find
+//! the removed member, and would cache them for the whole TTL. Removed
+//! members are therefore remembered per conversation for
+//! [`REMOVAL_GRACE`] and left out of every recipient list served meanwhile
+//! ([`MembershipCache::recipients`])
+//! (a later `added` of the same user in the same conversation, which
+//! comes after it in the topic, forgets it).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chatpipe_core::records::{MembershipChange, MembershipRecord};
 use chatpipe_core::store::{MembershipStore, StoreError};
@@ -27,12 +38,23 @@ use crate::metrics::FanoutMetrics;
 /// Members of a conversation, shared without copying.
 pub type Members = Arc<[UserId]>;
 
+/// How long a removed member is left out of member lists whatever the
+/// store says: far longer than the API takes between publishing a removal
+/// and deleting the row.
+pub const REMOVAL_GRACE: Duration = Duration::from_secs(60);
+
+/// Conversations with removals remembered at once (beyond it, the oldest
+/// go first; each is a handful of ids).
+const REMOVALS_MAX_CONVERSATIONS: u64 = 100_000;
+
 /// The membership cache of one worker. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct MembershipCache<M> {
     store: M,
     members: InvalidatingCache<ConversationId, Members>,
     conversations: InvalidatingCache<UserId, Arc<[ConversationId]>>,
+    /// Members removed within [`REMOVAL_GRACE`], per conversation.
+    removed: Cache<ConversationId, Members>,
     metrics: FanoutMetrics,
 }
 
@@ -68,6 +90,10 @@ impl<M: MembershipStore> MembershipCache<M> {
             store,
             members: InvalidatingCache::new(members),
             conversations: InvalidatingCache::new(conversations),
+            removed: Cache::builder()
+                .max_capacity(REMOVALS_MAX_CONVERSATIONS)
+                .time_to_live(REMOVAL_GRACE)
+                .build(),
             metrics,
         }
     }
@@ -89,6 +115,51 @@ impl<M: MembershipStore> MembershipCache<M> {
             .await?;
         self.count(&lookup);
         Ok(lookup.into_value())
+    }
+
+    /// [`MembershipCache::members`] less the members removed within
+    /// [`REMOVAL_GRACE`]: whom the conversation's frames go to.
+    pub async fn recipients(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Option<Members>, StoreError> {
+        let Some(members) = self.members(conversation).await? else {
+            return Ok(None);
+        };
+        // Only conversations with a recent removal pay for this.
+        match self.removed.get(conversation).await {
+            Some(removed) if members.iter().any(|member| removed.contains(member)) => Ok(Some(
+                members
+                    .iter()
+                    .filter(|member| !removed.contains(member))
+                    .cloned()
+                    .collect(),
+            )),
+            _ => Ok(Some(members)),
+        }
+    }
+
+    /// Remembers (`removed`) or forgets (re-added) a removal of `user`.
+    async fn note_removal(&self, conversation: &ConversationId, user: &UserId, removed: bool) {
+        let earlier = self.removed.get(conversation).await;
+        let mut list: Vec<UserId> = earlier
+            .iter()
+            .flat_map(|earlier| earlier.iter())
+            .filter(|held| *held != user)
+            .cloned()
+            .collect();
+        if removed {
+            list.push(user.clone());
+        }
+        if list.is_empty() {
+            if earlier.is_some() {
+                self.removed.invalidate(conversation).await;
+            }
+        } else {
+            self.removed
+                .insert(conversation.clone(), Members::from(list))
+                .await;
+        }
     }
 
     fn count<V>(&self, lookup: &Lookup<V>) {
@@ -153,6 +224,9 @@ impl<M: MembershipStore> MembershipCache<M> {
                 }
             }
             MembershipChange::Added { user_id } | MembershipChange::Removed { user_id } => {
+                let removed = matches!(record.change, MembershipChange::Removed { .. });
+                self.note_removal(&record.conversation_id, user_id, removed)
+                    .await;
                 self.invalidate_conversation(&record.conversation_id).await;
                 self.invalidate_user(user_id).await;
             }
@@ -183,6 +257,18 @@ pub(crate) mod tests {
         members.iter().map(UserId::as_str).collect()
     }
 
+    /// A store holding `conversations`, and a cache over it.
+    fn cache_over(
+        conversations: &[(&str, &[&str])],
+    ) -> (MemoryStore, MembershipCache<MemoryStore>) {
+        let store = MemoryStore::new();
+        for (conversation, members) in conversations {
+            store.set_members(conversation, members);
+        }
+        let cache = cache_of(&store);
+        (store, cache)
+    }
+
     fn removed(conversation: &str, user: &str) -> MembershipRecord {
         MembershipRecord {
             schema_version: SCHEMA_VERSION,
@@ -197,9 +283,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_created_record_fills_the_cache_and_a_later_change_evicts_it() {
-        let store = MemoryStore::new();
-        store.set_members("c1", &["a", "b"]);
-        let cache = cache_of(&store);
+        let (store, cache) = cache_over(&[("c1", &["a", "b"])]);
         let conversation = ConversationId::parse("c1").unwrap();
         cache
             .apply_record(&MembershipRecord {
@@ -227,6 +311,38 @@ pub(crate) mod tests {
             vec!["a"]
         );
         assert_eq!(store.reads(), 1, "reloaded after the removal");
+    }
+
+    #[tokio::test]
+    async fn a_removed_member_is_left_out_even_before_the_store_forgets_them() {
+        let (_store, cache) = cache_over(&[("c1", &["a", "b"])]);
+        let conversation = ConversationId::parse("c1").unwrap();
+        // The API published the removal; its store delete has not landed.
+        cache.apply_record(&removed("c1", "b")).await;
+        for _ in 0..2 {
+            assert_eq!(
+                names(&cache.recipients(&conversation).await.unwrap().unwrap()),
+                vec!["a"]
+            );
+        }
+        assert_eq!(
+            names(&cache.members(&conversation).await.unwrap().unwrap()),
+            vec!["a", "b"],
+            "the store still lists b"
+        );
+        // Added back: the removal is forgotten.
+        cache
+            .apply_record(&MembershipRecord {
+                change: MembershipChange::Added {
+                    user_id: UserId::parse("b").unwrap(),
+                },
+                ..removed("c1", "b")
+            })
+            .await;
+        assert_eq!(
+            names(&cache.recipients(&conversation).await.unwrap().unwrap()),
+            vec!["a", "b"]
+        );
     }
 
     #[tokio::test]

@@ -99,6 +99,11 @@ pub struct FanoutMetrics {
     pub route_records_invalid: Counter,
     /// Edges forgotten after their lease had expired long ago.
     pub dead_edges_forgotten: Counter,
+    /// Edges whose lease ran out while this worker watched (crashed).
+    pub edges_expired: Counter,
+    /// `offline` reports published for the users of expired edges whom no
+    /// live edge holds (every worker publishes them; fan-out delivers one).
+    pub expired_edge_offline_reports: Counter,
     /// 1 once the route table has caught up with the sessions topic.
     pub route_table_ready: Gauge,
     pub membership_cache_hits: Counter,
@@ -145,6 +150,8 @@ impl FanoutMetrics {
             route_records_applied: Counter::default(),
             route_records_invalid: Counter::default(),
             dead_edges_forgotten: Counter::default(),
+            edges_expired: Counter::default(),
+            expired_edge_offline_reports: Counter::default(),
             route_table_ready: Gauge::default(),
             membership_cache_hits: Counter::default(),
             membership_cache_misses: Counter::default(),
@@ -265,6 +272,16 @@ impl FanoutMetrics {
             "dead_edges_forgotten",
             "Long-dead edges dropped from memory",
             self.dead_edges_forgotten.clone(),
+        );
+        fanout.register(
+            "edges_expired",
+            "Edges whose lease ran out while watched (crashed, not drained)",
+            self.edges_expired.clone(),
+        );
+        fanout.register(
+            "expired_edge_offline_reports",
+            "Offline reports published for the users of expired edges",
+            self.expired_edge_offline_reports.clone(),
         );
         fanout.register(
             "route_table_ready",

@@ -252,6 +252,59 @@ impl RouteTable {
     }
 }
 
+/// Notices edges whose lease runs out while the worker watches: an edge
+/// that crashed (a drained one retires its lease and reports its users
+/// offline itself). Pure: the caller passes the table and the clock.
+#[derive(Debug, Default)]
+pub struct LeaseWatch {
+    /// When the previous look was.
+    last_look_ms: Option<u64>,
+}
+
+/// An edge whose lease ran out, and the users it held that no live edge
+/// holds any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredEdge {
+    pub edge_id: EdgeId,
+    pub users_gone: Vec<UserId>,
+}
+
+impl LeaseWatch {
+    /// The edges whose lease ran out since the previous call (each is
+    /// reported once; an edge whose lease record was removed was retired,
+    /// not expired). The first call reports nothing: a worker that starts
+    /// reads long-dead leases from the topic, which are not news.
+    pub fn expired(&mut self, table: &RouteTable, now_unix_ms: u64) -> Vec<ExpiredEdge> {
+        let Some(since) = self.last_look_ms.replace(now_unix_ms) else {
+            return Vec::new();
+        };
+        let live_until =
+            |entry: &EdgeEntry| entry.lease_expires_ms.saturating_add(table.lease_grace_ms);
+        table
+            .edges
+            .iter()
+            .filter(|(_, entry)| (since..now_unix_ms).contains(&live_until(entry)))
+            .map(|(edge_id, _)| ExpiredEdge {
+                edge_id: edge_id.clone(),
+                users_gone: table
+                    .routes
+                    .iter()
+                    .filter(|(_, edges)| {
+                        edges.contains(edge_id)
+                            && !edges.iter().any(|held| {
+                                table
+                                    .edges
+                                    .get(held)
+                                    .is_some_and(|entry| table.is_live(entry, now_unix_ms))
+                            })
+                    })
+                    .map(|(user_id, _)| user_id.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
 /// The route table shared between its tail (the only writer) and the batch
 /// handler (readers). Locks are held only for in-memory work, never across
 /// an await.
@@ -287,6 +340,66 @@ mod tests {
     use chatpipe_core::records::{EdgeState, SCHEMA_VERSION};
 
     use super::*;
+
+    #[test]
+    fn a_lease_that_runs_out_is_noticed_once_with_the_users_it_leaves_offline() {
+        let mut table = RouteTable::new(0);
+        let lease = |table: &mut RouteTable, edge: &str, expires: u64| {
+            let record = EdgeRecord {
+                schema_version: SCHEMA_VERSION,
+                edge_id: EdgeId::parse(edge).unwrap(),
+                push_addr: format!("{edge}:1"),
+                state: EdgeState::Serving,
+                lease_expires_ms: expires,
+                worker_id: None,
+                ts: 0,
+            };
+            table
+                .apply(
+                    Some(format!("edge/{edge}").as_bytes()),
+                    Some(&serde_json::to_vec(&record).unwrap()),
+                )
+                .unwrap();
+        };
+        let route = |table: &mut RouteTable, user: &str, edge: &str| {
+            let record = RouteRecord {
+                schema_version: SCHEMA_VERSION,
+                user_id: UserId::parse(user).unwrap(),
+                edge_id: EdgeId::parse(edge).unwrap(),
+                sessions: 1,
+                ts: 0,
+            };
+            table
+                .apply(
+                    Some(format!("route/{user}/{edge}").as_bytes()),
+                    Some(&serde_json::to_vec(&record).unwrap()),
+                )
+                .unwrap();
+        };
+        lease(&mut table, "long-dead", 10);
+        lease(&mut table, "crashes", 1_000);
+        lease(&mut table, "stays", 5_000);
+        lease(&mut table, "retires", 1_000);
+        route(&mut table, "only-there", "crashes");
+        route(&mut table, "on-both", "crashes");
+        route(&mut table, "on-both", "stays");
+        route(&mut table, "old", "long-dead");
+        let mut watch = LeaseWatch::default();
+        assert!(
+            watch.expired(&table, 500).is_empty(),
+            "first look: all live"
+        );
+        table.apply(Some(b"edge/retires"), None).unwrap();
+        let expired = watch.expired(&table, 2_000);
+        assert_eq!(
+            expired,
+            vec![ExpiredEdge {
+                edge_id: EdgeId::parse("crashes").unwrap(),
+                users_gone: vec![UserId::parse("only-there").unwrap()],
+            }]
+        );
+        assert!(watch.expired(&table, 3_000).is_empty(), "noticed once");
+    }
 
     fn user(name: &str) -> UserId {
         UserId::parse(name).unwrap()

@@ -10,6 +10,12 @@
 //!   which resolves later) leaves no gap between "the cache is empty" and
 //!   "every later change is seen".
 //!
+//! The sessions tail also notices edges whose lease runs out (a crash: a
+//! drained edge reports its users itself) and publishes, for each user
+//! such an edge leaves with no live edge, an `offline` presence report
+//! naming the dead edge. Every worker publishes them; the presence tracker
+//! of the user's partition delivers one (see `crate::presence`).
+//!
 //! Both are [`TailConsumer`]s (`chatpipe-kafka`): they `assign` every
 //! partition themselves, with no group, no commits, nothing to rebalance.
 //! Partitions added to these topics while a worker runs are picked up on
@@ -20,23 +26,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatpipe_core::ConversationId;
-use chatpipe_core::records::MembershipRecord;
+use chatpipe_core::records::{
+    Event, EventRecord, MembershipRecord, PresenceStatus, SCHEMA_VERSION,
+};
 use chatpipe_core::store::MembershipStore;
 use chatpipe_kafka::{
-    KafkaAdapterError, KafkaConfig, PartitionStart, Record, StartAt, TailConsumer, TailEvent,
-    TailOptions,
+    ChatProducer, KafkaAdapterError, KafkaConfig, PartitionStart, Record, StartAt, TailConsumer,
+    TailEvent, TailOptions,
 };
 use chatpipe_runtime::Shutdown;
 use chatpipe_runtime::health::{ComponentHandle, ComponentState};
+use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::membership::MembershipCache;
 use crate::metrics::FanoutMetrics;
 use crate::push::EdgePushers;
-use crate::routes::{RouteChange, RouteTable, SharedRouteTable};
+use crate::routes::{ExpiredEdge, LeaseWatch, RouteChange, RouteTable, SharedRouteTable};
 
 const START_RETRY_DELAY: Duration = Duration::from_secs(1);
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Offline reports of one expired edge in flight at once.
+const OFFLINE_REPORTS_IN_FLIGHT: usize = 256;
+const OFFLINE_REPORT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Where the offline reports of expired edges go.
+pub(crate) struct OfflineReports {
+    pub(crate) producer: ChatProducer,
+    pub(crate) events_topic: String,
+}
 
 /// Assigns `tail` from `start`, retrying until it works or shutdown (then
 /// `None`), showing the component as degraded meanwhile.
@@ -73,6 +92,8 @@ pub(crate) struct SessionsTail {
     component: ComponentHandle,
     caught_up: watch::Sender<bool>,
     forget_dead_edge_after_ms: u64,
+    lease_watch: std::sync::Mutex<LeaseWatch>,
+    offline_reports: Arc<OfflineReports>,
 }
 
 impl SessionsTail {
@@ -86,6 +107,7 @@ impl SessionsTail {
         metrics: FanoutMetrics,
         component: ComponentHandle,
         forget_dead_edge_after_ms: u64,
+        offline_reports: OfflineReports,
     ) -> Result<(Self, watch::Receiver<bool>), KafkaAdapterError> {
         let options = TailOptions {
             report_partition_end: true,
@@ -105,6 +127,8 @@ impl SessionsTail {
                 component,
                 caught_up,
                 forget_dead_edge_after_ms,
+                lease_watch: std::sync::Mutex::new(LeaseWatch::default()),
+                offline_reports: Arc::new(offline_reports),
             },
             caught_up_receiver,
         ))
@@ -135,11 +159,27 @@ impl SessionsTail {
 
     fn maintain(&self) {
         let now = chatpipe_core::time::now_unix_ms();
-        let (forgotten, addresses) = self.table.write(|table| {
+        let (forgotten, addresses, expired) = self.table.write(|table| {
+            let expired = self
+                .lease_watch
+                .lock()
+                .expect("lease watch lock poisoned")
+                .expired(table, now);
             let forgotten = table.forget_dead_edges(now, self.forget_dead_edge_after_ms);
             self.publish_gauges(table);
-            (forgotten, table.push_addresses())
+            (forgotten, table.push_addresses(), expired)
         });
+        for edge in expired {
+            tracing::warn!(edge = %edge.edge_id, users = edge.users_gone.len(), "edge lease ran out; reporting its users offline");
+            self.metrics.edges_expired.inc();
+            // Off the tail's loop: a large edge's reports must not hold up
+            // the route table.
+            tokio::spawn(report_offline(
+                self.offline_reports.clone(),
+                edge,
+                self.metrics.clone(),
+            ));
+        }
         if !forgotten.is_empty() {
             self.metrics
                 .dead_edges_forgotten
@@ -221,6 +261,50 @@ impl SessionsTail {
             }
         }
     }
+}
+
+/// Publishes an `offline` presence report, naming the dead edge, for each
+/// user an expired edge left with no live edge (best effort: a report that
+/// fails is logged; the user's next session reports them again).
+async fn report_offline(reports: Arc<OfflineReports>, edge: ExpiredEdge, metrics: FanoutMetrics) {
+    let now = chatpipe_core::time::now_unix_ms();
+    let edge_id = edge.edge_id;
+    futures::stream::iter(edge.users_gone)
+        .for_each_concurrent(OFFLINE_REPORTS_IN_FLIGHT, |user_id| {
+            let reports = &reports;
+            let metrics = &metrics;
+            let edge_id = &edge_id;
+            async move {
+                let key = user_id.to_string();
+                let record = EventRecord {
+                    schema_version: SCHEMA_VERSION,
+                    event: Event::Presence {
+                        user_id,
+                        status: PresenceStatus::Offline,
+                        edge_id: Some(edge_id.clone()),
+                    },
+                    ts: now,
+                };
+                match reports
+                    .producer
+                    .send_json(
+                        &reports.events_topic,
+                        &key,
+                        &record,
+                        OFFLINE_REPORT_DEADLINE,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        metrics.expired_edge_offline_reports.inc();
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, user = %key, "offline report not published");
+                    }
+                }
+            }
+        })
+        .await;
 }
 
 /// Evicts the membership cache from the membership topic.

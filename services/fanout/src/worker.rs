@@ -6,7 +6,8 @@
 //!       │ keeps tailing              │ keeps evicting              │ one task + FanoutHandler per partition
 //! ```
 //!
-//! Each assigned partition of `chat.messages` and `chat.events` is driven by
+//! Each assigned partition of `chat.messages`, `chat.events` and
+//! `chat.membership` is driven by
 //! its own task (see [`chatpipe_kafka::partitioned`]): a push that waits for a
 //! slow edge holds up only the partition whose batch it belongs to, while
 //! conversations of the other partitions keep flowing.
@@ -39,7 +40,8 @@ use crate::push::EdgePushers;
 use crate::routes::{RouteTable, SharedRouteTable};
 use crate::tails::{MembershipTail, SessionsTail};
 
-/// The dead-letter producer lingers a little: dead letters are rare.
+/// The producer (dead letters, offline reports of expired edges) lingers a
+/// little: what it writes is rare.
 const DEAD_LETTER_LINGER_MS: u32 = 5;
 
 /// A running fan-out worker.
@@ -80,6 +82,7 @@ impl FanoutWorker {
         let routes_component = health.component("fanout.routes");
         let membership_component = health.component("fanout.membership");
         let consumer_component = health.component("fanout.consumer");
+        let producer = ChatProducer::new(&kafka, DEAD_LETTER_LINGER_MS)?;
         let (sessions_tail, caught_up) = SessionsTail::new(
             &kafka,
             &config.worker_id,
@@ -89,6 +92,10 @@ impl FanoutWorker {
             metrics.clone(),
             routes_component,
             config.forget_dead_edge_after_ms,
+            crate::tails::OfflineReports {
+                producer: producer.clone(),
+                events_topic: config.topics.events.clone(),
+            },
         )?;
         let membership_tail = MembershipTail::new(
             &kafka,
@@ -97,7 +104,6 @@ impl FanoutWorker {
             membership.clone(),
             membership_component,
         )?;
-        let producer = ChatProducer::new(&kafka, DEAD_LETTER_LINGER_MS)?;
         let dead_letters = DeadLetterSink::new(
             producer,
             config.topics.dead_letter.clone(),
@@ -109,6 +115,7 @@ impl FanoutWorker {
             &[
                 config.topics.messages.as_str(),
                 config.topics.events.as_str(),
+                config.topics.membership.as_str(),
             ],
         );
         settings.max_batch_records = config.max_batch_records;
@@ -131,6 +138,9 @@ impl FanoutWorker {
                 chatpipe_kafka::SendDedupSettings::with_window_ms(config.send_dedup_window_ms),
                 metrics.send_dedup.clone(),
             ),
+            presence: crate::presence::PresenceTracker::new(config.presence_tracked_users_max),
+            presence_judged: Default::default(),
+            membership_event_max_age_ms: config.membership_event_max_age_ms,
             verdicts: Arc::new(crate::verdicts::VerdictPusher::new(
                 config.worker_id.clone(),
                 config.push_timeout(),

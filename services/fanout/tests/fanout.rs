@@ -564,6 +564,7 @@ async fn typing_read_and_presence_reach_the_right_members() {
             Event::Presence {
                 user_id: alice.clone(),
                 status: PresenceStatus::Online,
+                edge_id: None,
             },
         )
         .await;
@@ -928,6 +929,13 @@ async fn a_large_group_sends_its_member_list_once_per_edge_then_a_reference() {
         metrics.membership_invalidations.get() >= 1
     })
     .await;
+    // The change is itself delivered to the members who stay.
+    eventually("both edges got the membership frame", WAIT, || {
+        [&edge_one, &edge_two]
+            .iter()
+            .all(|edge| edge.items().iter().any(|item| item.op == "member_removed"))
+    })
+    .await;
     let changed = deployment
         .send_message(&conversation, &members[0], "fewer")
         .await
@@ -938,7 +946,21 @@ async fn a_large_group_sends_its_member_list_once_per_edge_then_a_reference() {
     .await;
     let last = edge_two.items().pop().unwrap();
     assert_ne!(last.member_set, edge_two.items()[0].member_set);
-    assert_eq!(last.member_set_members.len(), 1_499);
+    // The change itself (`member_removed`, to the members who stay, by the
+    // same new set) came before the message: that first item of the new
+    // set carried its list, once.
+    let new_set: Vec<PushItem> = edge_two
+        .items()
+        .into_iter()
+        .filter(|item| item.member_set == last.member_set)
+        .collect();
+    assert_eq!(new_set[0].op, "member_removed");
+    let lists: Vec<usize> = new_set
+        .iter()
+        .map(|item| item.member_set_members.len())
+        .filter(|length| *length > 0)
+        .collect();
+    assert_eq!(lists, [1_499]);
     worker.stop().await;
 }
 

@@ -18,7 +18,7 @@ export interface paths {
         put?: never;
         /**
          * Create a conversation (1:1 or group).
-         * @description The caller is always a member. Member ids are validated; duplicates are ignored. Exactly two distinct users (the caller and one other) and no title make a 1:1 conversation, whose id is derived from the pair: creating it again answers 200 with the existing id (`created: false`). Anything else creates a new group conversation (201). The membership is written to Cassandra, then a `created` membership record is published to `chat.membership`. The caller becomes the conversation's owner, everyone else a member. `history_visibility` (default `shared`) decides what members who join later see. More members than `max_members_per_conversation` is 409.
+         * @description The caller is always a member. Member ids are validated; duplicates are ignored. Exactly two distinct users (the caller and one other) and no title make a 1:1 conversation, whose id is derived from the pair: creating it again answers 200 with the existing id (`created: false`). Anything else creates a new group conversation (201). The membership is written to Cassandra, then a `created` membership record is published to `chat.membership`. The caller becomes the conversation's owner, everyone else a member. `history_visibility` (default `shared`) decides what members who join later see. More members than `max_members_per_conversation` is 409. Every member it was created with gets a `conversation_created` frame on the WebSocket.
          */
         post: operations["createConversation"];
         delete?: never;
@@ -42,7 +42,7 @@ export interface paths {
         head?: never;
         /**
          * Change a group conversation's settings (owners and admins).
-         * @description Sets `history_visibility`: `shared` (every member sees every message) or `joined` (a member sees, in history and search, only messages sent from the moment they last joined). The setting applies at once to every member, to what they read from then on. Owners and admins only (403 for members, and in a 1:1 conversation, whose settings are fixed); a caller who is not a member gets 404. A `settings_changed` membership record is published.
+         * @description Sets `history_visibility`: `shared` (every member sees every message) or `joined` (a member sees, in history and search, only messages sent from the moment they last joined). The setting applies at once to every member, to what they read from then on. Owners and admins only (403 for members, and in a 1:1 conversation, whose settings are fixed); a caller who is not a member gets 404. A `settings_changed` membership record is published. Every member gets a `conversation_updated` frame on the WebSocket.
          */
         patch: operations["updateConversation"];
         trace?: never;
@@ -62,7 +62,7 @@ export interface paths {
         put?: never;
         /**
          * Add a member (owners and admins of a group conversation).
-         * @description Owners and admins of a group conversation add anyone, as a plain member; members get 403, and a 1:1 conversation has fixed membership (403). A caller who is not a member gets 404, exactly as for an unknown conversation. Idempotent: adding a member again answers 200 too, with their role and join time unchanged. A conversation at its member cap (`max_members_per_conversation`, 20,000 by default) answers 409. An `added` membership record is published after the write.
+         * @description Owners and admins of a group conversation add anyone, as a plain member; members get 403, and a 1:1 conversation has fixed membership (403). A caller who is not a member gets 404, exactly as for an unknown conversation. Idempotent: adding a member again answers 200 too, with their role and join time unchanged. A conversation at its member cap (`max_members_per_conversation`, 20,000 by default) answers 409. An `added` membership record is published after the write. Every member, the new one included, gets a `member_added` frame on the WebSocket.
          */
         post: operations["addMember"];
         delete?: never;
@@ -83,14 +83,14 @@ export interface paths {
         post?: never;
         /**
          * Remove a member, or leave (user_id = the caller).
-         * @description Anyone may remove themselves (leave), except the last owner of a group that has other members (409: make another member an owner first). Owners remove anyone, admins plain members only, members nobody (403), and nobody removes the other side of a 1:1 conversation (403). A caller who is not a member (leaving included) gets 404, exactly as for an unknown conversation, and nothing is published. Removing a non-member answers 204 (idempotent). The `removed` membership record is published first, then the membership is deleted from Cassandra, so a retry after a 503 finds the caller still a member and publishes again.
+         * @description Anyone may remove themselves (leave), except the last owner of a group that has other members (409: make another member an owner first). Owners remove anyone, admins plain members only, members nobody (403), and nobody removes the other side of a 1:1 conversation (403). A caller who is not a member (leaving included) gets 404, exactly as for an unknown conversation, and nothing is published. Removing a non-member answers 204 (idempotent). The `removed` membership record is published first, then the membership is deleted from Cassandra, so a retry after a 503 finds the caller still a member and publishes again. The members who stay and the removed user get a `member_removed` frame on the WebSocket; the removed user receives nothing more of the conversation.
          */
         delete: operations["removeMember"];
         options?: never;
         head?: never;
         /**
          * Change a member's role (owners).
-         * @description Owners promote a member to `admin` or `owner` and demote (to `admin` or `member`); making another member an owner hands over ownership, and the caller stays an owner until they leave or step down. The last owner cannot step down (409). Admins and members get 403, as does a 1:1 conversation (no roles to change). A caller who is not a member gets 404 (as for an unknown conversation); a `user_id` who is not a member, 404 too. Idempotent. A `role_changed` membership record is published after the write.
+         * @description Owners promote a member to `admin` or `owner` and demote (to `admin` or `member`); making another member an owner hands over ownership, and the caller stays an owner until they leave or step down. The last owner cannot step down (409). Admins and members get 403, as does a 1:1 conversation (no roles to change). A caller who is not a member gets 404 (as for an unknown conversation); a `user_id` who is not a member, 404 too. Idempotent. A `role_changed` membership record is published after the write. Every member gets a `member_role_changed` frame on the WebSocket.
          */
         patch: operations["setMemberRole"];
         trace?: never;

@@ -232,7 +232,7 @@ export interface ClientRefresh {
 }
 
 /**
- * A frame an edge sends to a client on `/ws`: one JSON object per WebSocket text frame; `op` names the frame and decides the other properties. The first frame of every connection is `hello`. The frames of the session's stream (`message`, `message_edited`, `message_deleted`, `reaction`, `typing`, `read`, `presence`) carry `seq`, increasing by 1 within a session (from 1) and kept across resumes: acknowledge them with `ack_seq`, and resume with `last_seq` = the highest `seq` received. The other frames (`hello`, `ack`, `error`, `pong`, `reconnect`, `refreshed`) carry no `seq` and are not replayed. Clients must ignore properties they do not know, and should ignore frames whose `op` they do not know (a new `op` is an additive change). Rust: `chatpipe_core::frames::ControlFrame::encode` (no `seq`) and `Deliverable::encode_with_seq` (with `seq`).
+ * A frame an edge sends to a client on `/ws`: one JSON object per WebSocket text frame; `op` names the frame and decides the other properties. The first frame of every connection is `hello`. The frames of the session's stream (`message`, `message_edited`, `message_deleted`, `reaction`, `typing`, `read`, `presence`, and the membership frames `conversation_created`, `member_added`, `member_removed`, `member_role_changed`, `conversation_updated`) carry `seq`, increasing by 1 within a session (from 1) and kept across resumes: acknowledge them with `ack_seq`, and resume with `last_seq` = the highest `seq` received. The other frames (`hello`, `ack`, `error`, `pong`, `reconnect`, `refreshed`) carry no `seq` and are not replayed. Clients must ignore properties they do not know, and should ignore frames whose `op` they do not know (a new `op` is an additive change). Rust: `chatpipe_core::frames::ControlFrame::encode` (no `seq`) and `Deliverable::encode_with_seq` (with `seq`).
  */
 export type ServerFrameSchema = {
   /**
@@ -251,7 +251,12 @@ export type ServerFrameSchema = {
     | 'reaction'
     | 'typing'
     | 'read'
-    | 'presence';
+    | 'presence'
+    | 'conversation_created'
+    | 'member_added'
+    | 'member_removed'
+    | 'member_role_changed'
+    | 'conversation_updated';
   [k: string]: unknown | undefined;
 } & (
   | ServerHello
@@ -267,6 +272,11 @@ export type ServerFrameSchema = {
   | ServerTyping
   | ServerRead
   | ServerPresence
+  | ServerConversationCreated
+  | ServerMemberAdded
+  | ServerMemberRemoved
+  | ServerMemberRoleChanged
+  | ServerConversationUpdated
 );
 /**
  * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
@@ -571,7 +581,7 @@ export interface ServerRead {
   message_id: string;
 }
 /**
- * `user_id`, a member of one of the user's conversations, came online or went offline on one edge (a user connected to several edges may be reported `offline` by one while still online on another).
+ * `user_id`, a member of one of the user's conversations, came online (their first session on any edge opened) or went offline (no edge holds a session of theirs any more: leaving one edge while connected to another is not `offline`).
  */
 export interface ServerPresence {
   /**
@@ -590,4 +600,161 @@ export interface ServerPresence {
    * The user's new presence.
    */
   status: 'online' | 'offline';
+}
+/**
+ * A conversation the recipient is a member of was created; sent to every member it was created with. Fetch it (`GET /v1/conversations/{id}`, or the list) for its members. Sent by fan-out from the `chat.membership` record the API wrote after the store confirmed the change, in the conversation's order of membership changes; delivered at least once (apply it idempotently).
+ */
+export interface ServerConversationCreated {
+  /**
+   * Discriminator: `conversation_created`.
+   */
+  op: 'conversation_created';
+  /**
+   * The frame's position in the session's stream.
+   */
+  seq: number;
+  /**
+   * The new conversation.
+   */
+  conversation_id: string;
+  /**
+   * The conversation's title, when it has one.
+   */
+  title?: string;
+  /**
+   * Which messages a member sees: `shared` (all, also those from before they joined) or `joined` (from when they joined).
+   */
+  history_visibility: 'shared' | 'joined';
+  /**
+   * How many members it was created with (the list is not in the frame: in a large group it would be sent to every member).
+   */
+  member_count: number;
+  /**
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
+   */
+  actor_id: string;
+  /**
+   * When the API made the change, in Unix milliseconds (UTC).
+   */
+  ts: number;
+}
+/**
+ * `user_id` became a member of `conversation_id`. Sent to every member, the new one included: a client that does not know the conversation learns it here (fetch it, then page its history as its `history_visibility` allows). Sent by fan-out from the `chat.membership` record the API wrote after the store confirmed the change, in the conversation's order of membership changes; delivered at least once (apply it idempotently).
+ */
+export interface ServerMemberAdded {
+  /**
+   * Discriminator: `member_added`.
+   */
+  op: 'member_added';
+  /**
+   * The frame's position in the session's stream.
+   */
+  seq: number;
+  /**
+   * The conversation.
+   */
+  conversation_id: string;
+  /**
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
+   */
+  user_id: string;
+  /**
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
+   */
+  actor_id: string;
+  /**
+   * When the API made the change, in Unix milliseconds (UTC).
+   */
+  ts: number;
+}
+/**
+ * `user_id` is no longer a member of `conversation_id` (removed, or left). Sent to the remaining members and to the removed user, whose client drops the conversation: no further frame of it reaches them. Sent by fan-out from the `chat.membership` record the API wrote after the store confirmed the change, in the conversation's order of membership changes; delivered at least once (apply it idempotently).
+ */
+export interface ServerMemberRemoved {
+  /**
+   * Discriminator: `member_removed`.
+   */
+  op: 'member_removed';
+  /**
+   * The frame's position in the session's stream.
+   */
+  seq: number;
+  /**
+   * The conversation.
+   */
+  conversation_id: string;
+  /**
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
+   */
+  user_id: string;
+  /**
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
+   */
+  actor_id: string;
+  /**
+   * When the API made the change, in Unix milliseconds (UTC).
+   */
+  ts: number;
+}
+/**
+ * `user_id`, a member, now holds `role` in `conversation_id`. Sent to every member. Sent by fan-out from the `chat.membership` record the API wrote after the store confirmed the change, in the conversation's order of membership changes; delivered at least once (apply it idempotently).
+ */
+export interface ServerMemberRoleChanged {
+  /**
+   * Discriminator: `member_role_changed`.
+   */
+  op: 'member_role_changed';
+  /**
+   * The frame's position in the session's stream.
+   */
+  seq: number;
+  /**
+   * The conversation.
+   */
+  conversation_id: string;
+  /**
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
+   */
+  user_id: string;
+  /**
+   * The member's role now: `owner`, `admin` or `member`.
+   */
+  role: 'owner' | 'admin' | 'member';
+  /**
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
+   */
+  actor_id: string;
+  /**
+   * When the API made the change, in Unix milliseconds (UTC).
+   */
+  ts: number;
+}
+/**
+ * The settings of `conversation_id` changed. Sent to every member. Sent by fan-out from the `chat.membership` record the API wrote after the store confirmed the change, in the conversation's order of membership changes; delivered at least once (apply it idempotently).
+ */
+export interface ServerConversationUpdated {
+  /**
+   * Discriminator: `conversation_updated`.
+   */
+  op: 'conversation_updated';
+  /**
+   * The frame's position in the session's stream.
+   */
+  seq: number;
+  /**
+   * The conversation.
+   */
+  conversation_id: string;
+  /**
+   * Which messages a member sees from now on: `shared` or `joined`.
+   */
+  history_visibility: 'shared' | 'joined';
+  /**
+   * A user id: 1 to 64 ASCII letters, digits or `_ . : @ -`.
+   */
+  actor_id: string;
+  /**
+   * When the API made the change, in Unix milliseconds (UTC).
+   */
+  ts: number;
 }

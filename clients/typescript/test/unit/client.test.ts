@@ -332,6 +332,40 @@ describe('inbox', () => {
   });
 });
 
+describe('membership', () => {
+  it('announces conversations as they appear and forgets one the user left', async () => {
+    const client = newClient();
+    const got: string[] = [];
+    client.on('conversation', ({ conversationId, via }) => got.push(`conversation ${conversationId} ${via}`));
+    client.on('membership', (frame) => got.push(`${frame.op} ${frame.conversation_id}`));
+    client.on('message', ({ conversationId }) => got.push(`message ${conversationId}`));
+    const connection = await connected(client);
+    const change = { conversation_id: 'c9', actor_id: 'bob', ts: 1 };
+    connection.send({ op: 'member_added', seq: 1, user_id: 'alice', ...change });
+    connection.send({ op: 'message', seq: 2, message: message('c9', '5') });
+    connection.send({ op: 'member_role_changed', seq: 3, user_id: 'alice', role: 'admin', ...change });
+    // A message that overtook its member_added still announces its conversation.
+    connection.send({ op: 'message', seq: 4, message: message('c7', '6') });
+    connection.send({ op: 'member_added', seq: 5, user_id: 'alice', ...change, conversation_id: 'c7' });
+    await until(() => got.length === 7);
+    assert.deepEqual(got, [
+      'conversation c9 membership',
+      'member_added c9',
+      'message c9',
+      'member_role_changed c9',
+      'conversation c7 message',
+      'message c7',
+      // c7 is known by now: no second `conversation`.
+      'member_added c7',
+    ]);
+    assert.equal(client.messages('c9').length, 1);
+    connection.send({ op: 'member_removed', seq: 6, user_id: 'alice', ...change });
+    await until(() => got.length === 8);
+    assert.equal(got[7], 'member_removed c9');
+    assert.deepEqual(client.messages('c9'), [], 'the conversation was dropped');
+  });
+});
+
 describe('paging iterators', () => {
   it('scroll back through history and search page by page', async () => {
     const ids = Array.from({ length: 7 }, (_, i) => String(i + 1));

@@ -12,11 +12,37 @@ import {
   highlightToHtml,
   isMessageId,
   maxMessageId,
+  membershipEffect,
   retryAfterMs,
 } from '../../src/index.js';
 import { message } from '../support/scripted-edge.js';
 
 const backoff = { minDelayMs: 100, maxDelayMs: 1_000, random: () => 0.5 };
+
+describe('membership frames', () => {
+  it('tell a client whether it joined, left, or others changed', () => {
+    const base = { seq: 1, conversation_id: 'c1', actor_id: 'owner', ts: 1 };
+    assert.equal(
+      membershipEffect({ ...base, op: 'conversation_created', history_visibility: 'shared', member_count: 2 }, 'alice'),
+      'joined',
+    );
+    assert.equal(membershipEffect({ ...base, op: 'member_added', user_id: 'alice' }, 'alice'), 'joined');
+    assert.equal(membershipEffect({ ...base, op: 'member_added', user_id: 'bob' }, 'alice'), 'changed');
+    assert.equal(membershipEffect({ ...base, op: 'member_removed', user_id: 'alice' }, 'alice'), 'left');
+    assert.equal(membershipEffect({ ...base, op: 'member_removed', user_id: 'bob' }, 'alice'), 'changed');
+    assert.equal(membershipEffect({ ...base, op: 'member_role_changed', user_id: 'alice', role: 'admin' }, 'alice'), 'changed');
+    assert.equal(membershipEffect({ ...base, op: 'conversation_updated', history_visibility: 'joined' }, 'alice'), 'changed');
+  });
+
+  it('a store forgets a conversation the user left', () => {
+    const store = new ConversationStore();
+    store.insert(message('c1', '1'));
+    assert.ok(store.holds('c1'));
+    store.forget('c1');
+    assert.ok(!store.holds('c1'));
+    assert.deepEqual(store.messages('c1'), []);
+  });
+});
 
 describe('message ids', () => {
   it('compare as 64-bit numbers, beyond what a JS number holds', () => {

@@ -328,6 +328,10 @@ impl FullStack {
         self.call(token, &ApiRequest::post(path, &body)).await
     }
 
+    pub async fn patch(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        self.call(token, &ApiRequest::patch(path, &body)).await
+    }
+
     /// `POST /v1/conversations` with `body` as `token`: the new
     /// conversation's id; panics unless the API answered 200 or 201.
     pub async fn create_conversation(&self, token: &str, body: Value) -> String {
@@ -616,6 +620,14 @@ pub async fn read_topic(stack: &Stack, topic: &str, count: usize) -> Vec<(i32, S
         records.push((message.partition(), key, value));
     }
     records
+}
+
+/// The `message_id`s of messages (as frames or history carry them), in order.
+pub fn ids(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|message| message["message_id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout`.
