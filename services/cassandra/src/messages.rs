@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt};
-use scylla::statement::batch::{Batch, BatchType};
 use serde::Serialize;
 
 use chatpipe_core::ids::{ClientMsgId, ConversationId, MessageId, UserId};
@@ -389,21 +388,8 @@ impl CassandraStore {
                 (record.message_id.unix_ms() as i64).saturating_mul(1000),
             )
         };
-        if let [single] = rows {
-            self.inner
-                .session
-                .execute_unpaged(statement, values(single))
-                .await?;
-            return Ok(());
-        }
-        let mut batch = Batch::new(BatchType::Unlogged);
-        batch.set_is_idempotent(true);
-        for _ in rows {
-            batch.append_statement(statement.clone());
-        }
-        let values: Vec<_> = rows.iter().map(values).collect();
-        self.inner.session.batch(&batch, values).await?;
-        Ok(())
+        self.write_rows_of(statement, rows.iter().map(values).collect())
+            .await
     }
 
     /// Applies edits and deletes (see the module doc for why the order of

@@ -21,7 +21,6 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::{StreamExt, TryStreamExt};
-use scylla::statement::batch::{Batch, BatchType};
 
 use chatpipe_core::ids::{ConversationId, MessageId, UserId};
 use chatpipe_core::read_state::{COUNT_CAP, CappedCount, UnreadRow, tally_unread};
@@ -190,21 +189,8 @@ impl CassandraStore {
         fn values<'a>(&(conversation, newest): &(&'a str, MessageId)) -> (&'a str, i64, i64) {
             (conversation, newest.as_i64(), newest.as_i64())
         }
-        if let [single] = rows {
-            self.inner
-                .session
-                .execute_unpaged(statement, values(single))
-                .await?;
-            return Ok(());
-        }
-        let mut batch = Batch::new(BatchType::Unlogged);
-        batch.set_is_idempotent(true);
-        for _ in rows {
-            batch.append_statement(statement.clone());
-        }
-        let values: Vec<_> = rows.iter().map(values).collect();
-        self.inner.session.batch(&batch, values).await?;
-        Ok(())
+        self.write_rows_of(statement, rows.iter().map(values).collect())
+            .await
     }
 
     /// The newest message of each of `conversations` that has one.

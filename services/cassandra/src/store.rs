@@ -361,6 +361,33 @@ impl Statements {
 }
 
 impl CassandraStore {
+    /// Writes the rows of one prepared write in one request: the plain
+    /// statement for one row, else an idempotent unlogged batch (callers
+    /// keep a batch to one partition, or to small partitions sharing a
+    /// replica; see `messages::pack_write_requests`).
+    pub(crate) async fn write_rows_of<V: scylla::serialize::row::SerializeRow>(
+        &self,
+        statement: &PreparedStatement,
+        mut rows: Vec<V>,
+    ) -> Result<(), CassandraError> {
+        if rows.len() == 1 {
+            let single = rows.pop().expect("one row");
+            self.inner
+                .session
+                .execute_unpaged(statement, single)
+                .await?;
+            return Ok(());
+        }
+        let mut batch =
+            scylla::statement::batch::Batch::new(scylla::statement::batch::BatchType::Unlogged);
+        batch.set_is_idempotent(true);
+        for _ in &rows {
+            batch.append_statement(statement.clone());
+        }
+        self.inner.session.batch(&batch, rows).await?;
+        Ok(())
+    }
+
     /// Opens a session on `config.contact_points`, applies the schema when
     /// `config.apply_schema_on_connect`, and prepares every statement.
     /// Fails (retriable) when no contact point answers.

@@ -180,6 +180,15 @@ fn named_user(change: &MembershipChange) -> Option<&UserId> {
 
 impl<M: MembershipStore> FanoutHandler<M> {
     async fn resolve(&self, decoded: &[Decoded]) -> Result<Resolution, StoreError> {
+        // A membership change this worker delivers reaches its cache first
+        // (the membership tail applies it too, on its own schedule): once a
+        // client has seen `member_added`, the messages sent after it are
+        // planned with the new member list. Invalidating twice is harmless.
+        for record in decoded {
+            if let Decoded::Membership(record) = record {
+                self.membership.apply_change(record).await;
+            }
+        }
         let mut conversations: HashSet<&ConversationId> = HashSet::new();
         let mut presence_users: HashSet<&UserId> = HashSet::new();
         for record in decoded {

@@ -205,10 +205,19 @@ impl<M: MembershipStore> MembershipCache<M> {
     /// read. Records of one conversation arrive in order, so a later
     /// `Added` or `Removed` evicts this entry again.
     pub async fn apply_record(&self, record: &MembershipRecord) {
+        if self.apply_change(record).await {
+            self.metrics.membership_invalidations.inc();
+        }
+    }
+
+    /// [`Self::apply_record`] without counting it: what the consumer group
+    /// does for the changes it delivers (the tail counts each record once).
+    /// Returns whether the change touched the member lists.
+    pub async fn apply_change(&self, record: &MembershipRecord) -> bool {
         // Role and settings changes leave the member list as it is: keep
         // the cached list (a large group's would cost a full re-read).
         if !record.change.changes_members() {
-            return;
+            return false;
         }
         match &record.change {
             MembershipChange::Created { members, .. } => {
@@ -232,7 +241,7 @@ impl<M: MembershipStore> MembershipCache<M> {
             }
             MembershipChange::RoleChanged { .. } | MembershipChange::SettingsChanged { .. } => {}
         }
-        self.metrics.membership_invalidations.inc();
+        true
     }
 }
 
