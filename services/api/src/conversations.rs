@@ -233,6 +233,22 @@ impl MemberOf {
     }
 }
 
+/// The conversation's headcount when the decision `needed` it, else one
+/// that no rule can fall short of (the store is not read).
+async fn headcount_if(
+    state: &ApiState,
+    conversation: &Conversation,
+    needed: bool,
+) -> Result<chatpipe_core::membership::Headcount, ApiError> {
+    if needed {
+        return Ok(state.store.headcount(conversation).await?);
+    }
+    Ok(chatpipe_core::membership::Headcount {
+        owners: u64::MAX,
+        members: u64::MAX,
+    })
+}
+
 /// The conversation and the caller's membership, when `user` is a member;
 /// otherwise (unknown, or not a member) 404 with
 /// [`CONVERSATION_NOT_FOUND`].
@@ -557,18 +573,8 @@ pub async fn set_member_role(
     };
     let target_is_self = user == caller;
     let steps_down = target_is_self && target.role == Role::Owner && request.role != Role::Owner;
-    let headcount = if steps_down {
-        state
-            .store
-            .headcount(&caller_membership.conversation)
-            .await?
-    } else {
-        // Only an owner stepping down depends on the headcount.
-        chatpipe_core::membership::Headcount {
-            owners: u64::MAX,
-            members: u64::MAX,
-        }
-    };
+    // Only an owner stepping down depends on the headcount.
+    let headcount = headcount_if(&state, &caller_membership.conversation, steps_down).await?;
     decide_for(
         &caller_membership,
         Action::SetRole {
@@ -625,18 +631,8 @@ pub async fn remove_member(
     let action = if user == caller {
         let group_owner = caller_membership.member.role == Role::Owner
             && kind_of(&conversation) == ConversationKind::Group;
-        let headcount = if group_owner {
-            state
-                .store
-                .headcount(&caller_membership.conversation)
-                .await?
-        } else {
-            // Only a group owner's leave depends on the headcount.
-            chatpipe_core::membership::Headcount {
-                owners: u64::MAX,
-                members: u64::MAX,
-            }
-        };
+        // Only a group owner's leave depends on the headcount.
+        let headcount = headcount_if(&state, &caller_membership.conversation, group_owner).await?;
         Action::Leave { headcount }
     } else {
         let target = state
