@@ -63,6 +63,10 @@ pub fn cassandra_config(common: &CommonArgs) -> CassandraConfig {
         contact_points: common.cassandra.clone(),
         keyspace: common.cassandra_keyspace.clone(),
         max_partitions_per_batch: common.cassandra_max_partitions_per_batch,
+        replication: common.cassandra_replication.clone(),
+        alter_replication: common.cassandra_alter_replication,
+        consistency: common.cassandra_consistency,
+        serial_consistency: common.cassandra_serial_consistency,
         ..CassandraConfig::default()
     }
 }
