@@ -82,75 +82,6 @@ pub(crate) struct Statements {
 const MESSAGE_COLUMNS: &str = "message_id, sender_id, client_msg_id, body, ts, edited_at, deleted";
 
 impl Statements {
-    /// Every statement (the destructuring fails to compile when a new one
-    /// is missing here).
-    fn all(&self) -> [&PreparedStatement; 30] {
-        let Self {
-            insert_conversation_if_absent,
-            select_conversation,
-            insert_member,
-            insert_user_conversation,
-            delete_member,
-            delete_user_conversation,
-            select_member,
-            select_members,
-            select_member_roles,
-            select_member_page,
-            update_role_if_member,
-            update_history_visibility_if_exists,
-            count_members,
-            select_user_conversations,
-            insert_message,
-            select_messages_descending,
-            select_messages_ascending,
-            select_message_facts,
-            edit_message,
-            delete_message,
-            insert_relation,
-            delete_relation,
-            select_relations,
-            upsert_read_marker,
-            select_read_marker,
-            insert_mention,
-            select_mentions_after,
-            upsert_activity,
-            select_activities,
-            select_unread_rows,
-        } = self;
-        [
-            insert_conversation_if_absent,
-            select_conversation,
-            insert_member,
-            insert_user_conversation,
-            delete_member,
-            delete_user_conversation,
-            select_member,
-            select_members,
-            select_member_roles,
-            select_member_page,
-            update_role_if_member,
-            update_history_visibility_if_exists,
-            count_members,
-            select_user_conversations,
-            insert_message,
-            select_messages_descending,
-            select_messages_ascending,
-            select_message_facts,
-            edit_message,
-            delete_message,
-            insert_relation,
-            delete_relation,
-            select_relations,
-            upsert_read_marker,
-            select_read_marker,
-            insert_mention,
-            select_mentions_after,
-            upsert_activity,
-            select_activities,
-            select_unread_rows,
-        ]
-    }
-
     async fn prepare(session: &Session, keyspace: &str) -> Result<Self, CassandraError> {
         let prepare = |cql: String, idempotent: bool, page_rows: Option<i32>| async move {
             let mut statement = Statement::new(cql);
@@ -499,14 +430,6 @@ impl CassandraStore {
             .await?;
         }
         let statements = Statements::prepare(&session, &config.keyspace).await?;
-        debug_assert!(
-            statements
-                .all()
-                .iter()
-                .all(|statement| statement.get_consistency().is_none()
-                    && statement.get_serial_consistency().is_none()),
-            "a statement overrides the configured consistency"
-        );
         tracing::info!(keyspace = %config.keyspace, contact_points = ?config.contact_points, consistency = %config.consistency, "cassandra connected");
         Ok(Self {
             inner: Arc::new(Inner {

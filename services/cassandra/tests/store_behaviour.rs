@@ -726,46 +726,26 @@ async fn an_existing_keyspace_keeps_its_replication_unless_altering_is_asked() {
     let store = store().await;
     let keyspace = format!("chatpipe_r{}", &unique()[..16]);
     let replicated: Replication = "NetworkTopologyStrategy:datacenter1=3".parse().unwrap();
-    let created = apply_schema_with(
-        store.session(),
-        &keyspace,
-        &Replication::default(),
-        OnReplicationMismatch::Warn,
-    )
-    .await
-    .unwrap();
+    let apply = |replication: Replication, on_mismatch| {
+        let (session, keyspace) = (store.session(), keyspace.clone());
+        async move {
+            apply_schema_with(session, &keyspace, &replication, on_mismatch)
+                .await
+                .unwrap()
+        }
+    };
+    let created = apply(Replication::default(), OnReplicationMismatch::Warn).await;
     assert!(created.created_keyspace);
     assert_eq!(created.replication, Some(Replication::default()));
 
-    let kept = apply_schema_with(
-        store.session(),
-        &keyspace,
-        &replicated,
-        OnReplicationMismatch::Warn,
-    )
-    .await
-    .unwrap();
+    let kept = apply(replicated.clone(), OnReplicationMismatch::Warn).await;
     assert!(!kept.changed_anything(), "{kept:?}");
     assert_eq!(kept.replication, Some(Replication::default()));
 
-    let altered = apply_schema_with(
-        store.session(),
-        &keyspace,
-        &replicated,
-        OnReplicationMismatch::Alter,
-    )
-    .await
-    .unwrap();
+    let altered = apply(replicated.clone(), OnReplicationMismatch::Alter).await;
     assert!(altered.altered_replication, "{altered:?}");
     assert_eq!(altered.replication, Some(replicated.clone()));
-    let again = apply_schema_with(
-        store.session(),
-        &keyspace,
-        &replicated,
-        OnReplicationMismatch::Alter,
-    )
-    .await
-    .unwrap();
+    let again = apply(replicated, OnReplicationMismatch::Alter).await;
     assert!(!again.changed_anything(), "{again:?}");
     store
         .session()
