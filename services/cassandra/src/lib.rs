@@ -7,7 +7,9 @@
 //! `chatpipe_core::dedup`).
 //!
 //! Layout:
-//! - [`config`]: [`CassandraConfig`] (contact points, keyspace, timeouts).
+//! - [`config`]: [`CassandraConfig`] (contact points, keyspace, timeouts,
+//!   the keyspace's [`Replication`], the [`ConsistencyLevel`] of every
+//!   request).
 //! - [`schema`]: `schemas/cql/chatpipe.cql`, embedded, and an idempotent
 //!   [`apply_schema`](schema::apply_schema) that reports what it created.
 //! - [`store`]: [`CassandraStore`], a session plus prepared statements.
@@ -41,7 +43,9 @@ pub mod read_state;
 pub mod schema;
 pub mod store;
 
-pub use config::CassandraConfig;
+pub use config::{
+    CassandraConfig, ConsistencyLevel, Replication, SerialConsistencyLevel, SettingError,
+};
 pub use conversations::{
     Conversation, ConversationSummary, CreateOutcome, Member, NewConversation,
 };
@@ -50,5 +54,5 @@ pub use messages::{
     DELETE_WRITE_TIMESTAMP_US, HistoryPage, HistoryQuery, ReactionCount, StoredMessage, WriteReport,
 };
 pub use read_state::ReadCounts;
-pub use schema::{SchemaReport, apply_schema};
+pub use schema::{OnReplicationMismatch, SchemaReport, apply_schema, apply_schema_with};
 pub use store::CassandraStore;

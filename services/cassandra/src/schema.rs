@@ -2,7 +2,12 @@
 //! apply.
 //!
 //! The file is the source of truth and stays runnable with `cqlsh -f`; the
-//! only rewrite is the keyspace name in `CREATE KEYSPACE` and `USE`. Every
+//! only rewrites are the keyspace name in `CREATE KEYSPACE` and `USE`, and
+//! the keyspace's replication map, which comes from configuration
+//! ([`Replication`]; the file's `SimpleStrategy` RF 1 is the default). An
+//! existing keyspace keeps its replication: when it differs from the
+//! configured one the apply warns, and changes it only when asked
+//! ([`OnReplicationMismatch::Alter`]). Every
 //! statement is `IF NOT EXISTS`, and the apply compares `system_schema`
 //! before and after, so it reports exactly what it created: a second apply
 //! reports nothing. Schema evolution is explicit: the file's
@@ -15,6 +20,7 @@ use std::collections::BTreeSet;
 
 use scylla::client::session::Session;
 
+use crate::config::Replication;
 use crate::error::CassandraError;
 
 /// The embedded schema file.
@@ -31,12 +37,34 @@ pub struct SchemaReport {
     pub created_tables: Vec<String>,
     /// `table.column` of every column a migration added.
     pub added_columns: Vec<String>,
+    /// The keyspace's replication after the apply, as `system_schema`
+    /// says (`None`: a strategy chatpipe does not configure).
+    pub replication: Option<Replication>,
+    /// Whether the apply changed the replication of the existing keyspace
+    /// ([`OnReplicationMismatch::Alter`]).
+    pub altered_replication: bool,
 }
 
 impl SchemaReport {
     pub fn changed_anything(&self) -> bool {
-        self.created_keyspace || !self.created_tables.is_empty() || !self.added_columns.is_empty()
+        self.created_keyspace
+            || !self.created_tables.is_empty()
+            || !self.added_columns.is_empty()
+            || self.altered_replication
     }
+}
+
+/// What the apply does when the keyspace exists with a replication other
+/// than the configured one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnReplicationMismatch {
+    /// Keep the keyspace's, log a warning (an operator's choice is never
+    /// undone by a deployment's default).
+    #[default]
+    Warn,
+    /// `ALTER KEYSPACE` to the configured replication. Rows written
+    /// before reach new replicas only through `nodetool repair`.
+    Alter,
 }
 
 /// One statement of the file, classified.
@@ -85,8 +113,30 @@ pub fn validate_keyspace_name(keyspace: &str) -> Result<(), CassandraError> {
     }
 }
 
+/// `options` (what follows the keyspace name) with its replication map
+/// replaced by `replication`'s.
+fn with_replication(options: &str, replication: &Replication) -> Result<String, CassandraError> {
+    let map_start = options.find('{');
+    let map_end = options.find('}');
+    match (map_start, map_end) {
+        (Some(start), Some(end)) if start < end => Ok(format!(
+            "{}{}{}",
+            &options[..start],
+            replication.cql_map(),
+            &options[end + 1..]
+        )),
+        _ => Err(CassandraError::Config(format!(
+            "schema keyspace options without a replication map: {options}"
+        ))),
+    }
+}
+
 /// Splits the file into statements (comments dropped) and classifies them.
-fn parse_schema(cql: &str, keyspace: &str) -> Result<Vec<SchemaStatement>, CassandraError> {
+fn parse_schema(
+    cql: &str,
+    keyspace: &str,
+    replication: &Replication,
+) -> Result<Vec<SchemaStatement>, CassandraError> {
     let without_comments: String = cql
         .lines()
         .map(|line| match line.find("--") {
@@ -107,7 +157,8 @@ fn parse_schema(cql: &str, keyspace: &str) -> Result<Vec<SchemaStatement>, Cassa
             FILE_KEYSPACE.to_ascii_uppercase()
         );
         if let Some(rest) = upper.strip_prefix(&keyspace_prefix) {
-            let options = &statement[statement.len() - rest.len()..];
+            let options =
+                with_replication(&statement[statement.len() - rest.len()..], replication)?;
             statements.push(SchemaStatement::CreateKeyspace(format!(
                 "CREATE KEYSPACE IF NOT EXISTS {keyspace} {options}"
             )));
@@ -190,6 +241,75 @@ async fn existing_schema(
     Ok((keyspace_exists, tables))
 }
 
+/// The keyspace's replication as `system_schema` says; `None` when the
+/// keyspace is missing or uses a strategy chatpipe does not configure.
+async fn keyspace_replication(
+    session: &Session,
+    keyspace: &str,
+) -> Result<Option<Replication>, CassandraError> {
+    let rows = session
+        .query_unpaged(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?",
+            (keyspace,),
+        )
+        .await?
+        .into_rows_result()?;
+    let Some(row) = rows
+        .rows::<(std::collections::HashMap<String, String>,)>()?
+        .next()
+    else {
+        return Ok(None);
+    };
+    let (map,) = row?;
+    Ok(Replication::from_schema_map(
+        map.iter()
+            .map(|(key, value)| (key.as_str(), value.as_str())),
+    ))
+}
+
+/// Compares the keyspace's replication with the configured one and warns
+/// about, or alters, a difference. Returns the replication now in effect
+/// and whether it was altered.
+async fn reconcile_replication(
+    session: &Session,
+    keyspace: &str,
+    wanted: &Replication,
+    on_mismatch: OnReplicationMismatch,
+) -> Result<(Option<Replication>, bool), CassandraError> {
+    let actual = keyspace_replication(session, keyspace).await?;
+    if actual.as_ref() == Some(wanted) {
+        return Ok((actual, false));
+    }
+    let actual_text = actual
+        .as_ref()
+        .map_or_else(|| "another strategy".to_owned(), ToString::to_string);
+    match on_mismatch {
+        OnReplicationMismatch::Warn => {
+            tracing::warn!(
+                keyspace,
+                actual = %actual_text,
+                configured = %wanted,
+                "cassandra keyspace exists with another replication; kept as it is (set alter_replication / --cassandra-alter-replication to change it, then run nodetool repair)"
+            );
+            Ok((actual, false))
+        }
+        OnReplicationMismatch::Alter => {
+            let cql = format!(
+                "ALTER KEYSPACE {keyspace} WITH replication = {}",
+                wanted.cql_map()
+            );
+            session.query_unpaged(cql.as_str(), ()).await?;
+            tracing::warn!(
+                keyspace,
+                before = %actual_text,
+                after = %wanted,
+                "cassandra keyspace replication altered; run `nodetool repair {keyspace}` on every node so rows written before reach their new replicas"
+            );
+            Ok((keyspace_replication(session, keyspace).await?, true))
+        }
+    }
+}
+
 /// Whether `keyspace.table` has `column`.
 async fn has_column(
     session: &Session,
@@ -237,15 +357,33 @@ async fn add_column(
     }
 }
 
-/// Creates the keyspace and tables that are missing, adds the columns the
-/// migrations name, and reports what it did. Does not change the session's
-/// current keyspace.
+/// [`apply_schema_with`] the file's replication (`SimpleStrategy`, RF 1)
+/// and [`OnReplicationMismatch::Warn`].
 pub async fn apply_schema(
     session: &Session,
     keyspace: &str,
 ) -> Result<SchemaReport, CassandraError> {
+    apply_schema_with(
+        session,
+        keyspace,
+        &Replication::default(),
+        OnReplicationMismatch::Warn,
+    )
+    .await
+}
+
+/// Creates the keyspace (with `replication`) and tables that are missing,
+/// adds the columns the migrations name, reconciles the replication of an
+/// existing keyspace as `on_mismatch` says, and reports what it did. Does
+/// not change the session's current keyspace.
+pub async fn apply_schema_with(
+    session: &Session,
+    keyspace: &str,
+    replication: &Replication,
+    on_mismatch: OnReplicationMismatch,
+) -> Result<SchemaReport, CassandraError> {
     validate_keyspace_name(keyspace)?;
-    let statements = parse_schema(SCHEMA_CQL, keyspace)?;
+    let statements = parse_schema(SCHEMA_CQL, keyspace, replication)?;
     let (keyspace_existed, tables_before) = existing_schema(session, keyspace).await?;
     let mut added_columns = Vec::new();
     for statement in &statements {
@@ -276,6 +414,8 @@ pub async fn apply_schema(
             "keyspace {keyspace} missing after apply"
         )));
     }
+    let (replication_now, altered_replication) =
+        reconcile_replication(session, keyspace, replication, on_mismatch).await?;
     let expected: Vec<&str> = statements
         .iter()
         .filter_map(|statement| match statement {
@@ -297,9 +437,11 @@ pub async fn apply_schema(
             .map(|name| (*name).to_owned())
             .collect(),
         added_columns,
+        replication: replication_now,
+        altered_replication,
     };
     if report.changed_anything() {
-        tracing::info!(keyspace, created_keyspace = report.created_keyspace, created_tables = ?report.created_tables, added_columns = ?report.added_columns, "cassandra schema applied");
+        tracing::info!(keyspace, created_keyspace = report.created_keyspace, created_tables = ?report.created_tables, added_columns = ?report.added_columns, replication = ?report.replication, altered_replication, "cassandra schema applied");
     }
     Ok(report)
 }
@@ -310,11 +452,16 @@ mod tests {
 
     #[test]
     fn the_embedded_schema_parses_and_is_rewritten_for_the_keyspace() {
-        let statements = parse_schema(SCHEMA_CQL, "other_ks").unwrap();
+        let statements = parse_schema(SCHEMA_CQL, "other_ks", &Replication::default()).unwrap();
         let SchemaStatement::CreateKeyspace(keyspace) = &statements[0] else {
             panic!("first statement must create the keyspace: {statements:?}");
         };
-        assert!(keyspace.starts_with("CREATE KEYSPACE IF NOT EXISTS other_ks WITH replication"));
+        // The default replication is the file's, word for word.
+        assert_eq!(
+            keyspace,
+            "CREATE KEYSPACE IF NOT EXISTS other_ks WITH replication = \
+             {'class': 'SimpleStrategy', 'replication_factor': 1} AND durable_writes = true"
+        );
         assert_eq!(statements[1], SchemaStatement::Use);
         let tables: Vec<&str> = statements
             .iter()
@@ -371,8 +518,26 @@ mod tests {
             "ALTER TABLE other.t ADD IF NOT EXISTS c text;",
             "ALTER TABLE t ADD IF NOT EXISTS c map<text,text>;",
         ] {
-            assert!(parse_schema(bad, "ks").is_err(), "{bad}");
+            assert!(
+                parse_schema(bad, "ks", &Replication::default()).is_err(),
+                "{bad}"
+            );
         }
+    }
+
+    #[test]
+    fn the_configured_replication_replaces_the_files() {
+        let replication: Replication = "NetworkTopologyStrategy:datacenter1=3".parse().unwrap();
+        let statements = parse_schema(SCHEMA_CQL, "ks", &replication).unwrap();
+        assert_eq!(
+            statements[0],
+            SchemaStatement::CreateKeyspace(
+                "CREATE KEYSPACE IF NOT EXISTS ks WITH replication = \
+                 {'class': 'NetworkTopologyStrategy', 'datacenter1': 3} AND durable_writes = true"
+                    .to_owned()
+            )
+        );
+        assert!(with_replication("WITH durable_writes = true", &replication).is_err());
     }
 
     #[test]

@@ -8,11 +8,12 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::unprepared::Statement;
-use scylla::statement::{Consistency, SerialConsistency};
 
 use crate::config::CassandraConfig;
 use crate::error::CassandraError;
-use crate::schema::{SchemaReport, apply_schema, validate_keyspace_name};
+use crate::schema::{
+    OnReplicationMismatch, SchemaReport, apply_schema_with, validate_keyspace_name,
+};
 
 /// Rows per page of the paged reads (members, a user's conversations).
 const PAGE_ROWS: i32 = 1000;
@@ -42,7 +43,9 @@ pub(crate) struct Inner {
 
 /// Every statement chatpipe runs, prepared once per session. Tables are
 /// qualified with the configured keyspace, so the session never needs a
-/// current keyspace.
+/// current keyspace. None sets a consistency of its own: every request
+/// (statements, batches, paged reads) runs at the session profile's,
+/// `CassandraConfig::consistency` and `serial_consistency`.
 pub(crate) struct Statements {
     pub(crate) insert_conversation_if_absent: PreparedStatement,
     pub(crate) select_conversation: PreparedStatement,
@@ -360,6 +363,14 @@ impl Statements {
     }
 }
 
+fn on_replication_mismatch(config: &CassandraConfig) -> OnReplicationMismatch {
+    if config.alter_replication {
+        OnReplicationMismatch::Alter
+    } else {
+        OnReplicationMismatch::Warn
+    }
+}
+
 impl CassandraStore {
     /// Writes the rows of one prepared write in one request: the plain
     /// statement for one row, else an idempotent unlogged batch (callers
@@ -396,10 +407,12 @@ impl CassandraStore {
         if config.contact_points.is_empty() {
             return Err(CassandraError::Config("no contact points".into()));
         }
+        // The one place the consistency is set: statements and batches
+        // inherit the session's profile.
         let profile = ExecutionProfile::builder()
             .request_timeout(Some(Duration::from_millis(config.request_timeout_ms)))
-            .consistency(Consistency::LocalQuorum)
-            .serial_consistency(Some(SerialConsistency::LocalSerial))
+            .consistency(config.consistency.to_driver())
+            .serial_consistency(Some(config.serial_consistency.to_driver()))
             .build();
         let session = SessionBuilder::new()
             .known_nodes(&config.contact_points)
@@ -408,10 +421,16 @@ impl CassandraStore {
             .build()
             .await?;
         if config.apply_schema_on_connect {
-            apply_schema(&session, &config.keyspace).await?;
+            apply_schema_with(
+                &session,
+                &config.keyspace,
+                &config.replication,
+                on_replication_mismatch(config),
+            )
+            .await?;
         }
         let statements = Statements::prepare(&session, &config.keyspace).await?;
-        tracing::info!(keyspace = %config.keyspace, contact_points = ?config.contact_points, "cassandra connected");
+        tracing::info!(keyspace = %config.keyspace, contact_points = ?config.contact_points, consistency = %config.consistency, "cassandra connected");
         Ok(Self {
             inner: Arc::new(Inner {
                 session,
@@ -421,9 +440,17 @@ impl CassandraStore {
         })
     }
 
-    /// Applies the embedded schema to this store's keyspace (idempotent).
+    /// Applies the embedded schema to this store's keyspace (idempotent),
+    /// with the configured replication.
     pub async fn apply_schema(&self) -> Result<SchemaReport, CassandraError> {
-        apply_schema(&self.inner.session, &self.inner.config.keyspace).await
+        let config = &self.inner.config;
+        apply_schema_with(
+            &self.inner.session,
+            &config.keyspace,
+            &config.replication,
+            on_replication_mismatch(config),
+        )
+        .await
     }
 
     /// The driver session, for operations this adapter does not wrap

@@ -633,3 +633,123 @@ async fn read_markers_only_move_forward_and_counts_follow_history() {
     let counts = store.read_counts(&row, &bob, ids[2], now).await.unwrap();
     assert_eq!((counts.unread.count, counts.mentions.count), (1, 0));
 }
+
+/// The configured consistency reaches every kind of request: at `TWO` on
+/// the single node (replication factor 1) a conversation's creation (an
+/// LWT), a history batch, a single write and a history read are all
+/// refused as unavailable (retriable), while the default `LOCAL_QUORUM`
+/// store serves them.
+#[tokio::test]
+async fn the_configured_consistency_applies_to_writes_batches_and_reads() {
+    let default_store = store().await;
+    assert_eq!(
+        default_store.config().consistency,
+        chatpipe_cassandra::ConsistencyLevel::LocalQuorum
+    );
+    let unique = unique();
+    let alice = UserId::parse(format!("alice-{unique}")).unwrap();
+    let room = ConversationId::parse(format!("cl-{unique}")).unwrap();
+    let now = now_unix_ms();
+    create(&default_store, &room, &alice, now).await;
+    let conversation = default_store.conversation(&room).await.unwrap().unwrap();
+    let mut generator = MessageIdGenerator::new(11);
+    let records: Vec<MessageRecord> = (0..3)
+        .map(|index| record(&room, &alice, generator.next_id(now), &format!("m{index}")))
+        .collect();
+    default_store.write_messages(&records, 4).await.unwrap();
+
+    let two = CassandraStore::connect(&CassandraConfig {
+        consistency: "TWO".parse().unwrap(),
+        apply_schema_on_connect: false,
+        request_timeout_ms: 3_000,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let refused = |what: &str, result: Result<(), chatpipe_cassandra::CassandraError>| {
+        let error = result.expect_err(what);
+        assert!(error.is_retriable(), "{what}: {error}");
+        assert!(
+            error
+                .to_string()
+                .to_ascii_lowercase()
+                .contains("unavailable")
+                || error
+                    .to_string()
+                    .to_ascii_lowercase()
+                    .contains("not enough"),
+            "{what}: {error}"
+        );
+    };
+    let other_room = ConversationId::parse(format!("cl2-{unique}")).unwrap();
+    refused(
+        "creation at TWO",
+        two.create_conversation(&NewConversation {
+            conversation_id: other_room,
+            title: None,
+            created_by: alice.clone(),
+            members: vec![],
+            created_at_ms: now,
+        })
+        .await
+        .map(|_| ()),
+    );
+    refused(
+        "history batch at TWO",
+        two.write_messages(&records, 4).await.map(|_| ()),
+    );
+    refused("one write at TWO", two.write_message(&records[0]).await);
+    let query = HistoryQuery {
+        before: None,
+        after: None,
+        limit: 10,
+    };
+    refused(
+        "history read at TWO",
+        two.read_history(&conversation, &query, now_unix_ms())
+            .await
+            .map(|_| ()),
+    );
+    let page = default_store
+        .read_history(&conversation, &query, now_unix_ms())
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), 3);
+}
+
+/// The configured replication creates the keyspace; an existing keyspace
+/// with another replication is kept (a warning) unless the apply is told
+/// to alter it.
+#[tokio::test]
+async fn an_existing_keyspace_keeps_its_replication_unless_altering_is_asked() {
+    use chatpipe_cassandra::{OnReplicationMismatch, Replication, apply_schema_with};
+    let store = store().await;
+    let keyspace = format!("chatpipe_r{}", &unique()[..16]);
+    let replicated: Replication = "NetworkTopologyStrategy:datacenter1=3".parse().unwrap();
+    let apply = |replication: Replication, on_mismatch| {
+        let (session, keyspace) = (store.session(), keyspace.clone());
+        async move {
+            apply_schema_with(session, &keyspace, &replication, on_mismatch)
+                .await
+                .unwrap()
+        }
+    };
+    let created = apply(Replication::default(), OnReplicationMismatch::Warn).await;
+    assert!(created.created_keyspace);
+    assert_eq!(created.replication, Some(Replication::default()));
+
+    let kept = apply(replicated.clone(), OnReplicationMismatch::Warn).await;
+    assert!(!kept.changed_anything(), "{kept:?}");
+    assert_eq!(kept.replication, Some(Replication::default()));
+
+    let altered = apply(replicated.clone(), OnReplicationMismatch::Alter).await;
+    assert!(altered.altered_replication, "{altered:?}");
+    assert_eq!(altered.replication, Some(replicated.clone()));
+    let again = apply(replicated, OnReplicationMismatch::Alter).await;
+    assert!(!again.changed_anything(), "{again:?}");
+    store
+        .session()
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+        .await
+        .unwrap();
+}

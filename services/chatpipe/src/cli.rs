@@ -69,6 +69,43 @@ pub struct CommonArgs {
         global = true
     )]
     pub cassandra_max_partitions_per_batch: usize,
+    /// Replication of the Cassandra keyspace when `topology apply` (or a
+    /// role's connect) creates it: `SimpleStrategy:RF` or
+    /// `NetworkTopologyStrategy:DC=RF[,DC=RF…]` (e.g.
+    /// `NetworkTopologyStrategy:datacenter1=3`). An existing keyspace with
+    /// another replication is kept, with a warning, unless
+    /// --cassandra-alter-replication.
+    #[arg(
+        long,
+        env = "CHATPIPE_CASSANDRA_REPLICATION",
+        default_value = "SimpleStrategy:1",
+        global = true
+    )]
+    pub cassandra_replication: chatpipe_cassandra::Replication,
+    /// Change the replication of an existing keyspace that differs from
+    /// --cassandra-replication (`ALTER KEYSPACE`); then run `nodetool
+    /// repair` on every node so earlier rows reach their new replicas.
+    #[arg(long, env = "CHATPIPE_CASSANDRA_ALTER_REPLICATION", global = true)]
+    pub cassandra_alter_replication: bool,
+    /// Consistency level of every Cassandra read and write: ONE, TWO,
+    /// THREE, QUORUM, ALL, LOCAL_QUORUM, EACH_QUORUM or LOCAL_ONE.
+    /// LOCAL_QUORUM survives one replica down at replication factor 3.
+    #[arg(
+        long,
+        env = "CHATPIPE_CASSANDRA_CONSISTENCY",
+        default_value = "LOCAL_QUORUM",
+        global = true
+    )]
+    pub cassandra_consistency: chatpipe_cassandra::ConsistencyLevel,
+    /// Serial consistency of Cassandra's lightweight transactions:
+    /// SERIAL or LOCAL_SERIAL.
+    #[arg(
+        long,
+        env = "CHATPIPE_CASSANDRA_SERIAL_CONSISTENCY",
+        default_value = "LOCAL_SERIAL",
+        global = true
+    )]
+    pub cassandra_serial_consistency: chatpipe_cassandra::SerialConsistencyLevel,
     /// Elasticsearch-API engine URL (Elasticsearch 8 or OpenSearch 2).
     #[arg(
         long,

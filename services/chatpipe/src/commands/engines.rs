@@ -65,6 +65,10 @@ pub fn cassandra_config(common: &CommonArgs) -> CassandraConfig {
         contact_points: common.cassandra.clone(),
         keyspace: common.cassandra_keyspace.clone(),
         max_partitions_per_batch: common.cassandra_max_partitions_per_batch,
+        replication: common.cassandra_replication.clone(),
+        alter_replication: common.cassandra_alter_replication,
+        consistency: common.cassandra_consistency,
+        serial_consistency: common.cassandra_serial_consistency,
         ..CassandraConfig::default()
     }
 }
@@ -92,4 +96,55 @@ pub async fn role_deps(common: &CommonArgs) -> anyhow::Result<RoleDeps> {
         token_keys,
         push_key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    #[test]
+    fn cassandra_replication_and_consistency_reach_the_store_config() {
+        use chatpipe_cassandra::{ConsistencyLevel, Replication, SerialConsistencyLevel};
+        let cli = Cli::try_parse_from(["chatpipe", "persist"]).unwrap();
+        let config = cassandra_config(&cli.common);
+        assert_eq!(config.replication, Replication::default());
+        assert!(!config.alter_replication);
+        assert_eq!(config.consistency, ConsistencyLevel::LocalQuorum);
+        assert_eq!(
+            config.serial_consistency,
+            SerialConsistencyLevel::LocalSerial
+        );
+        let cli = Cli::try_parse_from([
+            "chatpipe",
+            "persist",
+            "--cassandra-replication",
+            "NetworkTopologyStrategy:datacenter1=3",
+            "--cassandra-alter-replication",
+            "--cassandra-consistency",
+            "quorum",
+            "--cassandra-serial-consistency",
+            "SERIAL",
+        ])
+        .unwrap();
+        let config = cassandra_config(&cli.common);
+        assert_eq!(
+            config.replication.to_string(),
+            "NetworkTopologyStrategy:datacenter1=3"
+        );
+        assert!(config.alter_replication);
+        assert_eq!(config.consistency, ConsistencyLevel::Quorum);
+        assert_eq!(config.serial_consistency, SerialConsistencyLevel::Serial);
+        for bad in [
+            ["--cassandra-replication", "SimpleStrategy:0"],
+            ["--cassandra-replication", "NetworkTopologyStrategy"],
+            ["--cassandra-consistency", "ANY"],
+            ["--cassandra-serial-consistency", "LOCAL_QUORUM"],
+        ] {
+            let parsed = Cli::try_parse_from(["chatpipe", "persist", bad[0], bad[1]]);
+            assert!(parsed.is_err(), "{bad:?} must be refused");
+        }
+    }
 }
