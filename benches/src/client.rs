@@ -11,8 +11,9 @@
 //! window). With several edges, a client starts on its user's edge and,
 //! when that edge fails (connection lost or refused, a drain's close, or no
 //! answer at all for `edge_stall_ms` while a send or a `ping` waits), goes
-//! on to the next edge and resumes its session there. The connection and the frames are `chatpipe-client`'s; what
-//! is here is the behaviour of a user and what it counts.
+//! on to the next edge and resumes its session there. The connection and
+//! the frames are `chatpipe-client`'s; what is here is the behaviour of a
+//! user and what it counts.
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
