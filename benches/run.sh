@@ -39,18 +39,43 @@
 #   QUICK=1                       smoke pass
 #   CHATPIPE_BENCH_PROFILE        release | debug (default: release; QUICK: debug)
 #   CHATPIPE_BENCH_RESULTS        results directory (default benches/results)
+#   CHATPIPE_BENCH_BIN_DIR        run the chatpipe, chatpipe-loadgen and
+#                                 bench-report binaries found there instead
+#                                 of building them (e.g. copies taken out of a
+#                                 target directory that others build into)
 #   CHATPIPE_BENCH_ENGINES        up (default) | reuse
 #   CHATPIPE_BENCH_PORT_BASE      first port of the deployment under test (default 9580)
 #   CHATPIPE_BENCH_MODE           roles (default: one process per role) | all
 #   CHATPIPE_BENCH_IDLE_S         length of each idle CPU window (default 30; QUICK 5)
 #   CHATPIPE_BENCH_LOADGEN_ARGS   extra chatpipe-loadgen arguments for every scenario
+#   CHATPIPE_BENCH_EDGES          edge processes of a roles-mode deployment
+#                                 (default: 2 for the faults scenario, else 1;
+#                                 the idle scenario and the idle CPU step always
+#                                 run one, so that the per-connection memory
+#                                 stays comparable). With N > 1 they are named
+#                                 edge-1..edge-N (own --edge-id, --worker-id
+#                                 901.., public port PORT_BASE, then
+#                                 PORT_BASE+30+3(k-2), ops port +1, push port
+#                                 PORT_BASE+100+k-1); the load generator gets
+#                                 every URL and spreads each conversation's
+#                                 members over them, and each edge's CPU is a
+#                                 row of its own.
 #   CHATPIPE_BENCH_FAULTS         a fault schedule applied during every scenario
-#                                 (roles mode): `kill9:ROLE@SECONDS` items, e.g.
-#                                 "kill9:fanout@30 kill9:persist@50"; the role is
-#                                 killed with SIGKILL that long after the load
-#                                 generator starts, checked dead, and restarted
-#                                 with the same arguments 2 s later; what was
-#                                 applied goes to $RESULTS/faults-<scenario>.json
+#                                 (roles mode), items at SECONDS after the load
+#                                 generator starts:
+#                                 `kill9:ROLE@SECONDS`   SIGKILL, checked gone,
+#                                   restarted with the same arguments 2 s later,
+#                                   must report ready (ROLE: fanout, persist,
+#                                   index, api, edge = the first edge, edge-K);
+#                                 `rolling:edge@SECONDS` every edge in turn:
+#                                   SIGTERM, its drain and exit awaited (checked
+#                                   gone), restarted, ready, then the next;
+#                                 `sigstop:ROLE@SECONDS+D`  SIGSTOP, the stopped
+#                                   state checked in /proc, D seconds later
+#                                   SIGCONT, checked running (D past the edge's
+#                                   10 s lease, `lease_ms`, to test a lost lease);
+#                                 e.g. "kill9:fanout@30 rolling:edge@50"; what
+#                                 was applied goes to $RESULTS/faults-<scenario>.json
 #                                 (benches/faults.sh runs the whole schedule)
 #
 # Exit status: non-zero when a scenario's verification found a lost message
@@ -92,6 +117,7 @@ case $PROFILE in
   debug) CARGO_PROFILE=(); BIN="$CARGO_TARGET_DIR/debug" ;;
   *) echo "run.sh: CHATPIPE_BENCH_PROFILE must be release or debug" >&2; exit 2 ;;
 esac
+if [[ -n ${CHATPIPE_BENCH_BIN_DIR:-} ]]; then BIN=$CHATPIPE_BENCH_BIN_DIR; fi
 read -r -a EXTRA_LOADGEN <<<"${CHATPIPE_BENCH_LOADGEN_ARGS:-}"
 ENGINES_MODE="${CHATPIPE_BENCH_ENGINES:-up}"
 mkdir -p "$RESULTS/logs"
@@ -142,6 +168,16 @@ PORT_BASE="${CHATPIPE_BENCH_PORT_BASE:-9580}"
 EDGE_LISTEN=127.0.0.1:$PORT_BASE
 EDGE_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 1))
 EDGE_PUSH_LISTEN=127.0.0.1:$((PORT_BASE + 100))
+# Edge K of several (K >= 2): public, ops and push listeners.
+edge_listen() { echo "127.0.0.1:$((PORT_BASE + 30 + 3 * ($1 - 2)))"; }
+edge_ops_listen() { echo "127.0.0.1:$((PORT_BASE + 31 + 3 * ($1 - 2)))"; }
+edge_push_listen() { echo "127.0.0.1:$((PORT_BASE + 100 + $1 - 1))"; }
+# How many edges scenario $1 runs (see CHATPIPE_BENCH_EDGES above).
+edges_for() {
+  if [[ $MODE != roles || $1 == idle || $1 == idle-cpu ]]; then echo 1; return; fi
+  if [[ -n ${CHATPIPE_BENCH_EDGES:-} ]]; then echo "$CHATPIPE_BENCH_EDGES"; return; fi
+  if [[ $1 == faults ]]; then echo 2; else echo 1; fi
+}
 API_LISTEN=127.0.0.1:$((PORT_BASE + 10))
 FANOUT_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 11))
 PERSIST_OPS_LISTEN=127.0.0.1:$((PORT_BASE + 12))
@@ -172,6 +208,9 @@ export CHATPIPE_LOADGEN_INDEX_METRICS_URL=$INDEX_OPS/metrics
 
 stack_pids=()
 stack_names=()
+# The edges of the running deployment (names as in stack_names) and pids.
+edge_names=()
+edge_pids=()
 
 stop_chatpipe() {
   local pid
@@ -187,6 +226,8 @@ stop_chatpipe() {
   done
   stack_pids=()
   stack_names=()
+  edge_names=()
+  edge_pids=()
   chatpipe_pid=""
 }
 trap 'stop_chatpipe; write_timings' EXIT
@@ -204,50 +245,138 @@ start_role() { # name log-name args...
 # not in stack_pids: their pids go to this file, which stop_chatpipe reads.
 RESTARTED_PIDS="$RESULTS/restarted.pids"
 
-# Applies CHATPIPE_BENCH_FAULTS to the running deployment of scenario $1;
-# writes one JSON object per fault to $RESULTS/faults-$1.json.
-apply_faults() { # scenario
-  local out="$RESULTS/faults-$1.json" started=$SECONDS item kind role at pid i rows=()
-  for item in $CHATPIPE_BENCH_FAULTS; do
-    kind=${item%%:*} role=${item#*:} at=${role#*@} role=${role%@*}
-    [[ $kind == kill9 ]] || { echo "run.sh: unknown fault $item" >&2; continue; }
-    while ((SECONDS - started < at)); do sleep 0.2; done
-    # The role's latest process: a restarted one, else the one started first.
-    pid=""
-    [[ -f $RESTARTED_PIDS ]] && pid=$(awk -v r="$role" '$1 == r { p = $2 } END { print p }' "$RESTARTED_PIDS")
-    if [[ -z $pid ]]; then
-      for i in "${!stack_names[@]}"; do [[ ${stack_names[$i]} == "$role" ]] && pid=${stack_pids[$i]}; done
-    fi
-    [[ -n $pid ]] || { echo "run.sh: no running $role to fault" >&2; continue; }
-    local killed_at=$((SECONDS - started)) died=false restarted="" ready_s=-1
-    kill -KILL "$pid" 2>/dev/null
-    # Dead means gone from the process table (or a zombie of this shell).
-    for _ in $(seq 1 50); do
-      if ! kill -0 "$pid" 2>/dev/null || [[ $(ps -o stat= -p "$pid" 2>/dev/null) == Z* ]]; then died=true; break; fi
+# The latest process of role $1: a restarted one, else the one started first.
+role_pid() {
+  local pid="" i
+  [[ -f $RESTARTED_PIDS ]] && pid=$(awk -v r="$1" '$1 == r { p = $2 } END { print p }' "$RESTARTED_PIDS")
+  if [[ -z $pid ]]; then
+    for i in "${!stack_names[@]}"; do [[ ${stack_names[$i]} == "$1" ]] && pid=${stack_pids[$i]}; done
+  fi
+  echo "$pid"
+}
+# Gone means out of the process table (or a zombie of this shell).
+gone() { ! kill -0 "$1" 2>/dev/null || [[ $(ps -o stat= -p "$1" 2>/dev/null) == Z* ]]; }
+# Waits up to $2 tenths of a second for pid $1 to be gone.
+wait_gone() {
+  local _
+  for _ in $(seq 1 "$2"); do gone "$1" && return 0; sleep 0.1; done
+  gone "$1"
+}
+# The process state letter of pid $1 (/proc/PID/stat field 3: T = stopped).
+proc_state() { awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null; }
+now_ms() { date +%s%3N; }
+seconds_since() { awk -v a="$1" -v b="$(now_ms)" 'BEGIN { printf "%.1f", (b - a) / 1000 }'; }
+
+# Starts role $1 again with its arguments; its pid goes to $restarted, and
+# $ready_s is how long it took to report ready (-1: never, within 60 s).
+restart_role() {
+  local role=$1 args log_name restart_ms ops=${role_ops[$1]:-} _
+  read -r -a args <<<"${role_args[$role]}"
+  log_name=${args[0]}; args=("${args[@]:1}")
+  # `exec`: the background job is the role itself, so $! is its pid.
+  eval "exec \"\$BIN/chatpipe\" ${args[*]}" >>"$RESULTS/logs/$log_name.log" 2>&1 &
+  restarted=$!
+  echo "$role $restarted" >>"$RESTARTED_PIDS"
+  restart_ms=$(now_ms)
+  ready_s=-1
+  if [[ -n $ops ]]; then
+    for _ in $(seq 1 600); do
+      # Ready, and from the restarted process (not a leftover).
+      if kill -0 "$restarted" 2>/dev/null && curl -fsS -o /dev/null "$ops/readyz" 2>/dev/null; then
+        ready_s=$(seconds_since "$restart_ms")
+        break
+      fi
       sleep 0.1
     done
-    echo "[faults] $(date +%T) kill -9 $role (pid $pid) at ${killed_at}s: died=$died" >&2
-    sleep 2
-    local args; read -r -a args <<<"${role_args[$role]}"
-    local log_name=${args[0]}; args=("${args[@]:1}")
-    # `exec`: the background job is the role itself, so $! is its pid.
-    eval "exec \"\$BIN/chatpipe\" ${args[*]}" >>"$RESULTS/logs/$log_name.log" 2>&1 &
-    restarted=$!
-    echo "$role $restarted" >>"$RESTARTED_PIDS"
-    local restart_ms ops=${role_ops[$role]:-}
-    restart_ms=$(date +%s%3N)
-    if [[ -n $ops ]]; then
-      for _ in $(seq 1 600); do
-        # Ready, and from the restarted process (not a leftover).
-        if kill -0 "$restarted" 2>/dev/null && curl -fsS -o /dev/null "$ops/readyz" 2>/dev/null; then
-          ready_s=$(awk -v a="$restart_ms" -v b="$(date +%s%3N)" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
-          break
+  fi
+  echo "[faults] $(date +%T) $role restarted (pid $restarted), ready after ${ready_s}s" >&2
+}
+
+# Applies CHATPIPE_BENCH_FAULTS to the running deployment of scenario $1;
+# writes one JSON object per fault applied (a rolling restart: one per
+# edge) to $RESULTS/faults-$1.json. Every object says whether the fault was
+# seen applied (`applied`: the process gone, or its stopped state seen),
+# when it began and ended (unix ms: the restarted role ready, or SIGCONT),
+# and how long the role took to be ready again.
+apply_faults() { # scenario
+  local out="$RESULTS/faults-$1.json" started=$SECONDS item kind role at duration pid rows=()
+  local restarted ready_s
+  for item in $CHATPIPE_BENCH_FAULTS; do
+    kind=${item%%:*} role=${item#*:} at=${role#*@} role=${role%@*} duration=0
+    if [[ $at == *+* ]]; then duration=${at#*+} at=${at%+*}; fi
+    # `edge` with several edges: the first.
+    if [[ $role == edge && ${#edge_names[@]} -gt 1 && $kind != rolling ]]; then role=${edge_names[0]}; fi
+    while ((SECONDS - started < at)); do sleep 0.2; done
+    local fault_at=$((SECONDS - started)) begin_ms end_ms applied=false
+    case $kind in
+      kill9)
+        pid=$(role_pid "$role")
+        [[ -n $pid ]] || { echo "run.sh: no running $role to fault" >&2; continue; }
+        begin_ms=$(now_ms)
+        kill -KILL "$pid" 2>/dev/null
+        wait_gone "$pid" 50 && applied=true
+        echo "[faults] $(date +%T) kill -9 $role (pid $pid) at ${fault_at}s: gone=$applied" >&2
+        sleep 2
+        restart_role "$role"
+        end_ms=$(now_ms)
+        rows+=("{\"fault\":\"$item\",\"kind\":\"kill9\",\"role\":\"$role\",\"at_s\":$fault_at,\"begin_unix_ms\":$begin_ms,\"end_unix_ms\":$end_ms,\"pid\":$pid,\"died\":$applied,\"applied\":$applied,\"restarted_pid\":$restarted,\"ready_after_s\":$ready_s}")
+        ;;
+      rolling)
+        [[ $role == edge ]] || { echo "run.sh: rolling restarts are of the edges (rolling:edge@S), not $role" >&2; continue; }
+        local edge drained_s term_ms edge_at
+        for edge in "${edge_names[@]}"; do
+          pid=$(role_pid "$edge") applied=false
+          [[ -n $pid ]] || { echo "run.sh: no running $edge to restart" >&2; continue; }
+          begin_ms=$(now_ms) term_ms=$begin_ms edge_at=$((SECONDS - started))
+          kill -TERM "$pid" 2>/dev/null
+          # The drain: sessions told to reconnect, the lease retired, then
+          # exit (within the edge's drain deadline, 10 s by default).
+          wait_gone "$pid" 600 && applied=true
+          drained_s=$(seconds_since "$term_ms")
+          echo "[faults] $(date +%T) rolling: $edge (pid $pid) drained and exited after ${drained_s}s: gone=$applied" >&2
+          restart_role "$edge"
+          end_ms=$(now_ms)
+          rows+=("{\"fault\":\"$item\",\"kind\":\"rolling\",\"role\":\"$edge\",\"at_s\":$edge_at,\"begin_unix_ms\":$begin_ms,\"end_unix_ms\":$end_ms,\"pid\":$pid,\"died\":$applied,\"applied\":$applied,\"drained_after_s\":$drained_s,\"restarted_pid\":$restarted,\"ready_after_s\":$ready_s}")
+        done
+        ;;
+      sigstop)
+        pid=$(role_pid "$role")
+        [[ -n $pid ]] || { echo "run.sh: no running $role to stop" >&2; continue; }
+        ((duration > 0)) || { echo "run.sh: $item needs a duration (sigstop:ROLE@SECONDS+D)" >&2; continue; }
+        local stopped=false resumed=false state _
+        begin_ms=$(now_ms)
+        kill -STOP "$pid" 2>/dev/null
+        for _ in $(seq 1 50); do
+          [[ $(proc_state "$pid") == T ]] && { stopped=true; break; }
+          sleep 0.1
+        done
+        echo "[faults] $(date +%T) SIGSTOP $role (pid $pid) at ${fault_at}s for ${duration}s: stopped=$stopped" >&2
+        sleep "$duration"
+        # Still stopped at the end (nothing resumed it early)?
+        state=$(proc_state "$pid")
+        [[ $state == T ]] || stopped=false
+        kill -CONT "$pid" 2>/dev/null
+        end_ms=$(now_ms)
+        for _ in $(seq 1 50); do
+          state=$(proc_state "$pid")
+          [[ -n $state && $state != T ]] && { resumed=true; break; }
+          sleep 0.1
+        done
+        # Ready again (its ops listener answers once the process runs).
+        ready_s=-1
+        local ops=${role_ops[$role]:-}
+        if [[ -n $ops ]]; then
+          for _ in $(seq 1 600); do
+            if curl -fsS -o /dev/null "$ops/readyz" 2>/dev/null; then ready_s=$(seconds_since "$end_ms"); break; fi
+            sleep 0.1
+          done
         fi
-        sleep 0.1
-      done
-    fi
-    echo "[faults] $(date +%T) $role restarted (pid $restarted), ready after ${ready_s}s" >&2
-    rows+=("{\"fault\":\"$item\",\"role\":\"$role\",\"at_s\":$killed_at,\"pid\":$pid,\"died\":$died,\"restarted_pid\":$restarted,\"ready_after_s\":$ready_s}")
+        [[ $stopped == true && $resumed == true ]] && applied=true
+        echo "[faults] $(date +%T) SIGCONT $role (pid $pid): running=$resumed, ready after ${ready_s}s" >&2
+        rows+=("{\"fault\":\"$item\",\"kind\":\"sigstop\",\"role\":\"$role\",\"at_s\":$fault_at,\"begin_unix_ms\":$begin_ms,\"end_unix_ms\":$end_ms,\"pid\":$pid,\"stopped_s\":$duration,\"stopped_seen\":$stopped,\"resumed_seen\":$resumed,\"applied\":$applied,\"ready_after_s\":$ready_s}")
+        ;;
+      *) echo "run.sh: unknown fault $item" >&2 ;;
+    esac
   done
   local IFS=,
   printf '[%s]\n' "${rows[*]}" >"$out"
@@ -263,28 +392,59 @@ start_chatpipe() { # tag
   if [[ $MODE == all ]]; then
     start_role chatpipe "chatpipe-all-$1" all
     chatpipe_pid=${stack_pids[0]}
+    edge_pids=("$chatpipe_pid")
     wait_http "$EDGE_OPS/readyz" 180 && wait_http "$API_OPS/healthz" 60
     return
   fi
   local tag; tag="bench-$1-$(date +%s)"
   export CHATPIPE_TOPIC_PREFIX="$tag." CHATPIPE_INDEX_PREFIX="$tag-messages"
   "$BIN/chatpipe" topology apply >"$RESULTS/logs/topology-$1.log" 2>&1 || return 1
-  start_role edge "edge-$1" edge --edge-id "$tag-edge" --worker-id 901 \
-    --listen "$EDGE_LISTEN" --ops-listen "$EDGE_OPS_LISTEN" --push-listen "$EDGE_PUSH_LISTEN"
-  chatpipe_pid=${stack_pids[0]}
+  local edges k name listen ops push ws_urls=() metrics_urls=()
+  edges=$(edges_for "$1")
+  role_ops=()
+  for ((k = 1; k <= edges; k++)); do
+    if ((edges == 1)); then
+      name=edge
+      start_role edge "edge-$1" edge --edge-id "$tag-edge" --worker-id 901 \
+        --listen "$EDGE_LISTEN" --ops-listen "$EDGE_OPS_LISTEN" --push-listen "$EDGE_PUSH_LISTEN"
+      listen=$EDGE_LISTEN ops=$EDGE_OPS_LISTEN
+    else
+      name=edge-$k
+      listen=$EDGE_LISTEN ops=$EDGE_OPS_LISTEN push=$EDGE_PUSH_LISTEN
+      if ((k > 1)); then listen=$(edge_listen $k) ops=$(edge_ops_listen $k) push=$(edge_push_listen $k); fi
+      start_role "$name" "$name-$1" edge --edge-id "$tag-edge-$k" --worker-id $((900 + k)) \
+        --listen "$listen" --ops-listen "$ops" --push-listen "$push"
+    fi
+    edge_names+=("$name")
+    edge_pids+=("${stack_pids[-1]}")
+    role_ops[$name]=http://$ops
+    ws_urls+=("ws://$listen/ws")
+    metrics_urls+=("http://$ops/metrics")
+  done
+  chatpipe_pid=${edge_pids[0]}
+  # Several edges: the load generator gets every one (one edge: the
+  # single-URL variables above, as before).
+  if ((edges > 1)); then
+    export CHATPIPE_LOADGEN_WS_URLS="${ws_urls[*]}" CHATPIPE_LOADGEN_EDGE_METRICS_URLS="${metrics_urls[*]}"
+  else
+    export CHATPIPE_LOADGEN_WS_URLS="" CHATPIPE_LOADGEN_EDGE_METRICS_URLS=""
+  fi
   start_role fanout "fanout-$1" fanout --ops-listen "$FANOUT_OPS_LISTEN" --group "$tag-fanout"
   start_role persist "persist-$1" persist --ops-listen "$PERSIST_OPS_LISTEN" --group "$tag-persist"
   start_role index "index-$1" index --ops-listen "$INDEX_OPS_LISTEN" --group "$tag-index"
   start_role api "api-$1" api --api-listen "$API_LISTEN" --api-ops-listen "$API_OPS_LISTEN"
-  role_ops=([edge]=$EDGE_OPS [fanout]=$FANOUT_OPS [persist]=$PERSIST_OPS [index]=$INDEX_OPS [api]=$API_OPS)
-  wait_http "$EDGE_OPS/readyz" 180 && wait_http "$API_OPS/healthz" 60 \
+  role_ops+=([fanout]=$FANOUT_OPS [persist]=$PERSIST_OPS [index]=$INDEX_OPS [api]=$API_OPS)
+  for name in "${edge_names[@]}"; do wait_http "${role_ops[$name]}/readyz" 180 || return 1; done
+  wait_http "$API_OPS/healthz" 60 \
     && wait_http "$FANOUT_OPS/readyz" 120 && wait_http "$PERSIST_OPS/readyz" 120 \
     && wait_http "$INDEX_OPS/readyz" 120
 }
 
 build() {
   # Built separately: together, feature unification would rebuild both.
-  cargo build "${CARGO_PROFILE[@]}" -p chatpipe && cargo build "${CARGO_PROFILE[@]}" -p chatpipe-benches --bins || return 1
+  if [[ -z ${CHATPIPE_BENCH_BIN_DIR:-} ]]; then
+    cargo build "${CARGO_PROFILE[@]}" -p chatpipe && cargo build "${CARGO_PROFILE[@]}" -p chatpipe-benches --bins || return 1
+  fi
   # No built-in token secret: the roles and the load generator read the same
   # one (CHATPIPE_TOKEN_SECRET, else $CHATPIPE_HOME/token-secret, created here
   # once like topology/run.sh does).
@@ -322,7 +482,9 @@ scenario() { # name
     apply_faults "$1" &
     faults_job=$!
   fi
-  "$BIN/chatpipe-loadgen" --scenario "benches/scenarios/$1.toml" --edge-pid "$chatpipe_pid" \
+  local edge_pid_args=() pid
+  for pid in "${edge_pids[@]}"; do edge_pid_args+=(--edge-pid "$pid"); done
+  "$BIN/chatpipe-loadgen" --scenario "benches/scenarios/$1.toml" "${edge_pid_args[@]}" \
     --out-dir "$RESULTS" "${processes[@]}" "${centrifugo_flag[@]}" "${QUICK_LOADGEN[@]}" "${EXTRA_LOADGEN[@]}" \
     2>&1 | tee "$RESULTS/logs/$1.log"
   local rc=${PIPESTATUS[0]}

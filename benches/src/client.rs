@@ -8,8 +8,12 @@
 //! `resumed:false` they catch up from history with `after=` per
 //! conversation. Sends that saw no `ack` are re-sent after a reconnect with
 //! the same `client_msg_id` (the edge answers them from its de-duplication
-//! window). The connection and the frames are `chatpipe-client`'s; what
-//! is here is the behaviour of a user and what it counts.
+//! window). With several edges, a client starts on its user's edge and,
+//! when that edge fails (connection lost or refused, a drain's close, or no
+//! answer at all for `edge_stall_ms` while a send or a `ping` waits), goes
+//! on to the next edge and resumes its session there. The connection and
+//! the frames are `chatpipe-client`'s; what is here is the behaviour of a
+//! user and what it counts.
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -52,6 +56,8 @@ pub struct Counters {
     pub catchup_requests: AtomicU64,
     pub catchup_messages: AtomicU64,
     pub catchup_errors: AtomicU64,
+    pub edge_switches: AtomicU64,
+    pub stalls: AtomicU64,
     pub sends: AtomicU64,
     pub resends: AtomicU64,
     pub acks: AtomicU64,
@@ -223,6 +229,8 @@ pub struct ClientSpec {
     pub token: String,
     pub source: Ipv4Addr,
     pub conversations: Vec<u32>,
+    /// Index of the edge (the target's URLs) to connect to first.
+    pub edge: usize,
 }
 
 /// How every simulated client connects: from its own loopback source
@@ -258,6 +266,8 @@ struct Pending {
 /// Per-client state that survives reconnects.
 struct State {
     spec: ClientSpec,
+    /// The edge connected to (index into the target's URLs).
+    edge: usize,
     session: Option<String>,
     last_seq: u64,
     acked_seq: u64,
@@ -271,6 +281,9 @@ struct State {
     local: LocalStats,
 }
 
+/// The contract's application-level ping (answered by `pong`).
+const PING_FRAME: &str = r#"{"op":"ping"}"#;
+
 /// Runs a chatpipe client until `Finish`. `online` fires at the first hello.
 pub async fn run_chatpipe_client(
     shared: Arc<ClientShared>,
@@ -278,10 +291,19 @@ pub async fn run_chatpipe_client(
     mut commands: mpsc::Receiver<ClientCommand>,
     online: oneshot::Sender<bool>,
 ) -> ClientReport {
-    let WorkerTarget::Chatpipe { ws_url, .. } = &shared.target else {
+    let WorkerTarget::Chatpipe {
+        ws_urls,
+        edge_stall_ms,
+        ..
+    } = &shared.target
+    else {
         unreachable!("chatpipe client on a chatpipe target")
     };
+    // With one edge there is nowhere else to go: a stuck edge is waited for.
+    let stall_after =
+        (ws_urls.len() > 1 && *edge_stall_ms > 0).then(|| Duration::from_millis(*edge_stall_ms));
     let mut state = State {
+        edge: spec.edge % ws_urls.len().max(1),
         report: ClientReport {
             user: spec.user,
             ..ClientReport::default()
@@ -305,7 +327,7 @@ pub async fn run_chatpipe_client(
             session_id,
             last_seq: state.last_seq,
         });
-        let url = ws::connect_url(ws_url, &state.spec.token, resuming.as_ref());
+        let url = ws::connect_url(&ws_urls[state.edge], &state.spec.token, resuming.as_ref());
         let attempt = Connection::connect(&url, &options);
         tokio::pin!(attempt);
         // While (re)connecting, sends are queued as pending and Finish ends the client.
@@ -344,6 +366,7 @@ pub async fn run_chatpipe_client(
                             .refused_other
                             .fetch_add(1, Ordering::Relaxed);
                         shared.error(&format!("close_{code}"));
+                        next_edge(&shared, &mut state, ws_urls.len());
                         backoff
                     }
                     reason => {
@@ -355,6 +378,8 @@ pub async fn run_chatpipe_client(
                         {
                             tracing_free_log(&format!("connect failed: {reason}"));
                         }
+                        // The edge is down (or stuck): try the next one.
+                        next_edge(&shared, &mut state, ws_urls.len());
                         backoff
                     }
                 };
@@ -398,7 +423,14 @@ pub async fn run_chatpipe_client(
             }
         }
         let ended = if writable {
-            serve(&shared, &mut state, &mut connection, &mut commands).await
+            serve(
+                &shared,
+                &mut state,
+                &mut connection,
+                &mut commands,
+                stall_after,
+            )
+            .await
         } else {
             Ended::Lost
         };
@@ -416,14 +448,20 @@ pub async fn run_chatpipe_client(
                     break 'connections;
                 }
             }
-            Ended::Closed(_) | Ended::Lost => {
+            Ended::Closed(_) | Ended::Lost | Ended::Stalled => {
                 let closes = &shared.counters;
                 let counter = match ended {
                     Ended::Closed(Some(4008)) => &closes.closes_slow_consumer,
                     Ended::Closed(Some(1001)) => &closes.closes_draining,
+                    Ended::Stalled => &closes.stalls,
                     _ => &closes.closes_other,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                // A stuck edge never answers a close: just drop the socket.
+                drop(connection);
+                // Lost, closed (a drain's 1001, a crash) or stuck: resume
+                // on another edge, as a real client behind a balancer would.
+                next_edge(&shared, &mut state, ws_urls.len());
                 let pause = Duration::from_millis(rand::random_range(50..300));
                 if wait_or_finish(&shared, &mut state, &mut commands, pause).await {
                     break 'connections;
@@ -440,6 +478,17 @@ pub async fn run_chatpipe_client(
     state.local.flush(&shared);
     state.report.order = state.order.into_iter().collect();
     state.report
+}
+
+/// Moves a client to the next of `edges` edges (none with one edge).
+fn next_edge(shared: &ClientShared, state: &mut State, edges: usize) {
+    if edges > 1 {
+        state.edge = (state.edge + 1) % edges;
+        shared
+            .counters
+            .edge_switches
+            .fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Sleeps `wait` while queueing sends; true when told to finish.
@@ -511,6 +560,21 @@ enum Ended {
     Storm(Duration),
     Closed(Option<u16>),
     Lost,
+    /// The edge answered nothing for the stall time (see [`stalled`]).
+    Stalled,
+}
+
+/// Whether a connection is stuck: nothing heard for `stall_after` while
+/// something waited for an answer (a send, or the `ping` sent after half
+/// of it). A live edge always answers a ping; an idle but live connection
+/// is never given up.
+fn stalled(
+    stall_after: Duration,
+    since_heard: Duration,
+    awaiting_answer: bool,
+    pinged: bool,
+) -> bool {
+    since_heard >= stall_after && (awaiting_answer || pinged)
 }
 
 async fn serve(
@@ -518,11 +582,14 @@ async fn serve(
     state: &mut State,
     connection: &mut Connection,
     commands: &mut mpsc::Receiver<ClientCommand>,
+    stall_after: Option<Duration>,
 ) -> Ended {
     let mut ack_tick = tokio::time::interval(Duration::from_millis(250));
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When the oldest frame not yet covered by an `ack_seq` arrived.
     let mut unacked_since: Option<Instant> = None;
+    let mut last_heard = Instant::now();
+    let mut pinged = false;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -542,6 +609,8 @@ async fn serve(
                     Received::Closed(close) => return Ended::Closed(close.map(|close| close.code)),
                     Received::Lost => return Ended::Lost,
                 };
+                last_heard = Instant::now();
+                pinged = false;
                 handle_frame(shared, state, text.as_str());
                 if state.last_seq >= state.acked_seq + shared.ack_every_frames {
                     state.acked_seq = state.last_seq;
@@ -555,6 +624,18 @@ async fn serve(
             }
             _ = ack_tick.tick() => {
                 state.local.flush(shared);
+                if let Some(stall_after) = stall_after {
+                    let since_heard = last_heard.elapsed();
+                    if stalled(stall_after, since_heard, !state.pending.is_empty(), pinged) {
+                        return Ended::Stalled;
+                    }
+                    if !pinged && since_heard >= stall_after / 2 {
+                        pinged = true;
+                        if connection.send_text(PING_FRAME).await.is_err() {
+                            return Ended::Lost;
+                        }
+                    }
+                }
                 if state.last_seq > state.acked_seq
                     && unacked_since.is_none_or(|since| since.elapsed() >= shared.ack_delay)
                 {
@@ -635,6 +716,7 @@ fn handle_frame(shared: &Arc<ClientShared>, state: &mut State, text: &str) {
                 search_word: pending.search_word,
             });
         }
+        "pong" => {}
         "error" => {
             let code = frame.code.as_deref().unwrap_or("unknown").to_owned();
             shared.error(&code);
@@ -868,4 +950,20 @@ async fn handle_centrifugo_frame(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_stuck_only_when_an_answer_is_overdue() {
+        let stall = Duration::from_secs(10);
+        let long = Duration::from_secs(11);
+        let short = Duration::from_secs(3);
+        assert!(stalled(stall, long, true, false), "a send waits");
+        assert!(stalled(stall, long, false, true), "a ping waits");
+        assert!(!stalled(stall, long, false, false), "idle, nothing asked");
+        assert!(!stalled(stall, short, true, true), "not yet");
+    }
 }

@@ -33,8 +33,9 @@ pub struct RunOptions {
     pub scenario: PathBuf,
     /// Where results go (`benches/results`).
     pub out_dir: PathBuf,
-    /// The edge process (default: whoever listens on the edge's port).
-    pub edge_pid: Option<u32>,
+    /// The edge processes (default: whoever listens on the first edge's
+    /// port). Their memory is summed for the per-connection figure.
+    pub edge_pids: Vec<u32>,
     pub skip_chatpipe: bool,
     pub skip_baselines: bool,
     pub users: Option<usize>,
@@ -102,8 +103,14 @@ pub struct Verification {
     pub unacked_sends: u64,
     pub history_conversations: u64,
     pub history_failures: Vec<(String, HistoryCheck)>,
+    /// `history_failures` summed by kind.
+    #[serde(default)]
+    pub history_counts: verify::HistoryCounts,
     pub search_checked: u64,
     pub search_missing: Vec<u64>,
+    /// Sampled messages that search returned more than once.
+    #[serde(default)]
+    pub search_duplicated: Vec<u64>,
     pub notes: Vec<String>,
 }
 
@@ -111,6 +118,9 @@ pub struct Verification {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TargetResult {
     pub target: String,
+    /// chatpipe edges the clients were spread over (0 for a baseline).
+    #[serde(default)]
+    pub edges: usize,
     pub users: usize,
     pub workers: usize,
     pub connections: u64,
@@ -130,8 +140,28 @@ pub struct TargetResult {
     pub lag_after: BTreeMap<String, f64>,
     pub storm: Option<StormResult>,
     pub verification: Option<Verification>,
+    /// One sample per second of the run.
+    #[serde(default)]
+    pub timeline: Vec<TimelineSample>,
     #[serde(default)]
     pub cpu: CpuResult,
+}
+
+/// One second of a run, as the progress line prints it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TimelineSample {
+    pub unix_ms: u64,
+    pub open: u64,
+    pub acks_per_s: f64,
+    pub deliveries_per_s: f64,
+    /// Of the second (worst worker).
+    pub ack_p99_ms: f64,
+    pub deliver_p99_ms: f64,
+}
+
+/// Resident memory of `pids` together, KiB (0: none readable).
+fn rss_of(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|pid| sys::rss_kib(*pid)).sum()
 }
 
 /// How a mass reconnect went.
@@ -225,6 +255,26 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
             *field = value;
         }
     }
+    // Several edges: their URLs separated by spaces or commas.
+    for (variable, field) in [
+        ("CHATPIPE_LOADGEN_WS_URLS", &mut scenario.target.ws_urls),
+        (
+            "CHATPIPE_LOADGEN_EDGE_METRICS_URLS",
+            &mut scenario.target.edge_metrics_urls,
+        ),
+    ] {
+        if let Ok(value) = std::env::var(variable) {
+            let urls: Vec<String> = value
+                .split([' ', ','])
+                .filter(|url| !url.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if !urls.is_empty() {
+                *field = urls;
+            }
+        }
+    }
+    scenario.validate()?;
     std::fs::create_dir_all(&options.out_dir)?;
     let mut result = ScenarioResult {
         scenario: scenario.name.clone(),
@@ -237,16 +287,19 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
     println!("machine: {}", result.machine);
     let mut passed = true;
     if !options.skip_chatpipe {
+        let ws_urls = scenario.target.edge_urls();
         let target = WorkerTarget::Chatpipe {
-            ws_url: scenario.target.ws_url.clone(),
             api_url: scenario.target.api_url.clone(),
             token_secret: scenario.target.token_secret.clone(),
+            edge_stall_ms: (scenario.load.edge_stall_s * 1000.0) as u64,
+            ws_urls,
         };
-        let pid = options
-            .edge_pid
-            .or_else(|| port_of(&scenario.target.ws_url).and_then(sys::pid_listening_on));
-        let tracked = stack_processes(&options.processes, pid);
-        let outcome = run_target(&scenario, &options, "chatpipe", target, pid, tracked).await?;
+        let mut pids = options.edge_pids.clone();
+        if pids.is_empty() {
+            pids.extend(port_of(&scenario.target.edge_urls()[0]).and_then(sys::pid_listening_on));
+        }
+        let tracked = stack_processes(&options.processes, pids.first().copied());
+        let outcome = run_target(&scenario, &options, "chatpipe", target, pids, tracked).await?;
         if let Some(verification) = &outcome.verification {
             passed &= verification.passed;
         }
@@ -288,8 +341,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
                 ws_url: format!("ws://127.0.0.1:{port}/"),
             };
             let tracked = baseline_process("bare-ws", server.id());
-            let outcome =
-                run_target(&scenario, &options, &label, target, server.id(), tracked).await;
+            let outcome = run_target(
+                &scenario,
+                &options,
+                &label,
+                target,
+                server.id().into_iter().collect(),
+                tracked,
+            )
+            .await;
             let _ = server.kill().await;
             result.targets.push(outcome?);
             write_result(&options.out_dir, &result)?;
@@ -318,7 +378,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<bool> {
                         &options,
                         "centrifugo",
                         target,
-                        server.id(),
+                        server.id().into_iter().collect(),
                         tracked,
                     )
                     .await;
@@ -490,8 +550,8 @@ async fn consumer_lags(http: &reqwest::Client, scenario: &Scenario) -> BTreeMap<
         scenario.target.fanout_metrics_url.clone(),
         scenario.target.persist_metrics_url.clone(),
         scenario.target.index_metrics_url.clone(),
-        scenario.target.edge_metrics_url.clone(),
     ];
+    urls.extend(scenario.target.edge_metrics());
     urls.dedup();
     let mut lags = BTreeMap::new();
     for url in urls {
@@ -502,7 +562,8 @@ async fn consumer_lags(http: &reqwest::Client, scenario: &Scenario) -> BTreeMap<
                     .trim_start_matches("chatpipe_")
                     .trim_end_matches("_consumer_lag_records")
                     .to_owned();
-                lags.insert(group, value);
+                // Every edge reports its own lag under one name: summed.
+                *lags.entry(group).or_default() += value;
             }
         }
     }
@@ -652,6 +713,8 @@ fn add_snapshot(total: &mut Snapshot, other: &Snapshot) {
     total.catchup_requests += other.catchup_requests;
     total.catchup_messages += other.catchup_messages;
     total.catchup_errors += other.catchup_errors;
+    total.edge_switches += other.edge_switches;
+    total.stalls += other.stalls;
     total.sends += other.sends;
     total.resends += other.resends;
     total.acks += other.acks;
@@ -714,13 +777,16 @@ struct Ticker<'a> {
     label: String,
     http: reqwest::Client,
     scenario: &'a Scenario,
-    pid: Option<u32>,
+    pids: Vec<u32>,
     started: Instant,
     previous: Snapshot,
     lag_max: BTreeMap<String, f64>,
     chatpipe: bool,
     /// Per-second (deliveries/s, deliver p99, ack p99) of the current phase.
     samples: Vec<(f64, f64, f64)>,
+    /// Every second of the run (the fault runner reads when latency was
+    /// back to normal after each fault from it).
+    timeline: Vec<TimelineSample>,
 }
 
 impl Ticker<'_> {
@@ -748,11 +814,18 @@ impl Ticker<'_> {
             total.deliver_interval.p99_ms,
             total.ack_interval.p99_ms,
         ));
-        let rss = self
-            .pid
-            .and_then(sys::rss_kib)
-            .map(|kib| format!("{:.0}MiB", kib as f64 / 1024.0))
-            .unwrap_or_else(|| "?".into());
+        let rss = match rss_of(&self.pids) {
+            0 => "?".into(),
+            kib => format!("{:.0}MiB", kib as f64 / 1024.0),
+        };
+        self.timeline.push(TimelineSample {
+            unix_ms: crate::now_unix_us() / 1000,
+            open: total.open,
+            acks_per_s: rate(total.acks, self.previous.acks),
+            deliveries_per_s,
+            ack_p99_ms: total.ack_interval.p99_ms,
+            deliver_p99_ms: total.deliver_interval.p99_ms,
+        });
         let lags = if self.chatpipe {
             let lags = consumer_lags(&self.http, self.scenario).await;
             for (group, lag) in &lags {
@@ -835,9 +908,10 @@ async fn run_target(
     options: &RunOptions,
     label: &str,
     target: WorkerTarget,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     tracked: Vec<TrackedProcess>,
 ) -> anyhow::Result<TargetResult> {
+    let server_pid = server_pids.first().copied();
     let chatpipe = matches!(target, WorkerTarget::Chatpipe { .. });
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let users = scenario.load.users;
@@ -848,7 +922,22 @@ async fn run_target(
     } else {
         Vec::new()
     };
-    let mut plans = plan::worker_plans(scenario, &run_id, &target, users, &planned, workers)?;
+    let edge_of = match &target {
+        WorkerTarget::Chatpipe { ws_urls, .. } if ws_urls.len() > 1 => {
+            let edge_of = plan::assign_edges(users, &planned, ws_urls.len());
+            println!(
+                "{} edges: {} of {} conversations have members on two edges or more",
+                ws_urls.len(),
+                plan::spread_conversations(&planned, &edge_of),
+                planned.len()
+            );
+            edge_of
+        }
+        _ => Vec::new(),
+    };
+    let mut plans = plan::worker_plans(
+        scenario, &run_id, &target, users, &planned, &edge_of, workers,
+    )?;
     // Each target run binds fresh source addresses, so that sockets of the
     // previous run still in TIME_WAIT never slow this one's connects.
     let round = TARGET_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -873,6 +962,10 @@ async fn run_target(
     let api = ApiClient::new(&scenario.target.api_url, &scenario.target.token_secret);
     let mut result = TargetResult {
         target: label.to_owned(),
+        edges: match &target {
+            WorkerTarget::Chatpipe { ws_urls, .. } => ws_urls.len(),
+            _ => 0,
+        },
         users,
         workers,
         server_pid,
@@ -880,8 +973,8 @@ async fn run_target(
     };
     if let Some(pid) = server_pid {
         println!(
-            "server pid {pid}: rss {} KiB, open files {:?}, limit {:?}",
-            sys::rss_kib(pid).unwrap_or(0),
+            "server pid {pid} (of {server_pids:?}): rss {} KiB, open files {:?}, limit {:?}",
+            rss_of(&server_pids),
             sys::open_files(pid),
             sys::open_file_limits(Some(pid))
         );
@@ -900,7 +993,7 @@ async fn run_target(
     } else {
         None
     };
-    result.server_rss_before_kib = server_pid.and_then(sys::rss_kib).unwrap_or(0);
+    result.server_rss_before_kib = rss_of(&server_pids);
     let mut session = spawn_workers(&plans, &dir, options.worker_threads).await?;
     let sampler = sampler_for(&tracked, &session.workers);
     result.cpu.ticks_per_s = sampler.ticks_per_s();
@@ -917,12 +1010,13 @@ async fn run_target(
         label: format!("{} {label}", scenario.name),
         http: http.clone(),
         scenario,
-        pid: server_pid,
+        pids: server_pids.clone(),
         started: Instant::now(),
         previous: Snapshot::default(),
         lag_max: BTreeMap::new(),
         chatpipe,
         samples: Vec::new(),
+        timeline: Vec::new(),
     };
     // Connect.
     session.send_all(&WorkerCommand::Connect).await?;
@@ -970,7 +1064,7 @@ async fn run_target(
     let settle = sampler.sample().window_since(&settle_start);
     println!("cpu, connections open and idle: {}", cpu_line(&settle, 0));
     result.cpu.settle = Some(settle);
-    result.server_rss_after_kib = server_pid.and_then(sys::rss_kib).unwrap_or(0);
+    result.server_rss_after_kib = rss_of(&server_pids);
     result.server_open_files = server_pid.and_then(sys::open_files);
     if result.connections > 0 && result.server_rss_after_kib > 0 {
         result.kib_per_connection = (result.server_rss_after_kib as f64
@@ -1162,6 +1256,7 @@ async fn run_target(
         }
     }
     result.lag_max_during = ticker.lag_max.clone();
+    result.timeline = std::mem::take(&mut ticker.timeline);
     // Finish: collect reports.
     let mut outputs = Vec::new();
     for worker in &session.workers {
@@ -1262,14 +1357,27 @@ async fn verify_run(
         verification.deliveries = verify::check_deliveries(&members, &acks, clients);
         let check = &verification.deliveries;
         println!(
-            "deliveries: {} acked messages, {} member deliveries expected, {} live, {} by catch-up, {} missing, {} order violations",
+            "deliveries: {} acked messages, {} member deliveries expected, {} live, {} by catch-up, {} missing, {} order violations, {} live orders not in message-id order",
             check.acked_messages,
             check.expected,
             check.delivered_live,
             check.delivered_by_catch_up,
             check.missing.len(),
-            check.order_violations.len()
+            check.order_violations.len(),
+            check.id_order_violations.len()
         );
+        for violation in check.id_order_violations.iter().take(10) {
+            println!(
+                "  ID ORDER conversation {} user {}: {} received after {}",
+                conversation_ids
+                    .get(violation.conversation as usize)
+                    .map(String::as_str)
+                    .unwrap_or("?"),
+                user_name(run_id, violation.user),
+                violation.later,
+                violation.earlier
+            );
+        }
         for missing in check.missing.iter().take(20) {
             println!(
                 "  MISSING message {} of conversation {} for user {}",
@@ -1301,18 +1409,36 @@ async fn verify_run(
                 .or_default()
                 .push(ack.message_id);
         }
+        // What each recipient saw live, per conversation: history's order
+        // must be each one's order (issue 10).
+        let mut live: HashMap<u32, Vec<(u32, Vec<u64>)>> = HashMap::new();
+        for client in clients {
+            for (conversation, list) in &client.order {
+                by_conversation.entry(*conversation).or_default();
+                live.entry(*conversation)
+                    .or_default()
+                    .push((client.user, list.clone()));
+            }
+        }
         verification.history_conversations = by_conversation.len() as u64;
         let checks: Vec<(String, HistoryCheck)> = futures::stream::iter(by_conversation)
             .map(|(conversation, acked)| {
                 let id = conversation_ids[conversation as usize].clone();
                 let reader = user_name(run_id, planned[conversation as usize].members[0]);
+                let live = live.remove(&conversation).unwrap_or_default();
                 async move {
+                    let live: Vec<(u32, &[u64])> = live
+                        .iter()
+                        .map(|(user, list)| (*user, list.as_slice()))
+                        .collect();
                     loop {
                         let check = match api.full_history(&reader, &id).await {
                             Ok(history) => {
                                 let ids: Vec<u64> =
                                     history.iter().map(|item| item.message_id).collect();
-                                verify::check_history(&acked, &ids)
+                                let mut check = verify::check_history(&acked, &ids);
+                                verify::check_live_against_history(&ids, &live, &mut check);
+                                check
                             }
                             Err(error) => {
                                 eprintln!("history of {id}: {error}");
@@ -1326,6 +1452,7 @@ async fn verify_run(
                         if check.passed()
                             || !check.duplicated.is_empty()
                             || check.out_of_order
+                            || !check.live_order_mismatches.is_empty()
                             || Instant::now() > deadline
                         {
                             return (id, check);
@@ -1341,24 +1468,35 @@ async fn verify_run(
             .into_iter()
             .filter(|(_, check)| !check.passed())
             .collect();
-        let missing: usize = verification
-            .history_failures
-            .iter()
-            .map(|(_, check)| check.missing.len())
-            .sum();
+        let counts = verify::HistoryCounts::of(&verification.history_failures);
         println!(
-            "history: {} conversations read, {} failed ({missing} messages missing)",
+            "history: {} conversations read, {} failed ({} messages missing, {} duplicated, {} seen live but not in history; {} recipients whose live order differs from history's)",
             verification.history_conversations,
-            verification.history_failures.len()
+            verification.history_failures.len(),
+            counts.missing,
+            counts.duplicated,
+            counts.live_not_in_history,
+            counts.live_order_mismatches
         );
         for (id, check) in verification.history_failures.iter().take(10) {
             println!(
-                "  HISTORY {id}: missing {:?}, duplicated {:?}, out of order {}",
+                "  HISTORY {id}: missing {:?}, duplicated {:?}, out of order {}, live order differs for users {:?}, live but not in history {:?}",
                 check.missing.iter().take(10).collect::<Vec<_>>(),
                 check.duplicated.iter().take(10).collect::<Vec<_>>(),
-                check.out_of_order
+                check.out_of_order,
+                check
+                    .live_order_mismatches
+                    .iter()
+                    .take(10)
+                    .collect::<Vec<_>>(),
+                check
+                    .live_not_in_history
+                    .iter()
+                    .take(10)
+                    .collect::<Vec<_>>()
             );
         }
+        verification.history_counts = counts;
     }
     let sample: Vec<&AckRecord> = if scenario.verify.search_all {
         acks.iter().collect()
@@ -1378,7 +1516,9 @@ async fn verify_run(
                 .map(|ack| user_name(run_id, ack.sender))
                 .collect(),
         );
-        let results: Vec<Option<u64>> = futures::stream::iter(sample.iter().enumerate())
+        // Per sampled message: missing, or found more than once (one
+        // document per message id: a second hit is a duplicate).
+        let results: Vec<Option<(u64, bool)>> = futures::stream::iter(sample.iter().enumerate())
             .map(|(index, ack)| {
                 let conversation_id = conversation_ids[ack.conversation as usize].clone();
                 let sender = sender_names[index].clone();
@@ -1388,9 +1528,12 @@ async fn verify_run(
                             .search(&sender, &ack.search_word, &conversation_id)
                             .await
                         {
-                            Ok(found) if found.contains(&ack.message_id) => return None,
+                            Ok(found) if found.contains(&ack.message_id) => {
+                                let hits = found.iter().filter(|id| **id == ack.message_id);
+                                return (hits.count() > 1).then_some((ack.message_id, false));
+                            }
                             Ok(_) | Err(_) if Instant::now() > deadline => {
-                                return Some(ack.message_id);
+                                return Some((ack.message_id, true));
                             }
                             _ => tokio::time::sleep(Duration::from_secs(2)).await,
                         }
@@ -1401,12 +1544,28 @@ async fn verify_run(
             .collect()
             .await;
         verification.search_checked = sample.len() as u64;
-        verification.search_missing = results.into_iter().flatten().collect();
+        for (message_id, missing) in results.into_iter().flatten() {
+            if missing {
+                verification.search_missing.push(message_id);
+            } else {
+                verification.search_duplicated.push(message_id);
+            }
+        }
         println!(
             "search: {} of {} sampled messages found",
             verification.search_checked - verification.search_missing.len() as u64,
             verification.search_checked
         );
+        if !verification.search_duplicated.is_empty() {
+            println!(
+                "  FOUND MORE THAN ONCE: {:?}",
+                verification
+                    .search_duplicated
+                    .iter()
+                    .take(20)
+                    .collect::<Vec<_>>()
+            );
+        }
         if !verification.search_missing.is_empty() {
             println!(
                 "  NOT FOUND: {:?}",
@@ -1420,7 +1579,8 @@ async fn verify_run(
     }
     verification.passed = verification.deliveries.passed()
         && verification.history_failures.is_empty()
-        && verification.search_missing.is_empty();
+        && verification.search_missing.is_empty()
+        && verification.search_duplicated.is_empty();
     if verification.deliveries.missing.len() > 1000 {
         verification.notes.push(format!(
             "{} missing deliveries; the first 1000 are listed",

@@ -138,6 +138,96 @@ pub fn worker_count(users: usize, max_per_worker: usize) -> usize {
         .min(users.max(1))
 }
 
+/// The edge (index into the target's WebSocket URLs) each user connects
+/// to first, chosen so that every conversation's members, and so its
+/// senders, are spread over the edges: two senders of one conversation on
+/// two edges is what can reach the partition in another order than their
+/// message ids (issue 10), and an edge fault then hits part of every
+/// conversation. 1:1 pairs form a sparse graph, colored breadth-first with
+/// neighbours on the next edge (proper on every tree, so on nearly every
+/// pair); then each group's members not yet placed go to the edge its
+/// members use least; everyone else to the least loaded edge.
+pub fn assign_edges(users: usize, planned: &[PlannedConversation], edges: usize) -> Vec<u32> {
+    if edges <= 1 {
+        return vec![0; users];
+    }
+    let mut neighbours: Vec<Vec<u32>> = vec![Vec::new(); users];
+    for conversation in planned.iter().filter(|c| c.members.len() == 2) {
+        let (first, second) = (conversation.members[0], conversation.members[1]);
+        neighbours[first as usize].push(second);
+        neighbours[second as usize].push(first);
+    }
+    let mut edge_of: Vec<Option<u32>> = vec![None; users];
+    let mut load = vec![0usize; edges];
+    let least_loaded =
+        |load: &[usize]| (0..load.len()).min_by_key(|edge| load[*edge]).unwrap_or(0) as u32;
+    let mut queue = std::collections::VecDeque::new();
+    for start in 0..users {
+        if edge_of[start].is_some() || neighbours[start].is_empty() {
+            continue;
+        }
+        let root = least_loaded(&load);
+        edge_of[start] = Some(root);
+        load[root as usize] += 1;
+        queue.push_back(start);
+        while let Some(user) = queue.pop_front() {
+            let next = (edge_of[user].unwrap_or(0) + 1) % edges as u32;
+            for &neighbour in &neighbours[user] {
+                if edge_of[neighbour as usize].is_none() {
+                    edge_of[neighbour as usize] = Some(next);
+                    load[next as usize] += 1;
+                    queue.push_back(neighbour as usize);
+                }
+            }
+        }
+    }
+    for conversation in planned.iter().filter(|c| c.members.len() > 2) {
+        let mut used = vec![0usize; edges];
+        for member in &conversation.members {
+            if let Some(edge) = edge_of[*member as usize] {
+                used[edge as usize] += 1;
+            }
+        }
+        for member in &conversation.members {
+            if edge_of[*member as usize].is_some() {
+                continue;
+            }
+            let edge = (0..edges)
+                .min_by_key(|edge| (used[*edge], load[*edge]))
+                .unwrap_or(0);
+            edge_of[*member as usize] = Some(edge as u32);
+            used[edge] += 1;
+            load[edge] += 1;
+        }
+    }
+    edge_of
+        .into_iter()
+        .map(|edge| {
+            edge.unwrap_or_else(|| {
+                let edge = least_loaded(&load);
+                load[edge as usize] += 1;
+                edge
+            })
+        })
+        .collect()
+}
+
+/// How many conversations have members on at least two edges.
+pub fn spread_conversations(planned: &[PlannedConversation], edge_of: &[u32]) -> usize {
+    planned
+        .iter()
+        .filter(|conversation| {
+            let mut edges = conversation
+                .members
+                .iter()
+                .map(|member| edge_of[*member as usize]);
+            edges
+                .next()
+                .is_some_and(|first| edges.any(|edge| edge != first))
+        })
+        .count()
+}
+
 /// Users are dealt round-robin to workers.
 pub fn worker_of(user: u32, workers: usize) -> usize {
     user as usize % workers
@@ -156,9 +246,18 @@ pub fn source_addresses(base: Ipv4Addr, index: usize, count: usize) -> Vec<Ipv4A
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WorkerTarget {
     Chatpipe {
-        ws_url: String,
+        /// Every edge's WebSocket URL; a client starts on its user's edge
+        /// ([`WorkerPlan::user_edges`]) and moves to the next one when its
+        /// edge fails.
+        ws_urls: Vec<String>,
         api_url: String,
         token_secret: String,
+        /// With two edges or more: a connection that heard nothing this
+        /// long while a send or a ping waits for its answer is given up
+        /// (its edge is stuck, e.g. stopped), and the client moves on.
+        /// 0: never.
+        #[serde(default)]
+        edge_stall_ms: u64,
     },
     /// The bare broadcast server: no hello, no auth, every text frame is
     /// broadcast to every connection.
@@ -185,6 +284,10 @@ pub struct WorkerPlan {
     pub users: Vec<u32>,
     /// Per local user: the conversations (global indices) it belongs to.
     pub user_conversations: Vec<Vec<u32>>,
+    /// Per local user: the edge (index into the target's URLs) it
+    /// connects to first.
+    #[serde(default)]
+    pub user_edges: Vec<u32>,
     /// `(local user, conversation, weight)`: who may send where.
     pub send_pairs: Vec<(u32, u32, f64)>,
     /// This worker's share of the global send rate.
@@ -196,13 +299,15 @@ pub struct WorkerPlan {
     pub max_unacked_per_client: usize,
 }
 
-/// Splits a run over `workers` processes.
+/// Splits a run over `workers` processes; `edge_of[user]` is the edge of
+/// each user (see [`assign_edges`]; empty: the first).
 pub fn worker_plans(
     scenario: &Scenario,
     run_id: &str,
     target: &WorkerTarget,
     users: usize,
     planned: &[PlannedConversation],
+    edge_of: &[u32],
     workers: usize,
 ) -> anyhow::Result<Vec<WorkerPlan>> {
     let base: Ipv4Addr = scenario
@@ -227,6 +332,7 @@ pub fn worker_plans(
             ),
             users: Vec::new(),
             user_conversations: Vec::new(),
+            user_edges: Vec::new(),
             send_pairs: Vec::new(),
             rate_share: 0.0,
             connect_rate_per_s: scenario.load.connect_rate_per_s / workers as f64,
@@ -242,6 +348,8 @@ pub fn worker_plans(
         local_index[user as usize] = plan.users.len() as u32;
         plan.users.push(user);
         plan.user_conversations.push(Vec::new());
+        plan.user_edges
+            .push(edge_of.get(user as usize).copied().unwrap_or(0));
     }
     for (conversation_index, conversation) in planned.iter().enumerate() {
         let per_member = conversation.send_weight / conversation.members.len().max(1) as f64;
@@ -324,7 +432,7 @@ mod tests {
         let target = WorkerTarget::Bare {
             ws_url: "ws://x".into(),
         };
-        let plans = worker_plans(&scenario, "r", &target, 200, &planned, 3).unwrap();
+        let plans = worker_plans(&scenario, "r", &target, 200, &planned, &[], 3).unwrap();
         assert_eq!(
             plans.iter().map(|plan| plan.users.len()).sum::<usize>(),
             200
@@ -343,5 +451,45 @@ mod tests {
         assert_eq!(worker_count(30_000, 15_000), 2);
         assert_eq!(worker_count(15_001, 15_000), 2);
         assert_eq!(worker_count(45_000, 15_000), 3);
+    }
+
+    #[test]
+    fn edges_spread_every_conversation() {
+        let mix = ConversationMix {
+            direct: 1200,
+            groups: 100,
+            group_min: 5,
+            group_max: 30,
+            ..ConversationMix::default()
+        };
+        let planned = conversations(3000, &mix, 42);
+        let edge_of = assign_edges(3000, &planned, 2);
+        assert_eq!(edge_of.len(), 3000);
+        let spread = spread_conversations(&planned, &edge_of);
+        // Only a 1:1 pair closing an odd cycle can share an edge.
+        assert!(
+            spread as f64 >= 0.99 * planned.len() as f64,
+            "{spread} of {}",
+            planned.len()
+        );
+        let on_first = edge_of.iter().filter(|edge| **edge == 0).count();
+        assert!((1200..=1800).contains(&on_first), "balanced: {on_first}");
+        assert!(edge_of.iter().all(|edge| *edge < 2));
+        // Every worker plan carries each of its users' edge.
+        let scenario: Scenario = toml::from_str("name='t'\n[load]\nusers=3000\n").unwrap();
+        let target = WorkerTarget::Bare {
+            ws_url: "ws://x".into(),
+        };
+        let plans = worker_plans(&scenario, "r", &target, 3000, &planned, &edge_of, 2).unwrap();
+        for plan in &plans {
+            for (local, user) in plan.users.iter().enumerate() {
+                assert_eq!(plan.user_edges[local], edge_of[*user as usize]);
+            }
+        }
+        assert_eq!(assign_edges(10, &planned[..0], 1), vec![0; 10]);
+        // Three edges: a 1:1 pair is still on two of them.
+        let edge_of = assign_edges(3000, &planned, 3);
+        assert!(spread_conversations(&planned, &edge_of) as f64 >= 0.99 * planned.len() as f64);
+        assert!(edge_of.iter().all(|edge| *edge < 3));
     }
 }

@@ -19,7 +19,7 @@ use plotters::prelude::*;
 use serde::Deserialize;
 
 use crate::coordinator::{PhaseResult, ScenarioResult, TargetResult};
-use crate::cpu::{CpuWindow, ProcessKind};
+use crate::cpu::{CpuWindow, ProcessCpu, ProcessKind};
 use crate::idle::IdleCpuResults;
 
 /// The Kafka produce comparison (`kafka-produce-bench`).
@@ -198,6 +198,33 @@ pub struct FaultRun {
     pub deliver_p99_ms: Option<f64>,
     #[serde(default)]
     pub passed: bool,
+    /// Acked messages missing from history, and ids history holds twice.
+    #[serde(default)]
+    pub history_missing: u64,
+    #[serde(default)]
+    pub history_duplicated: u64,
+    /// Sampled messages search returned more than once.
+    #[serde(default)]
+    pub search_duplicated: u64,
+    /// Recipients whose live order of a conversation was not message-id
+    /// order, and recipients whose live order differed from history's.
+    #[serde(default)]
+    pub id_order_violations: u64,
+    #[serde(default)]
+    pub live_order_mismatches: u64,
+    /// Per fault (a rolling restart counts once): seconds from the fault
+    /// until latency and throughput were normal again (None: not before
+    /// the load ended).
+    #[serde(default)]
+    pub back_to_normal_s: Vec<Option<f64>>,
+    /// Edges of the deployment, and reconnects of clients to another edge
+    /// (of which after a stuck edge).
+    #[serde(default)]
+    pub edges: u64,
+    #[serde(default)]
+    pub edge_switches: u64,
+    #[serde(default)]
+    pub stalls: u64,
     /// Set when the run left no result to read.
     #[serde(default)]
     pub error: Option<String>,
@@ -972,6 +999,29 @@ fn cpu_table(out: &mut String, target: &TargetResult) {
                 .unwrap_or_else(|| "?".into())
         );
     }
+    // Several edges (edge-1, edge-2, …): their sum too, as a sub-total (the
+    // stack's total below counts each process once).
+    let edges: Vec<&ProcessCpu> = window
+        .processes
+        .iter()
+        .filter(|process| is_numbered_edge(&process.name))
+        .collect();
+    if edges.len() > 1 {
+        let known: Vec<f64> = edges.iter().filter_map(|edge| edge.cpu_seconds).collect();
+        let cpu: f64 = known.iter().sum();
+        let _ = writeln!(
+            out,
+            "| edges together ({} processes{}) | chatpipe | {cpu:.1} | {:.1} % | {} |",
+            edges.len(),
+            if known.len() < edges.len() {
+                ", restarted ones not counted"
+            } else {
+                ""
+            },
+            window.share_of_core(cpu) * 100.0,
+            per_thousand(cpu)
+        );
+    }
     for (label, cpu) in [
         (
             "**stack** (engines + chatpipe or the baseline server)",
@@ -989,6 +1039,12 @@ fn cpu_table(out: &mut String, target: &TargetResult) {
             per_thousand(cpu)
         );
     }
+}
+
+/// `edge-1`, `edge-2`, …: one of several edges (`benches/run.sh` names them so).
+fn is_numbered_edge(name: &str) -> bool {
+    name.strip_prefix("edge-")
+        .is_some_and(|number| !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The stack with no client: % of a core per process, one column per
@@ -1145,11 +1201,11 @@ fn faults_section(out: &mut String, inputs: &Inputs) {
     };
     let _ = writeln!(
         out,
-        "## Faults\n\n`benches/faults.sh`: `benches/scenarios/faults.toml` (3,000 clients, 300 msg/s for 90 s, each role its own process) with one fault schedule per run; a killed role is checked gone, restarted 2 s later with the same arguments, and must report ready again. Then the load generator's full verification. Target: zero loss in every row.\n\n| run | faults | applied | messages acked | lost live (neither live nor by catch-up) | by catch-up | history: conversations not exactly once in live order | search: missing of checked | role ready after restart | send→deliver p99 | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "## Faults\n\n`benches/faults.sh`: `benches/scenarios/faults.toml` (3,000 clients, 300 msg/s for 90 s, each role its own process) with one fault schedule per run, on two edges (each conversation's members spread over both; a client whose edge fails resumes on the other, or catches up from history). `kill9`: the role is checked gone, restarted 2 s later with the same arguments, and must report ready again; `rolling`: each edge in turn gets SIGTERM, drains, is checked gone, restarted and ready before the next; `sigstop`: the edge is seen stopped for longer than its 10 s lease, then resumed. Then the load generator's full verification. Target: zero loss in every row. *Back to normal*: seconds from the fault until send→deliver and send→ack p99 were within 2× (or +20 ms of) their level before the first fault, and acks/s at 80 % of it, for 5 s in a row, no earlier than the fault's end (restart ready, SIGCONT).\n\n| run | faults | applied | messages acked | lost live (neither live nor by catch-up) | by catch-up | history: conversations not exactly once in live order | search: missing of checked | role ready after restart | send→deliver p99 | verdict | history: messages missing / duplicated | search: duplicated | live order not id order / not history's (recipients) | back to normal | edges: clients moved (after a stall) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for run in &faults.runs {
         if let Some(error) = &run.error {
-            let _ = writeln!(out, "| {} | | | | | | | | | | {error} |", run.run);
+            let _ = writeln!(out, "| {} | | | | | | | | | | {error} | | | | | |", run.run);
             continue;
         }
         let ready: Vec<String> = run
@@ -1159,7 +1215,7 @@ fn faults_section(out: &mut String, inputs: &Inputs) {
             .collect();
         let _ = writeln!(
             out,
-            "| {} | `{}` | {} | {} | {} | {} | {} | {} of {} | {} | {} | {} |",
+            "| {} | `{}` | {} | {} | {} | {} | {} | {} of {} | {} | {} | {} | {} / {} | {} | {} / {} | {} | {} |",
             run.run,
             run.faults.join(" "),
             if run.all_applied { "yes" } else { "**no**" },
@@ -1176,10 +1232,32 @@ fn faults_section(out: &mut String, inputs: &Inputs) {
                 "passed"
             } else {
                 "**failed**"
+            },
+            run.history_missing,
+            run.history_duplicated,
+            run.search_duplicated,
+            run.id_order_violations,
+            run.live_order_mismatches,
+            back_to_normal(&run.back_to_normal_s),
+            match run.edges {
+                0 | 1 => "one edge".to_owned(),
+                edges => format!("{edges}: {} ({})", grouped(run.edge_switches), run.stalls),
             }
         );
     }
     let _ = writeln!(out);
+}
+
+/// The "back to normal" cell: one figure per fault.
+fn back_to_normal(seconds: &[Option<f64>]) -> String {
+    if seconds.is_empty() {
+        return "—".to_owned();
+    }
+    seconds
+        .iter()
+        .map(|s| s.map_or_else(|| "not before the end".to_owned(), |s| format!("{s:.0} s")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How long each step of `run.sh` took.
@@ -1888,6 +1966,62 @@ mod tests {
         assert!(
             out.contains("| edge | | | | | | | | | | no result |"),
             "{out}"
+        );
+        // The issue-14 columns: history and search duplicates, the live
+        // order checks, the time back to normal, the edges.
+        let faults: FaultRuns = serde_json::from_str(
+            r#"{"runs":[{"run":"sigstop","faults":["sigstop:edge@30+20"],"all_applied":true,"ready_after_s":[0.1],"acked":2000,"lost_live":0,"history_failures":0,"search_checked":50,"search_missing":0,"passed":true,"history_missing":0,"history_duplicated":1,"search_duplicated":0,"id_order_violations":2,"live_order_mismatches":3,"back_to_normal_s":[24.0,null],"edges":2,"edge_switches":1500,"stalls":40}]}"#,
+        )
+        .unwrap();
+        let mut out = String::new();
+        faults_section(
+            &mut out,
+            &Inputs {
+                faults: Some(faults),
+                ..Inputs::default()
+            },
+        );
+        assert!(
+            out.contains(
+                "| passed | 0 / 1 | 0 | 2 / 3 | 24 s, not before the end | 2: 1,500 (40) |"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn several_edges_get_a_row_each_and_a_sub_total() {
+        use crate::coordinator::CpuResult;
+        let target = TargetResult {
+            target: "chatpipe".into(),
+            cpu: CpuResult {
+                ticks_per_s: 100,
+                measured: Some(window(
+                    10.0,
+                    &[
+                        ("kafka", ProcessKind::Engine, 3.0),
+                        ("edge-1", ProcessKind::Chatpipe, 2.0),
+                        ("edge-2", ProcessKind::Chatpipe, 1.0),
+                        ("fanout", ProcessKind::Chatpipe, 0.5),
+                    ],
+                )),
+                measured_acks: 1_000,
+                ..CpuResult::default()
+            },
+            ..TargetResult::default()
+        };
+        let mut out = String::new();
+        cpu_table(&mut out, &target);
+        assert!(out.contains("| edge-1 | chatpipe | 2.0 |"), "{out}");
+        assert!(out.contains("| edge-2 | chatpipe | 1.0 |"), "{out}");
+        assert!(
+            out.contains("| edges together (2 processes) | chatpipe | 3.0 | 30.0 % | 3.000 |"),
+            "{out}"
+        );
+        // The stack counts each process once: 3 + 2 + 1 + 0.5.
+        assert!(out.contains("| 6.5 | 65.0 % | 6.500 |"), "{out}");
+        assert!(
+            is_numbered_edge("edge-12") && !is_numbered_edge("edge") && !is_numbered_edge("edge-")
         );
     }
 

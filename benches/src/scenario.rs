@@ -38,12 +38,19 @@ pub struct Scenario {
 pub struct TargetConfig {
     /// WebSocket URL of the edge.
     pub ws_url: String,
+    /// WebSocket URLs of several edges (when set, `ws_url` is not used):
+    /// each conversation's members are spread over them, and a client
+    /// whose edge fails moves to the next.
+    pub ws_urls: Vec<String>,
     /// Base URL of the HTTP API.
     pub api_url: String,
     /// Prometheus endpoints (`/metrics`) of the edge, fan-out, persist and
     /// index roles: their ops listeners (`chatpipe all` serves them on
     /// these ports).
     pub edge_metrics_url: String,
+    /// Every edge's `/metrics` when there are several (when set,
+    /// `edge_metrics_url` is not used).
+    pub edge_metrics_urls: Vec<String>,
     pub fanout_metrics_url: String,
     pub persist_metrics_url: String,
     pub index_metrics_url: String,
@@ -52,12 +59,35 @@ pub struct TargetConfig {
     pub token_secret: String,
 }
 
+impl TargetConfig {
+    /// The edges' WebSocket URLs: `ws_urls`, else `ws_url` alone.
+    pub fn edge_urls(&self) -> Vec<String> {
+        if self.ws_urls.is_empty() {
+            vec![self.ws_url.clone()]
+        } else {
+            self.ws_urls.clone()
+        }
+    }
+
+    /// The edges' `/metrics` URLs: `edge_metrics_urls`, else
+    /// `edge_metrics_url` alone.
+    pub fn edge_metrics(&self) -> Vec<String> {
+        if self.edge_metrics_urls.is_empty() {
+            vec![self.edge_metrics_url.clone()]
+        } else {
+            self.edge_metrics_urls.clone()
+        }
+    }
+}
+
 impl Default for TargetConfig {
     fn default() -> Self {
         Self {
             ws_url: "ws://127.0.0.1:8080/ws".into(),
+            ws_urls: Vec::new(),
             api_url: "http://127.0.0.1:8090".into(),
             edge_metrics_url: "http://127.0.0.1:8081/metrics".into(),
+            edge_metrics_urls: Vec::new(),
             fanout_metrics_url: "http://127.0.0.1:8091/metrics".into(),
             persist_metrics_url: "http://127.0.0.1:8092/metrics".into(),
             index_metrics_url: "http://127.0.0.1:8093/metrics".into(),
@@ -106,6 +136,12 @@ pub struct LoadConfig {
     /// After the last phase: how long to wait for in-flight deliveries.
     #[serde(default = "default_drain_s")]
     pub drain_s: u64,
+    /// With several edges: a connection that heard nothing for this long
+    /// while a send or a ping waited for its answer is given up and the
+    /// client moves to another edge (a stopped edge never closes its
+    /// sockets). Clients silent for half of it send a `ping`. 0: never.
+    #[serde(default = "default_edge_stall_s")]
+    pub edge_stall_s: f64,
     /// First loopback source address of the workers' sockets; worker `k`
     /// binds `base + k * addresses_per_worker + j`.
     #[serde(default = "default_source_base")]
@@ -138,6 +174,9 @@ fn default_settle_s() -> u64 {
 }
 fn default_drain_s() -> u64 {
     15
+}
+fn default_edge_stall_s() -> f64 {
+    10.0
 }
 fn default_source_base() -> String {
     "127.0.1.1".into()
@@ -304,6 +343,14 @@ impl Scenario {
         for phase in &self.phases {
             anyhow::ensure!(phase.rate_per_s >= 0.0, "phase rate must be >= 0");
         }
+        anyhow::ensure!(
+            self.target.edge_urls().iter().all(|url| !url.is_empty()),
+            "target.ws_urls: an edge URL is empty"
+        );
+        anyhow::ensure!(
+            self.load.edge_stall_s >= 0.0,
+            "load.edge_stall_s must be >= 0"
+        );
         if let Some(storm) = &self.storm {
             anyhow::ensure!((0.0..=1.0).contains(&storm.share), "storm.share is 0..=1");
         }
@@ -332,5 +379,23 @@ mod tests {
             }
         }
         assert!(count >= 4, "idle, chat, broadcast, storm");
+    }
+
+    #[test]
+    fn one_edge_url_or_several() {
+        let old: Scenario =
+            toml::from_str("name='t'\n[target]\nws_url='ws://a/ws'\n[load]\nusers=2\n").unwrap();
+        assert_eq!(old.target.edge_urls(), vec!["ws://a/ws".to_owned()]);
+        assert_eq!(
+            old.target.edge_metrics(),
+            vec!["http://127.0.0.1:8081/metrics".to_owned()]
+        );
+        let several: Scenario = toml::from_str(
+            "name='t'\n[target]\nws_urls=['ws://a/ws','ws://b/ws']\nedge_metrics_urls=['http://a/m','http://b/m']\n[load]\nusers=2\n",
+        )
+        .unwrap();
+        assert_eq!(several.target.edge_urls().len(), 2);
+        assert_eq!(several.target.edge_metrics()[1], "http://b/m");
+        several.validate().unwrap();
     }
 }

@@ -58,6 +58,12 @@ pub struct Snapshot {
     pub catchup_requests: u64,
     pub catchup_messages: u64,
     pub catchup_errors: u64,
+    /// Reconnects that went to another edge than the last connection's.
+    #[serde(default)]
+    pub edge_switches: u64,
+    /// Connections given up because their edge answered nothing.
+    #[serde(default)]
+    pub stalls: u64,
     pub sends: u64,
     pub resends: u64,
     pub acks: u64,
@@ -136,6 +142,8 @@ fn snapshot(shared: &ClientShared, reset_interval: bool) -> Snapshot {
         catchup_requests: load(&counters.catchup_requests),
         catchup_messages: load(&counters.catchup_messages),
         catchup_errors: load(&counters.catchup_errors),
+        edge_switches: load(&counters.edge_switches),
+        stalls: load(&counters.stalls),
         sends: load(&counters.sends),
         resends: load(&counters.resends),
         acks: load(&counters.acks),
@@ -239,6 +247,7 @@ async fn run(plan: WorkerPlan) -> anyhow::Result<()> {
                         user_name: name,
                         source: plan.source_addresses[local % plan.source_addresses.len()],
                         conversations: plan.user_conversations[local].clone(),
+                        edge: plan.user_edges.get(local).copied().unwrap_or(0) as usize,
                     };
                     let (commands, receiver) = mpsc::channel(32);
                     let (online_tx, online_rx) = oneshot::channel();

@@ -29,9 +29,10 @@ struct Args {
     /// Directory of the JSON results.
     #[arg(long, default_value = "benches/results")]
     out_dir: PathBuf,
-    /// PID of the edge process (default: the process listening on the edge port).
-    #[arg(long)]
-    edge_pid: Option<u32>,
+    /// PID of an edge process (repeat: one per edge; their memory is
+    /// summed). Default: the process listening on the first edge's port.
+    #[arg(long = "edge-pid")]
+    edge_pids: Vec<u32>,
     /// Run only the baselines of the scenario.
     #[arg(long)]
     skip_chatpipe: bool,
@@ -168,7 +169,7 @@ fn main() -> anyhow::Result<()> {
     let options = chatpipe_benches::coordinator::RunOptions {
         scenario,
         out_dir: args.out_dir,
-        edge_pid: args.edge_pid,
+        edge_pids: args.edge_pids,
         skip_chatpipe: args.skip_chatpipe,
         skip_baselines: args.skip_baselines,
         users: args.users,
