@@ -732,9 +732,30 @@ fn handle_frame(shared: &Arc<ClientShared>, state: &mut State, text: &str) {
     }
 }
 
+/// How far before the newest message held a catch-up starts. Message ids
+/// come from the edges' clocks, so two sends racing on two edges can land
+/// in the partition in the opposite order of their ids (issue 10's open
+/// defect, counted by the order checks): a message with a slightly smaller
+/// id than one already held may still be missing. The overlap is
+/// de-duplicated by `message_id`, as the SDK does.
+const CATCH_UP_OVERLAP_MS: u64 = 5_000;
+
+/// The wait before the catch-up's second pass: history trails the ack by
+/// the persist lag (the SDK's `persistLagMs`).
+const PERSIST_LAG: Duration = Duration::from_millis(500);
+
 /// After `resumed:false`: every conversation's messages after the newest
-/// one seen (or since first online), as a real client's catch-up.
+/// one seen (or since first online), then the same again after the persist
+/// lag, as the SDK's catch-up does (a message acked just before the
+/// reconnect may not be in history yet on the first pass).
 async fn catch_up(shared: &Arc<ClientShared>, state: &mut State) {
+    catch_up_pass(shared, state).await;
+    tokio::time::sleep(PERSIST_LAG).await;
+    catch_up_pass(shared, state).await;
+}
+
+/// One pass of [`catch_up`].
+async fn catch_up_pass(shared: &Arc<ClientShared>, state: &mut State) {
     let Some(api) = &shared.api else { return };
     let ids = shared.conversation_ids.read().await.clone();
     let since = chatpipe_core::MessageId::lower_bound_for_unix_ms(
@@ -745,12 +766,17 @@ async fn catch_up(shared: &Arc<ClientShared>, state: &mut State) {
         let Some(conversation_id) = ids.get(conversation as usize) else {
             continue;
         };
-        let after = state
-            .newest
-            .get(&conversation)
-            .copied()
-            .unwrap_or(since)
-            .max(1);
+        let after = match state.newest.get(&conversation) {
+            Some(&newest) => chatpipe_core::MessageId::lower_bound_for_unix_ms(
+                chatpipe_core::MessageId::from_u64(newest)
+                    .unix_ms()
+                    .saturating_sub(CATCH_UP_OVERLAP_MS),
+            )
+            .as_u64()
+            .max(since),
+            None => since,
+        }
+        .max(1);
         shared
             .counters
             .catchup_requests
