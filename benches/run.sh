@@ -74,6 +74,12 @@
 #                                   state checked in /proc, D seconds later
 #                                   SIGCONT, checked running (D past the edge's
 #                                   10 s lease, `lease_ms`, to test a lost lease);
+#                                 `kill9:ENGINE@SECONDS` / `restart:ENGINE@SECONDS`
+#                                   an engine (kafka, cassandra, opensearch, or
+#                                   one broker or node of a cluster: kafka-2,
+#                                   cassandra-3): SIGKILL from its pid file,
+#                                   checked gone, then `topology/engines.sh up`;
+#                                   or `engines.sh restart`; healthy again;
 #                                 e.g. "kill9:fanout@30 rolling:edge@50"; what
 #                                 was applied goes to $RESULTS/faults-<scenario>.json
 #                                 (benches/faults.sh runs the whole schedule)
@@ -298,6 +304,40 @@ restart_role() {
 # seen applied (`applied`: the process gone, or its stopped state seen),
 # when it began and ended (unix ms: the restarted role ready, or SIGCONT),
 # and how long the role took to be ready again.
+# An engine's fault (the engines must be this run's alone: reuse them only
+# when nothing else uses them). `kill9:ENGINE@S`: kill -9 of the engine's
+# process (one broker or node of a cluster: kafka-2, cassandra-3), checked
+# gone, then `topology/engines.sh up` (healthy again); `restart:ENGINE@S`:
+# `topology/engines.sh restart` (a clean stop, then up). Sets
+# ENGINE_FAULT_ROW to the fault's JSON object; false when not applied.
+engine_fault() { # item kind engine fault_at
+  local item=$1 kind=$2 engine=$3 fault_at=$4 pidfile pid begin_ms end_ms applied=false gone=false healthy=false ready_s=-1
+  pidfile="${CHATPIPE_HOME:-$HOME/.cache/chatpipe}/run/$engine.pid"
+  pid=$(cat "$pidfile" 2>/dev/null || true)
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || { echo "run.sh: no running engine $engine to fault" >&2; return 1; }
+  begin_ms=$(now_ms)
+  case $kind in
+    kill9)
+      kill -KILL "$pid" 2>/dev/null
+      wait_gone "$pid" 100 && gone=true
+      echo "[faults] $(date +%T) kill -9 $engine (pid $pid) at ${fault_at}s: gone=$gone" >&2
+      sleep 2
+      topology/engines.sh up "$engine" >>"$RESULTS/logs/engines.log" 2>&1 && healthy=true
+      ;;
+    restart)
+      # engines.sh restart waits for the old process to exit before up.
+      topology/engines.sh restart "$engine" >>"$RESULTS/logs/engines.log" 2>&1 && healthy=true
+      kill -0 "$pid" 2>/dev/null || gone=true
+      echo "[faults] $(date +%T) restart $engine (pid $pid) at ${fault_at}s: gone=$gone healthy=$healthy" >&2
+      ;;
+    *) echo "run.sh: unknown engine fault $item (kill9 or restart)" >&2; return 1 ;;
+  esac
+  end_ms=$(now_ms)
+  $healthy && ready_s=$(seconds_since "$begin_ms")
+  [[ $gone == true && $healthy == true ]] && applied=true
+  ENGINE_FAULT_ROW="{\"fault\":\"$item\",\"kind\":\"$kind\",\"role\":\"$engine\",\"at_s\":$fault_at,\"begin_unix_ms\":$begin_ms,\"end_unix_ms\":$end_ms,\"pid\":$pid,\"died\":$gone,\"applied\":$applied,\"ready_after_s\":$ready_s}"
+}
+
 apply_faults() { # scenario
   local out="$RESULTS/faults-$1.json" started=$SECONDS item kind role at duration pid rows=()
   local restarted ready_s
@@ -308,6 +348,10 @@ apply_faults() { # scenario
     if [[ $role == edge && ${#edge_names[@]} -gt 1 && $kind != rolling ]]; then role=${edge_names[0]}; fi
     while ((SECONDS - started < at)); do sleep 0.2; done
     local fault_at=$((SECONDS - started)) begin_ms end_ms applied=false
+    if [[ $role =~ ^(kafka|cassandra|opensearch)(-[0-9]+)?$ ]]; then
+      engine_fault "$item" "$kind" "$role" "$fault_at" && rows+=("$ENGINE_FAULT_ROW")
+      continue
+    fi
     case $kind in
       kill9)
         pid=$(role_pid "$role")

@@ -225,6 +225,10 @@ pub struct FaultRun {
     pub edge_switches: u64,
     #[serde(default)]
     pub stalls: u64,
+    /// The day the run was made (`faults.sh` keeps earlier rows of runs it
+    /// did not repeat).
+    #[serde(default)]
+    pub date: Option<String>,
     /// Set when the run left no result to read.
     #[serde(default)]
     pub error: Option<String>,
@@ -1216,7 +1220,9 @@ fn faults_section(out: &mut String, inputs: &Inputs) {
         let _ = writeln!(
             out,
             "| {} | `{}` | {} | {} | {} | {} | {} | {} of {} | {} | {} | {} | {} / {} | {} | {} / {} | {} | {} |",
-            run.run,
+            run.date
+                .as_ref()
+                .map_or_else(|| run.run.clone(), |date| format!("{} ({date})", run.run)),
             run.faults.join(" "),
             if run.all_applied { "yes" } else { "**no**" },
             grouped(run.acked),

@@ -62,7 +62,7 @@ pub struct IndexConfig {
     pub rollover_check_interval_ms: u64,
     /// Roll over when the write index holds this many documents.
     pub rollover_max_docs: Option<u64>,
-    /// Roll over at this primary size (engine notation, `"150gb"`).
+    /// Roll over at this primary size (engine notation, `"50gb"`).
     pub rollover_max_size: Option<String>,
     /// Roll over at this index age (engine notation, `"30d"`).
     pub rollover_max_age: Option<String>,

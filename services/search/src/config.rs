@@ -31,7 +31,11 @@ impl Default for SearchEngineConfig {
             url: "http://127.0.0.1:9200".to_owned(),
             index_prefix: DEFAULT_INDEX_PREFIX.to_owned(),
             request_timeout_ms: 10_000,
-            number_of_shards: 3,
+            // One node, one shard per backing index: each shard costs a
+            // refresh and a bulk sub-request of its own, and messages are
+            // routed by conversation, so a search reads one shard anyway.
+            // Rollover (see `template`) keeps each index's shard ~50 GB.
+            number_of_shards: 1,
             number_of_replicas: 0,
         }
     }

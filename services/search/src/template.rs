@@ -125,19 +125,21 @@ async fn write_alias_exists(client: &EsClient, layout: &IndexLayout) -> Result<b
 pub struct RolloverConditions {
     /// Documents in the current write index (primaries).
     pub max_docs: Option<u64>,
-    /// Primary store size, in the engine's notation (`"150gb"`).
+    /// Primary store size, in the engine's notation (`"50gb"`).
     pub max_size: Option<String>,
     /// Age of the current write index (`"30d"`).
     pub max_age: Option<String>,
 }
 
 impl Default for RolloverConditions {
-    /// 3 shards × ~170 M documents, far below Lucene's ~2^31 per shard, and
-    /// ~50 GB per shard.
+    /// One shard (the default layout) of at most 200 M documents, far
+    /// below Lucene's ~2^31, and ~50 GB, the size engines recommend per
+    /// shard. With more shards an index rolls over with smaller shards,
+    /// which is only safer.
     fn default() -> Self {
         Self {
-            max_docs: Some(500_000_000),
-            max_size: Some("150gb".to_owned()),
+            max_docs: Some(200_000_000),
+            max_size: Some("50gb".to_owned()),
             max_age: None,
         }
     }

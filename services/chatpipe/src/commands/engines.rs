@@ -106,6 +106,25 @@ mod tests {
     use crate::cli::Cli;
 
     #[test]
+    fn search_shards_and_replicas_reach_the_template_config() {
+        let cli = Cli::try_parse_from(["chatpipe", "index"]).unwrap();
+        let config = search_engine_config(&cli.common);
+        assert_eq!((config.number_of_shards, config.number_of_replicas), (1, 0));
+        let cli = Cli::try_parse_from([
+            "chatpipe",
+            "index",
+            "--search-shards",
+            "6",
+            "--search-replicas",
+            "1",
+        ])
+        .unwrap();
+        let config = search_engine_config(&cli.common);
+        assert_eq!((config.number_of_shards, config.number_of_replicas), (6, 1));
+        assert!(Cli::try_parse_from(["chatpipe", "index", "--search-shards", "0"]).is_err());
+    }
+
+    #[test]
     fn cassandra_replication_and_consistency_reach_the_store_config() {
         use chatpipe_cassandra::{ConsistencyLevel, Replication, SerialConsistencyLevel};
         let cli = Cli::try_parse_from(["chatpipe", "persist"]).unwrap();
