@@ -528,4 +528,33 @@ describe('changes to messages', () => {
     assert.equal(client.send('c1', 'plain', 'my-id').clientMsgId, 'my-id');
     assert.throws(() => client.send('c1', 'x', { replyTo: '0x1' }), TypeError);
   });
+
+  it('holds changes that come during a catch-up and applies them after the buffered messages', async () => {
+    const client = newClient();
+    const first = await connected(client, 'old');
+    first.send({ op: 'message', seq: 1, message: message('c1', '100', 'typo') });
+    await until(() => client.messages('c1').length === 1);
+    edge.route = (_request, url) => {
+      if (url.pathname === '/v1/conversations') return { status: 200, body: { conversations: [{ conversation_id: 'c1' }] } };
+      if (url.pathname === '/v1/conversations/c1/messages') return { status: 200, body: { conversation_id: 'c1', messages: [message('c1', '101')], has_more: false } };
+      return undefined;
+    };
+    const next = edge.nextConnection();
+    first.close(4008, 'slow consumer');
+    const second = await next;
+    const change = { conversation_id: 'c1', user_id: 'bob' };
+    second.send(hello('new', false));
+    // History never holds 102 here: the catch-up keeps passing (and buffering) for a while.
+    await until(() => client.state === 'resyncing', 5_000, 'resyncing');
+    second.send({ op: 'message', seq: 1, message: message('c1', '102') });
+    second.send({ op: 'reaction', seq: 2, ...change, message_id: '102', reaction: 'ok', action: 'add', ts: 5 });
+    second.send({ op: 'message_edited', seq: 3, ...change, message_id: '100', body: 'fixed', edited_at: 6 });
+    await until(() => client.state === 'open' && client.messages('c1').length === 3, 5_000, 'caught up');
+    await until(() => client.messages('c1')[2]!.reactions !== undefined, 5_000, 'the reaction applied');
+    assert.deepEqual(client.messages('c1').map((m) => [m.message_id, m.body, m.reactions?.[0]?.count]), [
+      ['100', 'fixed', undefined],
+      ['101', 'm101', undefined],
+      ['102', 'm102', 1],
+    ]);
+  });
 });
