@@ -43,6 +43,18 @@ async function signIn(name) {
   return { context, page };
 }
 
+/** Searches until a highlighted hit shows (the index trails the ack by its batch). */
+async function searchUntilFound(page, query) {
+  await page.fill('#search-input', query);
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    await page.press('#search-input', 'Enter');
+    const found = await page.waitForSelector('#search-results li[data-message-id] em', { timeout: 2_000 }).catch(() => null);
+    if (found) return;
+    assert.ok(Date.now() < deadline, `search did not find ${query}`);
+  }
+}
+
 /** The message bodies the page shows as delivered (not pending), in order. */
 function delivered(page) {
   return page.$$eval('#messages li[data-message-id] .body', (nodes) => nodes.map((node) => node.textContent));
@@ -104,14 +116,7 @@ it('two users chat, go offline and back, and search, in a real browser', async (
   }
 
   // Search finds the message; the highlight is escaped except for <em>.
-  await alice.page.fill('#search-input', 'quinoa');
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    await alice.page.press('#search-input', 'Enter');
-    const found = await alice.page.waitForSelector('#search-results li[data-message-id] em', { timeout: 2_000 }).catch(() => null);
-    if (found) break;
-    assert.ok(Date.now() < deadline, 'search did not find the message');
-  }
+  await searchUntilFound(alice.page, 'quinoa');
   const highlight = await alice.page.$eval('#search-results li[data-message-id] .highlight', (node) => node.innerHTML);
   assert.match(highlight, /<em>quinoa<\/em>/);
   assert.match(highlight, /&lt;b&gt;not bold&lt;\/b&gt;/);
@@ -244,13 +249,6 @@ it('edits, deletes, reactions, replies and mentions reach the other user; the in
   // The screenshot: carol's view of Project (edit, reactions, reply,
   // delete, previews) with a search highlight.
   await carol.page.click('#conversations li:has-text("Project")');
-  await carol.page.fill('#search-input', 'hiking');
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    await carol.page.press('#search-input', 'Enter');
-    const found = await carol.page.waitForSelector('#search-results li[data-message-id] em', { timeout: 2_000 }).catch(() => null);
-    if (found) break;
-    assert.ok(Date.now() < deadline, 'search did not find the message');
-  }
+  await searchUntilFound(carol.page, 'hiking');
   await carol.page.screenshot({ path: join(root, 'screenshot.png') });
 });
