@@ -41,8 +41,11 @@ const conversations = new Map<string, Conversation>();
 /** The message a reply or an edit in the composer is about. */
 let composing: { mode: 'reply' | 'edit'; messageId: string } | undefined;
 const QUICK_REACTIONS = ['👍', '❤️', '😂', '🎉'];
-/** A user id after `@` in a body: a mention (the same characters as user ids). */
-const MENTION = /@([A-Za-z0-9_.:@-]{1,64})/g;
+/**
+ * A user id after `@` in a body: a mention (the characters of user ids,
+ * but not ending in `.`, `:`, `@` or `-`, so "hi @bob." mentions `bob`).
+ */
+const MENTION = /@([A-Za-z0-9_.:@-]{0,63}[A-Za-z0-9_])/g;
 /** Other users' read positions: conversation → user → message id. */
 const readBy = new Map<string, Map<string, string>>();
 /** Who is typing: conversation → user → until (ms). */
@@ -178,6 +181,12 @@ function wire(chat: ChatClient): void {
   // The browser knows when the network goes: stop retrying until it is back.
   window.addEventListener('offline', () => chat.goOffline());
   window.addEventListener('online', () => chat.goOnline());
+  // Messages that came while the tab was hidden count as unread until it is seen.
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState !== 'visible') return;
+    markCurrentRead();
+    renderConversations();
+  });
   setInterval(renderTyping, 1_000);
 
   $('new-conversation').addEventListener('submit', async (event) => {
