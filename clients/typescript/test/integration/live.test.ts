@@ -149,9 +149,16 @@ describe('against the running system', () => {
     assert.ok(states.includes('reconnecting') && states.includes('resyncing'), `bob resynced: ${states.join(' → ')}`);
     // The bodies are in send order too: one conversation, one partition.
     assert.deepEqual(bob.messages(conversation).map((m) => m.body), Array.from({ length: total }, (_, i) => `message ${i}`));
-    // Exactly once in history as well.
-    const history: Message[] = [];
-    for await (const page of carol.api.history(conversation, { pageSize: 200 })) history.push(...page);
+    // Exactly once in history as well (once persist, which trails the live
+    // frames by its fetch wait and batch, has written the last ones).
+    let history: Message[] = [];
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      history = [];
+      for await (const page of carol.api.history(conversation, { pageSize: 200 })) history.push(...page);
+      if (history.length >= total || Date.now() > deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
     assert.deepEqual(ids(history).sort(compareMessageIds), expected);
   });
 
