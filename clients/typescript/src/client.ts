@@ -32,7 +32,7 @@
 import { closeAction, CLOSE, type BackoffOptions } from './close-policy.js';
 import { Emitter } from './emitter.js';
 import { ApiClient, type TokenProvider } from './http.js';
-import { compareMessageIds, isMessageId, maxMessageId, newClientMsgId } from './ids.js';
+import { compareMessageIds, isMessageId, maxMessageId, messageIdBefore, newClientMsgId } from './ids.js';
 import { Outbox, type OutboxRequest, type SendResult } from './outbox.js';
 import { ConversationStore, membershipEffect, type MessageSource, type PendingMessage } from './store.js';
 import type {
@@ -113,6 +113,14 @@ export interface ChatClientOptions {
   persistLagMs?: number;
   /** Most extra passes while history has not reached the first buffered live message. */
   maxCatchUpPasses?: number;
+  /**
+   * How far before the newest message held a catch-up pages history
+   * (de-duplicated by id). Ids come from the edges' clocks, so two sends
+   * racing on two edges can reach the conversation's order opposite to
+   * their ids; the overlap catches one whose id is a little older than
+   * the newest held.
+   */
+  catchUpOverlapMs?: number;
   /** At most one `typing` per conversation per this interval. */
   typingThrottleMs?: number;
   /** A read receipt is sent once no newer one came for this long. */
@@ -233,6 +241,7 @@ export class ChatClient extends Emitter<ChatEvents> {
       sendTimeoutMs: options.sendTimeoutMs ?? 10_000,
       persistLagMs: options.persistLagMs ?? 500,
       maxCatchUpPasses: options.maxCatchUpPasses ?? 10,
+      catchUpOverlapMs: options.catchUpOverlapMs ?? 5_000,
       typingThrottleMs: options.typingThrottleMs ?? 3_000,
       readDebounceMs: options.readDebounceMs ?? 500,
     };
@@ -881,7 +890,7 @@ export class ChatClient extends Emitter<ChatEvents> {
       const messages =
         after === undefined
           ? ((await this.api.history(conversationId, { pageSize: 200 }).next()).value ?? [])
-          : await this.api.messagesAfter(conversationId, after);
+          : await this.api.messagesAfter(conversationId, messageIdBefore(after, this.options.catchUpOverlapMs));
       for (const message of messages) if (this.accept(message, 'catch-up')) added++;
     }
     return added;

@@ -24,6 +24,6 @@ export { ConversationStore, membershipEffect } from './store.js';
 export type { MessageSource, PendingMessage, ReactionCount } from './store.js';
 export { CLOSE, backoffDelay, closeAction, retryAfterMs } from './close-policy.js';
 export type { BackoffOptions, CloseAction } from './close-policy.js';
-export { compareMessageIds, isMessageId, maxMessageId, messageIdToBigInt, newClientMsgId } from './ids.js';
+export { compareMessageIds, isMessageId, maxMessageId, messageIdBefore, messageIdToBigInt, newClientMsgId } from './ids.js';
 export { highlightToHtml } from './highlight.js';
 export type * from './types.js';

@@ -12,6 +12,7 @@ import {
   highlightToHtml,
   isMessageId,
   maxMessageId,
+  messageIdBefore,
   membershipEffect,
   retryAfterMs,
 } from '../../src/index.js';
@@ -52,6 +53,13 @@ describe('message ids', () => {
     assert.ok(compareMessageIds(a, b) > 0);
     assert.ok(compareMessageIds('99', '100') < 0);
     assert.equal(maxMessageId('9223372036854775807', '9223372036854775806'), '9223372036854775807');
+  });
+
+  it('move back in time by whole milliseconds, never below 1', () => {
+    const id = ((1_700_000_000_000n << 22n) | 5n).toString();
+    assert.equal(messageIdBefore(id, 5_000), (((1_700_000_000_000n - 5_000n) << 22n) | 5n).toString());
+    assert.equal(messageIdBefore(id, 0), id);
+    assert.equal(messageIdBefore('12345', 5_000), '1');
   });
 
   it('are validated like the schema', () => {
