@@ -97,6 +97,8 @@ pub struct ClientShared {
     pub api: Option<ApiClient>,
     pub body_bytes: usize,
     pub ack_every_frames: u64,
+    /// How long a received frame may stay unacknowledged.
+    pub ack_delay: Duration,
     pub max_unacked_per_client: usize,
 }
 
@@ -519,6 +521,8 @@ async fn serve(
 ) -> Ended {
     let mut ack_tick = tokio::time::interval(Duration::from_millis(250));
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the oldest frame not yet covered by an `ack_seq` arrived.
+    let mut unacked_since: Option<Instant> = None;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -541,15 +545,21 @@ async fn serve(
                 handle_frame(shared, state, text.as_str());
                 if state.last_seq >= state.acked_seq + shared.ack_every_frames {
                     state.acked_seq = state.last_seq;
+                    unacked_since = None;
                     if connection.ack_seq(state.last_seq).await.is_err() {
                         return Ended::Lost;
                     }
+                } else if state.last_seq > state.acked_seq && unacked_since.is_none() {
+                    unacked_since = Some(Instant::now());
                 }
             }
             _ = ack_tick.tick() => {
                 state.local.flush(shared);
-                if state.last_seq > state.acked_seq {
+                if state.last_seq > state.acked_seq
+                    && unacked_since.is_none_or(|since| since.elapsed() >= shared.ack_delay)
+                {
                     state.acked_seq = state.last_seq;
+                    unacked_since = None;
                     if connection.ack_seq(state.last_seq).await.is_err() {
                         return Ended::Lost;
                     }

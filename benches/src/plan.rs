@@ -192,6 +192,7 @@ pub struct WorkerPlan {
     pub connect_rate_per_s: f64,
     pub body_bytes: usize,
     pub ack_every_frames: u64,
+    pub ack_delay_ms: u64,
     pub max_unacked_per_client: usize,
 }
 
@@ -231,6 +232,7 @@ pub fn worker_plans(
             connect_rate_per_s: scenario.load.connect_rate_per_s / workers as f64,
             body_bytes: scenario.load.body_bytes,
             ack_every_frames: scenario.load.ack_every_frames,
+            ack_delay_ms: scenario.load.ack_delay_ms,
             max_unacked_per_client: scenario.load.max_unacked_per_client.max(1),
         })
         .collect();

@@ -83,10 +83,16 @@ pub struct LoadConfig {
     /// Bytes of each message body.
     #[serde(default = "default_body_bytes")]
     pub body_bytes: usize,
-    /// The client sends `ack_seq` after this many sequenced frames (and at
-    /// least every 250 ms while some are unacknowledged).
+    /// The client sends `ack_seq` after this many sequenced frames, or
+    /// [`ack_delay_ms`](Self::ack_delay_ms) after the first unacknowledged
+    /// one: the TypeScript SDK's policy (`ackEveryFrames`, `ackDelayMs`).
     #[serde(default = "default_ack_every")]
     pub ack_every_frames: u64,
+    /// See [`ack_every_frames`](Self::ack_every_frames); the SDK's default
+    /// is 1,000 ms. Checked on the client's 250 ms tick, so the delay is
+    /// this plus up to 250 ms.
+    #[serde(default = "default_ack_delay_ms")]
+    pub ack_delay_ms: u64,
     /// Most sends a client has waiting for their `ack`; a send due while
     /// that many are pending is skipped (counted), as a chat client that
     /// waits for acks would. Keeps an overloaded edge's queues bounded so
@@ -119,7 +125,10 @@ fn default_body_bytes() -> usize {
     100
 }
 fn default_ack_every() -> u64 {
-    16
+    32
+}
+fn default_ack_delay_ms() -> u64 {
+    1_000
 }
 fn default_max_unacked() -> usize {
     2

@@ -188,6 +188,7 @@ async fn run(plan: WorkerPlan) -> anyhow::Result<()> {
         api,
         body_bytes: plan.body_bytes,
         ack_every_frames: plan.ack_every_frames.max(1),
+        ack_delay: Duration::from_millis(plan.ack_delay_ms),
         max_unacked_per_client: plan.max_unacked_per_client.max(1),
     });
     let (command_tx, mut command_rx) = mpsc::channel::<WorkerCommand>(16);

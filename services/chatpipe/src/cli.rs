@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 use chatpipe::roles::defaults;
 use chatpipe_core::auth::DEFAULT_MAX_TOKEN_LIFETIME_SECS;
 use chatpipe_edge::EdgeConfig;
+use chatpipe_search::SearchEngineConfig;
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 
@@ -84,6 +85,28 @@ pub struct CommonArgs {
         global = true
     )]
     pub index_prefix: String,
+    /// Primary shards of each new backing search index (the template's;
+    /// existing indices keep theirs until the next rollover). Messages are
+    /// routed by conversation, so a search reads one shard whatever the
+    /// count; more shards spread a large index over more nodes, and on one
+    /// node each costs a refresh and a bulk sub-request of its own.
+    #[arg(
+        long,
+        env = "CHATPIPE_SEARCH_SHARDS",
+        default_value_t = SearchEngineConfig::default().number_of_shards,
+        value_parser = clap::value_parser!(u32).range(1..=1024),
+        global = true
+    )]
+    pub search_shards: u32,
+    /// Replicas of each shard of a new backing search index (0 on one
+    /// node; 1 or more on a cluster).
+    #[arg(
+        long,
+        env = "CHATPIPE_SEARCH_REPLICAS",
+        default_value_t = SearchEngineConfig::default().number_of_replicas,
+        global = true
+    )]
+    pub search_replicas: u32,
     /// Prefix prepended to every Kafka topic name (isolated deployments).
     #[arg(long, env = "CHATPIPE_TOPIC_PREFIX", default_value = "", global = true)]
     pub topic_prefix: String,
@@ -380,6 +403,12 @@ pub struct BatchingArgs {
     /// searchable up to 500 ms later.
     #[arg(long, env = "CHATPIPE_INDEX_FETCH_MIN_BYTES")]
     pub index_fetch_min_bytes: Option<usize>,
+    /// Persist: bytes a Kafka fetch waits for, up to its 200 ms long poll
+    /// (default 16384; 1 fetches on the first record). Under load a fetch
+    /// then carries ~50 records instead of one producer batch; at low
+    /// rates a message reaches history up to 200 ms later.
+    #[arg(long, env = "CHATPIPE_PERSIST_FETCH_MIN_BYTES")]
+    pub persist_fetch_min_bytes: Option<usize>,
 }
 
 worker_args!(

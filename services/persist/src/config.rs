@@ -10,6 +10,13 @@ use serde::Deserialize;
 pub const DEFAULT_BATCH_LINGER_MS: u64 = 50;
 /// Default of [`PersistConfig::commit_interval_ms`].
 pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1_000;
+/// Default of [`PersistConfig::fetch_min_bytes`]: ~50 chat records.
+pub const DEFAULT_FETCH_MIN_BYTES: usize = 16 * 1024;
+/// Default of [`PersistConfig::fetch_wait_max_ms`]: with the linger and the
+/// write, a message reaches history within ~300 ms at any rate, under the
+/// 500 ms persist lag clients' catch-up waits out (the SDK's
+/// `persistLagMs`).
+pub const DEFAULT_FETCH_WAIT_MAX_MS: u64 = 200;
 
 /// How the persist consumer group consumes and writes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -30,6 +37,18 @@ pub struct PersistConfig {
     /// written records are ever committed; a crash re-writes at most this
     /// long's worth (idempotently).
     pub commit_interval_ms: u64,
+    /// Bytes a Kafka fetch waits for, up to `fetch_wait_max_ms`. The
+    /// consumer fetches ahead of the write rounds, so with 1 it fetches
+    /// once per producer batch (~200 fetches a second at chat rates, each
+    /// a request Kafka serves); with 16 KiB a fetch carries about a write
+    /// round's worth. 1 fetches on the first record.
+    pub fetch_min_bytes: usize,
+    /// Longest wait of a fetch at the broker, in ms: the idle long poll,
+    /// and at low rates the most a message waits for `fetch_min_bytes`
+    /// before it is written. Shorter than other consumers' 500 ms because
+    /// history must trail the ack by less than the persist lag clients
+    /// wait out after a failed resume.
+    pub fetch_wait_max_ms: u64,
     /// Most Cassandra write requests in flight at once (each request is a
     /// batch of up to 100 rows: one partition, or up to ten small ones
     /// that share a replica).
@@ -56,6 +75,8 @@ impl Default for PersistConfig {
             max_batch_records: 1000,
             batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
             commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
+            fetch_min_bytes: DEFAULT_FETCH_MIN_BYTES,
+            fetch_wait_max_ms: DEFAULT_FETCH_WAIT_MAX_MS,
             max_in_flight_writes: 64,
             initial_backoff_ms: 100,
             max_backoff_ms: 5_000,
@@ -73,10 +94,39 @@ impl PersistConfig {
         settings.max_batch_records = self.max_batch_records.max(1);
         settings.batch_linger = Duration::from_millis(self.batch_linger_ms);
         settings.commit_interval = Duration::from_millis(self.commit_interval_ms.max(1));
+        settings.fetch_min_bytes = self.fetch_min_bytes.max(1);
+        settings.fetch_wait_max = Duration::from_millis(self.fetch_wait_max_ms.max(1));
         settings.initial_backoff = Duration::from_millis(self.initial_backoff_ms);
         settings.max_backoff =
             Duration::from_millis(self.max_backoff_ms.max(self.initial_backoff_ms));
         settings.max_poll_interval = Duration::from_millis(self.max_poll_interval_ms);
         settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_gets_the_batching_and_fetch_settings() {
+        let config = PersistConfig {
+            batch_linger_ms: 20,
+            commit_interval_ms: 0,
+            fetch_min_bytes: 0,
+            ..PersistConfig::default()
+        };
+        let settings = config.consumer_settings(&["m", "e"]);
+        assert_eq!(settings.batch_linger, Duration::from_millis(20));
+        // Zero would disable a commit cadence or a fetch threshold: both
+        // are clamped to their smallest meaningful value.
+        assert_eq!(settings.commit_interval, Duration::from_millis(1));
+        assert_eq!(settings.fetch_min_bytes, 1);
+        let defaults = PersistConfig::default().consumer_settings(&["m"]);
+        assert_eq!(defaults.fetch_min_bytes, DEFAULT_FETCH_MIN_BYTES);
+        assert_eq!(
+            defaults.fetch_wait_max,
+            Duration::from_millis(DEFAULT_FETCH_WAIT_MAX_MS)
+        );
     }
 }

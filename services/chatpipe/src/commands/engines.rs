@@ -54,6 +54,8 @@ pub fn search_engine_config(common: &CommonArgs) -> SearchEngineConfig {
     SearchEngineConfig {
         url: common.elasticsearch_url.clone(),
         index_prefix: common.index_prefix.clone(),
+        number_of_shards: common.search_shards,
+        number_of_replicas: common.search_replicas,
         ..SearchEngineConfig::default()
     }
 }

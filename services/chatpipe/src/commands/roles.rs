@@ -106,6 +106,9 @@ fn persist_config(group: &str, batching: &BatchingArgs) -> PersistConfig {
         commit_interval_ms: batching
             .commit_interval_ms
             .unwrap_or(defaults.commit_interval_ms),
+        fetch_min_bytes: batching
+            .persist_fetch_min_bytes
+            .unwrap_or(defaults.fetch_min_bytes),
         ..defaults
     }
 }
