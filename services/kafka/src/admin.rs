@@ -1,6 +1,7 @@
 //! Small administrative calls for tools and tests: create and delete a
 //! topic, read and change a topic's configs, list a consumer group's
-//! members. The deployment's own topics are
+//! members, read a topic's leaders and in-sync replicas (to pick the
+//! broker a fault kills, and to check that it left). The deployment's own topics are
 //! applied from data by [`crate::topology`].
 
 use std::collections::BTreeMap;
@@ -111,4 +112,119 @@ pub fn group_member_ids(
         .iter()
         .flat_map(|info| info.members().iter().map(|member| member.id().to_owned()))
         .collect())
+}
+
+/// One partition's leader and replicas, as the cluster's metadata has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReplicas {
+    pub partition: i32,
+    /// The leader's broker id (`-1`: none).
+    pub leader: i32,
+    pub replicas: Vec<i32>,
+    /// The in-sync replicas (ISR).
+    pub in_sync: Vec<i32>,
+}
+
+/// The leader and replicas of each partition of `topic`, in partition
+/// order. Blocking (a broker round trip), like [`group_member_ids`].
+pub fn partition_replicas(
+    kafka: &KafkaConfig,
+    topic: &str,
+) -> Result<Vec<PartitionReplicas>, KafkaAdapterError> {
+    let client: BaseConsumer<ChatpipeContext> = kafka
+        .base()
+        .create_with_context(ChatpipeContext::default())?;
+    let metadata = client.fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
+    let mut partitions: Vec<PartitionReplicas> = metadata
+        .topics()
+        .iter()
+        .filter(|found| found.name() == topic)
+        .flat_map(|found| found.partitions())
+        .map(|partition| PartitionReplicas {
+            partition: partition.id(),
+            leader: partition.leader(),
+            replicas: partition.replicas().to_vec(),
+            in_sync: partition.isr().to_vec(),
+        })
+        .collect();
+    partitions.sort_by_key(|partition| partition.partition);
+    Ok(partitions)
+}
+
+/// The broker that leads the most of `partitions` (the lowest id on a
+/// tie), or `None` when none has a leader.
+pub fn busiest_leader(partitions: &[PartitionReplicas]) -> Option<i32> {
+    let mut led: BTreeMap<i32, usize> = BTreeMap::new();
+    for partition in partitions.iter().filter(|partition| partition.leader >= 0) {
+        *led.entry(partition.leader).or_default() += 1;
+    }
+    // max_by_key keeps the last maximum: iterate from the highest id so
+    // that the lowest id wins a tie.
+    led.into_iter()
+        .rev()
+        .max_by_key(|(_, count)| *count)
+        .map(|(broker, _)| broker)
+}
+
+/// Whether `broker` leads none of `partitions` and is in none of their
+/// in-sync replicas: what the cluster shows once it noticed the broker
+/// is gone.
+pub fn out_of_sync(partitions: &[PartitionReplicas], broker: i32) -> bool {
+    partitions
+        .iter()
+        .all(|partition| partition.leader != broker && !partition.in_sync.contains(&broker))
+}
+
+/// Whether `broker` is back in every in-sync replica set it belongs to.
+pub fn back_in_sync(partitions: &[PartitionReplicas], broker: i32) -> bool {
+    partitions
+        .iter()
+        .filter(|partition| partition.replicas.contains(&broker))
+        .all(|partition| partition.in_sync.contains(&broker))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(partition: i32, leader: i32, in_sync: &[i32]) -> PartitionReplicas {
+        PartitionReplicas {
+            partition,
+            leader,
+            replicas: vec![1, 2, 3],
+            in_sync: in_sync.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_busiest_leader_leads_the_most_partitions_and_ties_go_to_the_lowest_id() {
+        let partitions = [
+            partition(0, 2, &[2, 3, 1]),
+            partition(1, 3, &[3, 1, 2]),
+            partition(2, 2, &[2, 1, 3]),
+            partition(3, 1, &[1, 2, 3]),
+        ];
+        assert_eq!(busiest_leader(&partitions), Some(2));
+        assert_eq!(busiest_leader(&partitions[..2]), Some(2));
+        assert_eq!(
+            busiest_leader(&[partition(0, 3, &[3]), partition(1, 1, &[1])]),
+            Some(1)
+        );
+        assert_eq!(busiest_leader(&[partition(0, -1, &[])]), None);
+        assert_eq!(busiest_leader(&[]), None);
+    }
+
+    #[test]
+    fn a_broker_is_out_of_sync_once_it_leads_nothing_and_is_in_no_isr() {
+        let before = [partition(0, 2, &[2, 3, 1]), partition(1, 3, &[3, 1, 2])];
+        assert!(!out_of_sync(&before, 2));
+        // Leadership moved, but 2 is still listed in sync on partition 1.
+        let moving = [partition(0, 3, &[3, 1]), partition(1, 3, &[3, 1, 2])];
+        assert!(!out_of_sync(&moving, 2));
+        let after = [partition(0, 3, &[3, 1]), partition(1, 3, &[3, 1])];
+        assert!(out_of_sync(&after, 2));
+        assert!(!back_in_sync(&after, 2));
+        assert!(back_in_sync(&after, 1));
+        assert!(back_in_sync(&before, 2));
+    }
 }

@@ -19,6 +19,16 @@
 //! config, so the request carries the topic's current dynamic entries with
 //! only the differing keys changed. Each change and each kept value is
 //! logged and listed in the [`ApplyReport`].
+//!
+//! Replication follows the cluster: the file's factors (1) are for one
+//! broker; on a cluster of [`REPLICATED_BROKERS`] or more, `apply` creates
+//! every topic with at least [`REPLICATED_FACTOR`] copies and
+//! `min.insync.replicas` [`REPLICATED_MIN_INSYNC`] ([`TopicsFile::for_cluster`]):
+//! with the producers' `acks=all`, an acked record is then on two brokers,
+//! and one broker may die without refusing writes. On an existing topic the
+//! file's `min.insync.replicas` is capped at the topic's own replication
+//! ([`min_insync_within`]): a topic of one copy with a minimum of two would
+//! refuse every write.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -75,9 +85,56 @@ impl TopicsFile {
     }
 }
 
+/// A cluster of this many brokers or more gets replicated topics.
+pub const REPLICATED_BROKERS: usize = 3;
+/// The least replication factor of a topic on a replicated cluster.
+pub const REPLICATED_FACTOR: i32 = 3;
+/// The least `min.insync.replicas` of a topic on a replicated cluster.
+pub const REPLICATED_MIN_INSYNC: i32 = 2;
+
+const MIN_INSYNC: &str = "min.insync.replicas";
+
+impl TopicsFile {
+    /// The topics as `apply` wants them on a cluster of `brokers` live
+    /// brokers: as the file says below [`REPLICATED_BROKERS`], else with a
+    /// replication factor of at least [`REPLICATED_FACTOR`] and
+    /// `min.insync.replicas` of at least [`REPLICATED_MIN_INSYNC`] (higher
+    /// values in the file are kept).
+    pub fn for_cluster(mut self, brokers: usize) -> Self {
+        if brokers < REPLICATED_BROKERS {
+            return self;
+        }
+        for topic in &mut self.topics {
+            topic.replication_factor = topic.replication_factor.max(REPLICATED_FACTOR);
+            let listed = topic
+                .configs
+                .get(MIN_INSYNC)
+                .and_then(|value| value.trim().parse::<i32>().ok());
+            if listed.is_none_or(|value| value < REPLICATED_MIN_INSYNC) {
+                topic
+                    .configs
+                    .insert(MIN_INSYNC.to_owned(), REPLICATED_MIN_INSYNC.to_string());
+            }
+        }
+        self
+    }
+}
+
+/// The `min.insync.replicas` to want of an existing topic of `replication`
+/// copies when the file wants `wanted`: `None` to keep `wanted`, else the
+/// replication itself (Kafka refuses `acks=all` writes to a topic whose
+/// minimum exceeds its copies, so wanting more would stop the topic).
+pub fn min_insync_within(wanted: &str, replication: i32) -> Option<String> {
+    let wanted: i32 = wanted.trim().parse().ok()?;
+    (replication > 0 && wanted > replication).then(|| replication.to_string())
+}
+
 /// What `apply` did, for the operator and for tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ApplyReport {
+    /// Live brokers of the cluster, which decided the replication
+    /// ([`TopicsFile::for_cluster`]).
+    pub brokers: usize,
     pub created: Vec<String>,
     pub partitions_grown: Vec<String>,
     /// Topics whose configs were changed.
@@ -218,13 +275,18 @@ pub async fn apply(
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(15))?;
+    let brokers = metadata.brokers().len();
+    let file = &file.clone().for_cluster(brokers);
     let existing: BTreeMap<String, i32> = metadata
         .topics()
         .iter()
         .filter(|topic| topic.error().is_none())
         .map(|topic| (topic.name().to_owned(), topic.partitions().len() as i32))
         .collect();
-    let mut report = ApplyReport::default();
+    let mut report = ApplyReport {
+        brokers,
+        ..ApplyReport::default()
+    };
 
     let missing: Vec<&TopicSpec> = file
         .topics
@@ -285,6 +347,7 @@ pub async fn apply(
         .iter()
         .filter(|spec| existing.contains_key(&spec.name))
         .collect();
+    let mut replications: BTreeMap<&str, i32> = BTreeMap::new();
     for spec in &existing_specs {
         let replication = metadata
             .topics()
@@ -292,9 +355,11 @@ pub async fn apply(
             .find(|topic| topic.name() == spec.name)
             .and_then(|topic| topic.partitions().first())
             .map(|partition| partition.replicas().len() as i32);
-        if let Some(replication) = replication
-            && replication < spec.replication_factor
-        {
+        let Some(replication) = replication else {
+            continue;
+        };
+        replications.insert(&spec.name, replication);
+        if replication < spec.replication_factor {
             report.warnings.push(format!(
                 "{} has replication factor {replication}, below the {} asked: apply never changes an existing topic's replication (reassign its partitions to raise it)",
                 spec.name, spec.replication_factor
@@ -312,8 +377,26 @@ pub async fn apply(
                 KafkaAdapterError::Topology(format!("describing {}: {code}", spec.name))
             })?;
             let current = current_configs(resource);
+            let replication = replications.get(spec.name.as_str()).copied();
+            let wanted_configs: Vec<(&str, String)> = spec
+                .configs
+                .iter()
+                .map(|(key, listed)| {
+                    let capped = (key == MIN_INSYNC)
+                        .then(|| min_insync_within(listed, replication?))
+                        .flatten();
+                    if let Some(capped) = &capped {
+                        report.warnings.push(format!(
+                            "{}: {key}={capped}, not {listed}: the topic has only {capped} replicas",
+                            spec.name
+                        ));
+                    }
+                    (key.as_str(), capped.unwrap_or_else(|| listed.clone()))
+                })
+                .collect();
             let mut changes: BTreeMap<&str, &str> = BTreeMap::new();
-            for (key, wanted) in &spec.configs {
+            for (key, wanted) in &wanted_configs {
+                let (key, wanted) = (*key, wanted.as_str());
                 let now = current.get(key);
                 let shown = now
                     .and_then(|config| config.value.as_deref())
@@ -458,5 +541,77 @@ mod tests {
                 "{key}: file {wanted}, topic {current:?}"
             );
         }
+    }
+
+    #[test]
+    fn one_broker_keeps_the_files_replication_and_three_or_more_get_rf_3_and_min_isr_2() {
+        let file = TopicsFile::parse(DEFAULT_TOPICS_JSON).unwrap();
+        for brokers in [0, 1, 2] {
+            let same = file.clone().for_cluster(brokers);
+            for (topic, original) in same.topics.iter().zip(&file.topics) {
+                assert_eq!(topic.replication_factor, original.replication_factor);
+                assert_eq!(topic.configs, original.configs, "{brokers} brokers");
+            }
+        }
+        assert!(
+            file.topics
+                .iter()
+                .all(|topic| topic.replication_factor == 1)
+        );
+        for brokers in [3, 5] {
+            let replicated = file.clone().for_cluster(brokers);
+            for topic in &replicated.topics {
+                assert_eq!(topic.replication_factor, 3, "{}", topic.name);
+                assert_eq!(
+                    topic.configs.get("min.insync.replicas").map(String::as_str),
+                    Some("2"),
+                    "{}",
+                    topic.name
+                );
+            }
+            // Only replication changes: the other configs are the file's.
+            for (topic, original) in replicated.topics.iter().zip(&file.topics) {
+                let others = |configs: &BTreeMap<String, String>| {
+                    let mut configs = configs.clone();
+                    configs.remove("min.insync.replicas");
+                    configs
+                };
+                assert_eq!(others(&topic.configs), others(&original.configs));
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_asking_for_more_than_the_replicated_floor_keeps_it() {
+        let mut file = TopicsFile::parse(DEFAULT_TOPICS_JSON).unwrap();
+        file.topics[0].replication_factor = 5;
+        file.topics[0]
+            .configs
+            .insert("min.insync.replicas".into(), "3".into());
+        file.topics[1].configs.remove("min.insync.replicas");
+        file.topics[2]
+            .configs
+            .insert("min.insync.replicas".into(), "lots".into());
+        let replicated = file.for_cluster(3);
+        assert_eq!(replicated.topics[0].replication_factor, 5);
+        assert_eq!(replicated.topics[0].configs["min.insync.replicas"], "3");
+        // Unlisted or unreadable: the floor.
+        assert_eq!(replicated.topics[1].configs["min.insync.replicas"], "2");
+        assert_eq!(replicated.topics[2].configs["min.insync.replicas"], "2");
+    }
+
+    #[test]
+    fn the_wanted_min_insync_of_an_existing_topic_never_exceeds_its_replicas() {
+        // A topic of one copy created before the cluster grew: wanting 2
+        // would refuse every acks=all write, so 1 is wanted.
+        assert_eq!(min_insync_within("2", 1), Some("1".to_owned()));
+        assert_eq!(min_insync_within("3", 2), Some("2".to_owned()));
+        // Within the replicas: the file's value.
+        assert_eq!(min_insync_within("2", 3), None);
+        assert_eq!(min_insync_within("2", 2), None);
+        assert_eq!(min_insync_within("1", 1), None);
+        // Unknown replication or an unreadable value: left to decide_config.
+        assert_eq!(min_insync_within("2", 0), None);
+        assert_eq!(min_insync_within("many", 1), None);
     }
 }

@@ -25,7 +25,9 @@ pub async fn apply(common: &CommonArgs, args: &TopologyArgs) -> anyhow::Result<(
     let file = file.with_prefix(&common.topic_prefix);
     let kafka = engines::kafka(common, "chatpipe-topology");
     let report = chatpipe_kafka::topology::apply(&kafka, &file).await?;
-    tracing::info!(created = ?report.created, grown = ?report.partitions_grown, configured = ?report.config_changes, kept = ?report.configs_kept, "kafka topics applied");
+    // On three or more brokers the topics were wanted with RF 3 and
+    // min.insync.replicas 2 (TopicsFile::for_cluster).
+    tracing::info!(brokers = report.brokers, created = ?report.created, grown = ?report.partitions_grown, configured = ?report.config_changes, kept = ?report.configs_kept, "kafka topics applied");
     for warning in &report.warnings {
         tracing::warn!("{warning}");
     }

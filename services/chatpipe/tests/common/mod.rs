@@ -71,12 +71,19 @@ pub fn unique(label: &str) -> String {
 
 impl Stack {
     pub async fn new() -> Stack {
+        Stack::on_kafka(&engine_env(
+            "CHATPIPE_KAFKA_BROKERS",
+            defaults::KAFKA_BROKERS,
+        ))
+        .await
+    }
+
+    /// A deployment whose Kafka is `brokers` (a test's private cluster),
+    /// with the shared Cassandra and OpenSearch.
+    pub async fn on_kafka(brokers: &str) -> Stack {
         chatpipe_runtime::telemetry::init();
         let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let kafka = KafkaConfig::new(
-            engine_env("CHATPIPE_KAFKA_BROKERS", defaults::KAFKA_BROKERS),
-            format!("e2e-{prefix}"),
-        );
+        let kafka = KafkaConfig::new(brokers, format!("e2e-{prefix}"));
         let mut file = TopicsFile::parse(DEFAULT_TOPICS_JSON)
             .expect("topology parses")
             .with_prefix(&prefix);
