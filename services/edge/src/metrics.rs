@@ -54,6 +54,10 @@ pub struct EdgeMetrics {
     pub push_batches: Counter,
     /// Pushes flagged `resync`: every session was made to start over.
     pub resyncs: Counter,
+    /// Lease renewals acknowledged after the previous lease had run out
+    /// (Kafka stalled them): fan-out may have skipped this edge's users
+    /// meanwhile, so every session was made to start over.
+    pub lease_lapses: Counter,
     /// Frames queued to sessions by pushes.
     pub push_deliveries: Counter,
     /// Push recipients that hold no session here.
@@ -95,6 +99,7 @@ impl EdgeMetrics {
             heartbeat_timeouts: Counter::default(),
             push_batches: Counter::default(),
             resyncs: Counter::default(),
+            lease_lapses: Counter::default(),
             push_deliveries: Counter::default(),
             push_absent_recipients: Counter::default(),
             push_refused: CounterByReason::default(),
@@ -225,6 +230,11 @@ impl EdgeMetrics {
             "resyncs",
             "Pushes that made every session start over (frames lost upstream)",
             self.resyncs.clone(),
+        );
+        registry.register(
+            "lease_lapses",
+            "Lease renewals acknowledged after the lease had run out (every session started over)",
+            self.lease_lapses.clone(),
         );
         registry.register(
             "push_deliveries",

@@ -413,6 +413,8 @@ async fn run_route_task<S: EdgeStore>(
     stop: CancellationToken,
 ) {
     let mut renew = tokio::time::interval(announcer.lease() / 3);
+    // When the lease Kafka last acknowledged runs out (unix ms).
+    let mut lease_until: Option<u64> = None;
     let mut sweep = tokio::time::interval(Duration::from_millis(500));
     let mut forget = tokio::time::interval(Duration::from_secs(60));
     let resume_window = Duration::from_millis(edge.config.resume_window_ms);
@@ -440,7 +442,19 @@ async fn run_route_task<S: EdgeStore>(
             _ = renew.tick() => {
                 let state = if edge.draining.is_cancelled() { EdgeState::Draining } else { EdgeState::Serving };
                 match announcer.announce_edge(state).await {
-                    Ok(_) => component.set(ComponentState::Ready),
+                    Ok(renewed_at) => {
+                        if lease_lapsed(lease_until, now_unix_ms()) {
+                            // Kafka held the renewals (a broker failover, a
+                            // stall) past the lease: fan-out took this edge
+                            // for dead and skipped its users without telling
+                            // anyone. Their sessions start over and catch up.
+                            let sessions = edge.sessions.resync_all();
+                            edge.metrics.lease_lapses.inc();
+                            tracing::warn!(sessions, "the lease ran out before Kafka acknowledged its renewal; every session starts over");
+                        }
+                        lease_until = Some(renewed_at.saturating_add(announcer.lease().as_millis() as u64));
+                        component.set(ComponentState::Ready);
+                    }
                     Err(error) => {
                         edge.metrics.route_publish_failures.inc();
                         component.set(ComponentState::Degraded(format!("lease renewal failed: {error}")));
@@ -463,6 +477,13 @@ async fn run_route_task<S: EdgeStore>(
             }
         }
     }
+}
+
+/// Whether a renewal acknowledged at `acked_at_ms` came after the lease
+/// acknowledged before it ran out (`lease_until_ms`): fan-out ignores an
+/// edge's routes once its lease is over, so frames may have been skipped.
+fn lease_lapsed(lease_until_ms: Option<u64>, acked_at_ms: u64) -> bool {
+    lease_until_ms.is_some_and(|until| acked_at_ms > until)
 }
 
 /// How long an edge start waits for the membership topic to be readable.
@@ -571,5 +592,18 @@ async fn run_membership_tail<S: EdgeStore>(
             | MembershipChange::RoleChanged { .. }
             | MembershipChange::SettingsChanged { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lease_lapsed;
+
+    #[test]
+    fn a_renewal_acknowledged_after_the_lease_ran_out_is_a_lapse() {
+        assert!(!lease_lapsed(None, 5_000), "the first lease cannot lapse");
+        assert!(!lease_lapsed(Some(10_000), 9_999));
+        assert!(!lease_lapsed(Some(10_000), 10_000));
+        assert!(lease_lapsed(Some(10_000), 10_001));
     }
 }
