@@ -275,7 +275,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
 /// Reads `results_dir` (and criterion's estimates under `criterion_dir`).
 pub fn load(results_dir: &Path, criterion_dir: Option<&Path>, notes: Option<&Path>) -> Inputs {
     let mut inputs = Inputs::default();
-    for name in ["idle", "chat", "broadcast", "storm"] {
+    for name in ["idle", "chat", "broadcast", "storm", "chat-lifecycle"] {
         if let Ok(bytes) = std::fs::read(results_dir.join(format!("{name}.json")))
             && let Ok(result) = serde_json::from_slice::<ScenarioResult>(&bytes)
         {

@@ -524,13 +524,11 @@ pub fn check_final_state(
                 what.push("deleted".to_owned());
             }
             match &state.edit_word {
-                Some(word) => {
-                    if !item.edited || !item.body.split(' ').any(|part| part == word) {
-                        what.push(format!("not the edited body {word}"));
-                    }
+                Some(word) if !item.edited || !item.body.split(' ').any(|part| part == word) => {
+                    what.push(format!("not the edited body {word}"));
                 }
                 None if item.edited => what.push("edited".to_owned()),
-                None => {}
+                _ => {}
             }
             let reactions: BTreeMap<String, u32> = item.reactions.iter().cloned().collect();
             if reactions != state.reactions {
