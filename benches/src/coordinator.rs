@@ -1413,10 +1413,7 @@ async fn verify_run(
         for violation in check.id_order_violations.iter().take(10) {
             println!(
                 "  ID ORDER conversation {} user {}: {} received after {}",
-                conversation_ids
-                    .get(violation.conversation as usize)
-                    .map(String::as_str)
-                    .unwrap_or("?"),
+                conversation_name(conversation_ids, violation.conversation),
                 user_name(run_id, violation.user),
                 violation.later,
                 violation.earlier
@@ -1426,10 +1423,7 @@ async fn verify_run(
             println!(
                 "  MISSING message {} of conversation {} for user {}",
                 missing.message_id,
-                conversation_ids
-                    .get(missing.conversation as usize)
-                    .map(String::as_str)
-                    .unwrap_or("?"),
+                conversation_name(conversation_ids, missing.conversation),
                 user_name(run_id, missing.user)
             );
         }
@@ -1465,10 +1459,7 @@ async fn verify_run(
                 "  MISSING {:?} frame of message {} (conversation {}) for user {}",
                 missing.kind,
                 missing.message_id,
-                conversation_ids
-                    .get(missing.conversation as usize)
-                    .map(String::as_str)
-                    .unwrap_or("?"),
+                conversation_name(conversation_ids, missing.conversation),
                 user_name(run_id, missing.user)
             );
         }
@@ -1737,6 +1728,14 @@ async fn verify_run(
         verification.deliveries.missing.truncate(1000);
     }
     verification
+}
+
+/// Conversation `index`'s id, for messages (`?` when unknown).
+fn conversation_name(conversation_ids: &[String], index: u32) -> &str {
+    conversation_ids
+        .get(index as usize)
+        .map(String::as_str)
+        .unwrap_or("?")
 }
 
 /// Searches for changed messages (`(message id, word, must be found)`,
