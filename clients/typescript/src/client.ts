@@ -16,16 +16,24 @@
  * - an outbox with an in-flight cap that retries with the same
  *   `client_msg_id` and `"resend": true` (`outbox.ts`), and an optimistic
  *   local echo reconciled by `client_msg_id` (`store.ts`);
- * - throttled typing, debounced read receipts.
+ * - throttled typing, debounced read receipts;
+ * - changes to messages: `editMessage`, `deleteMessage`, `react`,
+ *   `unreact` go through the same outbox (a request id as
+ *   `client_msg_id`, retried until acked; the promise rejects with the
+ *   server's error code), and replies and mentions ride on `send`;
+ *   `message_edited`, `message_deleted` and `reaction` frames (and the
+ *   acks of this user's own changes) are applied to the stored copies,
+ *   idempotently (`store.ts`).
  *
  * The result is exposed as one ordered, de-duplicated message list per
- * conversation (`messages(id)`) and `message` events for each new one.
+ * conversation (`messages(id)`), `message` events for each new one and
+ * `messageUpdated` events for each change to one.
  */
 import { closeAction, CLOSE, type BackoffOptions } from './close-policy.js';
 import { Emitter } from './emitter.js';
 import { ApiClient, type TokenProvider } from './http.js';
-import { compareMessageIds, isMessageId, maxMessageId, newClientMsgId } from './ids.js';
-import { Outbox, type SendResult } from './outbox.js';
+import { compareMessageIds, isMessageId, maxMessageId, messageIdBefore, newClientMsgId } from './ids.js';
+import { Outbox, type OutboxRequest, type SendResult } from './outbox.js';
 import { ConversationStore, membershipEffect, type MessageSource, type PendingMessage } from './store.js';
 import type {
   ClientFrame,
@@ -41,6 +49,22 @@ import type {
   ServerMessageDeleted,
   ServerReaction,
 } from './types.js';
+
+/** The options of `send` beyond the body. */
+export interface SendOptions {
+  /** The client's id for this send (default: a fresh one): the idempotency key of its retries. */
+  clientMsgId?: string;
+  /** The `message_id` of a message of the same conversation this one replies to. */
+  replyTo?: string;
+  /** The users it mentions (at most 20; the server drops duplicates and the sender). */
+  mentions?: string[];
+}
+
+/** A change to a message, from a frame or from the `ack` of this user's own request. */
+type MessageChange =
+  | { op: 'edit'; conversation_id: string; message_id: string; body: string; at: number }
+  | { op: 'delete'; conversation_id: string; message_id: string }
+  | { op: 'reaction'; conversation_id: string; message_id: string; user_id: string; reaction: string; action: 'add' | 'remove' };
 
 /** The subset of the WebSocket API the client uses (browser `WebSocket`, or the `ws` package in Node). */
 export interface WebSocketLike {
@@ -89,6 +113,14 @@ export interface ChatClientOptions {
   persistLagMs?: number;
   /** Most extra passes while history has not reached the first buffered live message. */
   maxCatchUpPasses?: number;
+  /**
+   * How far before the newest message held a catch-up pages history
+   * (de-duplicated by id). Ids come from the edges' clocks, so two sends
+   * racing on two edges can reach the conversation's order opposite to
+   * their ids; the overlap catches one whose id is a little older than
+   * the newest held.
+   */
+  catchUpOverlapMs?: number;
   /** At most one `typing` per conversation per this interval. */
   typingThrottleMs?: number;
   /** A read receipt is sent once no newer one came for this long. */
@@ -121,6 +153,12 @@ export interface ChatEvents {
   messageDeleted: ServerMessageDeleted;
   /** A user added or removed a reaction. */
   reaction: ServerReaction;
+  /**
+   * A held message changed (edited, deleted, a reaction counted) — by a
+   * frame, the ack of this user's own change, or a newer history copy.
+   * `message` is the new copy, as `messages()` now returns it.
+   */
+  messageUpdated: { conversationId: string; message: Message };
   /**
    * A conversation this client had not seen appeared: it was created with
    * this user, this user was added to it (`via: 'membership'`), or a
@@ -170,6 +208,8 @@ export class ChatClient extends Emitter<ChatEvents> {
   private catchUpNeeded = false;
   private catchUpAgain = false;
   private liveBuffer: Message[] = [];
+  /** Changes to messages that came during a catch-up: applied, in order, after the buffered messages. */
+  private changeBuffer: MessageChange[] = [];
 
   private readonly timers = new Set<ReturnType<typeof setTimeout>>();
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
@@ -201,6 +241,7 @@ export class ChatClient extends Emitter<ChatEvents> {
       sendTimeoutMs: options.sendTimeoutMs ?? 10_000,
       persistLagMs: options.persistLagMs ?? 500,
       maxCatchUpPasses: options.maxCatchUpPasses ?? 10,
+      catchUpOverlapMs: options.catchUpOverlapMs ?? 5_000,
       typingThrottleMs: options.typingThrottleMs ?? 3_000,
       readDebounceMs: options.readDebounceMs ?? 500,
     };
@@ -317,12 +358,19 @@ export class ChatClient extends Emitter<ChatEvents> {
   /**
    * Sends a message: shown at once as pending (optimistic echo), written
    * when the connection is up, retried with the same `client_msg_id` until
-   * acked. `done` settles with the ack (or a final error).
+   * acked. `done` settles with the ack (or a final error). The third
+   * argument is the `client_msg_id`, or options: a reply (`replyTo`) and
+   * `mentions`.
    */
-  send(conversationId: string, body: string, clientMsgId = newClientMsgId()): { clientMsgId: string; done: Promise<SendResult> } {
+  send(conversationId: string, body: string, options: string | SendOptions = {}): { clientMsgId: string; done: Promise<SendResult> } {
     if (this.connectionState === 'stopped') throw new Error('client is closed');
+    const { clientMsgId = newClientMsgId(), replyTo, mentions } = typeof options === 'string' ? { clientMsgId: options } : options;
+    if (replyTo !== undefined && !isMessageId(replyTo)) throw new TypeError(`not a message id: ${replyTo}`);
     this.tracked.add(conversationId);
-    const entry = this.outbox.enqueue(conversationId, clientMsgId, body);
+    const request: OutboxRequest = { op: 'send', conversation_id: conversationId, body };
+    if (replyTo !== undefined) request.reply_to = replyTo;
+    if (mentions !== undefined && mentions.length > 0) request.mentions = [...new Set(mentions)];
+    const entry = this.outbox.enqueueRequest(clientMsgId, request);
     const pending: PendingMessage = {
       client_msg_id: clientMsgId,
       conversation_id: conversationId,
@@ -330,6 +378,8 @@ export class ChatClient extends Emitter<ChatEvents> {
       body,
       created_at: Date.now(),
       status: 'queued',
+      ...(request.reply_to === undefined ? {} : { reply_to: request.reply_to }),
+      ...(request.mentions === undefined ? {} : { mentions: request.mentions }),
     };
     this.store.putPending(pending);
     this.emit('pending', { conversationId, clientMsgId, pending });
@@ -344,6 +394,48 @@ export class ChatClient extends Emitter<ChatEvents> {
     );
     this.pump();
     return { clientMsgId, done: entry.done };
+  }
+
+  /**
+   * Replaces the body of one of this user's messages. Resolves with the
+   * ack (`ts`: the edit's time) once the edit is durable; the stored copy
+   * is updated then. Rejects with `SendFailed` (its `code` the server's:
+   * `forbidden` when not the sender or the message is deleted, `invalid`,
+   * `too_large`). Queued while offline and retried until acked (repeating
+   * an edit is harmless).
+   */
+  editMessage(conversationId: string, messageId: string, body: string): Promise<SendResult> {
+    return this.change({ op: 'edit', conversation_id: conversationId, message_id: messageId, body });
+  }
+
+  /** Deletes a message (this user's own; owners and admins any): it becomes a tombstone. Settles like `editMessage`. */
+  deleteMessage(conversationId: string, messageId: string): Promise<SendResult> {
+    return this.change({ op: 'delete', conversation_id: conversationId, message_id: messageId });
+  }
+
+  /** Adds this user's `reaction` (an emoji or a short name) to a message. Settles like `editMessage`. */
+  react(conversationId: string, messageId: string, reaction: string): Promise<SendResult> {
+    return this.change({ op: 'react', conversation_id: conversationId, message_id: messageId, reaction });
+  }
+
+  /** Takes back this user's `reaction` to a message. Settles like `editMessage`. */
+  unreact(conversationId: string, messageId: string, reaction: string): Promise<SendResult> {
+    return this.change({ op: 'unreact', conversation_id: conversationId, message_id: messageId, reaction });
+  }
+
+  /** Adds `reaction` if this user has not reacted so, else takes it back. */
+  toggleReaction(conversationId: string, messageId: string, reaction: string): Promise<SendResult> {
+    const mine = this.store.get(conversationId, messageId)?.reactions?.some((item) => item.reaction === reaction && item.me) ?? false;
+    return mine ? this.unreact(conversationId, messageId, reaction) : this.react(conversationId, messageId, reaction);
+  }
+
+  private change(request: OutboxRequest & { op: 'edit' | 'delete' | 'react' | 'unreact' }): Promise<SendResult> {
+    if (this.connectionState === 'stopped') return Promise.reject(new Error('client is closed'));
+    if (!isMessageId(request.message_id)) return Promise.reject(new TypeError(`not a message id: ${request.message_id}`));
+    // The request id: the ack echoes it, an error names it as `ref`.
+    const entry = this.outbox.enqueueRequest(newClientMsgId(), request);
+    this.pump();
+    return entry.done;
   }
 
   /** Says the user is typing; at most one frame per conversation per `typingThrottleMs`. */
@@ -547,9 +639,16 @@ export class ChatClient extends Emitter<ChatEvents> {
         else if (frame.op === 'typing') this.emit('typing', frame);
         else if (frame.op === 'read') this.onRead(frame);
         else if (frame.op === 'presence') this.emit('presence', frame);
-        else if (frame.op === 'message_edited') this.emit('messageEdited', frame);
-        else if (frame.op === 'message_deleted') this.emit('messageDeleted', frame);
-        else if (frame.op === 'reaction') this.emit('reaction', frame);
+        else if (frame.op === 'message_edited') {
+          this.emit('messageEdited', frame);
+          this.onChange({ op: 'edit', conversation_id: frame.conversation_id, message_id: frame.message_id, body: frame.body, at: frame.edited_at });
+        } else if (frame.op === 'message_deleted') {
+          this.emit('messageDeleted', frame);
+          this.onChange({ op: 'delete', conversation_id: frame.conversation_id, message_id: frame.message_id });
+        } else if (frame.op === 'reaction') {
+          this.emit('reaction', frame);
+          this.onChange({ op: 'reaction', ...pick(frame) });
+        }
         else this.onMembership(frame);
         return;
       default:
@@ -591,19 +690,54 @@ export class ChatClient extends Emitter<ChatEvents> {
    */
   private onAck(clientMsgId: string, messageId: string, ts: number): void {
     const entry = this.outbox.ack(clientMsgId, { message_id: messageId, ts });
-    if (entry && isMessageId(messageId)) {
-      const message: Message = {
-        message_id: messageId,
-        conversation_id: entry.conversation_id,
-        sender_id: this.userId,
-        client_msg_id: clientMsgId,
-        body: entry.body,
-        ts,
-      };
-      if (this.catchingUp) this.liveBuffer.push(message);
-      else this.accept(message, 'ack');
+    const request = entry?.request;
+    if (request && isMessageId(messageId)) {
+      const conversationId = request.conversation_id;
+      if (request.op === 'send') {
+        const message: Message = {
+          message_id: messageId,
+          conversation_id: conversationId,
+          sender_id: this.userId,
+          client_msg_id: clientMsgId,
+          body: request.body,
+          ts,
+        };
+        if (request.reply_to !== undefined) message.reply_to = request.reply_to;
+        // As the server stores them: never the sender; absent when none.
+        const mentions = request.mentions?.filter((user) => user !== this.userId) ?? [];
+        if (mentions.length > 0) message.mentions = mentions;
+        if (this.catchingUp) this.liveBuffer.push(message);
+        else this.accept(message, 'ack');
+      } else {
+        // The change is durable: show it now; its frame, when it comes, repeats it.
+        const target = { conversation_id: conversationId, message_id: request.message_id };
+        if (request.op === 'edit') this.onChange({ op: 'edit', ...target, body: request.body, at: ts });
+        else if (request.op === 'delete') this.onChange({ op: 'delete', ...target });
+        else this.onChange({ op: 'reaction', ...target, user_id: this.userId, reaction: request.reaction, action: request.op === 'react' ? 'add' : 'remove' });
+      }
     }
     this.pump();
+  }
+
+  /** A change to a message: applied to the held copy (after the catch-up, during one). */
+  private onChange(change: MessageChange): void {
+    if (this.catchingUp) {
+      this.changeBuffer.push(change);
+      return;
+    }
+    this.applyChange(change);
+  }
+
+  private applyChange(change: MessageChange): void {
+    const { conversation_id: conversationId, message_id: messageId } = change;
+    // A message not held (not loaded yet) needs nothing: its history copy carries the change.
+    const updated =
+      change.op === 'edit'
+        ? this.store.applyEdit(conversationId, messageId, change.body, change.at)
+        : change.op === 'delete'
+          ? this.store.applyDelete(conversationId, messageId)
+          : this.store.applyReaction(conversationId, messageId, change.user_id, change.reaction, change.action, this.userId);
+    if (updated) this.emit('messageUpdated', { conversationId, message: updated });
   }
 
   private onError(error: ServerError): void {
@@ -611,7 +745,7 @@ export class ChatClient extends Emitter<ChatEvents> {
       const entry = this.outbox.get(error.ref)!;
       const outcome = this.outbox.error(error.ref, error.code, error.message, Date.now());
       if (outcome === 'retry') {
-        this.store.putPending({ ...this.pendingOf(entry.conversation_id, error.ref), status: 'queued' });
+        if (entry.request.op === 'send') this.store.putPending({ ...this.pendingOf(entry.conversation_id, error.ref), status: 'queued' });
         this.scheduleRetry();
       }
       return;
@@ -679,11 +813,12 @@ export class ChatClient extends Emitter<ChatEvents> {
     this.accept(message, 'live');
   }
 
-  /** Puts a message in the store; emits it when new. */
+  /** Puts a message in the store; emits it when new, or its new copy when it updated a held one. */
   private accept(message: Message, source: MessageSource): boolean {
-    const { added, settled } = this.store.insert(message);
+    const { added, settled, updated } = this.store.insert(message, source === 'history' || source === 'catch-up');
     if (settled) this.emit('pending', { conversationId: message.conversation_id, clientMsgId: settled.client_msg_id, pending: undefined });
     if (added) this.emit('message', { conversationId: message.conversation_id, message, source });
+    if (updated) this.emit('messageUpdated', { conversationId: message.conversation_id, message: updated });
     return added;
   }
 
@@ -736,9 +871,13 @@ export class ChatClient extends Emitter<ChatEvents> {
       this.timers.add(timer);
     } finally {
       const buffered = this.liveBuffer;
+      const changes = this.changeBuffer;
       this.liveBuffer = [];
+      this.changeBuffer = [];
       this.catchingUp = false;
       for (const message of buffered) this.accept(message, 'live');
+      // A change follows its message in the conversation's order.
+      for (const change of changes) this.applyChange(change);
       if (this.connectionState !== 'stopped' && !this.offline) this.setState(this.socket && this.helloReceived ? 'open' : 'reconnecting');
     }
     this.emit('caughtUp', { conversations, messages: added });
@@ -751,7 +890,7 @@ export class ChatClient extends Emitter<ChatEvents> {
       const messages =
         after === undefined
           ? ((await this.api.history(conversationId, { pageSize: 200 }).next()).value ?? [])
-          : await this.api.messagesAfter(conversationId, after);
+          : await this.api.messagesAfter(conversationId, messageIdBefore(after, this.options.catchUpOverlapMs));
       for (const message of messages) if (this.accept(message, 'catch-up')) added++;
     }
     return added;
@@ -786,6 +925,7 @@ export class ChatClient extends Emitter<ChatEvents> {
         this.outbox.disconnected();
         return;
       }
+      if (frame.op !== 'send') continue;
       const pending = this.pendingOf(frame.conversation_id, frame.client_msg_id);
       if (pending) {
         const sending: PendingMessage = { ...pending, status: 'sending' };
@@ -873,4 +1013,9 @@ export class ChatClient extends Emitter<ChatEvents> {
     this.connectionState = state;
     this.emit('state', { state, reason });
   }
+}
+
+/** The fields of a `reaction` frame that a change needs. */
+function pick(frame: ServerReaction): Omit<Extract<MessageChange, { op: 'reaction' }>, 'op'> {
+  return { conversation_id: frame.conversation_id, message_id: frame.message_id, user_id: frame.user_id, reaction: frame.reaction, action: frame.action };
 }

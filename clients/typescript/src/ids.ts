@@ -27,6 +27,18 @@ export function maxMessageId(a: string | undefined, b: string | undefined): stri
   return compareMessageIds(a, b) >= 0 ? a : b;
 }
 
+/** Bits below the millisecond timestamp in a message id (worker and sequence). */
+const TIMESTAMP_SHIFT = 22n;
+
+/**
+ * The smallest id `ms` milliseconds older than `id` (at least 1): ids carry
+ * their creation time above 22 bits, so this moves a cursor back in time.
+ */
+export function messageIdBefore(id: string, ms: number): string {
+  const moved = messageIdToBigInt(id) - (BigInt(Math.max(0, Math.floor(ms))) << TIMESTAMP_SHIFT);
+  return (moved > 0n ? moved : 1n).toString();
+}
+
 /** A message id as a BigInt, for callers that want arithmetic. */
 export function messageIdToBigInt(id: string): bigint {
   if (!isMessageId(id)) throw new TypeError(`not a message id: ${id}`);

@@ -15,15 +15,15 @@
  * ```
  */
 export { ChatClient } from './client.js';
-export type { ChatClientOptions, ChatEvents, ConnectionState, MessageEvent, WebSocketFactory, WebSocketLike } from './client.js';
+export type { ChatClientOptions, ChatEvents, ConnectionState, MessageEvent, SendOptions, WebSocketFactory, WebSocketLike } from './client.js';
 export { ApiClient, ApiError, devSignIn } from './http.js';
 export type { ApiClientOptions, HistoryOptions, SearchOptions, TokenProvider } from './http.js';
 export { Outbox, SendFailed } from './outbox.js';
-export type { OutboxEntry, OutboxOptions, SendResult } from './outbox.js';
+export type { OutboxEntry, OutboxFrame, OutboxOptions, OutboxRequest, SendResult } from './outbox.js';
 export { ConversationStore, membershipEffect } from './store.js';
-export type { MessageSource, PendingMessage } from './store.js';
+export type { MessageSource, PendingMessage, ReactionCount } from './store.js';
 export { CLOSE, backoffDelay, closeAction, retryAfterMs } from './close-policy.js';
 export type { BackoffOptions, CloseAction } from './close-policy.js';
-export { compareMessageIds, isMessageId, maxMessageId, messageIdToBigInt, newClientMsgId } from './ids.js';
+export { compareMessageIds, isMessageId, maxMessageId, messageIdBefore, messageIdToBigInt, newClientMsgId } from './ids.js';
 export { highlightToHtml } from './highlight.js';
 export type * from './types.js';

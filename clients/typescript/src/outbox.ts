@@ -1,18 +1,33 @@
 /**
- * The outbox: sends waiting for their `ack`, in the order they were made.
+ * The outbox: sends, and changes to messages (edit, delete, react,
+ * unreact), waiting for their `ack`, in the order they were made. Each is
+ * keyed by its `client_msg_id` (a change's request id), which the `ack`
+ * echoes and an `error` names as `ref`.
  *
  * - At most `maxInFlight` sends are written and not yet acked (the edge
  *   allows 64 per connection and answers `rate_limited` beyond).
  * - A send that is not acked (connection lost, `unavailable`,
  *   `rate_limited`, no answer within the timeout) is written again with the
  *   same `client_msg_id` and `"resend": true`, so the server acks it with
- *   the original `message_id` and the message exists once.
+ *   the original `message_id` and the message exists once. A change is
+ *   written again as it was: repeating an edit, delete or reaction is
+ *   harmless on the server.
  * - `invalid`, `forbidden` and `too_large` are final: the send fails.
  *
  * Pure state: the client asks it which frames to write and tells it what
  * happened; no sockets, no timers.
  */
-import type { ClientSend, WsErrorCode } from './types.js';
+import type { ClientDelete, ClientEdit, ClientReact, ClientSend, ClientUnreact, WsErrorCode } from './types.js';
+
+/** A frame the outbox writes until acked: a send, or a change to a message. */
+export type OutboxFrame = ClientSend | ClientEdit | ClientDelete | ClientReact | ClientUnreact;
+/** What `enqueue` takes: the frame without `client_msg_id` (the key) and `resend` (the outbox's). */
+export type OutboxRequest =
+  | Omit<ClientSend, 'client_msg_id' | 'resend'>
+  | Omit<ClientEdit, 'client_msg_id'>
+  | Omit<ClientDelete, 'client_msg_id'>
+  | Omit<ClientReact, 'client_msg_id'>
+  | Omit<ClientUnreact, 'client_msg_id'>;
 
 export interface SendResult {
   message_id: string;
@@ -33,7 +48,8 @@ export class SendFailed extends Error {
 export interface OutboxEntry {
   readonly conversation_id: string;
   readonly client_msg_id: string;
-  readonly body: string;
+  /** The frame's fields (its `op` says whether it is a send or a change). */
+  readonly request: OutboxRequest;
   /** How many times it was written to a socket. */
   attempts: number;
   state: 'queued' | 'in_flight';
@@ -74,8 +90,13 @@ export class Outbox {
     return this.entries.get(clientMsgId);
   }
 
-  /** Queues a send; its `done` settles with the ack or a final error. */
+  /** Queues a plain send; its `done` settles with the ack or a final error. */
   enqueue(conversationId: string, clientMsgId: string, body: string): OutboxEntry {
+    return this.enqueueRequest(clientMsgId, { op: 'send', conversation_id: conversationId, body });
+  }
+
+  /** Queues a send (with any of its options) or a change to a message, keyed by `clientMsgId`. */
+  enqueueRequest(clientMsgId: string, request: OutboxRequest): OutboxEntry {
     if (this.entries.has(clientMsgId)) throw new Error(`client_msg_id ${clientMsgId} is already in the outbox`);
     let resolve!: (result: SendResult) => void;
     let reject!: (error: SendFailed) => void;
@@ -86,9 +107,9 @@ export class Outbox {
     // Nobody may await it (fire and forget): do not report it as unhandled.
     done.catch(() => {});
     const entry: OutboxEntry = {
-      conversation_id: conversationId,
+      conversation_id: request.conversation_id,
       client_msg_id: clientMsgId,
-      body,
+      request,
       attempts: 0,
       state: 'queued',
       notBefore: 0,
@@ -105,19 +126,14 @@ export class Outbox {
    * The frames to write now, oldest first, within the in-flight cap; they
    * are marked in flight. A send written before carries `resend: true`.
    */
-  takeSendable(now: number): ClientSend[] {
+  takeSendable(now: number): Array<OutboxFrame & { resend?: boolean }> {
     let room = this.options.maxInFlight - this.inFlight();
-    const frames: ClientSend[] = [];
+    const frames: Array<OutboxFrame & { resend?: boolean }> = [];
     for (const entry of this.entries.values()) {
       if (room <= 0) break;
       if (entry.state !== 'queued' || entry.notBefore > now) continue;
-      const frame: ClientSend = {
-        op: 'send',
-        conversation_id: entry.conversation_id,
-        client_msg_id: entry.client_msg_id,
-        body: entry.body,
-      };
-      if (entry.attempts > 0) frame.resend = true;
+      const frame = { ...entry.request, client_msg_id: entry.client_msg_id } as OutboxFrame;
+      if (frame.op === 'send' && entry.attempts > 0) frame.resend = true;
       entry.attempts++;
       entry.state = 'in_flight';
       entry.sentAt = now;

@@ -11,8 +11,11 @@ export type * from './generated/ws.js';
 
 type Schemas = components['schemas'];
 
-/** A message as history, search and the `message` frame carry it. */
-export type Message = Schemas['Message'];
+/**
+ * A message as history, search and the `message` frame carry it (the
+ * frame's `mentions`, which history does not return, included).
+ */
+export type Message = Schemas['Message'] & Pick<Ws.MessageView, 'mentions'>;
 export type Conversation = Schemas['Conversation'];
 export type ConversationList = Schemas['ConversationList'];
 export type ReadState = Schemas['ReadState'];
@@ -25,7 +28,16 @@ export type ApiErrorBody = Schemas['Error'];
 export type ApiErrorCode = Schemas['Error']['error']['code'];
 
 /** Every frame a client may send. */
-export type ClientFrame = Ws.ClientSend | Ws.ClientTyping | Ws.ClientRead | Ws.ClientAckSeq | Ws.ClientPing;
+export type ClientFrame =
+  | Ws.ClientSend
+  | Ws.ClientEdit
+  | Ws.ClientDelete
+  | Ws.ClientReact
+  | Ws.ClientUnreact
+  | Ws.ClientTyping
+  | Ws.ClientRead
+  | Ws.ClientAckSeq
+  | Ws.ClientPing;
 /** Every frame an edge may send (unknown `op`s are ignored by the client). */
 export type ServerFrame =
   | Ws.ServerHello

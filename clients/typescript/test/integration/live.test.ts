@@ -149,9 +149,81 @@ describe('against the running system', () => {
     assert.ok(states.includes('reconnecting') && states.includes('resyncing'), `bob resynced: ${states.join(' → ')}`);
     // The bodies are in send order too: one conversation, one partition.
     assert.deepEqual(bob.messages(conversation).map((m) => m.body), Array.from({ length: total }, (_, i) => `message ${i}`));
-    // Exactly once in history as well.
-    const history: Message[] = [];
-    for await (const page of carol.api.history(conversation, { pageSize: 200 })) history.push(...page);
+    // Exactly once in history as well (once persist, which trails the live
+    // frames by its fetch wait and batch, has written the last ones).
+    let history: Message[] = [];
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      history = [];
+      for await (const page of carol.api.history(conversation, { pageSize: 200 })) history.push(...page);
+      if (history.length >= total || Date.now() > deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
     assert.deepEqual(ids(history).sort(compareMessageIds), expected);
+  });
+
+  it('an edit, a delete and reactions by one user are seen by the other, live and in history; replies and mentions too', async () => {
+    const alice = await signedIn('alice3', stack.wsUrls[0]!);
+    // edge-2 was killed by the test before: both on edge-1.
+    const bob = await signedIn('bob3', stack.wsUrls[0]!);
+    const { conversation_id: conversation } = await alice.api.createConversation([bob.userId], 'lifecycle');
+    for (const chat of [alice, bob]) chat.track(conversation);
+    const first = await alice.send(conversation, 'frist').done;
+    const second = await alice.send(conversation, 'to be deleted').done;
+    const reply = await bob.send(conversation, `@${alice.userId} which one?`, { replyTo: first.message_id, mentions: [alice.userId] }).done;
+    await until(() => bob.messages(conversation).length === 3 && alice.messages(conversation).length === 3, 15_000, 'both have 3 messages');
+    const replied = alice.messages(conversation)[2]!;
+    assert.equal(replied.reply_to, first.message_id, 'the reply arrives with reply_to');
+    assert.deepEqual(replied.mentions, [alice.userId]);
+
+    const edited = await alice.editMessage(conversation, first.message_id, 'first');
+    assert.equal(edited.message_id, first.message_id);
+    await alice.deleteMessage(conversation, second.message_id);
+    await alice.react(conversation, reply.message_id, '👍');
+    await bob.react(conversation, reply.message_id, '👍');
+    await bob.react(conversation, first.message_id, 'eyes');
+    await bob.unreact(conversation, first.message_id, 'eyes');
+    // Bob cannot edit alice's message: the promise rejects with the server's code.
+    await assert.rejects(bob.editMessage(conversation, first.message_id, 'mine now'), (error: unknown) => (error as { code?: string }).code === 'forbidden');
+
+    const expected = (chat: ChatClient) => {
+      const [one, two, three] = chat.messages(conversation);
+      return (
+        one?.body === 'first' &&
+        one.edited_at === edited.ts &&
+        one.reactions === undefined &&
+        two?.deleted === true &&
+        two.body === undefined &&
+        three?.reactions?.length === 1 &&
+        three.reactions[0]!.count === 2
+      );
+    };
+    for (const [name, chat] of Object.entries({ alice, bob })) {
+      await until(() => expected(chat), 15_000, `${name} sees the edit, the delete and the reactions`);
+      assert.deepEqual(chat.messages(conversation)[2]!.reactions, [{ reaction: '👍', count: 2, me: true }]);
+    }
+
+    // History (persist trails the ack): the same, with the reader's own reactions marked.
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const history: Message[] = [];
+      for await (const page of bob.api.history(conversation, { pageSize: 50 })) history.unshift(...page);
+      const [one, two, three] = history;
+      const done =
+        one?.body === 'first' && one.edited_at !== undefined && two?.deleted === true && three?.reactions?.[0]?.count === 2 && !one.reactions;
+      if (done) {
+        assert.equal(two!.body, undefined, 'a tombstone has no body');
+        assert.deepEqual(three!.reactions, [{ reaction: '👍', count: 2, me: true }]);
+        assert.equal(three!.reply_to, first.message_id);
+        break;
+      }
+      assert.ok(Date.now() < deadline, `history: ${JSON.stringify(history)}`);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+    // Bob's second device, loading from history, shows what the live frames made
+    // (but `mentions`, which history does not return).
+    const device = client(bob.userId, stack.wsUrls[0]!, async () => stack.token(bob.userId));
+    assert.equal(await device.loadOlder(conversation, 50), 3);
+    assert.deepEqual(device.messages(conversation), bob.messages(conversation).map(({ mentions: _mentions, ...rest }) => rest));
   });
 });

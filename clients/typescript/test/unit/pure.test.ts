@@ -12,6 +12,7 @@ import {
   highlightToHtml,
   isMessageId,
   maxMessageId,
+  messageIdBefore,
   membershipEffect,
   retryAfterMs,
 } from '../../src/index.js';
@@ -52,6 +53,13 @@ describe('message ids', () => {
     assert.ok(compareMessageIds(a, b) > 0);
     assert.ok(compareMessageIds('99', '100') < 0);
     assert.equal(maxMessageId('9223372036854775807', '9223372036854775806'), '9223372036854775807');
+  });
+
+  it('move back in time by whole milliseconds, never below 1', () => {
+    const id = ((1_700_000_000_000n << 22n) | 5n).toString();
+    assert.equal(messageIdBefore(id, 5_000), (((1_700_000_000_000n - 5_000n) << 22n) | 5n).toString());
+    assert.equal(messageIdBefore(id, 0), id);
+    assert.equal(messageIdBefore('12345', 5_000), '1');
   });
 
   it('are validated like the schema', () => {
@@ -166,5 +174,60 @@ describe('search highlights', () => {
     assert.equal(highlightToHtml('<em onclick="x">a</em>'), '&lt;em onclick=&quot;x&quot;&gt;a');
     assert.equal(highlightToHtml('a <em>b'), 'a <em>b</em>', 'a dangling <em> is closed');
     assert.equal(highlightToHtml('a</em> b'), 'a b');
+  });
+});
+
+describe('conversation store: changes', () => {
+  it('counts a reaction once per user however often its frame comes, and marks this user', () => {
+    const store = new ConversationStore();
+    store.insert(message('c1', '1'));
+    const react = (user: string, action: 'add' | 'remove', reaction = 'x') => store.applyReaction('c1', '1', user, reaction, action, 'me');
+    assert.ok(react('bob', 'add'));
+    assert.equal(react('bob', 'add'), undefined, 'a replay');
+    assert.ok(react('me', 'add'));
+    assert.equal(react('me', 'add'), undefined);
+    assert.ok(react('carol', 'add', 'y'));
+    assert.deepEqual(store.get('c1', '1')!.reactions, [
+      { reaction: 'x', count: 2, me: true },
+      { reaction: 'y', count: 1, me: false },
+    ]);
+    assert.ok(react('bob', 'remove'));
+    assert.equal(react('bob', 'remove'), undefined);
+    assert.equal(react('dave', 'remove', 'y'), undefined, 'dave never reacted so: nothing to take back');
+    assert.ok(react('carol', 'remove', 'y'));
+    assert.ok(react('me', 'remove'));
+    assert.equal(store.get('c1', '1')!.reactions, undefined, 'none left: no field, as in history');
+    assert.equal(store.applyReaction('c1', '404', 'bob', 'x', 'add', 'me'), undefined, 'not held');
+  });
+
+  it('history copies bring reactions; this user\'s own state comes from their me flag', () => {
+    const store = new ConversationStore();
+    store.insert(message('c1', '1'));
+    const { updated } = store.insert({ ...message('c1', '1'), reactions: [{ reaction: 'x', count: 3, me: true }] }, true);
+    assert.deepEqual(updated?.reactions, [{ reaction: 'x', count: 3, me: true }]);
+    assert.equal(store.applyReaction('c1', '1', 'me', 'x', 'add', 'me'), undefined, 'already counted in history');
+    assert.equal(store.applyReaction('c1', '1', 'me', 'x', 'remove', 'me')?.reactions?.[0]?.count, 2);
+    // A live copy (no reactions field) does not wipe them.
+    assert.equal(store.insert(message('c1', '1')).updated, undefined);
+    assert.equal(store.get('c1', '1')!.reactions?.[0]?.count, 2);
+  });
+
+  it('keeps the newest edit, and a tombstone for good', () => {
+    const store = new ConversationStore();
+    store.insert(message('c1', '1', 'v1'));
+    const before = store.get('c1', '1');
+    assert.equal(store.applyEdit('c1', '1', 'v3', 30)?.body, 'v3');
+    assert.notEqual(store.get('c1', '1'), before, 'a new object, never mutated');
+    assert.equal(before!.body, 'v1');
+    assert.equal(store.applyEdit('c1', '1', 'v2', 20), undefined, 'an older edit');
+    assert.equal(store.applyEdit('c1', '1', 'v3', 30), undefined, 'a replay');
+    // A history copy with a newer edit updates; then a tombstone.
+    assert.equal(store.insert({ ...message('c1', '1', 'v4'), edited_at: 40 }, true).updated?.body, 'v4');
+    const { body: _body, ...tombstone } = { ...message('c1', '1'), deleted: true };
+    assert.equal(store.insert(tombstone, true).updated?.deleted, true);
+    assert.equal(store.get('c1', '1')!.body, undefined);
+    assert.equal(store.applyEdit('c1', '1', 'v5', 50), undefined, 'a deleted message stays deleted');
+    assert.equal(store.applyDelete('c1', '1'), undefined, 'a replayed delete');
+    assert.deepEqual(store.messages('c1').map((m) => m.message_id), ['1']);
   });
 });
