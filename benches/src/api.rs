@@ -28,7 +28,14 @@ impl std::fmt::Debug for ApiClient {
 pub struct HistoryItem {
     pub message_id: u64,
     pub sender_id: String,
+    /// Empty for a tombstone.
     pub body: String,
+    /// `edited_at` is set.
+    pub edited: bool,
+    /// A tombstone (`deleted: true`).
+    pub deleted: bool,
+    /// `(reaction, count)` pairs.
+    pub reactions: Vec<(String, u32)>,
 }
 
 /// Token keys from a secret; when empty, from the secret file the roles read
@@ -253,6 +260,22 @@ fn parse_items(messages: &[Value]) -> Vec<HistoryItem> {
                 message_id: message_id_of(&message["message_id"])?,
                 sender_id: message["sender_id"].as_str().unwrap_or_default().to_owned(),
                 body: message["body"].as_str().unwrap_or_default().to_owned(),
+                edited: !message["edited_at"].is_null(),
+                deleted: message["deleted"].as_bool().unwrap_or(false),
+                reactions: message["reactions"]
+                    .as_array()
+                    .map(|reactions| {
+                        reactions
+                            .iter()
+                            .filter_map(|reaction| {
+                                Some((
+                                    reaction["reaction"].as_str()?.to_owned(),
+                                    reaction["count"].as_u64()? as u32,
+                                ))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
         })
         .collect()

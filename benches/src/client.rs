@@ -14,8 +14,15 @@
 //! on to the next edge and resumes its session there. The connection and
 //! the frames are `chatpipe-client`'s; what is here is the behaviour of a
 //! user and what it counts.
+//!
+//! With a scenario's `[lifecycle]` (issue 12), a client also edits and
+//! deletes its own recent messages, reacts to messages it received and
+//! sends `read` markers, and records every such request's outcome and every
+//! `message_edited`, `message_deleted` and `reaction` frame it receives,
+//! for the verification.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +39,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::api::ApiClient;
 use crate::plan::WorkerTarget;
+use crate::scenario::LifecycleConfig;
 use crate::stats;
 use crate::wire;
 
@@ -65,6 +73,15 @@ pub struct Counters {
     pub deliveries: AtomicU64,
     pub duplicates: AtomicU64,
     pub other_frames: AtomicU64,
+    /// Lifecycle requests acknowledged, by kind, and `read`s sent.
+    pub edits: AtomicU64,
+    pub deletes: AtomicU64,
+    pub reactions: AtomicU64,
+    pub reads: AtomicU64,
+    /// Lifecycle requests refused (an `error` frame).
+    pub lifecycle_refused: AtomicU64,
+    /// `message_edited`, `message_deleted` and `reaction` frames received.
+    pub lifecycle_frames: AtomicU64,
 }
 
 /// Latency histograms shared by a worker's clients: whole run, and the
@@ -106,6 +123,10 @@ pub struct ClientShared {
     /// How long a received frame may stay unacknowledged.
     pub ack_delay: Duration,
     pub max_unacked_per_client: usize,
+    /// Edits, deletes, reactions and reads after sends.
+    pub lifecycle: LifecycleConfig,
+    /// Members per conversation (global index); empty: reads everywhere.
+    pub conversation_sizes: Vec<u32>,
 }
 
 impl ClientShared {
@@ -202,6 +223,46 @@ pub struct AckRecord {
     pub search_word: String,
 }
 
+/// What a lifecycle request does to a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    Edit,
+    Delete,
+    React,
+}
+
+/// An edit, delete or reaction a client asked for, and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpRecord {
+    pub kind: OpKind,
+    pub message_id: u64,
+    pub conversation: u32,
+    /// Who asked (global user index).
+    pub user: u32,
+    pub sent_unix_us: u64,
+    /// When its `ack` arrived (0: not acknowledged).
+    pub acked_unix_us: u64,
+    /// An edit: the new body's unique search word; a reaction: the
+    /// reaction; a delete: empty.
+    pub detail: String,
+    /// Empty when acknowledged; else the `error` frame's code, or `no_ack`
+    /// (the run ended first: whether it applied is unknown).
+    pub refused: String,
+}
+
+/// A `message_edited`, `message_deleted` or `reaction` frame as received:
+/// the same key as the [`OpRecord`] that caused it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SeenOp {
+    pub kind: OpKind,
+    pub message_id: u64,
+    /// Who did it (global user index; `u32::MAX` when not a load generator user).
+    pub user: u32,
+    /// As [`OpRecord::detail`] (a removed reaction: `-` and the reaction).
+    pub detail: String,
+}
+
 /// What a client saw, for the verification.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ClientReport {
@@ -218,6 +279,16 @@ pub struct ClientReport {
     pub unacked: Vec<(String, String)>,
     /// Per conversation: message ids in the order they were received live.
     pub order: Vec<(u32, Vec<u64>)>,
+    /// Every edit, delete and reaction asked for, with its outcome.
+    #[serde(default)]
+    pub ops: Vec<OpRecord>,
+    /// Lifecycle frames received (distinct).
+    #[serde(default)]
+    pub seen_ops: Vec<SeenOp>,
+    /// When each history catch-up (after `resumed:false`) ended: it brings
+    /// the state of every change made before it.
+    #[serde(default)]
+    pub catch_ups_unix_us: Vec<u64>,
 }
 
 /// Identity and settings of one client.
@@ -279,7 +350,34 @@ struct State {
     newest: HashMap<u32, u64>,
     order: HashMap<u32, Vec<u64>>,
     local: LocalStats,
+    /// This client's recent acknowledged messages (conversation, id) that
+    /// it has not deleted: what it edits and deletes.
+    own_recent: VecDeque<(u32, u64)>,
+    /// Recent messages of others received live: what it reacts to.
+    received_recent: VecDeque<(u32, u64)>,
+    /// Messages with a lifecycle request of this client in flight: none is
+    /// asked for twice at once, so that the order of its changes is known.
+    busy: HashSet<u64>,
+    pending_ops: HashMap<String, PendingOp>,
+    seen_ops: HashSet<SeenOp>,
+    next_op: u64,
+    received_since_read: u64,
+    /// Frames to write once the current frame is handled (reads).
+    outbox: Vec<String>,
 }
+
+/// A lifecycle request waiting for its `ack` (written again after a
+/// reconnect: edits, deletes and reactions are idempotent).
+struct PendingOp {
+    record: OpRecord,
+    frame: String,
+}
+
+/// How many recent messages a client remembers for its lifecycle requests.
+const RECENT: usize = 16;
+
+/// The reactions clients choose from.
+const REACTIONS: [&str; 3] = ["+1", "heart", "laugh"];
 
 /// The contract's application-level ping (answered by `pong`).
 const PING_FRAME: &str = r#"{"op":"ping"}"#;
@@ -318,6 +416,14 @@ pub async fn run_chatpipe_client(
         newest: HashMap::new(),
         order: HashMap::new(),
         local: LocalStats::default(),
+        own_recent: VecDeque::new(),
+        received_recent: VecDeque::new(),
+        busy: HashSet::new(),
+        pending_ops: HashMap::new(),
+        seen_ops: HashSet::new(),
+        next_op: 0,
+        received_since_read: 0,
+        outbox: Vec::new(),
     };
     let mut online = Some(online);
     let mut backoff = Duration::from_millis(100);
@@ -410,11 +516,13 @@ pub async fn run_chatpipe_client(
         state.session = Some(connection.hello().session_id.to_string());
         // Sends that saw no ack go again, same client_msg_id, marked.
         let mut writable = true;
-        let resend: Vec<String> = state
+        let mut resend: Vec<String> = state
             .pending
             .values()
             .map(|pending| frames::mark_resend(&pending.frame))
             .collect();
+        resend.extend(state.pending_ops.values().map(|op| op.frame.clone()));
+        state.outbox.clear();
         for frame in resend {
             shared.counters.resends.fetch_add(1, Ordering::Relaxed);
             if connection.send_text(frame).await.is_err() {
@@ -475,6 +583,11 @@ pub async fn run_chatpipe_client(
     for (client_msg_id, _pending) in state.pending.drain() {
         state.report.unacked.push((client_msg_id, "no_ack".into()));
     }
+    for (_, mut op) in state.pending_ops.drain() {
+        op.record.refused = "no_ack".into();
+        state.report.ops.push(op.record);
+    }
+    state.report.seen_ops = state.seen_ops.drain().collect();
     state.local.flush(&shared);
     state.report.order = state.order.into_iter().collect();
     state.report
@@ -555,6 +668,204 @@ async fn queue_send(
     Some(frame)
 }
 
+/// After a send: maybe an edit, a delete and a reaction (each drawn with
+/// its share), queued in the outbox and pending until acknowledged.
+async fn after_send(shared: &Arc<ClientShared>, state: &mut State) {
+    let lifecycle = &shared.lifecycle;
+    if lifecycle.edit_share <= 0.0 && lifecycle.delete_share <= 0.0 && lifecycle.react_share <= 0.0
+    {
+        return;
+    }
+    let draws = [
+        (OpKind::Edit, lifecycle.edit_share),
+        (OpKind::Delete, lifecycle.delete_share),
+        (OpKind::React, lifecycle.react_share),
+    ];
+    for (kind, share) in draws {
+        if share <= 0.0 || rand::random::<f64>() >= share {
+            continue;
+        }
+        let pool = match kind {
+            OpKind::Edit | OpKind::Delete => &state.own_recent,
+            OpKind::React => &state.received_recent,
+        };
+        let free: Vec<usize> = (0..pool.len())
+            .filter(|index| !state.busy.contains(&pool[*index].1))
+            .collect();
+        let Some(&index) = free.get(rand::random_range(0..free.len().max(1))) else {
+            continue;
+        };
+        let (conversation, message_id) = pool[index];
+        if kind == OpKind::Delete {
+            // Never edited after its deletion.
+            state.own_recent.remove(index);
+        }
+        let ids = shared.conversation_ids.read().await.clone();
+        let Some(conversation_id) = ids.get(conversation as usize) else {
+            continue;
+        };
+        state.next_op += 1;
+        let client_msg_id = format!("w{}u{}o{}", shared.worker, state.spec.local, state.next_op);
+        let sent_unix_us = crate::now_unix_us();
+        let (frame, detail) = match kind {
+            OpKind::Edit => {
+                let token = format!(
+                    "{}w{}x{}e{}",
+                    shared.run_id, shared.worker, state.spec.local, state.next_op
+                );
+                let body = wire::message_body(sent_unix_us, &token, shared.body_bytes);
+                let frame = serde_json::json!({"op": "edit", "conversation_id": conversation_id,
+                    "message_id": message_id.to_string(), "body": body, "client_msg_id": client_msg_id});
+                (frame, format!("q{token}"))
+            }
+            OpKind::Delete => (
+                serde_json::json!({"op": "delete", "conversation_id": conversation_id,
+                    "message_id": message_id.to_string(), "client_msg_id": client_msg_id}),
+                String::new(),
+            ),
+            OpKind::React => {
+                let reaction = REACTIONS[rand::random_range(0..REACTIONS.len())];
+                let frame = serde_json::json!({"op": "react", "conversation_id": conversation_id,
+                    "message_id": message_id.to_string(), "reaction": reaction, "client_msg_id": client_msg_id});
+                (frame, reaction.to_owned())
+            }
+        };
+        let frame = frame.to_string();
+        state.busy.insert(message_id);
+        state.outbox.push(frame.clone());
+        state.pending_ops.insert(
+            client_msg_id,
+            PendingOp {
+                record: OpRecord {
+                    kind,
+                    message_id,
+                    conversation,
+                    user: state.spec.user,
+                    sent_unix_us,
+                    acked_unix_us: 0,
+                    detail,
+                    refused: String::new(),
+                },
+                frame,
+            },
+        );
+    }
+}
+
+/// A message of someone else received live: remembered for reactions, and
+/// every `read_every` of them a `read` marker (in conversations small
+/// enough, see [`LifecycleConfig::read_max_members`]).
+fn received(
+    shared: &ClientShared,
+    state: &mut State,
+    conversation: u32,
+    conversation_id: &str,
+    message_id: u64,
+) {
+    let lifecycle = &shared.lifecycle;
+    if lifecycle.react_share > 0.0 {
+        if state.received_recent.len() >= RECENT {
+            state.received_recent.pop_front();
+        }
+        state.received_recent.push_back((conversation, message_id));
+    }
+    if lifecycle.read_every == 0 {
+        return;
+    }
+    state.received_since_read += 1;
+    if state.received_since_read < lifecycle.read_every {
+        return;
+    }
+    let small_enough = lifecycle.read_max_members == 0
+        || shared
+            .conversation_sizes
+            .get(conversation as usize)
+            .is_none_or(|&size| size as usize <= lifecycle.read_max_members);
+    if small_enough {
+        state.received_since_read = 0;
+        shared.counters.reads.fetch_add(1, Ordering::Relaxed);
+        state.outbox.push(
+            serde_json::json!({"op": "read", "conversation_id": conversation_id,
+                "message_id": message_id.to_string()})
+            .to_string(),
+        );
+    }
+}
+
+/// The `ack` of a lifecycle request (`client_msg_id`), if it is one.
+fn op_acked(shared: &ClientShared, state: &mut State, client_msg_id: &str) {
+    let Some(mut op) = state.pending_ops.remove(client_msg_id) else {
+        return;
+    };
+    let counter = match op.record.kind {
+        OpKind::Edit => &shared.counters.edits,
+        OpKind::Delete => &shared.counters.deletes,
+        OpKind::React => &shared.counters.reactions,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    state.busy.remove(&op.record.message_id);
+    op.record.acked_unix_us = crate::now_unix_us();
+    state.report.ops.push(op.record);
+}
+
+/// Writes the outbox's frames.
+async fn flush_outbox(state: &mut State, connection: &mut Connection) -> Result<(), ()> {
+    for frame in state.outbox.drain(..) {
+        connection.send_text(frame).await.map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// The fields of a `message_edited`, `message_deleted` or `reaction`
+/// frame the verification keys on.
+#[derive(Deserialize)]
+struct LifecycleFrame<'a> {
+    #[serde(borrow)]
+    message_id: Cow<'a, str>,
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    body: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reaction: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    action: Option<Cow<'a, str>>,
+}
+
+/// A lifecycle frame (`op`, whole text) as the key of the request behind it.
+fn parse_lifecycle_frame(op: &str, text: &str) -> Option<SeenOp> {
+    let frame: LifecycleFrame = serde_json::from_str(text).ok()?;
+    let (kind, detail) = match op {
+        "message_edited" => (
+            OpKind::Edit,
+            format!("q{}", wire::search_token(frame.body.as_deref()?)?),
+        ),
+        "message_deleted" => (OpKind::Delete, String::new()),
+        "reaction" => {
+            let reaction = frame.reaction.as_deref()?;
+            match frame.action.as_deref() {
+                Some("remove") => (OpKind::React, format!("-{reaction}")),
+                _ => (OpKind::React, reaction.to_owned()),
+            }
+        }
+        _ => return None,
+    };
+    Some(SeenOp {
+        kind,
+        message_id: frame.message_id.parse().ok()?,
+        user: user_index(&frame.user_id),
+        detail,
+    })
+}
+
+/// The global index of a load generator user's name (`lg<run>-<index>`).
+fn user_index(name: &str) -> u32 {
+    name.rsplit('-')
+        .next()
+        .and_then(|index| index.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
 enum Ended {
     Finish,
     Storm(Duration),
@@ -601,6 +912,10 @@ async fn serve(
                     {
                         return Ended::Lost;
                     }
+                    after_send(shared, state).await;
+                    if flush_outbox(state, connection).await.is_err() {
+                        return Ended::Lost;
+                    }
                 }
             },
             incoming = connection.recv() => {
@@ -612,6 +927,9 @@ async fn serve(
                 last_heard = Instant::now();
                 pinged = false;
                 handle_frame(shared, state, text.as_str());
+                if flush_outbox(state, connection).await.is_err() {
+                    return Ended::Lost;
+                }
                 if state.last_seq >= state.acked_seq + shared.ack_every_frames {
                     state.acked_seq = state.last_seq;
                     unacked_since = None;
@@ -692,6 +1010,15 @@ fn handle_frame(shared: &Arc<ClientShared>, state: &mut State, text: &str) {
                     .entry(conversation)
                     .or_default()
                     .push(message_id);
+                if message.sender_id != state.spec.user_name {
+                    received(
+                        shared,
+                        state,
+                        conversation,
+                        &message.conversation_id,
+                        message_id,
+                    );
+                }
             }
             state.local.delivered(shared, latency);
         }
@@ -700,6 +1027,7 @@ fn handle_frame(shared: &Arc<ClientShared>, state: &mut State, text: &str) {
                 return;
             };
             let Some(pending) = state.pending.remove(client_msg_id.as_ref()) else {
+                op_acked(shared, state, client_msg_id.as_ref());
                 return;
             };
             let Some(message_id) = frame.message_id.and_then(|id| id.parse::<u64>().ok()) else {
@@ -715,15 +1043,43 @@ fn handle_frame(shared: &Arc<ClientShared>, state: &mut State, text: &str) {
                 acked_unix_us: crate::now_unix_us(),
                 search_word: pending.search_word,
             });
+            if shared.lifecycle.active() {
+                if state.own_recent.len() >= RECENT {
+                    state.own_recent.pop_front();
+                }
+                state
+                    .own_recent
+                    .push_back((pending.conversation, message_id));
+            }
+        }
+        "message_edited" | "message_deleted" | "reaction" => {
+            shared
+                .counters
+                .lifecycle_frames
+                .fetch_add(1, Ordering::Relaxed);
+            match parse_lifecycle_frame(frame.op.as_ref(), text) {
+                Some(seen) => {
+                    state.seen_ops.insert(seen);
+                }
+                None => shared.error("undecodable_lifecycle_frame"),
+            }
         }
         "pong" => {}
         "error" => {
             let code = frame.code.as_deref().unwrap_or("unknown").to_owned();
             shared.error(&code);
-            if let Some(reference) = frame.reference
-                && state.pending.remove(reference.as_ref()).is_some()
-            {
-                state.report.unacked.push((reference.into_owned(), code));
+            if let Some(reference) = frame.reference {
+                if state.pending.remove(reference.as_ref()).is_some() {
+                    state.report.unacked.push((reference.into_owned(), code));
+                } else if let Some(mut op) = state.pending_ops.remove(reference.as_ref()) {
+                    shared
+                        .counters
+                        .lifecycle_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    state.busy.remove(&op.record.message_id);
+                    op.record.refused = code;
+                    state.report.ops.push(op.record);
+                }
             }
         }
         _ => {
@@ -751,7 +1107,14 @@ const PERSIST_LAG: Duration = Duration::from_millis(500);
 async fn catch_up(shared: &Arc<ClientShared>, state: &mut State) {
     catch_up_pass(shared, state).await;
     tokio::time::sleep(PERSIST_LAG).await;
+    let second_pass = crate::now_unix_us();
     catch_up_pass(shared, state).await;
+    // History read from here on holds every change acked a persist lag
+    // before (the second pass's start).
+    state
+        .report
+        .catch_ups_unix_us
+        .push(second_pass.saturating_sub(PERSIST_LAG.as_micros() as u64));
 }
 
 /// One pass of [`catch_up`].
@@ -981,6 +1344,29 @@ async fn handle_centrifugo_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lifecycle_frames_key_like_their_requests() {
+        let edited = r#"{"op":"message_edited","seq":3,"conversation_id":"c","message_id":"42","user_id":"lgabc-7","body":"t1 qabcw0x1e2 lg","edited_at":5}"#;
+        assert_eq!(
+            parse_lifecycle_frame("message_edited", edited),
+            Some(SeenOp {
+                kind: OpKind::Edit,
+                message_id: 42,
+                user: 7,
+                detail: "qabcw0x1e2".into()
+            })
+        );
+        let deleted = r#"{"op":"message_deleted","seq":4,"conversation_id":"c","message_id":"42","user_id":"lgabc-7","deleted_at":6}"#;
+        assert_eq!(
+            parse_lifecycle_frame("message_deleted", deleted).map(|seen| (seen.kind, seen.detail)),
+            Some((OpKind::Delete, String::new()))
+        );
+        let removed = r#"{"op":"reaction","seq":5,"conversation_id":"c","message_id":"42","user_id":"other","reaction":"+1","action":"remove","ts":7}"#;
+        let seen = parse_lifecycle_frame("reaction", removed).unwrap();
+        assert_eq!((seen.user, seen.detail.as_str()), (u32::MAX, "-+1"));
+        assert_eq!(parse_lifecycle_frame("message_edited", "{}"), None);
+    }
 
     #[test]
     fn a_connection_is_stuck_only_when_an_answer_is_overdue() {

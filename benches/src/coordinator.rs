@@ -18,14 +18,14 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
 use crate::api::ApiClient;
-use crate::client::{AckRecord, ClientReport};
+use crate::client::{AckRecord, ClientReport, OpRecord};
 use crate::cpu::{CpuSampler, CpuSnapshot, CpuWindow, ProcessKind, TrackedProcess};
 use crate::plan::{self, ConversationKind, PlannedConversation, WorkerTarget, user_name};
 use crate::scenario::Scenario;
 use crate::stats::{self, LatencySummary};
 use crate::sys;
-use crate::verify::{self, DeliveryCheck, HistoryCheck};
-use crate::worker::{Snapshot, WorkerCommand, WorkerEvent, WorkerOutput};
+use crate::verify::{self, DeliveryCheck, HistoryCheck, LifecycleFrameCheck, WrongState};
+use crate::worker::{LifecycleCounts, Snapshot, WorkerCommand, WorkerEvent, WorkerOutput};
 
 /// Command-line choices of one run.
 #[derive(Debug, Clone)]
@@ -93,6 +93,10 @@ pub struct CpuResult {
     pub measured_acks: u64,
     /// Member deliveries received in `measured`.
     pub measured_deliveries: u64,
+    /// Edits, deletes, reactions and reads in `measured` (scenarios with
+    /// `[lifecycle]`).
+    #[serde(default)]
+    pub measured_lifecycle: LifecycleCounts,
 }
 
 /// Verification outcome (chatpipe only).
@@ -111,7 +115,33 @@ pub struct Verification {
     /// Sampled messages that search returned more than once.
     #[serde(default)]
     pub search_duplicated: Vec<u64>,
+    /// Edits, deletes and reactions (scenarios with `[lifecycle]`).
+    #[serde(default)]
+    pub lifecycle: Option<LifecycleVerification>,
     pub notes: Vec<String>,
+}
+
+/// Verification of the changes made to messages after their send.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LifecycleVerification {
+    /// Requests' outcomes and their frames to the members.
+    pub frames: LifecycleFrameCheck,
+    /// Changed messages whose final state history was checked for.
+    pub history_checked: u64,
+    /// Messages whose history state is wrong (conversation id, what).
+    pub history_wrong: Vec<(String, WrongState)>,
+    pub history_wrong_total: u64,
+    /// Searches for changed messages: deleted ones by their original word
+    /// (must not be found), edited ones by their new word (must be).
+    pub search_checked: u64,
+    /// `(message id, word, whether it had to be found)` that search got wrong.
+    pub search_wrong: Vec<(u64, String, bool)>,
+}
+
+impl LifecycleVerification {
+    pub fn passed(&self) -> bool {
+        self.frames.passed() && self.history_wrong_total == 0 && self.search_wrong.is_empty()
+    }
 }
 
 /// The figures of one target (chatpipe or a baseline) in one scenario.
@@ -722,6 +752,7 @@ fn add_snapshot(total: &mut Snapshot, other: &Snapshot) {
     total.deliveries += other.deliveries;
     total.duplicates += other.duplicates;
     total.other_frames += other.other_frames;
+    total.lifecycle.add(&other.lifecycle);
     for (code, count) in &other.errors {
         *total.errors.entry(code.clone()).or_default() += count;
     }
@@ -1238,10 +1269,23 @@ async fn run_target(
         let total = session.progress.total();
         result.cpu.measured_acks = total.acks - progress_start.acks;
         result.cpu.measured_deliveries = total.deliveries - progress_start.deliveries;
+        result.cpu.measured_lifecycle = total.lifecycle.since(&progress_start.lifecycle);
         println!(
             "cpu, phases and drain: {}",
             cpu_line(&measured, result.cpu.measured_acks)
         );
+        let lifecycle = &result.cpu.measured_lifecycle;
+        if lifecycle.operations() > 0 {
+            println!(
+                "lifecycle, phases and drain: {} edits, {} deletes, {} reactions acked, {} reads sent, {} refused; {} frames received",
+                lifecycle.edits,
+                lifecycle.deletes,
+                lifecycle.reactions,
+                lifecycle.reads,
+                lifecycle.refused,
+                lifecycle.frames
+            );
+        }
         result.cpu.measured = Some(measured);
     }
     if let Some((at, open_before, baseline)) = storm_result {
@@ -1369,10 +1413,7 @@ async fn verify_run(
         for violation in check.id_order_violations.iter().take(10) {
             println!(
                 "  ID ORDER conversation {} user {}: {} received after {}",
-                conversation_ids
-                    .get(violation.conversation as usize)
-                    .map(String::as_str)
-                    .unwrap_or("?"),
+                conversation_name(conversation_ids, violation.conversation),
                 user_name(run_id, violation.user),
                 violation.later,
                 violation.earlier
@@ -1382,13 +1423,47 @@ async fn verify_run(
             println!(
                 "  MISSING message {} of conversation {} for user {}",
                 missing.message_id,
-                conversation_ids
-                    .get(missing.conversation as usize)
-                    .map(String::as_str)
-                    .unwrap_or("?"),
+                conversation_name(conversation_ids, missing.conversation),
                 user_name(run_id, missing.user)
             );
         }
+    }
+    let lifecycle_active = scenario.lifecycle.active();
+    let ops: Vec<OpRecord> = clients
+        .iter()
+        .flat_map(|client| client.ops.iter().cloned())
+        .collect();
+    let expected = verify::expected_states(&ops);
+    let mut lifecycle = LifecycleVerification::default();
+    if lifecycle_active {
+        lifecycle.frames = verify::check_lifecycle_frames(&members, &ops, clients);
+        let check = &lifecycle.frames;
+        println!(
+            "lifecycle: {} edits, {} deletes, {} reactions acked ({} refused on deleted messages, {} refused otherwise, {} unanswered); {} member frames expected, {} received, {} missing ({} of them after a history catch-up)",
+            check.edits,
+            check.deletes,
+            check.reactions,
+            check.refused_deleted,
+            check.unexpected_refusals.len(),
+            check.unanswered,
+            check.expected,
+            check.received,
+            check.missing_total,
+            check.missing_after_catch_up
+        );
+        for (message_id, code) in check.unexpected_refusals.iter().take(10) {
+            println!("  REFUSED change of message {message_id}: {code}");
+        }
+        for missing in check.missing.iter().take(20) {
+            println!(
+                "  MISSING {:?} frame of message {} (conversation {}) for user {}",
+                missing.kind,
+                missing.message_id,
+                conversation_name(conversation_ids, missing.conversation),
+                user_name(run_id, missing.user)
+            );
+        }
+        lifecycle.frames.missing.truncate(1000);
     }
     let timeout = Duration::from_secs(scenario.verify.timeout_s);
     let deadline = Instant::now() + timeout;
@@ -1421,53 +1496,84 @@ async fn verify_run(
             }
         }
         verification.history_conversations = by_conversation.len() as u64;
-        let checks: Vec<(String, HistoryCheck)> = futures::stream::iter(by_conversation)
-            .map(|(conversation, acked)| {
-                let id = conversation_ids[conversation as usize].clone();
-                let reader = user_name(run_id, planned[conversation as usize].members[0]);
-                let live = live.remove(&conversation).unwrap_or_default();
-                async move {
-                    let live: Vec<(u32, &[u64])> = live
-                        .iter()
-                        .map(|(user, list)| (*user, list.as_slice()))
-                        .collect();
-                    loop {
-                        let check = match api.full_history(&reader, &id).await {
-                            Ok(history) => {
-                                let ids: Vec<u64> =
-                                    history.iter().map(|item| item.message_id).collect();
-                                let mut check = verify::check_history(&acked, &ids);
-                                verify::check_live_against_history(&ids, &live, &mut check);
-                                check
-                            }
-                            Err(error) => {
-                                eprintln!("history of {id}: {error}");
-                                HistoryCheck {
-                                    missing: acked.clone(),
-                                    ..HistoryCheck::default()
+        let expected = &expected;
+        let checks: Vec<(String, HistoryCheck, Vec<WrongState>)> =
+            futures::stream::iter(by_conversation)
+                .map(|(conversation, acked)| {
+                    let id = conversation_ids[conversation as usize].clone();
+                    let reader = user_name(run_id, planned[conversation as usize].members[0]);
+                    let live = live.remove(&conversation).unwrap_or_default();
+                    async move {
+                        let live: Vec<(u32, &[u64])> = live
+                            .iter()
+                            .map(|(user, list)| (*user, list.as_slice()))
+                            .collect();
+                        loop {
+                            let (check, wrong) = match api.full_history(&reader, &id).await {
+                                Ok(history) => {
+                                    let ids: Vec<u64> =
+                                        history.iter().map(|item| item.message_id).collect();
+                                    let mut check = verify::check_history(&acked, &ids);
+                                    verify::check_live_against_history(&ids, &live, &mut check);
+                                    let wrong = if lifecycle_active {
+                                        verify::check_final_state(expected, &history)
+                                    } else {
+                                        Vec::new()
+                                    };
+                                    (check, wrong)
                                 }
+                                Err(error) => {
+                                    eprintln!("history of {id}: {error}");
+                                    let check = HistoryCheck {
+                                        missing: acked.clone(),
+                                        ..HistoryCheck::default()
+                                    };
+                                    (check, Vec::new())
+                                }
+                            };
+                            // Missing messages and changes may still be on
+                            // their way; duplicates and order are final.
+                            if (check.passed() && wrong.is_empty())
+                                || !check.duplicated.is_empty()
+                                || check.out_of_order
+                                || !check.live_order_mismatches.is_empty()
+                                || Instant::now() > deadline
+                            {
+                                return (id, check, wrong);
                             }
-                        };
-                        // Missing may still be on its way; duplicates and order are final.
-                        if check.passed()
-                            || !check.duplicated.is_empty()
-                            || check.out_of_order
-                            || !check.live_order_mismatches.is_empty()
-                            || Instant::now() > deadline
-                        {
-                            return (id, check);
+                            tokio::time::sleep(Duration::from_secs(2)).await;
                         }
-                        tokio::time::sleep(Duration::from_secs(2)).await;
                     }
-                }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        verification.history_failures = checks
-            .into_iter()
-            .filter(|(_, check)| !check.passed())
-            .collect();
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+        let mut failures = Vec::new();
+        for (id, check, wrong) in checks {
+            lifecycle.history_wrong_total += wrong.len() as u64;
+            lifecycle
+                .history_wrong
+                .extend(wrong.into_iter().map(|wrong| (id.clone(), wrong)));
+            if !check.passed() {
+                failures.push((id, check));
+            }
+        }
+        verification.history_failures = failures;
+        if lifecycle_active {
+            lifecycle.history_checked =
+                expected.values().filter(|state| !state.uncertain).count() as u64;
+            println!(
+                "lifecycle history: {} changed messages, {} messages in a wrong state",
+                lifecycle.history_checked, lifecycle.history_wrong_total
+            );
+            for (id, wrong) in lifecycle.history_wrong.iter().take(10) {
+                println!(
+                    "  WRONG STATE {id} message {}: {}",
+                    wrong.message_id, wrong.what
+                );
+            }
+            lifecycle.history_wrong.truncate(1000);
+        }
         let counts = verify::HistoryCounts::of(&verification.history_failures);
         println!(
             "history: {} conversations read, {} failed ({} messages missing, {} duplicated, {} seen live but not in history; {} recipients whose live order differs from history's)",
@@ -1498,11 +1604,19 @@ async fn verify_run(
         }
         verification.history_counts = counts;
     }
+    // Edited and deleted messages are not found by their first body's word:
+    // they are searched for below.
+    let changed = verify::changed_bodies(&expected);
+    let searchable: Vec<&AckRecord> = acks
+        .iter()
+        .filter(|ack| !changed.contains(&ack.message_id))
+        .collect();
     let sample: Vec<&AckRecord> = if scenario.verify.search_all {
-        acks.iter().collect()
-    } else if scenario.verify.search_sample > 0 && !acks.is_empty() {
-        let step = (acks.len() / scenario.verify.search_sample).max(1);
-        acks.iter()
+        searchable
+    } else if scenario.verify.search_sample > 0 && !searchable.is_empty() {
+        let step = (searchable.len() / scenario.verify.search_sample).max(1);
+        searchable
+            .into_iter()
             .step_by(step)
             .take(scenario.verify.search_sample)
             .collect()
@@ -1577,7 +1691,32 @@ async fn verify_run(
             );
         }
     }
+    if lifecycle_active {
+        let limit = if scenario.verify.search_all {
+            usize::MAX
+        } else {
+            scenario.verify.search_sample
+        };
+        let searches = verify::lifecycle_search_sample(&expected, &acks, limit);
+        lifecycle.search_checked = searches.len() as u64;
+        lifecycle.search_wrong =
+            search_changed(api, &acks, conversation_ids, run_id, searches, deadline).await;
+        println!(
+            "lifecycle search: {} of {} changed messages as expected (deleted not found, edited found by the new text)",
+            lifecycle.search_checked - lifecycle.search_wrong.len() as u64,
+            lifecycle.search_checked
+        );
+        for (message_id, word, found) in lifecycle.search_wrong.iter().take(20) {
+            let wanted = if *found { "not found" } else { "still found" };
+            println!("  SEARCH message {message_id} by {word}: {wanted}");
+        }
+        verification.lifecycle = Some(lifecycle);
+    }
     verification.passed = verification.deliveries.passed()
+        && verification
+            .lifecycle
+            .as_ref()
+            .is_none_or(LifecycleVerification::passed)
         && verification.history_failures.is_empty()
         && verification.search_missing.is_empty()
         && verification.search_duplicated.is_empty();
@@ -1589,6 +1728,53 @@ async fn verify_run(
         verification.deliveries.missing.truncate(1000);
     }
     verification
+}
+
+/// Conversation `index`'s id, for messages (`?` when unknown).
+fn conversation_name(conversation_ids: &[String], index: u32) -> &str {
+    conversation_ids
+        .get(index as usize)
+        .map(String::as_str)
+        .unwrap_or("?")
+}
+
+/// Searches for changed messages (`(message id, word, must be found)`,
+/// see [`verify::lifecycle_search_sample`]) as their senders, each retried
+/// until it comes out as expected or `deadline` passes (the index trails
+/// Kafka); returns those that never did.
+async fn search_changed(
+    api: &ApiClient,
+    acks: &[AckRecord],
+    conversation_ids: &[String],
+    run_id: &str,
+    searches: Vec<(u64, String, bool)>,
+    deadline: Instant,
+) -> Vec<(u64, String, bool)> {
+    let by_id: HashMap<u64, &AckRecord> = acks.iter().map(|ack| (ack.message_id, ack)).collect();
+    let by_id = &by_id;
+    let results: Vec<Option<(u64, String, bool)>> = futures::stream::iter(searches)
+        .map(|(message_id, word, must_find)| async move {
+            let ack = by_id.get(&message_id)?;
+            let sender = user_name(run_id, ack.sender);
+            let conversation_id = &conversation_ids[ack.conversation as usize];
+            loop {
+                if let Ok(found) = api.search(&sender, &word, conversation_id).await
+                    && found.contains(&message_id) == must_find
+                {
+                    return None;
+                }
+                if Instant::now() > deadline {
+                    return Some((message_id, word, must_find));
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut wrong: Vec<(u64, String, bool)> = results.into_iter().flatten().collect();
+    wrong.sort_unstable();
+    wrong
 }
 
 /// The side-by-side table printed at the end.

@@ -8,7 +8,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{ConversationMix, Scenario};
+use crate::scenario::{ConversationMix, LifecycleConfig, Scenario};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -297,6 +297,13 @@ pub struct WorkerPlan {
     pub ack_every_frames: u64,
     pub ack_delay_ms: u64,
     pub max_unacked_per_client: usize,
+    /// What clients do after sending (edits, deletes, reactions, reads).
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+    /// Members per conversation (global index), when `lifecycle` reads
+    /// are limited by size; else empty.
+    #[serde(default)]
+    pub conversation_sizes: Vec<u32>,
 }
 
 /// Splits a run over `workers` processes; `edge_of[user]` is the edge of
@@ -340,6 +347,12 @@ pub fn worker_plans(
             ack_every_frames: scenario.load.ack_every_frames,
             ack_delay_ms: scenario.load.ack_delay_ms,
             max_unacked_per_client: scenario.load.max_unacked_per_client.max(1),
+            lifecycle: scenario.lifecycle.clone(),
+            conversation_sizes: if scenario.lifecycle.read_max_members > 0 {
+                planned.iter().map(|c| c.members.len() as u32).collect()
+            } else {
+                Vec::new()
+            },
         })
         .collect();
     let mut local_index = vec![0u32; users];

@@ -275,7 +275,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
 /// Reads `results_dir` (and criterion's estimates under `criterion_dir`).
 pub fn load(results_dir: &Path, criterion_dir: Option<&Path>, notes: Option<&Path>) -> Inputs {
     let mut inputs = Inputs::default();
-    for name in ["idle", "chat", "broadcast", "storm"] {
+    for name in ["idle", "chat", "broadcast", "storm", "chat-lifecycle"] {
         if let Ok(bytes) = std::fs::read(results_dir.join(format!("{name}.json")))
             && let Ok(result) = serde_json::from_slice::<ScenarioResult>(&bytes)
         {
@@ -663,6 +663,24 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
                     verification.search_checked - verification.search_missing.len() as u64,
                     verification.search_checked
                 );
+                if let Some(lifecycle) = &verification.lifecycle {
+                    let frames = &lifecycle.frames;
+                    let _ = writeln!(
+                        out,
+                        "  - life after send: {} edits, {} deletes, {} reactions acked ({} refused on deleted messages, {} refused otherwise); {} member frames expected ({} missing); history: {} changed messages, {} in a wrong state; search: {}/{} changed messages as expected.",
+                        frames.edits,
+                        frames.deletes,
+                        frames.reactions,
+                        frames.refused_deleted,
+                        frames.unexpected_refusals.len(),
+                        frames.expected,
+                        frames.missing_total,
+                        lifecycle.history_checked,
+                        lifecycle.history_wrong_total,
+                        lifecycle.search_checked - lifecycle.search_wrong.len() as u64,
+                        lifecycle.search_checked
+                    );
+                }
             }
         }
     }
@@ -752,6 +770,7 @@ fn markdown(inputs: &Inputs, plots: &[PathBuf], base: &Path) -> String {
             }
         }
         for target in &result.targets {
+            lifecycle_table(&mut out, target);
             cpu_table(&mut out, target);
         }
         let _ = writeln!(out);
@@ -871,6 +890,20 @@ fn summary_cpu_rows(out: &mut String, inputs: &Inputs) {
             )
             .unwrap_or(0.0),
         );
+        let lifecycle = &ours.cpu.measured_lifecycle;
+        if let Some(per_operation) = CpuWindow::per_thousand(
+            measured.stack_cpu_seconds(),
+            ours.cpu.measured_acks + lifecycle.operations(),
+        )
+        .filter(|_| lifecycle.operations() > 0)
+        {
+            let _ = writeln!(
+                out,
+                "| whole-stack CPU per 1,000 operations, {} (acked messages plus their {} edits, deletes, reactions and reads) | {per_operation:.2} CPU s | — | — | — | |",
+                result.scenario,
+                lifecycle.operations()
+            );
+        }
     }
     let Some(idle) = &inputs.idle_cpu else {
         return;
@@ -962,6 +995,58 @@ fn kind_name(kind: ProcessKind) -> &'static str {
         ProcessKind::Baseline => "baseline server",
         ProcessKind::LoadGenerator => "load generator",
     }
+}
+
+/// What a scenario with `[lifecycle]` did besides sending, and the
+/// stack's CPU per 1,000 acked messages (their edits, deletes, reactions
+/// and reads included) and per 1,000 operations of any kind.
+fn lifecycle_table(out: &mut String, target: &TargetResult) {
+    let lifecycle = &target.cpu.measured_lifecycle;
+    let Some(window) = &target.cpu.measured else {
+        return;
+    };
+    if lifecycle.operations() == 0 {
+        return;
+    }
+    let rate = |count: u64| count as f64 / window.seconds.max(f64::EPSILON);
+    let changes = lifecycle.edits + lifecycle.deletes + lifecycle.reactions;
+    let operations = target.cpu.measured_acks + lifecycle.operations();
+    let per_thousand = |count: u64| {
+        CpuWindow::per_thousand(window.stack_cpu_seconds(), count)
+            .map(|value| format!("{value:.3}"))
+            .unwrap_or_else(|| "—".into())
+    };
+    let _ = writeln!(
+        out,
+        "
+Messages and their life after send, **{}**, phases and drain ({:.0} s):
+
+| operation | count | per second |
+|---|---|---|",
+        target.target, window.seconds
+    );
+    for (label, count) in [
+        ("messages acked", target.cpu.measured_acks),
+        ("edits acked", lifecycle.edits),
+        ("deletes acked", lifecycle.deletes),
+        ("reactions acked", lifecycle.reactions),
+        ("reads sent", lifecycle.reads),
+        ("edits, deletes and reactions refused", lifecycle.refused),
+        (
+            "edit, delete and reaction frames received",
+            lifecycle.frames,
+        ),
+    ] {
+        let _ = writeln!(out, "| {label} | {count} | {:.1} |", rate(count));
+    }
+    let _ = writeln!(
+        out,
+        "
+Whole-stack CPU (engines + chatpipe): {} CPU s per 1,000 acked messages (with their {changes} changes and {} reads), {} CPU s per 1,000 operations ({operations} messages, changes and reads).",
+        per_thousand(target.cpu.measured_acks),
+        lifecycle.reads,
+        per_thousand(operations)
+    );
 }
 
 /// One target's CPU per process: over phases and drain when it sent
@@ -1865,6 +1950,7 @@ mod tests {
     fn cpu_inputs() -> Inputs {
         use crate::coordinator::{CpuResult, PhaseResult};
         use crate::idle::IdleMeasurement;
+        use crate::worker::LifecycleCounts;
         let busy = [
             ("kafka", ProcessKind::Engine, 3.0),
             ("edge", ProcessKind::Chatpipe, 2.0),
@@ -1886,6 +1972,14 @@ mod tests {
                 measured: Some(window(20.0, &busy)),
                 measured_acks: 10_000,
                 measured_deliveries: 20_000,
+                measured_lifecycle: LifecycleCounts {
+                    edits: 500,
+                    deletes: 200,
+                    reactions: 1_000,
+                    reads: 8_300,
+                    refused: 3,
+                    frames: 4_000,
+                },
             },
             ..TargetResult::default()
         };
@@ -1937,6 +2031,16 @@ mod tests {
         );
         assert!(
             text.contains("| loadgen-worker-0 | load generator | 4.0 | 20.0 % | 0.400 |"),
+            "{text}"
+        );
+        // Lifecycle: 10,000 operations besides the 10,000 messages.
+        assert!(text.contains("| edits acked | 500 | 25.0 |"), "{text}");
+        assert!(
+            text.contains("0.500 CPU s per 1,000 acked messages (with their 1700 changes and 8300 reads), 0.250 CPU s per 1,000 operations (20000 messages, changes and reads)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| whole-stack CPU per 1,000 operations, chat (acked messages plus their 10000 edits, deletes, reactions and reads) | 0.25 CPU s |"),
             "{text}"
         );
         // Idle: one column per measurement; chatpipe 0.5 % of a core meets ≤ 1 %.

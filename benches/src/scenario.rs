@@ -26,6 +26,10 @@ pub struct Scenario {
     /// A mass reconnect during the phases.
     #[serde(default)]
     pub storm: Option<StormConfig>,
+    /// What clients do to messages after sending them (edits, deletes,
+    /// reactions, read markers); nothing by default.
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
     #[serde(default)]
     pub verify: VerifyConfig,
     #[serde(default)]
@@ -257,6 +261,39 @@ fn default_storm_share() -> f64 {
     1.0
 }
 
+/// A message's life after its send (issue 12), as shares of sends: after
+/// a send, the client edits one of its own recent acknowledged messages
+/// with probability `edit_share`, deletes one with `delete_share`, and
+/// reacts to a recent message it received with `react_share`. Every
+/// `read_every` messages received it sends a `read` marker for the
+/// conversation of the last one. All zero by default: a scenario without
+/// this section sends messages only.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    pub edit_share: f64,
+    pub delete_share: f64,
+    pub react_share: f64,
+    /// 0: no reads.
+    pub read_every: u64,
+    /// No reads in conversations of more members than this (0: no limit).
+    /// The edge relays a `read` to every other member, so reads every few
+    /// messages in a 1,000-member group cost members² frames per message:
+    /// a client of a large group reads when the user opens it, not per
+    /// message.
+    pub read_max_members: usize,
+}
+
+impl LifecycleConfig {
+    /// Whether clients do anything besides sending.
+    pub fn active(&self) -> bool {
+        self.edit_share > 0.0
+            || self.delete_share > 0.0
+            || self.react_share > 0.0
+            || self.read_every > 0
+    }
+}
+
 /// What the end-of-run verification checks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -351,6 +388,14 @@ impl Scenario {
             self.load.edge_stall_s >= 0.0,
             "load.edge_stall_s must be >= 0"
         );
+        let lifecycle = &self.lifecycle;
+        for (name, share) in [
+            ("edit_share", lifecycle.edit_share),
+            ("delete_share", lifecycle.delete_share),
+            ("react_share", lifecycle.react_share),
+        ] {
+            anyhow::ensure!((0.0..=1.0).contains(&share), "lifecycle.{name} is 0..=1");
+        }
         if let Some(storm) = &self.storm {
             anyhow::ensure!((0.0..=1.0).contains(&storm.share), "storm.share is 0..=1");
         }
@@ -379,6 +424,22 @@ mod tests {
             }
         }
         assert!(count >= 4, "idle, chat, broadcast, storm");
+    }
+
+    #[test]
+    fn lifecycle_defaults_to_nothing() {
+        let plain: Scenario = toml::from_str("name='t'\n[load]\nusers=2\n").unwrap();
+        assert_eq!(plain.lifecycle, LifecycleConfig::default());
+        assert!(!plain.lifecycle.active());
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let chat = Scenario::load(&dir.join("chat.toml")).unwrap();
+        assert!(!chat.lifecycle.active());
+        let lifecycle = Scenario::load(&dir.join("chat-lifecycle.toml")).unwrap();
+        assert!(lifecycle.lifecycle.active());
+        assert_eq!(lifecycle.lifecycle.read_every, 5);
+        let wrong: Scenario =
+            toml::from_str("name='t'\n[load]\nusers=2\n[lifecycle]\nedit_share=1.5\n").unwrap();
+        assert!(wrong.validate().is_err());
     }
 
     #[test]

@@ -71,9 +71,56 @@ pub struct Snapshot {
     pub deliveries: u64,
     pub duplicates: u64,
     pub other_frames: u64,
+    /// Edits, deletes, reactions and reads (scenarios with `[lifecycle]`).
+    #[serde(default)]
+    pub lifecycle: LifecycleCounts,
     pub errors: HashMap<String, u64>,
     pub ack_interval: LatencySummary,
     pub deliver_interval: LatencySummary,
+}
+
+/// A worker's lifecycle requests (see [`crate::client::Counters`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleCounts {
+    /// Acknowledged edits, deletes and reactions.
+    pub edits: u64,
+    pub deletes: u64,
+    pub reactions: u64,
+    /// `read` markers sent (never answered).
+    pub reads: u64,
+    /// Requests refused with an `error`.
+    pub refused: u64,
+    /// `message_edited`, `message_deleted` and `reaction` frames received.
+    pub frames: u64,
+}
+
+impl LifecycleCounts {
+    pub fn add(&mut self, other: &Self) {
+        self.edits += other.edits;
+        self.deletes += other.deletes;
+        self.reactions += other.reactions;
+        self.reads += other.reads;
+        self.refused += other.refused;
+        self.frames += other.frames;
+    }
+
+    /// What happened since `earlier` (counters only grow).
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            edits: self.edits.saturating_sub(earlier.edits),
+            deletes: self.deletes.saturating_sub(earlier.deletes),
+            reactions: self.reactions.saturating_sub(earlier.reactions),
+            reads: self.reads.saturating_sub(earlier.reads),
+            refused: self.refused.saturating_sub(earlier.refused),
+            frames: self.frames.saturating_sub(earlier.frames),
+        }
+    }
+
+    /// The requests that cost the stack work: acknowledged edits, deletes
+    /// and reactions, and reads.
+    pub fn operations(&self) -> u64 {
+        self.edits + self.deletes + self.reactions + self.reads
+    }
 }
 
 /// Events to the coordinator.
@@ -151,6 +198,14 @@ fn snapshot(shared: &ClientShared, reset_interval: bool) -> Snapshot {
         deliveries: load(&counters.deliveries),
         duplicates: load(&counters.duplicates),
         other_frames: load(&counters.other_frames),
+        lifecycle: LifecycleCounts {
+            edits: load(&counters.edits),
+            deletes: load(&counters.deletes),
+            reactions: load(&counters.reactions),
+            reads: load(&counters.reads),
+            refused: load(&counters.lifecycle_refused),
+            frames: load(&counters.lifecycle_frames),
+        },
         errors: shared.errors_by_code.lock().expect("not poisoned").clone(),
         ack_interval,
         deliver_interval,
@@ -198,6 +253,8 @@ async fn run(plan: WorkerPlan) -> anyhow::Result<()> {
         ack_every_frames: plan.ack_every_frames.max(1),
         ack_delay: Duration::from_millis(plan.ack_delay_ms),
         max_unacked_per_client: plan.max_unacked_per_client.max(1),
+        lifecycle: plan.lifecycle.clone(),
+        conversation_sizes: plan.conversation_sizes.clone(),
     });
     let (command_tx, mut command_rx) = mpsc::channel::<WorkerCommand>(16);
     std::thread::spawn(move || {
