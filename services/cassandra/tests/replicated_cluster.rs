@@ -23,8 +23,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chatpipe_cassandra::{
@@ -34,6 +32,7 @@ use chatpipe_cassandra::{
 use chatpipe_core::ids::{ConversationId, MessageId, MessageIdGenerator, UserId};
 use chatpipe_core::records::MessageRecord;
 use chatpipe_core::time::now_unix_ms;
+use chatpipe_testkit::engines::{PrivateEngines, process_alive};
 
 const FIRST_ADDRESS: [u8; 4] = [127, 0, 0, 5];
 const CQL_PORT: u16 = 18643;
@@ -50,108 +49,36 @@ fn node_address(node: u8) -> IpAddr {
 /// A private three-node cluster run by `topology/engines.sh`; dropping it
 /// stops every node (`down --wipe`) and deletes its home.
 struct PrivateCluster {
-    home: PathBuf,
+    engines: PrivateEngines,
 }
 
 impl PrivateCluster {
     fn start() -> Self {
-        let home =
-            std::env::temp_dir().join(format!("chatpipe-rf3-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&home).expect("temp home");
-        let cluster = PrivateCluster { home };
-        let shared_lib = shared_home().join("lib");
-        if shared_lib.is_dir() {
-            std::os::unix::fs::symlink(&shared_lib, cluster.home.join("lib")).expect("lib symlink");
-        }
-        cluster.engines(&["up", "cassandra"]);
-        cluster
-    }
-
-    /// Runs `engines.sh args` for this cluster; panics (with its output)
-    /// unless it succeeds.
-    fn engines(&self, args: &[&str]) -> String {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../topology/engines.sh");
-        let output = Command::new("bash")
-            .arg(script)
-            .args(args)
-            .env("CHATPIPE_HOME", &self.home)
-            .env("CHATPIPE_CASSANDRA_NODES", NODES.to_string())
-            .env(
-                "CHATPIPE_CASSANDRA_FIRST_ADDRESS",
-                node_address(1).to_string(),
-            )
-            .env("CHATPIPE_CASSANDRA_PORT", CQL_PORT.to_string())
-            .env("CHATPIPE_CASSANDRA_STORAGE_PORT", STORAGE_PORT.to_string())
-            .env("CHATPIPE_CASSANDRA_JMX_PORT", JMX_PORT_BASE.to_string())
-            .env_remove("CHATPIPE_CASSANDRA_HEAP")
-            .env_remove("CHATPIPE_ENGINES_TIMEOUT")
-            .stdin(Stdio::null())
-            .output()
-            .expect("bash runs topology/engines.sh");
-        let text = format!(
-            "`engines.sh {}` exited with {}\n--- stdout ---\n{}--- stderr ---\n{}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        let engines = PrivateEngines::new(
+            "chatpipe-rf3",
+            &[
+                ("CHATPIPE_CASSANDRA_NODES", NODES.to_string()),
+                (
+                    "CHATPIPE_CASSANDRA_FIRST_ADDRESS",
+                    node_address(1).to_string(),
+                ),
+                ("CHATPIPE_CASSANDRA_PORT", CQL_PORT.to_string()),
+                ("CHATPIPE_CASSANDRA_STORAGE_PORT", STORAGE_PORT.to_string()),
+                ("CHATPIPE_CASSANDRA_JMX_PORT", JMX_PORT_BASE.to_string()),
+                // The script's own defaults for a cluster (512M heaps, a
+                // longer start-up budget), whatever the caller's environment.
+                ("CHATPIPE_CASSANDRA_HEAP", String::new()),
+                ("CHATPIPE_ENGINES_TIMEOUT", String::new()),
+            ],
         );
-        eprintln!("{text}");
-        assert!(output.status.success(), "{text}");
-        text
+        engines.run(&["up", "cassandra"]);
+        PrivateCluster { engines }
     }
 
-    fn pid_of(&self, node: u8) -> u32 {
-        let path = self.home.join(format!("run/cassandra-{node}.pid"));
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
-            .trim()
-            .parse()
-            .expect("a pid")
-    }
-
-    /// `engines.sh kill cassandra-N`, then checks the process is gone;
-    /// returns its pid.
+    /// `engines.sh kill cassandra-N`, checked gone; returns its pid.
     fn kill_9(&self, node: u8) -> u32 {
-        let pid = self.pid_of(node);
-        self.engines(&["kill", &format!("cassandra-{node}")]);
-        assert!(
-            !process_alive(pid),
-            "cassandra-{node} (pid {pid}) survived kill -9"
-        );
-        pid
+        self.engines.kill_9(&format!("cassandra-{node}"))
     }
-}
-
-impl Drop for PrivateCluster {
-    fn drop(&mut self) {
-        // Not `engines()`: a panic while panicking would abort.
-        let _ = Command::new("bash")
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../topology/engines.sh"))
-            .args(["down", "--wipe"])
-            .env("CHATPIPE_HOME", &self.home)
-            .env("CHATPIPE_CASSANDRA_NODES", NODES.to_string())
-            .env(
-                "CHATPIPE_CASSANDRA_FIRST_ADDRESS",
-                node_address(1).to_string(),
-            )
-            .stdin(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.home);
-    }
-}
-
-/// The default state root, whose jars the private cluster borrows.
-fn shared_home() -> PathBuf {
-    match std::env::var_os("CHATPIPE_HOME") {
-        Some(home) if !home.is_empty() => PathBuf::from(home),
-        _ => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/chatpipe"),
-    }
-}
-
-fn process_alive(pid: u32) -> bool {
-    // A zombie (killed, not yet reaped) has an empty cmdline: dead.
-    std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline"))
-        .is_ok_and(|cmdline| !cmdline.is_empty())
 }
 
 /// Waits until the driver holds no connection to `node` any more (it has

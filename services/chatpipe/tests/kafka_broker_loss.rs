@@ -25,12 +25,11 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chatpipe_edge::EdgeHandle;
 use chatpipe_fanout::FanoutWorker;
+use chatpipe_testkit::engines::PrivateEngines;
 use futures::FutureExt;
 
 use chatpipe_kafka::KafkaConfig;
@@ -57,110 +56,35 @@ const CONVERSATIONS: usize = 12;
 /// timeout is 9 s), and a restarted one to catch up.
 const CLUSTER_WAIT: Duration = Duration::from_secs(60);
 
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../topology/engines.sh")
-}
-
-/// The jars of the shared engines (`$CHATPIPE_HOME/lib`), linked into the
-/// private home so that nothing is downloaded again.
-fn shared_lib() -> PathBuf {
-    match std::env::var_os("CHATPIPE_HOME") {
-        Some(home) if !home.is_empty() => PathBuf::from(home),
-        _ => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/chatpipe"),
-    }
-    .join("lib")
-}
-
 /// The private cluster; dropping it stops every node and removes its data.
 struct Cluster {
-    home: PathBuf,
+    engines: PrivateEngines,
     brokers: String,
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        let home = std::env::temp_dir().join(unique("chatpipe-kafka3"));
-        std::fs::create_dir_all(&home).expect("a private CHATPIPE_HOME");
-        std::os::unix::fs::symlink(shared_lib(), home.join("lib")).expect("lib linked");
+        // The guard exists before the first start, so that a half-started
+        // cluster is stopped too.
+        let engines = PrivateEngines::new(
+            "chatpipe-kafka3",
+            &[
+                ("CHATPIPE_KAFKA_NODES", NODES.to_string()),
+                ("CHATPIPE_KAFKA_PORT", PORT.to_string()),
+                (
+                    "CHATPIPE_KAFKA_CONTROLLER_PORT",
+                    CONTROLLER_PORT.to_string(),
+                ),
+                ("CHATPIPE_ENGINES_TIMEOUT", "120".to_owned()),
+            ],
+        );
+        engines.run(&["up", "kafka"]);
         let brokers = (0..NODES)
             .map(|node| format!("127.0.0.1:{}", PORT + node))
             .collect::<Vec<_>>()
             .join(",");
-        // The guard exists before the first start, so that a half-started
-        // cluster is stopped too.
-        let cluster = Cluster { home, brokers };
-        cluster.engines(&["up", "kafka"]);
-        cluster
+        Cluster { engines, brokers }
     }
-
-    /// Runs `engines.sh ARGS` on this cluster; panics with its output
-    /// unless it succeeded.
-    fn engines(&self, args: &[&str]) -> String {
-        let output = self
-            .command(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("bash runs topology/engines.sh");
-        let text = format!(
-            "`engines.sh {}` exited with {}\n--- stdout ---\n{}--- stderr ---\n{}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(output.status.success(), "{text}");
-        text
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("bash");
-        command
-            .arg(script())
-            .args(args)
-            .env("CHATPIPE_HOME", &self.home)
-            .env("CHATPIPE_KAFKA_NODES", NODES.to_string())
-            .env("CHATPIPE_KAFKA_PORT", PORT.to_string())
-            .env(
-                "CHATPIPE_KAFKA_CONTROLLER_PORT",
-                CONTROLLER_PORT.to_string(),
-            )
-            .env("CHATPIPE_ENGINES_TIMEOUT", "120");
-        command
-    }
-
-    /// The pid `engines.sh` keeps for node `broker` (its `node.id`).
-    fn pid_of(&self, broker: i32) -> u32 {
-        let file = self.home.join(format!("run/kafka-{broker}.pid"));
-        std::fs::read_to_string(&file)
-            .unwrap_or_else(|error| panic!("{}: {error}", file.display()))
-            .trim()
-            .parse()
-            .expect("a pid")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Stop every node even if the test failed (never panic here: a
-        // panic while panicking aborts without the test's message).
-        match self.command(&["down"]).stdin(Stdio::null()).output() {
-            Ok(output) if output.status.success() => {
-                let _ = std::fs::remove_file(self.home.join("lib"));
-                let _ = std::fs::remove_dir_all(&self.home);
-            }
-            Ok(output) => eprintln!(
-                "stopping the private Kafka in {} failed: {}",
-                self.home.display(),
-                String::from_utf8_lossy(&output.stderr)
-            ),
-            Err(error) => eprintln!("engines.sh down did not run: {error}"),
-        }
-    }
-}
-
-fn process_alive(pid: u32) -> bool {
-    // A zombie (killed, not yet reaped) has an empty cmdline.
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| !cmdline.is_empty())
 }
 
 /// Polls the messages topic's metadata until `done` holds (blocking: run
@@ -401,12 +325,8 @@ async fn send_kill_and_verify(
         if index == MESSAGES / 3 {
             let partitions = partition_replicas(&stack.kafka, &topic).expect("metadata");
             let broker = busiest_leader(&partitions).expect("the partitions have leaders");
-            let pid = cluster.pid_of(broker);
-            tokio::task::block_in_place(|| cluster.engines(&["kill", &format!("kafka-{broker}")]));
-            assert!(
-                !process_alive(pid),
-                "kafka-{broker} (pid {pid}) still alive"
-            );
+            // kill -9, checked gone.
+            tokio::task::block_in_place(|| cluster.engines.kill_9(&format!("kafka-{broker}")));
             let kafka = stack.kafka.clone();
             let topic = topic.clone();
             left_isr = Some(tokio::task::spawn_blocking(move || {
@@ -506,7 +426,7 @@ async fn send_kill_and_verify(
     );
 
     // The killed broker starts again by number and catches up.
-    tokio::task::block_in_place(|| cluster.engines(&["up", &format!("kafka-{victim}")]));
+    tokio::task::block_in_place(|| cluster.engines.run(&["up", &format!("kafka-{victim}")]));
     let kafka = stack.kafka.clone();
     let took = tokio::task::spawn_blocking(move || {
         wait_for_metadata(&kafka, &topic, "the restarted broker back in sync", |now| {

@@ -5,6 +5,10 @@
 //! engines, an isolated set of topics on the **real** Kafka, a store on the
 //! **real** Cassandra, and polling until a condition holds. Nothing here fakes an engine; every helper talks
 //! to what `topology/engines.sh` runs and fails loudly when it is not there.
+//! [`engines::PrivateEngines`] runs engines of a test's own, for the tests
+//! that kill a broker or a node.
+
+pub mod engines;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
