@@ -11,6 +11,15 @@
 //! that module); this module reads what the decision needs, maps refusals
 //! to 403 and 409, and writes what was allowed.
 //!
+//! A change that takes the owner role from someone (an owner leaving,
+//! stepping down, demoted or removed) is made by
+//! [`CassandraStore::take_owner_role`](chatpipe_cassandra::CassandraStore::take_owner_role):
+//! a lightweight transaction that applies only while another owner is
+//! still one, so two owners leaving at once (through any number of API
+//! processes) never leave a group with members but no owner; the one that
+//! loses the race reads again and gets 409. Other changes take no
+//! transaction.
+//!
 //! Membership changes are written to Cassandra first, then published as a
 //! `MembershipRecord` to the membership topic, keyed by conversation id, and
 //! the call answers only once Kafka confirmed (`acks=all`). If publishing
@@ -27,7 +36,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use chatpipe_cassandra::{Conversation, CreateOutcome, Member, NewConversation};
+use chatpipe_cassandra::{Conversation, CreateOutcome, Member, NewConversation, OwnerCensus};
 use chatpipe_core::ids::{ConversationId, UserId};
 use chatpipe_core::membership::{
     Action, ConversationKind, HistoryVisibility, Refusal, Role, decide,
@@ -233,21 +242,13 @@ impl MemberOf {
     }
 }
 
-/// The conversation's headcount when the decision `needed` it, else one
-/// that no rule can fall short of (the store is not read).
-async fn headcount_if(
-    state: &ApiState,
-    conversation: &Conversation,
-    needed: bool,
-) -> Result<chatpipe_core::membership::Headcount, ApiError> {
-    if needed {
-        return Ok(state.store.headcount(conversation).await?);
-    }
-    Ok(chatpipe_core::membership::Headcount {
-        owners: u64::MAX,
-        members: u64::MAX,
-    })
-}
+/// The headcount passed to decisions that do not depend on it (only taking
+/// the owner role does, and reads it in [`take_owner_role`]): one that no
+/// rule can fall short of, so the store is not read.
+const NOT_COUNTED: chatpipe_core::membership::Headcount = chatpipe_core::membership::Headcount {
+    owners: u64::MAX,
+    members: u64::MAX,
+};
 
 /// The conversation and the caller's membership, when `user` is a member;
 /// otherwise (unknown, or not a member) 404 with
@@ -268,6 +269,63 @@ pub(crate) async fn require_member(
         }),
         _ => Err(conversation_not_found()),
     }
+}
+
+/// Attempts at a guarded owner change before answering 409: each lost
+/// race means another owner change applied in between, so a few suffice.
+const OWNER_CHANGE_ATTEMPTS: usize = 3;
+
+/// What [`take_owner_role`] did.
+enum OwnerChange {
+    /// `user` is no longer an owner (now `to`).
+    Taken,
+    /// Nothing guarded was needed: `user` is not an owner (any more), or
+    /// is the conversation's only member; the caller writes as usual.
+    Unguarded,
+}
+
+/// Takes the owner role from `user` (gives `to`) if `allowed` by the
+/// headcount read for it, serialised with every other owner change of the
+/// conversation (see the module doc). Lost races are read again, then
+/// answered 409.
+async fn take_owner_role(
+    state: &ApiState,
+    conversation: &Conversation,
+    user: &UserId,
+    to: Role,
+    allowed: impl Fn(OwnerCensus) -> Result<(), ApiError>,
+) -> Result<OwnerChange, ApiError> {
+    for _ in 0..OWNER_CHANGE_ATTEMPTS {
+        let census = state.store.owner_census(conversation).await?;
+        let owner = census.owner(user).cloned();
+        let witness = census.other_owner(user).cloned();
+        let alone = census.headcount.members <= 1;
+        allowed(census)?;
+        let Some(owner) = owner else {
+            return Ok(OwnerChange::Unguarded);
+        };
+        let Some(witness) = witness else {
+            if alone {
+                return Ok(OwnerChange::Unguarded);
+            }
+            // `allowed` lets the last owner of a group with others go
+            // nowhere; refuse rather than write unguarded.
+            return Err(ApiError::Conflict(
+                "the last owner cannot give up ownership while others remain".into(),
+            ));
+        };
+        if state
+            .store
+            .take_owner_role(&conversation.conversation_id, &owner, to, &witness)
+            .await?
+        {
+            return Ok(OwnerChange::Taken);
+        }
+        tracing::debug!(conversation = %conversation.conversation_id, user = %user, "owner change lost a race; reading again");
+    }
+    Err(ApiError::Conflict(
+        "the conversation's owners changed at the same time; retry".into(),
+    ))
 }
 
 /// Decides `action` for the caller.
@@ -572,22 +630,37 @@ pub async fn set_member_role(
         return Err(not_a_member(&user));
     };
     let target_is_self = user == caller;
-    let steps_down = target_is_self && target.role == Role::Owner && request.role != Role::Owner;
-    // Only an owner stepping down depends on the headcount.
-    let headcount = headcount_if(&state, &caller_membership.conversation, steps_down).await?;
-    decide_for(
-        &caller_membership,
-        Action::SetRole {
-            target: target.role,
-            to: request.role,
-            target_is_self,
-            headcount,
-        },
-    )?;
-    if !state
-        .store
-        .set_role(&conversation, &user, request.role)
+    let decide_with = |headcount| {
+        decide_for(
+            &caller_membership,
+            Action::SetRole {
+                target: target.role,
+                to: request.role,
+                target_is_self,
+                headcount,
+            },
+        )
+    };
+    // Taking the owner role away is guarded (and then depends on the
+    // headcount); anything else is decided and written as it is.
+    let change = if target.role == Role::Owner && request.role != Role::Owner {
+        take_owner_role(
+            &state,
+            &caller_membership.conversation,
+            &user,
+            request.role,
+            |census| decide_with(census.headcount),
+        )
         .await?
+    } else {
+        decide_with(NOT_COUNTED)?;
+        OwnerChange::Unguarded
+    };
+    if matches!(change, OwnerChange::Unguarded)
+        && !state
+            .store
+            .set_role(&conversation, &user, request.role)
+            .await?
     {
         // Removed between the read and the write.
         return Err(not_a_member(&user));
@@ -628,22 +701,58 @@ pub async fn remove_member(
     let conversation = parse_conversation_id(raw_id)?;
     let user = parse_user_id(raw_user)?;
     let caller_membership = require_member(&state, &conversation, &caller).await?;
-    let action = if user == caller {
-        let group_owner = caller_membership.member.role == Role::Owner
-            && kind_of(&conversation) == ConversationKind::Group;
-        // Only a group owner's leave depends on the headcount.
-        let headcount = headcount_if(&state, &caller_membership.conversation, group_owner).await?;
-        Action::Leave { headcount }
+    let group = kind_of(&conversation) == ConversationKind::Group;
+    if user == caller {
+        // A group owner's leave depends on the headcount, and takes the
+        // owner role first, guarded; then it is a member's leave.
+        if group && caller_membership.member.role == Role::Owner {
+            take_owner_role(
+                &state,
+                &caller_membership.conversation,
+                &user,
+                Role::Member,
+                |census| {
+                    decide_for(
+                        &caller_membership,
+                        Action::Leave {
+                            headcount: census.headcount,
+                        },
+                    )
+                },
+            )
+            .await?;
+        } else {
+            decide_for(
+                &caller_membership,
+                Action::Leave {
+                    headcount: NOT_COUNTED,
+                },
+            )?;
+        }
     } else {
         let target = state
             .store
             .member(&caller_membership.conversation, &user)
             .await?;
-        Action::Remove {
-            target: target.map(|member| member.role),
+        let target_role = target.map(|member| member.role);
+        decide_for(
+            &caller_membership,
+            Action::Remove {
+                target: target_role,
+            },
+        )?;
+        // Removing an owner takes their owner role first, guarded.
+        if group && target_role == Some(Role::Owner) {
+            take_owner_role(
+                &state,
+                &caller_membership.conversation,
+                &user,
+                Role::Member,
+                |_| Ok(()),
+            )
+            .await?;
         }
-    };
-    decide_for(&caller_membership, action)?;
+    }
     let change = MembershipChange::Removed {
         user_id: user.clone(),
     };

@@ -55,6 +55,40 @@ pub struct Member {
     pub joined_at_ms: u64,
 }
 
+/// A member row as stored, for the conditions of a guarded owner change
+/// ([`CassandraStore::take_owner_role`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMember {
+    pub member: Member,
+    /// The `role` cell itself (`None` in rows written before roles).
+    stored_role: Option<String>,
+    /// The `added_at` cell itself.
+    added_at: Option<i64>,
+}
+
+/// A conversation's headcount and its owners, read in one scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerCensus {
+    pub headcount: Headcount,
+    pub owners: Vec<StoredMember>,
+}
+
+impl OwnerCensus {
+    /// `user`'s row, when `user` is an owner.
+    pub fn owner(&self, user: &UserId) -> Option<&StoredMember> {
+        self.owners
+            .iter()
+            .find(|owner| &owner.member.user_id == user)
+    }
+
+    /// An owner other than `user`, when there is one.
+    pub fn other_owner(&self, user: &UserId) -> Option<&StoredMember> {
+        self.owners
+            .iter()
+            .find(|owner| &owner.member.user_id != user)
+    }
+}
+
 /// A conversation to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewConversation {
@@ -530,6 +564,93 @@ impl CassandraStore {
             }
         }
         Ok(headcount)
+    }
+
+    /// [`Self::headcount`], with every owner's row as stored.
+    pub async fn owner_census(
+        &self,
+        conversation: &Conversation,
+    ) -> Result<OwnerCensus, CassandraError> {
+        let mut rows = self
+            .inner
+            .session
+            .execute_iter(
+                self.inner.statements.select_member_roles.clone(),
+                (conversation.conversation_id.as_str(),),
+            )
+            .await?
+            .rows_stream::<MemberRow>()
+            .map_err(|error| CassandraError::Decode(error.to_string()))?;
+        let mut census = OwnerCensus {
+            headcount: Headcount {
+                owners: 0,
+                members: 0,
+            },
+            owners: Vec::new(),
+        };
+        while let Some(row) = rows.try_next().await? {
+            census.headcount.members += 1;
+            let (stored_role, added_at) = (row.1.clone(), row.2);
+            let member = decode_member(row, &conversation.created_by)?;
+            if member.role == Role::Owner {
+                census.headcount.owners += 1;
+                census.owners.push(StoredMember {
+                    member,
+                    stored_role,
+                    added_at,
+                });
+            }
+        }
+        Ok(census)
+    }
+
+    /// Takes the owner role from `owner` (gives it `to`), only while both
+    /// `owner` and `witness`, another owner, are stored exactly as read:
+    /// one conditional batch on the conversation's membership partition,
+    /// so two such changes never both pass on the strength of each other.
+    /// Whatever the interleaving, the last change to apply saw its witness
+    /// still an owner, and no later change took that role away: a group
+    /// whose owners change only through here keeps one. False (nothing
+    /// written) when either row changed since it was read.
+    pub async fn take_owner_role(
+        &self,
+        conversation: &ConversationId,
+        owner: &StoredMember,
+        to: Role,
+        witness: &StoredMember,
+    ) -> Result<bool, CassandraError> {
+        debug_assert_ne!(owner.member.user_id, witness.member.user_id);
+        debug_assert_ne!(to, Role::Owner);
+        let statement = &self.inner.statements.update_role_if_unchanged;
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.append_statement(statement.clone());
+        batch.append_statement(statement.clone());
+        // The witness keeps its role; writing it also materialises the
+        // owner role of a row that predates roles.
+        let result = self
+            .inner
+            .session
+            .batch(
+                &batch,
+                (
+                    (
+                        to.as_str(),
+                        conversation.as_str(),
+                        owner.member.user_id.as_str(),
+                        owner.added_at,
+                        owner.stored_role.as_deref(),
+                    ),
+                    (
+                        Role::Owner.as_str(),
+                        conversation.as_str(),
+                        witness.member.user_id.as_str(),
+                        witness.added_at,
+                        witness.stored_role.as_deref(),
+                    ),
+                ),
+            )
+            .await?;
+        lwt_applied(result)
     }
 
     /// Gives member `user` the role `role`; false (and nothing written)

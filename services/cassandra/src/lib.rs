@@ -47,7 +47,8 @@ pub use config::{
     CassandraConfig, ConsistencyLevel, Replication, SerialConsistencyLevel, SettingError,
 };
 pub use conversations::{
-    Conversation, ConversationSummary, CreateOutcome, Member, NewConversation,
+    Conversation, ConversationSummary, CreateOutcome, Member, NewConversation, OwnerCensus,
+    StoredMember,
 };
 pub use error::CassandraError;
 pub use messages::{

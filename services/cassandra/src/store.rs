@@ -58,6 +58,7 @@ pub(crate) struct Statements {
     pub(crate) select_member_roles: PreparedStatement,
     pub(crate) select_member_page: PreparedStatement,
     pub(crate) update_role_if_member: PreparedStatement,
+    pub(crate) update_role_if_unchanged: PreparedStatement,
     pub(crate) update_history_visibility_if_exists: PreparedStatement,
     pub(crate) count_members: PreparedStatement,
     pub(crate) select_user_conversations: PreparedStatement,
@@ -175,6 +176,18 @@ impl Statements {
                 format!(
                     "UPDATE {ks}.members_by_conversation SET role = ? \
                      WHERE conversation_id = ? AND user_id = ? IF EXISTS"
+                ),
+                false,
+                None,
+            )
+            .await?,
+            // One half of a guarded owner change: applies only while the
+            // row is exactly as read (a removed row has no `added_at`, a
+            // re-added one another).
+            update_role_if_unchanged: prepare(
+                format!(
+                    "UPDATE {ks}.members_by_conversation SET role = ? \
+                     WHERE conversation_id = ? AND user_id = ? IF added_at = ? AND role = ?"
                 ),
                 false,
                 None,

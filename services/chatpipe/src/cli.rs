@@ -169,6 +169,34 @@ pub struct CommonArgs {
     /// identity provider's public keys.
     #[arg(long, env = "CHATPIPE_TOKEN_JWKS_FILE", global = true)]
     pub token_jwks_file: Option<PathBuf>,
+    /// An http(s) URL answering with a JWKS document (an identity
+    /// provider's `jwks_uri`), whose keys verify tokens next to the secret
+    /// and the JWKS file. Fetched at start: unreachable or invalid, the
+    /// role does not start. Fetched again every
+    /// --token-jwks-refresh-interval-ms, and when a token names an unknown
+    /// `kid` (at most every --token-jwks-unknown-kid-refetch-interval-ms;
+    /// that token is refused, the client's retry verifies). A failed
+    /// refresh keeps the last good keys, is logged and counted in
+    /// `chatpipe_token_jwks_refresh_failures_total`.
+    #[arg(long, env = "CHATPIPE_TOKEN_JWKS_URL", global = true)]
+    pub token_jwks_url: Option<String>,
+    /// Time between two scheduled fetches of --token-jwks-url, in ms.
+    #[arg(
+        long,
+        env = "CHATPIPE_TOKEN_JWKS_REFRESH_INTERVAL_MS",
+        default_value_t = chatpipe::jwks::DEFAULT_JWKS_REFRESH_INTERVAL_MS,
+        global = true
+    )]
+    pub token_jwks_refresh_interval_ms: u64,
+    /// Shortest time between two fetches of --token-jwks-url asked for by
+    /// tokens naming an unknown `kid`, in ms (from the last fetch).
+    #[arg(
+        long,
+        env = "CHATPIPE_TOKEN_JWKS_UNKNOWN_KID_REFETCH_INTERVAL_MS",
+        default_value_t = chatpipe::jwks::DEFAULT_JWKS_UNKNOWN_KID_REFETCH_INTERVAL_MS,
+        global = true
+    )]
+    pub token_jwks_unknown_kid_refetch_interval_ms: u64,
     /// Accepted token issuers (`iss`), comma-separated. Unset: `iss` is not
     /// checked; set: a token must name one of them.
     #[arg(
@@ -731,6 +759,10 @@ mod tests {
             "2026-01",
             "--token-jwks-file",
             "/etc/chatpipe/jwks.json",
+            "--token-jwks-url",
+            "https://idp.example/.well-known/jwks.json",
+            "--token-jwks-unknown-kid-refetch-interval-ms",
+            "10000",
             "--token-max-lifetime-secs",
             "3600",
         ])
@@ -738,6 +770,18 @@ mod tests {
         assert_eq!(cli.common.token_issuer.len(), 2);
         assert_eq!(cli.common.token_audience, vec!["chatpipe".to_owned()]);
         assert_eq!(cli.common.token_kid.as_deref(), Some("2026-01"));
+        assert_eq!(
+            cli.common.token_jwks_url.as_deref(),
+            Some("https://idp.example/.well-known/jwks.json")
+        );
+        assert_eq!(
+            cli.common.token_jwks_refresh_interval_ms,
+            chatpipe::jwks::DEFAULT_JWKS_REFRESH_INTERVAL_MS
+        );
+        assert_eq!(
+            cli.common.token_jwks_unknown_kid_refetch_interval_ms,
+            10_000
+        );
         assert_eq!(cli.common.token_max_lifetime_secs, 3600);
     }
 

@@ -15,10 +15,13 @@
 //!   `chatpipe <role>`).
 //! - [`secret`]: where the token secret comes from (there is no built-in
 //!   one) and the private file the Quickstart keeps it in.
+//! - [`jwks`]: token keys from a JWKS URL, fetched at start and kept
+//!   current while running.
 //!
 //! Layering: this crate sits on top of the role crates; nothing below
 //! depends on it.
 
+pub mod jwks;
 pub mod roles;
 pub mod secret;
 pub mod supervise;

@@ -1,7 +1,7 @@
 //! One way to start every role.
 //!
 //! ```text
-//! let deps = RoleDeps { kafka, topics, store, search, token_keys, push_key };
+//! let deps = RoleDeps { kafka, topics, store, search, token_keys, push_key, jwks: None };
 //! let edge = roles::spawn(edge_config, &deps, RoleContext::new(&root, ops_addr)).await?;
 //! edge.ops_addr();       // where /metrics, /healthz, /readyz answer
 //! edge.public_addr();    // where /ws answers
@@ -37,6 +37,8 @@ use chatpipe_index::{IndexConfig, IndexError, IndexWorker};
 use chatpipe_kafka::{ChatProducer, KafkaAdapterError, KafkaConfig};
 use chatpipe_persist::{PersistConfig, PersistError, PersistMetrics, PersistRole};
 use chatpipe_runtime::metrics::MetricsRegistry;
+
+use crate::jwks::JwksMetrics;
 use chatpipe_runtime::{Health, Shutdown, ops};
 use chatpipe_search::{
     EngineError, EsClient, MessageSearcher, SearchEngineConfig, SearchLimits, SearchMetrics,
@@ -130,6 +132,9 @@ pub struct RoleDeps {
     /// What fan-out presents on every push and edges require (derived from
     /// the token secret unless `CHATPIPE_PUSH_SECRET` is set).
     pub push_key: PushKey,
+    /// The counters of the JWKS URL's refresher, when tokens verify with
+    /// keys from one ([`crate::jwks`]); the edge and the API register them.
+    pub jwks: Option<JwksMetrics>,
 }
 
 chatpipe_core::debug_fields!(RoleDeps {
@@ -465,6 +470,9 @@ impl RoleConfig for EdgeConfig {
         scaffold: &mut RoleScaffold,
     ) -> Result<EdgeHandle, RoleError> {
         let kafka = deps.kafka_for(self.edge_id.as_str());
+        if let Some(jwks) = &deps.jwks {
+            jwks.register(&mut scaffold.registry);
+        }
         Ok(spawn_edge(
             self,
             deps.token_keys.clone(),
@@ -667,6 +675,9 @@ impl RoleConfig for ApiConfig {
         scaffold: &mut RoleScaffold,
     ) -> Result<ApiHandle, RoleError> {
         let kafka = deps.kafka_for("api");
+        if let Some(jwks) = &deps.jwks {
+            jwks.register(&mut scaffold.registry);
+        }
         let api_deps = ApiDeps {
             store: deps.store.clone(),
             producer: ChatProducer::new(&kafka, API_PRODUCER_LINGER_MS)?,

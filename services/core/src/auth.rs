@@ -11,6 +11,11 @@
 //!   P-256), each selected by the token's `kid`. Rotation keeps the old key
 //!   in the set next to the new one, so tokens of both verify; an identity
 //!   provider's public keys verify the tokens it issues.
+//! - The keys of a JWKS document fetched from a URL and replaced while the
+//!   server runs ([`TokenKeys::with_remote_key_set`],
+//!   [`TokenKeys::replace_remote_keys`]). This crate does no I/O: the
+//!   binary fetches the document, and hears of tokens naming an unknown
+//!   `kid` through [`TokenKeys::on_unknown_kid`] so that it can refetch.
 //! - A token that names a `kid` is checked against that key only (an
 //!   unknown `kid` is refused); a token without one against every key of
 //!   its algorithm.
@@ -25,6 +30,8 @@
 //! network reveals nothing that signs tokens.
 //!
 //! No secret is ever printed: `Debug` redacts them.
+
+use std::sync::{Arc, OnceLock, RwLock};
 
 use hmac::{Hmac, Mac};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
@@ -130,6 +137,8 @@ pub enum KeySetError {
     FormerlyBuiltIn { kid: String },
     #[error("kid `{kid}` names more than one key")]
     DuplicateKid { kid: String },
+    #[error("these keys have no remote key set to replace")]
+    NoRemoteSet,
 }
 
 /// What a token must satisfy besides its signature and `exp`.
@@ -208,8 +217,17 @@ struct Verifier {
     validation: Validation,
 }
 
+/// The keys of a JWKS document that the binary refetches: swapped whole,
+/// so a verification sees either the old set or the new one.
+#[derive(Default)]
+struct RemoteKeySet {
+    verifiers: RwLock<Arc<Vec<Verifier>>>,
+    /// Called when a token names a `kid` that no key has.
+    on_unknown_kid: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
 /// Signing and verification keys: the configured secret, plus the keys of
-/// an optional JWKS document.
+/// an optional JWKS document (a file, or a URL refetched while running).
 #[derive(Clone)]
 pub struct TokenKeys {
     encoding: EncodingKey,
@@ -217,6 +235,8 @@ pub struct TokenKeys {
     signing_kid: Option<String>,
     /// The secret's verifier first, then the key set's.
     verifiers: Vec<Verifier>,
+    /// Keys replaced while running (a JWKS URL), shared by every clone.
+    remote: Option<Arc<RemoteKeySet>>,
     policy: TokenPolicy,
     /// Derived from the secret (see [`PushKey`]).
     push_key: PushKey,
@@ -238,6 +258,7 @@ impl std::fmt::Debug for TokenKeys {
                     .map(|verifier| verifier.kid.as_deref().unwrap_or("-"))
                     .collect::<Vec<_>>(),
             )
+            .field("remote_key_set", &self.remote.is_some())
             .field("policy", &self.policy)
             .finish()
     }
@@ -269,6 +290,7 @@ impl TokenKeys {
                 key: DecodingKey::from_secret(secret),
                 validation: policy.validation(Algorithm::HS256),
             }],
+            remote: None,
             policy,
             push_key: PushKey::derive(secret),
             built_in: is_former_built_in_secret(secret),
@@ -296,8 +318,50 @@ impl TokenKeys {
     /// Adds the keys of a JWKS document (`{"keys":[…]}`); each needs a
     /// `kid` unique among all keys. Keys marked `"use":"enc"` are skipped.
     pub fn with_key_set(mut self, jwks_json: &str) -> Result<Self, KeySetError> {
+        let parsed = self.parse_key_set(jwks_json)?;
+        self.verifiers.extend(parsed);
+        Ok(self)
+    }
+
+    /// Adds an empty set of keys that [`TokenKeys::replace_remote_keys`]
+    /// fills and replaces while the keys are in use (every clone sees the
+    /// same set). Apply the policy before: the remote keys take it when
+    /// they are replaced.
+    pub fn with_remote_key_set(mut self) -> Self {
+        self.remote = Some(Arc::new(RemoteKeySet::default()));
+        self
+    }
+
+    /// Replaces the remote keys with those of `jwks_json`, whole: when the
+    /// document is refused, the keys in use stay. The number of keys.
+    pub fn replace_remote_keys(&self, jwks_json: &str) -> Result<usize, KeySetError> {
+        let Some(remote) = &self.remote else {
+            return Err(KeySetError::NoRemoteSet);
+        };
+        let parsed = self.parse_key_set(jwks_json)?;
+        let count = parsed.len();
+        *remote
+            .verifiers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(parsed);
+        Ok(count)
+    }
+
+    /// Calls `hook` (once per token) when a token names a `kid` that no
+    /// key has, so that the remote set can be refetched. The first hook
+    /// set stays; without a remote set there is nothing to call.
+    pub fn on_unknown_kid(&self, hook: impl Fn() + Send + Sync + 'static) {
+        if let Some(remote) = &self.remote {
+            let _ = remote.on_unknown_kid.set(Box::new(hook));
+        }
+    }
+
+    /// The verifiers of a JWKS document under this policy; each `kid` must
+    /// be unique in the document and among the static keys.
+    fn parse_key_set(&self, jwks_json: &str) -> Result<Vec<Verifier>, KeySetError> {
         let set: JwkSet = serde_json::from_str(jwks_json)
             .map_err(|error| KeySetError::Parse(error.to_string()))?;
+        let mut parsed: Vec<Verifier> = Vec::new();
         for (index, jwk) in set.keys.iter().enumerate() {
             if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
                 continue;
@@ -310,6 +374,7 @@ impl TokenKeys {
             if self
                 .verifiers
                 .iter()
+                .chain(parsed.iter())
                 .any(|verifier| verifier.kid.as_deref() == Some(kid.as_str()))
             {
                 return Err(KeySetError::DuplicateKid { kid });
@@ -324,14 +389,14 @@ impl TokenKeys {
             if algorithm == Algorithm::HS256 && is_former_built_in_secret(key.as_bytes()) {
                 return Err(KeySetError::FormerlyBuiltIn { kid });
             }
-            self.verifiers.push(Verifier {
+            parsed.push(Verifier {
                 kid: Some(kid),
                 algorithm,
                 key,
                 validation: self.policy.validation(algorithm),
             });
         }
-        Ok(self)
+        Ok(parsed)
     }
 
     /// The policy tokens are checked against.
@@ -375,7 +440,30 @@ impl TokenKeys {
             return Err(TokenError::BuiltInSecret);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        let candidates = self.verifiers.iter().filter(|verifier| {
+        let remote_verifiers = self.remote.as_ref().map(|remote| {
+            remote
+                .verifiers
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        });
+        let all_verifiers = self.verifiers.iter().chain(
+            remote_verifiers
+                .iter()
+                .flat_map(|verifiers| verifiers.iter()),
+        );
+        if let (Some(named), Some(remote)) = (&header.kid, &self.remote) {
+            let known = all_verifiers
+                .clone()
+                .any(|verifier| verifier.kid.as_deref() == Some(named.as_str()));
+            if !known {
+                if let Some(hook) = remote.on_unknown_kid.get() {
+                    hook();
+                }
+                return Err(TokenError::UnknownKey);
+            }
+        }
+        let candidates = all_verifiers.filter(|verifier| {
             verifier.algorithm == header.alg
                 && match (&header.kid, &verifier.kid) {
                     (Some(named), Some(own)) => named == own,
@@ -742,6 +830,67 @@ mod tests {
         assert_eq!(
             rotated.verify(&sign_with(&old, Algorithm::HS256, Some("2025-old"), &token)),
             Err(TokenError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn remote_keys_are_replaced_whole_and_unknown_kids_are_reported() {
+        let oct = |kid: &str, secret: &[u8]| {
+            serde_json::json!({"keys": [{
+                "kty": "oct",
+                "kid": kid,
+                "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+            }]})
+            .to_string()
+        };
+        let first_secret = b"the-first-remote-secret-01234567";
+        let second_secret = b"the-second-remote-secret-0123456";
+        let keys = TokenKeys::from_secret(b"local").with_remote_key_set();
+        let reported = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        keys.on_unknown_kid({
+            let reported = reported.clone();
+            move || {
+                reported.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let token = claims("alice", now(), now() + 60);
+        let first = sign_with(
+            &EncodingKey::from_secret(first_secret),
+            Algorithm::HS256,
+            Some("r1"),
+            &token,
+        );
+        let second = sign_with(
+            &EncodingKey::from_secret(second_secret),
+            Algorithm::HS256,
+            Some("r2"),
+            &token,
+        );
+        let alice = UserId::parse("alice").unwrap();
+        assert_eq!(keys.verify(&first), Err(TokenError::UnknownKey));
+        assert_eq!(reported.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A clone shares the set: what one replaces, every clone verifies.
+        let clone = keys.clone();
+        assert_eq!(keys.replace_remote_keys(&oct("r1", first_secret)), Ok(1));
+        assert_eq!(clone.verify(&first), Ok(alice.clone()));
+        assert_eq!(clone.verify(&second), Err(TokenError::UnknownKey));
+        assert_eq!(reported.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        // A refused document keeps the keys in use.
+        assert!(matches!(
+            keys.replace_remote_keys("{"),
+            Err(KeySetError::Parse(_))
+        ));
+        assert_eq!(keys.verify(&first), Ok(alice.clone()));
+
+        // Rotated: the new kid verifies, the old one is gone.
+        assert_eq!(keys.replace_remote_keys(&oct("r2", second_secret)), Ok(1));
+        assert_eq!(keys.verify(&second), Ok(alice));
+        assert_eq!(keys.verify(&first), Err(TokenError::UnknownKey));
+        assert_eq!(
+            TokenKeys::from_secret(b"local").replace_remote_keys(&oct("r1", first_secret)),
+            Err(KeySetError::NoRemoteSet)
         );
     }
 

@@ -1,12 +1,14 @@
 //! Building the engine clients and shared dependencies every role needs
 //! from the common flags.
 
+use chatpipe::jwks::{self, JwksUrlConfig};
 use chatpipe::roles::RoleDeps;
 use chatpipe::secret::{self, SecretSource, TokenOptions};
 use chatpipe_cassandra::{CassandraConfig, CassandraStore};
 use chatpipe_core::auth::{PushKey, TokenKeys, TokenPolicy};
 use chatpipe_core::records::TopicNames;
 use chatpipe_kafka::KafkaConfig;
+use chatpipe_runtime::Shutdown;
 use chatpipe_search::SearchEngineConfig;
 
 use crate::cli::CommonArgs;
@@ -84,10 +86,19 @@ pub async fn cassandra(common: &CommonArgs) -> anyhow::Result<CassandraStore> {
 }
 
 /// Everything the roles share. The token secret is checked first, so a
-/// role without one refuses to start before touching any engine.
-pub async fn role_deps(common: &CommonArgs) -> anyhow::Result<RoleDeps> {
+/// role without one refuses to start before touching any engine; then the
+/// JWKS URL, when one is set, is fetched (unreachable or invalid: the role
+/// does not start) and kept current until `root` is cancelled.
+pub async fn role_deps(common: &CommonArgs, root: &Shutdown) -> anyhow::Result<RoleDeps> {
     let token_keys = token_keys(common)?;
     let push_key = push_key(common, &token_keys)?;
+    let (token_keys, jwks) = match jwks_url_config(common) {
+        Some(config) => {
+            let (keys, metrics) = jwks::start(token_keys, &config, root).await?;
+            (keys, Some(metrics))
+        }
+        None => (token_keys, None),
+    };
     Ok(RoleDeps {
         kafka: kafka(common, "chatpipe"),
         topics: topics(common),
@@ -95,6 +106,18 @@ pub async fn role_deps(common: &CommonArgs) -> anyhow::Result<RoleDeps> {
         search: search_engine_config(common),
         token_keys,
         push_key,
+        jwks,
+    })
+}
+
+/// The JWKS URL's settings, when `--token-jwks-url` is set and not empty.
+pub fn jwks_url_config(common: &CommonArgs) -> Option<JwksUrlConfig> {
+    let url = common.token_jwks_url.as_deref()?.trim();
+    (!url.is_empty()).then(|| JwksUrlConfig {
+        url: url.to_owned(),
+        refresh_interval_ms: common.token_jwks_refresh_interval_ms,
+        unknown_kid_refetch_interval_ms: common.token_jwks_unknown_kid_refetch_interval_ms,
+        ..JwksUrlConfig::new(url)
     })
 }
 

@@ -173,7 +173,7 @@ async fn run_one<C: RoleConfig>(
 ) -> anyhow::Result<()> {
     let root = Shutdown::new();
     root.cancel_on_signals();
-    let deps = engines::role_deps(common).await?;
+    let deps = engines::role_deps(common, &root).await?;
     let mut set = RoleSet::new();
     start(&mut set, config, &deps, &root, ops_addr).await?;
     Ok(supervise(root, set).await?)
@@ -225,7 +225,7 @@ pub async fn run_all(common: &CommonArgs, args: &AllArgs) -> anyhow::Result<()> 
     if !args.skip_topology {
         topology::apply(common, &args.topology).await?;
     }
-    let deps = engines::role_deps(common).await?;
+    let deps = engines::role_deps(common, &root).await?;
     let mut set = RoleSet::new();
     // The web app talks to the first edge unless told otherwise (an
     // unspecified address like 0.0.0.0 is no URL: the app then guesses).

@@ -138,6 +138,7 @@ impl Stack {
             search: self.search.clone(),
             token_keys: self.keys.clone(),
             push_key: self.keys.derived_push_key(),
+            jwks: None,
         }
     }
 
@@ -635,6 +636,51 @@ pub fn ids(messages: &[Value]) -> Vec<String> {
         .iter()
         .map(|message| message["message_id"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Pushes one `presence` frame per body to `recipients` on `edge`, with
+/// the deployment's push key, as a fan-out worker would.
+pub async fn push(
+    stack: &Stack,
+    edge: &chatpipe_edge::EdgeHandle,
+    recipients: &[&str],
+    bodies: &[String],
+) {
+    push_batch(stack, edge, recipients, bodies, false).await;
+}
+
+/// [`push`], with the batch's `resync` flag set as given.
+pub async fn push_batch(
+    stack: &Stack,
+    edge: &chatpipe_edge::EdgeHandle,
+    recipients: &[&str],
+    bodies: &[String],
+    resync: bool,
+) {
+    let mut client = stack.push_client(edge).await;
+    let items = bodies
+        .iter()
+        .map(|body| chatpipe_proto::push::PushItem {
+            op: "presence".into(),
+            fields_json: json!({"user_id": "system", "status": body}).to_string(),
+            recipients: recipients
+                .iter()
+                .map(|recipient| (*recipient).to_owned())
+                .collect(),
+            conversation_id: String::new(),
+            message_id: String::new(),
+            ..chatpipe_proto::push::PushItem::default()
+        })
+        .collect();
+    client
+        .push(chatpipe_proto::push::PushBatch {
+            source: "test".into(),
+            items,
+            resync,
+            ..Default::default()
+        })
+        .await
+        .expect("push accepted");
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout`.

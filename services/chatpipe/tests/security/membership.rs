@@ -212,6 +212,9 @@ async fn only_owners_and_admins_add_and_admins_remove_only_plain_members() {
     // owner anyone.
     let (status, body) = api.delete(&carol, &format!("{members}/{dave}")).await;
     assert_refused(status, &body, 403, "forbidden");
+    // The probe of the issue: a plain member removing the creator.
+    let (status, body) = api.delete(&carol, &format!("{members}/{alice}")).await;
+    assert_refused(status, &body, 403, "forbidden");
     let (status, body) = api.delete(&bob, &format!("{members}/{alice}")).await;
     assert_refused(status, &body, 403, "forbidden");
     assert_eq!(api.delete(&bob, &format!("{members}/{carol}")).await.0, 204);
@@ -325,6 +328,58 @@ async fn the_last_owner_hands_over_before_leaving() {
             .is_err(),
         "a refused change published a record"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_owners_leaving_at_once_through_two_apis_leave_one_owner() {
+    // Two API processes' worth of roles on the same store: each owner's
+    // leave goes through a different one, all groups at once.
+    let stack = Stack::new().await;
+    let first = Api::start(&stack, ApiConfig::default()).await;
+    let second = Api::start(&stack, ApiConfig::default()).await;
+    let mut groups = Vec::new();
+    for _ in 0..20 {
+        let (alice, bob, carol) = (unique("alice"), unique("bob"), unique("carol"));
+        let conversation = first.group(&alice, &[&bob, &carol], json!({})).await;
+        let members = format!("/v1/conversations/{conversation}/members");
+        let (status, body) = first
+            .set_role(&alice, &format!("{members}/{bob}"), "owner")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        groups.push((conversation, alice, bob, carol));
+    }
+    let leaves = groups.iter().map(|(conversation, alice, bob, _)| {
+        let members = format!("/v1/conversations/{conversation}/members");
+        let (first, second) = (&first, &second);
+        let (alice_path, bob_path) = (format!("{members}/{alice}"), format!("{members}/{bob}"));
+        async move {
+            tokio::join!(
+                first.delete(alice, &alice_path),
+                second.delete(bob, &bob_path),
+            )
+        }
+    });
+    let outcomes = futures::future::join_all(leaves).await;
+    for ((conversation, alice, bob, carol), (left_alice, left_bob)) in groups.iter().zip(outcomes) {
+        let mut statuses = [left_alice.0, left_bob.0];
+        statuses.sort_unstable();
+        assert_eq!(
+            statuses,
+            [204, 409],
+            "{conversation}: {left_alice:?} {left_bob:?}"
+        );
+        let (stayed, refusal) = if left_alice.0 == 204 {
+            (bob, &left_bob.1)
+        } else {
+            (alice, &left_alice.1)
+        };
+        assert_refused(409, refusal, 409, "conflict");
+        assert_eq!(
+            first.roles(carol, conversation).await,
+            roles_of(&[(stayed, "owner"), (carol, "member")]),
+            "{conversation}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
