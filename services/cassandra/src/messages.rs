@@ -5,7 +5,9 @@
 //! (a batch writes its rows concurrently; a replay writes them again): a
 //! message is written at its own time, an edit at the edit's time (always
 //! later), a delete at [`DELETE_WRITE_TIMESTAMP_US`], above them all. So
-//! the latest edit wins, and a deletion is final. Reactions and replies
+//! the latest edit wins, and a deletion is final (it drops the body and the
+//! mentions). A message's mentions are a column of its row, written with
+//! it. Reactions and replies
 //! live in their own table (`message_relations`, same partition key):
 //! reactions are written at the reaction change's time, a reply's target
 //! with the message; a history page reads them with one range read per
@@ -14,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt};
+use scylla::value::MaybeUnset;
 use serde::Serialize;
 
 use chatpipe_core::ids::{ClientMsgId, ConversationId, MessageId, UserId};
@@ -80,6 +83,12 @@ pub struct StoredMessage {
     /// a tombstone).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionCount>,
+    /// The users the message mentions, as its record named them (each
+    /// once, never the sender); empty when it mentions nobody, for a
+    /// tombstone, and for messages stored before the `mentions` column
+    /// existed (see `schemas/cql/chatpipe.cql`, Migrations).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
 }
 
 /// `message_relations.relation` of a reaction row.
@@ -177,10 +186,11 @@ type MessageRow = (
     Option<i64>,
     Option<i64>,
     Option<bool>,
+    Option<Vec<String>>,
 );
 
 fn decode_message(conversation: &ConversationId, row: MessageRow) -> Option<StoredMessage> {
-    let (message_id, sender_id, client_msg_id, body, ts, edited_at, deleted) = row;
+    let (message_id, sender_id, client_msg_id, body, ts, edited_at, deleted, mentions) = row;
     let message_id = MessageId::parse(&message_id.to_string()).ok()?;
     // A row without its sender is a partial row (for example an edit that
     // landed before the message itself): not a message yet.
@@ -202,6 +212,16 @@ fn decode_message(conversation: &ConversationId, row: MessageRow) -> Option<Stor
         deleted,
         reply_to: None,
         reactions: Vec::new(),
+        // Ids that no longer parse (never written by chatpipe) are left out.
+        mentions: if deleted {
+            Vec::new()
+        } else {
+            mentions
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|user| UserId::parse(user).ok())
+                .collect()
+        },
     })
 }
 
@@ -242,6 +262,11 @@ fn estimated_row_bytes(record: &MessageRecord) -> usize {
         + record.sender_id.as_str().len()
         + record.client_msg_id.as_str().len()
         + record.edge_id.as_str().len()
+        + record
+            .mentions
+            .iter()
+            .map(|user| user.as_str().len() + 4)
+            .sum::<usize>()
 }
 
 /// Plans the write requests of a round: `partitions` are the rows of each
@@ -385,6 +410,19 @@ impl CassandraStore {
                 record.body.clone(),
                 record.ts as i64,
                 record.edge_id.as_str().to_owned(),
+                // Unset, not null: a message without mentions writes no cell
+                // (a null would write a tombstone).
+                if record.mentions.is_empty() {
+                    MaybeUnset::Unset
+                } else {
+                    MaybeUnset::Set(
+                        record
+                            .mentions
+                            .iter()
+                            .map(|user| user.as_str().to_owned())
+                            .collect::<Vec<String>>(),
+                    )
+                },
                 (record.message_id.unix_ms() as i64).saturating_mul(1000),
             )
         };

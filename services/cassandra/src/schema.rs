@@ -11,7 +11,8 @@
 //! statement is `IF NOT EXISTS`, and the apply compares `system_schema`
 //! before and after, so it reports exactly what it created: a second apply
 //! reports nothing. Schema evolution is explicit: the file's
-//! `ALTER TABLE t ADD IF NOT EXISTS column type` migrations are run only
+//! `ALTER TABLE t ADD IF NOT EXISTS column type` migrations (a plain type,
+//! or a list or set of one, optionally frozen) are run only
 //! when `system_schema.columns` lacks the column (and issued without
 //! `IF NOT EXISTS`, which not every engine version parses), so a deployment
 //! created by an older version gains its columns with no manual step.
@@ -131,6 +132,25 @@ fn with_replication(options: &str, replication: &Replication) -> Result<String, 
     }
 }
 
+/// Whether `cql_type` is a type a migration may add: a plain type name, or
+/// a list or set of one, optionally frozen (`frozen<list<text>>`).
+fn is_column_type(cql_type: &str) -> bool {
+    let lower = cql_type.to_ascii_lowercase();
+    let unfrozen = lower
+        .strip_prefix("frozen<")
+        .and_then(|inner| inner.strip_suffix('>'))
+        .unwrap_or(&lower);
+    let element = ["list<", "set<"].iter().find_map(|collection| {
+        unfrozen
+            .strip_prefix(collection)
+            .and_then(|inner| inner.strip_suffix('>'))
+    });
+    match element {
+        Some(element) => is_identifier(element),
+        None => is_identifier(unfrozen) && unfrozen == lower,
+    }
+}
+
 /// Splits the file into statements (comments dropped) and classifies them.
 fn parse_schema(
     cql: &str,
@@ -191,7 +211,9 @@ fn parse_schema(
             let (table, column, cql_type) = (words.get(2), words.get(7), words.get(8));
             match (shape_ok, table, column, cql_type) {
                 (true, Some(table), Some(column), Some(cql_type))
-                    if is_identifier(table) && is_identifier(column) && is_identifier(cql_type) =>
+                    if is_identifier(table)
+                        && is_identifier(column)
+                        && is_column_type(cql_type) =>
                 {
                     statements.push(SchemaStatement::AddColumn {
                         table: (*table).to_owned(),
@@ -504,7 +526,8 @@ mod tests {
             migrations,
             [
                 ("conversations", "history_visibility", "text"),
-                ("members_by_conversation", "role", "text")
+                ("members_by_conversation", "role", "text"),
+                ("messages", "mentions", "frozen<list<text>>")
             ]
         );
     }
@@ -517,11 +540,39 @@ mod tests {
             "ALTER TABLE t ADD IF NOT EXISTS c text, d text;",
             "ALTER TABLE other.t ADD IF NOT EXISTS c text;",
             "ALTER TABLE t ADD IF NOT EXISTS c map<text,text>;",
+            "ALTER TABLE t ADD IF NOT EXISTS c list<list<text>>;",
+            "ALTER TABLE t ADD IF NOT EXISTS c frozen<text>;",
+            "ALTER TABLE t ADD IF NOT EXISTS c list<text>>;",
         ] {
             assert!(
                 parse_schema(bad, "ks", &Replication::default()).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn migrations_may_add_lists_and_sets_of_plain_types() {
+        for good in [
+            "text",
+            "bigint",
+            "list<text>",
+            "set<bigint>",
+            "frozen<list<text>>",
+            "frozen<set<text>>",
+        ] {
+            assert!(is_column_type(good), "{good}");
+        }
+        for bad in [
+            "",
+            "map<text,text>",
+            "frozen<text>",
+            "list<list<text>>",
+            "list<text>>",
+            "list<>",
+            "text;drop",
+        ] {
+            assert!(!is_column_type(bad), "{bad}");
         }
     }
 

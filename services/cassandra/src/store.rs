@@ -80,7 +80,8 @@ pub(crate) struct Statements {
     pub(crate) select_unread_rows: PreparedStatement,
 }
 
-const MESSAGE_COLUMNS: &str = "message_id, sender_id, client_msg_id, body, ts, edited_at, deleted";
+const MESSAGE_COLUMNS: &str =
+    "message_id, sender_id, client_msg_id, body, ts, edited_at, deleted, mentions";
 
 impl Statements {
     async fn prepare(session: &Session, keyspace: &str) -> Result<Self, CassandraError> {
@@ -219,8 +220,8 @@ impl Statements {
             insert_message: prepare(
                 format!(
                     "INSERT INTO {ks}.messages \
-                     (conversation_id, bucket, message_id, sender_id, client_msg_id, body, ts, edge_id) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+                     (conversation_id, bucket, message_id, sender_id, client_msg_id, body, ts, edge_id, mentions) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
                 ),
                 true,
                 None,
@@ -272,7 +273,7 @@ impl Statements {
             // brings the body back. The row stays as a tombstone.
             delete_message: prepare(
                 format!(
-                    "UPDATE {ks}.messages USING TIMESTAMP ? SET body = null, deleted = true \
+                    "UPDATE {ks}.messages USING TIMESTAMP ? SET body = null, deleted = true, mentions = null \
                      WHERE conversation_id = ? AND bucket = ? AND message_id = ?"
                 ),
                 true,

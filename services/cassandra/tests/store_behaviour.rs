@@ -551,6 +551,42 @@ async fn read_markers_only_move_forward_and_counts_follow_history() {
         })
         .collect();
     store.write_messages(&records, 4).await.unwrap();
+    // History returns each message's mentions, and none for the others.
+    let page = store
+        .read_history(
+            &row,
+            &HistoryQuery {
+                before: None,
+                after: None,
+                limit: 10,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let mentions: Vec<(MessageId, Vec<UserId>)> = page
+        .messages
+        .iter()
+        .map(|message| (message.message_id, message.mentions.clone()))
+        .collect();
+    let expected: Vec<(MessageId, Vec<UserId>)> = ids
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(index, id)| {
+            let mentioned = if index % 2 == 0 {
+                vec![bob.clone()]
+            } else {
+                vec![]
+            };
+            (*id, mentioned)
+        })
+        .collect();
+    assert_eq!(mentions, expected);
+    let json = serde_json::to_value(&page.messages[0]).unwrap();
+    assert!(json.get("mentions").is_none(), "none is absent: {json}");
+    let json = serde_json::to_value(&page.messages[1]).unwrap();
+    assert_eq!(json["mentions"], serde_json::json!([bob.as_str()]));
     // Written twice (a replay), in reverse order: nothing changes.
     for _ in 0..2 {
         let mut reversed = records.clone();

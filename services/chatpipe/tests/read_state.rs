@@ -213,6 +213,27 @@ async fn unread_and_mentions_stay_exact_across_reads_a_persist_restart_and_a_ret
         history_ids,
         ids.iter().map(String::as_str).collect::<Vec<_>>()
     );
+    // History returns each message's mentions as the live frame did
+    // (once each, never the sender), and none for a message without.
+    let mentioned: Vec<Option<&Value>> = history
+        .iter()
+        .map(|message| message.get("mentions"))
+        .collect();
+    let (bobs, carols) = (json!([bob]), json!([carol]));
+    assert_eq!(
+        mentioned,
+        [
+            None,
+            Some(&bobs),
+            Some(&carols),
+            None,
+            Some(&bobs),
+            Some(&bobs),
+            None,
+            Some(&bobs)
+        ],
+        "{history:?}"
+    );
     // A replay of everything (a new group reads the topics from the start)
     // counts nothing twice and keeps the marker.
     let replay = stack.persist(&unique("replay")).await;
@@ -236,6 +257,9 @@ async fn unread_and_mentions_stay_exact_across_reads_a_persist_restart_and_a_ret
         .await;
     assert_eq!(deleted["op"], "ack", "{deleted}");
     counts_become(&full, &bob_token, c, (4, 2)).await;
+    let tombstone = full.latest_history(&bob_token, c).await[7].clone();
+    assert_eq!(tombstone["deleted"], true, "{tombstone}");
+    assert!(tombstone.get("mentions").is_none(), "{tombstone}");
     bob_laptop
         .send_json(json!({"op":"read","conversation_id":c,"message_id":ids[7]}))
         .await;

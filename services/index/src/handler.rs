@@ -5,7 +5,9 @@
 //!
 //! The documents of a batch are written before its changes: a message's
 //! record always precedes its changes in the partition, so no document is
-//! written over a later change to it.
+//! written over a later change to it, and a change by id (see
+//! `chatpipe_search::changes`) finds the document of a message of the same
+//! batch without a refresh.
 
 use std::time::Instant;
 

@@ -2,7 +2,7 @@
 
 use chatpipe_kafka::{ConsumerMetrics, SendDedupMetrics};
 use chatpipe_runtime::metrics::{Counter, Histogram, latency_histogram};
-use chatpipe_search::BulkMetrics;
+use chatpipe_search::{BulkMetrics, ChangeMetrics};
 use prometheus_client::registry::Registry;
 
 /// Shared handles: clones keep counting into the same series.
@@ -19,6 +19,9 @@ pub struct IndexMetrics {
     /// Edits and deletes applied to the index (redeliveries counted again;
     /// reactions are not indexed).
     pub changes_applied: Counter,
+    /// How the changes went: bulk requests by id, by-query fallbacks and
+    /// the refreshes before them (`chatpipe_index_change_*`).
+    pub changes: ChangeMetrics,
     /// Documents the engine refused for good (dead-lettered).
     pub rejected_documents: Counter,
     /// Time to handle one batch end to end (decode, bulk, dead letters), seconds.
@@ -41,6 +44,7 @@ impl IndexMetrics {
             bulk: BulkMetrics::default(),
             undecodable: Counter::default(),
             changes_applied: Counter::default(),
+            changes: ChangeMetrics::default(),
             rejected_documents: Counter::default(),
             batch_latency: latency_histogram(),
             send_dedup: SendDedupMetrics::default(),
@@ -52,6 +56,7 @@ impl IndexMetrics {
         self.consumer.register(index);
         self.send_dedup.register(index);
         self.bulk.register(index);
+        self.changes.register(index);
         index.register(
             "undecodable",
             "Records that were not a message record",

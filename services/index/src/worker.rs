@@ -69,7 +69,12 @@ impl IndexWorker {
         settings.max_backoff = Duration::from_millis(config.batch_max_backoff_ms);
         let consumer = group_consumer(&kafka, &settings, &metrics.consumer)?;
         let mut handler = IndexHandler {
-            changes: EsChangeSink::new(client.clone(), layout.search_alias.clone()),
+            changes: EsChangeSink::new(
+                client.clone(),
+                layout.write_alias.clone(),
+                layout.search_alias.clone(),
+                metrics.changes.clone(),
+            ),
             client: client.clone(),
             engine: config.engine.clone(),
             template_ready: false,

@@ -4,7 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use chatpipe_core::records::DeadLetterRecord;
+use chatpipe_core::records::{
+    CHANGE_SCHEMA_VERSION, DeadLetterRecord, MessageChange, MessageChangeRecord,
+};
+use chatpipe_core::{EdgeId, MessageId, UserId};
 use chatpipe_kafka::ConsumerMetrics;
 use chatpipe_kafka::consumer::{ConsumerSettings, group_consumer};
 use chatpipe_runtime::Shutdown;
@@ -158,6 +161,86 @@ async fn a_restarted_worker_resumes_after_the_committed_offsets() {
     // Offsets were committed on shutdown: the second worker did not
     // re-read the first twenty.
     assert_eq!(metrics.consumer.records.get(), 10);
+    shutdown.cancel();
+    worker.join().await.unwrap();
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn changes_of_messages_not_yet_searchable_are_applied_by_id() {
+    let env = TestEnv::new(1).await;
+    let ours = env.conversation("ours");
+    let change = |id: u64, change: MessageChange| {
+        serde_json::to_vec(&MessageChangeRecord {
+            schema_version: CHANGE_SCHEMA_VERSION,
+            message_id: MessageId::from_u64(id),
+            conversation_id: ours.clone(),
+            actor_id: UserId::parse("alice").unwrap(),
+            change,
+            ts: 1_800_000_000_000 + id,
+            edge_id: EdgeId::parse("e").unwrap(),
+        })
+        .unwrap()
+    };
+    // In the topic before the worker starts: the changes reach the worker
+    // with (or right after) their messages, whose documents are not
+    // refreshed yet.
+    env.produce(&env.record(201, &ours, "the otter swims"))
+        .await;
+    env.produce(&env.record(202, &ours, "the otter naps")).await;
+    env.produce_raw(
+        ours.as_str(),
+        &change(
+            201,
+            MessageChange::Edit {
+                body: "the beaver swims".into(),
+            },
+        ),
+    )
+    .await;
+    env.produce_raw(ours.as_str(), &change(202, MessageChange::Delete))
+        .await;
+    let shutdown = Shutdown::new();
+    let (worker, _health) = env.spawn(env.config(), &shutdown);
+    let metrics = worker.metrics().clone();
+    eventually("both changes applied", Duration::from_secs(60), || {
+        let metrics = metrics.clone();
+        async move { metrics.changes_applied.get() >= 2 }
+    })
+    .await;
+    assert_eq!(metrics.changes_applied.get(), 2);
+    assert_eq!(metrics.changes.applied_by_id.get(), 2);
+    assert_eq!(
+        (
+            metrics.changes.by_query_fallbacks.get(),
+            metrics.changes.fallback_refreshes.get()
+        ),
+        (0, 0),
+        "no query and no refresh for messages of the write index"
+    );
+    assert!(metrics.changes.bulk_requests.get() <= 2);
+
+    env.refresh().await;
+    let searcher = env.searcher();
+    let found = |q: &'static str| {
+        let searcher = searcher.clone();
+        let ours = ours.clone();
+        async move {
+            searcher
+                .search(&query(q), &[ours])
+                .await
+                .unwrap()
+                .hits
+                .iter()
+                .map(|hit| (hit.message.message_id.as_u64(), hit.message.body.clone()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        found("beaver").await,
+        [(201, "the beaver swims".to_owned())]
+    );
+    assert!(found("otter").await.is_empty(), "edited and deleted");
     shutdown.cancel();
     worker.join().await.unwrap();
     env.teardown().await;

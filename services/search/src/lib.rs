@@ -20,8 +20,9 @@
 //! - [`bulk`]: NDJSON `_bulk` bodies and per-item results (pure), and
 //!   [`EsBulkSink`], which retries retriable items and hands rejected ones
 //!   back to its caller for dead-lettering.
-//! - [`changes`]: edits and deletes of indexed messages, by query through
-//!   the search alias ([`EsChangeSink`]).
+//! - [`changes`]: edits and deletes of indexed messages, one `_bulk`
+//!   request by document id per round, by query through the search alias
+//!   only for documents of older backing indices ([`EsChangeSink`]).
 //! - [`query`]: the search request as a pure function of the caller's
 //!   conversations and parameters (authorization is a filter inside the
 //!   query), opaque cursors, and the merge of split queries.
@@ -51,6 +52,6 @@ pub use client::EsClient;
 pub use config::{IndexLayout, SearchEngineConfig};
 pub use document::MessageDocument;
 pub use error::{EngineError, SearchError};
-pub use metrics::{BulkMetrics, SearchMetrics};
+pub use metrics::{BulkMetrics, ChangeMetrics, SearchMetrics};
 pub use query::{Cursor, SearchHit, SearchLimits, SearchPage, SearchParams, SearchSort};
 pub use searcher::MessageSearcher;

@@ -71,6 +71,65 @@ impl BulkMetrics {
     }
 }
 
+/// Counts of [`crate::EsChangeSink`] (edits and deletes of documents).
+#[derive(Clone, Debug)]
+pub struct ChangeMetrics {
+    /// `_bulk` requests of changes by id (one per round of changes).
+    pub bulk_requests: Counter,
+    /// Latency of one such `_bulk` request, seconds.
+    pub bulk_latency: Histogram,
+    /// Changes the write index applied by id.
+    pub applied_by_id: Counter,
+    /// Changes applied by query through the search alias because the write
+    /// index did not hold the document (an older backing index, or none).
+    pub by_query_fallbacks: Counter,
+    /// Refreshes of the search alias before such fallbacks (at most one
+    /// per round, and none in a round without a fallback).
+    pub fallback_refreshes: Counter,
+}
+
+impl Default for ChangeMetrics {
+    fn default() -> Self {
+        Self {
+            bulk_requests: Counter::default(),
+            bulk_latency: latency_histogram(),
+            applied_by_id: Counter::default(),
+            by_query_fallbacks: Counter::default(),
+            fallback_refreshes: Counter::default(),
+        }
+    }
+}
+
+impl ChangeMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "change_bulk_requests",
+            "Bulk requests of edits and deletes by id",
+            self.bulk_requests.clone(),
+        );
+        registry.register(
+            "change_bulk_latency_seconds",
+            "Latency of one bulk request of edits and deletes",
+            self.bulk_latency.clone(),
+        );
+        registry.register(
+            "changes_applied_by_id",
+            "Edits and deletes the write index applied by document id",
+            self.applied_by_id.clone(),
+        );
+        registry.register(
+            "change_by_query_fallbacks",
+            "Edits and deletes applied by query because the write index lacked the document",
+            self.by_query_fallbacks.clone(),
+        );
+        registry.register(
+            "change_fallback_refreshes",
+            "Refreshes of the search alias before by-query fallbacks",
+            self.fallback_refreshes.clone(),
+        );
+    }
+}
+
 /// Counts of [`crate::MessageSearcher`].
 #[derive(Clone, Debug)]
 pub struct SearchMetrics {

@@ -28,6 +28,11 @@
 //! message id within a page (see `query::merge_pages`). Re-deliveries come
 //! from the uncommitted tail of a partition (seconds), and rollovers happen
 //! days apart, so this is rare.
+//!
+//! Edits and deletes go by id through the write alias, so they reach a
+//! message of the current write index directly; a message of an older
+//! backing index comes back missing and is changed by query through the
+//! search alias instead (see [`crate::changes`]).
 
 use elasticsearch::http::Method;
 use serde_json::{Value, json};

@@ -6,13 +6,17 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chatpipe_core::records::MessageRecord;
-use chatpipe_core::{ConversationId, UserId};
+use chatpipe_core::records::{
+    CHANGE_SCHEMA_VERSION, MessageChange, MessageChangeRecord, MessageRecord,
+};
+use chatpipe_core::{ConversationId, EdgeId, MessageId, UserId};
 use chatpipe_search::bulk::BulkSinkSettings;
+use chatpipe_search::client::Method;
 use chatpipe_search::template::{self, RolloverConditions, TemplateOutcome};
 use chatpipe_search::{
-    BulkDoc, BulkMetrics, EsBulkSink, EsClient, MessageDocument, MessageSearcher,
-    SearchEngineConfig, SearchError, SearchLimits, SearchMetrics, SearchParams, SearchSort,
+    BulkDoc, BulkMetrics, ChangeMetrics, EsBulkSink, EsChangeSink, EsClient, MessageDocument,
+    MessageSearcher, SearchEngineConfig, SearchError, SearchLimits, SearchMetrics, SearchParams,
+    SearchSort,
 };
 
 struct Deployment {
@@ -164,6 +168,148 @@ async fn template_apply_is_idempotent_and_rollover_keeps_everything_searchable()
             .len(),
         2
     );
+    deployment.teardown().await;
+}
+
+fn change(id: u64, conversation: &str, change: MessageChange) -> MessageChangeRecord {
+    MessageChangeRecord {
+        schema_version: CHANGE_SCHEMA_VERSION,
+        message_id: MessageId::from_u64(id),
+        conversation_id: ConversationId::parse(conversation).unwrap(),
+        actor_id: UserId::parse("alice").unwrap(),
+        change,
+        ts: 1_800_000_000_000 + id,
+        edge_id: EdgeId::parse("e").unwrap(),
+    }
+}
+
+fn edit(id: u64, conversation: &str, body: &str) -> MessageChangeRecord {
+    change(id, conversation, MessageChange::Edit { body: body.into() })
+}
+
+fn delete(id: u64, conversation: &str) -> MessageChangeRecord {
+    change(id, conversation, MessageChange::Delete)
+}
+
+/// (bulk requests, applied by id, by-query fallbacks, refreshes).
+fn change_counts(metrics: &ChangeMetrics) -> (u64, u64, u64, u64) {
+    (
+        metrics.bulk_requests.get(),
+        metrics.applied_by_id.get(),
+        metrics.by_query_fallbacks.get(),
+        metrics.fallback_refreshes.get(),
+    )
+}
+
+async fn found(deployment: &Deployment, q: &str) -> Vec<u64> {
+    let page = deployment
+        .searcher
+        .search(&query(q), &conversations(&["c1", "c2"]))
+        .await
+        .unwrap();
+    let mut found = ids(&page);
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn edits_and_deletes_go_by_id_and_still_reach_older_backing_indices() {
+    let deployment = Deployment::new(1).await;
+    let layout = deployment.config.layout();
+    let changes = EsChangeSink::new(
+        deployment.client.clone(),
+        &layout.write_alias,
+        &layout.search_alias,
+        ChangeMetrics::default(),
+    );
+    deployment
+        .index(&[
+            record(1, "c1", "alice", "penguin one"),
+            record(2, "c1", "alice", "penguin two"),
+            record(3, "c2", "bob", "penguin three"),
+        ])
+        .await;
+
+    // Messages of the write index: one bulk request by id, no refresh, no
+    // query (right after indexing, unrefreshed: by id sees them anyway).
+    let reaction = change(
+        3,
+        "c2",
+        MessageChange::ReactionAdd {
+            reaction: "👍".into(),
+        },
+    );
+    let applied = changes
+        .apply(&[edit(1, "c1", "walrus one"), delete(2, "c1"), reaction])
+        .await
+        .unwrap();
+    assert_eq!(applied, 2, "reactions are not indexed");
+    assert_eq!(change_counts(changes.metrics()), (1, 2, 0, 0));
+    let edited = deployment
+        .client
+        .request(
+            Method::Get,
+            &format!("/{}/_doc/1", layout.first_index),
+            &[("routing", "c1")],
+            None,
+        )
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let source = &edited["_source"];
+    assert_eq!(source["body"], "walrus one");
+    assert_eq!(source["edited_at"], 1_800_000_000_001_u64);
+    assert_eq!(source["sender_id"], "alice", "the other fields stay");
+    assert_eq!(source["ts"], 1_700_000_000_001_u64);
+    assert_eq!(source["conversation_id"], "c1");
+    deployment.refresh().await;
+    assert_eq!(found(&deployment, "walrus").await, [1]);
+    assert_eq!(found(&deployment, "penguin").await, [3]);
+
+    // After a rollover the write alias names a new index: message 3 stays
+    // in the old one, 4 is in the new one, 9 in none (never indexed).
+    let always = RolloverConditions {
+        max_docs: None,
+        max_size: None,
+        max_age: None,
+    };
+    assert!(
+        template::rollover(&deployment.client, &layout, &always)
+            .await
+            .unwrap()
+            .rolled_over
+    );
+    deployment
+        .index(&[record(4, "c1", "alice", "penguin four")])
+        .await;
+    let round = [
+        edit(3, "c2", "walrus three"),
+        edit(4, "c1", "walrus four"),
+        delete(1, "c1"),
+        delete(9, "c1"),
+    ];
+    assert_eq!(changes.apply(&round).await.unwrap(), 4);
+    assert_eq!(
+        change_counts(changes.metrics()),
+        (2, 3, 3, 1),
+        "4 by id; 3, 1 and 9 by query after one refresh"
+    );
+    deployment.refresh().await;
+    assert_eq!(found(&deployment, "walrus").await, [3, 4]);
+    assert!(found(&deployment, "penguin").await.is_empty());
+    let page = deployment
+        .searcher
+        .search(&query("three"), &conversations(&["c2"]))
+        .await
+        .unwrap();
+    assert_eq!(page.hits[0].message.sender_id.as_str(), "bob");
+
+    // The same round again (a redelivered batch) changes nothing.
+    assert_eq!(changes.apply(&round).await.unwrap(), 4);
+    deployment.refresh().await;
+    assert_eq!(found(&deployment, "walrus").await, [3, 4]);
+    assert!(found(&deployment, "penguin").await.is_empty());
     deployment.teardown().await;
 }
 

@@ -289,6 +289,8 @@ export interface components {
             }[];
             /** @description Present for a reply: the message of the same conversation it replies to. */
             reply_to?: components["schemas"]["MessageId"];
+            /** @description The users the message mentions (the `mentions` of its `send`: each once, never the sender, at most 20, as the sender named them; whether they are members is not checked). In history and on the live `message` frame; absent when it mentions nobody, for a deleted message, for messages stored before chatpipe kept mentions in history, and in search hits. */
+            mentions?: components["schemas"]["UserId"][];
         };
         HistoryPage: {
             conversation_id: components["schemas"]["ConversationId"];
