@@ -30,10 +30,42 @@
 # Exit status: non-zero when any run lost a message or a fault was not
 # applied.
 #
-# Not yet here (issue 14): a broker of the three-broker Kafka and a node
-# of the three-node Cassandra as schedules (run.sh applies
-# `kill9:kafka-2@S` / `kill9:cassandra-2@S` to whatever engines.sh runs),
-# clock skew.
+# The replicated engines' schedules (run only when named, on private
+# engines started with topology/engines.sh under a CHATPIPE_HOME of their
+# own and CHATPIPE_BENCH_ENGINES=reuse; the example at the end):
+#   kafka3-leader    three-broker Kafka (CHATPIPE_KAFKA_NODES=3: RF 3, min
+#                    ISR 2): at 45 s kill -9 of the broker leading the most
+#                    messages of chat.messages (once it holds any), seen out
+#                    of every ISR, restarted, back in every ISR; then (at 85 s,
+#                    or once the first is back) the same of the busiest leader
+#                    among the other brokers. Each row names the broker, the partitions
+#                    and messages it led, the smallest ISR seen and how long
+#                    leaving and rejoining the ISRs took.
+#   cassandra3-node  three-node Cassandra (CHATPIPE_CASSANDRA_NODES=3, the
+#                    keyspace at NetworkTopologyStrategy:datacenter1=3, reads
+#                    and writes LOCAL_QUORUM): kill -9 of cassandra-2 at 40 s,
+#                    checked gone, restarted, healthy again.
+#   clock-skew       edge-2 runs the whole load with its wall clock 3 s ahead
+#                    (libfaketime, installed with apt-get when missing and
+#                    run as root); checked from the HTTP Date of its ops
+#                    listener. Message ids come from the edges' clocks
+#                    (issue 10), so the order columns are expected to show
+#                    live order differing from id order across the edges.
+# e.g. (ports away from the shared engines and the tests):
+#   export CHATPIPE_HOME=/tmp/faults-home CHATPIPE_KAFKA_NODES=3 \
+#     CHATPIPE_KAFKA_PORT=29092 CHATPIPE_KAFKA_CONTROLLER_PORT=29095 \
+#     CHATPIPE_CASSANDRA_PORT=29042 CHATPIPE_CASSANDRA_STORAGE_PORT=27000 \
+#     CHATPIPE_CASSANDRA_JMX_PORT=27199 CHATPIPE_OPENSEARCH_PORT=9270 \
+#     CHATPIPE_OPENSEARCH_TRANSPORT_PORT=9370 \
+#     CHATPIPE_KAFKA_BROKERS=127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094 \
+#     CHATPIPE_CASSANDRA=127.0.0.1:29042 CHATPIPE_ELASTICSEARCH_URL=http://127.0.0.1:9270 \
+#     CHATPIPE_BENCH_ENGINES=reuse CHATPIPE_BENCH_PORT_BASE=31000
+#   topology/engines.sh up && benches/faults.sh kafka3-leader clock-skew
+#   topology/engines.sh down --wipe
+# (cassandra3-node: CHATPIPE_KAFKA_NODES=1, CHATPIPE_CASSANDRA_NODES=3,
+# CHATPIPE_CASSANDRA_FIRST_ADDRESS=127.0.0.5, CHATPIPE_CASSANDRA=127.0.0.5:29042,
+# 127.0.0.6:29042,127.0.0.7:29042 and
+# CHATPIPE_CASSANDRA_REPLICATION=NetworkTopologyStrategy:datacenter1=3.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,10 +82,30 @@ declare -A SCHEDULES=(
   [kafka]="kill9:kafka@40"
   [cassandra]="restart:cassandra@40"
   [opensearch]="restart:opensearch@40"
+  # The replicated engines' (see the header).
+  [kafka3-leader]="kill9:kafka-leader@45 kill9:kafka-leader@85"
+  [cassandra3-node]="kill9:cassandra-2@40"
+  [clock-skew]="skew:edge-2=+3"
 )
 ORDER=(edge rolling sigstop fanout persist index api combined)
-ALL_RUNS=("${ORDER[@]}" kafka cassandra opensearch)
+ALL_RUNS=("${ORDER[@]}" kafka cassandra opensearch kafka3-leader cassandra3-node clock-skew)
 if (($#)); then ORDER=("$@"); fi
+
+# What a schedule needs of the engines and the box, checked before it runs.
+prerequisites() { # name
+  case $1 in
+    kafka3-leader)
+      ((${CHATPIPE_KAFKA_NODES:-1} >= 3)) || { echo "faults.sh: $1 needs the three-broker Kafka (CHATPIPE_KAFKA_NODES=3, see the header)" >&2; return 1; } ;;
+    cassandra3-node)
+      ((${CHATPIPE_CASSANDRA_NODES:-1} >= 3)) && [[ ${CHATPIPE_CASSANDRA_REPLICATION:-} == *=3* ]] \
+        || { echo "faults.sh: $1 needs the three-node Cassandra and the keyspace at RF 3 (CHATPIPE_CASSANDRA_NODES=3, CHATPIPE_CASSANDRA_REPLICATION=NetworkTopologyStrategy:datacenter1=3)" >&2; return 1; } ;;
+    clock-skew)
+      if [[ -z ${CHATPIPE_BENCH_FAKETIME_LIB:-} ]] && ! ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1; then
+        echo "faults.sh: installing libfaketime (apt-get install -y faketime)" >&2
+        apt-get install -y -q faketime >/dev/null || { echo "faults.sh: $1 needs libfaketime" >&2; return 1; }
+      fi ;;
+  esac
+}
 RUNS_DIR="${FAULT_RUNS_DIR:-benches/results/faults}"
 SUMMARY="${FAULTS_SUMMARY:-benches/results/faults.json}"
 status=0
@@ -62,6 +114,7 @@ for name in "${ORDER[@]}"; do
   schedule=${SCHEDULES[$name]:-}
   [[ -n $schedule ]] || { echo "faults.sh: no schedule named $name" >&2; exit 2; }
   echo "=== fault run $name: $schedule ==="
+  prerequisites "$name" || { status=1; continue; }
   dir="$RUNS_DIR/$name"
   rm -rf "$dir"
   CHATPIPE_BENCH_FAULTS="$schedule" CHATPIPE_BENCH_RESULTS="$dir" SCENARIOS=faults \
@@ -120,6 +173,36 @@ def back_to_normal(timeline, faults):
         out.append(found)
     return out
 
+def engine_details(faults, timeline):
+    """What an engine's fault or a clock skew did, beyond applied: the
+    broker or node killed (and why: what it led), the ISR leaving and
+    rejoining, acks/s while it was down; the skew asked and seen."""
+    out = []
+    for f in faults:
+        if f.get("kind") == "skew":
+            out.append({k: f.get(k) for k in ("fault", "role", "skew_s", "skew_seen_s", "faketime_mapped")})
+            continue
+        if not f["role"].startswith(("kafka", "cassandra", "opensearch")):
+            continue
+        d = {"fault": f["fault"], "killed": f["role"]}
+        if "address" in f:
+            d["address"] = f["address"]
+        if "pick" in f:
+            p = f["pick"]
+            d["led"] = {k: p[k] for k in ("partitions_led", "partitions", "messages_led", "messages")}
+        for key in ("isr_left", "isr_back"):
+            w = f.get(key)
+            if w:
+                d[key] = {k: w.get(k) for k in ("reached", "after_s", "smallest_isr_seen",
+                                                  "most_under_replicated_seen", "most_without_leader_seen")}
+        during = [s["acks_per_s"] for s in timeline
+                  if f.get("begin_unix_ms", 0) < s["unix_ms"] <= f.get("end_unix_ms", 0)]
+        if during:
+            d["acks_per_s_while_down"] = {"seconds": len(during), "min": round(min(during)),
+                                          "median": round(statistics.median(during))}
+        out.append(d)
+    return out
+
 rows, ok = [], True
 for name in names:
     d = runs_dir / name
@@ -137,8 +220,9 @@ for name in names:
         "run": name,
         "faults": faults,
         "all_applied": len(applied) > 0 and all(
-            f.get("applied", f.get("died", False)) and f["ready_after_s"] >= 0 for f in applied),
-        "ready_after_s": [f["ready_after_s"] for f in applied],
+            f.get("applied", f.get("died", False)) and f.get("ready_after_s", 0) >= 0 for f in applied),
+        "ready_after_s": [f["ready_after_s"] for f in applied if "ready_after_s" in f],
+        "engine_faults": engine_details(applied, target.get("timeline", [])),
         "acked": dl["acked_messages"],
         "delivered_live": dl["delivered_live"],
         "delivered_by_catch_up": dl["delivered_by_catch_up"],

@@ -80,6 +80,28 @@
 #                                   cassandra-3): SIGKILL from its pid file,
 #                                   checked gone, then `topology/engines.sh up`;
 #                                   or `engines.sh restart`; healthy again;
+#                                   on a replicated Kafka (CHATPIPE_KAFKA_NODES
+#                                   > 1) a killed broker must also be seen out
+#                                   of every ISR of chat.messages before its
+#                                   restart, and back in all of them (none
+#                                   under-replicated) after it
+#                                   (`chatpipe-loadgen kafka-isr`);
+#                                 `kill9:kafka-leader@SECONDS` the same, of the
+#                                   broker leading the most messages of the
+#                                   deployment's chat.messages partitions then
+#                                   (`chatpipe-loadgen kafka-leader`; a broker
+#                                   this schedule killed before is not picked
+#                                   again, so a second item kills a second
+#                                   broker); the row names the broker and why;
+#                                 `skew:ROLE=+SECONDS` (or -SECONDS) the role
+#                                   runs the whole scenario with its wall clock
+#                                   that far off, under libfaketime
+#                                   (LD_PRELOAD, monotonic clocks left alone;
+#                                   CHATPIPE_BENCH_FAKETIME_LIB, default the
+#                                   Debian/Ubuntu `faketime` package's); checked
+#                                   at the start: the library mapped in the
+#                                   process, and the HTTP Date of its ops
+#                                   listener that far ahead of the host's;
 #                                 e.g. "kill9:fanout@30 rolling:edge@50"; what
 #                                 was applied goes to $RESULTS/faults-<scenario>.json
 #                                 (benches/faults.sh runs the whole schedule)
@@ -238,10 +260,29 @@ stop_chatpipe() {
 }
 trap 'stop_chatpipe; write_timings' EXIT
 
+# Clock skew (`skew:ROLE=+S` in CHATPIPE_BENCH_FAULTS): the role runs under
+# libfaketime with its wall clock S seconds off (the multi-threaded
+# variant; monotonic clocks, timers and timeouts, left alone).
+FAKETIME_LIB="${CHATPIPE_BENCH_FAKETIME_LIB:-$(ls /usr/lib/*/faketime/libfaketimeMT.so.1 2>/dev/null | head -n 1)}"
+skew_of() { # role: its clock offset in seconds (+S / -S), or nothing
+  local item
+  for item in ${CHATPIPE_BENCH_FAULTS:-}; do
+    [[ $item == "skew:$1="* ]] && { echo "${item#*=}"; return; }
+  done
+}
+# The command prefix that starts role $1 (env with libfaketime when skewed).
+role_prefix() {
+  local skew; skew=$(skew_of "$1")
+  [[ -n $skew ]] || return 0
+  [[ -n $FAKETIME_LIB && -f $FAKETIME_LIB ]] || { echo "run.sh: skew of $1 needs libfaketime (apt-get install -y faketime, or CHATPIPE_BENCH_FAKETIME_LIB)" >&2; return 1; }
+  printf '%s\n' env "LD_PRELOAD=$FAKETIME_LIB" "FAKETIME=$skew" FAKETIME_DONT_FAKE_MONOTONIC=1
+}
+
 declare -A role_args=() role_ops=()
 start_role() { # name log-name args...
-  local name=$1 log_name=$2; shift 2
-  "$BIN/chatpipe" "$@" >"$RESULTS/logs/$log_name.log" 2>&1 &
+  local name=$1 log_name=$2 prefix; shift 2
+  mapfile -t prefix < <(role_prefix "$name")
+  "${prefix[@]}" "$BIN/chatpipe" "$@" >"$RESULTS/logs/$log_name.log" 2>&1 &
   stack_pids+=($!)
   stack_names+=("$name")
   role_args[$name]="$log_name $(printf '%q ' "$@")"
@@ -277,10 +318,15 @@ seconds_since() { awk -v a="$1" -v b="$(now_ms)" 'BEGIN { printf "%.1f", (b - a)
 # $ready_s is how long it took to report ready (-1: never, within 60 s).
 restart_role() {
   local role=$1 args log_name restart_ms ops=${role_ops[$1]:-} _
+  local prefix
   read -r -a args <<<"${role_args[$role]}"
   log_name=${args[0]}; args=("${args[@]:1}")
-  # `exec`: the background job is the role itself, so $! is its pid.
-  eval "exec \"\$BIN/chatpipe\" ${args[*]}" >>"$RESULTS/logs/$log_name.log" 2>&1 &
+  mapfile -t prefix < <(role_prefix "$role")
+  local quoted=""
+  ((${#prefix[@]})) && quoted=$(printf '%q ' "${prefix[@]}")
+  # `exec`: the background job is the role itself (or env, which execs
+  # it), so $! is its pid.
+  eval "exec $quoted\"\$BIN/chatpipe\" ${args[*]}" >>"$RESULTS/logs/$log_name.log" 2>&1 &
   restarted=$!
   echo "$role $restarted" >>"$RESTARTED_PIDS"
   restart_ms=$(now_ms)
@@ -310,8 +356,40 @@ restart_role() {
 # gone, then `topology/engines.sh up` (healthy again); `restart:ENGINE@S`:
 # `topology/engines.sh restart` (a clean stop, then up). Sets
 # ENGINE_FAULT_ROW to the fault's JSON object; false when not applied.
+# Brokers a kill9 of this schedule took down (kafka-leader does not pick
+# them again).
+KAFKA_KILLED=()
+KAFKA_NODES_RUNNING=${CHATPIPE_KAFKA_NODES:-1}
+messages_topic() { echo "${CHATPIPE_TOPIC_PREFIX:-}chat.messages"; }
+# `chatpipe-loadgen kafka-isr` of broker $1 until $2 (out | in) within $3 s:
+# its JSON (exit status 1: not reached).
+kafka_isr() {
+  "$BIN/chatpipe-loadgen" kafka-isr --topic "$(messages_topic)" --broker "$1" --until "$2" --timeout-s "$3" 2>>"$RESULTS/logs/engines.log"
+}
 engine_fault() { # item kind engine fault_at
   local item=$1 kind=$2 engine=$3 fault_at=$4 pidfile pid begin_ms end_ms applied=false gone=false healthy=false ready_s=-1
+  local extra="" broker="" isr_ok=true isr_left isr_back pick excluded
+  if [[ $engine == kafka-leader ]]; then
+    # The broker leading the most messages of chat.messages now.
+    excluded=$(IFS=,; echo "${KAFKA_KILLED[*]}")
+    # Busiest by messages: wait (up to 60 s) for the load to have written
+    # some, should the fault come before the sends began.
+    local _
+    for _ in $(seq 1 60); do
+      pick=$("$BIN/chatpipe-loadgen" kafka-leader --topic "$(messages_topic)" ${excluded:+--exclude "$excluded"} 2>>"$RESULTS/logs/engines.log") \
+        || { echo "run.sh: $item: no leader of $(messages_topic) to pick" >&2; return 1; }
+      (($(jq -r .messages <<<"$pick") > 0)) && break
+      sleep 1
+    done
+    engine=kafka-$(jq -r .broker <<<"$pick")
+    echo "[faults] $(date +%T) $item: $engine leads the busiest partitions: $pick" >&2
+    extra+=",\"pick\":$pick"
+  fi
+  [[ $engine =~ ^kafka-([0-9]+)$ ]] && ((KAFKA_NODES_RUNNING > 1)) && broker=${BASH_REMATCH[1]}
+  if [[ $engine =~ ^cassandra-([0-9]+)$ && -n ${CHATPIPE_CASSANDRA_FIRST_ADDRESS:-} ]]; then
+    local first=$CHATPIPE_CASSANDRA_FIRST_ADDRESS
+    extra+=",\"address\":\"${first%.*}.$((${first##*.} + BASH_REMATCH[1] - 1))\""
+  fi
   pidfile="${CHATPIPE_HOME:-$HOME/.cache/chatpipe}/run/$engine.pid"
   pid=$(cat "$pidfile" 2>/dev/null || true)
   [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || { echo "run.sh: no running engine $engine to fault" >&2; return 1; }
@@ -321,8 +399,21 @@ engine_fault() { # item kind engine fault_at
       kill -KILL "$pid" 2>/dev/null
       wait_gone "$pid" 100 && gone=true
       echo "[faults] $(date +%T) kill -9 $engine (pid $pid) at ${fault_at}s: gone=$gone" >&2
+      [[ -n $broker ]] && KAFKA_KILLED+=("$broker")
+      if [[ -n $broker && $gone == true ]]; then
+        # The cluster must notice: the broker out of every ISR (the
+        # controller fences it after its session timeout, 9 s by default).
+        isr_left=$(kafka_isr "$broker" out 60) || isr_ok=false
+        echo "[faults] $(date +%T) $engine out of every ISR of $(messages_topic): $isr_left" >&2
+        extra+=",\"isr_left\":${isr_left:-null}"
+      fi
       sleep 2
       topology/engines.sh up "$engine" >>"$RESULTS/logs/engines.log" 2>&1 && healthy=true
+      if [[ -n $broker && $healthy == true ]]; then
+        isr_back=$(kafka_isr "$broker" in 180) || isr_ok=false
+        echo "[faults] $(date +%T) $engine back in every ISR of $(messages_topic): $isr_back" >&2
+        extra+=",\"isr_back\":${isr_back:-null}"
+      fi
       ;;
     restart)
       # engines.sh restart waits for the old process to exit before up.
@@ -334,21 +425,47 @@ engine_fault() { # item kind engine fault_at
   esac
   end_ms=$(now_ms)
   $healthy && ready_s=$(seconds_since "$begin_ms")
-  [[ $gone == true && $healthy == true ]] && applied=true
-  ENGINE_FAULT_ROW="{\"fault\":\"$item\",\"kind\":\"$kind\",\"role\":\"$engine\",\"at_s\":$fault_at,\"begin_unix_ms\":$begin_ms,\"end_unix_ms\":$end_ms,\"pid\":$pid,\"died\":$gone,\"applied\":$applied,\"ready_after_s\":$ready_s}"
+  [[ $gone == true && $healthy == true && $isr_ok == true ]] && applied=true
+  ENGINE_FAULT_ROW="{\"fault\":\"$item\",\"kind\":\"$kind\",\"role\":\"$engine\",\"at_s\":$fault_at,\"begin_unix_ms\":$begin_ms,\"end_unix_ms\":$end_ms,\"pid\":$pid,\"died\":$gone,\"applied\":$applied,\"ready_after_s\":$ready_s$extra}"
+}
+
+# `skew:ROLE=+S` (ROLE as named in the deployment: edge-2 of two edges):
+# the role was started under libfaketime (start_role);
+# checks that it took: the library mapped in the process, and the Date
+# header of its ops listener S seconds (within 1 s: the header's
+# resolution) off the host's clock. Sets SKEW_ROW (no begin or end: the
+# skew lasts the whole run).
+skew_check() { # item
+  local item=$1 role skew pid mapped=false date_hdr host_s role_s seen="null" applied=false
+  role=${item#skew:} skew=${role#*=} role=${role%%=*}
+  pid=$(role_pid "$role")
+  [[ -n $pid && $skew =~ ^[+-]?[0-9]+$ ]] || { echo "run.sh: $item: no running $role, or an offset not in whole seconds (skew:ROLE=+S)" >&2; return 1; }
+  grep -q libfaketime "/proc/$pid/maps" 2>/dev/null && mapped=true
+  host_s=$(date +%s)
+  date_hdr=$(curl -fsS -D - -o /dev/null "${role_ops[$role]}/healthz" 2>/dev/null | tr -d '\r' | awk -F': ' 'tolower($1) == "date" { print $2 }')
+  if [[ -n $date_hdr ]] && role_s=$(date -d "$date_hdr" +%s 2>/dev/null); then
+    seen=$((role_s - host_s))
+    ((seen - skew <= 1 && skew - seen <= 1)) && [[ $mapped == true ]] && applied=true
+  fi
+  echo "[faults] $(date +%T) skew of $role (pid $pid): ${skew} s asked, libfaketime mapped=$mapped, its clock ${seen} s off the host's (HTTP Date)" >&2
+  SKEW_ROW="{\"fault\":\"$item\",\"kind\":\"skew\",\"role\":\"$role\",\"pid\":$pid,\"skew_s\":$((skew)),\"faketime_mapped\":$mapped,\"skew_seen_s\":$seen,\"applied\":$applied}"
 }
 
 apply_faults() { # scenario
   local out="$RESULTS/faults-$1.json" started=$SECONDS item kind role at duration pid rows=()
   local restarted ready_s
   for item in $CHATPIPE_BENCH_FAULTS; do
+    if [[ $item == skew:* ]]; then
+      skew_check "$item" && rows+=("$SKEW_ROW")
+      continue
+    fi
     kind=${item%%:*} role=${item#*:} at=${role#*@} role=${role%@*} duration=0
     if [[ $at == *+* ]]; then duration=${at#*+} at=${at%+*}; fi
     # `edge` with several edges: the first.
     if [[ $role == edge && ${#edge_names[@]} -gt 1 && $kind != rolling ]]; then role=${edge_names[0]}; fi
     while ((SECONDS - started < at)); do sleep 0.2; done
     local fault_at=$((SECONDS - started)) begin_ms end_ms applied=false
-    if [[ $role =~ ^(kafka|cassandra|opensearch)(-[0-9]+)?$ ]]; then
+    if [[ $role =~ ^(kafka|cassandra|opensearch)(-[0-9]+)?$ || $role == kafka-leader ]]; then
       engine_fault "$item" "$kind" "$role" "$fault_at" && rows+=("$ENGINE_FAULT_ROW")
       continue
     fi

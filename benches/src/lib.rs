@@ -20,6 +20,9 @@
 //!   apart, of the load generator, from `/proc/<pid>/stat` ([`cpu`]), per
 //!   phase and per 1,000 acked messages; and with no client at all
 //!   (`chatpipe-loadgen idle-cpu`, [`idle`]).
+//! - the fault runner's Kafka probes (`chatpipe-loadgen kafka-leader`,
+//!   `kafka-isr`, [`kafka_watch`]): the broker leading the busiest
+//!   partitions, and when a killed broker left the ISRs and came back.
 //! - `bench-report`: turns the JSON results into `RESULTS.md` and PNG plots
 //!   ([`report`]).
 //!
@@ -34,6 +37,7 @@ pub mod client;
 pub mod coordinator;
 pub mod cpu;
 pub mod idle;
+pub mod kafka_watch;
 pub mod plan;
 pub mod prom;
 pub mod report;

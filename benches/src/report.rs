@@ -232,6 +232,72 @@ pub struct FaultRun {
     /// Set when the run left no result to read.
     #[serde(default)]
     pub error: Option<String>,
+    /// What each engine fault or clock skew of the run did (the broker or
+    /// node killed, the ISRs, the skew seen).
+    #[serde(default)]
+    pub engine_faults: Vec<EngineFault>,
+}
+
+/// One engine fault (or clock skew) of a fault run, as `faults.sh` sums
+/// it up.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EngineFault {
+    pub fault: String,
+    /// The broker or node killed (`kafka-2`, `cassandra-2`).
+    #[serde(default)]
+    pub killed: Option<String>,
+    #[serde(default)]
+    pub address: Option<String>,
+    /// What the killed broker led of chat.messages when it was picked.
+    #[serde(default)]
+    pub led: Option<Led>,
+    /// The killed broker leaving every ISR, and rejoining them all.
+    #[serde(default)]
+    pub isr_left: Option<IsrSeen>,
+    #[serde(default)]
+    pub isr_back: Option<IsrSeen>,
+    #[serde(default)]
+    pub acks_per_s_while_down: Option<AcksWhileDown>,
+    /// A clock skew: the role, the offset asked and the one seen.
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub skew_s: Option<i64>,
+    #[serde(default)]
+    pub skew_seen_s: Option<i64>,
+}
+
+/// What a killed broker led of chat.messages when the fault picked it.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct Led {
+    pub partitions_led: u64,
+    pub partitions: u64,
+    pub messages_led: u64,
+    pub messages: u64,
+}
+
+/// One ISR watch of `chatpipe-loadgen kafka-isr` (its JSON, in part).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct IsrSeen {
+    #[serde(default)]
+    pub reached: bool,
+    #[serde(default)]
+    pub after_s: Option<f64>,
+    #[serde(default)]
+    pub smallest_isr_seen: Option<u64>,
+    #[serde(default)]
+    pub most_under_replicated_seen: u64,
+    #[serde(default)]
+    pub most_without_leader_seen: u64,
+}
+
+/// Acks per second of the load's timeline from the kill until the engine
+/// was back.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct AcksWhileDown {
+    pub seconds: u64,
+    pub min: f64,
+    pub median: f64,
 }
 
 /// `benches/results/faults.json`.
@@ -1336,7 +1402,87 @@ fn faults_section(out: &mut String, inputs: &Inputs) {
             }
         );
     }
+    let details: Vec<String> = faults
+        .runs
+        .iter()
+        .flat_map(|run| {
+            run.engine_faults
+                .iter()
+                .map(move |fault| format!("- {}: {}", run.run, engine_fault_line(fault)))
+        })
+        .collect();
+    if !details.is_empty() {
+        let _ = writeln!(out, "\nWhat the engine faults and the clock skew did:\n");
+        for line in details {
+            let _ = writeln!(out, "{line}");
+        }
+    }
     let _ = writeln!(out);
+}
+
+/// One engine fault (or clock skew) in words.
+fn engine_fault_line(fault: &EngineFault) -> String {
+    let mut line = format!("`{}`", fault.fault);
+    if let Some(skew) = fault.skew_s {
+        let _ = write!(
+            line,
+            " ran {} with its clock {skew:+} s off (libfaketime); seen {}",
+            fault.role.as_deref().unwrap_or("?"),
+            fault.skew_seen_s.map_or_else(
+                || "nothing".to_owned(),
+                |seen| format!("{seen:+} s (HTTP Date)")
+            ),
+        );
+        return line;
+    }
+    let _ = write!(line, " killed {}", fault.killed.as_deref().unwrap_or("?"));
+    if let Some(address) = &fault.address {
+        let _ = write!(line, " ({address})");
+    }
+    if let Some(led) = fault.led {
+        let _ = write!(
+            line,
+            ", the leader of {} of {} partitions of chat.messages ({} of {} messages)",
+            led.partitions_led,
+            led.partitions,
+            grouped(led.messages_led),
+            grouped(led.messages)
+        );
+    }
+    let isr = |seen: &IsrSeen, what: &str| match (seen.reached, seen.after_s) {
+        (true, Some(after)) => format!("{what} after {after:.1} s"),
+        _ => format!("**not {what}**"),
+    };
+    if let Some(left) = &fault.isr_left {
+        let _ = write!(
+            line,
+            "; {} (smallest ISR seen {}, at most {} partitions under-replicated and {} without a leader)",
+            isr(left, "out of every ISR"),
+            left.smallest_isr_seen
+                .map_or_else(|| "—".to_owned(), |size| size.to_string()),
+            left.most_under_replicated_seen,
+            left.most_without_leader_seen
+        );
+    }
+    if let Some(back) = &fault.isr_back {
+        match (back.reached, back.after_s) {
+            (true, Some(after)) => {
+                let _ = write!(
+                    line,
+                    "; back in every ISR (none under-replicated) {after:.1} s after it answered again"
+                );
+            }
+            _ => line.push_str("; **not back in every ISR**"),
+        }
+    }
+    if let Some(acks) = fault.acks_per_s_while_down {
+        let _ = write!(
+            line,
+            "; acks/s until it was back: median {:.0}, lowest {:.0} ({} s)",
+            acks.median, acks.min, acks.seconds
+        );
+    }
+    line
 }
 
 /// The "back to normal" cell: one figure per fault.
@@ -2095,6 +2241,30 @@ mod tests {
             out.contains(
                 "| passed | 0 / 1 | 0 | 2 / 3 | 24 s, not before the end | 2: 1,500 (40) |"
             ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn engine_faults_name_the_broker_killed_and_the_isr_seen() {
+        let faults: FaultRuns = serde_json::from_str(
+            r#"{"runs":[{"run":"kafka3-leader","faults":["kill9:kafka-leader@30"],"all_applied":true,"passed":true,"engine_faults":[{"fault":"kill9:kafka-leader@30","killed":"kafka-2","led":{"partitions_led":3,"partitions":6,"messages_led":4100,"messages":8000},"isr_left":{"reached":true,"after_s":9.4,"smallest_isr_seen":2,"most_under_replicated_seen":4,"most_without_leader_seen":0},"isr_back":{"reached":false,"after_s":null},"acks_per_s_while_down":{"seconds":20,"min":250,"median":300}}]},{"run":"clock-skew","faults":["skew:edge-2=+3"],"engine_faults":[{"fault":"skew:edge-2=+3","role":"edge-2","skew_s":3,"skew_seen_s":3}]}]}"#,
+        )
+        .unwrap();
+        let mut out = String::new();
+        faults_section(
+            &mut out,
+            &Inputs {
+                faults: Some(faults),
+                ..Inputs::default()
+            },
+        );
+        assert!(
+            out.contains("- kafka3-leader: `kill9:kafka-leader@30` killed kafka-2, the leader of 3 of 6 partitions of chat.messages (4,100 of 8,000 messages); out of every ISR after 9.4 s (smallest ISR seen 2, at most 4 partitions under-replicated and 0 without a leader); **not back in every ISR**; acks/s until it was back: median 300, lowest 250 (20 s)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("- clock-skew: `skew:edge-2=+3` ran edge-2 with its clock +3 s off (libfaketime); seen +3 s (HTTP Date)"),
             "{out}"
         );
     }

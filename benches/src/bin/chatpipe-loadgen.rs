@@ -130,6 +130,33 @@ enum Internal {
         #[command(flatten)]
         processes: ProcessArgs,
     },
+    /// (fault runner) the broker leading the most messages of a topic's
+    /// partitions, as JSON on stdout (`benches/run.sh`'s `kafka-leader`).
+    KafkaLeader {
+        #[arg(long, env = "CHATPIPE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        /// Brokers not to pick (comma-separated ids: those killed before).
+        #[arg(long, value_delimiter = ',')]
+        exclude: Vec<i32>,
+    },
+    /// (fault runner) waits until a broker left every in-sync replica set
+    /// of a topic (`--until out`) or is back in all of them with no
+    /// partition under-replicated (`--until in`); what was seen as JSON on
+    /// stdout; exit status 1 when not within the timeout.
+    KafkaIsr {
+        #[arg(long, env = "CHATPIPE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        broker: i32,
+        #[arg(long, value_enum)]
+        until: chatpipe_benches::kafka_watch::IsrWait,
+        #[arg(long, default_value_t = 120.0)]
+        timeout_s: f64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -159,6 +186,46 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             chatpipe_benches::idle::record(&out, measurement)?;
+            return Ok(());
+        }
+        Some(Internal::KafkaLeader {
+            brokers,
+            topic,
+            exclude,
+        }) => {
+            use chatpipe_benches::kafka_watch;
+            let kafka = chatpipe_kafka::KafkaConfig::new(brokers, "chatpipe-loadgen-faults");
+            let partitions = kafka_watch::snapshot(&kafka, &topic)?;
+            let pick = kafka_watch::busiest_leader(&partitions, &exclude).ok_or_else(|| {
+                anyhow::anyhow!("no broker but {exclude:?} leads a partition of {topic}")
+            })?;
+            println!("{}", serde_json::to_string(&pick)?);
+            return Ok(());
+        }
+        Some(Internal::KafkaIsr {
+            brokers,
+            topic,
+            broker,
+            until,
+            timeout_s,
+        }) => {
+            use chatpipe_benches::kafka_watch;
+            anyhow::ensure!(
+                timeout_s.is_finite() && timeout_s >= 0.0,
+                "--timeout-s must be a number of seconds, not {timeout_s}"
+            );
+            let kafka = chatpipe_kafka::KafkaConfig::new(brokers, "chatpipe-loadgen-faults");
+            let watch = kafka_watch::watch_isr(
+                &kafka,
+                &topic,
+                broker,
+                until,
+                std::time::Duration::from_secs_f64(timeout_s),
+            );
+            println!("{}", serde_json::to_string(&watch)?);
+            if !watch.reached {
+                std::process::exit(1);
+            }
             return Ok(());
         }
         None => {}

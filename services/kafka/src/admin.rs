@@ -1,7 +1,7 @@
 //! Small administrative calls for tools and tests: create and delete a
 //! topic, read and change a topic's configs, list a consumer group's
-//! members, read a topic's leaders and in-sync replicas (to pick the
-//! broker a fault kills, and to check that it left). The deployment's own topics are
+//! members, read a topic's leaders, in-sync replicas and sizes (to pick
+//! the broker a fault kills, and to check that it left and came back). The deployment's own topics are
 //! applied from data by [`crate::topology`].
 
 use std::collections::BTreeMap;
@@ -149,6 +149,25 @@ pub fn partition_replicas(
         .collect();
     partitions.sort_by_key(|partition| partition.partition);
     Ok(partitions)
+}
+
+/// The messages each partition of `topic` holds (high watermark minus
+/// low watermark), by partition id. Blocking (a broker round trip per
+/// partition), like [`group_member_ids`].
+pub fn partition_sizes(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, i64>, KafkaAdapterError> {
+    let client: BaseConsumer<ChatpipeContext> = kafka
+        .base()
+        .create_with_context(ChatpipeContext::default())?;
+    let mut sizes = BTreeMap::new();
+    for &partition in partitions {
+        let (low, high) = client.fetch_watermarks(topic, partition, ADMIN_TIMEOUT)?;
+        sizes.insert(partition, high - low);
+    }
+    Ok(sizes)
 }
 
 /// The broker that leads the most of `partitions` (the lowest id on a
