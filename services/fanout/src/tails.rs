@@ -111,13 +111,10 @@ impl SessionsTail {
     ) -> Result<(Self, watch::Receiver<bool>), KafkaAdapterError> {
         let options = TailOptions {
             report_partition_end: true,
-            // Caught up is decided by the high watermarks read at
-            // assignment (`run`), not by the end-of-partition event, so
-            // the tail long-polls like every other tail: an idle worker
-            // asks the broker once per 5 s instead of twice a second. The
-            // end event still counts for a partition whose last offsets
-            // hold no record, at the cost of one wait.
-            fetch_wait_max: chatpipe_kafka::config::TAIL_LONG_POLL,
+            // The end of a partition (the route table caught up, fan-out
+            // ready) shows in the fetch after its last record: the group
+            // consumers' shorter wait keeps start-up quick.
+            fetch_wait_max: chatpipe_kafka::config::LONG_POLL,
         };
         let tail = TailConsumer::new(kafka, &format!("{worker_id}-routes"), topic, &options)?;
         let (caught_up, caught_up_receiver) = watch::channel(false);
