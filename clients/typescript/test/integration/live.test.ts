@@ -220,10 +220,10 @@ describe('against the running system', () => {
       assert.ok(Date.now() < deadline, `history: ${JSON.stringify(history)}`);
       await new Promise((resolve) => setTimeout(resolve, 300));
     }
-    // Bob's second device, loading from history, shows what the live frames made
-    // (but `mentions`, which history does not return).
+    // Bob's second device, loading from history, shows what the live frames made,
+    // mentions included.
     const device = client(bob.userId, stack.wsUrls[0]!, async () => stack.token(bob.userId));
     assert.equal(await device.loadOlder(conversation, 50), 3);
-    assert.deepEqual(device.messages(conversation), bob.messages(conversation).map(({ mentions: _mentions, ...rest }) => rest));
+    assert.deepEqual(device.messages(conversation), bob.messages(conversation));
   });
 });
