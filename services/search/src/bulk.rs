@@ -113,9 +113,27 @@ pub enum ItemOutcome {
     },
 }
 
-/// Reads the per-item results of a 2xx `_bulk` answer, in request order.
-/// Pure. Fails if the answer does not hold exactly `expected` items.
-pub fn parse_bulk_items(answer: &Value, expected: usize) -> Result<Vec<ItemOutcome>, EngineError> {
+/// One item of a 2xx `_bulk` answer: its HTTP status and, when it failed,
+/// the engine's `error.type` and `error.reason` (`error` is absent for a
+/// delete of a missing document, which is a plain 404).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkItem {
+    pub status: u16,
+    pub has_error: bool,
+    pub kind: String,
+    pub reason: String,
+}
+
+impl BulkItem {
+    pub fn succeeded(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Reads the items of a 2xx `_bulk` answer, in request order: the one
+/// reader of the answer's shape for every kind of bulk request. Pure.
+/// Fails if the answer does not hold exactly `expected` items.
+pub fn read_bulk_items(answer: &Value, expected: usize) -> Result<Vec<BulkItem>, EngineError> {
     let items = answer
         .get("items")
         .and_then(Value::as_array)
@@ -138,9 +156,6 @@ pub fn parse_bulk_items(answer: &Value, expected: usize) -> Result<Vec<ItemOutco
                 .and_then(Value::as_u64)
                 .ok_or_else(|| EngineError::Protocol("bulk item without status".to_owned()))?
                 as u16;
-            if (200..300).contains(&status) {
-                return Ok(ItemOutcome::Indexed);
-            }
             let error = result.get("error");
             let text = |field: &str| {
                 error
@@ -149,8 +164,32 @@ pub fn parse_bulk_items(answer: &Value, expected: usize) -> Result<Vec<ItemOutco
                     .unwrap_or_default()
                     .to_owned()
             };
-            let (kind, reason) = (text("type"), text("reason"));
-            Ok(if is_retriable_status(status, &kind) {
+            Ok(BulkItem {
+                status,
+                has_error: error.is_some(),
+                kind: text("type"),
+                reason: text("reason"),
+            })
+        })
+        .collect()
+}
+
+/// Reads the per-item results of a 2xx `_bulk` answer, in request order.
+/// Pure. Fails if the answer does not hold exactly `expected` items.
+pub fn parse_bulk_items(answer: &Value, expected: usize) -> Result<Vec<ItemOutcome>, EngineError> {
+    Ok(read_bulk_items(answer, expected)?
+        .into_iter()
+        .map(|item| {
+            if item.succeeded() {
+                return ItemOutcome::Indexed;
+            }
+            let BulkItem {
+                status,
+                kind,
+                reason,
+                ..
+            } = item;
+            if is_retriable_status(status, &kind) {
                 ItemOutcome::Retriable {
                     status,
                     kind,
@@ -162,9 +201,9 @@ pub fn parse_bulk_items(answer: &Value, expected: usize) -> Result<Vec<ItemOutco
                     kind,
                     reason,
                 }
-            })
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// A document the engine refused for good.

@@ -54,6 +54,7 @@ use serde_json::{Value, json};
 use chatpipe_core::records::{MessageChange, MessageChangeRecord};
 use chatpipe_core::{ConversationId, MessageId};
 
+use crate::bulk::read_bulk_items;
 use crate::client::EsClient;
 use crate::error::EngineError;
 use crate::metrics::ChangeMetrics;
@@ -166,51 +167,25 @@ pub fn parse_change_items(
     answer: &Value,
     expected: usize,
 ) -> Result<Vec<ChangeItemOutcome>, EngineError> {
-    let items = answer
-        .get("items")
-        .and_then(Value::as_array)
-        .ok_or_else(|| EngineError::Protocol("bulk answer without items".to_owned()))?;
-    if items.len() != expected {
-        return Err(EngineError::Protocol(format!(
-            "bulk answer has {} items for {expected} changes",
-            items.len()
-        )));
-    }
-    items
-        .iter()
+    Ok(read_bulk_items(answer, expected)?
+        .into_iter()
         .map(|item| {
-            let result = item
-                .as_object()
-                .and_then(|operation| operation.values().next())
-                .ok_or_else(|| EngineError::Protocol("bulk item is not an object".to_owned()))?;
-            let status = result
-                .get("status")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| EngineError::Protocol("bulk item without status".to_owned()))?
-                as u16;
-            if (200..300).contains(&status) {
-                return Ok(ChangeItemOutcome::Applied);
+            if item.succeeded() {
+                return ChangeItemOutcome::Applied;
             }
-            let error = result.get("error");
-            let text = |field: &str| {
-                error
-                    .and_then(|error| error.get(field))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let (kind, reason) = (text("type"), text("reason"));
             // A delete of an absent document is a 404 without an error
             // (`result: not_found`); an update's is `document_missing`. A
             // missing index or alias is a 404 too, but an error to retry.
-            if status == 404 && (error.is_none() || kind.contains("document_missing")) {
-                return Ok(ChangeItemOutcome::Missing);
+            if item.status == 404 && (!item.has_error || item.kind.contains("document_missing")) {
+                return ChangeItemOutcome::Missing;
             }
-            Ok(ChangeItemOutcome::Failed(EngineError::from_status(
-                status, &kind, &reason,
-            )))
+            ChangeItemOutcome::Failed(EngineError::from_status(
+                item.status,
+                &item.kind,
+                &item.reason,
+            ))
         })
-        .collect()
+        .collect())
 }
 
 /// The path and body of the by-query request applying `change` through
