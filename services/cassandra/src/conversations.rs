@@ -543,27 +543,7 @@ impl CassandraStore {
         &self,
         conversation: &Conversation,
     ) -> Result<Headcount, CassandraError> {
-        let mut rows = self
-            .inner
-            .session
-            .execute_iter(
-                self.inner.statements.select_member_roles.clone(),
-                (conversation.conversation_id.as_str(),),
-            )
-            .await?
-            .rows_stream::<MemberRow>()
-            .map_err(|error| CassandraError::Decode(error.to_string()))?;
-        let mut headcount = Headcount {
-            owners: 0,
-            members: 0,
-        };
-        while let Some(row) = rows.try_next().await? {
-            headcount.members += 1;
-            if decode_member(row, &conversation.created_by)?.role == Role::Owner {
-                headcount.owners += 1;
-            }
-        }
-        Ok(headcount)
+        Ok(self.owner_census(conversation).await?.headcount)
     }
 
     /// [`Self::headcount`], with every owner's row as stored.
